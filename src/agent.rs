@@ -1,0 +1,512 @@
+//! The exposing side: registers an id, punches on demand, and hands each proven stream to the
+//! caller (the `expose` command forwards it to the service).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::control::{self, ControlSocket, ServerUrl};
+use crate::protocol::{
+    self, AgentMsg, Auth, ErrorCode, ExposeQuery, Mode, Punch, Role, ServerMsg, SessionKeys,
+};
+use crate::punch::{self, Inbound, Proof, PunchPlan};
+use crate::{ConnectionInfo, Error, Path, net};
+
+/// How often the agent pings the server; this also keeps its NAT mapping alive.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// A server silent for this long is taken as gone and the agent reconnects.
+const SERVER_SILENCE_LIMIT: Duration = Duration::from_secs(40);
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Time a stray connection to the punch port gets to present its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a plain-mode session waits for the client's ordinary connect: the seed's callers
+/// connect right after their call returns, with a 5 s connect timeout.
+const PLAIN_WINDOW: Duration = Duration::from_secs(10);
+/// Connect nonces remembered against replay, and for how long.
+const REPLAY_CACHE: usize = 4096;
+const REPLAY_WINDOW: Duration = Duration::from_secs(600);
+/// Proven streams waiting for [`Agent::accept`].
+const ACCEPT_QUEUE: usize = 64;
+/// Default TTL of the first SYN of a punch: passes the agent's own router (hop 1) and dies at
+/// the next hop, so the client's router never sees it (see `net::connect_from`).
+pub const DEFAULT_PUNCH_TTL: u32 = 2;
+
+/// How to expose a service.
+#[derive(Clone)]
+pub struct ExposeOptions {
+    /// The rendezvous server.
+    pub server: ServerUrl,
+    /// The id to register.
+    pub id: String,
+    /// The service secret; `None` exposes the service to anyone who knows the id.
+    pub secret: Option<String>,
+    /// How long one punch may take.
+    pub punch_timeout: Duration,
+    /// TTL of the first SYN of each punch (`None`: normal TTL).
+    pub punch_ttl: Option<u32>,
+    /// Local punch port (0: any).
+    pub punch_port: u16,
+}
+
+impl std::fmt::Debug for ExposeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExposeOptions")
+            .field("server", &self.server)
+            .field("id", &self.id)
+            .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
+            .field("punch_timeout", &self.punch_timeout)
+            .field("punch_ttl", &self.punch_ttl)
+            .field("punch_port", &self.punch_port)
+            .finish()
+    }
+}
+
+impl ExposeOptions {
+    /// Options with default timeouts.
+    pub fn new(server: &str, id: &str, secret: Option<&str>) -> Result<Self, Error> {
+        protocol::validate_id(id).map_err(|e| Error::Refused(e.code, e.message))?;
+        Ok(ExposeOptions {
+            server: ServerUrl::parse(server)?,
+            id: id.to_string(),
+            secret: secret.map(str::to_string),
+            punch_timeout: punch::DEFAULT_PUNCH_TIMEOUT,
+            punch_ttl: Some(DEFAULT_PUNCH_TTL),
+            punch_port: 0,
+        })
+    }
+}
+
+/// A proven stream from a client.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The stream; bytes read here come from the client.
+    pub stream: TcpStream,
+    /// How it was reached.
+    pub info: ConnectionInfo,
+}
+
+/// A registered agent. Dropping it unregisters and stops every task it owns.
+pub struct Agent {
+    incoming: mpsc::Receiver<Accepted>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+    public: SocketAddr,
+}
+
+impl Agent {
+    /// Registers with the server and starts serving punch orders. Retries while the server is
+    /// unreachable; fails at once if the server refuses the registration (e.g. id taken).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), p2pnc::Error> {
+    /// let opts = p2pnc::ExposeOptions::new("http://203.0.113.10:50300", "streamserver", Some("s3cret"))?;
+    /// let mut agent = p2pnc::Agent::start(opts).await?;
+    /// while let Some(conn) = agent.accept().await {
+    ///     println!("client via {} in {:?}", conn.info.peer_addr, conn.info.setup);
+    ///     // conn.stream is a tokio TcpStream to the client.
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn start(opts: ExposeOptions) -> Result<Agent, Error> {
+        let server_addr = opts.server.resolve().await?;
+        let mut backoff = BACKOFF_MIN;
+        let registration = loop {
+            match register(&opts, server_addr, opts.punch_port).await {
+                Ok(r) => break r,
+                Err(Error::ServerUnreachable(why)) => {
+                    tracing::warn!("server unreachable ({why}); retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let public = registration.public;
+        let (tx, incoming) = mpsc::channel(ACCEPT_QUEUE);
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let state = Arc::new(AgentState {
+            opts,
+            server_addr,
+            accepted: tx,
+            replay: Mutex::new(HashMap::new()),
+        });
+        tracker.spawn(control_loop(state, registration, token.clone()));
+        tracker.close();
+        Ok(Agent {
+            incoming,
+            token,
+            tracker,
+            public,
+        })
+    }
+
+    /// The next proven stream; `None` once the agent has stopped.
+    pub async fn accept(&mut self) -> Option<Accepted> {
+        self.incoming.recv().await
+    }
+
+    /// The agent's public endpoint as the server saw it at the first registration.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+    }
+
+    /// Unregisters and waits until every task has stopped.
+    pub async fn shutdown(self) {
+        self.token.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+struct AgentState {
+    opts: ExposeOptions,
+    server_addr: SocketAddr,
+    accepted: mpsc::Sender<Accepted>,
+    replay: Mutex<HashMap<String, Instant>>,
+}
+
+impl AgentState {
+    /// Records a nonce; false if it was seen before (a replayed request).
+    fn fresh_nonce(&self, nonce: &str) -> bool {
+        let mut seen = self.replay.lock().expect("replay lock");
+        let now = Instant::now();
+        if seen.len() >= REPLAY_CACHE {
+            seen.retain(|_, t| now.duration_since(*t) < REPLAY_WINDOW);
+        }
+        if seen.len() >= REPLAY_CACHE {
+            // Still full of fresh nonces: forget the oldest.
+            if let Some(oldest) = seen.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone()) {
+                seen.remove(&oldest);
+            }
+        }
+        seen.insert(nonce.to_string(), now).is_none()
+    }
+}
+
+struct Registration {
+    ws: ControlSocket,
+    listener: TcpListener,
+    local: SocketAddr,
+    public: SocketAddr,
+}
+
+async fn register(opts: &ExposeOptions, server_addr: SocketAddr, port: u16) -> Result<Registration, Error> {
+    let listener = net::shared_listener(net::any_addr(&server_addr, port))?;
+    let port = listener.local_addr()?.port();
+    let query = ExposeQuery {
+        id: opts.id.clone(),
+        auth: if opts.secret.is_some() {
+            Auth::Secret
+        } else {
+            Auth::Public
+        },
+        private: net::local_candidates(port, &server_addr),
+    };
+    let (mut ws, local) = control::open(
+        &opts.server,
+        server_addr,
+        net::any_addr(&server_addr, port),
+        protocol::EXPOSE_PATH,
+        &query.to_query(),
+    )
+    .await?;
+    let first = tokio::time::timeout(control::SERVER_TIMEOUT, control::recv(&mut ws))
+        .await
+        .map_err(|_| Error::ServerUnreachable("no registration answer in time".into()))??;
+    match first {
+        Some(ServerMsg::Registered { public, .. }) => Ok(Registration {
+            ws,
+            listener,
+            local,
+            public,
+        }),
+        Some(ServerMsg::Error { code, message }) => Err(Error::Refused(code, message)),
+        Some(other) => Err(Error::Protocol(format!("unexpected message {other:?}"))),
+        None => Err(Error::ServerUnreachable(
+            "server closed the connection during registration".into(),
+        )),
+    }
+}
+
+async fn control_loop(state: Arc<AgentState>, mut reg: Registration, token: CancellationToken) {
+    loop {
+        tracing::info!(
+            "registered as '{}' (public endpoint {}, punch port {})",
+            state.opts.id,
+            reg.public,
+            reg.local.port()
+        );
+        serve_registration(&state, reg, &token).await;
+        let mut backoff = BACKOFF_MIN;
+        reg = loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            // A new port each time: the old 4-tuple to the server may sit in TIME_WAIT.
+            let port = state.opts.punch_port;
+            match register(&state.opts, state.server_addr, port).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!("re-registration failed ({e}); retrying in {backoff:?}");
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        };
+    }
+}
+
+/// One registration: serves punch orders and the punch port until the control channel dies.
+async fn serve_registration(state: &Arc<AgentState>, reg: Registration, token: &CancellationToken) {
+    let Registration {
+        mut ws,
+        listener,
+        local,
+        ..
+    } = reg;
+    let slots: Slots = Arc::new(Mutex::new(HashMap::new()));
+    let mut tasks = JoinSet::new();
+    let (msg_tx, mut msg_rx) = mpsc::channel::<AgentMsg>(64);
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => {
+                let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+                return;
+            }
+            got = control::recv::<ServerMsg>(&mut ws) => {
+                last_heard = Instant::now();
+                match got {
+                    Ok(Some(ServerMsg::Punch(p))) => {
+                        tasks.spawn(session(state.clone(), slots.clone(), local, p, msg_tx.clone()));
+                    }
+                    Ok(Some(ServerMsg::Error { code, message })) => {
+                        tracing::warn!("server error {code}: {message}");
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        tracing::warn!("server closed the control channel");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        return;
+                    }
+                }
+            }
+            Some(msg) = msg_rx.recv() => {
+                if control::send(&mut ws, &msg).await.is_err() {
+                    return;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, from)) => {
+                    tasks.spawn(dispatch_inbound(slots.clone(), stream, from));
+                }
+                Err(e) => {
+                    tracing::warn!("punch port accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SERVER_SILENCE_LIMIT {
+                    tracing::warn!("server silent for {:?}; reconnecting", last_heard.elapsed());
+                    return;
+                }
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+            Some(_) = tasks.join_next() => {}
+        }
+    }
+}
+
+/// Where inbound streams of live sessions go: by session id, or (plain mode) by address.
+type Slots = Arc<Mutex<HashMap<[u8; 16], Slot>>>;
+
+struct Slot {
+    inbound: mpsc::Sender<Inbound>,
+    /// Plain mode: the addresses the client may connect from.
+    plain_from: Option<Vec<SocketAddr>>,
+}
+
+async fn dispatch_inbound(slots: Slots, mut stream: TcpStream, from: SocketAddr) {
+    let plain = slots
+        .lock()
+        .expect("slots lock")
+        .values()
+        .find(|s| s.plain_from.as_ref().is_some_and(|a| a.contains(&from)))
+        .map(|s| s.inbound.clone());
+    if let Some(tx) = plain {
+        let _ = tx
+            .send(Inbound {
+                stream,
+                hello: None,
+            })
+            .await;
+        return;
+    }
+    let hello = match punch::read_hello(&mut stream, HELLO_TIMEOUT).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!("stray connection from {from}: {e}");
+            return;
+        }
+    };
+    let tx = protocol::hello_session(&hello).and_then(|id| {
+        slots
+            .lock()
+            .expect("slots lock")
+            .get(&id)
+            .map(|s| s.inbound.clone())
+    });
+    match tx {
+        Some(tx) => {
+            let _ = tx
+                .send(Inbound {
+                    stream,
+                    hello: Some(hello),
+                })
+                .await;
+        }
+        None => tracing::debug!("connection from {from} names no live session"),
+    }
+}
+
+/// Removes a session's slot however the session ends.
+struct SlotGuard(Slots, [u8; 16]);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.lock().expect("slots lock").remove(&self.1);
+    }
+}
+
+async fn session(
+    state: Arc<AgentState>,
+    slots: Slots,
+    local: SocketAddr,
+    p: Punch,
+    msgs: mpsc::Sender<AgentMsg>,
+) {
+    let started = Instant::now();
+    let reject = |code: ErrorCode, message: String| AgentMsg::Reject {
+        session: p.session.clone(),
+        code,
+        message,
+    };
+    let nonce = p.nonce.clone().unwrap_or_default();
+    if let Some(secret) = &state.opts.secret {
+        let ok = p
+            .proof
+            .as_deref()
+            .is_some_and(|proof| protocol::verify_connect_proof(secret, &state.opts.id, &nonce, proof));
+        if !ok {
+            tracing::warn!(client = %p.peer_public, "secret rejected");
+            let _ = msgs
+                .send(reject(ErrorCode::SecretRejected, "secret rejected".into()))
+                .await;
+            return;
+        }
+    }
+    if !state.fresh_nonce(&nonce) {
+        tracing::warn!(client = %p.peer_public, "replayed connect request refused");
+        let _ = msgs
+            .send(reject(ErrorCode::SecretRejected, "replayed request".into()))
+            .await;
+        return;
+    }
+    let Some(keys) = SessionKeys::derive(&p.session, &p.key, state.opts.secret.as_deref()) else {
+        tracing::warn!("malformed session from server");
+        return;
+    };
+    let mut targets = vec![p.peer_public];
+    targets.extend(p.peer_private.iter().filter(|a| **a != p.peer_public));
+    let (inbound_tx, inbound) = mpsc::channel(8);
+    slots.lock().expect("slots lock").insert(
+        keys.session_id(),
+        Slot {
+            inbound: inbound_tx,
+            plain_from: (p.mode == Mode::Plain).then(|| targets.clone()),
+        },
+    );
+    let _guard = SlotGuard(slots, keys.session_id());
+    let plan = PunchPlan {
+        local,
+        targets,
+        first_ttl: state.opts.punch_ttl,
+        timeout: match p.mode {
+            Mode::Punch => state.opts.punch_timeout,
+            Mode::Plain => PLAIN_WINDOW,
+        },
+        proof: match p.mode {
+            Mode::Punch => Proof::Hello {
+                role: Role::Agent,
+                keys,
+            },
+            Mode::Plain => Proof::Address,
+        },
+    };
+    let armed = AgentMsg::Armed {
+        session: p.session.clone(),
+    };
+    let on_fired = || {
+        if p.mode == Mode::Plain {
+            let _ = msgs.try_send(armed);
+        }
+    };
+    match punch::run(plan, inbound, on_fired).await {
+        Ok(punched) => {
+            let info = ConnectionInfo {
+                path: if p.peer_private.contains(&punched.peer) {
+                    Path::Lan
+                } else {
+                    Path::Direct
+                },
+                peer_addr: punched.peer,
+                setup: started.elapsed(),
+                session: p.session.clone(),
+            };
+            tracing::info!(
+                "client connected ({}, {}) in {} ms",
+                info.path,
+                info.peer_addr,
+                info.setup.as_millis()
+            );
+            if state
+                .accepted
+                .try_send(Accepted {
+                    stream: punched.stream,
+                    info,
+                })
+                .is_err()
+            {
+                tracing::warn!("accept queue full; dropping a proven stream");
+            }
+        }
+        Err(failure) => {
+            tracing::warn!(client = %p.peer_public, "punch failed: {failure}");
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The connecting side: one call from a peer id to a proven, direct `TcpStream`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::control::{self, ServerUrl};
+use crate::protocol::{self, Auth, ConnectQuery, Mode, Role, ServerMsg, SessionKeys};
+use crate::punch::{self, Inbound, Proof, PunchPlan};
+use crate::{ConnectionInfo, Error, Path, net};
+
+/// What to connect to.
+#[derive(Clone)]
+pub struct ConnectOptions {
+    /// The rendezvous server.
+    pub server: ServerUrl,
+    /// The id the service was exposed under.
+    pub peer: String,
+    /// The service secret (`None` for services exposed with `--public`).
+    pub secret: Option<String>,
+    /// How long the punch may take before giving up.
+    pub punch_timeout: Duration,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("server", &self.server)
+            .field("peer", &self.peer)
+            .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
+            .field("punch_timeout", &self.punch_timeout)
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    /// Options with the default punch timeout.
+    pub fn new(server: &str, peer: &str, secret: Option<&str>) -> Result<Self, Error> {
+        Ok(ConnectOptions {
+            server: ServerUrl::parse(server)?,
+            peer: peer.to_string(),
+            secret: secret.map(str::to_string),
+            punch_timeout: punch::DEFAULT_PUNCH_TIMEOUT,
+        })
+    }
+}
+
+/// A connected stream to the service and how it was reached.
+#[derive(Debug)]
+pub struct Connection {
+    /// The stream; bytes written here reach the service.
+    pub stream: TcpStream,
+    /// How the stream was reached.
+    pub info: ConnectionInfo,
+}
+
+/// Connects to the service exposed as `opts.peer`.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), p2pnc::Error> {
+/// use tokio::io::AsyncWriteExt;
+/// let opts = p2pnc::ConnectOptions::new("http://203.0.113.10:50300", "streamserver", Some("s3cret"))?;
+/// let mut conn = p2pnc::connect(&opts).await?;
+/// println!("{:?} via {} in {:?}", conn.info.path, conn.info.peer_addr, conn.info.setup);
+/// conn.stream.write_all(b"hello").await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect(opts: &ConnectOptions) -> Result<Connection, Error> {
+    let started = Instant::now();
+    let server_addr = opts.server.resolve().await?;
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    connect_with(opts, server_addr, nonce, started).await
+}
+
+async fn connect_with(
+    opts: &ConnectOptions,
+    server_addr: SocketAddr,
+    nonce: String,
+    started: Instant,
+) -> Result<Connection, Error> {
+    // The control connection and the punch share one local port, so the server sees the NAT
+    // mapping the peer must aim at. The listener catches SYNs that beat ours out.
+    let any = net::any_addr(&server_addr, 0);
+    let listener = net::shared_listener(any)?;
+    let port = listener.local_addr()?.port();
+    let query = ConnectQuery {
+        peer: opts.peer.clone(),
+        proof: opts
+            .secret
+            .as_deref()
+            .map(|s| protocol::connect_proof(s, &opts.peer, &nonce)),
+        nonce,
+        private: net::local_candidates(port, &server_addr),
+        mode: Mode::Punch,
+    };
+    let (mut ws, local) = control::open(
+        &opts.server,
+        server_addr,
+        net::any_addr(&server_addr, port),
+        protocol::CONNECT_PATH,
+        &query.to_query(),
+    )
+    .await
+    .map_err(|e| match e {
+        Error::Refused(code, msg) => control::server_error(code, msg, &opts.peer),
+        e => e,
+    })?;
+    let order = match tokio::time::timeout(control::SERVER_TIMEOUT, control::recv(&mut ws)).await {
+        Err(_) => return Err(Error::Protocol("no punch order from the server in time".into())),
+        Ok(r) => r?,
+    };
+    let punch = match order {
+        Some(ServerMsg::Punch(p)) => p,
+        Some(ServerMsg::Error { code, message }) => {
+            return Err(control::server_error(code, message, &opts.peer));
+        }
+        Some(other) => {
+            return Err(Error::Protocol(format!("unexpected message {other:?}")));
+        }
+        None => return Err(Error::Protocol("server closed the control channel".into())),
+    };
+    let secret = match punch.auth {
+        Auth::Secret => opts.secret.as_deref(),
+        Auth::Public => None,
+    };
+    let keys = SessionKeys::derive(&punch.session, &punch.key, secret)
+        .ok_or_else(|| Error::Protocol("malformed session id or key".into()))?;
+    let mut targets = vec![punch.peer_public];
+    targets.extend(punch.peer_private.iter().filter(|a| **a != punch.peer_public));
+    let plan = PunchPlan {
+        local: net::any_addr(&server_addr, local.port()),
+        targets,
+        first_ttl: None,
+        timeout: opts.punch_timeout,
+        proof: Proof::Hello {
+            role: Role::Client,
+            keys,
+        },
+    };
+
+    let (inbound_tx, inbound) = mpsc::channel(8);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            if inbound_tx
+                .send(Inbound {
+                    stream,
+                    hello: None,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+
+    let engine = punch::run(plan, inbound, || {});
+    tokio::pin!(engine);
+    let mut ctrl_open = true;
+    let punched = loop {
+        tokio::select! {
+            result = &mut engine => break result,
+            msg = control::recv::<ServerMsg>(&mut ws), if ctrl_open => match msg {
+                Ok(Some(ServerMsg::Error { code, message })) => {
+                    return Err(control::server_error(code, message, &opts.peer));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => ctrl_open = false,
+            },
+        }
+    };
+    tasks.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_millis(100), ws.close(None)).await;
+    match punched {
+        Ok(p) => Ok(Connection {
+            stream: p.stream,
+            info: ConnectionInfo {
+                path: if punch.peer_private.contains(&p.peer) {
+                    Path::Lan
+                } else {
+                    Path::Direct
+                },
+                peer_addr: p.peer,
+                setup: started.elapsed(),
+                session: punch.session,
+            },
+        }),
+        Err(failure) => Err(Error::NoDirectPath {
+            peer: opts.peer.clone(),
+            detail: failure.to_string(),
+        }),
+    }
+}

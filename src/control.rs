@@ -1,0 +1,202 @@
+//! The client side of the control channel, shared by `connect` and `expose`: server URLs, the
+//! WebSocket handshake from a shared punch port, and reading control messages with limits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+use crate::Error;
+use crate::net;
+use crate::protocol::{self, DEFAULT_SERVER_PORT, ErrorBody, ErrorCode, MAX_MESSAGE_BYTES};
+
+/// Time allowed for resolving, connecting to and upgrading with the server, each.
+pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An open control WebSocket.
+pub type ControlSocket = WebSocketStream<TcpStream>;
+
+/// A rendezvous server address: `http://HOST:PORT`, `ws://HOST:PORT` or `HOST[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl ServerUrl {
+    /// Parses a server URL; the port defaults to 50300.
+    pub fn parse(url: &str) -> Result<Self, Error> {
+        let bad = |why: &str| Error::BadServerUrl(url.to_string(), why.to_string());
+        let rest = if let Some((scheme, rest)) = url.split_once("://") {
+            match scheme {
+                "http" | "ws" => rest,
+                "https" | "wss" => {
+                    return Err(bad("TLS is not supported yet; use http://"));
+                }
+                _ => return Err(bad("scheme must be http:// or ws://")),
+            }
+        } else {
+            url
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') {
+            return Err(bad("expected http://HOST:PORT with no path"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(bad("garbage after IPv6 address")),
+            };
+            (h.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (authority.to_string(), None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| bad("port must be 1 to 65535"))?,
+            None => DEFAULT_SERVER_PORT,
+        };
+        if host.is_empty() || port == 0 {
+            return Err(bad("missing host or port"));
+        }
+        Ok(ServerUrl { host, port })
+    }
+
+    /// Resolves the server's address (first result), within [`SERVER_TIMEOUT`].
+    pub async fn resolve(&self) -> Result<SocketAddr, Error> {
+        let unreachable = |why: String| Error::ServerUnreachable(format!("{self}: {why}"));
+        let lookup = tokio::net::lookup_host((self.host.as_str(), self.port));
+        let mut addrs = tokio::time::timeout(SERVER_TIMEOUT, lookup)
+            .await
+            .map_err(|_| unreachable("name lookup timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        addrs
+            .next()
+            .ok_or_else(|| unreachable("name has no address".into()))
+    }
+
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}", self.authority())
+    }
+}
+
+/// Opens a control WebSocket to `path?query` from the shared local address `local`
+/// (port 0 picks one). Returns the socket and the local address it used.
+pub async fn open(
+    server: &ServerUrl,
+    server_addr: SocketAddr,
+    local: SocketAddr,
+    path: &str,
+    query: &str,
+) -> Result<(ControlSocket, SocketAddr), Error> {
+    let unreachable = |why: String| Error::ServerUnreachable(format!("{server}: {why}"));
+    let tcp = net::connect_from(local, server_addr, None, SERVER_TIMEOUT)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let local = tcp.local_addr()?;
+    let request = format!("ws://{}{path}?{query}", server.authority())
+        .into_client_request()
+        .map_err(|e| Error::BadServerUrl(server.to_string(), e.to_string()))?;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let handshake = client_async_with_config(request, tcp, Some(config));
+    match tokio::time::timeout(SERVER_TIMEOUT, handshake).await {
+        Err(_) => Err(unreachable("no WebSocket handshake in time".into())),
+        Ok(Ok((ws, _))) => Ok((ws, local)),
+        Ok(Err(tungstenite::Error::Http(resp))) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
+            Err(match body {
+                Some(b) => Error::Refused(b.error, b.message),
+                None => Error::Protocol(format!(
+                    "server answered HTTP {} to the upgrade",
+                    resp.status()
+                )),
+            })
+        }
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+    }
+}
+
+/// Reads the next control message of type `T`, skipping pings; `None` when the socket closed.
+pub async fn recv<T: for<'de> serde::Deserialize<'de>>(
+    ws: &mut ControlSocket,
+) -> Result<Option<T>, Error> {
+    loop {
+        match ws.next().await {
+            None | Some(Ok(Message::Close(_))) => return Ok(None),
+            Some(Err(e)) => return Err(Error::ServerUnreachable(format!("control channel: {e}"))),
+            Some(Ok(Message::Text(text))) => {
+                return protocol::decode(&text).map(Some).map_err(Error::Protocol);
+            }
+            Some(Ok(Message::Binary(_))) => {
+                return Err(Error::Protocol("unexpected binary frame".into()));
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends one control message.
+pub async fn send<T: serde::Serialize>(ws: &mut ControlSocket, msg: &T) -> Result<(), Error> {
+    ws.send(Message::Text(protocol::encode(msg).into()))
+        .await
+        .map_err(|e| Error::ServerUnreachable(format!("control channel: {e}")))
+}
+
+/// Maps a server error code to the library error a user should see.
+pub fn server_error(code: ErrorCode, message: String, peer: &str) -> Error {
+    match code {
+        ErrorCode::PeerOffline => Error::PeerOffline(peer.to_string()),
+        ErrorCode::SecretRejected => Error::SecretRejected(peer.to_string()),
+        ErrorCode::SecretRequired => Error::SecretRequired(peer.to_string()),
+        _ => Error::Refused(code, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls() {
+        let u = ServerUrl::parse("http://example.net:50300").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("example.net", 50300));
+        assert_eq!(ServerUrl::parse("1.2.3.4").unwrap().port, DEFAULT_SERVER_PORT);
+        assert_eq!(ServerUrl::parse("ws://h:1/").unwrap().port, 1);
+        let v6 = ServerUrl::parse("http://[::1]:9").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 9));
+        assert_eq!(v6.to_string(), "http://[::1]:9");
+        for bad in ["", "ftp://h", "http://h:0", "http://h:x", "http://h/path", "https://h"] {
+            assert!(ServerUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(
+            ServerUrl::parse("https://h").unwrap_err().to_string().contains("TLS"),
+            "https says why"
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! p2pnc: direct TCP connections between two hosts behind NATs, brokered by a small rendezvous
+//! server.
+//!
+//! - [`server::run`] serves the rendezvous protocol.
+//! - [`Agent`] registers an id next to a service and yields each client's proven stream.
+//! - [`connect`] reaches an agent by id and returns a direct [`tokio::net::TcpStream`].
+//!
+//! The wire protocol is in [`protocol`] and `docs/protocol.md`.
+
+pub mod agent;
+pub mod client;
+pub mod control;
+pub mod demo;
+pub mod net;
+pub mod protocol;
+pub mod punch;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use agent::{Accepted, Agent, ExposeOptions};
+pub use client::{ConnectOptions, Connection, connect};
+pub use control::ServerUrl;
+use protocol::ErrorCode;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// How a stream reached its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Path {
+    /// A punched TCP connection between the two public endpoints (or to a public host).
+    Direct,
+    /// A TCP connection inside one LAN, to the peer's private address.
+    Lan,
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Path::Direct => "direct",
+            Path::Lan => "direct, lan",
+        })
+    }
+}
+
+/// How a connection was set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Which path the stream takes.
+    pub path: Path,
+    /// The peer's address on the stream.
+    pub peer_addr: SocketAddr,
+    /// Time from the start of the call (client) or the punch order (agent) to a proven stream.
+    pub setup: Duration,
+    /// The session id, as the server and the logs name it.
+    pub session: String,
+}
+
+/// Everything that can go wrong, each with a message a user can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server URL cannot be used.
+    #[error("bad server URL '{0}': {1}")]
+    BadServerUrl(String, String),
+    /// The server could not be reached or went away.
+    #[error("server unreachable: {0}")]
+    ServerUnreachable(String),
+    /// No agent is registered under this id.
+    #[error("peer '{0}' is not online")]
+    PeerOffline(String),
+    /// The agent refused the secret.
+    #[error("secret rejected by peer '{0}'")]
+    SecretRejected(String),
+    /// The agent requires a secret and none was given.
+    #[error("peer '{0}' requires a secret (--secret)")]
+    SecretRequired(String),
+    /// Punching found no path in time.
+    #[error("no direct path to '{peer}': {detail}")]
+    NoDirectPath {
+        /// The peer id.
+        peer: String,
+        /// What was tried.
+        detail: String,
+    },
+    /// The server refused the request.
+    #[error("server refused ({0}): {1}")]
+    Refused(ErrorCode, String),
+    /// The server broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A local I/O error.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Size of each copy buffer when forwarding: large enough for tens of Mbit/s per stream with
+/// few system calls.
+const FORWARD_BUFFER: usize = 64 * 1024;
+
+/// Copies both directions until both have closed, keeping TCP half-close: when one side
+/// finishes sending, the other side's write half is shut down and the reverse direction goes
+/// on. Returns the bytes copied `(a to b, b to a)`.
+pub async fn forward<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, FORWARD_BUFFER, FORWARD_BUFFER).await
+}

@@ -1,0 +1,294 @@
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Parser, Subcommand};
+use p2pnc::{Agent, ConnectOptions, ExposeOptions, ServerUrl};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long `expose` waits for the local service to accept a connection.
+const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Direct TCP connections between hosts behind NATs.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    /// More logging (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the rendezvous server (HTTP and WebSocket on one port).
+    Server {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:50300")]
+        listen: SocketAddr,
+    },
+    /// Expose a local TCP service under an id, reachable by `p2pnc connect`.
+    Expose(ExposeArgs),
+    /// Connect to an exposed service, on stdin/stdout or as a local port.
+    Connect(ConnectArgs),
+    /// Run server, echo service, expose and connect on loopback and show each step.
+    Demo,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("auth").required(true).args(["secret", "public"])))]
+struct ExposeArgs {
+    /// Rendezvous server, e.g. http://203.0.113.10:50300.
+    #[arg(long, env = "P2PNC_SERVER")]
+    server: String,
+    /// Id to register; clients connect with --peer ID.
+    #[arg(long)]
+    id: String,
+    /// The local service to forward to, e.g. 127.0.0.1:50302.
+    #[arg(long)]
+    to: String,
+    /// Service secret clients must know (or set P2PNC_SECRET).
+    #[arg(long, env = "P2PNC_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Let anyone who knows the id connect, without a secret.
+    #[arg(long)]
+    public: bool,
+    #[command(flatten)]
+    punch: PunchArgs,
+    /// TTL of the first SYN of each punch; 0 sends it with the normal TTL.
+    #[arg(long, default_value_t = p2pnc::agent::DEFAULT_PUNCH_TTL)]
+    punch_ttl: u32,
+    /// Local punch port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    punch_port: u16,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["stdio", "listen"])))]
+struct ConnectArgs {
+    /// Rendezvous server, e.g. http://203.0.113.10:50300.
+    #[arg(long, env = "P2PNC_SERVER")]
+    server: String,
+    /// Id of the exposed service.
+    #[arg(long)]
+    peer: String,
+    /// Service secret (or set P2PNC_SECRET); omit for services exposed with --public.
+    #[arg(long, env = "P2PNC_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Make one connection and carry it on stdin/stdout.
+    #[arg(long)]
+    stdio: bool,
+    /// Listen here and give every accepted connection its own P2P connection.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    punch: PunchArgs,
+}
+
+#[derive(Args)]
+struct PunchArgs {
+    /// Seconds a punch may take before it is given up.
+    #[arg(long, default_value_t = 5.0)]
+    punch_timeout: f64,
+}
+
+impl PunchArgs {
+    fn timeout(&self) -> Result<Duration> {
+        Duration::try_from_secs_f64(self.punch_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| anyhow!("--punch-timeout must be a positive number of seconds"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let demo = matches!(cli.command, Command::Demo);
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) if demo => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("P2PNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("p2pnc={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    // stdin is read on a blocking thread that cannot be interrupted; do not wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        t.cancel();
+    });
+    token
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Server { listen } => {
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!("listening on {}", listener.local_addr()?);
+            p2pnc::server::run(listener, Default::default(), shutdown_token()).await?;
+            Ok(())
+        }
+        Command::Expose(args) => expose(args).await,
+        Command::Connect(args) => connect(args).await,
+        Command::Demo => p2pnc::demo::run().await,
+    }
+}
+
+async fn expose(args: ExposeArgs) -> Result<()> {
+    if args.public {
+        tracing::warn!(
+            "--public: anyone who knows the id '{}' can reach {}",
+            args.id,
+            args.to
+        );
+    }
+    let opts = ExposeOptions {
+        punch_timeout: args.punch.timeout()?,
+        punch_ttl: (args.punch_ttl > 0).then_some(args.punch_ttl),
+        punch_port: args.punch_port,
+        ..ExposeOptions::new(
+            &args.server,
+            &args.id,
+            if args.public {
+                None
+            } else {
+                args.secret.as_deref()
+            },
+        )?
+    };
+    let token = shutdown_token();
+    let mut agent = Agent::start(opts).await?;
+    let tasks = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = token.cancelled() => break,
+            a = agent.accept() => a,
+        };
+        let Some(mut accepted) = accepted else { break };
+        let to = args.to.clone();
+        tasks.spawn(async move {
+            let service = tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&to)).await;
+            let mut service = match service {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::error!("service {to} refused: {e}"),
+                Err(_) => return tracing::error!("service {to} did not accept in time"),
+            };
+            let _ = service.set_nodelay(true);
+            match p2pnc::forward(&mut accepted.stream, &mut service).await {
+                Ok((up, down)) => tracing::info!(
+                    session = %accepted.info.session,
+                    "closed: {up} bytes to the service, {down} back"
+                ),
+                Err(e) => tracing::info!(session = %accepted.info.session, "closed: {e}"),
+            }
+        });
+    }
+    tasks.close();
+    agent.shutdown().await;
+    Ok(())
+}
+
+async fn connect(args: ConnectArgs) -> Result<()> {
+    let opts = ConnectOptions {
+        server: ServerUrl::parse(&args.server)?,
+        peer: args.peer.clone(),
+        secret: args.secret.clone(),
+        punch_timeout: args.punch.timeout()?,
+    };
+    if args.stdio {
+        let mut conn = p2pnc::connect(&opts).await?;
+        report(&opts.peer, &conn.info);
+        let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+        p2pnc::forward(&mut conn.stream, &mut stdio).await?;
+        return Ok(());
+    }
+    let listen = args.listen.expect("clap requires --stdio or --listen");
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("listening on {}", listener.local_addr()?);
+    let token = shutdown_token();
+    let tasks = TaskTracker::new();
+    loop {
+        let (mut local, from) = tokio::select! {
+            _ = token.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let opts = opts.clone();
+        tasks.spawn(async move {
+            let _ = local.set_nodelay(true);
+            match p2pnc::connect(&opts).await {
+                Ok(mut conn) => {
+                    report(&opts.peer, &conn.info);
+                    if let Err(e) = p2pnc::forward(&mut local, &mut conn.stream).await {
+                        tracing::info!("connection from {from} closed: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("connection from {from}: {e}"),
+            }
+        });
+    }
+    // Open forwards end with the process.
+    tasks.close();
+    Ok(())
+}
+
+fn report(peer: &str, info: &p2pnc::ConnectionInfo) {
+    eprintln!(
+        "connected to '{peer}' ({}, {}) in {} ms",
+        info.path,
+        info.peer_addr,
+        info.setup.as_millis()
+    );
+}

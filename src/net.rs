@@ -1,0 +1,209 @@
+//! Every socket option p2pnc sets, in one place.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Backlog of punch-port listeners.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// The unspecified address of `peer`'s family, with `port`.
+pub fn any_addr(peer: &SocketAddr, port: u16) -> SocketAddr {
+    match peer {
+        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+    }
+}
+
+/// A TCP socket bound to `local` with SO_REUSEADDR and SO_REUSEPORT, so that the control
+/// connection, the punch listener and every punch attempt can share one local port.
+pub fn shared_port_socket(local: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(local), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&local.into())?;
+    Ok(socket)
+}
+
+/// A listener on a shared port (see [`shared_port_socket`]).
+pub fn shared_listener(local: SocketAddr) -> io::Result<TcpListener> {
+    let socket = shared_port_socket(local)?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Connects from a shared local port to `remote`, giving up after `timeout`.
+///
+/// With `first_ttl`, the SYN leaves with that IP TTL and the TTL is restored as soon as it has
+/// left: the SYN opens the local NAT but dies before reaching the peer's router, so a router that
+/// answers unsolicited SYNs with RST cannot close the peer's mapping. The socket stays in
+/// SYN_SENT (an ICMP Time Exceeded is only a soft error) and completes when the peer's SYN
+/// arrives (simultaneous open).
+pub async fn connect_from(
+    local: SocketAddr,
+    remote: SocketAddr,
+    first_ttl: Option<u32>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    finish_connect(start_connect(local, remote, first_ttl)?, timeout).await
+}
+
+/// Sends the SYN of [`connect_from`] now and returns the stream still connecting.
+pub fn start_connect(
+    local: SocketAddr,
+    remote: SocketAddr,
+    first_ttl: Option<u32>,
+) -> io::Result<TcpStream> {
+    let socket = shared_port_socket(local)?;
+    let normal_ttl = match first_ttl {
+        Some(ttl) => {
+            let normal = ttl_of(&socket, remote)?;
+            set_ttl(&socket, remote, ttl)?;
+            Some(normal)
+        }
+        None => None,
+    };
+    match socket.connect(&remote.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(normal) = normal_ttl {
+        set_ttl(&socket, remote, normal)?;
+    }
+    TcpStream::from_std(std::net::TcpStream::from(socket))
+}
+
+/// Waits until a stream from [`start_connect`] is connected, failed, or `timeout` passed.
+pub async fn finish_connect(stream: TcpStream, timeout: Duration) -> io::Result<TcpStream> {
+    let wait = async {
+        stream.writable().await?;
+        match stream.take_error()? {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(Ok(())) => {
+            // A writable socket whose peer address is unknown did not really connect.
+            stream.peer_addr()?;
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+fn ttl_of(socket: &Socket, remote: SocketAddr) -> io::Result<u32> {
+    match remote {
+        SocketAddr::V4(_) => socket.ttl_v4(),
+        SocketAddr::V6(_) => socket.unicast_hops_v6(),
+    }
+}
+
+fn set_ttl(socket: &Socket, remote: SocketAddr, ttl: u32) -> io::Result<()> {
+    match remote {
+        SocketAddr::V4(_) => socket.set_ttl_v4(ttl),
+        SocketAddr::V6(_) => socket.set_unicast_hops_v6(ttl),
+    }
+}
+
+/// The kernel's smoothed round-trip time of a connected TCP socket (TCP_INFO), if known.
+pub fn tcp_rtt(fd: &impl AsRawFd) -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` is a properly sized, writable tcp_info and `len` holds its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0 && info.tcpi_rtt > 0).then(|| Duration::from_micros(info.tcpi_rtt.into()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        None
+    }
+}
+
+/// Closes a stream with an immediate RST instead of a FIN, leaving no TIME_WAIT behind.
+pub fn abort(stream: TcpStream) {
+    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// This host's candidate addresses for `port`: every non-loopback, non-link-local address of
+/// `peer`'s family.
+pub fn local_candidates(port: u16, family_of: &SocketAddr) -> Vec<SocketAddr> {
+    let Ok(ifaces) = if_addrs::get_if_addrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<SocketAddr> = ifaces
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| !ip.is_loopback() && ip.is_ipv4() == family_of.is_ipv4())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_link_local(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    out.sort();
+    out.dedup();
+    out.truncate(crate::protocol::MAX_PRIVATE_CANDIDATES);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shared_port_carries_a_listener_and_outgoing_connections() {
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = shared_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let local = listener.local_addr().unwrap();
+        let out = connect_from(
+            local,
+            target.local_addr().unwrap(),
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.local_addr().unwrap(), local);
+        let (_accepted, from) = target.accept().await.unwrap();
+        assert_eq!(from, local);
+        assert!(tcp_rtt(&out).is_some());
+    }
+
+    #[tokio::test]
+    async fn refused_connect_is_an_error_not_a_hang() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let err = connect_from(
+            "127.0.0.1:0".parse().unwrap(),
+            addr,
+            Some(2),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+}
