@@ -1,0 +1,162 @@
+//! In-process fixtures: a rendezvous server, an echo service and agents on loopback.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use p2pnc::{Agent, ExposeOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A server on 127.0.0.1:0, stopped on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub url: String,
+    token: CancellationToken,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    pub fn start_on(listener: TcpListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let token = CancellationToken::new();
+        let task = tokio::spawn(p2pnc::server::run(
+            listener,
+            Default::default(),
+            token.clone(),
+        ));
+        TestServer {
+            addr,
+            url: format!("http://{addr}"),
+            token,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits until its port is closed.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// An echo service that counts the connections it accepted and the bytes it received.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub bytes: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Echo {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let (c, b) = (connections.clone(), bytes.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let b = b.clone();
+                conns.spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    if let Ok(n) = tokio::io::copy(&mut r, &mut w).await {
+                        b.fetch_add(n as usize, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Echo {
+            addr,
+            connections,
+            bytes,
+            task,
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an agent for `id` that forwards every accepted stream to `service`.
+pub async fn expose(
+    server: &str,
+    id: &str,
+    secret: Option<&str>,
+    service: SocketAddr,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let opts = ExposeOptions::new(server, id, secret).unwrap();
+    let mut agent = tokio::time::timeout(Duration::from_secs(5), Agent::start(opts))
+        .await
+        .expect("agent registers in time")
+        .expect("agent registers");
+    let public = agent.public_addr();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Some(mut a) = agent.accept().await {
+            conns.spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(service).await.unwrap();
+                let _ = p2pnc::forward(&mut a.stream, &mut s).await;
+            });
+        }
+    });
+    (public, task)
+}
+
+/// Polls `GET /v1/peers/{id}` until its status is `want`, within 10 s.
+pub async fn wait_peer_status(server: SocketAddr, id: &str, want: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = http_get(server, &format!("/v1/peers/{id}")).await.0;
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "peer '{id}' status stayed {status}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET; returns status and body.
+pub async fn http_get(server: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(server).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(5), work).await else {
+        return (0, String::new());
+    };
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}

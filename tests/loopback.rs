@@ -1,0 +1,168 @@
+//! The library end to end on loopback, in one process.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Echo, TestServer, expose, http_get, wait_peer_status};
+use p2pnc::{ConnectOptions, Error, Path};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(10);
+
+async fn echo_roundtrip(stream: &mut tokio::net::TcpStream, len: usize) {
+    let payload: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    let (mut r, mut w) = stream.split();
+    let send = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = async { r.read_to_end(&mut back).await.unwrap() };
+    tokio::time::timeout(T, async { tokio::join!(send, recv) })
+        .await
+        .expect("echo in time");
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "echo differs");
+}
+
+#[tokio::test]
+async fn connect_reaches_the_service_byte_exact_with_half_close() {
+    let server = TestServer::start().await;
+    let echo = Echo::start().await;
+    let (agent_public, _agent) = expose(&server.url, "svc", Some("pw"), echo.addr).await;
+    let opts = ConnectOptions::new(&server.url, "svc", Some("pw")).unwrap();
+    let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts)).await.unwrap().unwrap();
+    assert!(matches!(conn.info.path, Path::Direct | Path::Lan));
+    assert_eq!(conn.info.peer_addr.port(), agent_public.port());
+    assert_eq!(conn.info.session.len(), 32);
+    echo_roundtrip(&mut conn.stream, 4 << 20).await;
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), 4 << 20);
+}
+
+#[tokio::test]
+async fn wrong_or_missing_secret_is_refused_fast_and_nothing_reaches_the_service() {
+    let server = TestServer::start().await;
+    let echo = Echo::start().await;
+    let _agent = expose(&server.url, "svc", Some("right"), echo.addr).await;
+    let wrong = ConnectOptions::new(&server.url, "svc", Some("wrong")).unwrap();
+    let started = tokio::time::Instant::now();
+    let err = tokio::time::timeout(T, p2pnc::connect(&wrong)).await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::SecretRejected(_)), "{err}");
+    assert_eq!(err.to_string(), "secret rejected by peer 'svc'");
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    let none = ConnectOptions::new(&server.url, "svc", None).unwrap();
+    let err = p2pnc::connect(&none).await.unwrap_err();
+    assert!(matches!(err, Error::SecretRequired(_)), "{err}");
+    assert_eq!(echo.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn public_service_needs_no_secret_and_ignores_one() {
+    let server = TestServer::start().await;
+    let echo = Echo::start().await;
+    let _agent = expose(&server.url, "open", None, echo.addr).await;
+    for secret in [None, Some("anything")] {
+        let opts = ConnectOptions::new(&server.url, "open", secret).unwrap();
+        let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts)).await.unwrap().unwrap();
+        echo_roundtrip(&mut conn.stream, 1000).await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_peer_and_unreachable_server_say_so() {
+    let server = TestServer::start().await;
+    let opts = ConnectOptions::new(&server.url, "nobody", None).unwrap();
+    let err = p2pnc::connect(&opts).await.unwrap_err();
+    assert_eq!(err.to_string(), "peer 'nobody' is not online");
+
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let opts = ConnectOptions::new(&url, "x", None).unwrap();
+    let err = tokio::time::timeout(T, p2pnc::connect(&opts)).await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::ServerUnreachable(_)), "{err}");
+    assert!(err.to_string().starts_with("server unreachable"), "{err}");
+}
+
+#[tokio::test]
+async fn twenty_concurrent_connects_to_one_agent_all_succeed() {
+    let server = TestServer::start().await;
+    let echo = Echo::start().await;
+    let _agent = expose(&server.url, "busy", Some("pw"), echo.addr).await;
+    let opts = ConnectOptions::new(&server.url, "busy", Some("pw")).unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let opts = opts.clone();
+        set.spawn(async move {
+            let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts)).await??;
+            echo_roundtrip(&mut conn.stream, 10_000 + i).await;
+            Ok::<_, anyhow::Error>(conn.info.session)
+        });
+    }
+    let mut sessions = std::collections::HashSet::new();
+    while let Some(r) = set.join_next().await {
+        sessions.insert(r.unwrap().unwrap());
+    }
+    assert_eq!(sessions.len(), 20, "every connect has its own session");
+    assert_eq!(echo.connections.load(Ordering::SeqCst), 20);
+}
+
+#[tokio::test]
+async fn a_taken_id_is_refused_and_freed_when_its_agent_stops() {
+    let server = TestServer::start().await;
+    let echo = Echo::start().await;
+    let (_, first) = expose(&server.url, "mine", Some("pw"), echo.addr).await;
+    let opts = p2pnc::ExposeOptions::new(&server.url, "mine", Some("other")).unwrap();
+    let err = match p2pnc::Agent::start(opts.clone()).await {
+        Err(e) => e,
+        Ok(_) => panic!("a second agent took an online id"),
+    };
+    assert!(err.to_string().contains("already registered"), "{err}");
+    first.abort();
+    wait_peer_status(server.addr, "mine", 404).await;
+    let agent = tokio::time::timeout(T, p2pnc::Agent::start(opts)).await.unwrap();
+    assert!(agent.is_ok(), "the id is free again");
+}
+
+#[tokio::test]
+async fn agent_re_registers_after_a_server_restart() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let echo = Echo::start().await;
+    let _agent = expose(&server.url, "phoenix", None, echo.addr).await;
+    server.stop().await;
+    // Same port, new server: the agent must find it again by itself.
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let server = TestServer::start_on(listener);
+    wait_peer_status(server.addr, "phoenix", 200).await;
+    let opts = ConnectOptions::new(&server.url, "phoenix", None).unwrap();
+    let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts)).await.unwrap().unwrap();
+    echo_roundtrip(&mut conn.stream, 1000).await;
+}
+
+#[tokio::test]
+async fn stray_connections_to_the_punch_port_never_reach_the_service() {
+    let server = TestServer::start().await;
+    let echo = Echo::start().await;
+    let (punch_port, _agent) = expose(&server.url, "guarded", None, echo.addr).await;
+    let mut stray = tokio::net::TcpStream::connect(punch_port).await.unwrap();
+    // A hello-sized blob naming no session, then bytes meant for the service.
+    stray.write_all(&[b'p'; 56]).await.unwrap();
+    let _ = stray.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(T, stray.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "the agent closed the stray connection");
+    assert_eq!(echo.connections.load(Ordering::SeqCst), 0);
+    // The agent still serves real clients.
+    let opts = ConnectOptions::new(&server.url, "guarded", None).unwrap();
+    let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts)).await.unwrap().unwrap();
+    echo_roundtrip(&mut conn.stream, 100).await;
+    assert_eq!(http_get(server.addr, "/v1/peers/guarded").await.0, 200);
+}

@@ -1,0 +1,99 @@
+//! The shared protocol vectors (`tests/fixtures/protocol/vectors.json`), also checked by the
+//! Java tests: both implementations must compute and parse them identically.
+
+use p2pnc::protocol::{
+    self, AgentMsg, ConnectQuery, ExposeQuery, Role, ServerMsg, SessionKeys, connect_proof,
+};
+use serde_json::Value;
+
+fn vectors() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/protocol/vectors.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("vectors.json")).expect("json")
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+#[test]
+fn connect_proofs_match() {
+    let v = vectors();
+    let cases = v["connect_proof"].as_array().unwrap();
+    assert!(cases.len() >= 3);
+    for c in cases {
+        let proof = connect_proof(s(c, "secret"), s(c, "peer"), s(c, "nonce"));
+        assert_eq!(proof, s(c, "proof"), "{c}");
+        assert!(protocol::verify_connect_proof(
+            s(c, "secret"),
+            s(c, "peer"),
+            s(c, "nonce"),
+            &proof
+        ));
+    }
+}
+
+#[test]
+fn hellos_match() {
+    let v = vectors();
+    for c in v["hello"].as_array().unwrap() {
+        let keys = SessionKeys::derive(s(c, "session"), s(c, "key"), c["secret"].as_str()).unwrap();
+        assert_eq!(hex::encode(keys.hello(Role::Client)), s(c, "client_hello"), "{c}");
+        assert_eq!(hex::encode(keys.hello(Role::Agent)), s(c, "agent_hello"), "{c}");
+    }
+}
+
+#[test]
+fn messages_parse_and_reserialise_identically() {
+    let v = vectors();
+    for m in v["server_messages"].as_array().unwrap() {
+        let parsed: ServerMsg = protocol::decode(&m.to_string()).unwrap();
+        let back: Value = serde_json::from_str(&protocol::encode(&parsed)).unwrap();
+        assert_eq!(&back, m);
+    }
+    for m in v["agent_messages"].as_array().unwrap() {
+        let parsed: AgentMsg = protocol::decode(&m.to_string()).unwrap();
+        let back: Value = serde_json::from_str(&protocol::encode(&parsed)).unwrap();
+        assert_eq!(&back, m);
+    }
+}
+
+#[test]
+fn bad_messages_are_rejected_with_a_reason() {
+    let v = vectors();
+    for m in v["bad_server_messages"].as_array().unwrap() {
+        let err = protocol::decode::<ServerMsg>(m.as_str().unwrap()).unwrap_err();
+        assert!(
+            err.starts_with("malformed message") || err.contains("bytes"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn query_strings_match() {
+    let v = vectors();
+    let q = &v["queries"];
+    for c in q["expose"].as_array().unwrap() {
+        let parsed = ExposeQuery::parse(s(c, "query")).unwrap();
+        assert_eq!(parsed.id, s(c, "id"));
+        assert_eq!(serde_json::to_value(parsed.auth).unwrap(), c["auth"]);
+        assert_eq!(serde_json::to_value(&parsed.private).unwrap(), c["private"]);
+        assert_eq!(parsed.to_query(), s(c, "query"));
+    }
+    for c in q["connect"].as_array().unwrap() {
+        let parsed = ConnectQuery::parse(s(c, "query")).unwrap();
+        assert_eq!(parsed.peer, s(c, "peer"));
+        assert_eq!(parsed.nonce, s(c, "nonce"));
+        assert_eq!(parsed.proof.as_deref(), c["proof"].as_str());
+        assert_eq!(serde_json::to_value(parsed.mode).unwrap(), c["mode"]);
+        assert_eq!(serde_json::to_value(&parsed.private).unwrap(), c["private"]);
+        assert_eq!(parsed.to_query(), s(c, "query"));
+    }
+    for c in q["bad"].as_array().unwrap() {
+        let err = match s(c, "endpoint") {
+            "connect" => ConnectQuery::parse(s(c, "query")).unwrap_err(),
+            _ => ExposeQuery::parse(s(c, "query")).unwrap_err(),
+        };
+        assert_eq!(serde_json::to_value(err.code).unwrap(), c["error"], "{c}");
+    }
+}
