@@ -208,7 +208,11 @@ struct Registration {
     public: SocketAddr,
 }
 
-async fn register(opts: &ExposeOptions, server_addr: SocketAddr, port: u16) -> Result<Registration, Error> {
+async fn register(
+    opts: &ExposeOptions,
+    server_addr: SocketAddr,
+    port: u16,
+) -> Result<Registration, Error> {
     let listener = net::shared_listener(net::any_addr(&server_addr, port))?;
     let port = listener.local_addr()?.port();
     let query = ExposeQuery {
@@ -418,10 +422,9 @@ async fn session(
     };
     let nonce = p.nonce.clone().unwrap_or_default();
     if let Some(secret) = &state.opts.secret {
-        let ok = p
-            .proof
-            .as_deref()
-            .is_some_and(|proof| protocol::verify_connect_proof(secret, &state.opts.id, &nonce, proof));
+        let ok = p.proof.as_deref().is_some_and(|proof| {
+            protocol::verify_connect_proof(secret, &state.opts.id, &nonce, proof)
+        });
         if !ok {
             tracing::warn!(client = %p.peer_public, "secret rejected");
             let _ = msgs

@@ -110,7 +110,11 @@ async fn connect_with(
         e => e,
     })?;
     let order = match tokio::time::timeout(control::SERVER_TIMEOUT, control::recv(&mut ws)).await {
-        Err(_) => return Err(Error::Protocol("no punch order from the server in time".into())),
+        Err(_) => {
+            return Err(Error::Protocol(
+                "no punch order from the server in time".into(),
+            ));
+        }
         Ok(r) => r?,
     };
     let punch = match order {
@@ -130,7 +134,12 @@ async fn connect_with(
     let keys = SessionKeys::derive(&punch.session, &punch.key, secret)
         .ok_or_else(|| Error::Protocol("malformed session id or key".into()))?;
     let mut targets = vec![punch.peer_public];
-    targets.extend(punch.peer_private.iter().filter(|a| **a != punch.peer_public));
+    targets.extend(
+        punch
+            .peer_private
+            .iter()
+            .filter(|a| **a != punch.peer_public),
+    );
     let plan = PunchPlan {
         local: net::any_addr(&server_addr, local.port()),
         targets,

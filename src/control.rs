@@ -186,16 +186,29 @@ mod tests {
     fn server_urls() {
         let u = ServerUrl::parse("http://example.net:50300").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("example.net", 50300));
-        assert_eq!(ServerUrl::parse("1.2.3.4").unwrap().port, DEFAULT_SERVER_PORT);
+        assert_eq!(
+            ServerUrl::parse("1.2.3.4").unwrap().port,
+            DEFAULT_SERVER_PORT
+        );
         assert_eq!(ServerUrl::parse("ws://h:1/").unwrap().port, 1);
         let v6 = ServerUrl::parse("http://[::1]:9").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 9));
         assert_eq!(v6.to_string(), "http://[::1]:9");
-        for bad in ["", "ftp://h", "http://h:0", "http://h:x", "http://h/path", "https://h"] {
+        for bad in [
+            "",
+            "ftp://h",
+            "http://h:0",
+            "http://h:x",
+            "http://h/path",
+            "https://h",
+        ] {
             assert!(ServerUrl::parse(bad).is_err(), "{bad}");
         }
         assert!(
-            ServerUrl::parse("https://h").unwrap_err().to_string().contains("TLS"),
+            ServerUrl::parse("https://h")
+                .unwrap_err()
+                .to_string()
+                .contains("TLS"),
             "https says why"
         );
     }

@@ -17,7 +17,10 @@ const PAYLOAD: usize = 1 << 20;
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn step(what: &str, since: Instant) {
-    println!("  {:>7.1} ms  {what}", since.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "  {:>7.1} ms  {what}",
+        since.elapsed().as_secs_f64() * 1000.0
+    );
 }
 
 /// Runs the demo and prints each step.
@@ -36,7 +39,11 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
     println!("p2pnc demo: every role on loopback (no root, no network)\n");
     let server = TcpListener::bind("127.0.0.1:0").await?;
     let server_url = format!("http://{}", server.local_addr()?);
-    tasks.spawn(crate::server::run(server, Default::default(), token.clone()));
+    tasks.spawn(crate::server::run(
+        server,
+        Default::default(),
+        token.clone(),
+    ));
     step(&format!("rendezvous server listening on {server_url}"), t0);
 
     let echo = TcpListener::bind("127.0.0.1:0").await?;
@@ -54,12 +61,19 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
             });
         }
     });
-    step(&format!("echo service (the service behind B's NAT) on {echo_addr}"), t0);
+    step(
+        &format!("echo service (the service behind B's NAT) on {echo_addr}"),
+        t0,
+    );
 
     let t = Instant::now();
     let mut agent = tokio::time::timeout(
         STEP_TIMEOUT,
-        Agent::start(ExposeOptions::new(&server_url, "demo-service", Some("demo-secret"))?),
+        Agent::start(ExposeOptions::new(
+            &server_url,
+            "demo-service",
+            Some("demo-secret"),
+        )?),
     )
     .await
     .context("expose did not register in time")??;
@@ -117,7 +131,10 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
     sent?;
     got?;
     if back != payload {
-        bail!("echo returned {} bytes that differ from the {PAYLOAD} sent", back.len());
+        bail!(
+            "echo returned {} bytes that differ from the {PAYLOAD} sent",
+            back.len()
+        );
     }
     step(
         &format!(

@@ -211,7 +211,8 @@ async fn expose(args: ExposeArgs) -> Result<()> {
         let Some(mut accepted) = accepted else { break };
         let to = args.to.clone();
         tasks.spawn(async move {
-            let service = tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&to)).await;
+            let service =
+                tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&to)).await;
             let mut service = match service {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return tracing::error!("service {to} refused: {e}"),

@@ -22,7 +22,11 @@ pub fn any_addr(peer: &SocketAddr, port: u16) -> SocketAddr {
 /// A TCP socket bound to `local` with SO_REUSEADDR and SO_REUSEPORT, so that the control
 /// connection, the punch listener and every punch attempt can share one local port.
 pub fn shared_port_socket(local: SocketAddr) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(local), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(local),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     #[cfg(unix)]
     socket.set_reuse_port(true)?;

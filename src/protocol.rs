@@ -282,7 +282,9 @@ pub fn percent_encode(s: &str) -> String {
 /// Checks an id: 1 to 64 bytes of UTF-8, no control characters.
 pub fn validate_id(id: &str) -> Result<(), QueryError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES {
-        return Err(bad(format!("id must be 1 to {MAX_ID_BYTES} bytes of UTF-8")));
+        return Err(bad(format!(
+            "id must be 1 to {MAX_ID_BYTES} bytes of UTF-8"
+        )));
     }
     if id.chars().any(char::is_control) {
         return Err(bad("id must not contain control characters"));
@@ -437,7 +439,8 @@ impl ConnectQuery {
 }
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
+    let mut mac =
+        <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
     for p in parts {
         mac.update(p);
     }
@@ -581,7 +584,10 @@ mod tests {
         let q = ExposeQuery {
             id: "stream server/é".into(),
             auth: Auth::Secret,
-            private: vec!["10.0.0.2:4000".parse().unwrap(), "[fe80::1]:5".parse().unwrap()],
+            private: vec![
+                "10.0.0.2:4000".parse().unwrap(),
+                "[fe80::1]:5".parse().unwrap(),
+            ],
         };
         assert_eq!(ExposeQuery::parse(&q.to_query()).unwrap(), q);
     }
@@ -609,7 +615,7 @@ mod tests {
 
     #[test]
     fn too_many_candidates_are_refused() {
-        let many = vec!["10.0.0.1:1"; MAX_PRIVATE_CANDIDATES + 1].join(",");
+        let many = ["10.0.0.1:1"; MAX_PRIVATE_CANDIDATES + 1].join(",");
         let err = ExposeQuery::parse(&format!("v=1&id=a&auth=public&private={many}")).unwrap_err();
         assert!(err.message.contains("at most"), "{}", err.message);
     }
@@ -638,7 +644,10 @@ mod tests {
         assert!(!b.verify_hello(Role::Agent, &hello), "role is bound");
         assert!(!wrong.verify_hello(Role::Client, &hello), "secret is bound");
         let other = SessionKeys::derive(&"0e".repeat(16), &key, Some("pw")).unwrap();
-        assert!(!other.verify_hello(Role::Client, &hello), "session is bound");
+        assert!(
+            !other.verify_hello(Role::Client, &hello),
+            "session is bound"
+        );
         assert!(SessionKeys::derive("zz", &key, None).is_none());
     }
 
@@ -649,7 +658,10 @@ mod tests {
             message: "peer 'x' is not online".into(),
         };
         let s = encode(&m);
-        assert!(s.starts_with(r#"{"type":"error","code":"peer_offline""#), "{s}");
+        assert!(
+            s.starts_with(r#"{"type":"error","code":"peer_offline""#),
+            "{s}"
+        );
         assert_eq!(decode::<ServerMsg>(&s).unwrap(), m);
         assert!(decode::<ServerMsg>(r#"{"type":"nope"}"#).is_err());
         assert!(decode::<ServerMsg>(&"x".repeat(MAX_MESSAGE_BYTES + 1)).is_err());

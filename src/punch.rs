@@ -305,7 +305,12 @@ mod tests {
             let (tx, rx) = mpsc::channel(8);
             let task = tokio::spawn(async move {
                 while let Ok((stream, _)) = l.accept().await {
-                    let _ = tx.send(Inbound { stream, hello: None }).await;
+                    let _ = tx
+                        .send(Inbound {
+                            stream,
+                            hello: None,
+                        })
+                        .await;
                 }
             });
             (rx, task)
@@ -345,7 +350,10 @@ mod tests {
         let (c, a) = pair(wrong, keys()).await;
         let (c, a) = (c.unwrap_err(), a.unwrap_err());
         assert!(c.rejected_streams >= 1, "{c}");
-        assert!(a.rejected_streams >= 1 || a.waited >= Duration::from_secs(2), "{a}");
+        assert!(
+            a.rejected_streams >= 1 || a.waited >= Duration::from_secs(2),
+            "{a}"
+        );
     }
 
     #[tokio::test]

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::net;
 use crate::protocol::{
-    self, AgentMsg, Auth, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, MAX_MESSAGE_BYTES,
-    Mode, Punch, ServerMsg,
+    self, AgentMsg, Auth, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, MAX_MESSAGE_BYTES, Mode,
+    Punch, ServerMsg,
 };
 
 /// How often the server pings an agent; also how often the agent's NAT mapping is refreshed
@@ -158,7 +158,14 @@ pub async fn run(
 
 fn error(code: ErrorCode, message: String) -> Response {
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-    (status, Json(ErrorBody { error: code, message })).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            error: code,
+            message,
+        }),
+    )
+        .into_response()
 }
 
 async fn index() -> &'static str {
@@ -189,19 +196,21 @@ async fn peer(State(state): State<AppState>, Path(id): Path<String>) -> Response
     }
 }
 
-fn upgrade_or_error(
+/// Applies the frame limits and upgrades, or explains that a WebSocket upgrade was expected.
+fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<WebSocketUpgrade, Response> {
-    ws.map(|ws| {
-        ws.max_message_size(MAX_MESSAGE_BYTES)
-            .max_frame_size(MAX_MESSAGE_BYTES)
-    })
-    .map_err(|e| {
-        error(
+    then: impl FnOnce(WebSocketUpgrade) -> Response,
+) -> Response {
+    match ws {
+        Ok(ws) => then(
+            ws.max_message_size(MAX_MESSAGE_BYTES)
+                .max_frame_size(MAX_MESSAGE_BYTES),
+        ),
+        Err(e) => error(
             ErrorCode::BadRequest,
             format!("this endpoint needs a WebSocket upgrade: {e}"),
-        )
-    })
+        ),
+    }
 }
 
 async fn expose(
@@ -223,10 +232,9 @@ async fn expose(
             return error(ErrorCode::Busy, "server has too many agents".into());
         }
     }
-    match upgrade_or_error(ws) {
-        Ok(ws) => ws.on_upgrade(move |socket| agent_session(state, meta, q, socket)),
-        Err(r) => r,
-    }
+    upgrade(ws, |ws| {
+        ws.on_upgrade(move |socket| agent_session(state, meta, q, socket))
+    })
 }
 
 fn id_taken(id: &str) -> String {
@@ -243,9 +251,7 @@ async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> bool {
 async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut socket: WebSocket) {
     let generation = state.generation.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(AGENT_QUEUE);
-    let rtt_us = Arc::new(AtomicU64::new(
-        meta.rtt.map_or(0, |d| d.as_micros() as u64),
-    ));
+    let rtt_us = Arc::new(AtomicU64::new(meta.rtt.map_or(0, |d| d.as_micros() as u64)));
     let inserted = {
         let mut agents = state.agents.lock().expect("agents lock");
         let free = !agents.contains_key(&q.id);
@@ -281,7 +287,10 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
         agent_loop(&state, &mut socket, &mut rx, &rtt_us).await;
     }
     let mut agents = state.agents.lock().expect("agents lock");
-    if agents.get(&q.id).is_some_and(|e| e.generation == generation) {
+    if agents
+        .get(&q.id)
+        .is_some_and(|e| e.generation == generation)
+    {
         agents.remove(&q.id);
     }
     drop(agents);
@@ -412,10 +421,9 @@ async fn connect(
     if state.sessions.lock().expect("sessions lock").len() >= state.config.max_sessions {
         return error(ErrorCode::Busy, "server has too many open sessions".into());
     }
-    match upgrade_or_error(ws) {
-        Ok(ws) => ws.on_upgrade(move |socket| client_session(state, meta, q, socket)),
-        Err(r) => r,
-    }
+    upgrade(ws, |ws| {
+        ws.on_upgrade(move |socket| client_session(state, meta, q, socket))
+    })
 }
 
 fn random_hex<const N: usize>() -> String {
@@ -427,7 +435,11 @@ struct SessionGuard<'a>(&'a Shared, String);
 
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
-        self.0.sessions.lock().expect("sessions lock").remove(&self.1);
+        self.0
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .remove(&self.1);
     }
 }
 

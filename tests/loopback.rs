@@ -33,7 +33,10 @@ async fn connect_reaches_the_service_byte_exact_with_half_close() {
     let echo = Echo::start().await;
     let (agent_public, _agent) = expose(&server.url, "svc", Some("pw"), echo.addr).await;
     let opts = ConnectOptions::new(&server.url, "svc", Some("pw")).unwrap();
-    let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts)).await.unwrap().unwrap();
+    let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(conn.info.path, Path::Direct | Path::Lan));
     assert_eq!(conn.info.peer_addr.port(), agent_public.port());
     assert_eq!(conn.info.session.len(), 32);
@@ -48,10 +51,17 @@ async fn wrong_or_missing_secret_is_refused_fast_and_nothing_reaches_the_service
     let _agent = expose(&server.url, "svc", Some("right"), echo.addr).await;
     let wrong = ConnectOptions::new(&server.url, "svc", Some("wrong")).unwrap();
     let started = tokio::time::Instant::now();
-    let err = tokio::time::timeout(T, p2pnc::connect(&wrong)).await.unwrap().unwrap_err();
+    let err = tokio::time::timeout(T, p2pnc::connect(&wrong))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, Error::SecretRejected(_)), "{err}");
     assert_eq!(err.to_string(), "secret rejected by peer 'svc'");
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let none = ConnectOptions::new(&server.url, "svc", None).unwrap();
     let err = p2pnc::connect(&none).await.unwrap_err();
     assert!(matches!(err, Error::SecretRequired(_)), "{err}");
@@ -65,7 +75,10 @@ async fn public_service_needs_no_secret_and_ignores_one() {
     let _agent = expose(&server.url, "open", None, echo.addr).await;
     for secret in [None, Some("anything")] {
         let opts = ConnectOptions::new(&server.url, "open", secret).unwrap();
-        let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts)).await.unwrap().unwrap();
+        let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts))
+            .await
+            .unwrap()
+            .unwrap();
         echo_roundtrip(&mut conn.stream, 1000).await;
     }
 }
@@ -81,7 +94,10 @@ async fn unknown_peer_and_unreachable_server_say_so() {
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let opts = ConnectOptions::new(&url, "x", None).unwrap();
-    let err = tokio::time::timeout(T, p2pnc::connect(&opts)).await.unwrap().unwrap_err();
+    let err = tokio::time::timeout(T, p2pnc::connect(&opts))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, Error::ServerUnreachable(_)), "{err}");
     assert!(err.to_string().starts_with("server unreachable"), "{err}");
 }
@@ -122,7 +138,9 @@ async fn a_taken_id_is_refused_and_freed_when_its_agent_stops() {
     assert!(err.to_string().contains("already registered"), "{err}");
     first.abort();
     wait_peer_status(server.addr, "mine", 404).await;
-    let agent = tokio::time::timeout(T, p2pnc::Agent::start(opts)).await.unwrap();
+    let agent = tokio::time::timeout(T, p2pnc::Agent::start(opts))
+        .await
+        .unwrap();
     assert!(agent.is_ok(), "the id is free again");
 }
 
@@ -143,7 +161,10 @@ async fn agent_re_registers_after_a_server_restart() {
     let server = TestServer::start_on(listener);
     wait_peer_status(server.addr, "phoenix", 200).await;
     let opts = ConnectOptions::new(&server.url, "phoenix", None).unwrap();
-    let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts)).await.unwrap().unwrap();
+    let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts))
+        .await
+        .unwrap()
+        .unwrap();
     echo_roundtrip(&mut conn.stream, 1000).await;
 }
 
@@ -157,12 +178,20 @@ async fn stray_connections_to_the_punch_port_never_reach_the_service() {
     stray.write_all(&[b'p'; 56]).await.unwrap();
     let _ = stray.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
     let mut buf = [0u8; 1];
-    let read = tokio::time::timeout(T, stray.read(&mut buf)).await.expect("closed in time");
-    assert!(matches!(read, Ok(0) | Err(_)), "the agent closed the stray connection");
+    let read = tokio::time::timeout(T, stray.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the agent closed the stray connection"
+    );
     assert_eq!(echo.connections.load(Ordering::SeqCst), 0);
     // The agent still serves real clients.
     let opts = ConnectOptions::new(&server.url, "guarded", None).unwrap();
-    let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts)).await.unwrap().unwrap();
+    let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts))
+        .await
+        .unwrap()
+        .unwrap();
     echo_roundtrip(&mut conn.stream, 100).await;
     assert_eq!(http_get(server.addr, "/v1/peers/guarded").await.0, 200);
 }

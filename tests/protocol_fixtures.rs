@@ -7,7 +7,10 @@ use p2pnc::protocol::{
 use serde_json::Value;
 
 fn vectors() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/protocol/vectors.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/protocol/vectors.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).expect("vectors.json")).expect("json")
 }
 
@@ -37,8 +40,16 @@ fn hellos_match() {
     let v = vectors();
     for c in v["hello"].as_array().unwrap() {
         let keys = SessionKeys::derive(s(c, "session"), s(c, "key"), c["secret"].as_str()).unwrap();
-        assert_eq!(hex::encode(keys.hello(Role::Client)), s(c, "client_hello"), "{c}");
-        assert_eq!(hex::encode(keys.hello(Role::Agent)), s(c, "agent_hello"), "{c}");
+        assert_eq!(
+            hex::encode(keys.hello(Role::Client)),
+            s(c, "client_hello"),
+            "{c}"
+        );
+        assert_eq!(
+            hex::encode(keys.hello(Role::Agent)),
+            s(c, "agent_hello"),
+            "{c}"
+        );
     }
 }
 

@@ -1,0 +1,240 @@
+//! The real binary as a process: exit codes, one-line reasons, stdout carrying only the stream.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Echo, wait_peer_status};
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2pnc");
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `p2pnc server` on a free loopback port and waits until it answers.
+async fn server() -> (Proc, std::net::SocketAddr) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new(BIN)
+        .args(["server", "--listen", &addr.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::http_get(addr, "/v1/health").await.0 != 200 {
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (Proc(child), addr)
+}
+
+fn expose(server: std::net::SocketAddr, id: &str, to: std::net::SocketAddr, auth: &[&str]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "expose",
+        "--server",
+        &format!("http://{server}"),
+        "--id",
+        id,
+    ])
+    .args(["--to", &to.to_string()])
+    .args(auth)
+    .stderr(Stdio::null());
+    Proc(cmd.spawn().unwrap())
+}
+
+fn connect_stdio(
+    server: std::net::SocketAddr,
+    peer: &str,
+    extra: &[&str],
+    input: &[u8],
+) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args([
+            "connect",
+            "--server",
+            &format!("http://{server}"),
+            "--peer",
+            peer,
+            "--stdio",
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_carries_only_the_stream_and_exits_zero_after_both_directions_close() {
+    let (_server, addr) = server().await;
+    let echo = Echo::start().await;
+    let _agent = expose(addr, "svc", echo.addr, &["--secret", "pw"]);
+    wait_peer_status(addr, "svc", 200).await;
+    let payload: Vec<u8> = (0..(2 << 20)).map(|i: u32| (i % 241) as u8).collect();
+    let p = payload.clone();
+    let out =
+        tokio::task::spawn_blocking(move || connect_stdio(addr, "svc", &["--secret", "pw"], &p))
+            .await
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(out.stdout == payload, "stdout is exactly the echoed bytes");
+    assert!(stderr.contains("connected to 'svc' (direct"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_exit_non_zero_with_one_line_reasons() {
+    let (_server, addr) = server().await;
+    let echo = Echo::start().await;
+    let _agent = expose(addr, "svc", echo.addr, &["--secret", "pw"]);
+    wait_peer_status(addr, "svc", 200).await;
+    let cases: [(&str, &[&str], &str); 3] = [
+        ("nobody", &[], "error: peer 'nobody' is not online"),
+        (
+            "svc",
+            &["--secret", "bad"],
+            "error: secret rejected by peer 'svc'",
+        ),
+        ("svc", &[], "error: peer 'svc' requires a secret (--secret)"),
+    ];
+    for (peer, extra, want) in cases {
+        let out = tokio::task::spawn_blocking(move || connect_stdio(addr, peer, extra, b"x"))
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{peer}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().last(), Some(want), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    let dead = free_port();
+    let out = tokio::task::spawn_blocking(move || {
+        let addr = format!("127.0.0.1:{dead}").parse().unwrap();
+        connect_stdio(addr, "svc", &[], b"")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("error: server unreachable"), "{stderr}");
+    assert_eq!(
+        echo.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[test]
+fn expose_requires_a_secret_or_an_explicit_public() {
+    let out = Command::new(BIN)
+        .args([
+            "expose",
+            "--server",
+            "http://127.0.0.1:1",
+            "--id",
+            "x",
+            "--to",
+            "127.0.0.1:2",
+        ])
+        .env_remove("P2PNC_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--secret") && stderr.contains("--public"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_mode_gives_each_connection_its_own_path_and_survives_failures() {
+    let (_server, addr) = server().await;
+    let echo = Echo::start().await;
+    let mut child = Command::new(BIN)
+        .args([
+            "connect",
+            "--server",
+            &format!("http://{addr}"),
+            "--peer",
+            "late",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--punch-timeout", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let _guard = Proc(child);
+    let first = lines.next().unwrap().unwrap();
+    let local: std::net::SocketAddr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .parse()
+        .unwrap();
+    // Peer not online yet: this connection fails, the forwarder goes on.
+    let mut s = tokio::net::TcpStream::connect(local).await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+    )
+    .await
+    .expect("failed connection is closed promptly");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    let _agent = expose(addr, "late", echo.addr, &["--public"]);
+    wait_peer_status(addr, "late", 200).await;
+    for i in 0..3u8 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(local).await.unwrap();
+        let msg = vec![i; 1000];
+        s.write_all(&msg).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    assert_eq!(
+        echo.connections.load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+}
+
+#[test]
+fn demo_runs_the_whole_flow() {
+    let out = Command::new(BIN).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("byte-exact"), "{stdout}");
+    assert!(stdout.contains("a wrong secret is refused"), "{stdout}");
+}
