@@ -32,6 +32,9 @@ pub const DEFAULT_PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// with uneven latencies a later SYN still crosses the peer's.
 const RETRY_MIN: Duration = Duration::from_millis(60);
 const RETRY_MAX: Duration = Duration::from_millis(160);
+/// How long a low-TTL first SYN may stay unanswered before a normal SYN replaces it: several
+/// RTTs of a continental path, so a working low-TTL punch is never cut short.
+const LOW_TTL_GRACE: Duration = Duration::from_millis(400);
 
 /// A stream that reached the engine from outside: accepted on the punch port.
 pub struct Inbound {
@@ -132,7 +135,8 @@ pub async fn run(
         // Fire the first SYN synchronously so every candidate is hit at the same moment.
         let first = net::start_connect(plan.local, target, plan.first_ttl);
         let tx = event_tx.clone();
-        dialers.spawn(dial(plan.local, target, first, deadline, tx));
+        let low_ttl = plan.first_ttl.is_some();
+        dialers.spawn(dial(plan.local, target, first, low_ttl, deadline, tx));
     }
     drop(event_tx);
     on_fired();
@@ -192,18 +196,24 @@ async fn dial(
     local: SocketAddr,
     target: SocketAddr,
     first: std::io::Result<TcpStream>,
+    low_ttl: bool,
     deadline: Instant,
     events: mpsc::Sender<Event>,
 ) {
     let mut pending = first;
+    // A low-TTL first SYN that dies before leaving our own NAT (the NAT is more than one hop
+    // away: a container, a carrier-grade NAT) opens nothing; give it a short grace, then
+    // re-arm with a normal TTL.
+    let mut wait_cap = if low_ttl { LOW_TTL_GRACE } else { Duration::MAX };
     loop {
         let result = match pending {
             Ok(stream) => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                net::finish_connect(stream, left).await
+                net::finish_connect(stream, left.min(wait_cap)).await
             }
             Err(e) => Err(e),
         };
+        wait_cap = Duration::MAX;
         match result {
             Ok(stream) => {
                 let _ = events.send(Event::Connected(target, stream)).await;
