@@ -7,6 +7,11 @@
 //!
 //! The wire protocol is in [`protocol`] and `docs/protocol.md`.
 
+/// The README's examples compile.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod agent;
 pub mod client;
 pub mod control;
