@@ -223,6 +223,7 @@ async fn register(
             Auth::Public
         },
         private: net::local_candidates(port, &server_addr),
+        probe: None,
     };
     let (mut ws, local) = control::open(
         &opts.server,

@@ -96,6 +96,7 @@ async fn connect_with(
         nonce,
         private: net::local_candidates(port, &server_addr),
         mode: Mode::Punch,
+        probe: None,
     };
     let (mut ws, local) = control::open(
         &opts.server,

@@ -43,6 +43,9 @@ pub enum ServerMsg {
         id: String,
         /// The agent's public endpoint (its NAT mapping of the punch port).
         public: SocketAddr,
+        /// The agent's NAT mapping behaviour, from its probe (see [`Mapping`]).
+        #[serde(default, skip_serializing_if = "Mapping::is_unknown")]
+        mapping: Mapping,
     },
     /// Start punching now: sent to both ends of a session, timed so that both fire together.
     Punch(Punch),
@@ -80,7 +83,104 @@ pub struct Punch {
     /// Agent only: the client's proof of the secret (hex), absent for public agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<String>,
+    /// How the receiver punches (see [`Strategy`]).
+    #[serde(default, skip_serializing_if = "Strategy::is_simultaneous")]
+    pub strategy: Strategy,
+    /// The receiver's NAT mapping behaviour, as the server measured it.
+    #[serde(default, skip_serializing_if = "Mapping::is_unknown")]
+    pub your_mapping: Mapping,
+    /// The other end's NAT mapping behaviour.
+    #[serde(default, skip_serializing_if = "Mapping::is_unknown")]
+    pub peer_mapping: Mapping,
+    /// When present, the server relays this session: join `GET /v1/relay` after this many
+    /// milliseconds unless a direct stream has been proven by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_after_ms: Option<u64>,
 }
+
+/// A NAT's mapping behaviour (RFC 4787), as seen through the server's two ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mapping {
+    /// One public endpoint for every destination (cone NATs, or no NAT): punchable directly.
+    EndpointIndependent,
+    /// A new public port per destination ("symmetric" NAT): needs birthday punching.
+    EndpointDependent,
+    /// Not measured (the probe did not arrive in time).
+    #[default]
+    Unknown,
+}
+
+impl Mapping {
+    /// Classifies from the public endpoints seen on the control port and on the probe port.
+    pub fn classify(control: SocketAddr, probe: Option<SocketAddr>) -> Mapping {
+        match probe {
+            None => Mapping::Unknown,
+            Some(p) if p == control => Mapping::EndpointIndependent,
+            Some(_) => Mapping::EndpointDependent,
+        }
+    }
+
+    fn is_unknown(&self) -> bool {
+        *self == Mapping::Unknown
+    }
+}
+
+impl fmt::Display for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mapping::EndpointIndependent => "endpoint-independent",
+            Mapping::EndpointDependent => "endpoint-dependent",
+            Mapping::Unknown => "unknown",
+        })
+    }
+}
+
+/// How one end punches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Connect from the punch port to the peer's candidates (both ends cone or public).
+    #[default]
+    Simultaneous,
+    /// This end's NAT is endpoint-dependent: open many sockets from distinct local ports toward
+    /// the peer's public endpoint, first SYNs at low TTL, and wait for the peer's probes.
+    BirthdayHard,
+    /// The peer's NAT is endpoint-dependent: from the punch port, probe many distinct random
+    /// ports of the peer's public IP.
+    BirthdayEasy,
+    /// No direct path is possible: only the relay (and LAN candidates) are tried.
+    RelayOnly,
+}
+
+impl Strategy {
+    fn is_simultaneous(&self) -> bool {
+        *self == Strategy::Simultaneous
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).map_err(|_| fmt::Error)?;
+        f.write_str(s.as_str().unwrap_or("simultaneous"))
+    }
+}
+
+/// The line a peer writes on the server's probe port: `p2pnc-probe <32 hex>\n`; the server
+/// answers with the peer's public endpoint as it sees it, `IP:PORT\n`, and closes.
+pub fn probe_line(token: &str) -> String {
+    format!("p2pnc-probe {token}\n")
+}
+
+/// Parses a probe line (without its newline); returns the token.
+pub fn parse_probe_line(line: &str) -> Option<&str> {
+    let token = line.strip_prefix("p2pnc-probe ")?;
+    (token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())).then_some(token)
+}
+
+/// Longest probe line accepted, in bytes.
+pub const MAX_PROBE_LINE: usize = 64;
 
 /// Messages an agent sends to the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +246,8 @@ pub enum ErrorCode {
     PeerGone,
     /// The server is at a limit (too many sessions or connections).
     Busy,
+    /// Neither a direct path nor the relay can join the two ends.
+    NoDirectPath,
     /// Anything else.
     Internal,
 }
@@ -159,6 +261,7 @@ impl ErrorCode {
             ErrorCode::PeerOffline | ErrorCode::PeerGone => 404,
             ErrorCode::IdTaken => 409,
             ErrorCode::Busy => 503,
+            ErrorCode::NoDirectPath => 502,
             ErrorCode::Internal => 500,
         }
     }
@@ -189,6 +292,8 @@ pub struct ExposeQuery {
     pub auth: Auth,
     /// The agent's private candidates.
     pub private: Vec<SocketAddr>,
+    /// Token of the probe the agent sent from its punch port (see [`probe_line`]).
+    pub probe: Option<String>,
 }
 
 /// Parsed query string of `GET /v1/connect`.
@@ -204,6 +309,8 @@ pub struct ConnectQuery {
     pub private: Vec<SocketAddr>,
     /// Punch (default) or plain.
     pub mode: Mode,
+    /// Token of the probe the client sent from its punch port (see [`probe_line`]).
+    pub probe: Option<String>,
 }
 
 /// A query string that cannot be accepted, with the reason for a person.
@@ -340,8 +447,10 @@ impl ExposeQuery {
     /// Parses the query string of an expose request.
     pub fn parse(query: &str) -> Result<Self, QueryError> {
         let (mut v, mut id, mut auth, mut private) = (None, None, None, Vec::new());
+        let mut probe = None;
         for (k, val) in parse_pairs(query)? {
             match k.as_str() {
+                "probe" if !val.is_empty() => probe = Some(val),
                 "v" => v = Some(val),
                 "id" => id = Some(val),
                 "auth" => {
@@ -358,10 +467,14 @@ impl ExposeQuery {
         check_version(v.as_deref())?;
         let id = id.ok_or_else(|| bad("missing id"))?;
         validate_id(&id)?;
+        if let Some(p) = &probe {
+            check_hex("probe", p, 16)?;
+        }
         Ok(ExposeQuery {
             id,
             auth: auth.ok_or_else(|| bad("missing auth ('secret' or 'public')"))?,
             private,
+            probe: probe.map(|p| p.to_ascii_lowercase()),
         })
     }
 
@@ -371,11 +484,16 @@ impl ExposeQuery {
             Auth::Secret => "secret",
             Auth::Public => "public",
         };
-        format!(
+        let mut q = format!(
             "v={PROTOCOL_VERSION}&id={}&auth={auth}&private={}",
             percent_encode(&self.id),
             percent_encode(&format_candidates(&self.private))
-        )
+        );
+        if let Some(p) = &self.probe {
+            q.push_str("&probe=");
+            q.push_str(p);
+        }
+        q
     }
 }
 
@@ -383,9 +501,10 @@ impl ConnectQuery {
     /// Parses the query string of a connect request.
     pub fn parse(query: &str) -> Result<Self, QueryError> {
         let (mut v, mut peer, mut nonce, mut proof) = (None, None, None, None);
-        let (mut private, mut mode) = (Vec::new(), Mode::Punch);
+        let (mut private, mut mode, mut probe) = (Vec::new(), Mode::Punch, None);
         for (k, val) in parse_pairs(query)? {
             match k.as_str() {
+                "probe" if !val.is_empty() => probe = Some(val),
                 "v" => v = Some(val),
                 "peer" => peer = Some(val),
                 "nonce" => nonce = Some(val),
@@ -409,12 +528,16 @@ impl ConnectQuery {
         if let Some(p) = &proof {
             check_hex("proof", p, 32)?;
         }
+        if let Some(p) = &probe {
+            check_hex("probe", p, 16)?;
+        }
         Ok(ConnectQuery {
             peer,
             nonce: nonce.to_ascii_lowercase(),
             proof: proof.map(|p| p.to_ascii_lowercase()),
             private,
             mode,
+            probe: probe.map(|p| p.to_ascii_lowercase()),
         })
     }
 
@@ -432,6 +555,10 @@ impl ConnectQuery {
         );
         if let Some(p) = &self.proof {
             q.push_str("&proof=");
+            q.push_str(p);
+        }
+        if let Some(p) = &self.probe {
+            q.push_str("&probe=");
             q.push_str(p);
         }
         q
@@ -588,6 +715,7 @@ mod tests {
                 "10.0.0.2:4000".parse().unwrap(),
                 "[fe80::1]:5".parse().unwrap(),
             ],
+            probe: Some("0a".repeat(16)),
         };
         assert_eq!(ExposeQuery::parse(&q.to_query()).unwrap(), q);
     }
@@ -600,6 +728,7 @@ mod tests {
             proof: Some("ab".repeat(32)),
             private: vec![],
             mode: Mode::Plain,
+            probe: None,
         };
         assert_eq!(ConnectQuery::parse(&q.to_query()).unwrap(), q);
         let err = ConnectQuery::parse("v=1&peer=x&nonce=zz").unwrap_err();
@@ -649,6 +778,24 @@ mod tests {
             "session is bound"
         );
         assert!(SessionKeys::derive("zz", &key, None).is_none());
+    }
+
+    #[test]
+    fn mapping_and_probe_lines() {
+        let a: SocketAddr = "198.51.100.2:4000".parse().unwrap();
+        let b: SocketAddr = "198.51.100.2:4001".parse().unwrap();
+        assert_eq!(Mapping::classify(a, Some(a)), Mapping::EndpointIndependent);
+        assert_eq!(Mapping::classify(a, Some(b)), Mapping::EndpointDependent);
+        assert_eq!(Mapping::classify(a, None), Mapping::Unknown);
+        assert_eq!(
+            serde_json::to_value(Mapping::EndpointDependent).unwrap(),
+            "endpoint-dependent"
+        );
+        let token = "ab".repeat(16);
+        let line = probe_line(&token);
+        assert_eq!(parse_probe_line(line.trim_end()), Some(token.as_str()));
+        assert_eq!(parse_probe_line("p2pnc-probe short"), None);
+        assert_eq!(parse_probe_line("GET / HTTP/1.1"), None);
     }
 
     #[test]

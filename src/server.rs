@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::net;
 use crate::protocol::{
-    self, AgentMsg, Auth, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, MAX_MESSAGE_BYTES, Mode,
-    Punch, ServerMsg,
+    self, AgentMsg, Auth, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, MAX_MESSAGE_BYTES,
+    Mapping, Mode, Punch, ServerMsg, Strategy,
 };
 
 /// How often the server pings an agent; also how often the agent's NAT mapping is refreshed
@@ -282,6 +282,7 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
     let registered = ServerMsg::Registered {
         id: q.id.clone(),
         public: meta.remote,
+        mapping: Mapping::Unknown,
     };
     if send(&mut socket, &registered).await {
         agent_loop(&state, &mut socket, &mut rx, &rtt_us).await;
@@ -487,6 +488,10 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         auth,
         nonce: Some(q.nonce.clone()),
         proof: q.proof.clone(),
+        strategy: Strategy::Simultaneous,
+        your_mapping: Mapping::Unknown,
+        peer_mapping: Mapping::Unknown,
+        relay_after_ms: None,
     };
     let to_client = ServerMsg::Punch(Punch {
         session: session.clone(),
@@ -498,6 +503,10 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         auth,
         nonce: None,
         proof: None,
+        strategy: Strategy::Simultaneous,
+        your_mapping: Mapping::Unknown,
+        peer_mapping: Mapping::Unknown,
+        relay_after_ms: None,
     });
     tracing::info!(%session, peer = %q.peer, client = %meta.remote, mode = ?q.mode, "session");
 
