@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::{self, ControlSocket, ServerUrl};
+use crate::probe;
 use crate::protocol::{
     self, AgentMsg, Auth, ErrorCode, ExposeQuery, Mode, Punch, Role, ServerMsg, SessionKeys,
 };
-use crate::punch::{self, Inbound, Proof, PunchPlan};
+use crate::punch::{self, Inbound, Order, Proof, PunchPlan};
 use crate::{ConnectionInfo, Error, Path, net};
 
 /// How often the agent pings the server; this also keeps its NAT mapping alive.
@@ -39,9 +40,8 @@ const REPLAY_CACHE: usize = 4096;
 const REPLAY_WINDOW: Duration = Duration::from_secs(600);
 /// Proven streams waiting for [`Agent::accept`].
 const ACCEPT_QUEUE: usize = 64;
-/// Default TTL of the first SYN of a punch: passes the agent's own router (hop 1) and dies at
-/// the next hop, so the client's router never sees it (see `net::connect_from`).
-pub const DEFAULT_PUNCH_TTL: u32 = 2;
+/// Default TTL of the first SYN of a punch (see [`punch::DEFAULT_LOW_TTL`]).
+pub const DEFAULT_PUNCH_TTL: u32 = punch::DEFAULT_LOW_TTL;
 
 /// How to expose a service.
 #[derive(Clone)]
@@ -202,6 +202,7 @@ impl AgentState {
 }
 
 struct Registration {
+    mapping: crate::protocol::Mapping,
     ws: ControlSocket,
     listener: TcpListener,
     local: SocketAddr,
@@ -215,6 +216,19 @@ async fn register(
 ) -> Result<Registration, Error> {
     let listener = net::shared_listener(net::any_addr(&server_addr, port))?;
     let port = listener.local_addr()?.port();
+    let shared = net::any_addr(&server_addr, port);
+    let token = probe::new_token();
+    let probe_addr = probe::probe_addr(server_addr);
+    let probe = match probe::probe(shared, probe_addr, &token).await {
+        Ok(seen) => {
+            tracing::debug!("NAT probe: {shared} is {seen} toward {probe_addr}");
+            Some(token)
+        }
+        Err(e) => {
+            tracing::warn!("NAT probe to {probe_addr} failed ({e}); mapping stays unknown");
+            None
+        }
+    };
     let query = ExposeQuery {
         id: opts.id.clone(),
         auth: if opts.secret.is_some() {
@@ -223,12 +237,12 @@ async fn register(
             Auth::Public
         },
         private: net::local_candidates(port, &server_addr),
-        probe: None,
+        probe,
     };
     let (mut ws, local) = control::open(
         &opts.server,
         server_addr,
-        net::any_addr(&server_addr, port),
+        shared,
         protocol::EXPOSE_PATH,
         &query.to_query(),
     )
@@ -237,7 +251,10 @@ async fn register(
         .await
         .map_err(|_| Error::ServerUnreachable("no registration answer in time".into()))??;
     match first {
-        Some(ServerMsg::Registered { public, .. }) => Ok(Registration {
+        Some(ServerMsg::Registered {
+            public, mapping, ..
+        }) => Ok(Registration {
+            mapping,
             ws,
             listener,
             local,
@@ -254,10 +271,11 @@ async fn register(
 async fn control_loop(state: Arc<AgentState>, mut reg: Registration, token: CancellationToken) {
     loop {
         tracing::info!(
-            "registered as '{}' (public endpoint {}, punch port {})",
+            "registered as '{}' (public endpoint {}, punch port {}, NAT mapping {})",
             state.opts.id,
             reg.public,
-            reg.local.port()
+            reg.local.port(),
+            reg.mapping
         );
         serve_registration(&state, reg, &token).await;
         let mut backoff = BACKOFF_MIN;
@@ -445,33 +463,40 @@ async fn session(
         tracing::warn!("malformed session from server");
         return;
     };
-    let mut targets = vec![p.peer_public];
-    targets.extend(p.peer_private.iter().filter(|a| **a != p.peer_public));
+    let mut plan = PunchPlan::for_order(Order {
+        punch: &p,
+        local,
+        role: Role::Agent,
+        proof: match p.mode {
+            Mode::Punch => Proof::Hello {
+                role: Role::Agent,
+                keys: keys.clone(),
+            },
+            Mode::Plain => Proof::Address,
+        },
+        timeout: match p.mode {
+            Mode::Punch => state.opts.punch_timeout,
+            Mode::Plain => PLAIN_WINDOW,
+        },
+        low_ttl: state.opts.punch_ttl,
+        server: &state.opts.server,
+        server_addr: state.server_addr,
+    });
+    if p.mode == Mode::Plain {
+        // The seed's caller connects once, from its control port: aim only there.
+        plan.targets = std::iter::once(p.peer_public)
+            .chain(p.peer_private.iter().copied())
+            .collect();
+    }
     let (inbound_tx, inbound) = mpsc::channel(8);
     slots.lock().expect("slots lock").insert(
         keys.session_id(),
         Slot {
             inbound: inbound_tx,
-            plain_from: (p.mode == Mode::Plain).then(|| targets.clone()),
+            plain_from: (p.mode == Mode::Plain).then(|| plan.targets.clone()),
         },
     );
     let _guard = SlotGuard(slots, keys.session_id());
-    let plan = PunchPlan {
-        local,
-        targets,
-        first_ttl: state.opts.punch_ttl,
-        timeout: match p.mode {
-            Mode::Punch => state.opts.punch_timeout,
-            Mode::Plain => PLAIN_WINDOW,
-        },
-        proof: match p.mode {
-            Mode::Punch => Proof::Hello {
-                role: Role::Agent,
-                keys,
-            },
-            Mode::Plain => Proof::Address,
-        },
-    };
     let armed = AgentMsg::Armed {
         session: p.session.clone(),
     };
@@ -483,7 +508,9 @@ async fn session(
     match punch::run(plan, inbound, on_fired).await {
         Ok(punched) => {
             let info = ConnectionInfo {
-                path: if p.peer_private.contains(&punched.peer) {
+                path: if punched.relayed {
+                    Path::Relayed
+                } else if p.peer_private.contains(&punched.peer) {
                     Path::Lan
                 } else {
                     Path::Direct

@@ -9,8 +9,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::control::{self, ServerUrl};
+use crate::probe;
 use crate::protocol::{self, Auth, ConnectQuery, Mode, Role, ServerMsg, SessionKeys};
-use crate::punch::{self, Inbound, Proof, PunchPlan};
+use crate::punch::{self, Inbound, Order, Proof, PunchPlan};
 use crate::{ConnectionInfo, Error, Path, net};
 
 /// What to connect to.
@@ -24,6 +25,9 @@ pub struct ConnectOptions {
     pub secret: Option<String>,
     /// How long the punch may take before giving up.
     pub punch_timeout: Duration,
+    /// TTL of the SYNs of a birthday punch when this end's NAT is endpoint-dependent
+    /// (`None`: normal TTL).
+    pub punch_ttl: Option<u32>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -33,6 +37,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("peer", &self.peer)
             .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
             .field("punch_timeout", &self.punch_timeout)
+            .field("punch_ttl", &self.punch_ttl)
             .finish()
     }
 }
@@ -45,6 +50,7 @@ impl ConnectOptions {
             peer: peer.to_string(),
             secret: secret.map(str::to_string),
             punch_timeout: punch::DEFAULT_PUNCH_TIMEOUT,
+            punch_ttl: Some(punch::DEFAULT_LOW_TTL),
         })
     }
 }
@@ -87,6 +93,19 @@ async fn connect_with(
     let any = net::any_addr(&server_addr, 0);
     let listener = net::shared_listener(any)?;
     let port = listener.local_addr()?.port();
+    // The NAT probe leaves from the same port at the same moment as the control connection;
+    // the server compares the two mappings.
+    let probe_token = probe::new_token();
+    let mut tasks = JoinSet::new();
+    {
+        let (local, token) = (net::any_addr(&server_addr, port), probe_token.clone());
+        let probe_addr = probe::probe_addr(server_addr);
+        tasks.spawn(async move {
+            if let Err(e) = probe::probe(local, probe_addr, &token).await {
+                tracing::debug!("NAT probe to {probe_addr}: {e}");
+            }
+        });
+    }
     let query = ConnectQuery {
         peer: opts.peer.clone(),
         proof: opts
@@ -96,7 +115,7 @@ async fn connect_with(
         nonce,
         private: net::local_candidates(port, &server_addr),
         mode: Mode::Punch,
-        probe: None,
+        probe: Some(probe_token),
     };
     let (mut ws, local) = control::open(
         &opts.server,
@@ -134,26 +153,25 @@ async fn connect_with(
     };
     let keys = SessionKeys::derive(&punch.session, &punch.key, secret)
         .ok_or_else(|| Error::Protocol("malformed session id or key".into()))?;
-    let mut targets = vec![punch.peer_public];
-    targets.extend(
-        punch
-            .peer_private
-            .iter()
-            .filter(|a| **a != punch.peer_public),
-    );
-    let plan = PunchPlan {
+    let plan = PunchPlan::for_order(Order {
+        punch: &punch,
         local: net::any_addr(&server_addr, local.port()),
-        targets,
-        first_ttl: None,
-        timeout: opts.punch_timeout,
+        role: Role::Client,
         proof: Proof::Hello {
             role: Role::Client,
             keys,
         },
-    };
+        timeout: opts.punch_timeout,
+        low_ttl: opts.punch_ttl,
+        server: &opts.server,
+        server_addr,
+    });
+    tracing::debug!(
+        strategy = %punch.strategy, mine = %punch.your_mapping, peer = %punch.peer_mapping,
+        relay = ?punch.relay_after_ms, "punch order"
+    );
 
     let (inbound_tx, inbound) = mpsc::channel(8);
-    let mut tasks = JoinSet::new();
     tasks.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             if inbound_tx
@@ -190,7 +208,9 @@ async fn connect_with(
         Ok(p) => Ok(Connection {
             stream: p.stream,
             info: ConnectionInfo {
-                path: if punch.peer_private.contains(&p.peer) {
+                path: if p.relayed {
+                    Path::Relayed
+                } else if punch.peer_private.contains(&p.peer) {
                     Path::Lan
                 } else {
                     Path::Direct

@@ -16,9 +16,12 @@ pub mod agent;
 pub mod client;
 pub mod control;
 pub mod demo;
+pub mod natcheck;
 pub mod net;
+pub mod probe;
 pub mod protocol;
 pub mod punch;
+pub mod relay;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -38,6 +41,8 @@ pub enum Path {
     Direct,
     /// A TCP connection inside one LAN, to the peer's private address.
     Lan,
+    /// Through the rendezvous server's relay (no direct path existed).
+    Relayed,
 }
 
 impl std::fmt::Display for Path {
@@ -45,6 +50,7 @@ impl std::fmt::Display for Path {
         f.write_str(match self {
             Path::Direct => "direct",
             Path::Lan => "direct, lan",
+            Path::Relayed => "relayed",
         })
     }
 }

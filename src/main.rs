@@ -30,17 +30,41 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the rendezvous server (HTTP and WebSocket on one port).
-    Server {
-        /// Address to listen on.
-        #[arg(long, default_value = "0.0.0.0:50300")]
-        listen: SocketAddr,
-    },
+    Server(ServerArgs),
     /// Expose a local TCP service under an id, reachable by `p2pnc connect`.
     Expose(ExposeArgs),
     /// Connect to an exposed service, on stdin/stdout or as a local port.
     Connect(ConnectArgs),
     /// Run server, echo service, expose and connect on loopback and show each step.
     Demo,
+    /// Report this host's NAT: mapping behaviour, port preservation, filtering, public address.
+    NatCheck {
+        /// Rendezvous server, e.g. http://203.0.113.10:50300.
+        #[arg(long, env = "P2PNC_SERVER")]
+        server: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Address to listen on (HTTP and WebSocket).
+    #[arg(long, default_value = "0.0.0.0:50300")]
+    listen: SocketAddr,
+    /// Address of the NAT probe port [default: the --listen address, port + 1].
+    #[arg(long)]
+    probe_listen: Option<SocketAddr>,
+    /// Relay sessions that have no direct path (costs this host bandwidth).
+    #[arg(long)]
+    relay: bool,
+    /// Most relayed sessions at once.
+    #[arg(long, default_value_t = 16, requires = "relay")]
+    relay_max_sessions: usize,
+    /// Relay rate cap per session and direction, in bytes per second.
+    #[arg(long, default_value_t = 4 * 1024 * 1024, requires = "relay")]
+    relay_rate: u64,
 }
 
 #[derive(Args)]
@@ -63,9 +87,6 @@ struct ExposeArgs {
     public: bool,
     #[command(flatten)]
     punch: PunchArgs,
-    /// TTL of the first SYN of each punch; 0 sends it with the normal TTL.
-    #[arg(long, default_value_t = p2pnc::agent::DEFAULT_PUNCH_TTL)]
-    punch_ttl: u32,
     /// Local punch port (0: any free port).
     #[arg(long, default_value_t = 0)]
     punch_port: u16,
@@ -98,6 +119,10 @@ struct PunchArgs {
     /// Seconds a punch may take before it is given up.
     #[arg(long, default_value_t = 5.0)]
     punch_timeout: f64,
+    /// TTL of SYNs meant to open only this host's NAT (the agent's first SYN, the symmetric
+    /// side's birthday sockets); 0 sends them with the normal TTL.
+    #[arg(long, default_value_t = p2pnc::punch::DEFAULT_LOW_TTL)]
+    punch_ttl: u32,
 }
 
 impl PunchArgs {
@@ -106,6 +131,10 @@ impl PunchArgs {
             .ok()
             .filter(|d| !d.is_zero())
             .ok_or_else(|| anyhow!("--punch-timeout must be a positive number of seconds"))
+    }
+
+    fn ttl(&self) -> Option<u32> {
+        (self.punch_ttl > 0).then_some(self.punch_ttl)
     }
 }
 
@@ -164,18 +193,54 @@ fn shutdown_token() -> CancellationToken {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Server { listen } => {
-            let listener = TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            tracing::info!("listening on {}", listener.local_addr()?);
-            p2pnc::server::run(listener, Default::default(), shutdown_token()).await?;
-            Ok(())
-        }
+        Command::Server(args) => server(args).await,
         Command::Expose(args) => expose(args).await,
         Command::Connect(args) => connect(args).await,
         Command::Demo => p2pnc::demo::run().await,
+        Command::NatCheck { server, json } => {
+            let report = p2pnc::natcheck::check(&ServerUrl::parse(&server)?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
     }
+}
+
+async fn server(args: ServerArgs) -> Result<()> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let probe_addr = args
+        .probe_listen
+        .unwrap_or_else(|| p2pnc::probe::probe_addr(local));
+    let probe = TcpListener::bind(probe_addr).await.with_context(|| {
+        format!("cannot listen on {probe_addr} for NAT probes (--probe-listen)")
+    })?;
+    tracing::info!(
+        "listening on {local}, NAT probes on {}",
+        probe.local_addr()?
+    );
+    let relay = args.relay.then_some(p2pnc::relay::RelayConfig {
+        max_sessions: args.relay_max_sessions,
+        bytes_per_sec: args.relay_rate,
+    });
+    if let Some(r) = &relay {
+        tracing::info!(
+            "relay on: at most {} sessions at {} bytes/s each way",
+            r.max_sessions,
+            r.bytes_per_sec
+        );
+    }
+    let config = p2pnc::server::ServerConfig {
+        relay,
+        ..Default::default()
+    };
+    p2pnc::server::serve(listener, Some(probe), config, shutdown_token()).await?;
+    Ok(())
 }
 
 async fn expose(args: ExposeArgs) -> Result<()> {
@@ -188,7 +253,7 @@ async fn expose(args: ExposeArgs) -> Result<()> {
     }
     let opts = ExposeOptions {
         punch_timeout: args.punch.timeout()?,
-        punch_ttl: (args.punch_ttl > 0).then_some(args.punch_ttl),
+        punch_ttl: args.punch.ttl(),
         punch_port: args.punch_port,
         ..ExposeOptions::new(
             &args.server,
@@ -239,6 +304,7 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         peer: args.peer.clone(),
         secret: args.secret.clone(),
         punch_timeout: args.punch.timeout()?,
+        punch_ttl: args.punch.ttl(),
     };
     if args.stdio {
         let mut conn = p2pnc::connect(&opts).await?;

@@ -65,7 +65,19 @@ pub fn start_connect(
     remote: SocketAddr,
     first_ttl: Option<u32>,
 ) -> io::Result<TcpStream> {
-    let socket = shared_port_socket(local)?;
+    let socket = if local.port() == 0 && local.ip().is_unspecified() {
+        // Any port: let connect() pick a fresh ephemeral one, never shared.
+        let s = Socket::new(
+            Domain::for_address(local),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        s.set_nonblocking(true)?;
+        s.set_tcp_nodelay(true)?;
+        s
+    } else {
+        shared_port_socket(local)?
+    };
     let normal_ttl = match first_ttl {
         Some(ttl) => {
             let normal = ttl_of(&socket, remote)?;
@@ -117,6 +129,28 @@ fn set_ttl(socket: &Socket, remote: SocketAddr, ttl: u32) -> io::Result<()> {
         SocketAddr::V4(_) => socket.set_ttl_v4(ttl),
         SocketAddr::V6(_) => socket.set_unicast_hops_v6(ttl),
     }
+}
+
+/// Raises the soft limit on open files to the hard limit (at most 65536), once: birthday
+/// punching holds over a thousand sockets at a time.
+pub fn raise_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid, initialised rlimit.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                let want = lim.rlim_max.min(65_536);
+                if lim.rlim_cur < want {
+                    lim.rlim_cur = want;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
+            }
+        }
+    });
 }
 
 /// The kernel's smoothed round-trip time of a connected TCP socket (TCP_INFO), if known.

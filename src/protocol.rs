@@ -173,10 +173,23 @@ pub fn probe_line(token: &str) -> String {
     format!("p2pnc-probe {token}\n")
 }
 
-/// Parses a probe line (without its newline); returns the token.
-pub fn parse_probe_line(line: &str) -> Option<&str> {
-    let token = line.strip_prefix("p2pnc-probe ")?;
-    (token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())).then_some(token)
+/// A probe line that also asks the server to dial back to the public endpoint it saw, from
+/// another port: `p2pnc-probe <32 hex> dialback\n`. The server's connection writes
+/// `p2pnc-dialback <32 hex>\n`. Whether it gets through tells the NAT's filtering.
+pub fn probe_line_dialback(token: &str) -> String {
+    format!("p2pnc-probe {token} dialback\n")
+}
+
+/// Parses a probe line (without its newline); returns the token and whether a dial-back was
+/// asked for.
+pub fn parse_probe_line(line: &str) -> Option<(&str, bool)> {
+    let rest = line.strip_prefix("p2pnc-probe ")?;
+    let (token, dialback) = match rest.split_once(' ') {
+        Some((t, "dialback")) => (t, true),
+        Some(_) => return None,
+        None => (rest, false),
+    };
+    (token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())).then_some((token, dialback))
 }
 
 /// Longest probe line accepted, in bytes.
@@ -793,7 +806,16 @@ mod tests {
         );
         let token = "ab".repeat(16);
         let line = probe_line(&token);
-        assert_eq!(parse_probe_line(line.trim_end()), Some(token.as_str()));
+        assert_eq!(
+            parse_probe_line(line.trim_end()),
+            Some((token.as_str(), false))
+        );
+        let line = probe_line_dialback(&token);
+        assert_eq!(
+            parse_probe_line(line.trim_end()),
+            Some((token.as_str(), true))
+        );
+        assert_eq!(parse_probe_line(&format!("p2pnc-probe {token} x")), None);
         assert_eq!(parse_probe_line("p2pnc-probe short"), None);
         assert_eq!(parse_probe_line("GET / HTTP/1.1"), None);
     }

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,11 +20,15 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::net;
+use crate::control::ServerUrl;
 use crate::protocol::{HELLO_LEN, Role, SessionKeys};
+use crate::{net, relay};
 
 /// The byte a client writes on the stream it chose.
 pub const SELECT: u8 = 1;
+/// Default TTL of SYNs meant to open our own NAT only: passes our router (hop 1) and dies at
+/// the next hop, so the peer's router never sees it (see `net::connect_from`).
+pub const DEFAULT_LOW_TTL: u32 = 2;
 /// Default time a punch may take before the attempt is given up.
 pub const DEFAULT_PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed attempt (refused, unreachable) before the next SYN to that candidate:
@@ -35,6 +39,58 @@ const RETRY_MAX: Duration = Duration::from_millis(160);
 /// How long a low-TTL first SYN may stay unanswered before a normal SYN replaces it: several
 /// RTTs of a continental path, so a working low-TTL punch is never cut short.
 const LOW_TTL_GRACE: Duration = Duration::from_millis(400);
+
+/// Sockets the hard side of a birthday punch opens, and probes the easy side sends: with 256
+/// mappings among ~64k ports, 1536 distinct probes hit one with probability
+/// 1 - (1 - 256/64512)^1536, about 99.8 %.
+pub const HARD_SOCKETS: usize = 256;
+/// See [`HARD_SOCKETS`].
+pub const EASY_PROBES: usize = 1536;
+/// Probes are sent in batches of this many, one batch per [`PROBE_PACE`]: about 12 800 SYNs
+/// per second, 120 ms for all of them.
+const PROBE_BATCH: usize = 64;
+const PROBE_PACE: Duration = Duration::from_millis(5);
+/// Time the relay gets, after it is joined, to carry the handshake.
+const RELAY_GRACE: Duration = Duration::from_secs(5);
+
+/// Birthday punching, for when one end's NAT has endpoint-dependent mapping.
+#[derive(Debug, Clone)]
+pub enum Birthday {
+    /// Our NAT is endpoint-dependent: open `sockets` connections from fresh local ports toward
+    /// `target` (the peer's public endpoint), their SYNs at `ttl` so they open our NAT without
+    /// reaching the peer's router, and wait for one of the peer's probes to match.
+    Hard {
+        /// The peer's public endpoint.
+        target: SocketAddr,
+        /// How many sockets.
+        sockets: usize,
+        /// TTL of the SYNs (`None`: normal).
+        ttl: Option<u32>,
+    },
+    /// The peer's NAT is endpoint-dependent: from our punch port, connect to `probes` distinct
+    /// random ports of `ip` (the peer's public IP).
+    Easy {
+        /// The peer's public IP.
+        ip: IpAddr,
+        /// How many probes.
+        probes: usize,
+    },
+}
+
+/// Joining the server's relay as a fallback.
+#[derive(Debug, Clone)]
+pub struct RelayPlan {
+    /// The server.
+    pub server: ServerUrl,
+    /// Its resolved address.
+    pub server_addr: SocketAddr,
+    /// The session to join.
+    pub session: String,
+    /// Our end.
+    pub role: Role,
+    /// Join after this long unless a direct stream was proven first.
+    pub after: Duration,
+}
 
 /// A stream that reached the engine from outside: accepted on the punch port.
 pub struct Inbound {
@@ -71,6 +127,81 @@ pub struct PunchPlan {
     pub timeout: Duration,
     /// How streams are proven.
     pub proof: Proof,
+    /// Birthday punching, when one end's NAT is endpoint-dependent.
+    pub birthday: Option<Birthday>,
+    /// The relay fallback, when the server offers one.
+    pub relay: Option<RelayPlan>,
+}
+
+/// Where a plan comes from: one end's view of a punch order.
+pub struct Order<'a> {
+    /// The punch order from the server.
+    pub punch: &'a crate::protocol::Punch,
+    /// Our shared punch address.
+    pub local: SocketAddr,
+    /// Which end we are.
+    pub role: Role,
+    /// How streams are proven.
+    pub proof: Proof,
+    /// Punch timeout.
+    pub timeout: Duration,
+    /// TTL of our first SYNs (the agent's, and the hard side's birthday sockets).
+    pub low_ttl: Option<u32>,
+    /// The server, for the relay.
+    pub server: &'a ServerUrl,
+    /// The server's resolved address.
+    pub server_addr: SocketAddr,
+}
+
+impl PunchPlan {
+    /// The plan that carries out a punch order, by its strategy.
+    pub fn for_order(o: Order<'_>) -> PunchPlan {
+        use crate::protocol::Strategy;
+        let p = o.punch;
+        let private = p
+            .peer_private
+            .iter()
+            .copied()
+            .filter(|a| *a != p.peer_public);
+        let mut targets = Vec::new();
+        let mut birthday = None;
+        match p.strategy {
+            Strategy::BirthdayHard => {
+                birthday = Some(Birthday::Hard {
+                    target: p.peer_public,
+                    sockets: HARD_SOCKETS,
+                    ttl: o.low_ttl,
+                })
+            }
+            Strategy::BirthdayEasy => {
+                birthday = Some(Birthday::Easy {
+                    ip: p.peer_public.ip(),
+                    probes: EASY_PROBES,
+                })
+            }
+            Strategy::RelayOnly => {}
+            _ => targets.push(p.peer_public),
+        }
+        targets.extend(private);
+        PunchPlan {
+            local: o.local,
+            targets,
+            first_ttl: match o.role {
+                Role::Agent => o.low_ttl,
+                Role::Client => None,
+            },
+            timeout: o.timeout,
+            proof: o.proof,
+            birthday,
+            relay: p.relay_after_ms.map(|ms| RelayPlan {
+                server: o.server.clone(),
+                server_addr: o.server_addr,
+                session: p.session.clone(),
+                role: o.role,
+                after: Duration::from_millis(ms),
+            }),
+        }
+    }
 }
 
 /// A stream that won the race.
@@ -78,8 +209,10 @@ pub struct PunchPlan {
 pub struct Punched {
     /// The stream, with any handshake consumed.
     pub stream: TcpStream,
-    /// The peer's address on it.
+    /// The peer's address on it (the server's, when relayed).
     pub peer: SocketAddr,
+    /// Whether the stream runs through the server's relay.
+    pub relayed: bool,
 }
 
 /// Why a punch failed: the last error met on each candidate.
@@ -91,6 +224,10 @@ pub struct PunchFailure {
     pub rejected_streams: u32,
     /// How long was tried.
     pub waited: Duration,
+    /// What birthday punching did, if it ran.
+    pub birthday: Option<String>,
+    /// Why the relay failed, if it was tried.
+    pub relay: Option<String>,
 }
 
 impl fmt::Display for PunchFailure {
@@ -98,6 +235,12 @@ impl fmt::Display for PunchFailure {
         write!(f, "no stream within {:.1} s", self.waited.as_secs_f64())?;
         for (addr, (err, n)) in &self.attempts {
             write!(f, "; {addr}: {err} ({n} attempts)")?;
+        }
+        if let Some(b) = &self.birthday {
+            write!(f, "; {b}")?;
+        }
+        if let Some(r) = &self.relay {
+            write!(f, "; {r}")?;
         }
         if self.rejected_streams > 0 {
             write!(
@@ -125,11 +268,28 @@ pub async fn run(
     on_fired: impl FnOnce(),
 ) -> Result<Punched, PunchFailure> {
     let started = Instant::now();
-    let deadline = started + plan.timeout;
+    let mut deadline = started + plan.timeout;
+    if let Some(r) = &plan.relay {
+        deadline = deadline.max(started + r.after + RELAY_GRACE);
+    }
     let mut failure = PunchFailure::default();
     let mut dialers: JoinSet<()> = JoinSet::new();
     let mut handshakes: JoinSet<Result<Punched, String>> = JoinSet::new();
-    let (event_tx, mut events) = mpsc::channel::<Event>(plan.targets.len().max(1) * 4);
+    let (event_tx, mut events) = mpsc::channel::<Event>(plan.targets.len().max(1) * 4 + 16);
+
+    if let Some(b) = plan.birthday.clone() {
+        failure.birthday = Some(match &b {
+            Birthday::Hard {
+                target, sockets, ..
+            } => {
+                format!("birthday punch: {sockets} sockets toward {target}, none matched")
+            }
+            Birthday::Easy { ip, probes } => {
+                format!("birthday punch: {probes} probes to {ip}, none matched")
+            }
+        });
+        dialers.spawn(birthday(b, plan.local, deadline, event_tx.clone()));
+    }
 
     for &target in &plan.targets {
         // Fire the first SYN synchronously so every candidate is hit at the same moment.
@@ -142,9 +302,24 @@ pub async fn run(
     on_fired();
 
     let mut inbound_open = true;
+    let relay_at = started + plan.relay.as_ref().map_or(Duration::ZERO, |r| r.after);
+    let mut relay_pending = plan.relay.is_some();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::time::sleep_until(relay_at), if relay_pending => {
+                relay_pending = false;
+                let r = plan.relay.clone().expect("relay planned");
+                let proof = plan.proof.clone();
+                handshakes.spawn(async move {
+                    let stream = relay::join(&r.server, r.server_addr, &r.session, r.role)
+                        .await
+                        .map_err(|e| format!("relay: {e}"))?;
+                    let mut p = handshake(stream, None, proof, deadline).await?;
+                    p.relayed = true;
+                    Ok(p)
+                });
+            }
             Some(ev) = events.recv() => match ev {
                 Event::Connected(target, stream) => {
                     handshakes.spawn(handshake(stream, None, plan.proof.clone(), deadline));
@@ -179,6 +354,7 @@ pub async fn run(
                         }
                     }
                 }
+                Ok(Err(why)) if why.starts_with("relay") => failure.relay = Some(why),
                 Ok(Err(why)) => {
                     tracing::debug!("punched stream rejected: {why}");
                     failure.rejected_streams += 1;
@@ -189,6 +365,58 @@ pub async fn run(
     }
     failure.waited = started.elapsed();
     Err(failure)
+}
+
+/// Runs the hard or easy side of a birthday punch; reports only connections.
+async fn birthday(b: Birthday, local: SocketAddr, deadline: Instant, events: mpsc::Sender<Event>) {
+    net::raise_fd_limit();
+    let mut waits = JoinSet::new();
+    let wait = |stream: TcpStream, target: SocketAddr, events: mpsc::Sender<Event>| async move {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(s) = net::finish_connect(stream, left).await {
+            let _ = events.send(Event::Connected(target, s)).await;
+        }
+    };
+    match b {
+        Birthday::Hard {
+            target,
+            sockets,
+            ttl,
+        } => {
+            for _ in 0..sockets {
+                match net::start_connect(net::any_addr(&target, 0), target, ttl) {
+                    Ok(s) => {
+                        waits.spawn(wait(s, target, events.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!("birthday socket failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        Birthday::Easy { ip, probes } => {
+            let ports =
+                rand::seq::index::sample(&mut rand::rng(), 65536 - 1024, probes.min(64_000));
+            let ports: Vec<u16> = ports.into_iter().map(|p| (p + 1024) as u16).collect();
+            for batch in ports.chunks(PROBE_BATCH) {
+                for &port in batch {
+                    let target = SocketAddr::new(ip, port);
+                    match net::start_connect(local, target, None) {
+                        Ok(s) => {
+                            waits.spawn(wait(s, target, events.clone()));
+                        }
+                        Err(e) => tracing::debug!("probe to {target}: {e}"),
+                    }
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(PROBE_PACE).await;
+            }
+        }
+    }
+    while waits.join_next().await.is_some() {}
 }
 
 /// Keeps one connect in flight toward `target` until one connects or the deadline passes.
@@ -204,7 +432,11 @@ async fn dial(
     // A low-TTL first SYN that dies before leaving our own NAT (the NAT is more than one hop
     // away: a container, a carrier-grade NAT) opens nothing; give it a short grace, then
     // re-arm with a normal TTL.
-    let mut wait_cap = if low_ttl { LOW_TTL_GRACE } else { Duration::MAX };
+    let mut wait_cap = if low_ttl {
+        LOW_TTL_GRACE
+    } else {
+        Duration::MAX
+    };
     loop {
         let result = match pending {
             Ok(stream) => {
@@ -249,7 +481,13 @@ async fn handshake(
 ) -> Result<Punched, String> {
     let peer = stream.peer_addr().map_err(|e| e.to_string())?;
     let (role, keys) = match proof {
-        Proof::Address => return Ok(Punched { stream, peer }),
+        Proof::Address => {
+            return Ok(Punched {
+                stream,
+                peer,
+                relayed: false,
+            });
+        }
         Proof::Hello { role, keys } => (role, keys),
     };
     let work = async {
@@ -272,7 +510,11 @@ async fn handshake(
         Ok::<_, std::io::Error>(Ok(()))
     };
     match tokio::time::timeout_at(deadline, work).await {
-        Ok(Ok(Ok(()))) => Ok(Punched { stream, peer }),
+        Ok(Ok(Ok(()))) => Ok(Punched {
+            stream,
+            peer,
+            relayed: false,
+        }),
         Ok(Ok(Err(why))) => Err(why),
         Ok(Err(e)) => Err(format!("{peer}: {e}")),
         Err(_) => Err(format!("{peer}: handshake timed out")),
@@ -333,6 +575,8 @@ mod tests {
             first_ttl: None,
             timeout: Duration::from_secs(2),
             proof: Proof::Hello { role, keys },
+            birthday: None,
+            relay: None,
         };
         let out = tokio::join!(
             run(plan(a, b, Role::Client, client_keys), ra, || {}),
@@ -378,6 +622,8 @@ mod tests {
             first_ttl: None,
             timeout: Duration::from_millis(600),
             proof: Proof::Address,
+            birthday: None,
+            relay: None,
         };
         let err = run(plan, rx, || {}).await.unwrap_err();
         let (why, n) = &err.attempts[&target];

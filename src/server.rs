@@ -20,12 +20,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::net;
+use crate::probe::ProbeTable;
 use crate::protocol::{
     self, AgentMsg, Auth, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, MAX_MESSAGE_BYTES,
-    Mapping, Mode, Punch, ServerMsg, Strategy,
+    Mapping, Mode, Punch, Role, ServerMsg, Strategy,
 };
+use crate::relay::{self, JoinRefused, RelayConfig, RelayHub};
 
 /// How often the server pings an agent; also how often the agent's NAT mapping is refreshed
 /// from this side. Well under the 2 hours of a typical TCP NAT timeout, and often enough to
@@ -40,13 +43,21 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(30);
 /// Messages queued toward one agent before new sessions to it are refused as busy.
 const AGENT_QUEUE: usize = 256;
 
-/// Limits of a server.
+/// How long a control request waits for the probe it names (sent at the same moment from the
+/// same port, so it normally arrives first).
+const PROBE_WAIT: Duration = Duration::from_millis(300);
+/// Head start of the direct path before the relay is joined, when a direct path is possible.
+const RELAY_HEAD_START: Duration = Duration::from_millis(1500);
+
+/// Limits and features of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Most agents registered at once.
     pub max_agents: usize,
     /// Most sessions (client control connections) open at once.
     pub max_sessions: usize,
+    /// Relay sessions that have no direct path (off when `None`).
+    pub relay: Option<RelayConfig>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +65,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_agents: 200_000,
             max_sessions: 20_000,
+            relay: None,
         }
     }
 }
@@ -108,6 +120,7 @@ struct AgentEntry {
     public: SocketAddr,
     private: Vec<SocketAddr>,
     auth: Auth,
+    mapping: Mapping,
     /// Smoothed RTT in microseconds (0 = unknown).
     rtt_us: Arc<AtomicU64>,
 }
@@ -119,6 +132,10 @@ enum SessionEvent {
 
 struct Shared {
     config: ServerConfig,
+    /// `None` when the server has no probe port: mappings are then unknown at once.
+    probes: Option<Arc<ProbeTable>>,
+    relay: Option<RelayHub>,
+    tasks: TaskTracker,
     agents: Mutex<HashMap<String, AgentEntry>>,
     sessions: Mutex<HashMap<String, mpsc::Sender<SessionEvent>>>,
     generation: AtomicU64,
@@ -127,33 +144,76 @@ struct Shared {
 
 type AppState = Arc<Shared>;
 
-/// Serves the rendezvous protocol on `listener` until `shutdown` is cancelled.
+/// Binds the control port `addr` and the probe port next to it. With port 0, finds a pair
+/// of free consecutive ports.
+pub async fn bind_pair(addr: SocketAddr) -> std::io::Result<(TcpListener, TcpListener)> {
+    const TRIES: usize = 50;
+    let mut last = None;
+    for _ in 0..TRIES {
+        let control = TcpListener::bind(addr).await?;
+        let probe_addr = crate::probe::probe_addr(control.local_addr()?);
+        match TcpListener::bind(probe_addr).await {
+            Ok(probe) => return Ok((control, probe)),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("tried at least once"))
+}
+
+/// Serves the rendezvous protocol on `listener` until `shutdown` is cancelled, without a probe
+/// port (peers' NAT mappings stay unknown). See [`serve`] for the full server.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve(listener, None, config, shutdown).await
+}
+
+/// Serves the rendezvous protocol on `listener`, and NAT probes on `probe` (by convention the
+/// next port; see [`crate::probe`]), until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    probe: Option<TcpListener>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let probes = probe.as_ref().map(|_| Arc::new(ProbeTable::default()));
     let state = Arc::new(Shared {
+        relay: config.relay.map(RelayHub::new),
         config,
+        probes: probes.clone(),
+        tasks: TaskTracker::new(),
         agents: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
         generation: AtomicU64::new(1),
         shutdown: shutdown.clone(),
     });
+    if let (Some(probe), Some(table)) = (probe, probes) {
+        state
+            .tasks
+            .spawn(crate::probe::serve(probe, table, shutdown.clone()));
+    }
     let app = Router::new()
         .route("/", get(index))
         .route("/v1/health", get(health))
         .route("/v1/peers/{id}", get(peer))
+        .route("/v1/whoami", get(whoami))
         .route(protocol::EXPOSE_PATH, get(expose))
         .route(protocol::CONNECT_PATH, get(connect))
+        .route(relay::RELAY_PATH, get(relay_join))
         .fallback(|| async { error(ErrorCode::BadRequest, "no such endpoint".into()) })
-        .with_state(state);
-    axum::serve(
+        .with_state(state.clone());
+    let served = axum::serve(
         Accepting(listener),
         app.into_make_service_with_connect_info::<ConnMeta>(),
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
+    .await;
+    state.tasks.close();
+    state.tasks.wait().await;
+    served
 }
 
 fn error(code: ErrorCode, message: String) -> Response {
@@ -186,6 +246,10 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "agents": agents,
         "sessions": sessions,
     }))
+}
+
+async fn whoami(ConnectInfo(meta): ConnectInfo<ConnMeta>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "addr": meta.remote }))
 }
 
 async fn peer(State(state): State<AppState>, Path(id): Path<String>) -> Response {
@@ -249,6 +313,7 @@ async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> bool {
 }
 
 async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut socket: WebSocket) {
+    let mapping = probed_mapping(&state, meta.remote, q.probe.as_deref()).await;
     let generation = state.generation.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(AGENT_QUEUE);
     let rtt_us = Arc::new(AtomicU64::new(meta.rtt.map_or(0, |d| d.as_micros() as u64)));
@@ -264,6 +329,7 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
                     public: meta.remote,
                     private: q.private.clone(),
                     auth: q.auth,
+                    mapping,
                     rtt_us: rtt_us.clone(),
                 },
             );
@@ -278,11 +344,11 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
         send(&mut socket, &msg).await;
         return;
     }
-    tracing::info!(id = %q.id, public = %meta.remote, auth = ?q.auth, "agent registered");
+    tracing::info!(id = %q.id, public = %meta.remote, auth = ?q.auth, %mapping, "agent registered");
     let registered = ServerMsg::Registered {
         id: q.id.clone(),
         public: meta.remote,
-        mapping: Mapping::Unknown,
+        mapping,
     };
     if send(&mut socket, &registered).await {
         agent_loop(&state, &mut socket, &mut rx, &rtt_us).await;
@@ -365,6 +431,24 @@ async fn agent_loop(
                 }
             }
         }
+    }
+}
+
+async fn probed_mapping(state: &Shared, control: SocketAddr, token: Option<&str>) -> Mapping {
+    match (token, &state.probes) {
+        (Some(t), Some(table)) => Mapping::classify(control, table.wait(t, PROBE_WAIT).await),
+        _ => Mapping::Unknown,
+    }
+}
+
+/// The strategies of (client, agent), or `None` when no direct path can exist.
+fn strategies(client: Mapping, agent: Mapping) -> Option<(Strategy, Strategy)> {
+    use Mapping::EndpointDependent as Hard;
+    match (client == Hard, agent == Hard) {
+        (false, false) => Some((Strategy::Simultaneous, Strategy::Simultaneous)),
+        (true, false) => Some((Strategy::BirthdayHard, Strategy::BirthdayEasy)),
+        (false, true) => Some((Strategy::BirthdayEasy, Strategy::BirthdayHard)),
+        (true, true) => None,
     }
 }
 
@@ -454,6 +538,7 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         .insert(session.clone(), events_tx);
     let _guard = SessionGuard(&state, session.clone());
 
+    let client_mapping = probed_mapping(&state, meta.remote, q.probe.as_deref()).await;
     let agent = {
         let agents = state.agents.lock().expect("agents lock");
         agents.get(&q.peer).map(|a| {
@@ -462,11 +547,13 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
                 a.public,
                 a.private.clone(),
                 a.auth,
+                a.mapping,
                 Duration::from_micros(a.rtt_us.load(Ordering::Relaxed)),
             )
         })
     };
-    let Some((agent_tx, agent_public, agent_private, auth, agent_rtt)) = agent else {
+    let Some((agent_tx, agent_public, agent_private, auth, agent_mapping, agent_rtt)) = agent
+    else {
         let msg = ServerMsg::Error {
             code: ErrorCode::PeerOffline,
             message: format!("peer '{}' is not online", q.peer),
@@ -477,6 +564,29 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
     // Private candidates only help peers behind the same NAT; elsewhere they would send SYNs
     // into unrelated networks.
     let same_nat = agent_public.ip() == meta.remote.ip();
+    let direct = match q.mode {
+        Mode::Punch => strategies(client_mapping, agent_mapping),
+        Mode::Plain => Some((Strategy::Simultaneous, Strategy::Simultaneous)),
+    };
+    let relay_after = match (&state.relay, direct, q.mode) {
+        (None, _, _) | (_, _, Mode::Plain) => None,
+        (Some(_), Some(_), _) => Some(RELAY_HEAD_START.as_millis() as u64),
+        (Some(_), None, _) => Some(0),
+    };
+    if direct.is_none() && relay_after.is_none() && !same_nat {
+        let msg = ServerMsg::Error {
+            code: ErrorCode::NoDirectPath,
+            message: format!(
+                "no direct path: this client's NAT is {client_mapping} and peer '{}''s NAT is \
+                 {agent_mapping} (both symmetric), and this server does not relay",
+                q.peer
+            ),
+        };
+        send(&mut socket, &msg).await;
+        return;
+    }
+    let (client_strategy, agent_strategy) =
+        direct.unwrap_or((Strategy::RelayOnly, Strategy::RelayOnly));
     let key = random_hex::<32>();
     let to_agent = Punch {
         session: session.clone(),
@@ -488,10 +598,10 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         auth,
         nonce: Some(q.nonce.clone()),
         proof: q.proof.clone(),
-        strategy: Strategy::Simultaneous,
-        your_mapping: Mapping::Unknown,
-        peer_mapping: Mapping::Unknown,
-        relay_after_ms: None,
+        strategy: agent_strategy,
+        your_mapping: agent_mapping,
+        peer_mapping: client_mapping,
+        relay_after_ms: relay_after,
     };
     let to_client = ServerMsg::Punch(Punch {
         session: session.clone(),
@@ -503,12 +613,16 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         auth,
         nonce: None,
         proof: None,
-        strategy: Strategy::Simultaneous,
-        your_mapping: Mapping::Unknown,
-        peer_mapping: Mapping::Unknown,
-        relay_after_ms: None,
+        strategy: client_strategy,
+        your_mapping: client_mapping,
+        peer_mapping: agent_mapping,
+        relay_after_ms: relay_after,
     });
-    tracing::info!(%session, peer = %q.peer, client = %meta.remote, mode = ?q.mode, "session");
+    tracing::info!(
+        %session, peer = %q.peer, client = %meta.remote, mode = ?q.mode,
+        %client_mapping, %agent_mapping, strategy = %client_strategy, relay = ?relay_after,
+        "session"
+    );
 
     if agent_tx.try_send(ServerMsg::Punch(to_agent)).is_err() {
         let msg = ServerMsg::Error {
@@ -570,4 +684,81 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
             },
         }
     }
+}
+
+/// `GET /v1/relay?v=1&session=S&role=client|agent` with `Upgrade: p2pnc-relay`.
+async fn relay_join(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    mut req: axum::extract::Request,
+) -> Response {
+    let Some(hub) = &state.relay else {
+        return error(
+            ErrorCode::BadRequest,
+            "this server does not relay (start it with --relay)".into(),
+        );
+    };
+    let (mut session, mut role, mut v) = (None, None, None);
+    for pair in query.as_deref().unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("session", s)) => session = Some(s.to_string()),
+            Some(("role", "client")) => role = Some(Role::Client),
+            Some(("role", "agent")) => role = Some(Role::Agent),
+            Some(("v", x)) => v = Some(x.to_string()),
+            _ => {}
+        }
+    }
+    let (Some(session), Some(role), Some("1")) = (session, role, v.as_deref()) else {
+        return error(
+            ErrorCode::BadRequest,
+            "relay needs v=1, session and role=client|agent".into(),
+        );
+    };
+    let upgrade_ok = req
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|h| h.eq_ignore_ascii_case(relay::UPGRADE_TOKEN));
+    if !upgrade_ok {
+        return error(
+            ErrorCode::BadRequest,
+            format!("relay needs 'Upgrade: {}'", relay::UPGRADE_TOKEN),
+        );
+    }
+    if !state
+        .sessions
+        .lock()
+        .expect("sessions lock")
+        .contains_key(&session)
+    {
+        return error(ErrorCode::PeerGone, "no such live session".into());
+    }
+    let joined = match hub.join(&session, role) {
+        Ok(j) => j,
+        Err(JoinRefused::Busy) => {
+            return error(ErrorCode::Busy, "every relay slot is taken".into());
+        }
+        Err(JoinRefused::Duplicate) => {
+            return error(ErrorCode::BadRequest, "this end already joined".into());
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let task_state = state.clone();
+    state.tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = Box::new(hyper_util::rt::TokioIo::new(upgraded));
+                if let Some(hub) = &task_state.relay {
+                    hub.run(joined, io).await;
+                }
+            }
+            Err(e) => tracing::debug!("relay upgrade failed: {e}"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, relay::UPGRADE_TOKEN)
+        .body(axum::body::Body::empty())
+        .expect("static response")
 }

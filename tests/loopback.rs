@@ -152,13 +152,13 @@ async fn agent_re_registers_after_a_server_restart() {
     let _agent = expose(&server.url, "phoenix", None, echo.addr).await;
     server.stop().await;
     // Same port, new server: the agent must find it again by itself.
-    let listener = loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => break l,
+    let (listener, probe) = loop {
+        match p2pnc::server::bind_pair(addr).await {
+            Ok(pair) => break pair,
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     };
-    let server = TestServer::start_on(listener);
+    let server = TestServer::start_on(listener, Some(probe), Default::default());
     wait_peer_status(server.addr, "phoenix", 200).await;
     let opts = ConnectOptions::new(&server.url, "phoenix", None).unwrap();
     let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts))
@@ -194,4 +194,102 @@ async fn stray_connections_to_the_punch_port_never_reach_the_service() {
         .unwrap();
     echo_roundtrip(&mut conn.stream, 100).await;
     assert_eq!(http_get(server.addr, "/v1/peers/guarded").await.0, 200);
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_json(ws: &mut Ws) -> serde_json::Value {
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_ways() {
+    use p2pnc::protocol::Role;
+    use p2pnc::relay::{self, RelayConfig};
+    let config = p2pnc::server::ServerConfig {
+        relay: Some(RelayConfig {
+            max_sessions: 1,
+            bytes_per_sec: 1 << 20,
+        }),
+        ..Default::default()
+    };
+    let server = TestServer::with_config(config).await;
+    let base = format!("ws://{}", server.addr);
+    let (mut agent, _) =
+        tokio_tungstenite::connect_async(format!("{base}/v1/expose?v=1&id=r&auth=public"))
+            .await
+            .unwrap();
+    assert_eq!(next_json(&mut agent).await["type"], "registered");
+    let nonce = "00112233445566778899aabbccddeeff";
+    let (mut client, _) =
+        tokio_tungstenite::connect_async(format!("{base}/v1/connect?v=1&peer=r&nonce={nonce}"))
+            .await
+            .unwrap();
+    let order = next_json(&mut client).await;
+    assert_eq!(order["type"], "punch", "{order}");
+    assert_eq!(
+        order["relay_after_ms"], 1500,
+        "a direct path gets a head start"
+    );
+    let session = order["session"].as_str().unwrap().to_string();
+    assert_eq!(next_json(&mut agent).await["session"], session.as_str());
+
+    let url = p2pnc::ServerUrl::parse(&server.url).unwrap();
+    let (a, c) = tokio::join!(
+        relay::join(&url, server.addr, &session, Role::Agent),
+        relay::join(&url, server.addr, &session, Role::Client),
+    );
+    let (mut a, mut c) = (a.unwrap(), c.unwrap());
+    c.write_all(b"from client").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    a.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"from client", "half-close crosses the relay");
+    a.write_all(b"from agent").await.unwrap();
+    drop(a);
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"from agent");
+
+    // Unknown sessions are refused; so is a relay on a server without one.
+    let err = relay::join(&url, server.addr, &"0".repeat(32), Role::Client)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    let plain = TestServer::start().await;
+    let url = p2pnc::ServerUrl::parse(&plain.url).unwrap();
+    let err = relay::join(&url, plain.addr, &session, Role::Client)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+}
+
+#[tokio::test]
+async fn nat_check_on_loopback_reports_no_nat_and_an_open_port() {
+    let server = TestServer::start().await;
+    let url = p2pnc::ServerUrl::parse(&server.url).unwrap();
+    let report = tokio::time::timeout(T, p2pnc::natcheck::check(&url))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!report.behind_nat, "{report}");
+    assert_eq!(
+        report.mapping,
+        p2pnc::protocol::Mapping::EndpointIndependent
+    );
+    assert!(report.port_preserved);
+    assert_eq!(report.filtering, "endpoint-independent");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["mapping"], "endpoint-independent");
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use p2pnc::server::ServerConfig;
 use p2pnc::{Agent, ExposeOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -20,17 +21,24 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
-        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        Self::with_config(Default::default()).await
     }
 
-    pub fn start_on(listener: TcpListener) -> Self {
+    pub async fn with_config(config: ServerConfig) -> Self {
+        let (control, probe) = p2pnc::server::bind_pair("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        Self::start_on(control, Some(probe), config)
+    }
+
+    pub fn start_on(
+        listener: TcpListener,
+        probe: Option<TcpListener>,
+        config: ServerConfig,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let token = CancellationToken::new();
-        let task = tokio::spawn(p2pnc::server::run(
-            listener,
-            Default::default(),
-            token.clone(),
-        ));
+        let task = tokio::spawn(p2pnc::server::serve(listener, probe, config, token.clone()));
         TestServer {
             addr,
             url: format!("http://{addr}"),

@@ -1,0 +1,155 @@
+//! `p2pnc nat-check`: what this host's NAT does, measured against a rendezvous server.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::control::{SERVER_TIMEOUT, ServerUrl};
+use crate::protocol::{MAX_PROBE_LINE, Mapping};
+use crate::{Error, net, probe};
+
+/// How long to wait for the server's dial-back to arrive.
+const DIALBACK_WAIT: Duration = Duration::from_millis(1500);
+
+/// What `nat-check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The server checked against.
+    pub server: String,
+    /// The local address the checks were made from.
+    pub local: SocketAddr,
+    /// The public endpoint of that address, as the server's control port saw it.
+    pub public: SocketAddr,
+    /// The public endpoint of the same local port as the server's probe port saw it.
+    pub public_probe: SocketAddr,
+    /// Whether the public address differs from every local one.
+    pub behind_nat: bool,
+    /// `endpoint-independent` or `endpoint-dependent` (RFC 4787).
+    pub mapping: Mapping,
+    /// Whether the NAT kept the local port number.
+    pub port_preserved: bool,
+    /// `endpoint-independent` when a connection from a port this host never contacted got
+    /// through; `endpoint-dependent` when it did not.
+    pub filtering: &'static str,
+    /// What p2pnc will do with a peer of each kind.
+    pub verdict: String,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "server:          {}", self.server)?;
+        writeln!(f, "local address:   {}", self.local)?;
+        writeln!(
+            f,
+            "public address:  {} (probe port saw {})",
+            self.public, self.public_probe
+        )?;
+        writeln!(
+            f,
+            "behind a NAT:    {}",
+            if self.behind_nat { "yes" } else { "no" }
+        )?;
+        writeln!(f, "mapping:         {}", self.mapping)?;
+        writeln!(
+            f,
+            "port preserved:  {}",
+            if self.port_preserved { "yes" } else { "no" }
+        )?;
+        writeln!(f, "filtering:       {}", self.filtering)?;
+        writeln!(f, "verdict:         {}", self.verdict)
+    }
+}
+
+/// Runs the checks against `server`.
+pub async fn check(server: &ServerUrl) -> Result<Report, Error> {
+    let server_addr = server.resolve().await?;
+    let listener = net::shared_listener(net::any_addr(&server_addr, 0))?;
+    let port = listener.local_addr()?.port();
+    let shared = net::any_addr(&server_addr, port);
+    let unreachable = |why: String| Error::ServerUnreachable(format!("{server}: {why}"));
+
+    let (local, public) = whoami(shared, server_addr)
+        .await
+        .map_err(|e| unreachable(format!("/v1/whoami: {e}")))?;
+    let token = probe::new_token();
+    let probe_addr = probe::probe_addr(server_addr);
+    let public_probe = probe::probe_with_dialback(shared, probe_addr, &token)
+        .await
+        .map_err(|e| unreachable(format!("probe port {probe_addr}: {e}")))?;
+    let expected = format!("p2pnc-dialback {token}");
+    let dialback = async {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return false;
+            };
+            let mut line = String::new();
+            let mut r = BufReader::new(s).take(MAX_PROBE_LINE as u64);
+            if r.read_line(&mut line).await.is_ok() && line.trim_end() == expected {
+                return true;
+            }
+        }
+    };
+    let open = tokio::time::timeout(DIALBACK_WAIT, dialback)
+        .await
+        .unwrap_or(false);
+
+    let mapping = Mapping::classify(public, Some(public_probe));
+    let behind_nat = public.ip() != local.ip();
+    let verdict = match mapping {
+        Mapping::EndpointDependent => {
+            "symmetric NAT: direct to cone-NAT and public peers by birthday punching; \
+             another symmetric peer needs the server's relay"
+        }
+        _ if !behind_nat => "public address: direct to every peer",
+        _ => "cone NAT: direct to cone-NAT, public and (by birthday punching) symmetric peers",
+    };
+    Ok(Report {
+        server: server.to_string(),
+        local,
+        public,
+        public_probe,
+        behind_nat,
+        mapping,
+        port_preserved: public.port() == port,
+        filtering: if open {
+            "endpoint-independent"
+        } else {
+            "endpoint-dependent"
+        },
+        verdict: verdict.to_string(),
+    })
+}
+
+/// `GET /v1/whoami` from the shared local address: (our local address, what the server saw).
+async fn whoami(
+    local: SocketAddr,
+    server: SocketAddr,
+) -> std::io::Result<(SocketAddr, SocketAddr)> {
+    let work = async {
+        let mut s = net::connect_from(local, server, None, SERVER_TIMEOUT).await?;
+        let local = s.local_addr()?;
+        s.write_all(b"GET /v1/whoami HTTP/1.1\r\nHost: p2pnc\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        (&mut s).take(4096).read_to_string(&mut text).await?;
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(body)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        v["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .map(|public| (local, public))
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no addr"))
+    };
+    tokio::time::timeout(SERVER_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timed out",
+            ))
+        })
+}

@@ -1,0 +1,254 @@
+//! The capped relay: when no direct path exists, both ends join `GET /v1/relay` on the server
+//! (an HTTP upgrade to raw bytes) and the server splices the two connections at a bounded rate.
+//! The stream handshake then runs end to end through it, so the server can carry the bytes but
+//! cannot pose as either end.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::Instant;
+
+use crate::control::{SERVER_TIMEOUT, ServerUrl};
+use crate::protocol::Role;
+
+/// Path of the relay endpoint.
+pub const RELAY_PATH: &str = "/v1/relay";
+/// The `Upgrade` protocol token of a relay request.
+pub const UPGRADE_TOKEN: &str = "p2pnc-relay";
+/// How long the first end of a session waits on the server for the second.
+pub const PAIRING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest HTTP response head accepted when joining.
+const MAX_HEAD: usize = 4096;
+/// Copy buffer of the splice.
+const RELAY_BUFFER: usize = 16 * 1024;
+
+/// Limits of the relay, set by the operator.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayConfig {
+    /// Most relayed sessions at once.
+    pub max_sessions: usize,
+    /// Bytes per second per direction of one session.
+    pub bytes_per_sec: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            max_sessions: 16,
+            bytes_per_sec: 4 * 1024 * 1024,
+        }
+    }
+}
+
+type Io = Box<dyn Io2>;
+
+/// A bidirectional byte stream (an upgraded HTTP connection).
+pub trait Io2: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io2 for T {}
+
+/// Pairs the two ends of relayed sessions and splices them.
+pub struct RelayHub {
+    config: RelayConfig,
+    permits: Arc<Semaphore>,
+    waiting: Mutex<HashMap<String, (Role, oneshot::Sender<Io>)>>,
+}
+
+/// What to do with an end that just joined.
+pub enum Joined {
+    /// First end of the session: wait for the second, then splice (holds a relay slot).
+    First(oneshot::Receiver<Io>, OwnedSemaphorePermit),
+    /// Second end: hand the stream over to the first end's task.
+    Second(oneshot::Sender<Io>),
+}
+
+/// Why a join was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JoinRefused {
+    /// Every relay slot is taken.
+    Busy,
+    /// This role of the session has already joined.
+    Duplicate,
+}
+
+impl RelayHub {
+    /// A hub with these limits.
+    pub fn new(config: RelayConfig) -> Self {
+        RelayHub {
+            permits: Arc::new(Semaphore::new(config.max_sessions)),
+            config,
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers an end of `session`; the caller then upgrades and calls [`RelayHub::run`].
+    pub fn join(&self, session: &str, role: Role) -> Result<Joined, JoinRefused> {
+        let mut waiting = self.waiting.lock().expect("relay lock");
+        waiting.retain(|_, (_, tx)| !tx.is_closed());
+        match waiting.remove(session) {
+            Some((r, tx)) if r != role => Ok(Joined::Second(tx)),
+            Some(entry) => {
+                waiting.insert(session.to_string(), entry);
+                Err(JoinRefused::Duplicate)
+            }
+            None => {
+                let permit = self
+                    .permits
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| JoinRefused::Busy)?;
+                let (tx, rx) = oneshot::channel();
+                waiting.insert(session.to_string(), (role, tx));
+                Ok(Joined::First(rx, permit))
+            }
+        }
+    }
+
+    /// Serves one joined end after its upgrade completed.
+    pub async fn run(&self, joined: Joined, io: Io) {
+        match joined {
+            Joined::Second(tx) => {
+                let _ = tx.send(io);
+            }
+            Joined::First(rx, _permit) => {
+                let Ok(Ok(other)) = tokio::time::timeout(PAIRING_TIMEOUT, rx).await else {
+                    tracing::debug!("relay: the second end never came");
+                    return;
+                };
+                let (a, b) = (io, other);
+                let (ar, aw) = tokio::io::split(a);
+                let (br, bw) = tokio::io::split(b);
+                let rate = self.config.bytes_per_sec;
+                let (up, down) =
+                    tokio::join!(copy_limited(ar, bw, rate), copy_limited(br, aw, rate));
+                tracing::info!(
+                    "relayed session closed: {} and {} bytes",
+                    up.unwrap_or(0),
+                    down.unwrap_or(0)
+                );
+            }
+        }
+    }
+}
+
+/// Copies until EOF, then shuts the writer down (keeping half-close), at most `rate` bytes/s.
+async fn copy_limited<R, W>(mut r: R, mut w: W, rate: u64) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let rate = rate.max(1);
+    let mut buf = vec![0u8; RELAY_BUFFER.min(rate as usize).max(1)];
+    let started = Instant::now();
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            w.shutdown().await?;
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        total += n as u64;
+        // Token bucket with a one-second burst: sleep until `total` is within budget.
+        let earliest = Duration::from_secs_f64(total.saturating_sub(rate) as f64 / rate as f64);
+        let elapsed = started.elapsed();
+        if earliest > elapsed {
+            tokio::time::sleep(earliest - elapsed).await;
+        }
+    }
+}
+
+/// Joins the relay of `session` as `role`; returns the raw stream to the other end.
+pub async fn join(
+    server: &ServerUrl,
+    server_addr: SocketAddr,
+    session: &str,
+    role: Role,
+) -> std::io::Result<TcpStream> {
+    let role = match role {
+        Role::Client => "client",
+        Role::Agent => "agent",
+    };
+    let work = async {
+        let mut tcp = TcpStream::connect(server_addr).await?;
+        tcp.set_nodelay(true)?;
+        let request = format!(
+            "GET {RELAY_PATH}?v=1&session={session}&role={role} HTTP/1.1\r\nHost: {}\r\n\
+             Connection: Upgrade\r\nUpgrade: {UPGRADE_TOKEN}\r\n\r\n",
+            server.to_string().trim_start_matches("http://")
+        );
+        tcp.write_all(request.as_bytes()).await?;
+        // Read the head byte by byte: the peer's bytes may follow it at once.
+        let mut head = Vec::with_capacity(256);
+        while !head.ends_with(b"\r\n\r\n") {
+            if head.len() >= MAX_HEAD {
+                return Err(invalid("relay answer head too long"));
+            }
+            head.push(tcp.read_u8().await?);
+        }
+        let head = String::from_utf8_lossy(&head);
+        let status = head.lines().next().unwrap_or("");
+        if !status.starts_with("HTTP/1.1 101") {
+            return Err(invalid(&format!("relay refused: {status}")));
+        }
+        Ok(tcp)
+    };
+    match tokio::time::timeout(SERVER_TIMEOUT, work).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "relay join timed out",
+        )),
+    }
+}
+
+fn invalid(why: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn copy_limited_keeps_the_rate_and_half_close() {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let (c, mut d) = tokio::io::duplex(1 << 20);
+        let (br, _bw) = tokio::io::split(b);
+        let (_cr, cw) = tokio::io::split(c);
+        let copier = tokio::spawn(copy_limited(br, cw, 100_000));
+        let started = Instant::now();
+        a.write_all(&vec![7u8; 250_000]).await.unwrap();
+        a.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        d.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 250_000);
+        assert_eq!(copier.await.unwrap().unwrap(), 250_000);
+        // One second of burst, then 100 kB/s: at least 1.5 s for 250 kB.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1400),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn pairing_needs_both_roles_and_a_free_slot() {
+        let hub = RelayHub::new(RelayConfig {
+            max_sessions: 1,
+            bytes_per_sec: 1,
+        });
+        let first = hub.join("s1", Role::Client).ok().unwrap();
+        assert!(matches!(first, Joined::First(..)));
+        assert_eq!(
+            hub.join("s1", Role::Client).err(),
+            Some(JoinRefused::Duplicate)
+        );
+        assert_eq!(hub.join("s2", Role::Client).err(), Some(JoinRefused::Busy));
+        assert!(matches!(hub.join("s1", Role::Agent), Ok(Joined::Second(_))));
+    }
+}
