@@ -21,7 +21,7 @@ use crate::protocol::{
     self, AgentMsg, Auth, ErrorCode, ExposeQuery, Mode, Punch, Role, ServerMsg, SessionKeys,
 };
 use crate::punch::{self, Inbound, Order, Proof, PunchPlan};
-use crate::{ConnectionInfo, Error, Path, net};
+use crate::{ConnectionInfo, Error, net};
 
 /// How often the agent pings the server; this also keeps its NAT mapping alive.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
@@ -508,13 +508,7 @@ async fn session(
     match punch::run(plan, inbound, on_fired).await {
         Ok(punched) => {
             let info = ConnectionInfo {
-                path: if punched.relayed {
-                    Path::Relayed
-                } else if p.peer_private.contains(&punched.peer) {
-                    Path::Lan
-                } else {
-                    Path::Direct
-                },
+                path: punched.path(&p.peer_private),
                 peer_addr: punched.peer,
                 setup: started.elapsed(),
                 session: p.session.clone(),

@@ -10,9 +10,9 @@ use tokio::time::Instant;
 
 use crate::control::{self, ServerUrl};
 use crate::probe;
-use crate::protocol::{self, Auth, ConnectQuery, Mode, Role, ServerMsg, SessionKeys};
+use crate::protocol::{self, Auth, ClientMsg, ConnectQuery, Mode, Role, ServerMsg, SessionKeys};
 use crate::punch::{self, Inbound, Order, Proof, PunchPlan};
-use crate::{ConnectionInfo, Error, Path, net};
+use crate::{ConnectionInfo, Error, net};
 
 /// What to connect to.
 #[derive(Clone)]
@@ -203,20 +203,36 @@ async fn connect_with(
         }
     };
     tasks.shutdown().await;
-    let _ = tokio::time::timeout(Duration::from_millis(100), ws.close(None)).await;
-    match punched {
-        Ok(p) => Ok(Connection {
+    let outcome = punched.map(|p| {
+        let path = p.path(&punch.peer_private);
+        (p, path, started.elapsed())
+    });
+    let result = match &outcome {
+        Ok((_, path, setup)) => ClientMsg::Result {
+            outcome: path.label().to_string(),
+            setup_ms: Some(setup.as_millis() as u64),
+            reason: None,
+        },
+        Err(f) => ClientMsg::Result {
+            outcome: "failed".into(),
+            setup_ms: None,
+            reason: Some(f.to_string()),
+        },
+    };
+    if ctrl_open {
+        let report = async {
+            let _ = control::send(&mut ws, &result).await;
+            let _ = ws.close(None).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(100), report).await;
+    }
+    match outcome {
+        Ok((p, path, setup)) => Ok(Connection {
             stream: p.stream,
             info: ConnectionInfo {
-                path: if p.relayed {
-                    Path::Relayed
-                } else if punch.peer_private.contains(&p.peer) {
-                    Path::Lan
-                } else {
-                    Path::Direct
-                },
+                path,
                 peer_addr: p.peer,
-                setup: started.elapsed(),
+                setup,
                 session: punch.session,
             },
         }),

@@ -16,6 +16,7 @@ pub mod agent;
 pub mod client;
 pub mod control;
 pub mod demo;
+pub mod metrics;
 pub mod natcheck;
 pub mod net;
 pub mod probe;
@@ -39,17 +40,28 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub enum Path {
     /// A punched TCP connection between the two public endpoints (or to a public host).
     Direct,
-    /// A TCP connection inside one LAN, to the peer's private address.
+    /// A direct TCP connection inside one LAN, to the peer's private address.
     Lan,
     /// Through the rendezvous server's relay (no direct path existed).
     Relayed,
+}
+
+impl Path {
+    /// The outcome label of this path (`direct`, `lan`, `relayed`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Lan => "lan",
+            Path::Relayed => "relayed",
+        }
+    }
 }
 
 impl std::fmt::Display for Path {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Path::Direct => "direct",
-            Path::Lan => "direct, lan",
+            Path::Lan => "lan",
             Path::Relayed => "relayed",
         })
     }

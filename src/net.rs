@@ -98,23 +98,65 @@ pub fn start_connect(
 }
 
 /// Waits until a stream from [`start_connect`] is connected, failed, or `timeout` passed.
+///
+/// An ICMP error for a SYN in flight (Time Exceeded for a low-TTL SYN, say) wakes the socket
+/// with `EHOSTUNREACH` while the kernel keeps it in SYN_SENT: that is a soft error, and the
+/// socket may still complete by simultaneous open, so it is not given up while it connects.
 pub async fn finish_connect(stream: TcpStream, timeout: Duration) -> io::Result<TcpStream> {
     let wait = async {
-        stream.writable().await?;
-        match stream.take_error()? {
-            Some(e) => Err(e),
-            None => Ok(()),
+        loop {
+            stream.writable().await?;
+            let err = stream.take_error()?;
+            if stream.peer_addr().is_ok() && err.is_none() {
+                return Ok(());
+            }
+            if !still_connecting(&stream) {
+                return Err(err.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotConnected)));
+            }
+            // Clear the readiness this soft error raised and wait for the next event.
+            let _ = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+            });
         }
     };
     match tokio::time::timeout(timeout, wait).await {
-        Ok(Ok(())) => {
-            // A writable socket whose peer address is unknown did not really connect.
-            stream.peer_addr()?;
-            Ok(stream)
-        }
+        Ok(Ok(())) => Ok(stream),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     }
+}
+
+/// Whether a socket is still in the TCP handshake (SYN_SENT or SYN_RECV).
+fn still_connecting(fd: &impl AsRawFd) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const TCP_SYN_SENT: u8 = 2;
+        const TCP_SYN_RECV: u8 = 3;
+        tcp_info(fd).is_some_and(|i| matches!(i.tcpi_state, TCP_SYN_SENT | TCP_SYN_RECV))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        false
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn tcp_info(fd: &impl AsRawFd) -> Option<libc::tcp_info> {
+    // SAFETY: tcp_info is plain data; an all-zero value is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a properly sized, writable tcp_info and `len` holds its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(info)
 }
 
 fn ttl_of(socket: &Socket, remote: SocketAddr) -> io::Result<u32> {
@@ -157,19 +199,9 @@ pub fn raise_fd_limit() {
 pub fn tcp_rtt(fd: &impl AsRawFd) -> Option<Duration> {
     #[cfg(target_os = "linux")]
     {
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: `info` is a properly sized, writable tcp_info and `len` holds its size.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0 && info.tcpi_rtt > 0).then(|| Duration::from_micros(info.tcpi_rtt.into()))
+        tcp_info(fd)
+            .filter(|i| i.tcpi_rtt > 0)
+            .map(|i| Duration::from_micros(i.tcpi_rtt.into()))
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -99,7 +99,9 @@ pub struct Punch {
 }
 
 /// A NAT's mapping behaviour (RFC 4787), as seen through the server's two ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mapping {
     /// One public endpoint for every destination (cone NATs, or no NAT): punchable directly.
@@ -137,7 +139,9 @@ impl fmt::Display for Mapping {
 }
 
 /// How one end punches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Strategy {
@@ -214,6 +218,24 @@ pub enum AgentMsg {
     Armed {
         /// The session armed.
         session: String,
+    },
+}
+
+/// Messages a client sends to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClientMsg {
+    /// How the attempt ended, for the server's outcome records; sent before closing.
+    Result {
+        /// `direct`, `lan`, `relayed`, or `failed`.
+        outcome: String,
+        /// Setup time in milliseconds, when connected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        setup_ms: Option<u64>,
+        /// Why it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
 }
 

@@ -215,6 +215,19 @@ pub struct Punched {
     pub relayed: bool,
 }
 
+impl Punched {
+    /// Which path the stream takes, given the peer's private candidates.
+    pub fn path(&self, peer_private: &[SocketAddr]) -> crate::Path {
+        if self.relayed {
+            crate::Path::Relayed
+        } else if peer_private.contains(&self.peer) {
+            crate::Path::Lan
+        } else {
+            crate::Path::Direct
+        }
+    }
+}
+
 /// Why a punch failed: the last error met on each candidate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PunchFailure {

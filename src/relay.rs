@@ -76,6 +76,11 @@ pub enum JoinRefused {
 }
 
 impl RelayHub {
+    /// Relayed sessions open now (or waiting for their second end).
+    pub fn active(&self) -> usize {
+        self.config.max_sessions - self.permits.available_permits()
+    }
+
     /// A hub with these limits.
     pub fn new(config: RelayConfig) -> Self {
         RelayHub {
@@ -108,16 +113,17 @@ impl RelayHub {
         }
     }
 
-    /// Serves one joined end after its upgrade completed.
-    pub async fn run(&self, joined: Joined, io: Io) {
+    /// Serves one joined end after its upgrade completed; returns the bytes it carried.
+    pub async fn run(&self, joined: Joined, io: Io) -> u64 {
         match joined {
             Joined::Second(tx) => {
                 let _ = tx.send(io);
+                0
             }
             Joined::First(rx, _permit) => {
                 let Ok(Ok(other)) = tokio::time::timeout(PAIRING_TIMEOUT, rx).await else {
                     tracing::debug!("relay: the second end never came");
-                    return;
+                    return 0;
                 };
                 let (a, b) = (io, other);
                 let (ar, aw) = tokio::io::split(a);
@@ -125,11 +131,9 @@ impl RelayHub {
                 let rate = self.config.bytes_per_sec;
                 let (up, down) =
                     tokio::join!(copy_limited(ar, bw, rate), copy_limited(br, aw, rate));
-                tracing::info!(
-                    "relayed session closed: {} and {} bytes",
-                    up.unwrap_or(0),
-                    down.unwrap_or(0)
-                );
+                let (up, down) = (up.unwrap_or(0), down.unwrap_or(0));
+                tracing::info!("relayed session closed: {up} and {down} bytes");
+                up + down
             }
         }
     }

@@ -22,11 +22,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::{Metrics, Outcome};
 use crate::net;
 use crate::probe::ProbeTable;
 use crate::protocol::{
-    self, AgentMsg, Auth, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, MAX_MESSAGE_BYTES,
-    Mapping, Mode, Punch, Role, ServerMsg, Strategy,
+    self, AgentMsg, Auth, ClientMsg, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery,
+    MAX_MESSAGE_BYTES, Mapping, Mode, Punch, Role, ServerMsg, Strategy,
 };
 use crate::relay::{self, JoinRefused, RelayConfig, RelayHub};
 
@@ -135,6 +136,7 @@ struct Shared {
     /// `None` when the server has no probe port: mappings are then unknown at once.
     probes: Option<Arc<ProbeTable>>,
     relay: Option<RelayHub>,
+    metrics: Metrics,
     tasks: TaskTracker,
     agents: Mutex<HashMap<String, AgentEntry>>,
     sessions: Mutex<HashMap<String, mpsc::Sender<SessionEvent>>>,
@@ -184,6 +186,7 @@ pub async fn serve(
         relay: config.relay.map(RelayHub::new),
         config,
         probes: probes.clone(),
+        metrics: Metrics::default(),
         tasks: TaskTracker::new(),
         agents: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
@@ -214,6 +217,14 @@ pub async fn serve(
     state.tasks.close();
     state.tasks.wait().await;
     served
+}
+
+impl Shared {
+    /// Refuses a request before any upgrade, counting it.
+    fn reject(&self, code: ErrorCode, message: String) -> Response {
+        self.metrics.rejected(&code.to_string());
+        error(code, message)
+    }
 }
 
 fn error(code: ErrorCode, message: String) -> Response {
@@ -285,15 +296,15 @@ async fn expose(
 ) -> Response {
     let q = match ExposeQuery::parse(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
-        Err(e) => return error(e.code, e.message),
+        Err(e) => return state.reject(e.code, e.message),
     };
     {
         let agents = state.agents.lock().expect("agents lock");
         if agents.contains_key(&q.id) {
-            return error(ErrorCode::IdTaken, id_taken(&q.id));
+            return state.reject(ErrorCode::IdTaken, id_taken(&q.id));
         }
         if agents.len() >= state.config.max_agents {
-            return error(ErrorCode::Busy, "server has too many agents".into());
+            return state.reject(ErrorCode::Busy, "server has too many agents".into());
         }
     }
     upgrade(ws, |ws| {
@@ -480,7 +491,7 @@ async fn connect(
 ) -> Response {
     let q = match ConnectQuery::parse(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
-        Err(e) => return error(e.code, e.message),
+        Err(e) => return state.reject(e.code, e.message),
     };
     let auth = state
         .agents
@@ -490,13 +501,13 @@ async fn connect(
         .map(|a| a.auth);
     match auth {
         None => {
-            return error(
+            return state.reject(
                 ErrorCode::PeerOffline,
                 format!("peer '{}' is not online", q.peer),
             );
         }
         Some(Auth::Secret) if q.proof.is_none() => {
-            return error(
+            return state.reject(
                 ErrorCode::SecretRequired,
                 format!("peer '{}' requires a secret", q.peer),
             );
@@ -504,7 +515,7 @@ async fn connect(
         Some(_) => {}
     }
     if state.sessions.lock().expect("sessions lock").len() >= state.config.max_sessions {
-        return error(ErrorCode::Busy, "server has too many open sessions".into());
+        return state.reject(ErrorCode::Busy, "server has too many open sessions".into());
     }
     upgrade(ws, |ws| {
         ws.on_upgrade(move |socket| client_session(state, meta, q, socket))
@@ -526,6 +537,38 @@ impl Drop for SessionGuard<'_> {
             .expect("sessions lock")
             .remove(&self.1);
     }
+}
+
+/// Records how a session ended, exactly once; a session dropped without an ending counts as
+/// abandoned.
+struct Tally<'a> {
+    metrics: &'a Metrics,
+    peer: String,
+    pair: (Mapping, Mapping),
+    strategy: Strategy,
+    done: bool,
+}
+
+impl Tally<'_> {
+    fn end(&mut self, outcome: Outcome, setup: Option<Duration>, reason: Option<String>) {
+        if !std::mem::replace(&mut self.done, true) {
+            self.metrics
+                .record(&self.peer, self.pair, self.strategy, outcome, setup, reason);
+        }
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.end(Outcome::Abandoned, None, None);
+    }
+}
+
+/// Tells the client why its request failed, and records it.
+async fn refuse(socket: &mut WebSocket, tally: &mut Tally<'_>, code: ErrorCode, message: String) {
+    tally.metrics.rejected(&code.to_string());
+    tally.end(Outcome::Rejected, None, Some(message.clone()));
+    send(socket, &ServerMsg::Error { code, message }).await;
 }
 
 async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut socket: WebSocket) {
@@ -552,14 +595,20 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
             )
         })
     };
+    let mut tally = Tally {
+        metrics: &state.metrics,
+        peer: q.peer.clone(),
+        pair: (
+            client_mapping,
+            agent.as_ref().map_or(Mapping::Unknown, |a| a.4),
+        ),
+        strategy: Strategy::Simultaneous,
+        done: false,
+    };
     let Some((agent_tx, agent_public, agent_private, auth, agent_mapping, agent_rtt)) = agent
     else {
-        let msg = ServerMsg::Error {
-            code: ErrorCode::PeerOffline,
-            message: format!("peer '{}' is not online", q.peer),
-        };
-        send(&mut socket, &msg).await;
-        return;
+        let message = format!("peer '{}' is not online", q.peer);
+        return refuse(&mut socket, &mut tally, ErrorCode::PeerOffline, message).await;
     };
     // Private candidates only help peers behind the same NAT; elsewhere they would send SYNs
     // into unrelated networks.
@@ -573,20 +622,17 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         (Some(_), Some(_), _) => Some(RELAY_HEAD_START.as_millis() as u64),
         (Some(_), None, _) => Some(0),
     };
-    if direct.is_none() && relay_after.is_none() && !same_nat {
-        let msg = ServerMsg::Error {
-            code: ErrorCode::NoDirectPath,
-            message: format!(
-                "no direct path: this client's NAT is {client_mapping} and peer '{}''s NAT is \
-                 {agent_mapping} (both symmetric), and this server does not relay",
-                q.peer
-            ),
-        };
-        send(&mut socket, &msg).await;
-        return;
-    }
     let (client_strategy, agent_strategy) =
         direct.unwrap_or((Strategy::RelayOnly, Strategy::RelayOnly));
+    tally.strategy = client_strategy;
+    if direct.is_none() && relay_after.is_none() && !same_nat {
+        let message = format!(
+            "no direct path: this client's NAT is {client_mapping} and peer '{}''s NAT is \
+             {agent_mapping} (both symmetric), and this server does not relay",
+            q.peer
+        );
+        return refuse(&mut socket, &mut tally, ErrorCode::NoDirectPath, message).await;
+    }
     let key = random_hex::<32>();
     let to_agent = Punch {
         session: session.clone(),
@@ -625,12 +671,8 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
     );
 
     if agent_tx.try_send(ServerMsg::Punch(to_agent)).is_err() {
-        let msg = ServerMsg::Error {
-            code: ErrorCode::Busy,
-            message: format!("peer '{}' has too many pending sessions", q.peer),
-        };
-        send(&mut socket, &msg).await;
-        return;
+        let message = format!("peer '{}' has too many pending sessions", q.peer);
+        return refuse(&mut socket, &mut tally, ErrorCode::Busy, message).await;
     }
     let sent = match q.mode {
         Mode::Punch => {
@@ -646,18 +688,18 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
             send(&mut socket, &to_client).await
         }
         Mode::Plain => match tokio::time::timeout(ARM_TIMEOUT, events.recv()).await {
-            Ok(Some(SessionEvent::Armed)) => send(&mut socket, &to_client).await,
+            Ok(Some(SessionEvent::Armed)) => {
+                // The seed's caller connects after it got its addresses; the server never
+                // learns how that went.
+                tally.done = true;
+                send(&mut socket, &to_client).await
+            }
             Ok(Some(SessionEvent::Rejected(code, message))) => {
-                send(&mut socket, &ServerMsg::Error { code, message }).await;
-                return;
+                return refuse(&mut socket, &mut tally, code, message).await;
             }
             Ok(None) | Err(_) => {
-                let msg = ServerMsg::Error {
-                    code: ErrorCode::PeerGone,
-                    message: format!("peer '{}' did not answer in time", q.peer),
-                };
-                send(&mut socket, &msg).await;
-                return;
+                let message = format!("peer '{}' did not answer in time", q.peer);
+                return refuse(&mut socket, &mut tally, ErrorCode::PeerGone, message).await;
             }
         },
     };
@@ -672,13 +714,25 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
             _ = state.shutdown.cancelled() => return,
             ev = events.recv() => match ev {
                 Some(SessionEvent::Rejected(code, message)) => {
-                    send(&mut socket, &ServerMsg::Error { code, message }).await;
-                    return;
+                    return refuse(&mut socket, &mut tally, code, message).await;
                 }
                 Some(SessionEvent::Armed) => {}
                 None => return,
             },
             got = socket.recv() => match got {
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(ClientMsg::Result { outcome, setup_ms, reason }) =
+                        protocol::decode::<ClientMsg>(&text)
+                    {
+                        let outcome = match outcome.as_str() {
+                            "direct" => Outcome::Direct,
+                            "lan" => Outcome::Lan,
+                            "relayed" => Outcome::Relayed,
+                            _ => Outcome::Failed,
+                        };
+                        tally.end(outcome, setup_ms.map(Duration::from_millis), reason);
+                    }
+                }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             },
@@ -693,7 +747,7 @@ async fn relay_join(
     mut req: axum::extract::Request,
 ) -> Response {
     let Some(hub) = &state.relay else {
-        return error(
+        return state.reject(
             ErrorCode::BadRequest,
             "this server does not relay (start it with --relay)".into(),
         );
@@ -709,7 +763,7 @@ async fn relay_join(
         }
     }
     let (Some(session), Some(role), Some("1")) = (session, role, v.as_deref()) else {
-        return error(
+        return state.reject(
             ErrorCode::BadRequest,
             "relay needs v=1, session and role=client|agent".into(),
         );
@@ -720,7 +774,7 @@ async fn relay_join(
         .and_then(|h| h.to_str().ok())
         .is_some_and(|h| h.eq_ignore_ascii_case(relay::UPGRADE_TOKEN));
     if !upgrade_ok {
-        return error(
+        return state.reject(
             ErrorCode::BadRequest,
             format!("relay needs 'Upgrade: {}'", relay::UPGRADE_TOKEN),
         );
@@ -731,15 +785,15 @@ async fn relay_join(
         .expect("sessions lock")
         .contains_key(&session)
     {
-        return error(ErrorCode::PeerGone, "no such live session".into());
+        return state.reject(ErrorCode::PeerGone, "no such live session".into());
     }
     let joined = match hub.join(&session, role) {
         Ok(j) => j,
         Err(JoinRefused::Busy) => {
-            return error(ErrorCode::Busy, "every relay slot is taken".into());
+            return state.reject(ErrorCode::Busy, "every relay slot is taken".into());
         }
         Err(JoinRefused::Duplicate) => {
-            return error(ErrorCode::BadRequest, "this end already joined".into());
+            return state.reject(ErrorCode::BadRequest, "this end already joined".into());
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -749,7 +803,8 @@ async fn relay_join(
             Ok(upgraded) => {
                 let io = Box::new(hyper_util::rt::TokioIo::new(upgraded));
                 if let Some(hub) = &task_state.relay {
-                    hub.run(joined, io).await;
+                    let carried = hub.run(joined, io).await;
+                    task_state.metrics.relayed_bytes(carried);
                 }
             }
             Err(e) => tracing::debug!("relay upgrade failed: {e}"),
