@@ -56,6 +56,10 @@ struct ServerArgs {
     /// Address of the NAT probe port [default: the --listen address, port + 1].
     #[arg(long)]
     probe_listen: Option<SocketAddr>,
+    /// Serve /metrics (Prometheus) and a status page here, e.g. 127.0.0.1:50309 (off unless
+    /// given; keep it off public addresses).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
     /// Relay sessions that have no direct path (costs this host bandwidth).
     #[arg(long)]
     relay: bool,
@@ -239,7 +243,22 @@ async fn server(args: ServerArgs) -> Result<()> {
         relay,
         ..Default::default()
     };
-    p2pnc::server::serve(listener, Some(probe), config, shutdown_token()).await?;
+    let admin = match args.admin {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--admin)"))?;
+            tracing::info!("admin (metrics, status page) on http://{}", l.local_addr()?);
+            Some(l)
+        }
+        None => None,
+    };
+    let listeners = p2pnc::server::Listeners {
+        control: listener,
+        probe: Some(probe),
+        admin,
+    };
+    p2pnc::server::serve(listeners, config, shutdown_token()).await?;
     Ok(())
 }
 

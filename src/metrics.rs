@@ -98,7 +98,8 @@ pub struct Metrics {
     relayed_bytes: AtomicU64,
 }
 
-fn now_unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

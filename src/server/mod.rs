@@ -22,6 +22,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod admin;
+
 use crate::metrics::{Metrics, Outcome};
 use crate::net;
 use crate::probe::ProbeTable;
@@ -122,6 +124,8 @@ struct AgentEntry {
     private: Vec<SocketAddr>,
     auth: Auth,
     mapping: Mapping,
+    /// When it registered (Unix milliseconds).
+    since_unix_ms: u64,
     /// Smoothed RTT in microseconds (0 = unknown).
     rtt_us: Arc<AtomicU64>,
 }
@@ -170,17 +174,41 @@ pub async fn run(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve(listener, None, config, shutdown).await
+    serve(Listeners::control(listener), config, shutdown).await
 }
 
-/// Serves the rendezvous protocol on `listener`, and NAT probes on `probe` (by convention the
-/// next port; see [`crate::probe`]), until `shutdown` is cancelled.
+/// The sockets a server serves.
+pub struct Listeners {
+    /// HTTP and WebSocket: the control port.
+    pub control: TcpListener,
+    /// NAT probes, by convention on the control port + 1 (see [`crate::probe`]).
+    pub probe: Option<TcpListener>,
+    /// The admin listener: `/metrics` and the status page. Keep it off public addresses.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Only a control port: no probe (mappings stay unknown), no admin.
+    pub fn control(control: TcpListener) -> Self {
+        Listeners {
+            control,
+            probe: None,
+            admin: None,
+        }
+    }
+}
+
+/// Serves the rendezvous protocol until `shutdown` is cancelled.
 pub async fn serve(
-    listener: TcpListener,
-    probe: Option<TcpListener>,
+    listeners: Listeners,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let Listeners {
+        control: listener,
+        probe,
+        admin,
+    } = listeners;
     let probes = probe.as_ref().map(|_| Arc::new(ProbeTable::default()));
     let state = Arc::new(Shared {
         relay: config.relay.map(RelayHub::new),
@@ -197,6 +225,18 @@ pub async fn serve(
         state
             .tasks
             .spawn(crate::probe::serve(probe, table, shutdown.clone()));
+    }
+    if let Some(admin) = admin {
+        let app = admin::router(state.clone());
+        let stop = shutdown.clone();
+        state.tasks.spawn(async move {
+            if let Err(e) = axum::serve(admin, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!("admin listener failed: {e}");
+            }
+        });
     }
     let app = Router::new()
         .route("/", get(index))
@@ -341,6 +381,7 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
                     private: q.private.clone(),
                     auth: q.auth,
                     mapping,
+                    since_unix_ms: crate::metrics::now_unix_ms(),
                     rtt_us: rtt_us.clone(),
                 },
             );

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 /// A server on 127.0.0.1:0, stopped on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin listener, when started with [`TestServer::with_admin`].
+    pub admin: Option<SocketAddr>,
     pub url: String,
     token: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -31,16 +33,42 @@ impl TestServer {
         Self::start_on(control, Some(probe), config)
     }
 
+    pub async fn with_admin(config: ServerConfig) -> Self {
+        let (control, probe) = p2pnc::server::bind_pair("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let mut s = Self::start_listeners(control, Some(probe), Some(admin), config);
+        s.admin = Some(admin_addr);
+        s
+    }
+
     pub fn start_on(
         listener: TcpListener,
         probe: Option<TcpListener>,
         config: ServerConfig,
     ) -> Self {
+        Self::start_listeners(listener, probe, None, config)
+    }
+
+    fn start_listeners(
+        listener: TcpListener,
+        probe: Option<TcpListener>,
+        admin: Option<TcpListener>,
+        config: ServerConfig,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let token = CancellationToken::new();
-        let task = tokio::spawn(p2pnc::server::serve(listener, probe, config, token.clone()));
+        let listeners = p2pnc::server::Listeners {
+            control: listener,
+            probe,
+            admin,
+        };
+        let task = tokio::spawn(p2pnc::server::serve(listeners, config, token.clone()));
         TestServer {
             addr,
+            admin: None,
             url: format!("http://{addr}"),
             token,
             task: Some(task),

@@ -1,0 +1,241 @@
+//! The admin listener: `/metrics` in Prometheus text format, `/status.json`, and `/`, a status
+//! page (plain HTML, no external assets) listing online services, recent sessions and success
+//! rates by NAT pair.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use super::{AppState, Shared};
+use crate::metrics::{PairStats, Record};
+use crate::protocol::{Auth, Mapping};
+
+/// The admin routes.
+pub(super) fn router(state: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics))
+        .route("/status.json", get(status_json))
+        .with_state(state)
+}
+
+/// One online service, as the status shows it.
+#[derive(Serialize)]
+struct Service {
+    id: String,
+    public: String,
+    mapping: Mapping,
+    auth: Auth,
+    rtt_ms: Option<f64>,
+    since_unix_ms: u64,
+}
+
+#[derive(Serialize)]
+struct PairRow {
+    client_mapping: Mapping,
+    agent_mapping: Mapping,
+    #[serde(flatten)]
+    stats: PairStats,
+}
+
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    services: Vec<Service>,
+    sessions_open: usize,
+    relay_active: Option<usize>,
+    recent: Vec<Record>,
+    pairs: Vec<PairRow>,
+}
+
+fn status(state: &Shared) -> Status {
+    let mut services: Vec<Service> = state
+        .agents
+        .lock()
+        .expect("agents lock")
+        .iter()
+        .map(|(id, a)| {
+            let rtt = a.rtt_us.load(Ordering::Relaxed);
+            Service {
+                id: id.clone(),
+                public: a.public.to_string(),
+                mapping: a.mapping,
+                auth: a.auth,
+                rtt_ms: (rtt > 0).then(|| rtt as f64 / 1000.0),
+                since_unix_ms: a.since_unix_ms,
+            }
+        })
+        .collect();
+    services.sort_by(|a, b| a.id.cmp(&b.id));
+    Status {
+        version: env!("CARGO_PKG_VERSION"),
+        services,
+        sessions_open: state.sessions.lock().expect("sessions lock").len(),
+        relay_active: state.relay.as_ref().map(|r| r.active()),
+        recent: state.metrics.recent(),
+        pairs: state
+            .metrics
+            .pairs()
+            .into_iter()
+            .map(|((c, a), stats)| PairRow {
+                client_mapping: c,
+                agent_mapping: a,
+                stats,
+            })
+            .collect(),
+    }
+}
+
+async fn status_json(State(state): State<AppState>) -> Response {
+    axum::Json(status(&state)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let agents = state.agents.lock().expect("agents lock").len() as u64;
+    let sessions = state.sessions.lock().expect("sessions lock").len() as u64;
+    let relay = state.relay.as_ref().map_or(0, |r| r.active()) as u64;
+    let text = state.metrics.render(&[
+        ("p2pnc_agents_online", "Agents registered now.", agents),
+        (
+            "p2pnc_sessions_open",
+            "Client control connections open now.",
+            sessions,
+        ),
+        (
+            "p2pnc_relay_sessions_active",
+            "Relayed sessions open now.",
+            relay,
+        ),
+    ]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02} UTC")
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "–".into()
+    } else {
+        format!("{:.0} %", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+async fn page(State(state): State<AppState>) -> Html<String> {
+    let st = status(&state);
+    let mut h = String::with_capacity(8192);
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"10\"><title>p2pnc status</title><style>\
+         body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}\
+         table{{border-collapse:collapse;margin:.5em 0 2em}}\
+         td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:left}}\
+         th{{background:#f3f3f3}}.ok{{color:#176117}}.bad{{color:#a11}}\
+         </style></head><body><h1>p2pnc rendezvous server {}</h1>\
+         <p>{} services online · {} sessions open{}</p>",
+        st.version,
+        st.services.len(),
+        st.sessions_open,
+        st.relay_active
+            .map(|n| format!(" · {n} relayed sessions"))
+            .unwrap_or_else(|| " · relay off".into())
+    );
+    h.push_str("<h2>Online services</h2>");
+    if st.services.is_empty() {
+        h.push_str("<p>No service is online.</p>");
+    } else {
+        h.push_str(
+            "<table id=\"services\"><tr><th>id</th><th>public endpoint</th><th>NAT mapping</th>\
+             <th>secret</th><th>RTT</th><th>online since</th></tr>",
+        );
+        for s in &st.services {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&s.id),
+                esc(&s.public),
+                s.mapping,
+                if s.auth == Auth::Secret {
+                    "yes"
+                } else {
+                    "public"
+                },
+                s.rtt_ms
+                    .map(|r| format!("{r:.1} ms"))
+                    .unwrap_or_else(|| "–".into()),
+                utc(s.since_unix_ms)
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Recent sessions</h2>");
+    if st.recent.is_empty() {
+        h.push_str("<p>No session yet.</p>");
+    } else {
+        h.push_str(
+            "<table id=\"sessions\"><tr><th>ended</th><th>service</th><th>outcome</th>\
+             <th>setup</th><th>strategy</th><th>client NAT</th><th>service NAT</th>\
+             <th>reason</th></tr>",
+        );
+        for r in &st.recent {
+            let class = if r.outcome.connected() { "ok" } else { "bad" };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td></tr>",
+                utc(r.at_unix_ms),
+                esc(&r.peer),
+                r.outcome.as_str(),
+                r.setup_ms
+                    .map(|m| format!("{m} ms"))
+                    .unwrap_or_else(|| "–".into()),
+                r.strategy,
+                r.client_mapping,
+                r.agent_mapping,
+                esc(r.reason.as_deref().unwrap_or(""))
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Success by NAT pair</h2>");
+    if st.pairs.is_empty() {
+        h.push_str("<p>No attempt yet.</p>");
+    } else {
+        h.push_str(
+            "<table id=\"pairs\"><tr><th>client NAT</th><th>service NAT</th><th>attempts</th>\
+             <th>direct</th><th>relayed</th></tr>",
+        );
+        for p in &st.pairs {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                p.client_mapping,
+                p.agent_mapping,
+                p.stats.attempts,
+                percent(p.stats.direct, p.stats.attempts),
+                percent(p.stats.relayed, p.stats.attempts)
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>");
+    Html(h)
+}

@@ -1,0 +1,81 @@
+//! The admin listener: Prometheus metrics, status JSON and the status page.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Echo, TestServer, expose, http_get};
+use p2pnc::ConnectOptions;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Polls until `path` on the admin listener contains `want` (outcomes are recorded when the
+/// client's report arrives, just after `connect` returns).
+async fn eventually(admin: std::net::SocketAddr, path: &str, want: &str) -> String {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (status, body) = http_get(admin, path).await;
+        if status == 200 && body.contains(want) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never contained {want:?}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_status_and_page_show_services_sessions_and_refusals() {
+    let server = TestServer::with_admin(Default::default()).await;
+    let admin = server.admin.unwrap();
+    let echo = Echo::start().await;
+    let _agent = expose(&server.url, "cam <1>", Some("pw"), echo.addr).await;
+
+    let ok = ConnectOptions::new(&server.url, "cam <1>", Some("pw")).unwrap();
+    tokio::time::timeout(T, p2pnc::connect(&ok))
+        .await
+        .unwrap()
+        .unwrap();
+    let bad = ConnectOptions::new(&server.url, "cam <1>", Some("nope")).unwrap();
+    assert!(p2pnc::connect(&bad).await.is_err());
+    let gone = ConnectOptions::new(&server.url, "nobody", None).unwrap();
+    assert!(p2pnc::connect(&gone).await.is_err());
+
+    let metrics = eventually(admin, "/metrics", "outcome=\"rejected\"").await;
+    assert!(metrics.contains("p2pnc_agents_online 1"), "{metrics}");
+    assert!(
+        metrics.contains("p2pnc_connect_attempts_total{outcome=\"direct\",strategy=\"simultaneous\",client_mapping=\"endpoint-independent\",agent_mapping=\"endpoint-independent\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("p2pnc_rejected_requests_total{reason=\"peer_offline\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("p2pnc_setup_seconds_count 1"), "{metrics}");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/status.json").await.1).unwrap();
+    assert_eq!(status["services"][0]["id"], "cam <1>");
+    assert_eq!(status["services"][0]["mapping"], "endpoint-independent");
+    let outcomes: Vec<&str> = status["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert!(
+        outcomes.contains(&"direct") && outcomes.contains(&"rejected"),
+        "{outcomes:?}"
+    );
+
+    let (status, page) = http_get(admin, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("cam &lt;1&gt;"), "ids are escaped: {page}");
+    assert!(page.contains("<table id=\"sessions\">"), "{page}");
+    assert!(page.contains("secret rejected"), "{page}");
+    assert!(!page.contains("src=\"http"), "no external assets");
+    // The control port does not serve the admin pages.
+    assert_ne!(http_get(server.addr, "/metrics").await.0, 200);
+}
