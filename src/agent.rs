@@ -58,6 +58,8 @@ pub struct ExposeOptions {
     pub punch_ttl: Option<u32>,
     /// Local punch port (0: any).
     pub punch_port: u16,
+    /// The server's token, if it requires one.
+    pub token: Option<String>,
 }
 
 impl std::fmt::Debug for ExposeOptions {
@@ -69,6 +71,7 @@ impl std::fmt::Debug for ExposeOptions {
             .field("punch_timeout", &self.punch_timeout)
             .field("punch_ttl", &self.punch_ttl)
             .field("punch_port", &self.punch_port)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
             .finish()
     }
 }
@@ -84,6 +87,7 @@ impl ExposeOptions {
             punch_timeout: punch::DEFAULT_PUNCH_TIMEOUT,
             punch_ttl: Some(DEFAULT_PUNCH_TTL),
             punch_port: 0,
+            token: None,
         })
     }
 }
@@ -103,6 +107,7 @@ pub struct Agent {
     token: CancellationToken,
     tracker: TaskTracker,
     public: SocketAddr,
+    stopped: Arc<Mutex<Option<String>>>,
 }
 
 impl Agent {
@@ -137,7 +142,9 @@ impl Agent {
         let (tx, incoming) = mpsc::channel(ACCEPT_QUEUE);
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let stopped = Arc::new(Mutex::new(None));
         let state = Arc::new(AgentState {
+            stopped: stopped.clone(),
             opts,
             server_addr,
             accepted: tx,
@@ -150,12 +157,19 @@ impl Agent {
             token,
             tracker,
             public,
+            stopped,
         })
     }
 
     /// The next proven stream; `None` once the agent has stopped.
     pub async fn accept(&mut self) -> Option<Accepted> {
         self.incoming.recv().await
+    }
+
+    /// Why the agent stopped by itself (for example: another instance with the same secret
+    /// took over its id), once [`Agent::accept`] has returned `None`.
+    pub fn stop_reason(&self) -> Option<String> {
+        self.stopped.lock().expect("stopped lock").clone()
     }
 
     /// The agent's public endpoint as the server saw it at the first registration.
@@ -178,6 +192,8 @@ impl Drop for Agent {
 
 struct AgentState {
     opts: ExposeOptions,
+    /// Why the agent stopped by itself, if it did.
+    stopped: Arc<Mutex<Option<String>>>,
     server_addr: SocketAddr,
     accepted: mpsc::Sender<Accepted>,
     replay: Mutex<HashMap<String, Instant>>,
@@ -238,6 +254,10 @@ async fn register(
         },
         private: net::local_candidates(port, &server_addr),
         probe,
+        owner: opts
+            .secret
+            .as_deref()
+            .map(|s| protocol::owner_credential(s, &opts.id)),
     };
     let (mut ws, local) = control::open(
         &opts.server,
@@ -245,6 +265,7 @@ async fn register(
         shared,
         protocol::EXPOSE_PATH,
         &query.to_query(),
+        opts.token.as_deref(),
     )
     .await?;
     let first = tokio::time::timeout(control::SERVER_TIMEOUT, control::recv(&mut ws))
@@ -277,7 +298,11 @@ async fn control_loop(state: Arc<AgentState>, mut reg: Registration, token: Canc
             reg.local.port(),
             reg.mapping
         );
-        serve_registration(&state, reg, &token).await;
+        if let Some(reason) = serve_registration(&state, reg, &token).await {
+            tracing::error!("stopping: {reason}");
+            *state.stopped.lock().expect("stopped lock") = Some(reason);
+            return;
+        }
         let mut backoff = BACKOFF_MIN;
         reg = loop {
             tokio::select! {
@@ -298,7 +323,12 @@ async fn control_loop(state: Arc<AgentState>, mut reg: Registration, token: Canc
 }
 
 /// One registration: serves punch orders and the punch port until the control channel dies.
-async fn serve_registration(state: &Arc<AgentState>, reg: Registration, token: &CancellationToken) {
+/// Returns a reason when the agent must stop rather than reconnect.
+async fn serve_registration(
+    state: &Arc<AgentState>,
+    reg: Registration,
+    token: &CancellationToken,
+) -> Option<String> {
     let Registration {
         mut ws,
         listener,
@@ -314,7 +344,7 @@ async fn serve_registration(state: &Arc<AgentState>, reg: Registration, token: &
         tokio::select! {
             _ = token.cancelled() => {
                 let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
-                return;
+                return None;
             }
             got = control::recv::<ServerMsg>(&mut ws) => {
                 last_heard = Instant::now();
@@ -322,24 +352,29 @@ async fn serve_registration(state: &Arc<AgentState>, reg: Registration, token: &
                     Ok(Some(ServerMsg::Punch(p))) => {
                         tasks.spawn(session(state.clone(), slots.clone(), local, p, msg_tx.clone()));
                     }
+                    Ok(Some(ServerMsg::Error { code: ErrorCode::IdTaken, message })) => {
+                        // Another instance with the same secret took over the id: two agents
+                        // must not take turns replacing each other.
+                        return Some(message);
+                    }
                     Ok(Some(ServerMsg::Error { code, message })) => {
                         tracing::warn!("server error {code}: {message}");
-                        return;
+                        return None;
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         tracing::warn!("server closed the control channel");
-                        return;
+                        return None;
                     }
                     Err(e) => {
                         tracing::warn!("{e}");
-                        return;
+                        return None;
                     }
                 }
             }
             Some(msg) = msg_rx.recv() => {
                 if control::send(&mut ws, &msg).await.is_err() {
-                    return;
+                    return None;
                 }
             }
             accepted = listener.accept() => match accepted {
@@ -354,10 +389,10 @@ async fn serve_registration(state: &Arc<AgentState>, reg: Registration, token: &
             _ = ping.tick() => {
                 if last_heard.elapsed() > SERVER_SILENCE_LIMIT {
                     tracing::warn!("server silent for {:?}; reconnecting", last_heard.elapsed());
-                    return;
+                    return None;
                 }
                 if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
+                    return None;
                 }
             }
             Some(_) = tasks.join_next() => {}

@@ -28,6 +28,8 @@ pub struct ConnectOptions {
     /// TTL of the SYNs of a birthday punch when this end's NAT is endpoint-dependent
     /// (`None`: normal TTL).
     pub punch_ttl: Option<u32>,
+    /// The server's token, if it requires one.
+    pub token: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -38,6 +40,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
             .field("punch_timeout", &self.punch_timeout)
             .field("punch_ttl", &self.punch_ttl)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
             .finish()
     }
 }
@@ -51,6 +54,7 @@ impl ConnectOptions {
             secret: secret.map(str::to_string),
             punch_timeout: punch::DEFAULT_PUNCH_TIMEOUT,
             punch_ttl: Some(punch::DEFAULT_LOW_TTL),
+            token: None,
         })
     }
 }
@@ -123,6 +127,7 @@ async fn connect_with(
         net::any_addr(&server_addr, port),
         protocol::CONNECT_PATH,
         &query.to_query(),
+        opts.token.as_deref(),
     )
     .await
     .map_err(|e| match e {

@@ -109,15 +109,24 @@ pub async fn open(
     local: SocketAddr,
     path: &str,
     query: &str,
+    token: Option<&str>,
 ) -> Result<(ControlSocket, SocketAddr), Error> {
     let unreachable = |why: String| Error::ServerUnreachable(format!("{server}: {why}"));
     let tcp = net::connect_from(local, server_addr, None, SERVER_TIMEOUT)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let local = tcp.local_addr()?;
-    let request = format!("ws://{}{path}?{query}", server.authority())
+    let mut request = format!("ws://{}{path}?{query}", server.authority())
         .into_client_request()
         .map_err(|e| Error::BadServerUrl(server.to_string(), e.to_string()))?;
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Protocol("the token must be printable ASCII".into()))?;
+        request
+            .headers_mut()
+            .insert(tungstenite::http::header::AUTHORIZATION, value);
+    }
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));

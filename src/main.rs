@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use p2pnc::{Agent, ConnectOptions, ExposeOptions, ServerUrl};
 use tokio::net::{TcpListener, TcpStream};
@@ -56,6 +56,12 @@ struct ServerArgs {
     /// Address of the NAT probe port [default: the --listen address, port + 1].
     #[arg(long)]
     probe_listen: Option<SocketAddr>,
+    /// Require this token from every agent and client (or set P2PNC_TOKEN).
+    #[arg(long, env = "P2PNC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Seconds an id stays reserved for its owner after the owner went offline.
+    #[arg(long, default_value_t = 60)]
+    id_grace: u64,
     /// Serve /metrics (Prometheus) and a status page here, e.g. 127.0.0.1:50309 (off unless
     /// given; keep it off public addresses).
     #[arg(long)]
@@ -120,6 +126,9 @@ struct ConnectArgs {
 
 #[derive(Args)]
 struct PunchArgs {
+    /// The server's token, if it requires one (or set P2PNC_TOKEN).
+    #[arg(long, env = "P2PNC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Seconds a punch may take before it is given up.
     #[arg(long, default_value_t = 5.0)]
     punch_timeout: f64,
@@ -239,8 +248,13 @@ async fn server(args: ServerArgs) -> Result<()> {
             r.bytes_per_sec
         );
     }
+    if args.token.is_none() {
+        tracing::warn!("no --token: anyone may register ids and request connections");
+    }
     let config = p2pnc::server::ServerConfig {
         relay,
+        token: args.token,
+        id_grace: Duration::from_secs(args.id_grace),
         ..Default::default()
     };
     let admin = match args.admin {
@@ -274,6 +288,7 @@ async fn expose(args: ExposeArgs) -> Result<()> {
         punch_timeout: args.punch.timeout()?,
         punch_ttl: args.punch.ttl(),
         punch_port: args.punch_port,
+        token: args.punch.token.clone(),
         ..ExposeOptions::new(
             &args.server,
             &args.id,
@@ -292,7 +307,12 @@ async fn expose(args: ExposeArgs) -> Result<()> {
             _ = token.cancelled() => break,
             a = agent.accept() => a,
         };
-        let Some(mut accepted) = accepted else { break };
+        let Some(mut accepted) = accepted else {
+            if let Some(reason) = agent.stop_reason() {
+                bail!("{reason}");
+            }
+            break;
+        };
         let to = args.to.clone();
         tasks.spawn(async move {
             let service =
@@ -324,6 +344,7 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         secret: args.secret.clone(),
         punch_timeout: args.punch.timeout()?,
         punch_ttl: args.punch.ttl(),
+        token: args.punch.token.clone(),
     };
     if args.stdio {
         let mut conn = p2pnc::connect(&opts).await?;

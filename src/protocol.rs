@@ -283,6 +283,8 @@ pub enum ErrorCode {
     Busy,
     /// Neither a direct path nor the relay can join the two ends.
     NoDirectPath,
+    /// The server requires a token and none or a wrong one was given.
+    Unauthorized,
     /// Anything else.
     Internal,
 }
@@ -292,7 +294,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest | ErrorCode::UnsupportedVersion => 400,
-            ErrorCode::SecretRequired | ErrorCode::SecretRejected => 401,
+            ErrorCode::SecretRequired | ErrorCode::SecretRejected | ErrorCode::Unauthorized => 401,
             ErrorCode::PeerOffline | ErrorCode::PeerGone => 404,
             ErrorCode::IdTaken => 409,
             ErrorCode::Busy => 503,
@@ -329,6 +331,9 @@ pub struct ExposeQuery {
     pub private: Vec<SocketAddr>,
     /// Token of the probe the agent sent from its punch port (see [`probe_line`]).
     pub probe: Option<String>,
+    /// The owner credential (see [`owner_credential`]): proves a restarted agent is the id's
+    /// owner. Absent for public agents.
+    pub owner: Option<String>,
 }
 
 /// Parsed query string of `GET /v1/connect`.
@@ -482,10 +487,11 @@ impl ExposeQuery {
     /// Parses the query string of an expose request.
     pub fn parse(query: &str) -> Result<Self, QueryError> {
         let (mut v, mut id, mut auth, mut private) = (None, None, None, Vec::new());
-        let mut probe = None;
+        let (mut probe, mut owner) = (None, None);
         for (k, val) in parse_pairs(query)? {
             match k.as_str() {
                 "probe" if !val.is_empty() => probe = Some(val),
+                "owner" if !val.is_empty() => owner = Some(val),
                 "v" => v = Some(val),
                 "id" => id = Some(val),
                 "auth" => {
@@ -505,11 +511,15 @@ impl ExposeQuery {
         if let Some(p) = &probe {
             check_hex("probe", p, 16)?;
         }
+        if let Some(o) = &owner {
+            check_hex("owner", o, 32)?;
+        }
         Ok(ExposeQuery {
             id,
             auth: auth.ok_or_else(|| bad("missing auth ('secret' or 'public')"))?,
             private,
             probe: probe.map(|p| p.to_ascii_lowercase()),
+            owner: owner.map(|o| o.to_ascii_lowercase()),
         })
     }
 
@@ -527,6 +537,10 @@ impl ExposeQuery {
         if let Some(p) = &self.probe {
             q.push_str("&probe=");
             q.push_str(p);
+        }
+        if let Some(o) = &self.owner {
+            q.push_str("&owner=");
+            q.push_str(o);
         }
         q
     }
@@ -620,6 +634,16 @@ pub fn connect_proof(secret: &str, peer_id: &str, nonce_hex: &str) -> String {
             b"\n",
             nonce_hex.as_bytes(),
         ],
+    ))
+}
+
+/// The credential that makes an agent the owner of its id:
+/// `HMAC-SHA256(secret, "p2pnc/1 owner\n" + id)`, hex. The server keeps it to recognise the
+/// owner's restart; it cannot be turned back into the secret.
+pub fn owner_credential(secret: &str, id: &str) -> String {
+    hex::encode(hmac(
+        secret.as_bytes(),
+        &[b"p2pnc/1 owner\n", id.as_bytes()],
     ))
 }
 
@@ -751,6 +775,7 @@ mod tests {
                 "[fe80::1]:5".parse().unwrap(),
             ],
             probe: Some("0a".repeat(16)),
+            owner: Some(owner_credential("pw", "stream server/é")),
         };
         assert_eq!(ExposeQuery::parse(&q.to_query()).unwrap(), q);
     }

@@ -52,6 +52,10 @@ const PROBE_WAIT: Duration = Duration::from_millis(300);
 /// Head start of the direct path before the relay is joined, when a direct path is possible.
 const RELAY_HEAD_START: Duration = Duration::from_millis(1500);
 
+/// Default time an id stays reserved for its owner after it went offline: long enough for an
+/// agent's reconnect backoff and a service restart.
+pub const DEFAULT_ID_GRACE: Duration = Duration::from_secs(60);
+
 /// Limits and features of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -61,6 +65,10 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Relay sessions that have no direct path (off when `None`).
     pub relay: Option<RelayConfig>,
+    /// When set, agents and clients must present it (`Authorization: Bearer TOKEN`).
+    pub token: Option<String>,
+    /// How long an id stays reserved for its owner after the owner went offline.
+    pub id_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +77,8 @@ impl Default for ServerConfig {
             max_agents: 200_000,
             max_sessions: 20_000,
             relay: None,
+            token: None,
+            id_grace: DEFAULT_ID_GRACE,
         }
     }
 }
@@ -124,6 +134,10 @@ struct AgentEntry {
     private: Vec<SocketAddr>,
     auth: Auth,
     mapping: Mapping,
+    /// The owner credential the agent presented, if any.
+    owner: Option<String>,
+    /// Cancelled when the owner's restart replaces this registration.
+    kick: CancellationToken,
     /// When it registered (Unix milliseconds).
     since_unix_ms: u64,
     /// Smoothed RTT in microseconds (0 = unknown).
@@ -137,6 +151,8 @@ enum SessionEvent {
 
 struct Shared {
     config: ServerConfig,
+    /// Ids whose owner went offline recently: id → (owner, when).
+    reserved: Mutex<HashMap<String, (String, Instant)>>,
     /// `None` when the server has no probe port: mappings are then unknown at once.
     probes: Option<Arc<ProbeTable>>,
     relay: Option<RelayHub>,
@@ -213,6 +229,7 @@ pub async fn serve(
     let state = Arc::new(Shared {
         relay: config.relay.map(RelayHub::new),
         config,
+        reserved: Mutex::new(HashMap::new()),
         probes: probes.clone(),
         metrics: Metrics::default(),
         tasks: TaskTracker::new(),
@@ -259,12 +276,69 @@ pub async fn serve(
     served
 }
 
+/// Whether an agent may take an id.
+enum Claim {
+    /// The id is free.
+    Free,
+    /// The id's owner restarted: replace its registration.
+    Replace,
+    /// Someone else holds or recently held it.
+    Refused(String),
+}
+
 impl Shared {
+    /// Decides whether `owner` may register `id` now. Call with the agents lock held.
+    fn claim(&self, agents: &HashMap<String, AgentEntry>, id: &str, owner: Option<&str>) -> Claim {
+        if let Some(entry) = agents.get(id) {
+            return match (entry.owner.as_deref(), owner) {
+                (Some(a), Some(b)) if constant_time_eq(a, b) => Claim::Replace,
+                _ => Claim::Refused(id_taken(id)),
+            };
+        }
+        let mut reserved = self.reserved.lock().expect("reserved lock");
+        let grace = self.config.id_grace;
+        reserved.retain(|_, (_, at)| at.elapsed() < grace);
+        match (reserved.get(id), owner) {
+            (None, _) => Claim::Free,
+            (Some((a, _)), Some(b)) if constant_time_eq(a, b) => Claim::Free,
+            (Some((_, at)), _) => Claim::Refused(format!(
+                "id '{id}' belongs to another agent that went offline {} s ago; it stays \
+                 reserved for {} s",
+                at.elapsed().as_secs(),
+                grace.as_secs()
+            )),
+        }
+    }
+
+    /// Checks the server token of a request, if the server has one.
+    fn check_token(&self, headers: &axum::http::HeaderMap) -> Result<(), Response> {
+        let Some(want) = &self.config.token else {
+            return Ok(());
+        };
+        let got = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        match got {
+            Some(got) if constant_time_eq(got, want) => Ok(()),
+            Some(_) => Err(self.reject(ErrorCode::Unauthorized, "server token rejected".into())),
+            None => Err(self.reject(
+                ErrorCode::Unauthorized,
+                "this server requires a token (--token or P2PNC_TOKEN)".into(),
+            )),
+        }
+    }
+
     /// Refuses a request before any upgrade, counting it.
     fn reject(&self, code: ErrorCode, message: String) -> Response {
         self.metrics.rejected(&code.to_string());
         error(code, message)
     }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(code: ErrorCode, message: String) -> Response {
@@ -332,16 +406,20 @@ async fn expose(
     State(state): State<AppState>,
     ConnectInfo(meta): ConnectInfo<ConnMeta>,
     RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Err(r) = state.check_token(&headers) {
+        return r;
+    }
     let q = match ExposeQuery::parse(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
         Err(e) => return state.reject(e.code, e.message),
     };
     {
         let agents = state.agents.lock().expect("agents lock");
-        if agents.contains_key(&q.id) {
-            return state.reject(ErrorCode::IdTaken, id_taken(&q.id));
+        if let Claim::Refused(why) = state.claim(&agents, &q.id, q.owner.as_deref()) {
+            return state.reject(ErrorCode::IdTaken, why);
         }
         if agents.len() >= state.config.max_agents {
             return state.reject(ErrorCode::Busy, "server has too many agents".into());
@@ -368,30 +446,42 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
     let generation = state.generation.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(AGENT_QUEUE);
     let rtt_us = Arc::new(AtomicU64::new(meta.rtt.map_or(0, |d| d.as_micros() as u64)));
-    let inserted = {
+    let kick = CancellationToken::new();
+    let claimed = {
         let mut agents = state.agents.lock().expect("agents lock");
-        let free = !agents.contains_key(&q.id);
-        if free {
-            agents.insert(
-                q.id.clone(),
-                AgentEntry {
-                    generation,
-                    tx,
-                    public: meta.remote,
-                    private: q.private.clone(),
-                    auth: q.auth,
-                    mapping,
-                    since_unix_ms: crate::metrics::now_unix_ms(),
-                    rtt_us: rtt_us.clone(),
-                },
-            );
+        let claim = state.claim(&agents, &q.id, q.owner.as_deref());
+        if let Claim::Replace = claim
+            && let Some(old) = agents.remove(&q.id)
+        {
+            tracing::info!(id = %q.id, "the owner re-registered; replacing its old registration");
+            old.kick.cancel();
         }
-        free
+        match claim {
+            Claim::Refused(why) => Err(why),
+            Claim::Free | Claim::Replace => {
+                agents.insert(
+                    q.id.clone(),
+                    AgentEntry {
+                        generation,
+                        tx,
+                        public: meta.remote,
+                        private: q.private.clone(),
+                        auth: q.auth,
+                        mapping,
+                        owner: q.owner.clone(),
+                        kick: kick.clone(),
+                        since_unix_ms: crate::metrics::now_unix_ms(),
+                        rtt_us: rtt_us.clone(),
+                    },
+                );
+                Ok(())
+            }
+        }
     };
-    if !inserted {
+    if let Err(message) = claimed {
         let msg = ServerMsg::Error {
             code: ErrorCode::IdTaken,
-            message: id_taken(&q.id),
+            message,
         };
         send(&mut socket, &msg).await;
         return;
@@ -403,7 +493,23 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
         mapping,
     };
     if send(&mut socket, &registered).await {
-        agent_loop(&state, &mut socket, &mut rx, &rtt_us).await;
+        tokio::select! {
+            _ = agent_loop(&state, &mut socket, &mut rx, &rtt_us) => {}
+            _ = kick.cancelled() => {
+                let msg = ServerMsg::Error {
+                    code: ErrorCode::IdTaken,
+                    message: "replaced by a new registration of the same owner".into(),
+                };
+                send(&mut socket, &msg).await;
+            }
+        }
+    }
+    if let Some(owner) = &q.owner {
+        state
+            .reserved
+            .lock()
+            .expect("reserved lock")
+            .insert(q.id.clone(), (owner.clone(), Instant::now()));
     }
     let mut agents = state.agents.lock().expect("agents lock");
     if agents
@@ -528,8 +634,12 @@ async fn connect(
     State(state): State<AppState>,
     ConnectInfo(meta): ConnectInfo<ConnMeta>,
     RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Err(r) = state.check_token(&headers) {
+        return r;
+    }
     let q = match ConnectQuery::parse(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
         Err(e) => return state.reject(e.code, e.message),
