@@ -129,7 +129,8 @@ async fn twenty_concurrent_connects_to_one_agent_all_succeed() {
 async fn a_taken_id_is_refused_and_freed_when_its_agent_stops() {
     let server = TestServer::start().await;
     let echo = Echo::start().await;
-    let (_, first) = expose(&server.url, "mine", Some("pw"), echo.addr).await;
+    // A public agent owns nothing beyond its connection (see tests/access.rs for owners).
+    let (_, first) = expose(&server.url, "mine", None, echo.addr).await;
     let opts = p2pnc::ExposeOptions::new(&server.url, "mine", Some("other")).unwrap();
     let err = match p2pnc::Agent::start(opts.clone()).await {
         Err(e) => e,

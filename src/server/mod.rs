@@ -310,19 +310,17 @@ impl Shared {
         }
     }
 
-    /// Checks the server token of a request, if the server has one.
-    fn check_token(&self, headers: &axum::http::HeaderMap) -> Result<(), Response> {
-        let Some(want) = &self.config.token else {
-            return Ok(());
-        };
+    /// The refusal of a request that lacks the server's token, if the server has one.
+    fn token_refusal(&self, headers: &axum::http::HeaderMap) -> Option<Response> {
+        let want = self.config.token.as_ref()?;
         let got = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "));
         match got {
-            Some(got) if constant_time_eq(got, want) => Ok(()),
-            Some(_) => Err(self.reject(ErrorCode::Unauthorized, "server token rejected".into())),
-            None => Err(self.reject(
+            Some(got) if constant_time_eq(got, want) => None,
+            Some(_) => Some(self.reject(ErrorCode::Unauthorized, "server token rejected".into())),
+            None => Some(self.reject(
                 ErrorCode::Unauthorized,
                 "this server requires a token (--token or P2PNC_TOKEN)".into(),
             )),
@@ -409,8 +407,8 @@ async fn expose(
     headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Err(r) = state.check_token(&headers) {
-        return r;
+    if let Some(refused) = state.token_refusal(&headers) {
+        return refused;
     }
     let q = match ExposeQuery::parse(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
@@ -637,8 +635,8 @@ async fn connect(
     headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Err(r) = state.check_token(&headers) {
-        return r;
+    if let Some(refused) = state.token_refusal(&headers) {
+        return refused;
     }
     let q = match ConnectQuery::parse(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
