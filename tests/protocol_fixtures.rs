@@ -36,6 +36,17 @@ fn connect_proofs_match() {
 }
 
 #[test]
+fn owner_credentials_match() {
+    let v = vectors();
+    let cases = v["owner_credential"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for c in cases {
+        let got = protocol::owner_credential(s(c, "secret"), s(c, "id"));
+        assert_eq!(got, s(c, "owner"), "{c}");
+    }
+}
+
+#[test]
 fn hellos_match() {
     let v = vectors();
     for c in v["hello"].as_array().unwrap() {
