@@ -1,0 +1,157 @@
+package com.getpoint.p2pclient;
+
+import java.io.IOException;
+import java.net.InetAddress;
+import java.net.InetSocketAddress;
+import java.net.Socket;
+import java.nio.channels.SelectionKey;
+import java.nio.channels.Selector;
+import java.nio.channels.SocketChannel;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.Iterator;
+import java.util.List;
+import java.util.Random;
+
+/**
+ * Birthday punching (docs/protocol.md, "Strategies"), with non-blocking connects on one thread:
+ * the easy side connects from its punch port to 1536 distinct random ports of the peer's IP;
+ * the hard side opens 256 connections from fresh ports to the peer's public endpoint. Java
+ * cannot set the IP TTL of a TCP socket, so the hard side's SYNs leave with the normal TTL: it
+ * only works when the peer's router drops unsolicited SYNs instead of answering with a RST.
+ */
+final class Birthday {
+    /** Probes of the easy side. */
+    static final int EASY_PROBES = 1536;
+    /** Sockets of the hard side. */
+    static final int HARD_SOCKETS = 256;
+    private static final int BATCH = 64;
+    private static final long PACE_NS = 5000000L;
+
+    private Birthday() {}
+
+    /** {@code count} distinct random ports (1024-65535) of {@code ip}. */
+    static List<InetSocketAddress> randomPorts(InetAddress ip, int count, Random random) {
+        List<Integer> ports = new ArrayList<Integer>(65536 - 1024);
+        for (int p = 1024; p < 65536; p++) {
+            ports.add(p);
+        }
+        Collections.shuffle(ports, random);
+        List<InetSocketAddress> out = new ArrayList<InetSocketAddress>(count);
+        for (int p : ports.subList(0, count)) {
+            out.add(new InetSocketAddress(ip, p));
+        }
+        return out;
+    }
+
+    /**
+     * Connects to every target, {@value #BATCH} every 5 ms, from {@code localPort} (0: a fresh
+     * port each), and hands every connection that completes to {@code punch}. Returns when the
+     * punch is over or every connect has ended. Keeps the punch's {@code birthday} note (what
+     * happened so far, starting with {@code what}) up to date.
+     */
+    static void run(Punch punch, List<InetSocketAddress> targets, int localPort, String what) {
+        int opened = 0, connected = 0, failed = 0, limit = targets.size();
+        String firstError = null;
+        Selector selector = null;
+        try {
+            selector = Selector.open();
+            long nextBatch = System.nanoTime();
+            while (!punch.isOver()) {
+                if (opened < limit && System.nanoTime() >= nextBatch) {
+                    for (int end = Math.min(limit, opened + BATCH); opened < end; opened++) {
+                        SocketChannel ch = null;
+                        try {
+                            ch = SocketChannel.open();
+                            ch.configureBlocking(false);
+                            ch.socket().setReuseAddress(true);
+                            ch.socket().setTcpNoDelay(true);
+                            ch.socket().bind(new InetSocketAddress(localPort));
+                            if (ch.connect(targets.get(opened))) {
+                                connected += handOver(punch, ch);
+                            } else {
+                                ch.register(selector, SelectionKey.OP_CONNECT);
+                            }
+                        } catch (IOException e) {
+                            if (ch != null) closeQuietly(ch);
+                            failed++;
+                            String why = String.valueOf(e.getMessage());
+                            if (firstError == null) firstError = why;
+                            if (why.contains("Too many open files")) {
+                                limit = end = opened + 1; // no more sockets: wait for these
+                            }
+                        }
+                    }
+                    nextBatch += PACE_NS;
+                    punch.note("birthday", status(what, opened, connected, failed, firstError));
+                } else if (opened >= limit && selector.keys().isEmpty()) {
+                    break;
+                }
+                long waitMs = opened < limit ? Math.max(1, (nextBatch - System.nanoTime()) / 1000000) : 50;
+                selector.select(waitMs);
+                List<SocketChannel> done = new ArrayList<SocketChannel>();
+                for (Iterator<SelectionKey> it = selector.selectedKeys().iterator(); it.hasNext(); ) {
+                    SelectionKey key = it.next();
+                    it.remove();
+                    SocketChannel ch = (SocketChannel) key.channel();
+                    try {
+                        if (ch.finishConnect()) {
+                            key.cancel();
+                            done.add(ch);
+                        }
+                    } catch (IOException refusedOrUnreachable) {
+                        key.cancel();
+                        closeQuietly(ch);
+                        failed++;
+                    }
+                }
+                if (!done.isEmpty()) {
+                    selector.selectNow(); // deregisters the cancelled keys
+                    for (SocketChannel ch : done) {
+                        connected += handOver(punch, ch);
+                    }
+                }
+            }
+        } catch (IOException e) {
+            firstError = "selector: " + e.getMessage();
+        } finally {
+            if (selector != null) {
+                for (SelectionKey key : selector.keys()) {
+                    closeQuietly((SocketChannel) key.channel());
+                }
+                try {
+                    selector.close();
+                } catch (IOException ignored) {
+                    // Its channels are closed.
+                }
+            }
+        }
+        punch.note("birthday", status(what, opened, connected, failed, firstError));
+    }
+
+    private static String status(String what, int opened, int connected, int failed, String firstError) {
+        return what + ": " + opened + " connects, " + connected + " completed, " + failed + " failed"
+                + (firstError == null ? "" : " (first error: " + firstError + ")");
+    }
+
+    /** Gives a connected channel, in blocking mode, to the punch's handshake. */
+    private static int handOver(Punch punch, SocketChannel ch) {
+        try {
+            ch.configureBlocking(true);
+            Socket s = ch.socket();
+            punch.stream(s, HostTuple.of(s.getInetAddress(), s.getPort()), false);
+            return 1;
+        } catch (IOException e) {
+            closeQuietly(ch);
+            return 0;
+        }
+    }
+
+    private static void closeQuietly(SocketChannel ch) {
+        try {
+            ch.close();
+        } catch (IOException ignored) {
+            // Nothing left to release.
+        }
+    }
+}

@@ -1,0 +1,254 @@
+package com.getpoint.p2pclient;
+
+import java.io.IOException;
+import java.net.Inet4Address;
+import java.net.InetAddress;
+import java.net.InetSocketAddress;
+import java.net.NetworkInterface;
+import java.net.Socket;
+import java.net.SocketException;
+import java.net.SocketTimeoutException;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.Enumeration;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.Callable;
+import java.util.concurrent.FutureTask;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+
+/**
+ * The client's control channel: one WebSocket to {@code /v1/connect} per attempt, made from the
+ * punch port, carrying the punch order (or the refusal) and any later {@code error}.
+ */
+final class Control {
+    /** The socket to the server; its local port is the punch port. */
+    final Socket socket;
+    /** The punch order (set once by {@link #request}). */
+    Message order;
+    /** The server as {@code host:port}, for the Host header and messages. */
+    final String server;
+    /** The server's resolved address. */
+    final InetSocketAddress serverAddress;
+    /** The time each step with the server may take. */
+    final int timeoutMs;
+    /** The peer id requested. */
+    final String peer;
+    private final WebSocket ws;
+
+    private Control(Socket socket, WebSocket ws, String server, InetSocketAddress serverAddress, String peer,
+            int timeoutMs) {
+        this.socket = socket;
+        this.ws = ws;
+        this.server = server;
+        this.serverAddress = serverAddress;
+        this.peer = peer;
+        this.timeoutMs = timeoutMs;
+    }
+
+    /**
+     * Connects to the server from a fresh shared port, requests a session with {@code peer} in
+     * {@code mode} and waits for the punch order. Each step (resolve, connect, upgrade, order)
+     * may take {@code timeoutMs}. {@code token} is the server's token, or null.
+     *
+     * @throws P2pException why no order came: the server's refusal, or what went wrong
+     */
+    static Control request(String host, int port, String token, String peer, String secret, String mode,
+            int timeoutMs) throws P2pException {
+        String server = (host.indexOf(':') >= 0 ? "[" + host + "]" : host) + ":" + port;
+        InetSocketAddress address = new InetSocketAddress(resolve(host, server, timeoutMs), port);
+        Socket socket = new Socket();
+        try {
+            try {
+                socket.setReuseAddress(true);
+                socket.setTcpNoDelay(true);
+                socket.bind(new InetSocketAddress(0));
+                socket.connect(address, timeoutMs);
+            } catch (SocketTimeoutException e) {
+                throw new P2pException("server " + server + " unreachable: no answer within " + timeoutMs + " ms", e);
+            } catch (IOException e) {
+                throw new P2pException("server " + server + " unreachable: " + e.getMessage(), e);
+            }
+            String nonce = Protocol.newNonce();
+            String proof = secret == null ? null : Protocol.connectProof(secret, peer, nonce);
+            List<HostTuple> candidates = new ArrayList<HostTuple>();
+            for (InetAddress a : localAddresses(address.getAddress() instanceof Inet4Address)) {
+                candidates.add(HostTuple.of(a, socket.getLocalPort()));
+            }
+            String target = Protocol.CONNECT_PATH + "?" + Protocol.connectQuery(peer, nonce, proof, mode, candidates);
+            long deadline = System.nanoTime() + timeoutMs * 1000000L;
+            WebSocket ws;
+            try {
+                ws = WebSocket.upgrade(socket, server, target, token, deadline);
+            } catch (WebSocket.Refused e) {
+                throw refusedUpgrade(e, peer);
+            } catch (IOException e) {
+                throw failure(e, server, "the WebSocket handshake", timeoutMs);
+            }
+            Control control = new Control(socket, ws, server, address, peer, timeoutMs);
+            Message order = control.receive(System.nanoTime() + timeoutMs * 1000000L, "the punch order");
+            if (order == null) {
+                throw new P2pException(null, "the server closed the control channel before sending the punch order");
+            }
+            if (order.type.equals("error")) {
+                throw refusal(order.text("code"), order.text("message"), peer);
+            }
+            if (!order.type.equals("punch")) {
+                throw new P2pException(null, "the server sent '" + order.type + "' instead of the punch order");
+            }
+            if (!order.text("mode").equals(mode)) {
+                throw new P2pException(null, "the server sent a '" + order.text("mode") + "' order to a '" + mode + "' request");
+            }
+            control.order = order;
+            return control;
+        } catch (P2pException e) {
+            WebSocket.closeQuietly(socket);
+            throw e;
+        }
+    }
+
+    /**
+     * The next message, or null once the server has closed the channel.
+     *
+     * @param what what is awaited, for the timeout's message
+     */
+    Message receive(long deadline, String what) throws P2pException {
+        String text;
+        try {
+            text = ws.receive(deadline);
+        } catch (IOException e) {
+            throw failure(e, server, what, timeoutMs);
+        }
+        return text == null ? null : Message.parse(text);
+    }
+
+    /** The error the server or agent gave in an {@code error} message. */
+    P2pException refusal(Message error) {
+        return refusal(error.text("code"), error.text("message"), peer);
+    }
+
+    /** Closes the channel politely (close frame, then FIN). */
+    void close() {
+        ws.close();
+    }
+
+    /** Closes the channel with an RST, leaving the punch port free at once. */
+    void abort() {
+        ws.abort();
+    }
+
+    private static P2pException failure(IOException e, String server, String what, int timeoutMs) {
+        if (e instanceof P2pException) {
+            return (P2pException) e;
+        }
+        if (e instanceof SocketTimeoutException) {
+            return new P2pException("no answer from the server " + server + " within " + timeoutMs
+                    + " ms (waiting for " + what + ")", e);
+        }
+        return new P2pException("lost the connection to the server " + server + " (waiting for " + what
+                + "): " + e, e);
+    }
+
+    private static P2pException refusedUpgrade(WebSocket.Refused e, String peer) {
+        Object body;
+        try {
+            body = Json.parse(e.body);
+        } catch (IllegalArgumentException notJson) {
+            body = null;
+        }
+        if (body instanceof Map) {
+            Object code = ((Map<?, ?>) body).get("error");
+            Object message = ((Map<?, ?>) body).get("message");
+            if (code instanceof String && message instanceof String) {
+                return refusal((String) code, (String) message, peer);
+            }
+        }
+        String excerpt = e.body.trim();
+        if (excerpt.length() > 200) {
+            excerpt = excerpt.substring(0, 200) + "...";
+        }
+        return new P2pException(null, "the server answered HTTP " + e.status + " to the WebSocket upgrade"
+                + (excerpt.isEmpty() ? "" : ": " + excerpt));
+    }
+
+    /** Maps a protocol error code and message to the exception a caller should see. */
+    static P2pException refusal(String code, String message, String peer) {
+        if (code.equals("peer_offline")) {
+            return new P2pException(code, "peer '" + peer + "' is not online");
+        }
+        if (code.equals("secret_required")) {
+            return new P2pException(code, "peer '" + peer + "' requires a secret");
+        }
+        if (code.equals("unauthorized")) {
+            return new P2pException(code, "the server refused this client's token: " + message);
+        }
+        if (code.equals("secret_rejected")) {
+            return new P2pException(code, "secret rejected by peer '" + peer + "'"
+                    + (message.equals("secret rejected") ? "" : ": " + message));
+        }
+        return new P2pException(code, "server refused (" + code + "): " + message);
+    }
+
+    /**
+     * Resolves the server's host within {@code timeoutMs}: IP literals directly, names on a
+     * helper thread (InetAddress has no lookup timeout).
+     */
+    private static InetAddress resolve(final String host, String server, int timeoutMs) throws P2pException {
+        if (host == null || host.isEmpty()) {
+            throw new P2pException(null, "no server address given");
+        }
+        FutureTask<InetAddress> lookup = new FutureTask<InetAddress>(new Callable<InetAddress>() {
+            @Override
+            public InetAddress call() throws IOException {
+                return InetAddress.getByName(host);
+            }
+        });
+        if (HostTuple.isIpv4(host) || host.indexOf(':') >= 0) {
+            lookup.run(); // a literal: parsed, never looked up
+        } else {
+            Thread t = new Thread(lookup, "p2pnc-resolve");
+            t.setDaemon(true);
+            t.start();
+        }
+        try {
+            return lookup.get(timeoutMs, TimeUnit.MILLISECONDS);
+        } catch (ExecutionException e) {
+            throw new P2pException("server " + server + " unreachable: cannot resolve '" + host + "' ("
+                    + e.getCause() + ")", e.getCause());
+        } catch (TimeoutException e) {
+            throw new P2pException(null, "server " + server + " unreachable: resolving '" + host
+                    + "' took over " + timeoutMs + " ms");
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new P2pException("interrupted while resolving '" + host + "'", e);
+        }
+    }
+
+    /**
+     * This host's addresses of one family that are up, not loopback and not link-local: the
+     * private candidates (at most 8).
+     */
+    static List<InetAddress> localAddresses(boolean ipv4) {
+        List<InetAddress> out = new ArrayList<InetAddress>();
+        try {
+            Enumeration<NetworkInterface> all = NetworkInterface.getNetworkInterfaces();
+            if (all == null) {
+                return out;
+            }
+            for (NetworkInterface nif : Collections.list(all)) {
+                if (!nif.isUp() || nif.isLoopback()) continue;
+                for (InetAddress a : Collections.list(nif.getInetAddresses())) {
+                    if ((a instanceof Inet4Address) == ipv4 && !a.isLoopbackAddress() && !a.isLinkLocalAddress()
+                            && out.size() < Protocol.MAX_CANDIDATES) {
+                        out.add(a);
+                    }
+                }
+            }
+        } catch (SocketException e) {
+            // No interface list: no candidates.
+        }
+        return out;
+    }
+}

@@ -1,0 +1,41 @@
+package com.getpoint.p2pclient;
+
+import java.net.Socket;
+
+/** A connected socket to the service, and how it was reached. */
+public final class P2pConnection {
+    /** Which way the bytes travel. */
+    public enum Path {
+        /** A punched TCP connection between the two public endpoints. */
+        DIRECT,
+        /** A TCP connection inside one LAN, to the agent's private address. */
+        LAN,
+        /** Through the rendezvous server's relay (only when it runs with {@code --relay}). */
+        RELAYED
+    }
+
+    /** The socket; bytes written to it reach the service. */
+    public final Socket socket;
+    /** Which way the bytes travel. */
+    public final Path path;
+    /** The agent's address on the socket (the server's, when relayed). */
+    public final HostTuple peerAddress;
+    /** Time from the call to a proven stream, in milliseconds. */
+    public final long setupMillis;
+    /** The session id, as the server and the agent's log name it. */
+    public final String session;
+
+    P2pConnection(Socket socket, Path path, HostTuple peerAddress, long setupMillis, String session) {
+        this.socket = socket;
+        this.path = path;
+        this.peerAddress = peerAddress;
+        this.setupMillis = setupMillis;
+        this.session = session;
+    }
+
+    /** E.g. {@code direct via 192.0.2.20:40000 in 120 ms}; the path is lowercase. */
+    @Override
+    public String toString() {
+        return path.name().toLowerCase(java.util.Locale.ROOT) + " via " + peerAddress + " in " + setupMillis + " ms";
+    }
+}

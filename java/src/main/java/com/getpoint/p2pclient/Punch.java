@@ -1,0 +1,451 @@
+package com.getpoint.p2pclient;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.net.ConnectException;
+import java.net.InetSocketAddress;
+import java.net.Socket;
+import java.net.SocketTimeoutException;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Random;
+import java.util.Set;
+
+/**
+ * The client's punch (docs/protocol.md, "Punching", "Strategies", "The relay" and "The stream
+ * handshake"). By the order's strategy: from the punch port, one connect in flight per candidate
+ * of the agent, retried 60 to 160 ms after each failure ({@code simultaneous}; the private
+ * candidates in every strategy), or birthday punching ({@link Birthday}); and, when the order
+ * says so, the server's relay after {@code relay_after_ms}. On every stream the 56-byte hellos
+ * are exchanged; the first stream whose agent hello verifies gets the select byte and wins,
+ * every other socket is closed. The control channel is read meanwhile, so an {@code error}
+ * (e.g. a rejected secret) ends the punch at once.
+ *
+ * <p>Java has no SO_REUSEPORT: every socket on the punch port sets SO_REUSEADDR and none
+ * listens, which Linux and Android allow (connect-only simultaneous open).
+ */
+final class Punch {
+    private static final int RETRY_MIN_MS = 60, RETRY_MAX_MS = 160;
+    /** Time the relay gets, once joined, to carry the handshake. */
+    private static final int RELAY_GRACE_MS = 5000;
+
+    private final Control control;
+    private final int port;
+    private final int timeoutMs;
+    /** When the punch ends: the punch timeout, extended while a relay offered by the order may still work. */
+    private final long deadline;
+    private final long directDeadline;
+    private final byte[] clientHello;
+    private final byte[] agentHello;
+    private final Random random = new Random();
+
+    private final Object lock = new Object();
+    private final Set<Socket> sockets = new HashSet<Socket>();
+    private final List<HostTuple> targets = new ArrayList<HostTuple>();
+    private final Map<HostTuple, String> lastError = new HashMap<HostTuple, String>();
+    private final Map<HostTuple, Integer> attempts = new HashMap<HostTuple, Integer>();
+    private final Map<String, String> notes = new LinkedHashMap<String, String>();
+    private int workers;
+    private int rejectedStreams;
+    private int brokenStreams;
+    private boolean finished;
+    private Socket winner;
+    private HostTuple winnerTarget;
+    private boolean winnerRelayed;
+    private boolean relayFailed;
+    private P2pException fatal;
+
+    private Punch(Control control, String secret, int timeoutMs) {
+        this.control = control;
+        this.port = control.socket.getLocalPort();
+        Message order = control.order;
+        long relayAfter = order.number("relay_after_ms", -1);
+        long now = System.nanoTime();
+        this.timeoutMs = timeoutMs;
+        this.directDeadline = now + timeoutMs * 1000000L;
+        this.deadline = relayAfter < 0 ? directDeadline
+                : Math.max(directDeadline, now + (relayAfter + RELAY_GRACE_MS) * 1000000L);
+        byte[] session = order.bytes("session");
+        byte[] key = Protocol.streamKey(order.text("auth").equals("secret") ? secret : null, order.bytes("key"));
+        this.clientHello = Protocol.hello(session, key, "client");
+        this.agentHello = Protocol.hello(session, key, "agent");
+    }
+
+    /**
+     * Carries out {@code control}'s punch order within {@code timeoutMs} (extended to give a
+     * relay offered by the order its chance). Closes the control channel when done.
+     *
+     * @return the finished punch: {@link #socket()} is the selected stream
+     * @throws P2pException why no stream was selected
+     */
+    static Punch run(Control control, String secret, int timeoutMs) throws P2pException {
+        Punch p = new Punch(control, secret, timeoutMs);
+        try {
+            p.punch();
+        } finally {
+            control.close();
+        }
+        return p;
+    }
+
+    /** The selected stream. */
+    Socket socket() {
+        return winner;
+    }
+
+    /** The candidate the selected stream was made to (the server, when relayed). */
+    HostTuple target() {
+        return winnerTarget;
+    }
+
+    /** Whether the selected stream runs through the server's relay. */
+    boolean relayed() {
+        return winnerRelayed;
+    }
+
+    /** True once the punch has ended (won, failed, or timed out). */
+    boolean isOver() {
+        synchronized (lock) {
+            return finished;
+        }
+    }
+
+    private void punch() throws P2pException {
+        Message order = control.order;
+        final HostTuple peerPublic = order.address("peer_public");
+        String strategy = order.text("strategy") == null ? "simultaneous" : order.text("strategy");
+        if (strategy.equals("simultaneous")) {
+            targets.add(peerPublic);
+        }
+        for (HostTuple a : order.addresses("peer_private")) {
+            if (!targets.contains(a)) targets.add(a);
+        }
+        for (final HostTuple target : targets) {
+            startWorker("p2pnc-punch-" + target, new Runnable() {
+                @Override
+                public void run() {
+                    dial(target);
+                }
+            });
+        }
+        if (strategy.startsWith("birthday_")) {
+            final boolean easy = strategy.equals("birthday_easy");
+            startWorker("p2pnc-birthday", new Runnable() {
+                @Override
+                public void run() {
+                    List<InetSocketAddress> to = new ArrayList<InetSocketAddress>();
+                    InetSocketAddress peer = peerPublic.toSocketAddress();
+                    if (easy) {
+                        to = Birthday.randomPorts(peer.getAddress(), Birthday.EASY_PROBES, random);
+                    } else {
+                        for (int i = 0; i < Birthday.HARD_SOCKETS; i++) to.add(peer);
+                    }
+                    Birthday.run(Punch.this, to, easy ? port : 0,
+                            "birthday punch toward " + (easy ? peerPublic.ip : peerPublic));
+                }
+            });
+        }
+        final long relayAfter = order.number("relay_after_ms", -1);
+        if (relayAfter >= 0) {
+            startWorker("p2pnc-relay", new Runnable() {
+                @Override
+                public void run() {
+                    relay(relayAfter);
+                }
+            });
+        }
+        startThread("p2pnc-control", new Runnable() {
+            @Override
+            public void run() {
+                watchControl();
+            }
+        });
+        synchronized (lock) {
+            try {
+                long left;
+                while (winner == null && fatal == null && workers > 0
+                        && (left = ((relayFailed ? directDeadline : deadline) - System.nanoTime()) / 1000000) > 0) {
+                    lock.wait(left);
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                fatal = new P2pException("interrupted while punching", e);
+            } finally {
+                finished = true;
+                for (Socket s : sockets) {
+                    if (s != winner) WebSocket.closeQuietly(s);
+                }
+                lock.notifyAll();
+            }
+            if (winner != null) {
+                try {
+                    winner.setSoTimeout(0);
+                } catch (IOException ignored) {
+                    // A broken socket shows itself at its first use.
+                }
+                return;
+            }
+            if (fatal != null) {
+                throw fatal;
+            }
+            if (workers == 0 && targets.isEmpty() && notes.isEmpty()) {
+                throw new P2pException(null, "no way to reach peer '" + control.peer + "': strategy " + strategy
+                        + " without a relay or a LAN candidate");
+            }
+            throw new P2pException(null, summary());
+        }
+    }
+
+    /** Starts a worker: the punch also ends when every worker has ended without a stream. */
+    private void startWorker(String name, final Runnable r) {
+        synchronized (lock) {
+            workers++;
+        }
+        startThread(name, new Runnable() {
+            @Override
+            public void run() {
+                try {
+                    r.run();
+                } finally {
+                    synchronized (lock) {
+                        workers--;
+                        lock.notifyAll();
+                    }
+                }
+            }
+        });
+    }
+
+    private static void startThread(String name, Runnable r) {
+        Thread t = new Thread(r, name);
+        t.setDaemon(true);
+        t.start();
+    }
+
+    /** Keeps one connect in flight toward {@code target} until one connects or the punch ends. */
+    private void dial(HostTuple target) {
+        InetSocketAddress address = target.toSocketAddress();
+        while (true) {
+            Socket s = new Socket();
+            if (!register(s)) return;
+            synchronized (lock) {
+                Integer n = attempts.get(target);
+                attempts.put(target, n == null ? 1 : n + 1);
+            }
+            try {
+                s.setReuseAddress(true);
+                s.setTcpNoDelay(true);
+                s.bind(new InetSocketAddress(port));
+                int left = remainingMs();
+                if (left <= 0) {
+                    throw new SocketTimeoutException("punch timeout");
+                }
+                s.connect(address, left);
+            } catch (IOException e) {
+                WebSocket.closeQuietly(s);
+                if (!failed(target, s, e)) return;
+                continue;
+            }
+            try {
+                handshake(s, target, false);
+                return;
+            } catch (IOException e) {
+                // The agent closed the stream before its hello: it may not know the session
+                // yet, or has refused it (the control channel will say). Retry.
+                WebSocket.closeQuietly(s);
+                if (!failed(target, s, e)) return;
+            }
+        }
+    }
+
+    /** Tracks a socket so that the end of the punch closes it; false if the punch is over. */
+    private boolean register(Socket s) {
+        synchronized (lock) {
+            if (finished) {
+                WebSocket.closeQuietly(s);
+                return false;
+            }
+            sockets.add(s);
+            return true;
+        }
+    }
+
+    /** Records a failed connect and waits 60-160 ms; false when the punch is over. */
+    private boolean failed(HostTuple target, Socket s, IOException e) {
+        synchronized (lock) {
+            sockets.remove(s);
+            if (finished) return false;
+            String why = String.valueOf(e.getMessage());
+            if (e instanceof ConnectException && why.toLowerCase(Locale.ROOT).contains("refused")) {
+                why = "connection refused";
+            } else if (e instanceof SocketTimeoutException) {
+                why = "no answer";
+            }
+            lastError.put(target, why);
+            long pause = RETRY_MIN_MS + random.nextInt(RETRY_MAX_MS - RETRY_MIN_MS);
+            if (remainingMs() <= pause) return false;
+            try {
+                lock.wait(pause);
+            } catch (InterruptedException ie) {
+                return false;
+            }
+            return !finished;
+        }
+    }
+
+    /** Takes a stream connected by birthday punching: its handshake runs on its own worker. */
+    void stream(final Socket s, final HostTuple target, final boolean relayed) {
+        if (!register(s)) return;
+        startWorker("p2pnc-handshake", new Runnable() {
+            @Override
+            public void run() {
+                try {
+                    handshake(s, target, relayed);
+                } catch (IOException e) {
+                    WebSocket.closeQuietly(s);
+                    synchronized (lock) {
+                        sockets.remove(s);
+                        if (!finished) brokenStreams++;
+                    }
+                }
+            }
+        });
+    }
+
+    /** Waits {@code afterMs} unless a stream wins first, then joins the server's relay. */
+    private void relay(long afterMs) {
+        long at = System.nanoTime() + afterMs * 1000000L;
+        synchronized (lock) {
+            try {
+                long left;
+                while (!finished && winner == null && (left = (at - System.nanoTime()) / 1000000) > 0) {
+                    lock.wait(left);
+                }
+            } catch (InterruptedException e) {
+                return;
+            }
+        }
+        Socket s = new Socket();
+        if (!register(s)) return;
+        HostTuple server = HostTuple.of(control.serverAddress.getAddress(), control.serverAddress.getPort());
+        try {
+            s.setTcpNoDelay(true);
+            s.connect(control.serverAddress, Math.max(1, Math.min(control.timeoutMs, remainingMs())));
+            s.setSoTimeout(Math.max(1, Math.min(control.timeoutMs, remainingMs())));
+            Relay.join(s, control.server, control.order.text("session"));
+            handshake(s, server, true);
+        } catch (IOException e) {
+            WebSocket.closeQuietly(s);
+            synchronized (lock) {
+                sockets.remove(s);
+            }
+            synchronized (lock) {
+                notes.put("relay", "relay: " + e.getMessage());
+                relayFailed = true;
+                lock.notifyAll();
+            }
+        }
+    }
+
+    /**
+     * Exchanges hellos on a connected stream and selects it if it is the first proven one. A
+     * stream that fails the handshake, or is not needed, is closed.
+     *
+     * @throws IOException if the agent closed the stream (or it broke) before its hello
+     */
+    private void handshake(Socket s, HostTuple target, boolean relayed) throws IOException {
+        byte[] hello = new byte[Protocol.HELLO_LEN];
+        try {
+            s.getOutputStream().write(clientHello);
+            s.setSoTimeout(Math.max(1, remainingMs()));
+            InputStream in = s.getInputStream();
+            for (int off = 0; off < hello.length; ) {
+                int n = in.read(hello, off, hello.length - off);
+                if (n < 0) throw new IOException("stream closed before the agent's hello");
+                off += n;
+            }
+        } catch (SocketTimeoutException e) {
+            hello = null; // silent until the deadline
+        }
+        boolean proven = hello != null && Codec.constantTimeEquals(hello, agentHello);
+        if (proven) {
+            synchronized (lock) {
+                if (!finished && winner == null) {
+                    s.getOutputStream().write(Protocol.SELECT);
+                    winner = s;
+                    winnerTarget = target;
+                    winnerRelayed = relayed;
+                    lock.notifyAll();
+                    return;
+                }
+            }
+        }
+        WebSocket.closeQuietly(s);
+        synchronized (lock) {
+            sockets.remove(s);
+            if (!finished && hello != null && !proven) rejectedStreams++;
+        }
+    }
+
+    /** Reads the control channel until the punch ends; an {@code error} ends it at once. */
+    private void watchControl() {
+        P2pException failure = null;
+        try {
+            while (true) {
+                // Past the punch deadline the channel is closed anyway; never report its timeout.
+                Message m = control.receive(deadline + 60000000000L, "the end of the punch");
+                if (m == null) return;
+                if (m.type.equals("error")) {
+                    failure = control.refusal(m);
+                    return;
+                }
+            }
+        } catch (P2pException e) {
+            failure = e;
+        } finally {
+            synchronized (lock) {
+                if (!finished && failure != null && fatal == null) {
+                    fatal = failure;
+                    lock.notifyAll();
+                }
+            }
+        }
+    }
+
+    /** Sets the line {@code key} of the failure message (e.g. the birthday punch's progress). */
+    void note(String key, String what) {
+        synchronized (lock) {
+            notes.put(key, what);
+        }
+    }
+
+    private int remainingMs() {
+        return (int) Math.max(0, (deadline - System.nanoTime()) / 1000000);
+    }
+
+    private String summary() {
+        StringBuilder sb = new StringBuilder("no direct path to peer '" + control.peer + "' within "
+                + timeoutMs + " ms");
+        for (HostTuple t : targets) {
+            String why = lastError.get(t);
+            Integer n = attempts.get(t);
+            sb.append("; ").append(t).append(": ").append(why == null ? "no answer" : why)
+                    .append(" (").append(n == null ? 0 : n).append(" attempts)");
+        }
+        for (String note : notes.values()) {
+            sb.append("; ").append(note);
+        }
+        if (brokenStreams > 0) {
+            sb.append("; ").append(brokenStreams).append(" streams closed before the agent's hello");
+        }
+        if (rejectedStreams > 0) {
+            sb.append("; ").append(rejectedStreams).append(" streams failed the session handshake");
+        }
+        return sb.toString();
+    }
+}

@@ -1,0 +1,415 @@
+package com.getpoint.p2pclient;
+
+import static org.junit.Assert.assertArrayEquals;
+import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertNotNull;
+import static org.junit.Assert.assertTrue;
+import static org.junit.Assert.fail;
+
+import java.io.ByteArrayOutputStream;
+import java.io.File;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.io.OutputStreamWriter;
+import java.net.HttpURLConnection;
+import java.net.InetAddress;
+import java.net.InetSocketAddress;
+import java.net.ServerSocket;
+import java.net.Socket;
+import java.net.SocketAddress;
+import java.net.URL;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Random;
+import java.util.concurrent.Callable;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import org.junit.After;
+import org.junit.Before;
+import org.junit.Test;
+
+/**
+ * Against the real Rust binary on loopback: {@code p2pnc server}, {@code p2pnc expose} and an
+ * echo service in this JVM. The binary is {@code ../target/debug/p2pnc} (from java/), or the
+ * system property {@code p2pnc.bin}, or the environment variable {@code P2PNC_BIN}.
+ */
+public class InteropTest {
+    private static final String SECRET = "pässwörd 密码";
+
+    private final List<Process> processes = new ArrayList<Process>();
+    private final List<File> logs = new ArrayList<File>();
+    private EchoService service;
+    private int serverPort;
+
+    /** An echo service that also records what each connection sent. */
+    static final class EchoService implements Runnable {
+        final ServerSocket socket;
+        final List<byte[]> received = new ArrayList<byte[]>();
+
+        EchoService() throws IOException {
+            socket = new ServerSocket(0, 100, InetAddress.getByName("127.0.0.1"));
+            Thread t = new Thread(this, "echo-service");
+            t.setDaemon(true);
+            t.start();
+        }
+
+        @Override
+        public void run() {
+            while (true) {
+                final Socket s;
+                try {
+                    s = socket.accept();
+                } catch (IOException closed) {
+                    return;
+                }
+                Thread t = new Thread(new Runnable() {
+                    @Override
+                    public void run() {
+                        echo(s);
+                    }
+                }, "echo");
+                t.setDaemon(true);
+                t.start();
+            }
+        }
+
+        private void echo(Socket s) {
+            ByteArrayOutputStream all = new ByteArrayOutputStream();
+            try {
+                InputStream in = s.getInputStream();
+                OutputStream out = s.getOutputStream();
+                byte[] buf = new byte[65536];
+                for (int n; (n = in.read(buf)) > 0; ) {
+                    all.write(buf, 0, n);
+                    try {
+                        out.write(buf, 0, n);
+                    } catch (IOException peerGone) {
+                        // Keep recording what arrives.
+                    }
+                }
+                s.shutdownOutput();
+            } catch (IOException e) {
+                // Recorded so far is what arrived.
+            } finally {
+                synchronized (received) {
+                    received.add(all.toByteArray());
+                    received.notifyAll();
+                }
+                WebSocket.closeQuietly(s);
+            }
+        }
+
+        /** Waits for the next finished connection and returns what it sent. */
+        byte[] nextFinished(int index) throws InterruptedException {
+            long until = System.currentTimeMillis() + 5000;
+            synchronized (received) {
+                while (received.size() <= index && System.currentTimeMillis() < until) received.wait(100);
+                assertTrue("no connection reached the service", received.size() > index);
+                return received.get(index);
+            }
+        }
+    }
+
+    static File binary() {
+        String path = System.getProperty("p2pnc.bin");
+        if (path == null || path.isEmpty()) path = System.getenv("P2PNC_BIN");
+        File f = path == null || path.isEmpty() ? TestSupport.repoFile("target/debug/p2pnc") : new File(path);
+        if (!f.canExecute()) {
+            fail("the p2pnc binary is missing at " + f + ": run `cargo build` in the repository root"
+                    + " (or set P2PNC_BIN / -Dp2pnc.bin to the binary)");
+        }
+        return f;
+    }
+
+    private static int freePort() throws IOException {
+        try (ServerSocket s = new ServerSocket(0, 1, InetAddress.getByName("127.0.0.1"))) {
+            return s.getLocalPort();
+        }
+    }
+
+    private void spawn(String... args) throws IOException {
+        List<String> cmd = new ArrayList<String>();
+        cmd.add(binary().getPath());
+        cmd.addAll(Arrays.asList(args));
+        File log = File.createTempFile("p2pnc-interop-", ".log");
+        log.deleteOnExit();
+        logs.add(log);
+        ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(log);
+        pb.environment().remove("P2PNC_SECRET");
+        pb.environment().remove("P2PNC_SERVER");
+        pb.environment().remove("P2PNC_TOKEN");
+        processes.add(pb.start());
+    }
+
+    private int httpStatus(int port, String path) {
+        try {
+            HttpURLConnection c = (HttpURLConnection) new URL("http://127.0.0.1:" + port + path).openConnection();
+            c.setConnectTimeout(500);
+            c.setReadTimeout(500);
+            int status = c.getResponseCode();
+            c.disconnect();
+            return status;
+        } catch (IOException e) {
+            return -1;
+        }
+    }
+
+    private void waitFor(String what, String path) throws Exception {
+        waitFor(what, serverPort, path);
+    }
+
+    private void waitFor(String what, int port, String path) throws Exception {
+        long until = System.currentTimeMillis() + 10000;
+        while (httpStatus(port, path) != 200) {
+            if (System.currentTimeMillis() > until) fail(what + " not ready in 10 s\n" + logText());
+            for (Process p : processes) {
+                try {
+                    fail(what + ": a p2pnc process exited with " + p.exitValue() + "\n" + logText());
+                } catch (IllegalThreadStateException running) {
+                    // still running
+                }
+            }
+            Thread.sleep(50);
+        }
+    }
+
+    private String logText() throws IOException {
+        StringBuilder sb = new StringBuilder();
+        for (File f : logs) {
+            sb.append("--- ").append(f).append('\n')
+                    .append(new String(java.nio.file.Files.readAllBytes(f.toPath()), Codec.UTF8));
+        }
+        return sb.toString();
+    }
+
+    /** Exposes the echo service as {@code id}, with {@code secret} (null: --public). */
+    private void expose(String id, String secret) throws Exception {
+        String to = "127.0.0.1:" + service.socket.getLocalPort();
+        String server = "http://127.0.0.1:" + serverPort;
+        if (secret == null) {
+            spawn("expose", "--server", server, "--id", id, "--to", to, "--public");
+        } else {
+            spawn("expose", "--server", server, "--id", id, "--to", to, "--secret", secret);
+        }
+        waitFor("agent '" + id + "'", "/v1/peers/" + Codec.percentEncode(id));
+    }
+
+    @Before
+    public void setUp() throws Exception {
+        binary();
+        service = new EchoService();
+        serverPort = freePort();
+        spawn("server", "--listen", "127.0.0.1:" + serverPort);
+        waitFor("server", "/v1/health");
+        expose("streamserver", SECRET);
+    }
+
+    @After
+    public void tearDown() throws Exception {
+        for (Process p : processes) {
+            p.destroy();
+        }
+        for (Process p : processes) {
+            if (!p.waitFor(5, java.util.concurrent.TimeUnit.SECONDS)) {
+                p.destroyForcibly().waitFor();
+            }
+        }
+        if (service != null) service.socket.close();
+    }
+
+    /** Sends {@code data} and returns what comes back until EOF. */
+    private static byte[] roundTrip(final Socket s, final byte[] data) throws Exception {
+        ExecutorService writer = Executors.newSingleThreadExecutor();
+        try {
+            Future<Void> sent = writer.submit(new Callable<Void>() {
+                @Override
+                public Void call() throws IOException {
+                    s.getOutputStream().write(data);
+                    s.shutdownOutput();
+                    return null;
+                }
+            });
+            s.setSoTimeout(10000);
+            ByteArrayOutputStream back = new ByteArrayOutputStream();
+            byte[] buf = new byte[65536];
+            for (int n; (n = s.getInputStream().read(buf)) > 0; ) back.write(buf, 0, n);
+            sent.get();
+            return back.toByteArray();
+        } finally {
+            writer.shutdownNow();
+        }
+    }
+
+    @Test
+    public void connectWithTheRightSecretEchoesOneMebibyte() throws Exception {
+        byte[] data = new byte[1 << 20];
+        new Random(7).nextBytes(data);
+        P2pConnection c = new P2pClient().connectDetailed("127.0.0.1", serverPort, "getpoint", "streamserver", SECRET);
+        try {
+            assertTrue(c.toString(), c.setupMillis < 5000);
+            assertNotNull(c.session);
+            assertArrayEquals(data, roundTrip(c.socket, data));
+        } finally {
+            c.socket.close();
+        }
+        assertArrayEquals(data, service.nextFinished(0));
+    }
+
+    @Test
+    public void wrongSecretFailsFastSayingSo() {
+        long t = System.nanoTime();
+        try {
+            new P2pClient().connect("127.0.0.1", serverPort, "getpoint", "streamserver", "wrong");
+            fail("connected with a wrong secret");
+        } catch (IOException e) {
+            assertTrue(e.getMessage(), e.getMessage().contains("secret rejected"));
+            assertEquals("secret_rejected", ((P2pException) e).getCode());
+        }
+        long ms = (System.nanoTime() - t) / 1000000;
+        assertTrue("took " + ms + " ms", ms < 1500);
+    }
+
+    @Test
+    public void missingSecretIsRefused() {
+        try {
+            new P2pClient().connect("127.0.0.1", serverPort, "getpoint", "streamserver", null);
+            fail("connected without the secret");
+        } catch (IOException e) {
+            assertEquals("peer 'streamserver' requires a secret", e.getMessage());
+        }
+    }
+
+    @Test
+    public void unknownPeerIsNotOnline() {
+        long t = System.nanoTime();
+        try {
+            new P2pClient().connect("127.0.0.1", serverPort, "getpoint", "nobody", SECRET);
+            fail("connected to an unknown peer");
+        } catch (IOException e) {
+            assertEquals("peer 'nobody' is not online", e.getMessage());
+            assertEquals("peer_offline", ((P2pException) e).getCode());
+        }
+        assertTrue((System.nanoTime() - t) / 1000000 < 1500);
+        assertEquals(null, new P2pClient().getP2PLocalPeerAddress("127.0.0.1", serverPort, "getpoint", "nobody"));
+    }
+
+    /** The seed README's snippet, verbatim apart from asserting. */
+    private void seedSnippet(LocalPeerAddress localPeerAddress, int connection) throws Exception {
+        assertNotNull("getP2PLocalPeerAddress failed", localPeerAddress);
+        Socket socket = new Socket();
+        SocketAddress socAddress = new InetSocketAddress(localPeerAddress.PeerAddress.ip, localPeerAddress.PeerAddress.port);
+        SocketAddress localSocAddress = new InetSocketAddress(localPeerAddress.LocalAddress.ip, localPeerAddress.LocalAddress.port);
+        socket.bind(localSocAddress);
+        socket.connect(socAddress, 5000);
+        socket.setSoTimeout(5000);
+        OutputStreamWriter out = new OutputStreamWriter(socket.getOutputStream());
+        out.write("test p2p is success");
+        out.flush();
+        socket.close();
+        assertEquals("test p2p is success", new String(service.nextFinished(connection), Codec.UTF8));
+    }
+
+    @Test
+    public void seedSnippetWithAPublicAgent() throws Exception {
+        expose("流媒体 public", null);
+        seedSnippet(new P2pClient().getP2PLocalPeerAddress("127.0.0.1", serverPort, "getpoint", "流媒体 public"), 0);
+    }
+
+    @Test
+    public void seedSnippetWithASecret() throws Exception {
+        seedSnippet(new P2pClient().getP2PLocalPeerAddress("127.0.0.1", serverPort, "getpoint", "streamserver",
+                SECRET), 0);
+        seedSnippet(new P2pClient().getP2PLocalPeerAddress("127.0.0.1", serverPort, "getpoint", "streamserver",
+                SECRET), 1);
+    }
+
+    @Test
+    public void publicAgentWithTheOneCallApi() throws Exception {
+        expose("open", null);
+        Socket s = new P2pClient().connect("127.0.0.1", serverPort, "getpoint", "open", null);
+        try {
+            assertArrayEquals(Codec.utf8("hello"), roundTrip(s, Codec.utf8("hello")));
+        } finally {
+            s.close();
+        }
+    }
+
+    @Test
+    public void tenConcurrentConnectsFromOneClient() throws Exception {
+        final P2pClient client = new P2pClient();
+        ExecutorService pool = Executors.newFixedThreadPool(10);
+        try {
+            List<Future<byte[]>> results = new ArrayList<Future<byte[]>>();
+            for (int i = 0; i < 10; i++) {
+                final byte[] data = new byte[10000 + i];
+                new Random(i).nextBytes(data);
+                results.add(pool.submit(new Callable<byte[]>() {
+                    @Override
+                    public byte[] call() throws Exception {
+                        Socket s = client.connect("127.0.0.1", serverPort, "getpoint", "streamserver", SECRET);
+                        try {
+                            byte[] back = roundTrip(s, data);
+                            return Arrays.equals(back, data) ? back : null;
+                        } finally {
+                            s.close();
+                        }
+                    }
+                }));
+            }
+            for (int i = 0; i < 10; i++) {
+                assertNotNull("connection " + i + " echoed wrong bytes", results.get(i).get());
+            }
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+
+    @Test
+    public void serverRefusesTheBadQueriesOfTheVectors() throws Exception {
+        File f = TestSupport.repoFile("tests/fixtures/protocol/vectors.json");
+        Object vectors = Json.parse(new String(java.nio.file.Files.readAllBytes(f.toPath()), Codec.UTF8));
+        List<Object> bad = VectorsTest.list(VectorsTest.map(VectorsTest.map(vectors).get("queries")).get("bad"));
+        assertTrue(bad.size() >= 4);
+        for (Object o : bad) {
+            java.util.Map<String, Object> c = VectorsTest.map(o);
+            String target = "/v1/" + c.get("endpoint") + "?" + c.get("query");
+            try (Socket s = new Socket()) {
+                s.connect(new InetSocketAddress("127.0.0.1", serverPort), 2000);
+                WebSocket.upgrade(s, "127.0.0.1:" + serverPort, target, null, System.nanoTime() + 2000000000L);
+                fail("the server upgraded " + target);
+            } catch (WebSocket.Refused e) {
+                Object body = Json.parse(e.body);
+                assertEquals(target + " -> " + e.body, c.get("error"), VectorsTest.map(body).get("error"));
+                assertTrue(e.status, e.status.startsWith("400"));
+            }
+        }
+    }
+
+    @Test
+    public void serverTokenIsSentAndRequired() throws Exception {
+        int port = freePort();
+        spawn("server", "--listen", "127.0.0.1:" + port, "--token", "tok-123");
+        waitFor("server with a token", port, "/v1/health");
+        spawn("expose", "--server", "http://127.0.0.1:" + port, "--token", "tok-123", "--id", "guarded",
+                "--to", "127.0.0.1:" + service.socket.getLocalPort(), "--public");
+        waitFor("agent 'guarded'", port, "/v1/peers/guarded");
+        Socket s = new P2pClient(5000, 5000, "tok-123").connect("127.0.0.1", port, "getpoint", "guarded", null);
+        try {
+            assertArrayEquals(Codec.utf8("hi"), roundTrip(s, Codec.utf8("hi")));
+        } finally {
+            s.close();
+        }
+        for (String token : new String[] {null, "wrong"}) {
+            try {
+                new P2pClient(5000, 5000, token).connect("127.0.0.1", port, "getpoint", "guarded", null);
+                fail("connected with token " + token);
+            } catch (P2pException e) {
+                assertEquals(e.getMessage(), "unauthorized", e.getCode());
+                assertTrue(e.getMessage(), e.getMessage().startsWith("the server refused this client's token"));
+            }
+        }
+    }
+}

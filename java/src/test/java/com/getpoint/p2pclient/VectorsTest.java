@@ -1,0 +1,176 @@
+package com.getpoint.p2pclient;
+
+import static org.junit.Assert.assertArrayEquals;
+import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertTrue;
+import static org.junit.Assert.fail;
+
+import java.io.File;
+import java.io.IOException;
+import java.io.UnsupportedEncodingException;
+import java.net.URLDecoder;
+import java.nio.file.Files;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import org.junit.BeforeClass;
+import org.junit.Test;
+
+/** Checks the shared protocol test vectors (tests/fixtures/protocol/vectors.json). */
+public class VectorsTest {
+    private static Map<String, Object> vectors;
+
+    @BeforeClass
+    public static void load() throws IOException {
+        File f = TestSupport.repoFile("tests/fixtures/protocol/vectors.json");
+        vectors = map(Json.parse(new String(Files.readAllBytes(f.toPath()), Codec.UTF8)));
+    }
+
+    @SuppressWarnings("unchecked")
+    static Map<String, Object> map(Object o) {
+        return (Map<String, Object>) o;
+    }
+
+    @SuppressWarnings("unchecked")
+    static List<Object> list(Object o) {
+        return (List<Object>) o;
+    }
+
+    private static String str(Map<String, Object> m, String key) {
+        Object v = m.get(key);
+        return v == Json.NULL ? null : (String) v;
+    }
+
+    @Test
+    public void connectProofs() {
+        List<Object> cases = list(vectors.get("connect_proof"));
+        assertTrue(cases.size() >= 3);
+        for (Object o : cases) {
+            Map<String, Object> c = map(o);
+            assertEquals("proof for peer " + c.get("peer"), str(c, "proof"),
+                    Protocol.connectProof(str(c, "secret"), str(c, "peer"), str(c, "nonce")));
+        }
+    }
+
+    @Test
+    public void hellos() {
+        List<Object> cases = list(vectors.get("hello"));
+        assertTrue(cases.size() >= 2);
+        for (Object o : cases) {
+            Map<String, Object> c = map(o);
+            byte[] session = Codec.unhex(str(c, "session"), 16);
+            byte[] key = Protocol.streamKey(str(c, "secret"), Codec.unhex(str(c, "key"), 32));
+            assertEquals(str(c, "client_hello"), Codec.hex(Protocol.hello(session, key, "client")));
+            assertEquals(str(c, "agent_hello"), Codec.hex(Protocol.hello(session, key, "agent")));
+        }
+    }
+
+    @Test
+    public void serverAndAgentMessagesParseAndRoundTrip() throws P2pException {
+        List<Object> all = new ArrayList<Object>(list(vectors.get("server_messages")));
+        all.addAll(list(vectors.get("agent_messages")));
+        assertTrue(all.size() >= 7);
+        for (Object o : all) {
+            String text = Json.write(o);
+            Message m = Message.parse(text);
+            assertEquals(map(o).get("type"), m.type);
+            assertEquals("round trip of " + text, o, Json.parse(m.toJson()));
+        }
+    }
+
+    @Test
+    public void punchOrderFieldsAreTyped() throws P2pException {
+        Message m = Message.parse(Json.write(list(vectors.get("server_messages")).get(1)));
+        assertEquals(new HostTuple("198.51.100.2", 40000), m.address("peer_public"));
+        assertEquals(new HostTuple("10.0.2.2", 40000), m.addresses("peer_private").get(0));
+        assertArrayEquals(Codec.unhex("0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f", 16), m.bytes("session"));
+        assertEquals(null, m.text("nonce"));
+    }
+
+    @Test
+    public void badServerMessagesAreRejectedWithAReason() {
+        List<Object> bad = list(vectors.get("bad_server_messages"));
+        assertTrue(bad.size() >= 12);
+        for (Object o : bad) {
+            String text = (String) o;
+            String shown = text.length() > 60 ? text.substring(0, 60) + "..." : text;
+            try {
+                Message.parse(text);
+                fail("accepted bad message " + shown);
+            } catch (P2pException e) {
+                assertTrue(shown + ": " + e.getMessage(), e.getMessage().startsWith("malformed control message: "));
+                assertTrue(shown + ": " + e.getMessage(), e.getMessage().length() > "malformed control message: ".length());
+            }
+        }
+    }
+
+    @Test
+    public void exposeQueries() throws UnsupportedEncodingException {
+        for (Object o : list(map(vectors.get("queries")).get("expose"))) {
+            Map<String, Object> c = map(o);
+            List<HostTuple> priv = addresses(c.get("private"));
+            String built = Protocol.query("v", Protocol.VERSION, "id", str(c, "id"), "auth", str(c, "auth"),
+                    "private", Protocol.candidates(priv));
+            assertEquals(decode(str(c, "query")), decode(built));
+        }
+    }
+
+    @Test
+    public void connectQueries() throws UnsupportedEncodingException {
+        for (Object o : list(map(vectors.get("queries")).get("connect"))) {
+            Map<String, Object> c = map(o);
+            String built = Protocol.connectQuery(str(c, "peer"), str(c, "nonce"), str(c, "proof"), str(c, "mode"),
+                    addresses(c.get("private")));
+            assertEquals(decode(str(c, "query")), decode(built));
+        }
+    }
+
+    @Test
+    public void connectQueryWithProofAndUnicode() throws UnsupportedEncodingException {
+        String proof = Protocol.connectProof("pässwörd 密码", "流媒体", "ffeeddccbbaa99887766554433221100");
+        String q = Protocol.connectQuery("流媒体", "ffeeddccbbaa99887766554433221100", proof, "plain",
+                new ArrayList<HostTuple>());
+        assertTrue(q, q.contains("peer=%E6%B5%81%E5%AA%92%E4%BD%93&"));
+        Map<String, String> d = decode(q);
+        assertEquals("流媒体", d.get("peer"));
+        assertEquals(proof, d.get("proof"));
+        assertEquals("plain", d.get("mode"));
+        assertEquals("", d.get("private"));
+    }
+
+    private static List<HostTuple> addresses(Object o) {
+        List<HostTuple> out = new ArrayList<HostTuple>();
+        for (Object a : list(o)) {
+            out.add(HostTuple.parse((String) a));
+        }
+        return out;
+    }
+
+    /** Decodes a form-encoded query into its key/value pairs. */
+    static Map<String, String> decode(String query) throws UnsupportedEncodingException {
+        Map<String, String> out = new LinkedHashMap<String, String>();
+        for (String pair : query.split("&")) {
+            if (pair.isEmpty()) continue;
+            int eq = pair.indexOf('=');
+            String k = eq < 0 ? pair : pair.substring(0, eq);
+            String v = eq < 0 ? "" : pair.substring(eq + 1);
+            if (out.put(URLDecoder.decode(k, "UTF-8"), URLDecoder.decode(v, "UTF-8")) != null) {
+                fail("duplicate key '" + k + "' in " + query);
+            }
+        }
+        return out;
+    }
+
+    /** Agents' owner credential: the Java client does not expose, but checks the formula. */
+    @Test
+    public void ownerCredentials() {
+        List<Object> cases = list(vectors.get("owner_credential"));
+        assertTrue(cases.size() >= 2);
+        for (Object o : cases) {
+            Map<String, Object> c = map(o);
+            assertEquals(str(c, "owner"), Codec.hex(Codec.hmacSha256(Codec.utf8(str(c, "secret")),
+                    Codec.utf8("p2pnc/1 owner\n"), Codec.utf8(str(c, "id")))));
+        }
+    }
+}
