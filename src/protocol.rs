@@ -267,6 +267,8 @@ pub enum Auth {
 pub enum ErrorCode {
     /// The request was malformed.
     BadRequest,
+    /// No such endpoint.
+    NotFound,
     /// The client speaks a protocol version the server does not.
     UnsupportedVersion,
     /// No agent is registered under the requested id.
@@ -295,7 +297,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::UnsupportedVersion => 400,
             ErrorCode::SecretRequired | ErrorCode::SecretRejected | ErrorCode::Unauthorized => 401,
-            ErrorCode::PeerOffline | ErrorCode::PeerGone => 404,
+            ErrorCode::PeerOffline | ErrorCode::PeerGone | ErrorCode::NotFound => 404,
             ErrorCode::IdTaken => 409,
             ErrorCode::Busy => 503,
             ErrorCode::NoDirectPath => 502,

@@ -38,8 +38,15 @@ async fn garbage_and_malformed_http_get_errors_and_the_server_goes_on() {
     drop(half);
     still_serving(&server).await;
     let (status, body) = http_get(server.addr, "/no/such/path").await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 404);
     assert!(body.contains("no such endpoint"), "{body}");
+    let reply = raw(
+        &server,
+        b"POST /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("\"error\":\"bad_request\""), "{reply}");
 }
 
 #[tokio::test]
@@ -175,4 +182,25 @@ async fn messages_for_unknown_sessions_are_ignored() {
         }
     }
     assert_eq!(http_get(server.addr, "/v1/peers/stray").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_malformed_message_on_a_client_channel_is_answered_and_closed() {
+    let server = TestServer::start().await;
+    let _agent = agent_ws(&server, "target").await;
+    let url = format!(
+        "ws://{}/v1/connect?v=1&peer=target&nonce=00112233445566778899aabbccddeeff",
+        server.addr
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let order = tokio::time::timeout(T, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(order.to_text().unwrap().contains("\"punch\""), "{order}");
+    ws.send(Message::text("this is not json")).await.unwrap();
+    let reason = closing_reason(&mut ws).await;
+    assert!(reason.contains("malformed message"), "{reason}");
+    still_serving(&server).await;
 }

@@ -263,7 +263,13 @@ pub async fn serve(
         .route(protocol::EXPOSE_PATH, get(expose))
         .route(protocol::CONNECT_PATH, get(connect))
         .route(relay::RELAY_PATH, get(relay_join))
-        .fallback(|| async { error(ErrorCode::BadRequest, "no such endpoint".into()) })
+        .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            error(
+                ErrorCode::BadRequest,
+                "method not allowed: every endpoint takes GET".into(),
+            )
+        })
         .with_state(state.clone());
     let served = axum::serve(
         Accepting(listener),
@@ -869,10 +875,8 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
                 None => return,
             },
             got = socket.recv() => match got {
-                Some(Ok(Message::Text(text))) => {
-                    if let Ok(ClientMsg::Result { outcome, setup_ms, reason }) =
-                        protocol::decode::<ClientMsg>(&text)
-                    {
+                Some(Ok(Message::Text(text))) => match protocol::decode::<ClientMsg>(&text) {
+                    Ok(ClientMsg::Result { outcome, setup_ms, reason }) => {
                         let outcome = match outcome.as_str() {
                             "direct" => Outcome::Direct,
                             "lan" => Outcome::Lan,
@@ -881,6 +885,19 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
                         };
                         tally.end(outcome, setup_ms.map(Duration::from_millis), reason);
                     }
+                    Err(message) => {
+                        let reply = ServerMsg::Error { code: ErrorCode::BadRequest, message };
+                        send(&mut socket, &reply).await;
+                        return;
+                    }
+                },
+                Some(Ok(Message::Binary(_))) => {
+                    let reply = ServerMsg::Error {
+                        code: ErrorCode::BadRequest,
+                        message: "binary frames are not part of the protocol".into(),
+                    };
+                    send(&mut socket, &reply).await;
+                    return;
                 }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
