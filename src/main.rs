@@ -62,6 +62,15 @@ struct ServerArgs {
     /// Seconds an id stays reserved for its owner after the owner went offline.
     #[arg(long, default_value_t = 60)]
     id_grace: u64,
+    /// Connect requests per second allowed from one address (bursts of 3 s worth).
+    #[arg(long, default_value_t = 20.0)]
+    connect_rate: f64,
+    /// Registrations per second allowed from one address (bursts of 5 s worth).
+    #[arg(long, default_value_t = 2.0)]
+    expose_rate: f64,
+    /// Most connections to the control port from one address.
+    #[arg(long, default_value_t = p2pnc::server::limits::MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
     /// Serve /metrics (Prometheus) and a status page here, e.g. 127.0.0.1:50309 (off unless
     /// given; keep it off public addresses).
     #[arg(long)]
@@ -248,6 +257,9 @@ async fn server(args: ServerArgs) -> Result<()> {
             r.bytes_per_sec
         );
     }
+    if !(args.connect_rate > 0.0 && args.expose_rate > 0.0) {
+        bail!("--connect-rate and --expose-rate must be positive");
+    }
     if args.token.is_none() {
         tracing::warn!("no --token: anyone may register ids and request connections");
     }
@@ -255,6 +267,9 @@ async fn server(args: ServerArgs) -> Result<()> {
         relay,
         token: args.token,
         id_grace: Duration::from_secs(args.id_grace),
+        connect_rate: args.connect_rate,
+        expose_rate: args.expose_rate,
+        max_connections_per_ip: args.max_connections_per_ip,
         ..Default::default()
     };
     let admin = match args.admin {

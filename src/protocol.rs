@@ -287,6 +287,8 @@ pub enum ErrorCode {
     NoDirectPath,
     /// The server requires a token and none or a wrong one was given.
     Unauthorized,
+    /// Too many requests from this address.
+    RateLimited,
     /// Anything else.
     Internal,
 }
@@ -300,6 +302,7 @@ impl ErrorCode {
             ErrorCode::PeerOffline | ErrorCode::PeerGone | ErrorCode::NotFound => 404,
             ErrorCode::IdTaken => 409,
             ErrorCode::Busy => 503,
+            ErrorCode::RateLimited => 429,
             ErrorCode::NoDirectPath => 502,
             ErrorCode::Internal => 500,
         }

@@ -16,14 +16,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod admin;
+pub mod limits;
 
+use self::limits::{ConnCounts, Guarded, RateLimiter};
 use crate::metrics::{Metrics, Outcome};
 use crate::net;
 use crate::probe::ProbeTable;
@@ -69,6 +71,16 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// How long an id stays reserved for its owner after the owner went offline.
     pub id_grace: Duration,
+    /// Most connections to the control port at once.
+    pub max_connections: usize,
+    /// Most connections to the control port from one address.
+    pub max_connections_per_ip: usize,
+    /// Time a new connection has to send its first request head.
+    pub head_timeout: Duration,
+    /// Connect requests per second per address (bursts of three seconds' worth).
+    pub connect_rate: f64,
+    /// Registrations per second per address (bursts of five seconds' worth).
+    pub expose_rate: f64,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +91,11 @@ impl Default for ServerConfig {
             relay: None,
             token: None,
             id_grace: DEFAULT_ID_GRACE,
+            max_connections: limits::MAX_CONNECTIONS,
+            max_connections_per_ip: limits::MAX_CONNECTIONS_PER_IP,
+            head_timeout: limits::HEAD_TIMEOUT,
+            connect_rate: 20.0,
+            expose_rate: 2.0,
         }
     }
 }
@@ -91,18 +108,32 @@ struct ConnMeta {
     rtt: Option<Duration>,
 }
 
-struct Accepting(TcpListener);
+/// The control port's accept loop: counts connections per source address and in all, and
+/// gives each one a deadline for its first request head.
+struct Accepting {
+    listener: TcpListener,
+    counts: Arc<ConnCounts>,
+    config: ServerConfig,
+}
 
 impl axum::serve::Listener for Accepting {
-    type Io = TcpStream;
+    type Io = Guarded;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+    async fn accept(&mut self) -> (Guarded, SocketAddr) {
         loop {
-            match self.0.accept().await {
+            match self.listener.accept().await {
                 Ok((stream, addr)) => {
+                    let c = &self.config;
+                    let Some(slot) =
+                        self.counts
+                            .admit(addr.ip(), c.max_connections, c.max_connections_per_ip)
+                    else {
+                        tracing::debug!("refusing {addr}: connection limit");
+                        continue; // Dropping the stream closes it.
+                    };
                     let _ = stream.set_nodelay(true);
-                    return (stream, addr);
+                    return (Guarded::new(stream, slot, c.head_timeout), addr);
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -114,7 +145,7 @@ impl axum::serve::Listener for Accepting {
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 
@@ -122,7 +153,7 @@ impl Connected<axum::serve::IncomingStream<'_, Accepting>> for ConnMeta {
     fn connect_info(stream: axum::serve::IncomingStream<'_, Accepting>) -> Self {
         ConnMeta {
             remote: *stream.remote_addr(),
-            rtt: net::tcp_rtt(stream.io()),
+            rtt: net::tcp_rtt(stream.io().tcp()),
         }
     }
 }
@@ -151,6 +182,8 @@ enum SessionEvent {
 
 struct Shared {
     config: ServerConfig,
+    connect_rate: RateLimiter,
+    expose_rate: RateLimiter,
     /// Ids whose owner went offline recently: id → (owner, when).
     reserved: Mutex<HashMap<String, (String, Instant)>>,
     /// `None` when the server has no probe port: mappings are then unknown at once.
@@ -228,6 +261,8 @@ pub async fn serve(
     let probes = probe.as_ref().map(|_| Arc::new(ProbeTable::default()));
     let state = Arc::new(Shared {
         relay: config.relay.map(RelayHub::new),
+        connect_rate: RateLimiter::new(config.connect_rate, config.connect_rate * 3.0),
+        expose_rate: RateLimiter::new(config.expose_rate, config.expose_rate * 5.0),
         config,
         reserved: Mutex::new(HashMap::new()),
         probes: probes.clone(),
@@ -271,8 +306,13 @@ pub async fn serve(
             )
         })
         .with_state(state.clone());
+    let accepting = Accepting {
+        listener,
+        counts: Arc::new(ConnCounts::default()),
+        config: state.config.clone(),
+    };
     let served = axum::serve(
-        Accepting(listener),
+        accepting,
         app.into_make_service_with_connect_info::<ConnMeta>(),
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -415,6 +455,12 @@ async fn expose(
 ) -> Response {
     if let Some(refused) = state.token_refusal(&headers) {
         return refused;
+    }
+    if !state.expose_rate.allow(meta.remote.ip()) {
+        return state.reject(
+            ErrorCode::RateLimited,
+            "too many registrations; slow down".into(),
+        );
     }
     let q = match ExposeQuery::parse(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
@@ -643,6 +689,12 @@ async fn connect(
 ) -> Response {
     if let Some(refused) = state.token_refusal(&headers) {
         return refused;
+    }
+    if !state.connect_rate.allow(meta.remote.ip()) {
+        return state.reject(
+            ErrorCode::RateLimited,
+            "too many connect requests; slow down".into(),
+        );
     }
     let q = match ConnectQuery::parse(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
