@@ -14,6 +14,7 @@ pub struct ReadmeDoctests;
 
 pub mod agent;
 pub mod client;
+pub mod config;
 pub mod control;
 pub mod demo;
 pub mod metrics;

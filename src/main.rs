@@ -1,10 +1,13 @@
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use p2pnc::{Agent, ConnectOptions, ExposeOptions, ServerUrl};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -23,8 +26,69 @@ struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Read this command's settings from a TOML file (keys are the long flag names); flags and
+    /// environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Flags a config file may not set.
+const NOT_IN_CONFIG: &[&str] = &["config", "help", "version", "verbose", "quiet"];
+
+/// Parses the command line, filling in settings from `--config FILE` that were given neither
+/// as flags nor through the environment.
+fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
+    let first = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&argv)
+        .ok();
+    let config = first
+        .as_ref()
+        .and_then(|m| m.get_one::<PathBuf>("config").cloned());
+    let (Some(path), Some(first)) = (config, first) else {
+        return Ok(Cli::parse_from(argv));
+    };
+    let Some((sub, sub_matches)) = first.subcommand() else {
+        return Ok(Cli::parse_from(argv));
+    };
+    let cmd = Cli::command();
+    let sub_cmd = cmd
+        .find_subcommand(sub)
+        .ok_or_else(|| anyhow!("unknown command {sub}"))?;
+    let known: Vec<&str> = sub_cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| !NOT_IN_CONFIG.contains(l))
+        .collect();
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let settings =
+        p2pnc::config::parse(&text, &known).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut words: Vec<OsString> = Vec::new();
+    for setting in settings {
+        let id = sub_cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(setting.flag.as_str()))
+            .map(|a| a.get_id().as_str().to_string())
+            .expect("known flags have an argument");
+        let given = matches!(
+            sub_matches.value_source(&id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if !given {
+            words.push(format!("--{}", setting.flag).into());
+            words.extend(setting.words.into_iter().map(OsString::from));
+        }
+    }
+    let at = argv
+        .iter()
+        .position(|a| a.to_str() == Some(sub))
+        .map_or(argv.len(), |i| i + 1);
+    let mut argv = argv;
+    argv.splice(at..at, words);
+    Ok(Cli::parse_from(argv))
 }
 
 #[derive(Subcommand)]
@@ -161,7 +225,13 @@ impl PunchArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let demo = matches!(cli.command, Command::Demo);
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
@@ -232,6 +302,9 @@ async fn run(command: Command) -> Result<()> {
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
+    if !(args.connect_rate > 0.0 && args.expose_rate > 0.0) {
+        bail!("--connect-rate and --expose-rate must be positive");
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -256,9 +329,6 @@ async fn server(args: ServerArgs) -> Result<()> {
             r.max_sessions,
             r.bytes_per_sec
         );
-    }
-    if !(args.connect_rate > 0.0 && args.expose_rate > 0.0) {
-        bail!("--connect-rate and --expose-rate must be positive");
     }
     if args.token.is_none() {
         tracing::warn!("no --token: anyone may register ids and request connections");

@@ -238,3 +238,119 @@ fn demo_runs_the_whole_flow() {
     assert!(stdout.contains("byte-exact"), "{stdout}");
     assert!(stdout.contains("a wrong secret is refused"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_files_set_flags_and_flags_and_environment_override_them() {
+    let dir = std::env::temp_dir().join(format!("p2pnc-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_server, addr) = server().await;
+    let echo = Echo::start().await;
+    let _agent = expose(addr, "cfg", echo.addr, &["--secret", "right"]);
+    wait_peer_status(addr, "cfg", 200).await;
+    let file = dir.join("connect.toml");
+    std::fs::write(
+        &file,
+        format!("server = \"http://{addr}\"\npeer = \"cfg\"\nsecret = \"wrong\"\nstdio = true\n"),
+    )
+    .unwrap();
+    let run = |extra: Vec<String>, env: Option<&'static str>| {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("connect").arg("--config").arg(&file).args(&extra);
+            cmd.env_remove("P2PNC_SECRET");
+            if let Some(secret) = env {
+                cmd.env("P2PNC_SECRET", secret);
+            }
+            cmd.stdin(Stdio::null()).output().unwrap()
+        })
+    };
+    // The file alone: its (wrong) secret is used.
+    let out = run(vec![], None).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("secret rejected"),
+        "{stderr}"
+    );
+    // A flag overrides the file.
+    let out = run(vec!["--secret".into(), "right".into()], None)
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // So does the environment.
+    let out = run(vec![], Some("right")).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Unknown keys name the key and the line, and nothing runs.
+    std::fs::write(
+        &file,
+        "server = \"http://127.0.0.1:1\"\npeer = \"x\"\nstdio = true\nsecrte = \"s\"\n",
+    )
+    .unwrap();
+    let out = run(vec![], None).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("unknown key 'secrte' on line 4"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("secret rejected") && !stderr.contains("\"s\""),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_sample_configs_parse() {
+    // An invalid override makes each command stop right after reading its config, with an
+    // error that is only reached when the file was accepted.
+    let cases = [
+        (
+            "server",
+            "contrib/server.toml",
+            "--connect-rate",
+            "must be positive",
+        ),
+        (
+            "expose",
+            "contrib/expose.toml",
+            "--punch-timeout",
+            "must be a positive number",
+        ),
+    ];
+    for (cmd, file, flag, want) in cases {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + file;
+        let out = Command::new(BIN)
+            .args([cmd, "--config", &path, flag, "0"])
+            .env("P2PNC_SECRET", "s")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(want), "{file}: {stderr}");
+    }
+    let bad = std::env::temp_dir().join(format!("p2pnc-bad-{}.toml", std::process::id()));
+    std::fs::write(&bad, "lisen = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "server",
+            "--config",
+            bad.to_str().unwrap(),
+            "--connect-rate",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown key 'lisen' on line 1"), "{stderr}");
+    let _ = std::fs::remove_file(bad);
+}
