@@ -621,6 +621,29 @@ impl Lab {
         d.delays_us[QUEUE_B as usize].store(b_ms * 1000, Ordering::SeqCst);
     }
 
+    /// A port forward on a NATed site's router, like a home router's: new TCP connections to
+    /// `wan_port` on its WAN address are DNATed to `to` on its LAN (and let through its
+    /// forward chain). Returns the public address to connect to. Panics for [`Nat::None`]
+    /// (the host is public there: connect to it directly).
+    pub fn port_forward(&self, site: Site, wan_port: u16, to: SocketAddrV4) -> SocketAddrV4 {
+        assert!(
+            self.nat(site) != Nat::None,
+            "port_forward: site {site:?} has no NAT (its host is public)"
+        );
+        // `insert`: ahead of a full cone's catch-all DNAT rule.
+        self.nft(
+            Node::Router(site),
+            &format!(
+                "insert rule ip natlab prerouting iifname \"wan\" tcp dport {wan_port} dnat to {to}\n\
+                 insert rule ip natlab forward iifname \"wan\" oifname \"lan\" ip daddr {} \
+                 tcp dport {} ct status dnat accept\n",
+                to.ip(),
+                to.port()
+            ),
+        );
+        SocketAddrV4::new(self.wan_ip(site), wan_port)
+    }
+
     /// Counters of the delay box (user space) and of the kernel queues.
     pub fn delay_stats(&self) -> DelayStats {
         let d = self.delay.as_ref().expect("delay box running");
@@ -1946,13 +1969,15 @@ impl ConnectRun {
 impl Lab {
     /// Starts `p2pnc server` on the rendezvous host and waits until `/v1/health` answers 200.
     pub fn start_server(&self) -> Proc {
+        self.start_server_with(&[])
+    }
+
+    /// Like [`Lab::start_server`], with extra arguments for `p2pnc server` (e.g. `--relay`).
+    pub fn start_server_with(&self, extra: &[&str]) -> Proc {
         let listen = format!("0.0.0.0:{SERVER_PORT}");
-        let mut p = self.spawn(
-            Node::Rdv,
-            "server",
-            p2pnc_bin(),
-            &["server", "--listen", &listen],
-        );
+        let mut args = vec!["server", "--listen", &listen];
+        args.extend_from_slice(extra);
+        let mut p = self.spawn(Node::Rdv, "server", p2pnc_bin(), &args);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, SERVER_PORT));
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
