@@ -97,32 +97,59 @@ pub fn start_connect(
     TcpStream::from_std(std::net::TcpStream::from(socket))
 }
 
+/// How often a socket woken by a soft error is checked for the end of its handshake.
+const SOFT_ERROR_POLL: Duration = Duration::from_millis(10);
+
 /// Waits until a stream from [`start_connect`] is connected, failed, or `timeout` passed.
 ///
 /// An ICMP error for a SYN in flight (Time Exceeded for a low-TTL SYN, say) wakes the socket
 /// with `EHOSTUNREACH` while the kernel keeps it in SYN_SENT: that is a soft error, and the
 /// socket may still complete by simultaneous open, so it is not given up while it connects.
+/// Such a wake-up leaves the socket's readiness stuck on (epoll keeps reporting the error), so
+/// from then on the handshake is watched by polling its TCP state instead of awaiting
+/// readiness, which would spin.
 pub async fn finish_connect(stream: TcpStream, timeout: Duration) -> io::Result<TcpStream> {
     let wait = async {
+        stream.writable().await?;
+        let err = stream.take_error()?;
+        if err.is_none() && stream.peer_addr().is_ok() {
+            return Ok(());
+        }
+        if !still_connecting(&stream) {
+            return Err(err.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotConnected)));
+        }
         loop {
-            stream.writable().await?;
+            tokio::time::sleep(SOFT_ERROR_POLL).await;
+            if still_connecting(&stream) {
+                continue;
+            }
+            // The handshake ended: a soft error seen on the way no longer matters.
             let err = stream.take_error()?;
-            if stream.peer_addr().is_ok() && err.is_none() {
-                return Ok(());
-            }
-            if !still_connecting(&stream) {
-                return Err(err.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotConnected)));
-            }
-            // Clear the readiness this soft error raised and wait for the next event.
-            let _ = stream.try_io(tokio::io::Interest::WRITABLE, || {
-                Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-            });
+            return match stream.peer_addr() {
+                Ok(_) if is_established(&stream) => Ok(()),
+                _ => Err(err.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotConnected))),
+            };
         }
     };
     match tokio::time::timeout(timeout, wait).await {
         Ok(Ok(())) => Ok(stream),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+/// Whether a socket has completed its handshake (ESTABLISHED, or already past it).
+fn is_established(fd: &impl AsRawFd) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const TCP_ESTABLISHED: u8 = 1;
+        const TCP_CLOSE_WAIT: u8 = 8;
+        tcp_info(fd).is_some_and(|i| matches!(i.tcpi_state, TCP_ESTABLISHED | TCP_CLOSE_WAIT))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        true
     }
 }
 
