@@ -114,14 +114,25 @@ impl Agent {
     /// Registers with the server and starts serving punch orders. Retries while the server is
     /// unreachable; fails at once if the server refuses the registration (e.g. id taken).
     ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), p2pnc::Error> {
-    /// let opts = p2pnc::ExposeOptions::new("http://203.0.113.10:50300", "streamserver", Some("s3cret"))?;
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let server = format!("http://{}", listener.local_addr()?);
+    /// # let stop = tokio_util::sync::CancellationToken::new();
+    /// # tokio::spawn(p2pnc::server::run(listener, Default::default(), stop.clone()));
+    /// use tokio::io::AsyncWriteExt;
+    /// // `server` is the rendezvous server's URL, e.g. "http://203.0.113.10:50300".
+    /// let opts = p2pnc::ExposeOptions::new(&server, "streamserver", Some("s3cret"))?;
     /// let mut agent = p2pnc::Agent::start(opts).await?;
-    /// while let Some(conn) = agent.accept().await {
+    /// # let client = p2pnc::ConnectOptions::new(&server, "streamserver", Some("s3cret"))?;
+    /// # let client = tokio::spawn(async move { p2pnc::connect(&client).await });
+    /// if let Some(mut conn) = agent.accept().await {
     ///     println!("client via {} in {:?}", conn.info.peer_addr, conn.info.setup);
-    ///     // conn.stream is a tokio TcpStream to the client.
+    ///     conn.stream.write_all(b"welcome").await?; // a tokio TcpStream to the client
     /// }
+    /// # client.await??;
+    /// # stop.cancel();
     /// # Ok(()) }
     /// ```
     pub async fn start(opts: ExposeOptions) -> Result<Agent, Error> {

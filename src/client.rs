@@ -70,13 +70,30 @@ pub struct Connection {
 
 /// Connects to the service exposed as `opts.peer`.
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), p2pnc::Error> {
-/// use tokio::io::AsyncWriteExt;
-/// let opts = p2pnc::ConnectOptions::new("http://203.0.113.10:50300", "streamserver", Some("s3cret"))?;
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let server = format!("http://{}", listener.local_addr()?);
+/// # let stop = tokio_util::sync::CancellationToken::new();
+/// # tokio::spawn(p2pnc::server::run(listener, Default::default(), stop.clone()));
+/// # let mut agent = p2pnc::Agent::start(p2pnc::ExposeOptions::new(&server, "streamserver", Some("s3cret"))?).await?;
+/// # tokio::spawn(async move {
+/// #     while let Some(mut a) = agent.accept().await {
+/// #         let (mut r, mut w) = a.stream.split();
+/// #         let _ = tokio::io::copy(&mut r, &mut w).await; // an echo service
+/// #     }
+/// # });
+/// // `server` is the rendezvous server's URL, e.g. "http://203.0.113.10:50300".
+/// let opts = p2pnc::ConnectOptions::new(&server, "streamserver", Some("s3cret"))?;
 /// let mut conn = p2pnc::connect(&opts).await?;
-/// println!("{:?} via {} in {:?}", conn.info.path, conn.info.peer_addr, conn.info.setup);
+/// println!("{} via {} in {:?}", conn.info.path, conn.info.peer_addr, conn.info.setup);
 /// conn.stream.write_all(b"hello").await?;
+/// let mut reply = [0u8; 5];
+/// conn.stream.read_exact(&mut reply).await?;
+/// assert_eq!(&reply, b"hello");
+/// # stop.cancel();
 /// # Ok(()) }
 /// ```
 pub async fn connect(opts: &ConnectOptions) -> Result<Connection, Error> {
