@@ -720,40 +720,42 @@ enum Attempt {
 }
 
 /// One `connect --stdio` session from `client`'s host to `peer`, echoing a small payload.
-fn grid_attempt(lab: &Lab, client: Site, peer: &str, seed: u64) -> Attempt {
+/// The last `n` lines of a log.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// One `connect --stdio` session from `client`'s host to `peer` (served by `agent`), echoing
+/// a small payload.
+fn grid_attempt(lab: &Lab, client: Site, peer: &str, agent: &Proc, seed: u64) -> Attempt {
     let payload = natlab::pattern(seed, GRID_PAYLOAD);
-    let run = lab.connect_stdio(
-        Node::Host(client),
-        peer,
-        Some(SECRET),
-        &payload,
-        Duration::from_secs(30),
-    );
-    let last = run
-        .stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .to_string();
-    if !run.success() {
-        return Attempt::Failed(format!(
-            "exit {:?} after {:?}: {last}",
-            run.status, run.elapsed
-        ));
+    let timeout = Duration::from_secs(20);
+    let run = lab.connect_stdio(Node::Host(client), peer, Some(SECRET), &payload, timeout);
+    let fail = |why: String| {
+        Attempt::Failed(format!(
+            "{why}\nconnect stderr:\n{}\nagent stderr (tail):\n{}",
+            tail(&run.stderr, 8),
+            tail(&agent.stderr(), 8)
+        ))
+    };
+    match run.status {
+        None => return fail(format!("connect did not exit within {timeout:?} (killed)")),
+        Some(s) if !s.success() => return fail(format!("exit {s} after {:?}", run.elapsed)),
+        Some(_) => {}
     }
     if run.stdout != payload {
-        return Attempt::Failed(format!(
+        return fail(format!(
             "echoed {} of {GRID_PAYLOAD} bytes (or different bytes)",
             run.stdout.len()
         ));
     }
     let Some(c) = run.connected(peer) else {
-        return Attempt::Failed(format!("no `connected to` line; last: {last}"));
+        return fail("no `connected to` line".into());
     };
     let want = lab.public_ip(client.other());
     if c.path == "direct" && c.addr.ip() != want {
-        return Attempt::Failed(format!("direct to {}, expected {want}", c.addr));
+        return fail(format!("direct to {}, expected {want}", c.addr));
     }
     Attempt::Ok {
         path: c.path,
@@ -835,7 +837,7 @@ fn grid(out: &mut Out, problems: &mut Vec<String>) {
             let _server = lab.start_server_with(&["--relay"]);
             let svc = SocketAddr::from((Ipv4Addr::LOCALHOST, ECHO_PORT));
             let _echo_b = EchoServer::start(&lab, Node::Host(Site::B), svc);
-            let _agent_b = lab.start_agent(
+            let agent_b = lab.start_agent(
                 Node::Host(Site::B),
                 "svc-b",
                 ECHO_PORT,
@@ -853,9 +855,9 @@ fn grid(out: &mut Out, problems: &mut Vec<String>) {
                 )
             });
             for k in 0..GRID_ATTEMPTS as u64 {
-                cells[i][j].push(grid_attempt(&lab, Site::A, "svc-b", 2 * k));
-                if a_side.is_some() {
-                    cells[j][i].push(grid_attempt(&lab, Site::B, "svc-a", 2 * k + 1));
+                cells[i][j].push(grid_attempt(&lab, Site::A, "svc-b", &agent_b, 2 * k));
+                if let Some((_, agent_a)) = &a_side {
+                    cells[j][i].push(grid_attempt(&lab, Site::B, "svc-a", agent_a, 2 * k + 1));
                 }
             }
             eprintln!(
