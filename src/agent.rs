@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::{self, ControlSocket, ServerUrl};
+use crate::portmap::{self, PortMap};
 use crate::probe;
 use crate::protocol::{
     self, AgentMsg, Auth, ErrorCode, ExposeQuery, Mode, Punch, Role, ServerMsg, SessionKeys,
@@ -60,6 +61,10 @@ pub struct ExposeOptions {
     pub punch_port: u16,
     /// The server's token, if it requires one.
     pub token: Option<String>,
+    /// Ask the local router to forward a public port to the punch port (PCP, NAT-PMP or
+    /// UPnP-IGD) and announce it to the server. Never tried toward a server on a loopback or
+    /// private address.
+    pub port_mapping: bool,
 }
 
 impl std::fmt::Debug for ExposeOptions {
@@ -72,6 +77,7 @@ impl std::fmt::Debug for ExposeOptions {
             .field("punch_ttl", &self.punch_ttl)
             .field("punch_port", &self.punch_port)
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("port_mapping", &self.port_mapping)
             .finish()
     }
 }
@@ -88,6 +94,7 @@ impl ExposeOptions {
             punch_ttl: Some(DEFAULT_PUNCH_TTL),
             punch_port: 0,
             token: None,
+            port_mapping: true,
         })
     }
 }
@@ -107,6 +114,7 @@ pub struct Agent {
     token: CancellationToken,
     tracker: TaskTracker,
     public: SocketAddr,
+    mapped: Option<SocketAddr>,
     stopped: Arc<Mutex<Option<String>>>,
 }
 
@@ -150,6 +158,7 @@ impl Agent {
             }
         };
         let public = registration.public;
+        let mapped = registration.portmap.as_ref().map(|m| m.external);
         let (tx, incoming) = mpsc::channel(ACCEPT_QUEUE);
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -161,13 +170,19 @@ impl Agent {
             accepted: tx,
             replay: Mutex::new(HashMap::new()),
         });
-        tracker.spawn(control_loop(state, registration, token.clone()));
+        tracker.spawn(control_loop(
+            state,
+            registration,
+            token.clone(),
+            tracker.clone(),
+        ));
         tracker.close();
         Ok(Agent {
             incoming,
             token,
             tracker,
             public,
+            mapped,
             stopped,
         })
     }
@@ -186,6 +201,12 @@ impl Agent {
     /// The agent's public endpoint as the server saw it at the first registration.
     pub fn public_addr(&self) -> SocketAddr {
         self.public
+    }
+
+    /// The public endpoint the local router forwarded to the punch port at the first
+    /// registration (PCP, NAT-PMP or UPnP-IGD), if it did.
+    pub fn mapped_addr(&self) -> Option<SocketAddr> {
+        self.mapped
     }
 
     /// Unregisters and waits until every task has stopped.
@@ -234,8 +255,12 @@ struct Registration {
     listener: TcpListener,
     local: SocketAddr,
     public: SocketAddr,
+    /// The router's port mapping of the punch port, not yet kept alive.
+    portmap: Option<PortMap>,
 }
 
+/// Binds a punch port, probes the NAT, maps the port on the router if it can, and registers.
+/// A mapping made for a registration that fails is deleted again.
 async fn register(
     opts: &ExposeOptions,
     server_addr: SocketAddr,
@@ -243,19 +268,93 @@ async fn register(
 ) -> Result<Registration, Error> {
     let listener = net::shared_listener(net::any_addr(&server_addr, port))?;
     let port = listener.local_addr()?.port();
+    let (probe, portmap) = probe_and_map(opts, server_addr, port).await;
+    let mapped = portmap.as_ref().map(|m| m.external);
+    match register_with(opts, server_addr, listener, probe, mapped).await {
+        Ok(reg) => Ok(Registration { portmap, ..reg }),
+        Err(e) => {
+            if let Some(m) = portmap {
+                m.remove_quietly().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The NAT probe from the punch port and, at the same time, a port mapping of it on the
+/// router (bounded by [`portmap::REQUEST_TIMEOUT`]). A probe showing that this host is not
+/// behind a NAT ends the mapping attempt. Returns the probe token (if the probe went through)
+/// and the mapping.
+async fn probe_and_map(
+    opts: &ExposeOptions,
+    server_addr: SocketAddr,
+    port: u16,
+) -> (Option<String>, Option<PortMap>) {
     let shared = net::any_addr(&server_addr, port);
     let token = probe::new_token();
     let probe_addr = probe::probe_addr(server_addr);
-    let probe = match probe::probe(shared, probe_addr, &token).await {
+    let probed = probe::probe(shared, probe_addr, &token);
+    let want = opts.port_mapping && portmap::worth_trying(server_addr.ip());
+    let mapping = async move {
+        if !want {
+            return None;
+        }
+        match PortMap::request(port, portmap::REQUEST_TIMEOUT).await {
+            Ok(m) => {
+                tracing::info!(
+                    "port mapping: {} forwards {} to punch port {} (lease {} s)",
+                    m.protocol,
+                    m.external,
+                    m.internal_port,
+                    m.lifetime.as_secs()
+                );
+                Some(m)
+            }
+            Err(e) => {
+                tracing::info!("no port mapping: {e}");
+                None
+            }
+        }
+    };
+    tokio::pin!(probed, mapping);
+    let mut mapped = None;
+    let seen = loop {
+        tokio::select! {
+            r = &mut probed => break r,
+            m = &mut mapping, if mapped.is_none() => mapped = Some(m),
+        }
+    };
+    let (probe, not_behind_nat) = match seen {
         Ok(seen) => {
             tracing::debug!("NAT probe: {shared} is {seen} toward {probe_addr}");
-            Some(token)
+            let here = net::local_candidates(port, &server_addr)
+                .iter()
+                .any(|a| a.ip() == seen.ip());
+            (Some(token.clone()), here)
         }
         Err(e) => {
             tracing::warn!("NAT probe to {probe_addr} failed ({e}); mapping stays unknown");
-            None
+            (None, false)
         }
     };
+    let portmap = match mapped {
+        Some(m) => m,
+        None if not_behind_nat => None,
+        None => mapping.await,
+    };
+    (probe, portmap)
+}
+
+/// The control connection from the punch port and its first answer.
+async fn register_with(
+    opts: &ExposeOptions,
+    server_addr: SocketAddr,
+    listener: TcpListener,
+    probe: Option<String>,
+    mapped: Option<SocketAddr>,
+) -> Result<Registration, Error> {
+    let port = listener.local_addr()?.port();
+    let shared = net::any_addr(&server_addr, port);
     let query = ExposeQuery {
         id: opts.id.clone(),
         auth: if opts.secret.is_some() {
@@ -269,6 +368,7 @@ async fn register(
             .secret
             .as_deref()
             .map(|s| protocol::owner_credential(s, &opts.id)),
+        mapped,
     };
     let (mut ws, local) = control::open(
         &opts.server,
@@ -291,6 +391,7 @@ async fn register(
             listener,
             local,
             public,
+            portmap: None,
         }),
         Some(ServerMsg::Error { code, message }) => Err(Error::Refused(code, message)),
         Some(other) => Err(Error::Protocol(format!("unexpected message {other:?}"))),
@@ -300,7 +401,12 @@ async fn register(
     }
 }
 
-async fn control_loop(state: Arc<AgentState>, mut reg: Registration, token: CancellationToken) {
+async fn control_loop(
+    state: Arc<AgentState>,
+    mut reg: Registration,
+    token: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         tracing::info!(
             "registered as '{}' (public endpoint {}, punch port {}, NAT mapping {})",
@@ -309,7 +415,24 @@ async fn control_loop(state: Arc<AgentState>, mut reg: Registration, token: Canc
             reg.local.port(),
             reg.mapping
         );
-        if let Some(reason) = serve_registration(&state, reg, &token).await {
+        // The mapping lives as long as this registration: renewed meanwhile, deleted after.
+        let keeper = reg.portmap.take().map(|m| {
+            if m.external.ip() != reg.public.ip() {
+                tracing::warn!(
+                    "the {} mapping {} is not on the public address {} the server sees \
+                     (another NAT in front of the router?); the server will not use it",
+                    m.protocol,
+                    m.external,
+                    reg.public.ip()
+                );
+            }
+            m.keep(&tracker, token.child_token())
+        });
+        let stop = serve_registration(&state, reg, &token).await;
+        if let Some(keeper) = keeper {
+            keeper.release().await;
+        }
+        if let Some(reason) = stop {
             tracing::error!("stopping: {reason}");
             *state.stopped.lock().expect("stopped lock") = Some(reason);
             return;

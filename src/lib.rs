@@ -20,6 +20,7 @@ pub mod demo;
 pub mod metrics;
 pub mod natcheck;
 pub mod net;
+pub mod portmap;
 pub mod probe;
 pub mod protocol;
 pub mod punch;

@@ -173,6 +173,10 @@ struct ExposeArgs {
     /// Local punch port (0: any free port).
     #[arg(long, default_value_t = 0)]
     punch_port: u16,
+    /// Do not ask the local router to forward a port to the punch port (PCP, NAT-PMP,
+    /// UPnP-IGD).
+    #[arg(long)]
+    no_port_mapping: bool,
 }
 
 #[derive(Args)]
@@ -374,6 +378,7 @@ async fn expose(args: ExposeArgs) -> Result<()> {
         punch_ttl: args.punch.ttl(),
         punch_port: args.punch_port,
         token: args.punch.token.clone(),
+        port_mapping: !args.no_port_mapping,
         ..ExposeOptions::new(
             &args.server,
             &args.id,

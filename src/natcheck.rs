@@ -8,11 +8,15 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::control::{SERVER_TIMEOUT, ServerUrl};
+use crate::portmap::{self, Survey};
 use crate::protocol::{MAX_PROBE_LINE, Mapping};
 use crate::{Error, net, probe};
 
 /// How long to wait for the server's dial-back to arrive.
 const DIALBACK_WAIT: Duration = Duration::from_millis(1500);
+/// How long the router gets to answer UPnP-IGD, NAT-PMP and PCP (while the dial-back is
+/// awaited).
+const SURVEY_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// What `nat-check` found.
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +38,9 @@ pub struct Report {
     /// `endpoint-independent` when a connection from a port this host never contacted got
     /// through; `endpoint-dependent` when it did not.
     pub filtering: &'static str,
+    /// Which port mapping protocols the default gateway answered: UPnP-IGD, NAT-PMP, PCP
+    /// (absent when not asked: the server is on a loopback or private address).
+    pub port_mapping: Option<Survey>,
     /// What p2pnc will do with a peer of each kind.
     pub verdict: String,
 }
@@ -59,13 +66,47 @@ impl fmt::Display for Report {
             if self.port_preserved { "yes" } else { "no" }
         )?;
         writeln!(f, "filtering:       {}", self.filtering)?;
+        match &self.port_mapping {
+            Some(s) => writeln!(f, "port mapping:    {s}")?,
+            None => writeln!(
+                f,
+                "port mapping:    not checked (the server is on this network)"
+            )?,
+        }
         writeln!(f, "verdict:         {}", self.verdict)
     }
 }
 
-/// Runs the checks against `server`.
+/// Runs the checks against `server`, and asks the default gateway which port mapping
+/// protocols it speaks meanwhile (only when the server is on a public address).
 pub async fn check(server: &ServerUrl) -> Result<Report, Error> {
     let server_addr = server.resolve().await?;
+    let survey = async {
+        if portmap::worth_trying(server_addr.ip()) {
+            Some(portmap::survey(SURVEY_TIMEOUT).await)
+        } else {
+            None
+        }
+    };
+    let (report, survey) = tokio::join!(measure(server, server_addr), survey);
+    let mut report = report?;
+    if let Some(s) = &survey {
+        let answered = s.answered();
+        if !answered.is_empty() {
+            let names: Vec<String> = answered.iter().map(|p| p.to_string()).collect();
+            report.verdict.push_str(&format!(
+                "; the router answers {}: an agent here maps its punch port there and is \
+                 reachable directly from every peer",
+                names.join(", ")
+            ));
+        }
+    }
+    report.port_mapping = survey;
+    Ok(report)
+}
+
+/// The checks against the server.
+async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<Report, Error> {
     let listener = net::shared_listener(net::any_addr(&server_addr, 0))?;
     let port = listener.local_addr()?.port();
     let shared = net::any_addr(&server_addr, port);
@@ -119,6 +160,7 @@ pub async fn check(server: &ServerUrl) -> Result<Report, Error> {
         } else {
             "endpoint-dependent"
         },
+        port_mapping: None,
         verdict: verdict.to_string(),
     })
 }

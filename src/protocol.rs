@@ -96,6 +96,10 @@ pub struct Punch {
     /// milliseconds unless a direct stream has been proven by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_after_ms: Option<u64>,
+    /// Client only: the public endpoint the agent's router forwards to the agent's punch port
+    /// (a port mapping); it takes connections from anywhere, so try it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_mapped: Option<SocketAddr>,
 }
 
 /// A NAT's mapping behaviour (RFC 4787), as seen through the server's two ports.
@@ -156,6 +160,11 @@ pub enum Strategy {
     BirthdayEasy,
     /// No direct path is possible: only the relay (and LAN candidates) are tried.
     RelayOnly,
+    /// Agent only: its punch port is mapped on its router, and the client connects to that
+    /// mapping. Send nothing toward the peer's public endpoint (such a SYN opens nothing the
+    /// client needs and holds, in the router's connection tracking, the 4-tuple of the client's
+    /// inbound connection after DNAT); take the client's connection on the punch port.
+    Mapped,
 }
 
 impl Strategy {
@@ -339,6 +348,9 @@ pub struct ExposeQuery {
     /// The owner credential (see [`owner_credential`]): proves a restarted agent is the id's
     /// owner. Absent for public agents.
     pub owner: Option<String>,
+    /// The public endpoint the agent's router forwards to its punch port (PCP, NAT-PMP or
+    /// UPnP-IGD), if it got one.
+    pub mapped: Option<SocketAddr>,
 }
 
 /// Parsed query string of `GET /v1/connect`.
@@ -492,11 +504,17 @@ impl ExposeQuery {
     /// Parses the query string of an expose request.
     pub fn parse(query: &str) -> Result<Self, QueryError> {
         let (mut v, mut id, mut auth, mut private) = (None, None, None, Vec::new());
-        let (mut probe, mut owner) = (None, None);
+        let (mut probe, mut owner, mut mapped) = (None, None, None);
         for (k, val) in parse_pairs(query)? {
             match k.as_str() {
                 "probe" if !val.is_empty() => probe = Some(val),
                 "owner" if !val.is_empty() => owner = Some(val),
+                "mapped" if !val.is_empty() => {
+                    mapped = Some(
+                        val.parse::<SocketAddr>()
+                            .map_err(|_| bad(format!("bad mapped address '{val}'")))?,
+                    )
+                }
                 "v" => v = Some(val),
                 "id" => id = Some(val),
                 "auth" => {
@@ -525,6 +543,7 @@ impl ExposeQuery {
             private,
             probe: probe.map(|p| p.to_ascii_lowercase()),
             owner: owner.map(|o| o.to_ascii_lowercase()),
+            mapped,
         })
     }
 
@@ -546,6 +565,10 @@ impl ExposeQuery {
         if let Some(o) = &self.owner {
             q.push_str("&owner=");
             q.push_str(o);
+        }
+        if let Some(m) = &self.mapped {
+            q.push_str("&mapped=");
+            q.push_str(&percent_encode(&m.to_string()));
         }
         q
     }
@@ -781,8 +804,73 @@ mod tests {
             ],
             probe: Some("0a".repeat(16)),
             owner: Some(owner_credential("pw", "stream server/é")),
+            mapped: Some("198.51.100.2:40000".parse().unwrap()),
         };
         assert_eq!(ExposeQuery::parse(&q.to_query()).unwrap(), q);
+        assert!(
+            q.to_query().ends_with("&mapped=198.51.100.2%3A40000"),
+            "{}",
+            q.to_query()
+        );
+        let without = ExposeQuery { mapped: None, ..q };
+        assert!(!without.to_query().contains("mapped"));
+        assert_eq!(ExposeQuery::parse(&without.to_query()).unwrap(), without);
+        // Empty means none; anything else must be one IP:PORT.
+        let base = "v=1&id=a&auth=public&private=";
+        assert_eq!(
+            ExposeQuery::parse(&format!("{base}&mapped="))
+                .unwrap()
+                .mapped,
+            None
+        );
+        let v6 = ExposeQuery::parse(&format!("{base}&mapped=%5B2001%3Adb8%3A%3A1%5D%3A7")).unwrap();
+        assert_eq!(v6.mapped, Some("[2001:db8::1]:7".parse().unwrap()));
+        for bad in ["1.2.3.4", "1.2.3.4:5,6.7.8.9:10", "x:1"] {
+            let err = ExposeQuery::parse(&format!("{base}&mapped={bad}")).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest);
+            assert!(err.message.contains("mapped"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn punch_orders_carry_peer_mapped_only_when_present() {
+        let p = Punch {
+            session: "0f".repeat(16),
+            key: "a5".repeat(32),
+            peer_public: "198.51.100.10:40000".parse().unwrap(),
+            peer_private: vec![],
+            you: "192.0.2.20:51000".parse().unwrap(),
+            mode: Mode::Punch,
+            auth: Auth::Secret,
+            nonce: None,
+            proof: None,
+            strategy: Strategy::Simultaneous,
+            your_mapping: Mapping::EndpointDependent,
+            peer_mapping: Mapping::EndpointDependent,
+            relay_after_ms: None,
+            peer_mapped: Some("198.51.100.10:40001".parse().unwrap()),
+        };
+        let s = encode(&ServerMsg::Punch(p.clone()));
+        assert!(s.contains(r#""peer_mapped":"198.51.100.10:40001""#), "{s}");
+        assert_eq!(
+            decode::<ServerMsg>(&s).unwrap(),
+            ServerMsg::Punch(p.clone())
+        );
+        let none = Punch {
+            peer_mapped: None,
+            ..p.clone()
+        };
+        let s = encode(&ServerMsg::Punch(none.clone()));
+        assert!(!s.contains("peer_mapped"), "{s}");
+        assert_eq!(decode::<ServerMsg>(&s).unwrap(), ServerMsg::Punch(none));
+        let agent = Punch {
+            strategy: Strategy::Mapped,
+            peer_mapped: None,
+            ..p
+        };
+        let s = encode(&ServerMsg::Punch(agent));
+        assert!(s.contains(r#""strategy":"mapped""#), "{s}");
+        assert_eq!(Strategy::Mapped.to_string(), "mapped");
     }
 
     #[test]

@@ -163,7 +163,8 @@ impl PunchPlan {
             .iter()
             .copied()
             .filter(|a| *a != p.peer_public);
-        let mut targets = Vec::new();
+        // A port mapping on the peer's router takes connections from anywhere: first.
+        let mut targets: Vec<SocketAddr> = p.peer_mapped.into_iter().collect();
         let mut birthday = None;
         match p.strategy {
             Strategy::BirthdayHard => {
@@ -179,7 +180,8 @@ impl PunchPlan {
                     probes: EASY_PROBES,
                 })
             }
-            Strategy::RelayOnly => {}
+            Strategy::RelayOnly | Strategy::Mapped => {}
+            _ if targets.contains(&p.peer_public) => {}
             _ => targets.push(p.peer_public),
         }
         targets.extend(private);
@@ -621,6 +623,68 @@ mod tests {
             a.rejected_streams >= 1 || a.waited >= Duration::from_secs(2),
             "{a}"
         );
+    }
+
+    fn order_plan(p: &crate::protocol::Punch, role: Role) -> PunchPlan {
+        let server = ServerUrl::parse("http://203.0.113.10:50300").unwrap();
+        PunchPlan::for_order(Order {
+            punch: p,
+            local: "0.0.0.0:4000".parse().unwrap(),
+            role,
+            proof: Proof::Address,
+            timeout: Duration::from_secs(1),
+            low_ttl: Some(2),
+            server: &server,
+            server_addr: "203.0.113.10:50300".parse().unwrap(),
+        })
+    }
+
+    #[test]
+    fn a_peer_mapping_is_the_first_target_and_a_mapped_agent_sends_nothing_outward() {
+        use crate::protocol::{Auth, Mapping, Mode, Punch, Strategy};
+        let public: SocketAddr = "198.51.100.10:40000".parse().unwrap();
+        let mapped: SocketAddr = "198.51.100.10:40001".parse().unwrap();
+        let lan: SocketAddr = "10.0.1.2:40000".parse().unwrap();
+        let to_client = Punch {
+            session: "0f".repeat(16),
+            key: "a5".repeat(32),
+            peer_public: public,
+            peer_private: vec![lan],
+            you: "192.0.2.20:51000".parse().unwrap(),
+            mode: Mode::Punch,
+            auth: Auth::Secret,
+            nonce: None,
+            proof: None,
+            strategy: Strategy::Simultaneous,
+            your_mapping: Mapping::EndpointDependent,
+            peer_mapping: Mapping::EndpointDependent,
+            relay_after_ms: None,
+            peer_mapped: Some(mapped),
+        };
+        let plan = order_plan(&to_client, Role::Client);
+        assert_eq!(plan.targets, vec![mapped, public, lan]);
+        assert!(plan.birthday.is_none());
+        // The mapping is the public endpoint itself (a router that preserved the port).
+        let same = Punch {
+            peer_mapped: Some(public),
+            ..to_client.clone()
+        };
+        assert_eq!(order_plan(&same, Role::Client).targets, vec![public, lan]);
+        // Without a mapping: as before.
+        let plain = Punch {
+            peer_mapped: None,
+            ..to_client.clone()
+        };
+        assert_eq!(order_plan(&plain, Role::Client).targets, vec![public, lan]);
+        // The agent with a mapping waits for the client: only LAN candidates.
+        let to_agent = Punch {
+            strategy: Strategy::Mapped,
+            peer_mapped: None,
+            ..to_client
+        };
+        let plan = order_plan(&to_agent, Role::Agent);
+        assert_eq!(plan.targets, vec![lan]);
+        assert!(plan.birthday.is_none() && plan.relay.is_none());
     }
 
     #[tokio::test]

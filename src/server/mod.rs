@@ -165,6 +165,9 @@ struct AgentEntry {
     private: Vec<SocketAddr>,
     auth: Auth,
     mapping: Mapping,
+    /// The public endpoint the agent's router forwards to its punch port, when it is on the
+    /// agent's public address.
+    mapped: Option<SocketAddr>,
     /// The owner credential the agent presented, if any.
     owner: Option<String>,
     /// Cancelled when the owner's restart replaces this registration.
@@ -493,6 +496,18 @@ async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> bool {
 
 async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut socket: WebSocket) {
     let mapping = probed_mapping(&state, meta.remote, q.probe.as_deref()).await;
+    // A mapping on another address than the one we see leads nowhere: the router that made
+    // it sits behind another NAT.
+    let mapped = q.mapped.filter(|m| {
+        let usable = m.ip() == meta.remote.ip();
+        if !usable {
+            tracing::info!(
+                id = %q.id, mapped = %m, public = %meta.remote,
+                "ignoring a port mapping that is not on the agent's public address"
+            );
+        }
+        usable
+    });
     let generation = state.generation.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(AGENT_QUEUE);
     let rtt_us = Arc::new(AtomicU64::new(meta.rtt.map_or(0, |d| d.as_micros() as u64)));
@@ -518,6 +533,7 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
                         private: q.private.clone(),
                         auth: q.auth,
                         mapping,
+                        mapped,
                         owner: q.owner.clone(),
                         kick: kick.clone(),
                         since_unix_ms: crate::metrics::now_unix_ms(),
@@ -536,7 +552,10 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
         send(&mut socket, &msg).await;
         return;
     }
-    tracing::info!(id = %q.id, public = %meta.remote, auth = ?q.auth, %mapping, "agent registered");
+    tracing::info!(
+        id = %q.id, public = %meta.remote, auth = ?q.auth, %mapping, mapped = ?mapped,
+        "agent registered"
+    );
     let registered = ServerMsg::Registered {
         id: q.id.clone(),
         public: meta.remote,
@@ -649,11 +668,15 @@ async fn probed_mapping(state: &Shared, control: SocketAddr, token: Option<&str>
     }
 }
 
-/// The strategies of (client, agent), or `None` when no direct path can exist.
-fn strategies(client: Mapping, agent: Mapping) -> Option<(Strategy, Strategy)> {
+/// The strategies of (client, agent), or `None` when no direct path can exist. A port mapping
+/// on the agent's router takes connections from anywhere: unless both NATs are cone (where
+/// the usual punch goes on, the mapping being one more candidate), the client connects to it
+/// and the agent waits.
+fn strategies(client: Mapping, agent: Mapping, agent_mapped: bool) -> Option<(Strategy, Strategy)> {
     use Mapping::EndpointDependent as Hard;
     match (client == Hard, agent == Hard) {
         (false, false) => Some((Strategy::Simultaneous, Strategy::Simultaneous)),
+        _ if agent_mapped => Some((Strategy::Simultaneous, Strategy::Mapped)),
         (true, false) => Some((Strategy::BirthdayHard, Strategy::BirthdayEasy)),
         (false, true) => Some((Strategy::BirthdayEasy, Strategy::BirthdayHard)),
         (true, true) => None,
@@ -799,6 +822,7 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
                 a.auth,
                 a.mapping,
                 Duration::from_micros(a.rtt_us.load(Ordering::Relaxed)),
+                a.mapped,
             )
         })
     };
@@ -812,7 +836,8 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         strategy: Strategy::Simultaneous,
         done: false,
     };
-    let Some((agent_tx, agent_public, agent_private, auth, agent_mapping, agent_rtt)) = agent
+    let Some((agent_tx, agent_public, agent_private, auth, agent_mapping, agent_rtt, agent_mapped)) =
+        agent
     else {
         let message = format!("peer '{}' is not online", q.peer);
         return refuse(&mut socket, &mut tally, ErrorCode::PeerOffline, message).await;
@@ -820,8 +845,10 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
     // Private candidates only help peers behind the same NAT; elsewhere they would send SYNs
     // into unrelated networks.
     let same_nat = agent_public.ip() == meta.remote.ip();
+    // Plain mode keeps to the seed's single connect toward the agent's public endpoint.
+    let agent_mapped = agent_mapped.filter(|_| q.mode == Mode::Punch);
     let direct = match q.mode {
-        Mode::Punch => strategies(client_mapping, agent_mapping),
+        Mode::Punch => strategies(client_mapping, agent_mapping, agent_mapped.is_some()),
         Mode::Plain => Some((Strategy::Simultaneous, Strategy::Simultaneous)),
     };
     let relay_after = match (&state.relay, direct, q.mode) {
@@ -855,6 +882,7 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         your_mapping: agent_mapping,
         peer_mapping: client_mapping,
         relay_after_ms: relay_after,
+        peer_mapped: None,
     };
     let to_client = ServerMsg::Punch(Punch {
         session: session.clone(),
@@ -870,11 +898,12 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         your_mapping: client_mapping,
         peer_mapping: agent_mapping,
         relay_after_ms: relay_after,
+        peer_mapped: agent_mapped,
     });
     tracing::info!(
         %session, peer = %q.peer, client = %meta.remote, mode = ?q.mode,
         %client_mapping, %agent_mapping, strategy = %client_strategy, relay = ?relay_after,
-        "session"
+        mapped = ?agent_mapped, "session"
     );
 
     if agent_tx.try_send(ServerMsg::Punch(to_agent)).is_err() {
@@ -1034,4 +1063,35 @@ async fn relay_join(
         .header(axum::http::header::UPGRADE, relay::UPGRADE_TOKEN)
         .body(axum::body::Body::empty())
         .expect("static response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapped_agent_is_reached_directly_whatever_the_nats() {
+        use Mapping::{EndpointDependent as Hard, EndpointIndependent as Easy, Unknown};
+        use Strategy::*;
+        let table = [
+            // Without a mapping: the table of docs/protocol.md.
+            (Easy, Easy, false, Some((Simultaneous, Simultaneous))),
+            (Unknown, Easy, false, Some((Simultaneous, Simultaneous))),
+            (Hard, Easy, false, Some((BirthdayHard, BirthdayEasy))),
+            (Easy, Hard, false, Some((BirthdayEasy, BirthdayHard))),
+            (Hard, Hard, false, None),
+            // With one: the client connects to it and the agent waits, unless both are cones.
+            (Easy, Easy, true, Some((Simultaneous, Simultaneous))),
+            (Hard, Easy, true, Some((Simultaneous, Mapped))),
+            (Easy, Hard, true, Some((Simultaneous, Mapped))),
+            (Hard, Hard, true, Some((Simultaneous, Mapped))),
+        ];
+        for (client, agent, mapped, want) in table {
+            assert_eq!(
+                strategies(client, agent, mapped),
+                want,
+                "{client} {agent} {mapped}"
+            );
+        }
+    }
 }

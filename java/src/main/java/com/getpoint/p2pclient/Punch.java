@@ -119,7 +119,11 @@ final class Punch {
         Message order = control.order;
         final HostTuple peerPublic = order.address("peer_public");
         String strategy = order.text("strategy") == null ? "simultaneous" : order.text("strategy");
-        if (strategy.equals("simultaneous")) {
+        // A port mapping on the agent's router takes connections from anywhere: first.
+        if (order.text("peer_mapped") != null) {
+            targets.add(order.address("peer_mapped"));
+        }
+        if (strategy.equals("simultaneous") && !targets.contains(peerPublic)) {
             targets.add(peerPublic);
         }
         for (HostTuple a : order.addresses("peer_private")) {
