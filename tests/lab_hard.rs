@@ -18,7 +18,6 @@ use natlab::{
 };
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -86,9 +85,8 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// `p2pnc -v connect --server URL --peer PEER --secret SECRET --stdio` on `node`: writes
-/// `payload` to stdin (then closes it), collects stdout until EOF, waits up to `timeout` for
-/// the exit (killing it after that). `-v` makes the client log its punch order.
+/// `p2pnc -v connect ... --secret SECRET --stdio` on `node` (`-v` makes the client log its
+/// punch order).
 fn connect_stdio(
     lab: &Lab,
     node: Node,
@@ -96,43 +94,7 @@ fn connect_stdio(
     payload: &[u8],
     timeout: Duration,
 ) -> ConnectRun {
-    let url = server_url();
-    let args = [
-        "-v", "connect", "--server", &url, "--peer", peer, "--secret", SECRET, "--stdio",
-    ];
-    let start = Instant::now();
-    let mut p = lab.spawn_with(
-        node,
-        &format!("connect-{peer}"),
-        p2pnc_bin(),
-        &args,
-        true,
-        true,
-    );
-    let mut stdin = p.take_stdin().expect("piped stdin");
-    let mut stdout = p.take_stdout().expect("piped stdout");
-    let (status, out) = thread::scope(|s| {
-        s.spawn(move || {
-            let _ = stdin.write_all(payload);
-            drop(stdin);
-        });
-        let reader = s.spawn(move || {
-            let mut out = Vec::new();
-            let _ = stdout.read_to_end(&mut out);
-            out
-        });
-        let status = p.wait_timeout(timeout);
-        if status.is_none() {
-            p.kill();
-        }
-        (status, reader.join().expect("stdout reader"))
-    });
-    ConnectRun {
-        status,
-        stdout: out,
-        stderr: p.stderr(),
-        elapsed: start.elapsed(),
-    }
+    lab.connect_stdio_with(node, peer, Some(SECRET), payload, timeout, &["-v"])
 }
 
 /// The `punch order` debug line of a client run with `-v`: (strategy, mine, peer).

@@ -376,6 +376,25 @@ impl Shared {
         }
     }
 
+    /// The refusal of an expose or connect request that lacks the token or comes too fast.
+    fn admission_refusal(
+        &self,
+        headers: &axum::http::HeaderMap,
+        from: SocketAddr,
+        rate: &RateLimiter,
+        what: &str,
+    ) -> Option<Response> {
+        if let Some(refused) = self.token_refusal(headers) {
+            return Some(refused);
+        }
+        (!rate.allow(from.ip())).then(|| {
+            self.reject(
+                ErrorCode::RateLimited,
+                format!("too many {what}; slow down"),
+            )
+        })
+    }
+
     /// Refuses a request before any upgrade, counting it.
     fn reject(&self, code: ErrorCode, message: String) -> Response {
         self.metrics.rejected(&code.to_string());
@@ -456,14 +475,10 @@ async fn expose(
     headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Some(refused) = state.token_refusal(&headers) {
+    if let Some(refused) =
+        state.admission_refusal(&headers, meta.remote, &state.expose_rate, "registrations")
+    {
         return refused;
-    }
-    if !state.expose_rate.allow(meta.remote.ip()) {
-        return state.reject(
-            ErrorCode::RateLimited,
-            "too many registrations; slow down".into(),
-        );
     }
     let q = match ExposeQuery::parse(query.as_deref().unwrap_or("")) {
         Ok(q) => q,
@@ -710,14 +725,13 @@ async fn connect(
     headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Some(refused) = state.token_refusal(&headers) {
+    if let Some(refused) = state.admission_refusal(
+        &headers,
+        meta.remote,
+        &state.connect_rate,
+        "connect requests",
+    ) {
         return refused;
-    }
-    if !state.connect_rate.allow(meta.remote.ip()) {
-        return state.reject(
-            ErrorCode::RateLimited,
-            "too many connect requests; slow down".into(),
-        );
     }
     let q = match ConnectQuery::parse(query.as_deref().unwrap_or("")) {
         Ok(q) => q,

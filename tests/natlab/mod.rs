@@ -2058,8 +2058,22 @@ impl Lab {
         payload: &[u8],
         timeout: Duration,
     ) -> ConnectRun {
+        self.connect_stdio_with(node, peer, secret, payload, timeout, &[])
+    }
+
+    /// [`Lab::connect_stdio`] with extra leading arguments (e.g. `-v`).
+    pub fn connect_stdio_with(
+        &self,
+        node: Node,
+        peer: &str,
+        secret: Option<&str>,
+        payload: &[u8],
+        timeout: Duration,
+        extra: &[&str],
+    ) -> ConnectRun {
         let url = server_url();
-        let mut args = vec!["connect", "--server", &url, "--peer", peer, "--stdio"];
+        let mut args = extra.to_vec();
+        args.extend(["connect", "--server", &url, "--peer", peer, "--stdio"]);
         if let Some(s) = secret {
             args.extend(["--secret", s]);
         }
