@@ -108,6 +108,7 @@ impl Echo {
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((mut s, _)) = listener.accept().await {
+                while conns.try_join_next().is_some() {}
                 c.fetch_add(1, Ordering::SeqCst);
                 let b = b.clone();
                 conns.spawn(async move {
@@ -149,6 +150,7 @@ pub async fn expose(
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         while let Some(mut a) = agent.accept().await {
+            while conns.try_join_next().is_some() {}
             conns.spawn(async move {
                 let mut s = tokio::net::TcpStream::connect(service).await.unwrap();
                 let _ = p2pnc::forward(&mut a.stream, &mut s).await;
