@@ -20,12 +20,16 @@ impl Drop for Proc {
     }
 }
 
+/// A free port P whose neighbour P + 1 (the server's NAT probe port) is free too.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..50 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no pair of free consecutive ports on 127.0.0.1");
 }
 
 /// Starts `p2pnc server` on a free loopback port and waits until it answers.

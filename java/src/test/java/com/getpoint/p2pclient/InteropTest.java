@@ -124,10 +124,23 @@ public class InteropTest {
         return f;
     }
 
+    /** A free port P whose neighbour P + 1 (the server's NAT probe port) is free too. */
     private static int freePort() throws IOException {
-        try (ServerSocket s = new ServerSocket(0, 1, InetAddress.getByName("127.0.0.1"))) {
-            return s.getLocalPort();
+        InetAddress lo = InetAddress.getByName("127.0.0.1");
+        for (int i = 0; i < 50; i++) {
+            try (ServerSocket s = new ServerSocket(0, 1, lo)) {
+                int port = s.getLocalPort();
+                if (port == 65535) {
+                    continue;
+                }
+                try (ServerSocket next = new ServerSocket(port + 1, 1, lo)) {
+                    return port;
+                } catch (IOException taken) {
+                    // try another pair
+                }
+            }
         }
+        throw new IOException("no pair of free consecutive ports on 127.0.0.1");
     }
 
     private void spawn(String... args) throws IOException {
