@@ -259,59 +259,29 @@ pub struct SiteAddrs {
 impl SiteAddrs {
     pub fn for_site(site: Site, nat: Nat) -> SiteAddrs {
         let public = nat == Nat::None;
-        match site {
-            Site::A => SiteAddrs {
-                inet_side: Ipv4Addr::new(198, 51, 100, 1),
-                wan: Ipv4Addr::new(198, 51, 100, 10),
-                wan_prefix: 25,
-                lan_router: if public {
-                    Ipv4Addr::new(198, 51, 100, 129)
-                } else {
-                    Ipv4Addr::new(10, 0, 1, 1)
-                },
-                host: if public {
-                    Ipv4Addr::new(198, 51, 100, 130)
-                } else {
-                    Ipv4Addr::new(10, 0, 1, 2)
-                },
-                host2: if public {
-                    Ipv4Addr::new(198, 51, 100, 131)
-                } else {
-                    Ipv4Addr::new(10, 0, 1, 3)
-                },
-                lan_net: if public {
-                    Ipv4Addr::new(198, 51, 100, 128)
-                } else {
-                    Ipv4Addr::new(10, 0, 1, 0)
-                },
-                lan_prefix: if public { 25 } else { 24 },
-            },
-            Site::B => SiteAddrs {
-                inet_side: Ipv4Addr::new(192, 0, 2, 1),
-                wan: Ipv4Addr::new(192, 0, 2, 20),
-                wan_prefix: 25,
-                lan_router: if public {
-                    Ipv4Addr::new(192, 0, 2, 129)
-                } else {
-                    Ipv4Addr::new(10, 0, 2, 1)
-                },
-                host: if public {
-                    Ipv4Addr::new(192, 0, 2, 130)
-                } else {
-                    Ipv4Addr::new(10, 0, 2, 2)
-                },
-                host2: if public {
-                    Ipv4Addr::new(192, 0, 2, 131)
-                } else {
-                    Ipv4Addr::new(10, 0, 2, 3)
-                },
-                lan_net: if public {
-                    Ipv4Addr::new(192, 0, 2, 128)
-                } else {
-                    Ipv4Addr::new(10, 0, 2, 0)
-                },
-                lan_prefix: if public { 25 } else { 24 },
-            },
+        // Site A's internet side is 198.51.100.0/25 and its LAN 10.0.1.0/24; site B's are
+        // 192.0.2.0/25 and 10.0.2.0/24. A public site's "LAN" is the upper half of its /24.
+        let (net, wan_last, lan3) = match site {
+            Site::A => ([198, 51, 100], 10, 1),
+            Site::B => ([192, 0, 2], 20, 2),
+        };
+        let inet = |last| Ipv4Addr::new(net[0], net[1], net[2], last);
+        let pick = |public_last, lan_last| {
+            if public {
+                inet(public_last)
+            } else {
+                Ipv4Addr::new(10, 0, lan3, lan_last)
+            }
+        };
+        SiteAddrs {
+            inet_side: inet(1),
+            wan: inet(wan_last),
+            wan_prefix: 25,
+            lan_router: pick(129, 1),
+            host: pick(130, 2),
+            host2: pick(131, 3),
+            lan_net: pick(128, 0),
+            lan_prefix: if public { 25 } else { 24 },
         }
     }
 }
