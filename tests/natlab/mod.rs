@@ -1236,6 +1236,22 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Sets SO_REUSEADDR and SO_REUSEPORT on `fd` and binds it to `local`.
+fn bind_reuse(fd: libc::c_int, local: SocketAddrV4) -> io::Result<()> {
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    let sa = sockaddr_v4(local);
+    // SAFETY: bind our own socket with a valid sockaddr_in.
+    cvt(unsafe {
+        libc::bind(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of_val(&sa) as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 fn sockaddr_v4(a: SocketAddrV4) -> libc::sockaddr_in {
     // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
     let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -1291,17 +1307,7 @@ pub fn start_connect(
         set_int_opt(fd, libc::IPPROTO_IP, libc::IP_RECVERR, 1)?;
     }
     if let Some(local) = local {
-        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-        let l = sockaddr_v4(local);
-        // SAFETY: bind with a valid sockaddr_in.
-        cvt(unsafe {
-            libc::bind(
-                fd,
-                &l as *const _ as *const libc::sockaddr,
-                std::mem::size_of_val(&l) as libc::socklen_t,
-            )
-        })?;
+        bind_reuse(fd, local)?;
     }
     if let Some(ttl) = first_ttl {
         set_int_opt(fd, libc::IPPROTO_IP, libc::IP_TTL, ttl as libc::c_int)?;
@@ -1432,17 +1438,8 @@ pub fn reuse_listener(local: SocketAddrV4) -> io::Result<TcpListener> {
         cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: fd is a fresh socket nobody else owns.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-    let sa = sockaddr_v4(local);
-    // SAFETY: bind and listen on our own socket with a valid sockaddr_in.
-    cvt(unsafe {
-        libc::bind(
-            fd,
-            &sa as *const _ as *const libc::sockaddr,
-            std::mem::size_of_val(&sa) as libc::socklen_t,
-        )
-    })?;
+    bind_reuse(fd, local)?;
+    // SAFETY: listen on our own bound socket.
     cvt(unsafe { libc::listen(fd, 128) })?;
     Ok(listener)
 }
