@@ -648,6 +648,7 @@ async fn session(
             Mode::Plain => PLAIN_WINDOW,
         },
         low_ttl: state.opts.punch_ttl,
+        early: None,
         server: &state.opts.server,
         server_addr: state.server_addr,
     });

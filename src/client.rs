@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::control::{self, ServerUrl};
 use crate::probe;
 use crate::protocol::{self, Auth, ClientMsg, ConnectQuery, Mode, Role, ServerMsg, SessionKeys};
-use crate::punch::{self, Inbound, Order, Proof, PunchPlan};
+use crate::punch::{self, EarlyData, Inbound, Order, Proof, PunchPlan};
 use crate::{ConnectionInfo, Error, net};
 
 /// What to connect to.
@@ -30,6 +30,10 @@ pub struct ConnectOptions {
     pub punch_ttl: Option<u32>,
     /// The server's token, if it requires one.
     pub token: Option<String>,
+    /// Bytes to send with the selection of the stream, before the agent's hello arrived: saves
+    /// a round trip on the first byte (see [`EarlyData`]). `None` waits for the agent's hello
+    /// before anything is sent.
+    pub early_data: Option<EarlyData>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -41,6 +45,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("punch_timeout", &self.punch_timeout)
             .field("punch_ttl", &self.punch_ttl)
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("early_data", &self.early_data)
             .finish()
     }
 }
@@ -55,6 +60,7 @@ impl ConnectOptions {
             punch_timeout: punch::DEFAULT_PUNCH_TIMEOUT,
             punch_ttl: Some(punch::DEFAULT_LOW_TTL),
             token: None,
+            early_data: None,
         })
     }
 }
@@ -101,6 +107,47 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, Error> {
     let server_addr = opts.server.resolve().await?;
     let nonce = hex::encode(rand::random::<[u8; 16]>());
     connect_with(opts, server_addr, nonce, started).await
+}
+
+/// Most bytes [`connect_early`] reads ahead from the local side.
+pub const EARLY_DATA_MAX: usize = 64 * 1024;
+
+/// Connects like [`connect`] while reading what `local` already sends (up to
+/// [`EARLY_DATA_MAX`] bytes), so that those bytes leave with the stream's selection instead of
+/// a round trip later (see [`EarlyData`]). Every byte read from `local` is written to the
+/// returned stream, in order; a byte from the peer reaches the caller only after the agent's
+/// hello was checked. For forwarding a local connection or stdin: carry on with
+/// [`crate::forward`] on the same `local`.
+pub async fn connect_early<R>(opts: &ConnectOptions, local: &mut R) -> Result<Connection, Error>
+where
+    R: tokio::io::AsyncRead + Unpin + ?Sized,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let early = EarlyData::new();
+    let opts = ConnectOptions {
+        early_data: Some(early.clone()),
+        ..opts.clone()
+    };
+    let connecting = connect(&opts);
+    tokio::pin!(connecting);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut local_open = true;
+    let result = loop {
+        tokio::select! {
+            result = &mut connecting => break result,
+            n = local.read(&mut buf), if local_open && early.len() < EARLY_DATA_MAX => match n {
+                Ok(n) if n > 0 => early.push(&buf[..n]),
+                // EOF or an error: the forwarding that follows meets it again.
+                _ => local_open = false,
+            },
+        }
+    };
+    let mut conn = result?;
+    let rest = early.take();
+    if !rest.is_empty() {
+        conn.stream.write_all(&rest).await?;
+    }
+    Ok(conn)
 }
 
 async fn connect_with(
@@ -187,6 +234,7 @@ async fn connect_with(
         low_ttl: opts.punch_ttl,
         server: &opts.server,
         server_addr,
+        early: opts.early_data.clone(),
     });
     tracing::debug!(
         strategy = %punch.strategy, mine = %punch.your_mapping, peer = %punch.peer_mapping,

@@ -32,9 +32,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use agent::{Accepted, Agent, ExposeOptions};
-pub use client::{ConnectOptions, Connection, connect};
+pub use client::{ConnectOptions, Connection, connect, connect_early};
 pub use control::ServerUrl;
 use protocol::ErrorCode;
+pub use punch::EarlyData;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How a stream reached its peer.

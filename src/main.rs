@@ -496,11 +496,13 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         punch_timeout: args.punch.timeout()?,
         punch_ttl: args.punch.ttl(),
         token: args.punch.token.clone(),
+        early_data: None,
     };
     if args.stdio {
-        let mut conn = p2pnc::connect(&opts).await?;
-        report(&opts.peer, &conn.info);
+        // What is already on stdin leaves with the stream's first packet.
         let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+        let mut conn = p2pnc::connect_early(&opts, &mut stdio).await?;
+        report(&opts.peer, &conn.info);
         p2pnc::forward(&mut conn.stream, &mut stdio).await?;
         return Ok(());
     }
@@ -526,7 +528,7 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         let opts = opts.clone();
         tasks.spawn(async move {
             let _ = local.set_nodelay(true);
-            match p2pnc::connect(&opts).await {
+            match p2pnc::connect_early(&opts, &mut local).await {
                 Ok(mut conn) => {
                     report(&opts.peer, &conn.info);
                     if let Err(e) = p2pnc::forward(&mut local, &mut conn.stream).await {

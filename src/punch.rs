@@ -8,10 +8,18 @@
 //!    [`SELECT`] and uses that stream; it drops every other;
 //! 3. the agent uses the first stream whose client hello verifies *and* that carries the
 //!    selection byte; only then does it forward anything to the service.
+//!
+//! With [`EarlyData`], the client saves the round trip of waiting for the agent's hello: on the
+//! first stream to the agent's public (or port-mapped) endpoint it writes its hello, the
+//! selection byte and the early bytes at once, then checks the agent's hello before it hands
+//! the stream out. Nothing the peer sent reaches the caller before that check, and the agent's
+//! side is unchanged. If the check fails, the early bytes are sent again, after the selection
+//! byte, on the next proven stream.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,6 +100,94 @@ pub struct RelayPlan {
     pub after: Duration,
 }
 
+/// Bytes a client sends right behind its selection byte, before the agent's hello arrived (see
+/// the module docs). The caller may keep pushing bytes while the punch runs (e.g. what a local
+/// application already wrote); the engine takes what is there when it commits to a stream, and
+/// whatever is still here afterwards is the caller's to send.
+#[derive(Clone, Default)]
+pub struct EarlyData {
+    buf: Arc<Mutex<Vec<u8>>>,
+}
+
+impl fmt::Debug for EarlyData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EarlyData({} bytes)", self.len())
+    }
+}
+
+impl EarlyData {
+    /// An empty buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes to send.
+    pub fn push(&self, bytes: &[u8]) {
+        self.buf
+            .lock()
+            .expect("early data lock")
+            .extend_from_slice(bytes);
+    }
+
+    /// Takes every byte not sent yet.
+    pub fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.buf.lock().expect("early data lock"))
+    }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.buf.lock().expect("early data lock").len()
+    }
+
+    /// Whether no byte is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A client's commitment to one stream before the agent's hello (see [`EarlyData`]).
+struct Commit {
+    /// Endpoints worth committing to: the agent's public and port-mapped ones, never private
+    /// addresses (they may belong to another host) nor birthday guesses.
+    targets: Vec<SocketAddr>,
+    early: EarlyData,
+    /// Whether a committed stream is waiting for the agent's hello, and bytes of a failed
+    /// commitment that must be sent again.
+    state: Mutex<(bool, Vec<u8>)>,
+}
+
+impl Commit {
+    /// Commits to a stream unless another commitment is pending: the bytes to send after the
+    /// selection byte.
+    fn try_commit(&self) -> Option<Vec<u8>> {
+        let mut state = self.state.lock().expect("commit lock");
+        if state.0 {
+            return None;
+        }
+        state.0 = true;
+        let mut bytes = std::mem::take(&mut state.1);
+        bytes.extend(self.early.take());
+        Some(bytes)
+    }
+
+    /// The committed stream failed: its bytes must go out again on another stream.
+    fn fail(&self, sent: Vec<u8>) {
+        let mut state = self.state.lock().expect("commit lock");
+        *state = (false, sent);
+    }
+
+    fn pending(&self) -> bool {
+        self.state.lock().expect("commit lock").0
+    }
+
+    /// Every byte still to send, for a stream selected the conservative way.
+    fn take_all(&self) -> Vec<u8> {
+        let mut bytes = std::mem::take(&mut self.state.lock().expect("commit lock").1);
+        bytes.extend(self.early.take());
+        bytes
+    }
+}
+
 /// A stream that reached the engine from outside: accepted on the punch port.
 pub struct Inbound {
     /// The accepted stream.
@@ -131,6 +227,8 @@ pub struct PunchPlan {
     pub birthday: Option<Birthday>,
     /// The relay fallback, when the server offers one.
     pub relay: Option<RelayPlan>,
+    /// The client's early data, and the endpoints it may be sent to before the agent's hello.
+    pub early: Option<(EarlyData, Vec<SocketAddr>)>,
 }
 
 /// Where a plan comes from: one end's view of a punch order.
@@ -151,6 +249,8 @@ pub struct Order<'a> {
     pub server: &'a ServerUrl,
     /// The server's resolved address.
     pub server_addr: SocketAddr,
+    /// The client's early data (see [`EarlyData`]); ignored for the agent.
+    pub early: Option<EarlyData>,
 }
 
 impl PunchPlan {
@@ -184,6 +284,12 @@ impl PunchPlan {
             _ if targets.contains(&p.peer_public) => {}
             _ => targets.push(p.peer_public),
         }
+        // Before private candidates are added: only public and mapped endpoints are trusted
+        // with early data.
+        let early = match (o.role, o.early) {
+            (Role::Client, Some(early)) => Some((early, targets.clone())),
+            _ => None,
+        };
         targets.extend(private);
         PunchPlan {
             local: o.local,
@@ -202,6 +308,7 @@ impl PunchPlan {
                 role: o.role,
                 after: Duration::from_millis(ms),
             }),
+            early,
         }
     }
 }
@@ -215,6 +322,8 @@ pub struct Punched {
     pub peer: SocketAddr,
     /// Whether the stream runs through the server's relay.
     pub relayed: bool,
+    /// Whether the client already wrote its selection byte (and early data) on it.
+    selected: bool,
 }
 
 impl Punched {
@@ -288,6 +397,15 @@ pub async fn run(
         deadline = deadline.max(started + r.after + RELAY_GRACE);
     }
     let mut failure = PunchFailure::default();
+    let commit = plan.early.clone().map(|(early, targets)| {
+        Arc::new(Commit {
+            targets,
+            early,
+            state: Mutex::new((false, Vec::new())),
+        })
+    });
+    // Streams proven while a committed one waits for the agent's hello.
+    let mut standby: Vec<Punched> = Vec::new();
     let mut dialers: JoinSet<()> = JoinSet::new();
     let mut handshakes: JoinSet<Result<Punched, String>> = JoinSet::new();
     let (event_tx, mut events) = mpsc::channel::<Event>(plan.targets.len().max(1) * 4 + 16);
@@ -330,14 +448,15 @@ pub async fn run(
                     let stream = relay::join(&r.server, r.server_addr, &r.session, r.role)
                         .await
                         .map_err(|e| format!("relay: {e}"))?;
-                    let mut p = handshake(stream, None, proof, deadline).await?;
+                    let mut p = handshake(stream, None, proof, deadline, None).await?;
                     p.relayed = true;
                     Ok(p)
                 });
             }
             Some(ev) = events.recv() => match ev {
                 Event::Connected(target, stream) => {
-                    handshakes.spawn(handshake(stream, None, plan.proof.clone(), deadline));
+                    let (proof, commit) = (plan.proof.clone(), commit.clone());
+                    handshakes.spawn(handshake(stream, None, proof, deadline, commit));
                     failure.attempts.remove(&target);
                 }
                 Event::Failed(target, err) => {
@@ -348,38 +467,62 @@ pub async fn run(
             },
             got = inbound.recv(), if inbound_open => match got {
                 Some(i) => {
-                    handshakes.spawn(handshake(i.stream, i.hello, plan.proof.clone(), deadline));
+                    let (proof, commit) = (plan.proof.clone(), commit.clone());
+                    handshakes.spawn(handshake(i.stream, i.hello, proof, deadline, commit));
                 }
                 None => inbound_open = false,
             },
-            Some(done) = handshakes.join_next() => match done {
-                Ok(Ok(mut punched)) => {
-                    // The client selects exactly one stream: the first proven one.
-                    let selected = match &plan.proof {
-                        Proof::Hello { role: Role::Client, .. } => {
-                            punched.stream.write_all(&[SELECT]).await.map_err(|e| e.to_string())
-                        }
-                        _ => Ok(()),
-                    };
-                    match selected {
-                        Ok(()) => return Ok(punched),
+            Some(done) = handshakes.join_next() => {
+                match done {
+                    Ok(Ok(punched)) if punched.selected => return Ok(punched),
+                    Ok(Ok(punched)) => standby.push(punched),
+                    Ok(Err(why)) if why.starts_with("relay") => failure.relay = Some(why),
+                    Ok(Err(why)) => {
+                        tracing::debug!("punched stream rejected: {why}");
+                        failure.rejected_streams += 1;
+                    }
+                    Err(e) => tracing::warn!("handshake task failed: {e}"),
+                }
+                // A proven stream is used unless a committed one may still win.
+                while commit.as_ref().is_none_or(|c| !c.pending()) && !standby.is_empty() {
+                    let punched = standby.remove(0);
+                    match select(punched, &plan.proof, commit.as_deref()).await {
+                        Ok(p) => return Ok(p),
                         Err(why) => {
                             tracing::debug!("selected stream failed: {why}");
                             failure.rejected_streams += 1;
                         }
                     }
                 }
-                Ok(Err(why)) if why.starts_with("relay") => failure.relay = Some(why),
-                Ok(Err(why)) => {
-                    tracing::debug!("punched stream rejected: {why}");
-                    failure.rejected_streams += 1;
-                }
-                Err(e) => tracing::warn!("handshake task failed: {e}"),
-            },
+            }
         }
     }
     failure.waited = started.elapsed();
     Err(failure)
+}
+
+/// The client selects exactly one stream: the first proven one, unless it committed to one
+/// before (see [`EarlyData`]).
+async fn select(
+    mut punched: Punched,
+    proof: &Proof,
+    commit: Option<&Commit>,
+) -> Result<Punched, String> {
+    if let Proof::Hello {
+        role: Role::Client, ..
+    } = proof
+    {
+        let mut msg = vec![SELECT];
+        if let Some(c) = commit {
+            msg.extend(c.take_all());
+        }
+        punched
+            .stream
+            .write_all(&msg)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(punched)
 }
 
 /// Runs the hard or easy side of a birthday punch; reports only connections.
@@ -487,12 +630,15 @@ fn short_error(e: &std::io::Error) -> String {
     }
 }
 
-/// Proves one stream. The deadline bounds every read.
+/// Proves one stream. The deadline bounds every read. A client with early data commits to the
+/// stream at once when it leads to one of the commit's targets and no other commitment is
+/// pending.
 async fn handshake(
     mut stream: TcpStream,
     peer_hello: Option<[u8; HELLO_LEN]>,
     proof: Proof,
     deadline: Instant,
+    commit: Option<Arc<Commit>>,
 ) -> Result<Punched, String> {
     let peer = stream.peer_addr().map_err(|e| e.to_string())?;
     let (role, keys) = match proof {
@@ -501,12 +647,21 @@ async fn handshake(
                 stream,
                 peer,
                 relayed: false,
+                selected: false,
             });
         }
         Proof::Hello { role, keys } => (role, keys),
     };
+    let commit = commit.filter(|c| role == Role::Client && c.targets.contains(&peer));
+    let mut committed: Option<Vec<u8>> = None;
     let work = async {
-        stream.write_all(&keys.hello(role)).await?;
+        let mut first = keys.hello(role).to_vec();
+        if let Some(bytes) = commit.as_ref().and_then(|c| c.try_commit()) {
+            first.push(SELECT);
+            first.extend_from_slice(&bytes);
+            committed = Some(bytes);
+        }
+        stream.write_all(&first).await?;
         let hello = match peer_hello {
             Some(h) => h,
             None => {
@@ -524,16 +679,22 @@ async fn handshake(
         }
         Ok::<_, std::io::Error>(Ok(()))
     };
-    match tokio::time::timeout_at(deadline, work).await {
-        Ok(Ok(Ok(()))) => Ok(Punched {
-            stream,
-            peer,
-            relayed: false,
-        }),
+    let result = match tokio::time::timeout_at(deadline, work).await {
+        Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(why))) => Err(why),
         Ok(Err(e)) => Err(format!("{peer}: {e}")),
         Err(_) => Err(format!("{peer}: handshake timed out")),
+    };
+    let selected = committed.is_some();
+    if let (Err(_), Some(c), Some(sent)) = (&result, &commit, committed) {
+        c.fail(sent);
     }
+    result.map(|()| Punched {
+        stream,
+        peer,
+        relayed: false,
+        selected,
+    })
 }
 
 /// Reads a hello from a freshly accepted stream, within `timeout`.
@@ -592,6 +753,7 @@ mod tests {
             proof: Proof::Hello { role, keys },
             birthday: None,
             relay: None,
+            early: None,
         };
         let out = tokio::join!(
             run(plan(a, b, Role::Client, client_keys), ra, || {}),
@@ -636,6 +798,7 @@ mod tests {
             low_ttl: Some(2),
             server: &server,
             server_addr: "203.0.113.10:50300".parse().unwrap(),
+            early: Some(EarlyData::new()),
         })
     }
 
@@ -663,6 +826,12 @@ mod tests {
         };
         let plan = order_plan(&to_client, Role::Client);
         assert_eq!(plan.targets, vec![mapped, public, lan]);
+        let (_, commit_to) = plan.early.as_ref().expect("the client may send early data");
+        assert_eq!(
+            commit_to,
+            &vec![mapped, public],
+            "never to a private address"
+        );
         assert!(plan.birthday.is_none());
         // The mapping is the public endpoint itself (a router that preserved the port).
         let same = Punch {
@@ -684,7 +853,7 @@ mod tests {
         };
         let plan = order_plan(&to_agent, Role::Agent);
         assert_eq!(plan.targets, vec![lan]);
-        assert!(plan.birthday.is_none() && plan.relay.is_none());
+        assert!(plan.birthday.is_none() && plan.relay.is_none() && plan.early.is_none());
     }
 
     #[tokio::test]
@@ -701,11 +870,110 @@ mod tests {
             proof: Proof::Address,
             birthday: None,
             relay: None,
+            early: None,
         };
         let err = run(plan, rx, || {}).await.unwrap_err();
         let (why, n) = &err.attempts[&target];
         assert_eq!(why, "connection refused");
         assert!(*n >= 2, "retried: {err}");
         assert!(err.to_string().contains("connection refused"), "{err}");
+    }
+
+    /// A client with early data and two commit targets: `first` (tried first) and the real
+    /// agent's punch port. Returns the client's stream and what the agent read after the
+    /// punch: the early bytes, then "+late".
+    async fn early_to(first: Option<SocketAddr>) -> (Punched, Vec<u8>) {
+        let la = shared_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let agent_addr = la.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let feeder = tokio::spawn(async move {
+            while let Ok((stream, _)) = la.accept().await {
+                let _ = tx
+                    .send(Inbound {
+                        stream,
+                        hello: None,
+                    })
+                    .await;
+            }
+        });
+        let early = EarlyData::new();
+        early.push(b"early bytes");
+        let targets: Vec<SocketAddr> = first.into_iter().chain([agent_addr]).collect();
+        let client = PunchPlan {
+            local: "127.0.0.1:0".parse().unwrap(),
+            targets: targets.clone(),
+            first_ttl: None,
+            timeout: Duration::from_secs(3),
+            proof: Proof::Hello {
+                role: Role::Client,
+                keys: keys(),
+            },
+            birthday: None,
+            relay: None,
+            early: Some((early.clone(), targets)),
+        };
+        let (_none_tx, none) = mpsc::channel(1);
+        let agent = PunchPlan {
+            local: agent_addr,
+            targets: vec![],
+            first_ttl: None,
+            timeout: Duration::from_secs(3),
+            proof: Proof::Hello {
+                role: Role::Agent,
+                keys: keys(),
+            },
+            birthday: None,
+            relay: None,
+            early: None,
+        };
+        let (c, a) = tokio::join!(run(client, none, || {}), run(agent, rx, || {}));
+        feeder.abort();
+        let (mut c, mut a) = (c.unwrap(), a.unwrap());
+        assert!(early.is_empty(), "the engine took the early bytes");
+        c.stream.write_all(b"+late").await.unwrap();
+        c.stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), a.stream.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        (c, got)
+    }
+
+    #[tokio::test]
+    async fn early_data_leaves_with_the_selection_and_arrives_once_in_order() {
+        let (c, got) = early_to(None).await;
+        assert!(c.selected, "committed before the agent's hello");
+        assert_eq!(got, b"early bytes+late");
+    }
+
+    #[tokio::test]
+    async fn early_data_sent_to_an_impostor_is_sent_again_to_the_real_agent() {
+        // Something else answers at the first target: it reads whatever comes and answers
+        // with a hello that is not the agent's.
+        let impostor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let impostor_addr = impostor.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            let (mut s, _) = impostor.accept().await.unwrap();
+            s.write_all(&[0x42; HELLO_LEN]).await.unwrap();
+            let mut got = vec![0u8; HELLO_LEN + 1 + 11];
+            let _ = s.read_exact(&mut got).await;
+            got
+        });
+        let (c, got) = early_to(Some(impostor_addr)).await;
+        assert_ne!(
+            c.peer, impostor_addr,
+            "the impostor's stream is never handed out"
+        );
+        assert_eq!(
+            got, b"early bytes+late",
+            "the agent gets every byte exactly once"
+        );
+        // Whether the impostor got the early bytes depends on which stream connected first;
+        // if it did, they followed a selection byte and the client's hello only.
+        let impostor_got = seen.await.unwrap();
+        if impostor_got[HELLO_LEN] == SELECT {
+            assert_eq!(&impostor_got[HELLO_LEN + 1..], b"early bytes");
+        }
     }
 }

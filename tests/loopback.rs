@@ -294,3 +294,32 @@ async fn nat_check_on_loopback_reports_no_nat_and_an_open_port() {
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["mapping"], "endpoint-independent");
 }
+
+#[tokio::test]
+async fn connect_early_sends_what_the_local_side_wrote_first_once_and_in_order() {
+    let server = TestServer::start().await;
+    let echo = Echo::start().await;
+    let _agent = expose(&server.url, "svc", Some("pw"), echo.addr).await;
+    let opts = ConnectOptions::new(&server.url, "svc", Some("pw")).unwrap();
+    // More than the read-ahead cap, all written before the connection exists.
+    let payload: Vec<u8> = (0..(p2pnc::client::EARLY_DATA_MAX * 3 + 17))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let (mut app, mut local) = tokio::io::duplex(1 << 20);
+    app.write_all(&payload).await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut conn = tokio::time::timeout(T, p2pnc::connect_early(&opts, &mut local))
+        .await
+        .unwrap()
+        .unwrap();
+    let forwarding =
+        tokio::spawn(async move { p2pnc::forward(&mut conn.stream, &mut local).await });
+    let mut back = Vec::new();
+    tokio::time::timeout(T, app.read_to_end(&mut back))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "echo differs");
+    forwarding.await.unwrap().unwrap();
+}
