@@ -389,9 +389,11 @@ async fn server(args: ServerArgs) -> Result<()> {
         (Some(cert), Some(key)) => {
             let tls = p2pnc::tls::ServerTls::load(cert, key).map_err(|e| anyhow!("{e}"))?;
             tracing::info!(
-                "TLS on the control port; clients may pin the certificate with --tls-pin {}",
-                tls.fingerprint
+                "TLS on the control port; clients may pin the certificate with --tls-pin {} \
+                 (SIGHUP reloads the certificate and key)",
+                tls.fingerprint()
             );
+            tokio::spawn(reload_on_sighup(tls.clone()));
             Some(tls)
         }
         _ => None,
@@ -423,6 +425,21 @@ async fn server(args: ServerArgs) -> Result<()> {
     };
     p2pnc::server::serve(listeners, config, shutdown_token()).await?;
     Ok(())
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP (after a renewal); runs for the life of
+/// the process.
+async fn reload_on_sighup(tls: p2pnc::tls::ServerTls) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return tracing::warn!("cannot watch SIGHUP: the TLS certificate is not reloadable");
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(pin) => tracing::info!("TLS certificate reloaded; its pin is now {pin}"),
+            Err(e) => tracing::error!("TLS certificate not reloaded, the old one stays: {e}"),
+        }
+    }
 }
 
 async fn expose(args: ExposeArgs) -> Result<()> {

@@ -9,13 +9,15 @@
 
 use std::fmt;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -186,38 +188,76 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// The server's side: its certificate chain and key.
+/// The server's side: its certificate chain and key, which [`ServerTls::reload`] replaces
+/// without a restart (new connections get the new certificate).
 #[derive(Clone)]
 pub struct ServerTls {
     /// Accepts TLS connections.
     pub acceptor: tokio_rustls::TlsAcceptor,
-    /// The leaf certificate's fingerprint, for clients' `--tls-pin`.
-    pub fingerprint: String,
+    current: Arc<CurrentCert>,
+}
+
+/// The certificate in use and where it came from.
+#[derive(Debug)]
+struct CurrentCert {
+    files: (PathBuf, PathBuf),
+    key: RwLock<(Arc<CertifiedKey>, String)>,
+}
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.key.read().expect("certificate lock").0.clone())
+    }
 }
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ServerTls({})", self.fingerprint)
+        write!(f, "ServerTls({})", self.fingerprint())
     }
+}
+
+/// Reads a chain and its key; returns them with the leaf's fingerprint.
+fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, String), String> {
+    let chain = read_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let pin = fingerprint(chain[0].as_ref());
+    let pair = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| format!("the certificate and key do not make a usable pair: {e}"))?;
+    Ok((Arc::new(pair), pin))
 }
 
 impl ServerTls {
     /// Loads a PEM certificate chain (leaf first) and its PEM private key.
     pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, String> {
-        let chain = read_certs(cert)?;
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
-        let fingerprint = fingerprint(chain[0].as_ref());
+        let current = Arc::new(CurrentCert {
+            key: RwLock::new(load_pair(cert, key)?),
+            files: (cert.to_path_buf(), key.to_path_buf()),
+        });
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| format!("the certificate and key do not make a usable pair: {e}"))?;
+            .with_cert_resolver(current.clone());
         Ok(ServerTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            fingerprint,
+            current,
         })
+    }
+
+    /// The current leaf certificate's fingerprint, for clients' `--tls-pin`.
+    pub fn fingerprint(&self) -> String {
+        self.current.key.read().expect("certificate lock").1.clone()
+    }
+
+    /// Reads the certificate and key files again (after a renewal) and uses them for new
+    /// connections; on any error the old pair stays. Returns the new fingerprint.
+    pub fn reload(&self) -> Result<String, String> {
+        let (cert, key) = &self.current.files;
+        let pair = load_pair(cert, key)?;
+        let pin = pair.1.clone();
+        *self.current.key.write().expect("certificate lock") = pair;
+        Ok(pin)
     }
 }
 

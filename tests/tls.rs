@@ -280,6 +280,38 @@ async fn a_tls_client_that_never_finishes_its_handshake_is_cut_at_the_head_deadl
     let _agent = expose_over(&https(&server, pki.trust_ca()), "svc", echo.addr).await;
 }
 
+#[tokio::test]
+async fn a_reloaded_certificate_serves_new_connections_and_a_bad_one_changes_nothing() {
+    let old = Pki::new(&["127.0.0.1"]);
+    let tls = old.server_tls();
+    let server = TestServer::with_config(ServerConfig {
+        tls: Some(tls.clone()),
+        ..Default::default()
+    })
+    .await;
+    let echo = Echo::start().await;
+    let pinned = |pki: &Pki| https(&server, Trust::pins(&[&pki.pin]).unwrap());
+    let _agent = expose_over(&pinned(&old), "svc", echo.addr).await;
+    assert_eq!(tls.fingerprint(), old.pin);
+
+    // A renewal writes new files in place.
+    let new = Pki::new(&["127.0.0.1"]);
+    std::fs::copy(&new.cert, &old.cert).unwrap();
+    std::fs::copy(&new.key, &old.key).unwrap();
+    assert_eq!(tls.reload().unwrap(), new.pin);
+    connect_over(&pinned(&new), "svc").await.unwrap();
+    assert!(matches!(
+        connect_over(&pinned(&old), "svc").await,
+        Err(Error::Tls(_))
+    ));
+
+    // A broken file is refused and the current certificate stays.
+    std::fs::write(&old.key, "not a key").unwrap();
+    assert!(tls.reload().unwrap_err().contains("private key"));
+    assert_eq!(tls.fingerprint(), new.pin);
+    connect_over(&pinned(&new), "svc").await.unwrap();
+}
+
 /// The CLI: the server logs its pin, and expose and connect use it.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_prints_the_pin_and_clients_connect_with_tls_flags() {
@@ -357,6 +389,26 @@ async fn the_cli_prints_the_pin_and_clients_connect_with_tls_flags() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&bad_pin.stderr);
     assert!(stderr.contains("--tls-pin: bad TLS pin"), "{stderr}");
+
+    // SIGHUP reloads the certificate.
+    let renewed = Pki::new(&["127.0.0.1"]);
+    std::fs::copy(&renewed.cert, &pki.cert).unwrap();
+    std::fs::copy(&renewed.key, &pki.key).unwrap();
+    // SAFETY: kill(2) on our own child process.
+    assert_eq!(unsafe { libc::kill(server.id() as i32, libc::SIGHUP) }, 0);
+    let want = format!("pin is now {}", renewed.pin);
+    while !std::fs::read_to_string(&log).unwrap().contains(&want) {
+        assert!(std::time::Instant::now() < deadline + T, "no reload logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pinned = run(vec!["--tls-pin".into(), renewed.pin.clone()])
+        .await
+        .unwrap();
+    assert!(
+        pinned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pinned.stderr)
+    );
 
     let _ = agent.kill();
     let _ = server.kill();
