@@ -26,6 +26,16 @@ struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Log format on stderr: `text` for people, `json` (one object per line, with every field
+    /// such as session and peer) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "P2PNC_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     /// Read this command's settings from a TOML file (keys are the long flag names); flags and
     /// environment variables override it.
     #[arg(long, global = true, value_name = "FILE")]
@@ -34,8 +44,21 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Flags a config file may not set.
-const NOT_IN_CONFIG: &[&str] = &["config", "help", "version", "verbose", "quiet"];
+const NOT_IN_CONFIG: &[&str] = &[
+    "config",
+    "help",
+    "version",
+    "verbose",
+    "quiet",
+    "log-format",
+];
 
 /// Parses the command line, filling in settings from `--config FILE` that were given neither
 /// as flags nor through the environment.
@@ -294,12 +317,14 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("P2PNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("p2pnc={level}")));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
