@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -14,36 +13,38 @@ use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use crate::Error;
 use crate::net;
 use crate::protocol::{self, DEFAULT_SERVER_PORT, ErrorBody, ErrorCode, MAX_MESSAGE_BYTES};
+use crate::tls::{self, MaybeTls, Trust};
 
 /// Time allowed for resolving, connecting to and upgrading with the server, each.
 pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An open control WebSocket.
-pub type ControlSocket = WebSocketStream<TcpStream>;
+/// An open control WebSocket, over TLS when the server URL is `https://`.
+pub type ControlSocket = WebSocketStream<MaybeTls>;
 
-/// A rendezvous server address: `http://HOST:PORT`, `ws://HOST:PORT` or `HOST[:PORT]`.
+/// A rendezvous server address: `http://HOST:PORT`, `ws://HOST:PORT` or `HOST[:PORT]`, or with
+/// TLS `https://HOST:PORT` or `wss://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl {
     /// Host name or IP literal (IPv6 without brackets).
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// What to trust when the control channel speaks TLS; `None` for plain HTTP.
+    pub tls: Option<Trust>,
 }
 
 impl ServerUrl {
     /// Parses a server URL; the port defaults to 50300.
     pub fn parse(url: &str) -> Result<Self, Error> {
         let bad = |why: &str| Error::BadServerUrl(url.to_string(), why.to_string());
-        let rest = if let Some((scheme, rest)) = url.split_once("://") {
+        let (rest, tls) = if let Some((scheme, rest)) = url.split_once("://") {
             match scheme {
-                "http" | "ws" => rest,
-                "https" | "wss" => {
-                    return Err(bad("TLS is not supported yet; use http://"));
-                }
-                _ => return Err(bad("scheme must be http:// or ws://")),
+                "http" | "ws" => (rest, None),
+                "https" | "wss" => (rest, Some(Trust::WebRoots)),
+                _ => return Err(bad("scheme must be http://, https://, ws:// or wss://")),
             }
         } else {
-            url
+            (url, None)
         };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
@@ -70,7 +71,20 @@ impl ServerUrl {
         if host.is_empty() || port == 0 {
             return Err(bad("missing host or port"));
         }
-        Ok(ServerUrl { host, port })
+        Ok(ServerUrl { host, port, tls })
+    }
+
+    /// Replaces what the TLS connection trusts (a private CA or pins); the URL must be
+    /// `https://`.
+    pub fn with_trust(mut self, trust: Trust) -> Result<Self, Error> {
+        if self.tls.is_none() {
+            return Err(Error::BadServerUrl(
+                self.to_string(),
+                "a TLS CA or pin needs an https:// server URL".into(),
+            ));
+        }
+        self.tls = Some(trust);
+        Ok(self)
     }
 
     /// Resolves the server's address (first result), within [`SERVER_TIMEOUT`].
@@ -86,7 +100,8 @@ impl ServerUrl {
             .ok_or_else(|| unreachable("name has no address".into()))
     }
 
-    fn authority(&self) -> String {
+    /// `HOST:PORT`, with IPv6 literals in brackets.
+    pub fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -97,7 +112,8 @@ impl ServerUrl {
 
 impl std::fmt::Display for ServerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}", self.authority())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority())
     }
 }
 
@@ -116,6 +132,17 @@ pub async fn open(
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let local = tcp.local_addr()?;
+    let stream = match &server.tls {
+        None => MaybeTls::Plain(tcp),
+        Some(trust) => {
+            let handshake = tls::connect(trust, &server.host, tcp);
+            match tokio::time::timeout(SERVER_TIMEOUT, handshake).await {
+                Err(_) => return Err(unreachable("no TLS handshake in time".into())),
+                Ok(Err(why)) => return Err(Error::Tls(format!("{server}: {why}"))),
+                Ok(Ok(s)) => MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(s))),
+            }
+        }
+    };
     let mut request = format!("ws://{}{path}?{query}", server.authority())
         .into_client_request()
         .map_err(|e| Error::BadServerUrl(server.to_string(), e.to_string()))?;
@@ -130,7 +157,7 @@ pub async fn open(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let handshake = client_async_with_config(request, tcp, Some(config));
+    let handshake = client_async_with_config(request, stream, Some(config));
     match tokio::time::timeout(SERVER_TIMEOUT, handshake).await {
         Err(_) => Err(unreachable("no WebSocket handshake in time".into())),
         Ok(Ok((ws, _))) => Ok((ws, local)),
@@ -209,16 +236,31 @@ mod tests {
             "http://h:0",
             "http://h:x",
             "http://h/path",
-            "https://h",
+            "https://h/x",
         ] {
             assert!(ServerUrl::parse(bad).is_err(), "{bad}");
         }
+        let tls = ServerUrl::parse("https://h").unwrap();
+        assert_eq!(
+            (tls.port, tls.tls.clone(), tls.to_string()),
+            (
+                DEFAULT_SERVER_PORT,
+                Some(Trust::WebRoots),
+                "https://h:50300".into()
+            )
+        );
+        assert_eq!(
+            ServerUrl::parse("wss://h:1").unwrap().tls,
+            Some(Trust::WebRoots)
+        );
+        let pins = Trust::pins(&[format!("sha256:{}", "0".repeat(64))]).unwrap();
+        assert!(tls.with_trust(pins.clone()).is_ok());
         assert!(
-            ServerUrl::parse("https://h")
-                .unwrap_err()
-                .to_string()
-                .contains("TLS"),
-            "https says why"
+            ServerUrl::parse("http://h")
+                .unwrap()
+                .with_trust(pins)
+                .is_err(),
+            "a pin without TLS is a mistake"
         );
     }
 }

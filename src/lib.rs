@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod punch;
 pub mod relay;
 pub mod server;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -112,6 +113,9 @@ pub enum Error {
     /// The server refused the request.
     #[error("server refused ({0}): {1}")]
     Refused(ErrorCode, String),
+    /// The TLS connection to the server failed.
+    #[error("TLS with {0}")]
+    Tls(String),
     /// The server broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),

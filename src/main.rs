@@ -109,6 +109,8 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 
@@ -148,6 +150,48 @@ struct ServerArgs {
     /// Relay rate cap per session and direction, in bytes per second.
     #[arg(long, default_value_t = 4 * 1024 * 1024, requires = "relay")]
     relay_rate: u64,
+    /// Speak TLS on the control port with this PEM certificate chain (leaf first); clients
+    /// then use https:// URLs. The log names the certificate's pin for --tls-pin.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// What an https:// server URL trusts.
+#[derive(Args)]
+struct TlsArgs {
+    /// Trust only the CA certificates in this PEM file for an https:// server (a private CA)
+    /// instead of the public web CAs.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "P2PNC_TLS_CA",
+        conflicts_with = "tls_pin"
+    )]
+    tls_ca: Option<PathBuf>,
+    /// Trust exactly the server certificate with this fingerprint, sha256:<64 hex digits>, as
+    /// the server logs it (self-signed certificates work; repeat for a rollover).
+    #[arg(long, value_name = "PIN", env = "P2PNC_TLS_PIN", value_delimiter = ',')]
+    tls_pin: Vec<String>,
+}
+
+impl TlsArgs {
+    /// The server URL with the trust these flags ask for.
+    fn server_url(&self, server: &str) -> Result<ServerUrl> {
+        let url = ServerUrl::parse(server)?;
+        let trust = match (&self.tls_ca, self.tls_pin.is_empty()) {
+            (Some(ca), _) => {
+                p2pnc::tls::Trust::ca_file(ca).map_err(|e| anyhow!("--tls-ca: {e}"))?
+            }
+            (None, false) => {
+                p2pnc::tls::Trust::pins(&self.tls_pin).map_err(|e| anyhow!("--tls-pin: {e}"))?
+            }
+            (None, true) => return Ok(url),
+        };
+        Ok(url.with_trust(trust)?)
+    }
 }
 
 #[derive(Args)]
@@ -170,6 +214,8 @@ struct ExposeArgs {
     public: bool,
     #[command(flatten)]
     punch: PunchArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Local punch port (0: any free port).
     #[arg(long, default_value_t = 0)]
     punch_port: u16,
@@ -199,6 +245,8 @@ struct ConnectArgs {
     listen: Option<SocketAddr>,
     #[command(flatten)]
     punch: PunchArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args)]
@@ -293,8 +341,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Expose(args) => expose(args).await,
         Command::Connect(args) => connect(args).await,
         Command::Demo => p2pnc::demo::run().await,
-        Command::NatCheck { server, json } => {
-            let report = p2pnc::natcheck::check(&ServerUrl::parse(&server)?).await?;
+        Command::NatCheck { server, json, tls } => {
+            let report = p2pnc::natcheck::check(&tls.server_url(&server)?).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -337,8 +385,20 @@ async fn server(args: ServerArgs) -> Result<()> {
     if args.token.is_none() {
         tracing::warn!("no --token: anyone may register ids and request connections");
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = p2pnc::tls::ServerTls::load(cert, key).map_err(|e| anyhow!("{e}"))?;
+            tracing::info!(
+                "TLS on the control port; clients may pin the certificate with --tls-pin {}",
+                tls.fingerprint
+            );
+            Some(tls)
+        }
+        _ => None,
+    };
     let config = p2pnc::server::ServerConfig {
         relay,
+        tls,
         token: args.token,
         id_grace: Duration::from_secs(args.id_grace),
         connect_rate: args.connect_rate,
@@ -374,6 +434,7 @@ async fn expose(args: ExposeArgs) -> Result<()> {
         );
     }
     let opts = ExposeOptions {
+        server: args.tls.server_url(&args.server)?,
         punch_timeout: args.punch.timeout()?,
         punch_ttl: args.punch.ttl(),
         punch_port: args.punch_port,
@@ -429,7 +490,7 @@ async fn expose(args: ExposeArgs) -> Result<()> {
 
 async fn connect(args: ConnectArgs) -> Result<()> {
     let opts = ConnectOptions {
-        server: ServerUrl::parse(&args.server)?,
+        server: args.tls.server_url(&args.server)?,
         peer: args.peer.clone(),
         secret: args.secret.clone(),
         punch_timeout: args.punch.timeout()?,

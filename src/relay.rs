@@ -183,7 +183,7 @@ pub async fn join(
         let request = format!(
             "GET {RELAY_PATH}?v=1&session={session}&role={role} HTTP/1.1\r\nHost: {}\r\n\
              Connection: Upgrade\r\nUpgrade: {UPGRADE_TOKEN}\r\n\r\n",
-            server.to_string().trim_start_matches("http://")
+            server.authority()
         );
         tcp.write_all(request.as_bytes()).await?;
         // Read the head byte by byte: the peer's bytes may follow it at once.

@@ -14,6 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::tls::MaybeTls;
+
 /// Default limits.
 pub const MAX_CONNECTIONS: usize = 50_000;
 /// Connections one source address may hold (many clients share an address behind a carrier
@@ -77,7 +79,7 @@ impl Drop for Slot {
 /// An accepted connection that must deliver its first request head (up to the blank line)
 /// before a deadline, and that holds its connection slot while it lives.
 pub struct Guarded {
-    inner: TcpStream,
+    inner: MaybeTls,
     /// Bytes of `\r\n\r\n` matched so far; 4 once the head is complete.
     matched: u8,
     deadline: Pin<Box<Sleep>>,
@@ -85,19 +87,24 @@ pub struct Guarded {
 }
 
 impl Guarded {
-    /// Wraps an accepted stream.
-    pub fn new(inner: TcpStream, slot: Slot, head_timeout: Duration) -> Self {
+    /// Wraps an accepted stream that must deliver its head by `deadline`.
+    pub fn new(inner: MaybeTls, slot: Slot, deadline: Instant) -> Self {
         Guarded {
             inner,
             matched: 0,
-            deadline: Box::pin(tokio::time::sleep_until(Instant::now() + head_timeout)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
             _slot: slot,
         }
     }
 
     /// The TCP stream.
     pub fn tcp(&self) -> &TcpStream {
-        &self.inner
+        self.inner.tcp()
+    }
+
+    /// Whether the connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.inner.is_tls()
     }
 }
 
@@ -250,7 +257,10 @@ mod tests {
             .unwrap();
         let (server, from) = listener.accept().await.unwrap();
         let slot = counts.admit(from.ip(), 10, 10).unwrap();
-        (client, Guarded::new(server, slot, timeout))
+        (
+            client,
+            Guarded::new(MaybeTls::Plain(server), slot, Instant::now() + timeout),
+        )
     }
 
     #[tokio::test]

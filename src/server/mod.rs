@@ -18,6 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +35,7 @@ use crate::protocol::{
     MAX_MESSAGE_BYTES, Mapping, Mode, Punch, Role, ServerMsg, Strategy,
 };
 use crate::relay::{self, JoinRefused, RelayConfig, RelayHub};
+use crate::tls::{self, MaybeTls, ServerTls};
 
 /// How often the server pings an agent; also how often the agent's NAT mapping is refreshed
 /// from this side. Well under the 2 hours of a typical TCP NAT timeout, and often enough to
@@ -81,6 +83,9 @@ pub struct ServerConfig {
     pub connect_rate: f64,
     /// Registrations per second per address (bursts of five seconds' worth).
     pub expose_rate: f64,
+    /// TLS on the control port. Expose and connect requests must then come over TLS; plain
+    /// connections may still ask `/v1/whoami`, `/v1/health` and join relays.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +101,7 @@ impl Default for ServerConfig {
             head_timeout: limits::HEAD_TIMEOUT,
             connect_rate: 20.0,
             expose_rate: 2.0,
+            tls: None,
         }
     }
 }
@@ -106,14 +112,19 @@ struct ConnMeta {
     remote: SocketAddr,
     /// RTT measured by the kernel from the TCP handshake.
     rtt: Option<Duration>,
+    /// Whether the connection speaks TLS.
+    tls: bool,
 }
 
-/// The control port's accept loop: counts connections per source address and in all, and
-/// gives each one a deadline for its first request head.
+/// The control port's accept loop: counts connections per source address and in all, gives
+/// each one a deadline for its first request head and, on a TLS server, tells TLS from plain
+/// HTTP by the first byte and runs TLS handshakes.
 struct Accepting {
     listener: TcpListener,
     counts: Arc<ConnCounts>,
     config: ServerConfig,
+    /// Connections still being told apart or in their TLS handshake.
+    handshakes: JoinSet<Option<(Guarded, SocketAddr)>>,
 }
 
 impl axum::serve::Listener for Accepting {
@@ -122,7 +133,16 @@ impl axum::serve::Listener for Accepting {
 
     async fn accept(&mut self) -> (Guarded, SocketAddr) {
         loop {
-            match self.listener.accept().await {
+            let accepted = tokio::select! {
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(conn)) = done {
+                        return conn;
+                    }
+                    continue;
+                }
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
                 Ok((stream, addr)) => {
                     let c = &self.config;
                     let Some(slot) =
@@ -133,7 +153,18 @@ impl axum::serve::Listener for Accepting {
                         continue; // Dropping the stream closes it.
                     };
                     let _ = stream.set_nodelay(true);
-                    return (Guarded::new(stream, slot, c.head_timeout), addr);
+                    let deadline = Instant::now() + c.head_timeout;
+                    match &c.tls {
+                        None => {
+                            let plain = MaybeTls::Plain(stream);
+                            return (Guarded::new(plain, slot, deadline), addr);
+                        }
+                        Some(tls) => {
+                            let acceptor = tls.acceptor.clone();
+                            self.handshakes
+                                .spawn(handshake(acceptor, stream, slot, deadline, addr));
+                        }
+                    }
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -149,11 +180,45 @@ impl axum::serve::Listener for Accepting {
     }
 }
 
+/// Tells a TLS client from a plain one by its first byte, and runs the TLS handshake, all
+/// before `deadline`. `None` when the connection closed, failed or ran out of time.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    slot: limits::Slot,
+    deadline: Instant,
+    addr: SocketAddr,
+) -> Option<(Guarded, SocketAddr)> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return None,
+    }
+    if first[0] != tls::HANDSHAKE_RECORD {
+        return Some((Guarded::new(MaybeTls::Plain(stream), slot, deadline), addr));
+    }
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let tls = MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+            Some((Guarded::new(tls, slot, deadline), addr))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake with {addr} failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake with {addr} timed out");
+            None
+        }
+    }
+}
+
 impl Connected<axum::serve::IncomingStream<'_, Accepting>> for ConnMeta {
     fn connect_info(stream: axum::serve::IncomingStream<'_, Accepting>) -> Self {
         ConnMeta {
             remote: *stream.remote_addr(),
             rtt: net::tcp_rtt(stream.io().tcp()),
+            tls: stream.io().is_tls(),
         }
     }
 }
@@ -313,6 +378,7 @@ pub async fn serve(
         listener,
         counts: Arc::new(ConnCounts::default()),
         config: state.config.clone(),
+        handshakes: JoinSet::new(),
     };
     let served = axum::serve(
         accepting,
@@ -380,14 +446,20 @@ impl Shared {
     fn admission_refusal(
         &self,
         headers: &axum::http::HeaderMap,
-        from: SocketAddr,
+        from: &ConnMeta,
         rate: &RateLimiter,
         what: &str,
     ) -> Option<Response> {
+        if self.config.tls.is_some() && !from.tls {
+            return Some(self.reject(
+                ErrorCode::BadRequest,
+                "this server speaks TLS: use an https:// server URL".into(),
+            ));
+        }
         if let Some(refused) = self.token_refusal(headers) {
             return Some(refused);
         }
-        (!rate.allow(from.ip())).then(|| {
+        (!rate.allow(from.remote.ip())).then(|| {
             self.reject(
                 ErrorCode::RateLimited,
                 format!("too many {what}; slow down"),
@@ -443,7 +515,14 @@ async fn whoami(ConnectInfo(meta): ConnectInfo<ConnMeta>) -> Json<serde_json::Va
     Json(serde_json::json!({ "addr": meta.remote }))
 }
 
-async fn peer(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+async fn peer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(refused) = state.token_refusal(&headers) {
+        return refused;
+    }
     if state.agents.lock().expect("agents lock").contains_key(&id) {
         Json(serde_json::json!({"id": id, "online": true})).into_response()
     } else {
@@ -476,7 +555,7 @@ async fn expose(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Some(refused) =
-        state.admission_refusal(&headers, meta.remote, &state.expose_rate, "registrations")
+        state.admission_refusal(&headers, &meta, &state.expose_rate, "registrations")
     {
         return refused;
     }
@@ -725,12 +804,9 @@ async fn connect(
     headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Some(refused) = state.admission_refusal(
-        &headers,
-        meta.remote,
-        &state.connect_rate,
-        "connect requests",
-    ) {
+    if let Some(refused) =
+        state.admission_refusal(&headers, &meta, &state.connect_rate, "connect requests")
+    {
         return refused;
     }
     let q = match ConnectQuery::parse(query.as_deref().unwrap_or("")) {

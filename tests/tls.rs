@@ -1,0 +1,380 @@
+//! TLS on the control plane: https:// URLs with a private CA or a pin, clear refusals for every
+//! mismatch, relays and plain diagnostics still working on a TLS server, and the CLI flags.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Echo, TestServer, wait_peer_status};
+use p2pnc::server::ServerConfig;
+use p2pnc::tls::{ServerTls, Trust};
+use p2pnc::{Agent, ConnectOptions, Error, ExposeOptions, ServerUrl};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(10);
+
+/// A private CA and a server certificate it signed, as PEM files in a fresh directory.
+struct Pki {
+    dir: PathBuf,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    pin: String,
+}
+
+impl Pki {
+    /// A CA and a leaf for `names` (DNS names or IP literals).
+    fn new(names: &[&str]) -> Pki {
+        let dir = std::env::temp_dir().join(format!(
+            "p2pnc-tls-{}-{}",
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 6]>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let pki = Pki {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            pin: p2pnc::tls::fingerprint(leaf.der()),
+            dir,
+        };
+        std::fs::write(&pki.ca, ca.pem()).unwrap();
+        std::fs::write(&pki.cert, leaf.pem()).unwrap();
+        std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+        pki
+    }
+
+    fn server_tls(&self) -> ServerTls {
+        ServerTls::load(&self.cert, &self.key).unwrap()
+    }
+
+    fn trust_ca(&self) -> Trust {
+        Trust::ca_file(&self.ca).unwrap()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn tls_server(pki: &Pki, config: ServerConfig) -> TestServer {
+    TestServer::with_config(ServerConfig {
+        tls: Some(pki.server_tls()),
+        ..config
+    })
+    .await
+}
+
+fn https(server: &TestServer, trust: Trust) -> ServerUrl {
+    ServerUrl::parse(&format!("https://{}", server.addr))
+        .unwrap()
+        .with_trust(trust)
+        .unwrap()
+}
+
+/// Registers `id` over `url`, forwarding to `service`; the agent lives as long as the handle.
+async fn expose_over(
+    url: &ServerUrl,
+    id: &str,
+    service: std::net::SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    let opts = ExposeOptions {
+        server: url.clone(),
+        ..ExposeOptions::new("http://unused", id, Some("pw")).unwrap()
+    };
+    let mut agent = tokio::time::timeout(T, Agent::start(opts))
+        .await
+        .expect("agent registers in time")
+        .expect("agent registers over TLS");
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Some(mut a) = agent.accept().await {
+            while conns.try_join_next().is_some() {}
+            conns.spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(service).await.unwrap();
+                let _ = p2pnc::forward(&mut a.stream, &mut s).await;
+            });
+        }
+    })
+}
+
+async fn connect_over(url: &ServerUrl, id: &str) -> Result<p2pnc::Connection, Error> {
+    let opts = ConnectOptions {
+        server: url.clone(),
+        ..ConnectOptions::new("http://unused", id, Some("pw")).unwrap()
+    };
+    tokio::time::timeout(T, p2pnc::connect(&opts))
+        .await
+        .expect("connect ends in time")
+}
+
+async fn echo_roundtrip(conn: &mut p2pnc::Connection) {
+    conn.stream.write_all(b"over tls").await.unwrap();
+    let mut back = [0u8; 8];
+    tokio::time::timeout(T, conn.stream.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"over tls");
+}
+
+#[tokio::test]
+async fn a_private_ca_or_a_pin_connects_over_tls_and_the_stream_is_direct() {
+    let pki = Pki::new(&["127.0.0.1", "localhost"]);
+    let server = tls_server(&pki, ServerConfig::default()).await;
+    let echo = Echo::start().await;
+    let _agent = expose_over(&https(&server, pki.trust_ca()), "svc", echo.addr).await;
+
+    let mut by_ca = connect_over(&https(&server, pki.trust_ca()), "svc")
+        .await
+        .unwrap();
+    assert_eq!(by_ca.info.path, p2pnc::Path::Direct);
+    echo_roundtrip(&mut by_ca).await;
+
+    let pinned = Trust::pins(&[pki.pin.to_uppercase().replace("SHA256:", "sha256:")]).unwrap();
+    let mut by_pin = connect_over(&https(&server, pinned), "svc").await.unwrap();
+    echo_roundtrip(&mut by_pin).await;
+
+    // A host name in the certificate works as well as the IP literal.
+    let by_name = ServerUrl::parse(&format!("https://localhost:{}", server.addr.port()))
+        .unwrap()
+        .with_trust(pki.trust_ca())
+        .unwrap();
+    connect_over(&by_name, "svc").await.unwrap();
+}
+
+#[tokio::test]
+async fn every_trust_mismatch_is_refused_with_a_reason() {
+    let pki = Pki::new(&["127.0.0.1"]);
+    let server = tls_server(&pki, ServerConfig::default()).await;
+    let expect_tls_error = |r: Result<p2pnc::Connection, Error>, want: &str| match r {
+        Err(Error::Tls(msg)) => assert!(msg.contains(want), "'{msg}' should say '{want}'"),
+        other => panic!("expected a TLS error saying '{want}', got {other:?}"),
+    };
+
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let r = connect_over(&https(&server, Trust::pins(&[wrong]).unwrap()), "svc").await;
+    expect_tls_error(r, &pki.pin); // names the actual pin
+    let r = connect_over(&https(&server, Trust::WebRoots), "svc").await;
+    expect_tls_error(r, "not signed by a trusted CA");
+    let other_ca = Pki::new(&["127.0.0.1"]);
+    let r = connect_over(&https(&server, other_ca.trust_ca()), "svc").await;
+    expect_tls_error(r, "not signed by a trusted CA");
+    let wrong_name = Pki::new(&["other.example"]);
+    let named = tls_server(&wrong_name, ServerConfig::default()).await;
+    let r = connect_over(&https(&named, wrong_name.trust_ca()), "svc").await;
+    expect_tls_error(r, "not valid for the name '127.0.0.1'");
+
+    // TLS to a plain server, plain to a TLS server.
+    let plain = TestServer::start().await;
+    let r = connect_over(&https(&plain, pki.trust_ca()), "svc").await;
+    expect_tls_error(r, "does not speak TLS");
+    let r = connect_over(&ServerUrl::parse(&server.url).unwrap(), "svc").await;
+    match r {
+        Err(Error::Refused(_, msg)) => assert!(msg.contains("https://"), "{msg}"),
+        other => panic!("plain request to a TLS server: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
+    use p2pnc::protocol::Role;
+    use p2pnc::relay::{self, RelayConfig};
+    let pki = Pki::new(&["127.0.0.1"]);
+    let config = ServerConfig {
+        relay: Some(RelayConfig {
+            max_sessions: 1,
+            bytes_per_sec: 1 << 20,
+        }),
+        ..Default::default()
+    };
+    let server = tls_server(&pki, config).await;
+    assert_eq!(common::http_get(server.addr, "/v1/health").await.0, 200);
+    let (status, body) = common::http_get(server.addr, "/v1/whoami").await;
+    assert_eq!(status, 200, "{body}");
+
+    // nat-check over https: the whoami and probe parts are plain.
+    let report = tokio::time::timeout(T, p2pnc::natcheck::check(&https(&server, pki.trust_ca())))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!report.behind_nat, "{report}");
+
+    // The control sockets of a live session speak TLS; its relay joins are plain TCP on the
+    // same port, and carry bytes both ways.
+    let url = https(&server, pki.trust_ca());
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let open = |path: &'static str, query: &'static str| {
+        p2pnc::control::open(&url, server.addr, any, path, query, None)
+    };
+    let (mut agent, _) = open("/v1/expose", "v=1&id=r&auth=public").await.unwrap();
+    assert!(agent.get_ref().is_tls());
+    let registered: serde_json::Value = p2pnc::control::recv(&mut agent).await.unwrap().unwrap();
+    assert_eq!(registered["type"], "registered", "{registered}");
+    let (mut client, _) = open(
+        "/v1/connect",
+        "v=1&peer=r&nonce=00112233445566778899aabbccddeeff",
+    )
+    .await
+    .unwrap();
+    let order: serde_json::Value = p2pnc::control::recv(&mut client).await.unwrap().unwrap();
+    let session = order["session"]
+        .as_str()
+        .expect("a punch order")
+        .to_string();
+    let (a, c) = tokio::join!(
+        relay::join(&url, server.addr, &session, Role::Agent),
+        relay::join(&url, server.addr, &session, Role::Client),
+    );
+    let (mut a, mut c) = (a.unwrap(), c.unwrap());
+    c.write_all(b"from client").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    a.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"from client");
+    drop((agent, client));
+}
+
+#[tokio::test]
+async fn a_tls_client_that_never_finishes_its_handshake_is_cut_at_the_head_deadline() {
+    let pki = Pki::new(&["127.0.0.1"]);
+    let config = ServerConfig {
+        head_timeout: Duration::from_millis(300),
+        max_connections_per_ip: 4,
+        ..Default::default()
+    };
+    let server = tls_server(&pki, config).await;
+    // Four idle connections: one sends nothing, three start a TLS record and stall.
+    let mut idle = Vec::new();
+    for i in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        if i > 0 {
+            s.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+        }
+        idle.push(s);
+    }
+    for mut s in idle {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the stalled connection is closed by the server: {read:?}"
+        );
+    }
+    // Their slots are free again: a real client gets through.
+    let echo = Echo::start().await;
+    let _agent = expose_over(&https(&server, pki.trust_ca()), "svc", echo.addr).await;
+}
+
+/// The CLI: the server logs its pin, and expose and connect use it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_prints_the_pin_and_clients_connect_with_tls_flags() {
+    let bin = env!("CARGO_BIN_EXE_p2pnc");
+    let pki = Pki::new(&["127.0.0.1"]);
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log = pki.dir.join("server.log");
+    let mut server = Command::new(bin)
+        .args(["server", "--listen", &addr.to_string()])
+        .args(["--tls-cert", path(&pki.cert), "--tls-key", path(&pki.key)])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while common::http_get(addr, "/v1/health").await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!("--tls-pin {}", pki.pin)),
+        "the log names the pin: {text}"
+    );
+
+    let echo = Echo::start().await;
+    let url = format!("https://{addr}");
+    let mut agent = Command::new(bin)
+        .args(["expose", "--server", &url, "--id", "svc", "--secret", "pw"])
+        .args(["--to", &echo.addr.to_string(), "--tls-pin", &pki.pin])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_peer_status(addr, "svc", 200).await;
+
+    let run = |extra: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(bin)
+                .args([
+                    "connect", "--server", &url, "--peer", "svc", "--secret", "pw",
+                ])
+                .arg("--stdio")
+                .args(extra)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"ping").unwrap();
+            drop(stdin);
+            child.wait_with_output().unwrap()
+        })
+    };
+    let ok = run(vec!["--tls-ca".into(), path(&pki.ca).into()])
+        .await
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(ok.stdout, b"ping");
+    let refused = run(vec![]).await.unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("not signed by a trusted CA"), "{stderr}");
+    let bad_pin = run(vec!["--tls-pin".into(), "sha256:12".into()])
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad_pin.stderr);
+    assert!(stderr.contains("--tls-pin: bad TLS pin"), "{stderr}");
+
+    let _ = agent.kill();
+    let _ = server.kill();
+    let _ = (agent.wait(), server.wait());
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A free port P whose neighbour P + 1 (the server's NAT probe port) is free too.
+fn free_port() -> u16 {
+    for _ in 0..50 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no pair of free consecutive ports on 127.0.0.1");
+}
