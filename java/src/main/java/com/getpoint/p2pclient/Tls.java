@@ -109,7 +109,7 @@ final class Tls {
     static byte[] parsePin(String pin) {
         String p = pin == null ? "" : pin.trim();
         byte[] hash = null;
-        if (p.regionMatches(true, 0, "sha256:", 0, 7)) {
+        if (p.startsWith("sha256:")) {
             hash = Codec.unhex(p.substring(7).replace(":", ""), 32);
         }
         if (hash == null) {

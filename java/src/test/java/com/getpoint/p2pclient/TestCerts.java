@@ -16,10 +16,12 @@ import java.util.concurrent.TimeUnit;
 
 /**
  * Certificates for the TLS tests, made once per run with the JDK's {@code keytool} in a fresh
- * temporary directory (EC P-256 keys, nothing committed):
+ * temporary directory (nothing committed):
  * <ul>
  *   <li>{@code ca.pem}: a CA, {@code CN=p2pnc test CA};</li>
- *   <li>{@code server}: for {@code localhost} only (no IP address), signed by the CA;</li>
+ *   <li>{@code server}: for {@code localhost} only (no IP address), signed by the CA, with an RSA
+ *       key (the Rust server's key loader, ring, takes the JDK's PKCS#8 encoding of RSA keys but
+ *       not of EC keys, which lacks the public key);</li>
  *   <li>{@code expired}: for {@code localhost}, signed by the CA, valid for one day three days ago;</li>
  *   <li>{@code self}: self-signed, {@code CN=p2pnc-self}, for {@code example.invalid}.</li>
  * </ul>
@@ -58,8 +60,8 @@ final class TestCerts {
         keytool("-genkeypair", "-alias", "ca", "-keyalg", "EC", "-groupname", "secp256r1", "-dname",
                 "CN=p2pnc test CA", "-ext", "bc:c", "-validity", "30", "-keystore", "ca.p12");
         keytool("-exportcert", "-rfc", "-alias", "ca", "-keystore", "ca.p12", "-file", "ca.pem");
-        signedByCa("server", "0", "30");
-        signedByCa("expired", "-3d", "1");
+        signedByCa("server", "RSA", "0", "30");
+        signedByCa("expired", "EC", "-3d", "1");
         keytool("-genkeypair", "-alias", "self", "-keyalg", "EC", "-groupname", "secp256r1", "-dname",
                 "CN=p2pnc-self", "-ext", "SAN=dns:example.invalid", "-validity", "30", "-keystore", "keys.p12");
         ca = Tls.parseCertificates(read("ca.pem"), "ca.pem").get(0);
@@ -82,10 +84,40 @@ final class TestCerts {
         return new File(dir, "ca.pem");
     }
 
-    /** A key pair whose certificate the CA issues for {@code localhost}, starting {@code start}. */
-    private void signedByCa(String alias, String start, String days) throws Exception {
-        keytool("-genkeypair", "-alias", alias, "-keyalg", "EC", "-groupname", "secp256r1", "-dname",
-                "CN=localhost", "-validity", "30", "-keystore", "keys.p12");
+    /**
+     * Writes the chain of {@code identity} (leaf first) and its private key (PKCS#8) as PEM
+     * files for {@code p2pnc server --tls-cert CERT --tls-key KEY}; returns {CERT, KEY}.
+     */
+    File[] pemFiles(KeyStore identity, String name) throws Exception {
+        String alias = identity.aliases().nextElement();
+        StringBuilder chain = new StringBuilder();
+        for (Certificate c : identity.getCertificateChain(alias)) {
+            chain.append(pem("CERTIFICATE", c.getEncoded()));
+        }
+        File cert = new File(dir, name + "-chain.pem"), key = new File(dir, name + "-key.pem");
+        Files.write(cert.toPath(), Codec.utf8(chain.toString()));
+        Files.write(key.toPath(), Codec.utf8(pem("PRIVATE KEY",
+                identity.getKey(alias, PASSWORD.toCharArray()).getEncoded())));
+        return new File[] {cert, key};
+    }
+
+    private static String pem(String type, byte[] der) {
+        String b64 = Codec.base64(der);
+        StringBuilder sb = new StringBuilder("-----BEGIN " + type + "-----\n");
+        for (int i = 0; i < b64.length(); i += 64) {
+            sb.append(b64, i, Math.min(b64.length(), i + 64)).append('\n');
+        }
+        return sb.append("-----END ").append(type).append("-----\n").toString();
+    }
+
+    /**
+     * A key pair ({@code RSA} 2048 or {@code EC} P-256) whose certificate the CA issues for
+     * {@code localhost}, starting {@code start}.
+     */
+    private void signedByCa(String alias, String algorithm, String start, String days) throws Exception {
+        keytool("-genkeypair", "-alias", alias, "-keyalg", algorithm, algorithm.equals("EC") ? "-groupname" : "-keysize",
+                algorithm.equals("EC") ? "secp256r1" : "2048", "-dname", "CN=localhost", "-validity", "30", "-keystore",
+                "keys.p12");
         keytool("-certreq", "-alias", alias, "-keystore", "keys.p12", "-file", alias + ".csr");
         List<String> args = new ArrayList<String>(Arrays.asList("-gencert", "-rfc", "-alias", "ca", "-keystore",
                 "ca.p12", "-infile", alias + ".csr", "-outfile", alias + ".pem", "-ext", "SAN=dns:localhost",

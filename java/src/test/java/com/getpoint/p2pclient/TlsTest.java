@@ -165,7 +165,7 @@ public class TlsTest {
         int port = tlsServer(certs.self, sendsOrder(ORDER));
         // Upper case with colons, as some tools print fingerprints.
         String hex = Tls.fingerprint(certs.selfCert).substring(7).toUpperCase();
-        StringBuilder colons = new StringBuilder("SHA256:");
+        StringBuilder colons = new StringBuilder("sha256:");
         for (int i = 0; i < hex.length(); i += 2) colons.append(i == 0 ? "" : ":").append(hex, i, i + 2);
         LocalPeerAddress a = pinned("sha256:" + new String(new char[64]).replace('\0', '0'), colons.toString())
                 .requestLocalPeerAddress("https://127.0.0.1:" + port, PEER, "s3cret");
@@ -380,7 +380,8 @@ public class TlsTest {
     public void pinsAndPemAreParsedStrictly() throws Exception {
         byte[] zero = new byte[32];
         assertArrayEquals(zero, Tls.parsePin("sha256:" + new String(new char[64]).replace('\0', '0')));
-        for (String bad : new String[] {null, "", "sha256:", "sha1:" + new String(new char[64]).replace('\0', '0'),
+        for (String bad : new String[] {null, "", "sha256:", "SHA256:" + new String(new char[64]).replace('\0', '0'),
+                "sha1:" + new String(new char[64]).replace('\0', '0'),
                 "sha256:" + new String(new char[63]).replace('\0', '0'), "sha256:zz" + new String(new char[62]),
                 new String(new char[64]).replace('\0', 'a')}) {
             try {
