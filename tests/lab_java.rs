@@ -4,6 +4,8 @@
 //! plain socket bound to LocalAddress) and through the one-call `connectDetailed`. Each run
 //! echoes 1 MiB; it counts only if the demo succeeds and reports the expected path and address,
 //! and the rendezvous host's interface moved far less than the payload (far more, for the relay).
+//! The TLS cases run the server with `--tls-cert/--tls-key` (a self-signed certificate made
+//! here) and the agent and the demo on `https://` with `--tls-pin`.
 //!
 //! They need root, the lab's tools and a JDK (`javac`, `java`); without root or a JDK they print
 //! `skipped: ...` and return, except under CI, where they fail.
@@ -12,7 +14,7 @@ mod natlab;
 
 use natlab::{Auth, EchoServer, Lab, LabConfig, Nat, Node, Proc, RDV_IP, SERVER_PORT, Site};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -69,10 +71,46 @@ enum Expect {
     Relayed,
 }
 
-/// Runs the Demo on site A's host against the echo service exposed as `streamserver`.
-fn demo(lab: &Lab, expect: Expect, echo: &EchoServer) -> Result<(), String> {
+/// The server's self-signed TLS certificate and key (PEM files) and its pin.
+struct ServerCert {
+    cert: PathBuf,
+    key: PathBuf,
+    pin: String,
+}
+
+impl ServerCert {
+    /// A self-signed certificate for the rendezvous IP, written to `dir`.
+    fn new(dir: &Path) -> ServerCert {
+        let key = rcgen::KeyPair::generate().expect("key pair");
+        let cert = rcgen::CertificateParams::new(vec![RDV_IP.to_string()])
+            .expect("certificate parameters")
+            .self_signed(&key)
+            .expect("self-signed certificate");
+        let out = ServerCert {
+            cert: dir.join("server-cert.pem"),
+            key: dir.join("server-key.pem"),
+            pin: p2pnc::tls::fingerprint(cert.der()),
+        };
+        std::fs::write(&out.cert, cert.pem()).expect("write the certificate");
+        std::fs::write(&out.key, key.serialize_pem()).expect("write the key");
+        out
+    }
+}
+
+/// Runs the Demo on site A's host against the echo service exposed as `streamserver`; with
+/// `tls`, over `https://` with the server's pin.
+fn demo(
+    lab: &Lab,
+    expect: Expect,
+    echo: &EchoServer,
+    tls: Option<&ServerCert>,
+) -> Result<(), String> {
     let (java, classes) = java_classes().expect("checked by the caller");
     let server = format!("{RDV_IP}:{SERVER_PORT}");
+    let url = match tls {
+        Some(_) => format!("https://{server}"),
+        None => server.clone(),
+    };
     let payload = PAYLOAD.to_string();
     let mut args = vec![
         "-Xmx64m",
@@ -80,7 +118,7 @@ fn demo(lab: &Lab, expect: Expect, echo: &EchoServer) -> Result<(), String> {
         classes.to_str().expect("UTF-8 path"),
         "com.getpoint.p2pclient.Demo",
         "--server",
-        &server,
+        &url,
         "--id",
         "getpoint",
         "--peer",
@@ -90,6 +128,9 @@ fn demo(lab: &Lab, expect: Expect, echo: &EchoServer) -> Result<(), String> {
         "--echo",
         &payload,
     ];
+    if let Some(c) = tls {
+        args.extend(["--tls-pin", &c.pin]);
+    }
     let b = lab.public_ip(Site::B);
     let (what, report) = match expect {
         Expect::Plain => {
@@ -156,47 +197,85 @@ fn demo(lab: &Lab, expect: Expect, echo: &EchoServer) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts `p2pnc server --relay` on the rendezvous host (the harness's server has no relay).
-fn start_relay_server(lab: &Lab) -> Proc {
-    let listen = format!("0.0.0.0:{SERVER_PORT}");
-    let p = lab.spawn(
-        Node::Rdv,
-        "server-relay",
+/// Starts `p2pnc expose` for the echo service on B's host over `https://` with the server's
+/// pin, and waits until the server lists it (the harness's agent speaks plain HTTP).
+fn start_tls_agent(lab: &Lab, cert: &ServerCert) -> Proc {
+    let url = format!("https://{RDV_IP}:{SERVER_PORT}");
+    let to = format!("127.0.0.1:{SVC_PORT}");
+    let args = [
+        "expose",
+        "--server",
+        &url,
+        "--tls-pin",
+        &cert.pin,
+        "--id",
+        "streamserver",
+        "--to",
+        &to,
+        "--secret",
+        SECRET,
+    ];
+    let mut p = lab.spawn(
+        Node::Host(Site::B),
+        "expose-tls",
         natlab::p2pnc_bin(),
-        &["server", "--listen", &listen, "--relay"],
+        &args,
     );
-    let health = SocketAddr::from(([127, 0, 0, 1], SERVER_PORT));
-    lab.wait_http_200(Node::Rdv, health, "/v1/health", Duration::from_secs(15));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lab.peer_status("streamserver").ok() != Some(200) {
+        if let Some(s) = p.try_status() {
+            panic!("the TLS agent exited ({s}); stderr:\n{}", p.stderr());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TLS agent did not register within 15 s; stderr:\n{}",
+            p.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     p
 }
 
 /// B exposes an echo service with a secret; A runs the demo once per entry of `runs`, in turn,
-/// twice over. `relay` starts the server with `--relay`.
-fn java_demo(cfg: LabConfig, relay: bool, runs: &[Expect]) {
+/// twice over. `relay` starts the server with `--relay`; `tls` with a self-signed certificate,
+/// which the agent and the demo pin.
+fn java_demo(cfg: LabConfig, relay: bool, tls: bool, runs: &[Expect]) {
     if !natlab::require_lab() || java_classes().is_none() {
         return;
     }
     let lab = Lab::new(cfg);
-    let _server = if relay {
-        start_relay_server(&lab)
-    } else {
-        lab.start_server()
-    };
+    let cert = tls.then(|| ServerCert::new(lab.dir()));
+    let mut server_args = Vec::new();
+    if relay {
+        server_args.push("--relay");
+    }
+    if let Some(c) = &cert {
+        let (cert, key) = (c.cert.to_str(), c.key.to_str());
+        server_args.extend(["--tls-cert", cert.expect("UTF-8 path")]);
+        server_args.extend(["--tls-key", key.expect("UTF-8 path")]);
+    }
+    let mut server = lab.start_server_with(&server_args);
+    if let Some(c) = &cert {
+        server.wait_stderr(&format!("--tls-pin {}", c.pin), Duration::from_secs(5));
+    }
     let echo = EchoServer::start(
         &lab,
         Node::Host(Site::B),
         SocketAddr::from(([127, 0, 0, 1], SVC_PORT)),
     );
-    let agent = lab.start_agent(
-        Node::Host(Site::B),
-        "streamserver",
-        SVC_PORT,
-        Auth::Secret(SECRET),
-    );
+    let agent = match &cert {
+        Some(c) => start_tls_agent(&lab, c),
+        None => lab.start_agent(
+            Node::Host(Site::B),
+            "streamserver",
+            SVC_PORT,
+            Auth::Secret(SECRET),
+        ),
+    };
     let mut failures = Vec::new();
     for _round in 0..2 {
         for &expect in runs {
-            if let Err(e) = demo(&lab, expect, &echo) {
+            if let Err(e) = demo(&lab, expect, &echo, cert.as_ref()) {
                 failures.push(e);
             }
         }
@@ -216,6 +295,7 @@ fn java_through_restricted_drop_routers() {
     java_demo(
         LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedDrop).second_hosts(false),
         false,
+        false,
         &[Expect::Plain, Expect::Direct],
     );
 }
@@ -226,6 +306,7 @@ fn java_through_restricted_rst_routers_uneven_latency() {
         LabConfig::new(Nat::RestrictedRst, Nat::RestrictedRst)
             .delays(5, 40, 10)
             .second_hosts(false),
+        false,
         false,
         &[Expect::Plain, Expect::Direct],
     );
@@ -239,6 +320,7 @@ fn java_birthday_punch_toward_a_symmetric_agent() {
     java_demo(
         LabConfig::new(Nat::RestrictedRst, Nat::Symmetric { rst: false }).second_hosts(false),
         false,
+        false,
         &[Expect::Direct],
     );
 }
@@ -249,6 +331,30 @@ fn java_birthday_punch_toward_a_symmetric_agent() {
 fn java_relay_fallback_from_behind_a_symmetric_nat() {
     java_demo(
         LabConfig::new(Nat::Symmetric { rst: true }, Nat::RestrictedRst).second_hosts(false),
+        true,
+        false,
+        &[Expect::Relayed],
+    );
+}
+
+/// The server speaks TLS with a self-signed certificate: the agent and the Java client pin it,
+/// through the seed's API and the one-call API; the streams are direct.
+#[test]
+fn java_over_https_with_a_pinned_self_signed_server() {
+    java_demo(
+        LabConfig::new(Nat::RestrictedRst, Nat::RestrictedRst).second_hosts(false),
+        false,
+        true,
+        &[Expect::Plain, Expect::Direct],
+    );
+}
+
+/// TLS and the relay: the Java client behind a symmetric NAT joins the relay inside TLS.
+#[test]
+fn java_relay_fallback_over_https() {
+    java_demo(
+        LabConfig::new(Nat::Symmetric { rst: true }, Nat::RestrictedRst).second_hosts(false),
+        true,
         true,
         &[Expect::Relayed],
     );

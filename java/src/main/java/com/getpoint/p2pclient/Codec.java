@@ -16,6 +16,15 @@ final class Codec {
     private static final char[] BASE64 =
             "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".toCharArray();
 
+    private static final int[] BASE64_VALUE = new int[128];
+
+    static {
+        java.util.Arrays.fill(BASE64_VALUE, -1);
+        for (int i = 0; i < BASE64.length; i++) {
+            BASE64_VALUE[BASE64[i]] = i;
+        }
+    }
+
     private Codec() {}
 
     static byte[] utf8(String s) {
@@ -73,6 +82,41 @@ final class Codec {
     }
 
     /**
+     * Decodes standard Base64, skipping whitespace (line breaks of PEM); null if {@code s} is
+     * not Base64.
+     */
+    static byte[] unbase64(String s) {
+        java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream(s.length() * 3 / 4);
+        int bits = 0, n = 0, pad = 0;
+        for (int i = 0; i < s.length(); i++) {
+            char c = s.charAt(i);
+            if (c == ' ' || c == '\t' || c == '\r' || c == '\n') continue;
+            if (c == '=') {
+                pad++;
+                continue;
+            }
+            int v = c < 128 ? BASE64_VALUE[c] : -1;
+            if (v < 0 || pad > 0) return null;
+            bits = bits << 6 | v;
+            if (++n % 4 == 0) {
+                out.write(bits >> 16);
+                out.write(bits >> 8);
+                out.write(bits);
+                bits = 0;
+            }
+        }
+        int tail = n % 4;
+        if (tail == 1 || pad > 2 || (pad > 0 && tail + pad != 4)) return null;
+        if (tail == 2) {
+            out.write(bits >> 4);
+        } else if (tail == 3) {
+            out.write(bits >> 10);
+            out.write(bits >> 2);
+        }
+        return out.toByteArray();
+    }
+
+    /**
      * Percent-encodes a query value: every byte of its UTF-8 form except the unreserved
      * characters {@code A-Z a-z 0-9 - . _ ~} becomes {@code %XX}.
      */
@@ -103,6 +147,15 @@ final class Codec {
             return mac.doFinal();
         } catch (GeneralSecurityException e) {
             throw new IllegalStateException("HmacSHA256 is not available", e);
+        }
+    }
+
+    /** SHA-256. */
+    static byte[] sha256(byte[] data) {
+        try {
+            return MessageDigest.getInstance("SHA-256").digest(data);
+        } catch (GeneralSecurityException e) {
+            throw new IllegalStateException("SHA-256 is not available", e);
         }
     }
 

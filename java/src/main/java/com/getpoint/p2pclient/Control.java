@@ -21,14 +21,19 @@ import java.util.concurrent.TimeoutException;
 
 /**
  * The client's control channel: one WebSocket to {@code /v1/connect} per attempt, made from the
- * punch port, carrying the punch order (or the refusal) and any later {@code error}.
+ * punch port (inside TLS for an {@code https://} server), carrying the punch order (or the
+ * refusal) and any later {@code error}.
  */
 final class Control {
-    /** The socket to the server; its local port is the punch port. */
+    /** The TCP socket to the server (under TLS, if any); its local port is the punch port. */
     final Socket socket;
     /** The punch order (set once by {@link #request}). */
     Message order;
-    /** The server as {@code host:port}, for the Host header and messages. */
+    /** The server's URL. */
+    final ServerUrl url;
+    /** TLS toward the server (for the relay too), or null for a plain server. */
+    final Tls tls;
+    /** The server as {@code host:port}, for the Host header. */
     final String server;
     /** The server's resolved address. */
     final InetSocketAddress serverAddress;
@@ -38,11 +43,13 @@ final class Control {
     final String peer;
     private final WebSocket ws;
 
-    private Control(Socket socket, WebSocket ws, String server, InetSocketAddress serverAddress, String peer,
-            int timeoutMs) {
+    private Control(Socket socket, WebSocket ws, ServerUrl url, Tls tls, InetSocketAddress serverAddress,
+            String peer, int timeoutMs) {
         this.socket = socket;
         this.ws = ws;
-        this.server = server;
+        this.url = url;
+        this.tls = tls;
+        this.server = url.authority();
         this.serverAddress = serverAddress;
         this.peer = peer;
         this.timeoutMs = timeoutMs;
@@ -51,14 +58,17 @@ final class Control {
     /**
      * Connects to the server from a fresh shared port, requests a session with {@code peer} in
      * {@code mode} and waits for the punch order. Each step (resolve, connect, upgrade, order)
-     * may take {@code timeoutMs}. {@code token} is the server's token, or null.
+     * may take {@code timeoutMs}, the TLS handshake included. {@code tls} is how an
+     * {@code https://} server is trusted (null for a plain one); {@code token} is the server's
+     * token, or null.
      *
      * @throws P2pException why no order came: the server's refusal, or what went wrong
      */
-    static Control request(String host, int port, String token, String peer, String secret, String mode,
+    static Control request(ServerUrl url, Tls tls, String token, String peer, String secret, String mode,
             int timeoutMs) throws P2pException {
-        String server = (host.indexOf(':') >= 0 ? "[" + host + "]" : host) + ":" + port;
-        InetSocketAddress address = new InetSocketAddress(resolve(host, server, timeoutMs), port);
+        String host = url.host;
+        String server = url.authority();
+        InetSocketAddress address = new InetSocketAddress(resolve(host, server, timeoutMs), url.port);
         Socket socket = new Socket();
         try {
             try {
@@ -78,16 +88,20 @@ final class Control {
                 candidates.add(HostTuple.of(a, socket.getLocalPort()));
             }
             String target = Protocol.CONNECT_PATH + "?" + Protocol.connectQuery(peer, nonce, proof, mode, candidates);
+            Socket channel = socket;
+            if (tls != null) {
+                channel = tls.handshake(socket, url, System.nanoTime() + timeoutMs * 1000000L);
+            }
             long deadline = System.nanoTime() + timeoutMs * 1000000L;
             WebSocket ws;
             try {
-                ws = WebSocket.upgrade(socket, server, target, token, deadline);
+                ws = WebSocket.upgrade(channel, server, target, token, deadline);
             } catch (WebSocket.Refused e) {
                 throw refusedUpgrade(e, peer);
             } catch (IOException e) {
                 throw failure(e, server, "the WebSocket handshake", timeoutMs);
             }
-            Control control = new Control(socket, ws, server, address, peer, timeoutMs);
+            Control control = new Control(socket, ws, url, tls, address, peer, timeoutMs);
             Message order = control.receive(System.nanoTime() + timeoutMs * 1000000L, "the punch order");
             if (order == null) {
                 throw new P2pException(null, "the server closed the control channel before sending the punch order");
@@ -134,9 +148,16 @@ final class Control {
         ws.close();
     }
 
-    /** Closes the channel with an RST, leaving the punch port free at once. */
+    /**
+     * Closes the channel with an RST (no TLS close either), leaving the punch port free at once.
+     */
     void abort() {
-        ws.abort();
+        try {
+            socket.setSoLinger(true, 0);
+        } catch (IOException ignored) {
+            // Already closed.
+        }
+        WebSocket.closeQuietly(socket);
     }
 
     private static P2pException failure(IOException e, String server, String what, int timeoutMs) {

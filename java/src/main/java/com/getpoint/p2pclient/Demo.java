@@ -16,9 +16,13 @@ import java.util.Random;
  * {@code p2p test failed: REASON} (exit 1).
  *
  * <pre>
- * java -cp p2pclient.jar com.getpoint.p2pclient.Demo --server HOST:PORT --id getpoint --peer streamserver
- *     [--secret S] [--token T] [--plain] [--echo BYTES]
+ * java -cp p2pclient.jar com.getpoint.p2pclient.Demo --server URL --id getpoint --peer streamserver
+ *     [--secret S] [--token T] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain] [--echo BYTES]
  * </pre>
+ *
+ * {@code --server} is {@code HOST:PORT} (plain), {@code http://HOST[:PORT]} or
+ * {@code https://HOST[:PORT]}; {@code --tls-ca} trusts only the CAs of a PEM file and
+ * {@code --tls-pin} (repeatable) accepts the server certificate with that SHA-256 fingerprint.
  *
  * {@code --plain} runs the seed's snippet ({@code getP2PLocalPeerAddress}, then a plain socket
  * bound to LocalAddress); without it the one-call {@code connectDetailed} is used.
@@ -26,15 +30,17 @@ import java.util.Random;
  * them unchanged.
  */
 public final class Demo {
-    private static final String USAGE = "usage: Demo --server HOST:PORT --id LOCAL_ID --peer PEER_ID"
-            + " [--secret SECRET] [--token TOKEN] [--plain] [--echo BYTES]";
+    private static final String USAGE = "usage: Demo --server URL --id LOCAL_ID --peer PEER_ID"
+            + " [--secret SECRET] [--token TOKEN] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain]"
+            + " [--echo BYTES]";
     private static final byte[] GREETING = "test p2p is success".getBytes(Codec.UTF8);
 
     private Demo() {}
 
     /** Runs the demo; see the class documentation. */
     public static void main(String[] args) {
-        String server = null, id = "getpoint", peer = null, secret = null, token = null;
+        String server = null, id = "getpoint", peer = null, secret = null, token = null, ca = null;
+        java.util.List<String> pins = new java.util.ArrayList<String>();
         boolean plain = false;
         int echo = 0;
         try {
@@ -52,14 +58,18 @@ public final class Demo {
                     secret = args[++i];
                 } else if (i + 1 < args.length && a.equals("--token")) {
                     token = args[++i];
+                } else if (i + 1 < args.length && a.equals("--tls-ca")) {
+                    ca = args[++i];
+                } else if (i + 1 < args.length && a.equals("--tls-pin")) {
+                    pins.add(args[++i]);
                 } else if (i + 1 < args.length && a.equals("--echo")) {
                     echo = Integer.parseInt(args[++i]);
                 } else {
                     throw new IllegalArgumentException("unknown argument '" + a + "'");
                 }
             }
-            if (server == null || peer == null || server.lastIndexOf(':') < 0 || echo < 0) {
-                throw new IllegalArgumentException("--server HOST:PORT and --peer are required");
+            if (server == null || peer == null || echo < 0) {
+                throw new IllegalArgumentException("--server URL and --peer are required");
             }
         } catch (IllegalArgumentException e) {
             System.err.println(e.getMessage());
@@ -69,32 +79,36 @@ public final class Demo {
         }
         P2pClient client;
         try {
-            client = new P2pClient(P2pClient.DEFAULT_SERVER_TIMEOUT_MS, P2pClient.DEFAULT_PUNCH_TIMEOUT_MS, token);
-        } catch (IllegalArgumentException e) {
+            P2pClient.Builder builder = new P2pClient.Builder().token(token);
+            for (String pin : pins) {
+                builder.tlsPin(pin);
+            }
+            if (ca != null) {
+                builder.tlsCaFile(new java.io.File(ca));
+            }
+            client = builder.build();
+        } catch (IllegalArgumentException | IOException e) {
             System.err.println(e.getMessage());
             System.exit(2);
             return;
         }
-        int colon = server.lastIndexOf(':');
-        String host = server.substring(0, colon).replace("[", "").replace("]", "");
         long started = System.nanoTime();
         try {
-            int port = Integer.parseInt(server.substring(colon + 1));
-            String how = plain ? runPlain(client, host, port, id, peer, secret, echo)
-                    : runPunch(client, host, port, id, peer, secret, echo);
+            String how = plain ? runPlain(client, server, id, peer, secret, echo)
+                    : runPunch(client, server, id, peer, secret, echo);
             System.out.println("p2p test success in " + (System.nanoTime() - started) / 1000000 + " ms");
             System.out.println(how);
             System.exit(0);
-        } catch (IOException | NumberFormatException e) {
+        } catch (IOException e) {
             System.out.println("p2p test failed: " + e.getMessage());
             System.exit(1);
         }
     }
 
     /** The seed README's snippet, with the reason kept when it fails. */
-    private static String runPlain(P2pClient client, String host, int port, String id, String peer, String secret,
+    private static String runPlain(P2pClient client, String server, String id, String peer, String secret,
             int echo) throws IOException {
-        LocalPeerAddress addresses = client.requestLocalPeerAddress(host, port, id, peer, secret);
+        LocalPeerAddress addresses = client.requestLocalPeerAddress(server, peer, secret);
         Socket socket = new Socket();
         try {
             socket.bind(new InetSocketAddress(addresses.LocalAddress.ip, addresses.LocalAddress.port));
@@ -110,9 +124,9 @@ public final class Demo {
         return "plain: local " + addresses.LocalAddress + " -> peer " + addresses.PeerAddress;
     }
 
-    private static String runPunch(P2pClient client, String host, int port, String id, String peer, String secret,
+    private static String runPunch(P2pClient client, String server, String id, String peer, String secret,
             int echo) throws IOException {
-        P2pConnection c = client.connectDetailed(host, port, id, peer, secret);
+        P2pConnection c = client.connectDetailed(server, peer, secret);
         try {
             c.socket.setSoTimeout(5000);
             c.socket.getOutputStream().write(GREETING);

@@ -279,6 +279,23 @@ final class Punch {
         }
     }
 
+    /**
+     * Tracks {@code layered} (e.g. TLS on {@code s}) instead of {@code s}; false, with both
+     * closed, if the punch is over.
+     */
+    private boolean replace(Socket s, Socket layered) {
+        synchronized (lock) {
+            sockets.remove(s);
+            if (finished) {
+                WebSocket.closeQuietly(layered);
+                WebSocket.closeQuietly(s);
+                return false;
+            }
+            sockets.add(layered);
+            return true;
+        }
+    }
+
     /** Records a failed connect and waits 60-160 ms; false when the punch is over. */
     private boolean failed(HostTuple target, Socket s, IOException e) {
         synchronized (lock) {
@@ -340,6 +357,13 @@ final class Punch {
         try {
             s.setTcpNoDelay(true);
             s.connect(control.serverAddress, Math.max(1, Math.min(control.timeoutMs, remainingMs())));
+            if (control.tls != null) {
+                // The relay is joined on the control port, so inside TLS like the control channel.
+                Socket tcp = s;
+                s = control.tls.handshake(tcp, control.url,
+                        System.nanoTime() + Math.max(1, Math.min(control.timeoutMs, remainingMs())) * 1000000L);
+                if (!replace(tcp, s)) return;
+            }
             s.setSoTimeout(Math.max(1, Math.min(control.timeoutMs, remainingMs())));
             Relay.join(s, control.server, control.order.text("session"));
             handshake(s, server, true);

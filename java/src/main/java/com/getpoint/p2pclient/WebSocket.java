@@ -9,6 +9,7 @@ import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.nio.charset.CharacterCodingException;
 import java.util.Locale;
+import javax.net.ssl.SSLSocket;
 
 /**
  * A minimal RFC 6455 WebSocket client over a connected {@link Socket}: text messages (fragmented
@@ -73,7 +74,7 @@ final class WebSocket {
         out.write(Codec.utf8(request));
         out.flush();
         WebSocket ws = new WebSocket(socket, new BufferedInputStream(socket.getInputStream()));
-        String[] lines = ws.readHeader(deadline).split("\r\n");
+        String[] lines = ws.readHeader(deadline, host, !(socket instanceof SSLSocket)).split("\r\n");
         String[] status = lines[0].split(" ", 3);
         if (status.length < 2 || !status[0].startsWith("HTTP/1.") || !status[1].matches("[0-9]{3}")) {
             throw new P2pException(null, "the server's answer is not HTTP: '" + lines[0] + "'");
@@ -107,15 +108,24 @@ final class WebSocket {
         return ws;
     }
 
-    private String readHeader(long deadline) throws IOException {
+    /**
+     * Reads the answer's head. {@code plain} says the request went without TLS: then an answer
+     * in TLS records (an alert or a handshake) means the server speaks TLS.
+     */
+    private String readHeader(long deadline, String host, boolean plain) throws IOException {
         ByteArrayOutputStream head = new ByteArrayOutputStream();
         int state = 0; // how much of "\r\n\r\n" was just seen
+        String tlsHint = plain ? " (if it is a TLS server, use https://" + host + ")" : "";
         while (state < 4) {
             int b = readByte(deadline);
             if (b < 0) {
                 throw new P2pException(null, head.size() == 0
-                        ? "the server closed the connection without answering"
-                        : "the server closed the connection in the middle of its HTTP answer");
+                        ? "the server closed the connection without answering" + tlsHint
+                        : "the server closed the connection in the middle of its HTTP answer" + tlsHint);
+            }
+            if (plain && head.size() == 0 && (b == 0x15 || b == 0x16)) {
+                throw new P2pException(null, "the server " + host + " speaks TLS (it answered with a TLS record):"
+                        + " use https://" + host);
             }
             if (head.size() >= MAX_HEADER_BYTES) {
                 throw new P2pException(null, "the server's HTTP header is over " + MAX_HEADER_BYTES + " bytes");
@@ -286,19 +296,6 @@ final class WebSocket {
             sendFrame(OP_CLOSE, new byte[] {0x03, (byte) 0xe8});
         } catch (IOException ignored) {
             // Closing anyway.
-        }
-        closeQuietly(socket);
-    }
-
-    /**
-     * Closes the socket with an RST (SO_LINGER 0): no FIN handshake, no TIME_WAIT, so its local
-     * port is free at once for a socket bound without SO_REUSEADDR.
-     */
-    void abort() {
-        try {
-            socket.setSoLinger(true, 0);
-        } catch (IOException ignored) {
-            // Already closed.
         }
         closeQuietly(socket);
     }

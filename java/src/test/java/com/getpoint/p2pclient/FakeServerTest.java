@@ -25,9 +25,9 @@ import org.junit.Test;
 
 /** Every bad reply of a server, from an in-test fake server speaking just enough HTTP/WebSocket. */
 public class FakeServerTest {
-    private static final String PEER = "streamserver";
-    private static final String SESSION = "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f";
-    private static final String KEY = "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5";
+    static final String PEER = "streamserver";
+    static final String SESSION = "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f";
+    static final String KEY = "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5";
 
     /** What the fake server does with one connection, after reading the request head. */
     interface Script {
@@ -104,7 +104,7 @@ public class FakeServerTest {
         return ss;
     }
 
-    private static String readHead(InputStream in) throws IOException {
+    static String readHead(InputStream in) throws IOException {
         ByteArrayOutputStream b = new ByteArrayOutputStream();
         while (!b.toString("UTF-8").endsWith("\r\n\r\n")) {
             int c = in.read();
@@ -114,7 +114,7 @@ public class FakeServerTest {
         return b.toString("UTF-8");
     }
 
-    private static void upgrade(Socket s, String key) throws IOException {
+    static void upgrade(Socket s, String key) throws IOException {
         String accept = Codec.base64(Codec.sha1(Codec.utf8(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")));
         write(s, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
                 + "Sec-WebSocket-Accept: " + accept + "\r\n\r\n");
@@ -126,13 +126,13 @@ public class FakeServerTest {
                 + "\r\n\r\n" + body);
     }
 
-    private static void write(Socket s, String text) throws IOException {
+    static void write(Socket s, String text) throws IOException {
         s.getOutputStream().write(Codec.utf8(text));
         s.getOutputStream().flush();
     }
 
     /** An unmasked server frame. */
-    private static byte[] frame(int opcode, boolean fin, byte[] payload) {
+    static byte[] frame(int opcode, boolean fin, byte[] payload) {
         ByteArrayOutputStream b = new ByteArrayOutputStream();
         b.write((fin ? 0x80 : 0) | opcode);
         if (payload.length < 126) {
@@ -149,12 +149,12 @@ public class FakeServerTest {
         return b.toByteArray();
     }
 
-    private static void text(Socket s, String message) throws IOException {
+    static void text(Socket s, String message) throws IOException {
         s.getOutputStream().write(frame(1, true, Codec.utf8(message)));
         s.getOutputStream().flush();
     }
 
-    private static String order(String mode, String peerPublic, String... peerPrivate) {
+    static String order(String mode, String peerPublic, String... peerPrivate) {
         StringBuilder priv = new StringBuilder();
         for (String p : peerPrivate) {
             priv.append(priv.length() == 0 ? "" : ",").append('"').append(p).append('"');
@@ -178,7 +178,7 @@ public class FakeServerTest {
         return plainFailure(new P2pClient(2000, 2000), port);
     }
 
-    private static void assertMessage(P2pException e, String... parts) {
+    static void assertMessage(P2pException e, String... parts) {
         for (String part : parts) {
             assertTrue("'" + e.getMessage() + "' should contain '" + part + "'", e.getMessage().contains(part));
         }
@@ -506,7 +506,7 @@ public class FakeServerTest {
         return agent;
     }
 
-    private static byte[] hello(String secret, String role) {
+    static byte[] hello(String secret, String role) {
         return Protocol.hello(Codec.unhex(SESSION, 16), Protocol.streamKey(secret, Codec.unhex(KEY, 32)), role);
     }
 
@@ -593,12 +593,12 @@ public class FakeServerTest {
         assertTrue("took " + ms + " ms", ms >= 500 && ms < 2000);
     }
 
-    private static String withFields(String order, String fields) {
+    static String withFields(String order, String fields) {
         return order.substring(0, order.length() - 1) + "," + fields + "}";
     }
 
     /** A fake relay: checks the join request, answers 101, then plays a correct agent. */
-    private static Script relayAgent(final AtomicReference<String> request) {
+    static Script relayAgent(final AtomicReference<String> request) {
         return new Script() {
             @Override
             public void serve(Socket s, String head, String key) throws IOException {

@@ -157,9 +157,10 @@ public class InteropTest {
         processes.add(pb.start());
     }
 
-    private int httpStatus(int port, String path) {
+    private int httpStatus(int port, String path, String token) {
         try {
             HttpURLConnection c = (HttpURLConnection) new URL("http://127.0.0.1:" + port + path).openConnection();
+            if (token != null) c.setRequestProperty("Authorization", "Bearer " + token);
             c.setConnectTimeout(500);
             c.setReadTimeout(500);
             int status = c.getResponseCode();
@@ -171,12 +172,17 @@ public class InteropTest {
     }
 
     private void waitFor(String what, String path) throws Exception {
-        waitFor(what, serverPort, path);
+        waitFor(what, serverPort, path, null);
     }
 
     private void waitFor(String what, int port, String path) throws Exception {
+        waitFor(what, port, path, null);
+    }
+
+    /** Polls {@code GET path} (with the server's {@code token}, if any) until it answers 200. */
+    private void waitFor(String what, int port, String path, String token) throws Exception {
         long until = System.currentTimeMillis() + 10000;
-        while (httpStatus(port, path) != 200) {
+        while (httpStatus(port, path, token) != 200) {
             if (System.currentTimeMillis() > until) fail(what + " not ready in 10 s\n" + logText());
             for (Process p : processes) {
                 try {
@@ -408,7 +414,7 @@ public class InteropTest {
         waitFor("server with a token", port, "/v1/health");
         spawn("expose", "--server", "http://127.0.0.1:" + port, "--token", "tok-123", "--id", "guarded",
                 "--to", "127.0.0.1:" + service.socket.getLocalPort(), "--public");
-        waitFor("agent 'guarded'", port, "/v1/peers/guarded");
+        waitFor("agent 'guarded'", port, "/v1/peers/guarded", "tok-123");
         Socket s = new P2pClient(5000, 5000, "tok-123").connect("127.0.0.1", port, "getpoint", "guarded", null);
         try {
             assertArrayEquals(Codec.utf8("hi"), roundTrip(s, Codec.utf8("hi")));
@@ -423,6 +429,72 @@ public class InteropTest {
                 assertEquals(e.getMessage(), "unauthorized", e.getCode());
                 assertTrue(e.getMessage(), e.getMessage().startsWith("the server refused this client's token"));
             }
+        }
+    }
+
+    /**
+     * {@code p2pnc server --tls-cert/--tls-key} with a certificate for {@code localhost} from a
+     * private CA ({@link TestCerts}); a Rust agent over {@code https://} with a pin; the Java
+     * client with a pin (by IP: the pin ignores the name), with the CA (by name), through the
+     * seed's calls, and every refusal.
+     */
+    @Test
+    public void tlsServerWithAPinOrAPrivateCa() throws Exception {
+        TestCerts certs = TestCerts.get();
+        File[] pem = certs.pemFiles(certs.server, "rust-server");
+        String pin = Tls.fingerprint(certs.serverCert);
+        int port = freePort();
+        spawn("server", "--listen", "127.0.0.1:" + port, "--tls-cert", pem[0].getPath(), "--tls-key",
+                pem[1].getPath());
+        waitFor("TLS server", port, "/v1/health");
+        assertTrue("the server logs its pin " + pin + "\n" + logText(), logText().contains(pin));
+        String https = "https://127.0.0.1:" + port;
+        spawn("expose", "--server", https, "--tls-pin", pin, "--id", "tls-svc", "--to",
+                "127.0.0.1:" + service.socket.getLocalPort(), "--secret", SECRET);
+        waitFor("agent 'tls-svc' over TLS", port, "/v1/peers/tls-svc");
+
+        byte[] data = new byte[256 * 1024];
+        new Random(11).nextBytes(data);
+        P2pClient pinned = new P2pClient.Builder().tlsPin(pin).build();
+        P2pConnection c = pinned.connectDetailed(https, "tls-svc", SECRET);
+        try {
+            assertTrue("the punched stream is plain TCP", !(c.socket instanceof javax.net.ssl.SSLSocket));
+            assertArrayEquals(data, roundTrip(c.socket, data));
+        } finally {
+            c.socket.close();
+        }
+        assertArrayEquals(data, service.nextFinished(0));
+        Socket s = new P2pClient.Builder().tlsCaFile(certs.caPem()).build()
+                .connect("https://localhost:" + port, "tls-svc", SECRET);
+        try {
+            assertArrayEquals(Codec.utf8("by name"), roundTrip(s, Codec.utf8("by name")));
+        } finally {
+            s.close();
+        }
+        service.nextFinished(1);
+        seedSnippet(pinned.getP2PLocalPeerAddress("https://127.0.0.1", port, "getpoint", "tls-svc", SECRET), 2);
+
+        String[][] refusals = {
+            {"default", https, "is not signed by a CA in the platform's trust store (issued by CN=p2pnc test CA)"},
+            {"wrong pin", https, "is " + pin + ", not the pinned " + Tls.fingerprint(certs.selfCert)},
+            {"ca", https, "is not valid for '127.0.0.1' (it names [localhost])"},
+            {"default", "http://127.0.0.1:" + port, "this server speaks TLS: use an https:// server URL"},
+            {"default", "https://127.0.0.1:" + serverPort, "does not speak TLS"},
+        };
+        for (String[] r : refusals) {
+            P2pClient.Builder b = new P2pClient.Builder();
+            if (r[0].equals("wrong pin")) b.tlsPin(Tls.fingerprint(certs.selfCert));
+            if (r[0].equals("ca")) b.tlsCaFile(certs.caPem());
+            long t = System.nanoTime();
+            try {
+                b.build().connect(r[1], "tls-svc", SECRET);
+                fail(r[0] + " " + r[1] + ": connected");
+            } catch (P2pException e) {
+                assertTrue(r[0] + " " + r[1] + ": '" + e.getMessage() + "' should contain '" + r[2] + "'",
+                        e.getMessage().contains(r[2]));
+            }
+            long ms = (System.nanoTime() - t) / 1000000;
+            assertTrue(r[1] + " took " + ms + " ms", ms < 3000);
         }
     }
 }
