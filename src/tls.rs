@@ -222,8 +222,14 @@ fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, String), Str
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
     let pin = fingerprint(chain[0].as_ref());
-    let pair = CertifiedKey::from_der(chain, key, &provider())
-        .map_err(|e| format!("the certificate and key do not make a usable pair: {e}"))?;
+    let pair = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+        let hint = if e.to_string().contains("parse private key") {
+            " (an EC key must include its public key: `openssl ec -in KEY -out NEW_KEY` adds it)"
+        } else {
+            ""
+        };
+        format!("the certificate and key do not make a usable pair: {e}{hint}")
+    })?;
     Ok((Arc::new(pair), pin))
 }
 
