@@ -10,6 +10,16 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Backlog of punch-port listeners.
 const LISTEN_BACKLOG: i32 = 1024;
+/// Idle time before a proven stream sends a keepalive probe. Probes keep the NAT mappings on
+/// the path alive, re-create a mapping that a router forgot (so the peer's packets get
+/// through again), and reveal a peer that is gone.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+/// Time between unanswered keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Sent data left unacknowledged this long (or an idle peer silent this long once probed)
+/// ends a proven stream with an error, instead of the kernel's ~15 minutes of
+/// retransmissions.
+const STREAM_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The unspecified address of `peer`'s family, with `port`.
 pub fn any_addr(peer: &SocketAddr, port: u16) -> SocketAddr {
@@ -235,6 +245,19 @@ pub fn tcp_rtt(fd: &impl AsRawFd) -> Option<Duration> {
         let _ = fd;
         None
     }
+}
+
+/// Makes a proven stream notice a dead path: keepalive probes when idle, and a bound on how
+/// long sent data may stay unacknowledged.
+pub fn watch_liveness(stream: &TcpStream) -> io::Result<()> {
+    let socket = SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    socket.set_tcp_keepalive(&keepalive)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    socket.set_tcp_user_timeout(Some(STREAM_USER_TIMEOUT))?;
+    Ok(())
 }
 
 /// Closes a stream with an immediate RST instead of a FIN, leaving no TIME_WAIT behind.

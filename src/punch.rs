@@ -362,7 +362,12 @@ pub async fn run(
                         _ => Ok(()),
                     };
                     match selected {
-                        Ok(()) => return Ok(punched),
+                        Ok(()) => {
+                            if let Err(e) = net::watch_liveness(&punched.stream) {
+                                tracing::debug!("keepalive on the stream: {e}");
+                            }
+                            return Ok(punched);
+                        }
                         Err(why) => {
                             tracing::debug!("selected stream failed: {why}");
                             failure.rejected_streams += 1;
