@@ -10,6 +10,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Backlog of punch-port listeners.
 const LISTEN_BACKLOG: i32 = 1024;
+/// Backlog of the server's listeners. A burst of connections (every agent reconnecting after
+/// a restart, or a flood from one host) then waits in the kernel's accept queue; with the
+/// usual 128, the overflow was dropped, and peers connecting at that moment lost a second to
+/// SYN retransmission. The kernel caps it at `net.core.somaxconn`.
+const SERVER_BACKLOG: i32 = 4096;
 /// Idle time before a proven stream sends a keepalive probe. Probes keep the NAT mappings on
 /// the path alive, re-create a mapping that a router forgot (so the peer's packets get
 /// through again), and reveal a peer that is gone.
@@ -50,6 +55,17 @@ pub fn shared_port_socket(local: SocketAddr) -> io::Result<Socket> {
 pub fn shared_listener(local: SocketAddr) -> io::Result<TcpListener> {
     let socket = shared_port_socket(local)?;
     socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A listener for the rendezvous server's ports, with a deep accept queue.
+pub fn server_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(SERVER_BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
 
