@@ -349,6 +349,13 @@ fn error_line(stderr: &str) -> String {
 // kill -9 of an agent in the middle of a transfer
 // ---------------------------------------------------------------------------------------------
 
+/// When the agent dies, host B's kernel closes its end of the stream: with unread data in the
+/// receive queue it sends a RST at once; with an empty queue it sends a FIN, and a RST for the
+/// client's next segment. Both NATs keep the flow, so either reaches the client. A client that
+/// is still sending therefore fails (EPIPE or ECONNRESET) within about one trip; the bytes
+/// still buffered in the dead agent are lost, and the client's error is the only sign of it.
+/// (A client that had already finished sending and then sees only the FIN cannot tell a crash
+/// from a clean close: TCP gives it nothing more to go on.)
 #[test]
 fn an_agent_killed_mid_transfer_ends_the_clients_stream_with_an_error_at_once() {
     if !natlab::require_lab() {
