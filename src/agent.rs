@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::control::{self, ControlSocket, ServerUrl};
+use crate::control::{self, ControlSocket, Incoming, ServerUrl};
 use crate::portmap::{self, PortMap};
 use crate::probe;
 use crate::protocol::{
@@ -480,23 +480,24 @@ async fn serve_registration(
                 let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
                 return None;
             }
-            got = control::recv::<ServerMsg>(&mut ws) => {
+            // Every frame counts as a sign of life, pings and pongs included.
+            got = control::recv_frame::<ServerMsg>(&mut ws) => {
                 last_heard = Instant::now();
                 match got {
-                    Ok(Some(ServerMsg::Punch(p))) => {
+                    Ok(Incoming::Message(ServerMsg::Punch(p))) => {
                         tasks.spawn(session(state.clone(), slots.clone(), local, p, msg_tx.clone()));
                     }
-                    Ok(Some(ServerMsg::Error { code: ErrorCode::IdTaken, message })) => {
+                    Ok(Incoming::Message(ServerMsg::Error { code: ErrorCode::IdTaken, message })) => {
                         // Another instance with the same secret took over the id: two agents
                         // must not take turns replacing each other.
                         return Some(message);
                     }
-                    Ok(Some(ServerMsg::Error { code, message })) => {
+                    Ok(Incoming::Message(ServerMsg::Error { code, message })) => {
                         tracing::warn!("server error {code}: {message}");
                         return None;
                     }
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
+                    Ok(Incoming::Message(_) | Incoming::Alive) => {}
+                    Ok(Incoming::Closed) => {
                         tracing::warn!("server closed the control channel");
                         return None;
                     }

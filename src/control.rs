@@ -178,21 +178,41 @@ pub async fn open(
     }
 }
 
+/// What the next frame of a control socket carried.
+#[derive(Debug)]
+pub enum Incoming<T> {
+    /// A control message.
+    Message(T),
+    /// A ping or pong: no message, but the server is alive.
+    Alive,
+    /// The socket closed.
+    Closed,
+}
+
+/// Reads the next frame and decodes a control message of type `T` from it.
+pub async fn recv_frame<T: for<'de> serde::Deserialize<'de>>(
+    ws: &mut ControlSocket,
+) -> Result<Incoming<T>, Error> {
+    match ws.next().await {
+        None | Some(Ok(Message::Close(_))) => Ok(Incoming::Closed),
+        Some(Err(e)) => Err(Error::ServerUnreachable(format!("control channel: {e}"))),
+        Some(Ok(Message::Text(text))) => protocol::decode(&text)
+            .map(Incoming::Message)
+            .map_err(Error::Protocol),
+        Some(Ok(Message::Binary(_))) => Err(Error::Protocol("unexpected binary frame".into())),
+        Some(Ok(_)) => Ok(Incoming::Alive),
+    }
+}
+
 /// Reads the next control message of type `T`, skipping pings; `None` when the socket closed.
 pub async fn recv<T: for<'de> serde::Deserialize<'de>>(
     ws: &mut ControlSocket,
 ) -> Result<Option<T>, Error> {
     loop {
-        match ws.next().await {
-            None | Some(Ok(Message::Close(_))) => return Ok(None),
-            Some(Err(e)) => return Err(Error::ServerUnreachable(format!("control channel: {e}"))),
-            Some(Ok(Message::Text(text))) => {
-                return protocol::decode(&text).map(Some).map_err(Error::Protocol);
-            }
-            Some(Ok(Message::Binary(_))) => {
-                return Err(Error::Protocol("unexpected binary frame".into()));
-            }
-            Some(Ok(_)) => {}
+        match recv_frame(ws).await? {
+            Incoming::Message(m) => return Ok(Some(m)),
+            Incoming::Closed => return Ok(None),
+            Incoming::Alive => {}
         }
     }
 }

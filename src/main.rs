@@ -382,14 +382,13 @@ async fn server(args: ServerArgs) -> Result<()> {
     if !(args.connect_rate > 0.0 && args.expose_rate > 0.0) {
         bail!("--connect-rate and --expose-rate must be positive");
     }
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = p2pnc::net::server_listener(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
     let probe_addr = args
         .probe_listen
         .unwrap_or_else(|| p2pnc::probe::probe_addr(local));
-    let probe = TcpListener::bind(probe_addr).await.with_context(|| {
+    let probe = p2pnc::net::server_listener(probe_addr).with_context(|| {
         format!("cannot listen on {probe_addr} for NAT probes (--probe-listen)")
     })?;
     tracing::info!(

@@ -10,6 +10,21 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Backlog of punch-port listeners.
 const LISTEN_BACKLOG: i32 = 1024;
+/// Backlog of the server's listeners. A burst of connections (every agent reconnecting after
+/// a restart, or a flood from one host) then waits in the kernel's accept queue; with the
+/// usual 128, the overflow was dropped, and peers connecting at that moment lost a second to
+/// SYN retransmission. The kernel caps it at `net.core.somaxconn`.
+const SERVER_BACKLOG: i32 = 4096;
+/// Idle time before a proven stream sends a keepalive probe. Probes keep the NAT mappings on
+/// the path alive, re-create a mapping that a router forgot (so the peer's packets get
+/// through again), and reveal a peer that is gone.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+/// Time between unanswered keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Sent data left unacknowledged this long (or an idle peer silent this long once probed)
+/// ends a proven stream with an error, instead of the kernel's ~15 minutes of
+/// retransmissions.
+const STREAM_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The unspecified address of `peer`'s family, with `port`.
 pub fn any_addr(peer: &SocketAddr, port: u16) -> SocketAddr {
@@ -40,6 +55,17 @@ pub fn shared_port_socket(local: SocketAddr) -> io::Result<Socket> {
 pub fn shared_listener(local: SocketAddr) -> io::Result<TcpListener> {
     let socket = shared_port_socket(local)?;
     socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A listener for the rendezvous server's ports, with a deep accept queue.
+pub fn server_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(SERVER_BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
 
@@ -235,6 +261,19 @@ pub fn tcp_rtt(fd: &impl AsRawFd) -> Option<Duration> {
         let _ = fd;
         None
     }
+}
+
+/// Makes a proven stream notice a dead path: keepalive probes when idle, and a bound on how
+/// long sent data may stay unacknowledged.
+pub fn watch_liveness(stream: &TcpStream) -> io::Result<()> {
+    let socket = SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    socket.set_tcp_keepalive(&keepalive)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    socket.set_tcp_user_timeout(Some(STREAM_USER_TIMEOUT))?;
+    Ok(())
 }
 
 /// Closes a stream with an immediate RST instead of a FIN, leaving no TIME_WAIT behind.

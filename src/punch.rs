@@ -474,7 +474,7 @@ pub async fn run(
             },
             Some(done) = handshakes.join_next() => {
                 match done {
-                    Ok(Ok(punched)) if punched.selected => return Ok(punched),
+                    Ok(Ok(punched)) if punched.selected => return Ok(live(punched)),
                     Ok(Ok(punched)) => standby.push(punched),
                     Ok(Err(why)) if why.starts_with("relay") => failure.relay = Some(why),
                     Ok(Err(why)) => {
@@ -487,7 +487,7 @@ pub async fn run(
                 while commit.as_ref().is_none_or(|c| !c.pending()) && !standby.is_empty() {
                     let punched = standby.remove(0);
                     match select(punched, &plan.proof, commit.as_deref()).await {
-                        Ok(p) => return Ok(p),
+                        Ok(p) => return Ok(live(p)),
                         Err(why) => {
                             tracing::debug!("selected stream failed: {why}");
                             failure.rejected_streams += 1;
@@ -499,6 +499,14 @@ pub async fn run(
     }
     failure.waited = started.elapsed();
     Err(failure)
+}
+
+/// The winning stream, watched for a dead path (see [`net::watch_liveness`]).
+fn live(punched: Punched) -> Punched {
+    if let Err(e) = net::watch_liveness(&punched.stream) {
+        tracing::debug!("keepalive on the stream: {e}");
+    }
+    punched
 }
 
 /// The client selects exactly one stream: the first proven one, unless it committed to one

@@ -273,9 +273,9 @@ pub async fn bind_pair(addr: SocketAddr) -> std::io::Result<(TcpListener, TcpLis
     const TRIES: usize = 50;
     let mut last = None;
     for _ in 0..TRIES {
-        let control = TcpListener::bind(addr).await?;
+        let control = net::server_listener(addr)?;
         let probe_addr = crate::probe::probe_addr(control.local_addr()?);
-        match TcpListener::bind(probe_addr).await {
+        match net::server_listener(probe_addr) {
             Ok(probe) => return Ok((control, probe)),
             Err(e) if addr.port() == 0 => last = Some(e),
             Err(e) => return Err(e),

@@ -212,6 +212,9 @@ pub enum Node {
     Host(Site),
     /// A site's second LAN host (only with [`LabConfig::second_hosts`]).
     Host2(Site),
+    /// A host on the internet with its own public address, [`OUTSIDE_IP`], and no delay
+    /// (only with [`LabConfig::outside_host`]).
+    Outside,
 }
 
 impl Node {
@@ -222,6 +225,7 @@ impl Node {
             Node::Router(s) => format!("r{}", s.tag()),
             Node::Host(s) => format!("h{}", s.tag()),
             Node::Host2(s) => format!("h{}2", s.tag()),
+            Node::Outside => "out".into(),
         }
     }
 }
@@ -229,6 +233,9 @@ impl Node {
 /// Address of the rendezvous host.
 pub const RDV_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const INET_RDV_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// Address of the outside host ([`Node::Outside`]).
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const INET_OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
 /// Delay-box queue numbers (inside the lab's `inet` namespace).
 const QUEUE_RDV: u16 = 0;
@@ -299,6 +306,11 @@ pub struct LabConfig {
     pub delay_rdv_ms: u32,
     /// Create a second host on each LAN (`Node::Host2`).
     pub second_hosts: bool,
+    /// Create [`Node::Outside`].
+    pub outside_host: bool,
+    /// Divert internet traffic through the delay box. Without it the lab has no added delay
+    /// and no user-space hop (for bulk transfers); the delays above are then ignored.
+    pub delay_box: bool,
 }
 
 impl LabConfig {
@@ -311,6 +323,8 @@ impl LabConfig {
             delay_b_ms: 20,
             delay_rdv_ms: 20,
             second_hosts: true,
+            outside_host: false,
+            delay_box: true,
         }
     }
     pub fn delays(mut self, a_ms: u32, b_ms: u32, rdv_ms: u32) -> LabConfig {
@@ -321,6 +335,15 @@ impl LabConfig {
     }
     pub fn second_hosts(mut self, on: bool) -> LabConfig {
         self.second_hosts = on;
+        self
+    }
+    pub fn outside_host(mut self, on: bool) -> LabConfig {
+        self.outside_host = on;
+        self
+    }
+    /// No delay box: no added latency and no user-space hop for packets.
+    pub fn without_delay_box(mut self) -> LabConfig {
+        self.delay_box = false;
         self
     }
 }
@@ -385,6 +408,9 @@ impl Lab {
                 nodes.push(Node::Host2(site));
             }
         }
+        if cfg.outside_host {
+            nodes.push(Node::Outside);
+        }
         for node in &nodes {
             let name = self.ns(*node);
             run_ok(
@@ -430,8 +456,24 @@ impl Lab {
                 ));
             }
         }
+        if cfg.outside_host {
+            let out = self.ns(Node::Outside);
+            inet.push_str(&format!(
+                "link add to_out type veth peer name eth0 netns {out}\n\
+                 addr add {INET_OUTSIDE_IP}/24 dev to_out\n\
+                 link set to_out up\n"
+            ));
+        }
         self.ip_batch(Node::Inet, &inet);
         self.sh(Node::Inet, "echo 1 > /proc/sys/net/ipv4/ip_forward");
+        if cfg.outside_host {
+            self.ip_batch(
+                Node::Outside,
+                &format!(
+                    "addr add {OUTSIDE_IP}/24 dev eth0\nlink set eth0 up\nroute add default via {INET_OUTSIDE_IP}\n"
+                ),
+            );
+        }
         self.ip_batch(
             Node::Rdv,
             &format!(
@@ -491,6 +533,9 @@ impl Lab {
         // SYN sent with a low TTL expires at once and its ICMP Time Exceeded comes back from
         // this first hop without waiting for the link delay, as it would from the ISP router
         // next to a real NAT. Only traffic that crosses the internet is delayed.
+        if !cfg.delay_box {
+            return;
+        }
         let delays = [cfg.delay_rdv_ms, cfg.delay_a_ms, cfg.delay_b_ms];
         self.delay = Some(DelayBox::start(&self.ns(Node::Inet), delays));
         for (ifname, q) in [("to_rdv", QUEUE_RDV), ("to_a", QUEUE_A), ("to_b", QUEUE_B)] {
@@ -580,12 +625,16 @@ impl Lab {
             Node::Router(s) => self.wan_ip(s),
             Node::Host(s) => self.host_ip(s),
             Node::Host2(s) => self.host2_ip(s),
+            Node::Outside => OUTSIDE_IP,
         }
     }
 
     /// Sets the one-way delays (ms) of the three internet attachments at run time.
     pub fn set_delays(&self, a_ms: u32, b_ms: u32, rdv_ms: u32) {
-        let d = self.delay.as_ref().expect("delay box running");
+        let d = self
+            .delay
+            .as_ref()
+            .expect("set_delays: this lab was built without a delay box");
         d.delays_us[QUEUE_RDV as usize].store(rdv_ms * 1000, Ordering::SeqCst);
         d.delays_us[QUEUE_A as usize].store(a_ms * 1000, Ordering::SeqCst);
         d.delays_us[QUEUE_B as usize].store(b_ms * 1000, Ordering::SeqCst);
@@ -612,6 +661,115 @@ impl Lab {
             ),
         );
         SocketAddrV4::new(self.wan_ip(site), wan_port)
+    }
+
+    /// Cuts a site off the internet: the internet router silently drops every packet from or
+    /// to the site's router, like an upstream outage. The site's router and its connection
+    /// tracking notice nothing; hosts get no ICMP errors. Undo with [`Lab::restore_uplink`].
+    pub fn cut_uplink(&self, site: Site) {
+        let link = format!("to_{}", site.tag());
+        self.nft(
+            Node::Inet,
+            &format!(
+                "table ip natlab_cut_{tag} {{\n\
+                 \x20   chain forward {{\n\
+                 \x20       type filter hook forward priority -300; policy accept;\n\
+                 \x20       iifname \"{link}\" drop\n\
+                 \x20       oifname \"{link}\" drop\n\
+                 \x20   }}\n\
+                 \x20   chain input {{\n\
+                 \x20       type filter hook input priority -300; policy accept;\n\
+                 \x20       iifname \"{link}\" drop\n\
+                 \x20   }}\n\
+                 \x20   chain output {{\n\
+                 \x20       type filter hook output priority -300; policy accept;\n\
+                 \x20       oifname \"{link}\" drop\n\
+                 \x20   }}\n\
+                 }}\n",
+                tag = site.tag()
+            ),
+        );
+    }
+
+    /// Ends a [`Lab::cut_uplink`].
+    pub fn restore_uplink(&self, site: Site) {
+        self.nft(
+            Node::Inet,
+            &format!("delete table ip natlab_cut_{}\n", site.tag()),
+        );
+    }
+
+    /// Flushes the connection tracking table of a node (`conntrack -F`): a NAT router forgets
+    /// every mapping and flow it had.
+    pub fn flush_conntrack(&self, node: Node) {
+        let conntrack = tool("conntrack");
+        self.run_ok(node, conntrack.to_str().unwrap(), &["-F"]);
+    }
+
+    /// Bytes sent but not yet acknowledged (`ss` Send-Q) on each established TCP connection
+    /// of `node` toward `dst` (an `ss` address filter: `IP` or `IP:PORT`).
+    pub fn unacked_bytes(&self, node: Node, dst: &str) -> Vec<u64> {
+        let ss = tool("ss");
+        let out = self.run_ok(
+            node,
+            ss.to_str().unwrap(),
+            &["-Htn", "state", "established", "dst", dst],
+        );
+        out.lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect()
+    }
+
+    /// A counter of the kernel's `/proc/net/netstat` in a node's namespace, e.g.
+    /// `("TcpExt", "ListenOverflows")`.
+    pub fn netstat(&self, node: Node, group: &str, name: &str) -> u64 {
+        let ns = self.ns(node);
+        let text = in_netns(&ns, || fs::read_to_string("/proc/thread-self/net/netstat"))
+            .unwrap_or_else(|e| panic!("read net/netstat in {ns}: {e}"));
+        let prefix = format!("{group}:");
+        let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+        let (names, values) = (rows.next(), rows.next());
+        names
+            .zip(values)
+            .and_then(|(n, v)| {
+                let at = n.split_whitespace().position(|x| x == name)?;
+                v.split_whitespace().nth(at)?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no {group} {name} in net/netstat of {ns}"))
+    }
+
+    /// Counts the packets a node forwards that match an nftables expression (e.g.
+    /// `ip daddr 198.51.100.10 tcp flags & rst == rst`), under `name`; read with
+    /// [`Lab::watched`]. Counting starts now and sees packets before the node's NAT and
+    /// filter rules (source addresses are still private on a router's LAN side).
+    pub fn watch(&self, node: Node, name: &str, expr: &str) {
+        self.nft(
+            node,
+            &format!(
+                "table ip natlab_watch {{\n\
+                 \x20   chain watch {{\n\
+                 \x20       type filter hook forward priority -250; policy accept;\n\
+                 \x20   }}\n\
+                 }}\n\
+                 add counter ip natlab_watch {name}\n\
+                 add rule ip natlab_watch watch {expr} counter name \"{name}\"\n"
+            ),
+        );
+    }
+
+    /// Packets counted so far by the [`Lab::watch`] counter `name` on `node`.
+    pub fn watched(&self, node: Node, name: &str) -> u64 {
+        let nft = tool("nft");
+        let text = self.run_ok(
+            node,
+            nft.to_str().unwrap(),
+            &["list", "counter", "ip", "natlab_watch", name],
+        );
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no packet count in `nft list counter {name}`:\n{text}"))
     }
 
     /// Counters of the delay box (user space) and of the kernel queues.
