@@ -544,7 +544,9 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
         let mut conn = p2pnc::connect_early(&opts, &mut stdio).await?;
         report(&opts.peer, &conn.info);
-        p2pnc::forward(&mut conn.stream, &mut stdio).await?;
+        p2pnc::forward(&mut conn.stream, &mut stdio)
+            .await
+            .with_context(|| format!("the stream to '{}' broke", opts.peer))?;
         return Ok(());
     }
     let listen = args.listen.expect("clap requires --stdio or --listen");
