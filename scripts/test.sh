@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of p2pnc: formatting and lints, the Rust suite (unit, loopback, CLI and the
-# NAT lab), and the Java client's suite. Installs what is missing on Debian when run as root.
-# The NAT lab needs root; without it the lab tests say they were skipped (and fail under CI).
+# NAT lab), a bounded run of every fuzz target, and the Java client's suite. Installs what is
+# missing on Debian when run as root. The NAT lab needs root; without it the lab tests say
+# they were skipped (and fail under CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test (unit, loopback, CLI, NAT lab)"
 cargo test --locked -- --test-threads=4
+echo "== fuzzing (every target of fuzz/, ${FUZZ_SECONDS:-20} s each)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 echo "== Java client"
 java/run-tests.sh
 echo "== all tests passed"

@@ -71,6 +71,9 @@ impl ServerUrl {
         if host.is_empty() || port == 0 {
             return Err(bad("missing host or port"));
         }
+        if host.contains(['[', ']']) {
+            return Err(bad("'[' and ']' may only enclose an IPv6 address"));
+        }
         Ok(ServerUrl { host, port, tls })
     }
 
@@ -257,6 +260,8 @@ mod tests {
             "http://h:x",
             "http://h/path",
             "https://h/x",
+            "ws://$::1]:9/",
+            "http://[[::1]:9",
         ] {
             assert!(ServerUrl::parse(bad).is_err(), "{bad}");
         }

@@ -17,6 +17,8 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod natcheck;
 pub mod net;

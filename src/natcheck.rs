@@ -177,14 +177,7 @@ async fn whoami(
             .await?;
         let mut text = String::new();
         (&mut s).take(4096).read_to_string(&mut text).await?;
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-        let v: serde_json::Value = serde_json::from_str(body)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        v["addr"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .map(|public| (local, public))
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no addr"))
+        whoami_addr(&text).map(|public| (local, public))
     };
     tokio::time::timeout(SERVER_TIMEOUT, work)
         .await
@@ -194,4 +187,15 @@ async fn whoami(
                 "timed out",
             ))
         })
+}
+
+/// The address in a whole HTTP answer to `GET /v1/whoami` (`{"addr": "IP:PORT"}`).
+pub fn whoami_addr(response: &str) -> std::io::Result<SocketAddr> {
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    v["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no addr"))
 }

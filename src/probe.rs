@@ -119,7 +119,10 @@ async fn answer(stream: TcpStream, from: SocketAddr, table: &ProbeTable) {
     let mut stream = reader.into_inner().into_inner();
     let parsed = protocol::parse_probe_line(line.trim_end());
     let reply = match parsed {
-        Some((token, _)) if table.record(token, from) => format!("{from}\n"),
+        // Control requests name the token in lowercase, whatever case the peer wrote.
+        Some((token, _)) if table.record(&token.to_ascii_lowercase(), from) => {
+            format!("{from}\n")
+        }
         Some(_) => "error busy\n".to_string(),
         None => "error malformed probe line\n".to_string(),
     };
@@ -190,6 +193,7 @@ async fn send_probe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ExposeQuery;
 
     #[tokio::test]
     async fn a_probe_is_answered_and_recorded_under_its_token() {
@@ -208,6 +212,16 @@ mod tests {
             None,
             "taken once"
         );
+
+        // A token in uppercase hex is found under its lowercase form, as queries carry it.
+        let upper = new_token().to_ascii_uppercase();
+        let seen = probe(local, addr, &upper).await.unwrap();
+        let lower = ExposeQuery::parse(&format!("v=1&id=a&auth=public&probe={upper}"))
+            .unwrap()
+            .probe
+            .unwrap();
+        let found = table.wait(&lower, Duration::from_millis(100)).await;
+        assert_eq!(found, Some(seen));
 
         let mut bad = TcpStream::connect(addr).await.unwrap();
         bad.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();

@@ -60,6 +60,10 @@ const PROBE_BATCH: usize = 64;
 const PROBE_PACE: Duration = Duration::from_millis(5);
 /// Time the relay gets, after it is joined, to carry the handshake.
 const RELAY_GRACE: Duration = Duration::from_secs(5);
+/// Latest relay join a punch order can ask for: the server forgets a session 30 s after its
+/// punch order, so a later join finds nothing; a larger `relay_after_ms` would only keep the
+/// punch going (or, near `u64::MAX`, overflow the deadline).
+pub const MAX_RELAY_AFTER: Duration = Duration::from_secs(30);
 
 /// Birthday punching, for when one end's NAT has endpoint-dependent mapping.
 #[derive(Debug, Clone)]
@@ -146,7 +150,7 @@ impl EarlyData {
 }
 
 /// A client's commitment to one stream before the agent's hello (see [`EarlyData`]).
-struct Commit {
+pub(crate) struct Commit {
     /// Endpoints worth committing to: the agent's public and port-mapped ones, never private
     /// addresses (they may belong to another host) nor birthday guesses.
     targets: Vec<SocketAddr>,
@@ -306,9 +310,21 @@ impl PunchPlan {
                 server_addr: o.server_addr,
                 session: p.session.clone(),
                 role: o.role,
-                after: Duration::from_millis(ms),
+                after: Duration::from_millis(ms).min(MAX_RELAY_AFTER),
             }),
             early,
+        }
+    }
+}
+
+impl PunchPlan {
+    /// When a punch started at `started` gives up: after its timeout, or later when the relay
+    /// is joined late.
+    pub fn deadline(&self, started: Instant) -> Instant {
+        let deadline = started + self.timeout;
+        match &self.relay {
+            Some(r) => deadline.max(started + r.after + RELAY_GRACE),
+            None => deadline,
         }
     }
 }
@@ -392,10 +408,7 @@ pub async fn run(
     on_fired: impl FnOnce(),
 ) -> Result<Punched, PunchFailure> {
     let started = Instant::now();
-    let mut deadline = started + plan.timeout;
-    if let Some(r) = &plan.relay {
-        deadline = deadline.max(started + r.after + RELAY_GRACE);
-    }
+    let deadline = plan.deadline(started);
     let mut failure = PunchFailure::default();
     let commit = plan.early.clone().map(|(early, targets)| {
         Arc::new(Commit {
@@ -641,7 +654,7 @@ fn short_error(e: &std::io::Error) -> String {
 /// Proves one stream. The deadline bounds every read. A client with early data commits to the
 /// stream at once when it leads to one of the commit's targets and no other commitment is
 /// pending.
-async fn handshake(
+pub(crate) async fn handshake(
     mut stream: TcpStream,
     peer_hello: Option<[u8; HELLO_LEN]>,
     proof: Proof,
@@ -862,6 +875,28 @@ mod tests {
         let plan = order_plan(&to_agent, Role::Agent);
         assert_eq!(plan.targets, vec![lan]);
         assert!(plan.birthday.is_none() && plan.relay.is_none() && plan.early.is_none());
+    }
+
+    #[test]
+    fn a_late_relay_in_an_order_is_capped_and_the_deadline_stays_near() {
+        use crate::protocol::{self, ServerMsg};
+        // From a faulty or hostile server, such an order overflowed the deadline (a panic).
+        let text = r#"{"type":"punch","session":"0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f",
+            "key":"a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
+            "peer_public":"198.51.100.2:40000","you":"198.51.100.3:51000","mode":"punch",
+            "auth":"secret","relay_after_ms":18446744073709551615}"#;
+        let Ok(ServerMsg::Punch(p)) = protocol::decode::<ServerMsg>(text) else {
+            panic!("a punch order");
+        };
+        for role in [Role::Client, Role::Agent] {
+            let plan = order_plan(&p, role);
+            assert_eq!(plan.relay.as_ref().unwrap().after, MAX_RELAY_AFTER);
+            let started = Instant::now();
+            assert_eq!(
+                plan.deadline(started),
+                started + MAX_RELAY_AFTER + RELAY_GRACE
+            );
+        }
     }
 
     #[tokio::test]

@@ -173,16 +173,13 @@ pub async fn join(
     session: &str,
     role: Role,
 ) -> std::io::Result<TcpStream> {
-    let role = match role {
-        Role::Client => "client",
-        Role::Agent => "agent",
-    };
     let work = async {
         let mut tcp = TcpStream::connect(server_addr).await?;
         tcp.set_nodelay(true)?;
         let request = format!(
-            "GET {RELAY_PATH}?v=1&session={session}&role={role} HTTP/1.1\r\nHost: {}\r\n\
+            "GET {RELAY_PATH}?{} HTTP/1.1\r\nHost: {}\r\n\
              Connection: Upgrade\r\nUpgrade: {UPGRADE_TOKEN}\r\n\r\n",
+            join_query(session, role),
             server.authority()
         );
         tcp.write_all(request.as_bytes()).await?;
@@ -194,11 +191,7 @@ pub async fn join(
             }
             head.push(tcp.read_u8().await?);
         }
-        let head = String::from_utf8_lossy(&head);
-        let status = head.lines().next().unwrap_or("");
-        if !status.starts_with("HTTP/1.1 101") {
-            return Err(invalid(&format!("relay refused: {status}")));
-        }
+        check_join_answer(&head)?;
         Ok(tcp)
     };
     match tokio::time::timeout(SERVER_TIMEOUT, work).await {
@@ -207,6 +200,46 @@ pub async fn join(
             std::io::ErrorKind::TimedOut,
             "relay join timed out",
         )),
+    }
+}
+
+/// The query string of a relay join (without `?`): `v=1&session=S&role=client|agent`.
+pub fn join_query(session: &str, role: Role) -> String {
+    let role = match role {
+        Role::Client => "client",
+        Role::Agent => "agent",
+    };
+    format!("v=1&session={session}&role={role}")
+}
+
+/// Parses the query string of a relay join: the session and the role, or `None` when `v=1`,
+/// the session or a valid role is missing.
+pub fn parse_join_query(query: &str) -> Option<(String, Role)> {
+    let (mut session, mut role, mut v) = (None, None, None);
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("session", s)) => session = Some(s.to_string()),
+            Some(("role", "client")) => role = Some(Role::Client),
+            Some(("role", "agent")) => role = Some(Role::Agent),
+            Some(("v", x)) => v = Some(x),
+            _ => {}
+        }
+    }
+    match (session, role, v) {
+        (Some(session), Some(role), Some("1")) => Some((session, role)),
+        _ => None,
+    }
+}
+
+/// Checks the server's answer head to a relay join: only `101 Switching Protocols` lets the
+/// stream through.
+pub fn check_join_answer(head: &[u8]) -> std::io::Result<()> {
+    let head = String::from_utf8_lossy(head);
+    let status = head.lines().next().unwrap_or("");
+    if status.starts_with("HTTP/1.1 101") {
+        Ok(())
+    } else {
+        Err(invalid(&format!("relay refused: {status}")))
     }
 }
 

@@ -125,22 +125,27 @@ impl AsyncRead for Guarded {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if this.matched < 4 {
-            for &b in &buf.filled()[before..] {
-                this.matched = if b == HEAD_END[this.matched as usize] {
-                    this.matched + 1
-                } else if b == b'\r' {
-                    1
-                } else {
-                    0
-                };
-                if this.matched == 4 {
-                    break;
-                }
-            }
-        }
+        this.matched = head_progress(this.matched, &buf.filled()[before..]);
         Poll::Ready(Ok(()))
     }
+}
+
+/// How much of the blank line that ends a request head (`\r\n\r\n`) has been read, after
+/// `bytes` follow a state of `matched` bytes; 4 once the head is complete (and from then on).
+pub fn head_progress(mut matched: u8, bytes: &[u8]) -> u8 {
+    for &b in bytes {
+        if matched >= 4 {
+            break;
+        }
+        matched = if b == HEAD_END[matched as usize] {
+            matched + 1
+        } else if b == b'\r' {
+            1
+        } else {
+            0
+        };
+    }
+    matched
 }
 
 impl AsyncWrite for Guarded {

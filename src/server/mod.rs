@@ -32,7 +32,7 @@ use crate::net;
 use crate::probe::ProbeTable;
 use crate::protocol::{
     self, AgentMsg, Auth, ClientMsg, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery,
-    MAX_MESSAGE_BYTES, Mapping, Mode, Punch, Role, ServerMsg, Strategy,
+    MAX_MESSAGE_BYTES, Mapping, Mode, Punch, ServerMsg, Strategy,
 };
 use crate::relay::{self, JoinRefused, RelayConfig, RelayHub};
 use crate::tls::{self, MaybeTls, ServerTls};
@@ -1089,17 +1089,7 @@ async fn relay_join(
             "this server does not relay (start it with --relay)".into(),
         );
     };
-    let (mut session, mut role, mut v) = (None, None, None);
-    for pair in query.as_deref().unwrap_or("").split('&') {
-        match pair.split_once('=') {
-            Some(("session", s)) => session = Some(s.to_string()),
-            Some(("role", "client")) => role = Some(Role::Client),
-            Some(("role", "agent")) => role = Some(Role::Agent),
-            Some(("v", x)) => v = Some(x.to_string()),
-            _ => {}
-        }
-    }
-    let (Some(session), Some(role), Some("1")) = (session, role, v.as_deref()) else {
+    let Some((session, role)) = relay::parse_join_query(query.as_deref().unwrap_or("")) else {
         return state.reject(
             ErrorCode::BadRequest,
             "relay needs v=1, session and role=client|agent".into(),
@@ -1158,6 +1148,23 @@ async fn relay_join(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owner_credential_differing_in_any_bit_is_not_the_owner() {
+        let owner = protocol::owner_credential("s3cret", "svc");
+        assert!(constant_time_eq(&owner, &owner.clone()));
+        for i in 0..owner.len() {
+            // The seven low bits: flipping them keeps the text ASCII.
+            for bit in 0..7 {
+                let mut other = owner.clone().into_bytes();
+                other[i] ^= 1 << bit;
+                let other = String::from_utf8(other).unwrap();
+                assert!(!constant_time_eq(&owner, &other), "byte {i} bit {bit}");
+            }
+        }
+        assert!(!constant_time_eq(&owner, &owner[..63]));
+        assert!(!constant_time_eq(&owner, &format!("{owner}0")));
+    }
 
     #[test]
     fn a_mapped_agent_is_reached_directly_whatever_the_nats() {

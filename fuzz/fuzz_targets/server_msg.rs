@@ -1,0 +1,83 @@
+//! Control messages an agent or a client receives from the server (`ServerMsg`), and what
+//! each end derives from a punch order: the stream keys and the punch plan.
+#![no_main]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use libfuzzer_sys::fuzz_target;
+use p2pnc::protocol::{self, MAX_MESSAGE_BYTES, Role, ServerMsg, SessionKeys};
+use p2pnc::punch::{DEFAULT_PUNCH_TIMEOUT, MAX_RELAY_AFTER, Order, Proof, PunchPlan};
+use p2pnc::{EarlyData, ServerUrl};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(msg) = protocol::decode::<ServerMsg>(text) else {
+        return;
+    };
+    assert!(text.len() <= MAX_MESSAGE_BYTES, "the size cap holds");
+    // Defaults filled in can make the re-encoding longer than the cap; below it, the
+    // message must come back unchanged and encode the same way again.
+    let again = protocol::encode(&msg);
+    if again.len() <= MAX_MESSAGE_BYTES {
+        let back = protocol::decode::<ServerMsg>(&again).expect("re-encoding decodes");
+        assert_eq!(back, msg, "{again}");
+        assert_eq!(protocol::encode(&back), again, "encoding is stable");
+    }
+    let ServerMsg::Punch(p) = &msg else {
+        return;
+    };
+    if let Some(keys) = SessionKeys::derive(&p.session, &p.key, Some("pw")) {
+        assert_eq!(
+            hex::encode(keys.session_id()),
+            p.session.to_ascii_lowercase()
+        );
+        assert!(keys.verify_hello(Role::Client, &keys.hello(Role::Client)));
+    }
+    let server = ServerUrl::parse("http://203.0.113.10:50300").expect("valid URL");
+    let server_addr: SocketAddr = "203.0.113.10:50300".parse().expect("valid address");
+    let started = tokio::time::Instant::now();
+    for role in [Role::Client, Role::Agent] {
+        let plan = PunchPlan::for_order(Order {
+            punch: p,
+            local: "0.0.0.0:4000".parse().expect("valid address"),
+            role,
+            proof: Proof::Address,
+            timeout: DEFAULT_PUNCH_TIMEOUT,
+            low_ttl: Some(2),
+            server: &server,
+            server_addr,
+            early: Some(EarlyData::new()),
+        });
+        // Every target comes from the order.
+        for t in &plan.targets {
+            assert!(
+                *t == p.peer_public || p.peer_private.contains(t) || p.peer_mapped == Some(*t),
+                "{t} is not in the order"
+            );
+        }
+        // Early data is only ever committed to the peer's public or mapped endpoint.
+        if let Some((_, commit_to)) = &plan.early {
+            assert_eq!(role, Role::Client, "only the client sends early data");
+            for t in commit_to {
+                assert!(
+                    *t == p.peer_public || p.peer_mapped == Some(*t),
+                    "early data may go to {t}"
+                );
+            }
+        }
+        // Whatever the server says, the punch gives up in bounded time.
+        if let Some(relay) = &plan.relay {
+            assert!(relay.after <= MAX_RELAY_AFTER, "{:?}", relay.after);
+        }
+        let deadline = plan.deadline(started);
+        assert!(deadline >= started + DEFAULT_PUNCH_TIMEOUT);
+        assert!(
+            deadline <= started + Duration::from_secs(60),
+            "a punch order keeps the punch going for {:?}",
+            deadline - started
+        );
+    }
+});

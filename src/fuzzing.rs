@@ -1,0 +1,19 @@
+//! Entry points for the fuzz targets in `fuzz/` to reach parsers that are not public API.
+//! Not part of the library's interface.
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::protocol::HELLO_LEN;
+use crate::punch::{Proof, Punched};
+
+/// The stream handshake of a punch (`punch::handshake`): writes our hello, reads and checks
+/// the peer's (unless `peer_hello` was read already), and as the agent the selection byte.
+pub async fn handshake(
+    stream: TcpStream,
+    peer_hello: Option<[u8; HELLO_LEN]>,
+    proof: Proof,
+    deadline: Instant,
+) -> Result<Punched, String> {
+    crate::punch::handshake(stream, peer_hello, proof, deadline, None).await
+}

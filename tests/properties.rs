@@ -1,0 +1,432 @@
+//! Property tests of the wire protocol: every message, query string, credential and URL survives
+//! its round trip, and any single-bit change to a credential is refused.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use p2pnc::ServerUrl;
+use p2pnc::protocol::{
+    self, AgentMsg, Auth, ClientMsg, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, HELLO_LEN,
+    MAX_PRIVATE_CANDIDATES, Mapping, Mode, Punch, Role, ServerMsg, SessionKeys,
+};
+use proptest::prelude::*;
+
+fn addr() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>())
+            .prop_map(|(ip, port)| SocketAddr::new(Ipv4Addr::from(ip).into(), port)),
+        (any::<[u8; 16]>(), any::<u16>())
+            .prop_map(|(ip, port)| SocketAddr::new(Ipv6Addr::from(ip).into(), port)),
+    ]
+}
+
+fn hex_of(bytes: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(any::<u8>(), bytes).prop_map(hex::encode)
+}
+
+/// Any text, short enough that every message stays under the size cap.
+fn text() -> impl Strategy<Value = String> {
+    ".{0,40}"
+}
+
+/// A valid id: 1 to 16 characters (at most 64 bytes), none of them a control character.
+fn id() -> impl Strategy<Value = String> {
+    "[^\\p{Cc}]{1,16}"
+}
+
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop::sample::select(vec![
+        ErrorCode::BadRequest,
+        ErrorCode::NotFound,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::PeerOffline,
+        ErrorCode::IdTaken,
+        ErrorCode::SecretRequired,
+        ErrorCode::SecretRejected,
+        ErrorCode::PeerGone,
+        ErrorCode::Busy,
+        ErrorCode::NoDirectPath,
+        ErrorCode::Unauthorized,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ])
+}
+
+fn mapping() -> impl Strategy<Value = Mapping> {
+    prop::sample::select(vec![
+        Mapping::EndpointIndependent,
+        Mapping::EndpointDependent,
+        Mapping::Unknown,
+    ])
+}
+
+fn strategy() -> impl Strategy<Value = protocol::Strategy> {
+    prop::sample::select(vec![
+        protocol::Strategy::Simultaneous,
+        protocol::Strategy::BirthdayHard,
+        protocol::Strategy::BirthdayEasy,
+        protocol::Strategy::RelayOnly,
+        protocol::Strategy::Mapped,
+    ])
+}
+
+fn mode() -> impl Strategy<Value = Mode> {
+    prop_oneof![Just(Mode::Punch), Just(Mode::Plain)]
+}
+
+fn auth() -> impl Strategy<Value = Auth> {
+    prop_oneof![Just(Auth::Secret), Just(Auth::Public)]
+}
+
+fn punch() -> impl Strategy<Value = Punch> {
+    let ends = (
+        hex_of(16),
+        hex_of(32),
+        addr(),
+        proptest::collection::vec(addr(), 0..=MAX_PRIVATE_CANDIDATES),
+        addr(),
+        mode(),
+        auth(),
+    );
+    let extras = (
+        proptest::option::of(hex_of(16)),
+        proptest::option::of(hex_of(32)),
+        strategy(),
+        mapping(),
+        mapping(),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(addr()),
+    );
+    (ends, extras).prop_map(
+        |(
+            (session, key, peer_public, peer_private, you, mode, auth),
+            (nonce, proof, strategy, your_mapping, peer_mapping, relay_after_ms, peer_mapped),
+        )| Punch {
+            session,
+            key,
+            peer_public,
+            peer_private,
+            you,
+            mode,
+            auth,
+            nonce,
+            proof,
+            strategy,
+            your_mapping,
+            peer_mapping,
+            relay_after_ms,
+            peer_mapped,
+        },
+    )
+}
+
+fn server_msg() -> impl Strategy<Value = ServerMsg> {
+    prop_oneof![
+        (text(), addr(), mapping()).prop_map(|(id, public, mapping)| ServerMsg::Registered {
+            id,
+            public,
+            mapping
+        }),
+        punch().prop_map(ServerMsg::Punch),
+        (error_code(), text()).prop_map(|(code, message)| ServerMsg::Error { code, message }),
+    ]
+}
+
+fn agent_msg() -> impl Strategy<Value = AgentMsg> {
+    prop_oneof![
+        (text(), error_code(), text()).prop_map(|(session, code, message)| AgentMsg::Reject {
+            session,
+            code,
+            message
+        }),
+        text().prop_map(|session| AgentMsg::Armed { session }),
+    ]
+}
+
+fn client_msg() -> impl Strategy<Value = ClientMsg> {
+    (
+        text(),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(text()),
+    )
+        .prop_map(|(outcome, setup_ms, reason)| ClientMsg::Result {
+            outcome,
+            setup_ms,
+            reason,
+        })
+}
+
+fn expose_query() -> impl Strategy<Value = ExposeQuery> {
+    (
+        id(),
+        auth(),
+        proptest::collection::vec(addr(), 0..=MAX_PRIVATE_CANDIDATES),
+        proptest::option::of(hex_of(16)),
+        proptest::option::of(hex_of(32)),
+        proptest::option::of(addr()),
+    )
+        .prop_map(|(id, auth, private, probe, owner, mapped)| ExposeQuery {
+            id,
+            auth,
+            private,
+            probe,
+            owner,
+            mapped,
+        })
+}
+
+fn connect_query() -> impl Strategy<Value = ConnectQuery> {
+    (
+        id(),
+        hex_of(16),
+        proptest::option::of(hex_of(32)),
+        proptest::collection::vec(addr(), 0..=MAX_PRIVATE_CANDIDATES),
+        mode(),
+        proptest::option::of(hex_of(16)),
+    )
+        .prop_map(|(peer, nonce, proof, private, mode, probe)| ConnectQuery {
+            peer,
+            nonce,
+            proof,
+            private,
+            mode,
+            probe,
+        })
+}
+
+fn host() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z0-9]{1,10}){0,3}",
+        any::<[u8; 4]>().prop_map(|ip| Ipv4Addr::from(ip).to_string()),
+        any::<[u8; 16]>().prop_map(|ip| Ipv6Addr::from(ip).to_string()),
+    ]
+}
+
+/// `bytes` with bit `bit` (counted over the whole slice) flipped.
+fn flipped(bytes: &[u8], bit: usize) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    out[bit / 8] ^= 1 << (bit % 8);
+    out
+}
+
+proptest! {
+    #[test]
+    fn server_messages_round_trip(msg in server_msg()) {
+        let text = protocol::encode(&msg);
+        prop_assert_eq!(protocol::decode::<ServerMsg>(&text), Ok(msg), "{}", text);
+    }
+
+    #[test]
+    fn agent_messages_round_trip(msg in agent_msg()) {
+        let text = protocol::encode(&msg);
+        prop_assert_eq!(protocol::decode::<AgentMsg>(&text), Ok(msg), "{}", text);
+    }
+
+    #[test]
+    fn client_messages_round_trip(msg in client_msg()) {
+        let text = protocol::encode(&msg);
+        prop_assert_eq!(protocol::decode::<ClientMsg>(&text), Ok(msg), "{}", text);
+    }
+
+    #[test]
+    fn error_bodies_round_trip(error in error_code(), message in text()) {
+        let body = ErrorBody { error, message };
+        let text = serde_json::to_string(&body).unwrap();
+        prop_assert_eq!(serde_json::from_str::<ErrorBody>(&text).unwrap(), body);
+    }
+
+    #[test]
+    fn expose_queries_round_trip(q in expose_query()) {
+        let text = q.to_query();
+        prop_assert_eq!(ExposeQuery::parse(&text), Ok(q), "{}", text);
+    }
+
+    #[test]
+    fn connect_queries_round_trip(q in connect_query()) {
+        let text = q.to_query();
+        prop_assert_eq!(ConnectQuery::parse(&text), Ok(q), "{}", text);
+    }
+
+    /// Whatever query string is accepted is written back as one that reads the same.
+    #[test]
+    fn accepted_queries_are_written_back_the_same(query in "[a-z=&%0-9A-F:,.]{0,120}") {
+        if let Ok(q) = ExposeQuery::parse(&query) {
+            prop_assert_eq!(ExposeQuery::parse(&q.to_query()), Ok(q));
+        }
+        if let Ok(q) = ConnectQuery::parse(&query) {
+            prop_assert_eq!(ConnectQuery::parse(&q.to_query()), Ok(q));
+        }
+    }
+
+    #[test]
+    fn hellos_verify_and_refuse_any_flipped_bit(
+        session in any::<[u8; 16]>(),
+        key in any::<[u8; 32]>(),
+        secret in proptest::option::of(text()),
+        bit in 0..HELLO_LEN * 8,
+    ) {
+        let derive = || {
+            SessionKeys::derive(&hex::encode(session), &hex::encode(key), secret.as_deref())
+                .unwrap()
+        };
+        let (ours, theirs) = (derive(), derive());
+        for role in [Role::Client, Role::Agent] {
+            let hello = ours.hello(role);
+            prop_assert!(theirs.verify_hello(role, &hello));
+            prop_assert!(!theirs.verify_hello(role.peer(), &hello), "the role is bound");
+            let bad: [u8; HELLO_LEN] = flipped(&hello, bit).try_into().unwrap();
+            prop_assert!(!theirs.verify_hello(role, &bad), "bit {} flipped", bit);
+        }
+    }
+
+    #[test]
+    fn connect_proofs_verify_and_refuse_any_flipped_bit(
+        secret in text(),
+        peer in id(),
+        nonce in hex_of(16),
+        bit in 0..256usize,
+    ) {
+        let proof = protocol::connect_proof(&secret, &peer, &nonce);
+        prop_assert!(protocol::verify_connect_proof(&secret, &peer, &nonce, &proof));
+        prop_assert!(protocol::verify_connect_proof(
+            &secret, &peer, &nonce, &proof.to_ascii_uppercase()
+        ));
+        let bytes = hex::decode(&proof).unwrap();
+        let bad = hex::encode(flipped(&bytes, bit));
+        prop_assert!(!protocol::verify_connect_proof(&secret, &peer, &nonce, &bad));
+        let other = format!("{secret}.");
+        prop_assert!(!protocol::verify_connect_proof(&other, &peer, &nonce, &proof));
+    }
+
+    /// The owner credential is carried unchanged by the expose query, and a secret or id that
+    /// differs in one bit gives another credential.
+    #[test]
+    fn owner_credentials_round_trip_and_change_with_any_bit(
+        secret in "[ -~]{1,24}",
+        id in "[!-~]{1,24}",
+        byte in any::<prop::sample::Index>(),
+        bit in 0..7usize,
+    ) {
+        let owner = protocol::owner_credential(&secret, &id);
+        prop_assert_eq!(owner.len(), 64);
+        let q = ExposeQuery {
+            id: id.clone(),
+            auth: Auth::Secret,
+            private: vec![],
+            probe: None,
+            owner: Some(owner.clone()),
+            mapped: None,
+        };
+        prop_assert_eq!(ExposeQuery::parse(&q.to_query()).unwrap().owner, Some(owner.clone()));
+        // Flipping one of the seven low bits of an ASCII byte keeps it ASCII.
+        let in_secret = byte.index(secret.len()) * 8 + bit;
+        let secret2 = String::from_utf8(flipped(secret.as_bytes(), in_secret)).unwrap();
+        prop_assert_ne!(&protocol::owner_credential(&secret2, &id), &owner);
+        let in_id = byte.index(id.len()) * 8 + bit;
+        let id2 = String::from_utf8(flipped(id.as_bytes(), in_id)).unwrap();
+        prop_assert_ne!(&protocol::owner_credential(&secret, &id2), &owner);
+    }
+
+    #[test]
+    fn server_urls_print_and_parse_back(
+        host in host(),
+        port in 1..=u16::MAX,
+        tls in any::<bool>(),
+        plain_scheme in prop::sample::select(vec!["", "http://", "ws://"]),
+        tls_scheme in prop::sample::select(vec!["https://", "wss://"]),
+        slash in prop::sample::select(vec!["", "/"]),
+    ) {
+        let url = ServerUrl { host, port, tls: tls.then_some(p2pnc::tls::Trust::WebRoots) };
+        let shown = url.to_string();
+        prop_assert_eq!(ServerUrl::parse(&shown).unwrap(), url.clone(), "{}", shown);
+        let authority = shown.split_once("://").unwrap().1;
+        let scheme = if tls { tls_scheme } else { plain_scheme };
+        let written = format!("{scheme}{authority}{slash}");
+        prop_assert_eq!(ServerUrl::parse(&written).unwrap(), url, "{}", written);
+    }
+
+    /// Whatever URL is accepted prints as one that parses to the same server.
+    #[test]
+    fn accepted_server_urls_print_as_themselves(
+        text in "((https?|wss?)://)?[a-z0-9:.\\[\\]$]{1,10}(:[0-9]{1,5})?/?"
+    ) {
+        if let Ok(url) = ServerUrl::parse(&text) {
+            prop_assert_eq!(ServerUrl::parse(&url.to_string()).unwrap(), url);
+        }
+    }
+
+    #[test]
+    fn probe_lines_round_trip(token in hex_of(16), dialback in any::<bool>()) {
+        let line = if dialback {
+            protocol::probe_line_dialback(&token)
+        } else {
+            protocol::probe_line(&token)
+        };
+        prop_assert!(line.len() <= protocol::MAX_PROBE_LINE);
+        prop_assert_eq!(
+            protocol::parse_probe_line(line.trim_end()),
+            Some((token.as_str(), dialback))
+        );
+    }
+
+    #[test]
+    fn relay_join_queries_round_trip(session in hex_of(16), agent in any::<bool>()) {
+        let role = if agent { Role::Agent } else { Role::Client };
+        let query = p2pnc::relay::join_query(&session, role);
+        prop_assert_eq!(p2pnc::relay::parse_join_query(&query), Some((session, role)));
+    }
+
+    #[test]
+    fn whoami_answers_round_trip(addr in addr()) {
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{}",
+            serde_json::json!({ "addr": addr })
+        );
+        prop_assert_eq!(p2pnc::natcheck::whoami_addr(&answer).unwrap(), addr);
+    }
+
+    /// The end of a request head is seen however the bytes are split into reads.
+    #[test]
+    fn request_heads_end_wherever_the_reads_split(
+        bytes in proptest::collection::vec(
+            prop::sample::select(vec![b'\r', b'\n', b'G', b' ']), 0..40),
+        size in 1..8usize,
+    ) {
+        use p2pnc::server::limits::head_progress;
+        let complete = bytes.windows(4).any(|w| w == b"\r\n\r\n");
+        let pieces = bytes.chunks(size).fold(0, head_progress);
+        prop_assert_eq!(pieces == 4, complete);
+        prop_assert_eq!(pieces, head_progress(0, &bytes));
+    }
+
+    /// Settings read from a config file come back the same from a file written from them.
+    #[test]
+    fn config_settings_round_trip(
+        listen in proptest::option::of(addr()),
+        relay in any::<bool>(),
+        timeout in proptest::option::of(0.0..100.0f64),
+        token in proptest::option::of(text()),
+    ) {
+        const KNOWN: &[&str] = &["listen", "relay", "punch-timeout", "token"];
+        let mut table = toml::Table::new();
+        if let Some(a) = listen {
+            table.insert("listen".into(), toml::Value::String(a.to_string()));
+        }
+        table.insert("relay".into(), toml::Value::Boolean(relay));
+        if let Some(t) = timeout {
+            table.insert("punch_timeout".into(), toml::Value::Float(t));
+        }
+        if let Some(t) = &token {
+            table.insert("token".into(), toml::Value::String(t.clone()));
+        }
+        let text = toml::to_string(&table).unwrap();
+        let got = p2pnc::config::parse(&text, KNOWN).unwrap();
+        let find = |flag: &str| got.iter().find(|s| s.flag == flag).map(|s| s.words.clone());
+        prop_assert_eq!(find("listen"), listen.map(|a| vec![a.to_string()]));
+        prop_assert_eq!(find("relay"), relay.then(Vec::new));
+        prop_assert_eq!(
+            find("punch-timeout").map(|w| w[0].parse::<f64>().unwrap()),
+            timeout
+        );
+        prop_assert_eq!(find("token"), token.map(|t| vec![t]));
+    }
+}
