@@ -41,6 +41,8 @@ const REPLAY_CACHE: usize = 4096;
 const REPLAY_WINDOW: Duration = Duration::from_secs(600);
 /// Proven streams waiting for [`Agent::accept`].
 const ACCEPT_QUEUE: usize = 64;
+/// How long a proven stream waits for room in a full accept queue before it is dropped.
+const ACCEPT_WAIT: Duration = Duration::from_secs(10);
 /// Default TTL of the first SYN of a punch (see [`punch::DEFAULT_LOW_TTL`]).
 pub const DEFAULT_PUNCH_TTL: u32 = punch::DEFAULT_LOW_TTL;
 
@@ -690,15 +692,20 @@ async fn session(
                 info.peer_addr,
                 info.setup.as_millis()
             );
-            if state
-                .accepted
-                .try_send(Accepted {
-                    stream: punched.stream,
-                    info,
-                })
-                .is_err()
-            {
-                tracing::warn!("accept queue full; dropping a proven stream");
+            // A burst may fill the queue: wait for the application rather than drop a stream
+            // whose client already counts it as connected.
+            let accepted = Accepted {
+                stream: punched.stream,
+                info,
+            };
+            if let Err(e) = state.accepted.send_timeout(accepted, ACCEPT_WAIT).await {
+                let why = match e {
+                    mpsc::error::SendTimeoutError::Timeout(_) => {
+                        "the application accepted nothing for 10 s"
+                    }
+                    mpsc::error::SendTimeoutError::Closed(_) => "the agent is shutting down",
+                };
+                tracing::warn!(session = %p.session, "dropping a proven stream: {why}");
             }
         }
         Err(failure) => {
