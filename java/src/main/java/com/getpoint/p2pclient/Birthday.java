@@ -12,6 +12,7 @@ import java.util.Collections;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Random;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * Birthday punching (docs/protocol.md, "Strategies"), with non-blocking connects on one thread:
@@ -44,7 +45,51 @@ final class Birthday {
     /** Slack for the two ends' orders not arriving at exactly the same moment. */
     private static final long ORDER_SKEW_MS = 100;
 
+    private static final AtomicBoolean WARM = new AtomicBoolean();
+
     private Birthday() {}
+
+    /**
+     * Once per JVM, on a background thread: opens and closes a selector and a non-blocking
+     * socket, so that a birthday punch does not spend the first tens of milliseconds after its
+     * order loading classes (measured on a cold desktop JVM: the first SYN about 40 ms late),
+     * while the peer's probes are already on their way. Called while waiting for the order.
+     */
+    static void warmUp() {
+        if (WARM.getAndSet(true)) {
+            return;
+        }
+        Thread t = new Thread(new Runnable() {
+            @Override
+            public void run() {
+                Selector selector = null;
+                SocketChannel ch = null;
+                try {
+                    selector = Selector.open();
+                    ch = SocketChannel.open();
+                    ch.configureBlocking(false);
+                    ch.socket().setReuseAddress(true);
+                    ch.socket().setTcpNoDelay(true);
+                    ch.socket().bind(new InetSocketAddress(0));
+                    ch.register(selector, SelectionKey.OP_CONNECT);
+                    selector.selectNow();
+                } catch (IOException ignored) {
+                    // Nothing to warm up, then.
+                } finally {
+                    if (ch != null) closeQuietly(ch);
+                    if (selector != null) {
+                        try {
+                            selector.close();
+                        } catch (IOException ignored) {
+                            // Its channel is closed.
+                        }
+                    }
+                }
+            }
+        }, "p2pnc-warm-up");
+        t.setDaemon(true);
+        t.start();
+    }
 
     /** {@code count} distinct random ports (1024-65535) of {@code ip}. */
     static List<InetSocketAddress> randomPorts(InetAddress ip, int count, Random random) {
@@ -70,27 +115,44 @@ final class Birthday {
         return EASY_SPAN_MS + firstRefusalMs + ORDER_SKEW_MS;
     }
 
+    /** The easy side: from the punch port {@code localPort}, {@value #BATCH} probes every 5 ms. */
+    static void easy(Punch punch, List<InetSocketAddress> probes, int localPort, String what) {
+        run(punch, probes, localPort, BATCH, 0, what);
+    }
+
     /**
-     * Connects to every target, {@value #BATCH} every 5 ms, from {@code localPort} (0: a fresh
+     * The hard side: {@value #HARD_SOCKETS} connects to {@code peer} at once from fresh ports,
+     * and fresh ones for refused ones (see the class documentation).
+     */
+    static void hard(Punch punch, InetSocketAddress peer, String what) {
+        List<InetSocketAddress> to = new ArrayList<InetSocketAddress>();
+        for (int i = 0; i < HARD_SOCKETS; i++) to.add(peer);
+        run(punch, to, 0, HARD_SOCKETS, HARD_REOPENS, what);
+    }
+
+    /**
+     * Connects to every target, {@code batch} every 5 ms, from {@code localPort} (0: a fresh
      * port each), and hands every connection that completes to {@code punch}. A connect that
      * fails is replaced by a fresh one to the same target, at most {@code reopens} times and
      * only within {@link #reopenWindowMs}. Returns when the punch is over or every connect has
      * ended. Keeps the punch's {@code birthday} note (what happened so far, starting with
      * {@code what}) up to date.
      */
-    static void run(Punch punch, List<InetSocketAddress> targets, int localPort, int reopens, String what) {
+    private static void run(Punch punch, List<InetSocketAddress> targets, int localPort, int batch, int reopens,
+            String what) {
         targets = new ArrayList<InetSocketAddress>(targets);
         int opened = 0, connected = 0, failed = 0, reopened = 0, limit = targets.size();
         String firstError = null;
         Selector selector = null;
         long start = System.nanoTime();
         long reopenUntil = Long.MAX_VALUE;
+        long firstRefusalMs = -1;
         try {
             selector = Selector.open();
             long nextBatch = start;
             while (!punch.isOver()) {
                 if (opened < limit && System.nanoTime() >= nextBatch) {
-                    for (int end = Math.min(limit, opened + BATCH); opened < end; opened++) {
+                    for (int end = Math.min(limit, opened + batch); opened < end; opened++) {
                         SocketChannel ch = null;
                         try {
                             ch = SocketChannel.open();
@@ -114,7 +176,6 @@ final class Birthday {
                         }
                     }
                     nextBatch += PACE_NS;
-                    punch.note("birthday", status(what, opened, connected, failed, reopened, firstError));
                 } else if (opened >= limit && selector.keys().isEmpty()) {
                     break;
                 }
@@ -135,8 +196,9 @@ final class Birthday {
                         closeQuietly(ch);
                         failed++;
                         long now = System.nanoTime();
-                        if (reopenUntil == Long.MAX_VALUE) {
-                            reopenUntil = start + reopenWindowMs((now - start) / 1000000) * 1000000L;
+                        if (firstRefusalMs < 0) {
+                            firstRefusalMs = (now - start) / 1000000;
+                            reopenUntil = start + reopenWindowMs(firstRefusalMs) * 1000000L;
                         }
                         if (reopens > 0 && now < reopenUntil) {
                             targets.add((InetSocketAddress) key.attachment());
@@ -153,6 +215,7 @@ final class Birthday {
                         connected += handOver(punch, ch);
                     }
                 }
+                punch.note("birthday", status(what, opened, connected, failed, reopened, firstRefusalMs, firstError));
             }
         } catch (IOException e) {
             firstError = "selector: " + e.getMessage();
@@ -168,13 +231,14 @@ final class Birthday {
                 }
             }
         }
-        punch.note("birthday", status(what, opened, connected, failed, reopened, firstError));
+        punch.note("birthday", status(what, opened, connected, failed, reopened, firstRefusalMs, firstError));
     }
 
     private static String status(String what, int opened, int connected, int failed, int reopened,
-            String firstError) {
+            long firstRefusalMs, String firstError) {
         return what + ": " + opened + " connects" + (reopened > 0 ? " (" + reopened + " replacing refused ones)" : "")
                 + ", " + connected + " completed, " + failed + " failed"
+                + (firstRefusalMs >= 0 ? " (the first after " + firstRefusalMs + " ms)" : "")
                 + (firstError == null ? "" : " (first error: " + firstError + ")");
     }
 

@@ -82,6 +82,7 @@ final class Control {
                 socket.bind(new InetSocketAddress(0));
                 if (mode.equals("punch")) {
                     probe = Probe.start(socket.getLocalPort(), address);
+                    Birthday.warmUp();
                 }
                 socket.connect(address, timeoutMs);
             } catch (SocketTimeoutException e) {

@@ -186,15 +186,13 @@ final class Punch {
             startWorker("p2pnc-birthday", new Runnable() {
                 @Override
                 public void run() {
-                    List<InetSocketAddress> to = new ArrayList<InetSocketAddress>();
                     InetSocketAddress peer = peerPublic.toSocketAddress();
                     if (easy) {
-                        to = Birthday.randomPorts(peer.getAddress(), Birthday.EASY_PROBES, random);
+                        Birthday.easy(Punch.this, Birthday.randomPorts(peer.getAddress(), Birthday.EASY_PROBES, random),
+                                port, "birthday punch toward " + peerPublic.ip);
                     } else {
-                        for (int i = 0; i < Birthday.HARD_SOCKETS; i++) to.add(peer);
+                        Birthday.hard(Punch.this, peer, "birthday punch toward " + peerPublic);
                     }
-                    Birthday.run(Punch.this, to, easy ? port : 0, easy ? 0 : Birthday.HARD_REOPENS,
-                            "birthday punch toward " + (easy ? peerPublic.ip : peerPublic));
                 }
             });
         }
