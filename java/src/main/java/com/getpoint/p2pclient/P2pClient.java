@@ -26,7 +26,9 @@ import java.util.logging.Logger;
  * <p>Two ways in:
  * <ul>
  *   <li>{@link #connect} / {@link #connectDetailed}: one call, returns a connected, proven
- *       socket (the protocol's {@code punch} mode).</li>
+ *       socket (the protocol's {@code punch} mode); the overloads with {@code firstBytes} send
+ *       the caller's first bytes with the stream's selection, a round trip sooner (early
+ *       data).</li>
  *   <li>{@link #getP2PLocalPeerAddress} / {@link #requestLocalPeerAddress}: the seed's API
  *       ({@code plain} mode). The caller then binds a plain {@code Socket} to
  *       {@code LocalAddress}, connects it to {@code PeerAddress} at once, and its bytes reach
