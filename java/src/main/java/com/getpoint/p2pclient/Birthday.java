@@ -12,23 +12,84 @@ import java.util.Collections;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Random;
+import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
  * Birthday punching (docs/protocol.md, "Strategies"), with non-blocking connects on one thread:
  * the easy side connects from its punch port to 1536 distinct random ports of the peer's IP;
- * the hard side opens 256 connections from fresh ports to the peer's public endpoint. Java
- * cannot set the IP TTL of a TCP socket, so the hard side's SYNs leave with the normal TTL: it
- * only works when the peer's router drops unsolicited SYNs instead of answering with a RST.
+ * the hard side opens 256 connections from fresh ports to the peer's public endpoint.
+ *
+ * <p>Java cannot set the IP TTL of a TCP socket, so the hard side's SYNs leave with the normal
+ * TTL and reach the peer's router. A router that drops them changes nothing. A router that
+ * answers with a RST closes the mapping the SYN opened in our NAT one round trip later, so each
+ * mapping can only catch the easy side's probes that left within half a round trip of our SYN:
+ * the hard side therefore opens a fresh socket (a fresh mapping) for each one refused, for as
+ * long as the easy side's probes may still come (see {@link #reopenWindowMs}), so that
+ * {@value #HARD_SOCKETS} mappings are open during the whole probing.
  */
 final class Birthday {
     /** Probes of the easy side. */
     static final int EASY_PROBES = 1536;
     /** Sockets of the hard side. */
     static final int HARD_SOCKETS = 256;
+    /**
+     * Most fresh sockets the hard side opens in place of refused ones: 7 more rounds of
+     * {@value #HARD_SOCKETS}, which cover the easy side's probing at round trips down to about
+     * 20 ms, and keep the hard side's SYNs within the same order as the easy side's probes.
+     */
+    static final int HARD_REOPENS = 7 * HARD_SOCKETS;
     private static final int BATCH = 64;
     private static final long PACE_NS = 5000000L;
+    /** How long the easy side's probes take to leave: {@value #EASY_PROBES} at 64 per 5 ms. */
+    private static final long EASY_SPAN_MS = EASY_PROBES / BATCH * PACE_NS / 1000000L;
+    /** Slack for the two ends' orders not arriving at exactly the same moment. */
+    private static final long ORDER_SKEW_MS = 100;
+
+    private static final AtomicBoolean WARM = new AtomicBoolean();
 
     private Birthday() {}
+
+    /**
+     * Once per JVM, on a background thread: opens and closes a selector and a non-blocking
+     * socket, so that a birthday punch does not spend the first tens of milliseconds after its
+     * order loading classes (measured on a cold desktop JVM: the first SYN about 40 ms late),
+     * while the peer's probes are already on their way. Called while waiting for the order.
+     */
+    static void warmUp() {
+        if (WARM.getAndSet(true)) {
+            return;
+        }
+        Thread t = new Thread(new Runnable() {
+            @Override
+            public void run() {
+                Selector selector = null;
+                SocketChannel ch = null;
+                try {
+                    selector = Selector.open();
+                    ch = SocketChannel.open();
+                    ch.configureBlocking(false);
+                    ch.socket().setReuseAddress(true);
+                    ch.socket().setTcpNoDelay(true);
+                    ch.socket().bind(new InetSocketAddress(0));
+                    ch.register(selector, SelectionKey.OP_CONNECT);
+                    selector.selectNow();
+                } catch (IOException ignored) {
+                    // Nothing to warm up, then.
+                } finally {
+                    if (ch != null) closeQuietly(ch);
+                    if (selector != null) {
+                        try {
+                            selector.close();
+                        } catch (IOException ignored) {
+                            // Its channel is closed.
+                        }
+                    }
+                }
+            }
+        }, "p2pnc-warm-up");
+        t.setDaemon(true);
+        t.start();
+    }
 
     /** {@code count} distinct random ports (1024-65535) of {@code ip}. */
     static List<InetSocketAddress> randomPorts(InetAddress ip, int count, Random random) {
@@ -45,21 +106,53 @@ final class Birthday {
     }
 
     /**
-     * Connects to every target, {@value #BATCH} every 5 ms, from {@code localPort} (0: a fresh
-     * port each), and hands every connection that completes to {@code punch}. Returns when the
-     * punch is over or every connect has ended. Keeps the punch's {@code birthday} note (what
-     * happened so far, starting with {@code what}) up to date.
+     * Until when (ms after the first SYN) the hard side replaces refused sockets, given when the
+     * first refusal came (about one round trip to the peer's router): the easy side's probes
+     * leave during {@link #EASY_SPAN_MS}, and a socket opened at time t catches those that left
+     * within half a round trip of t.
      */
-    static void run(Punch punch, List<InetSocketAddress> targets, int localPort, String what) {
-        int opened = 0, connected = 0, failed = 0, limit = targets.size();
+    static long reopenWindowMs(long firstRefusalMs) {
+        return EASY_SPAN_MS + firstRefusalMs + ORDER_SKEW_MS;
+    }
+
+    /** The easy side: from the punch port {@code localPort}, {@value #BATCH} probes every 5 ms. */
+    static void easy(Punch punch, List<InetSocketAddress> probes, int localPort, String what) {
+        run(punch, probes, localPort, BATCH, 0, what);
+    }
+
+    /**
+     * The hard side: {@value #HARD_SOCKETS} connects to {@code peer} at once from fresh ports,
+     * and fresh ones for refused ones (see the class documentation).
+     */
+    static void hard(Punch punch, InetSocketAddress peer, String what) {
+        List<InetSocketAddress> to = new ArrayList<InetSocketAddress>();
+        for (int i = 0; i < HARD_SOCKETS; i++) to.add(peer);
+        run(punch, to, 0, HARD_SOCKETS, HARD_REOPENS, what);
+    }
+
+    /**
+     * Connects to every target, {@code batch} every 5 ms, from {@code localPort} (0: a fresh
+     * port each), and hands every connection that completes to {@code punch}. A connect that
+     * fails is replaced by a fresh one to the same target, at most {@code reopens} times and
+     * only within {@link #reopenWindowMs}. Returns when the punch is over or every connect has
+     * ended. Keeps the punch's {@code birthday} note (what happened so far, starting with
+     * {@code what}) up to date.
+     */
+    private static void run(Punch punch, List<InetSocketAddress> targets, int localPort, int batch, int reopens,
+            String what) {
+        targets = new ArrayList<InetSocketAddress>(targets);
+        int opened = 0, connected = 0, failed = 0, reopened = 0, limit = targets.size();
         String firstError = null;
         Selector selector = null;
+        long start = System.nanoTime();
+        long reopenUntil = Long.MAX_VALUE;
+        long firstRefusalMs = -1;
         try {
             selector = Selector.open();
-            long nextBatch = System.nanoTime();
+            long nextBatch = start;
             while (!punch.isOver()) {
                 if (opened < limit && System.nanoTime() >= nextBatch) {
-                    for (int end = Math.min(limit, opened + BATCH); opened < end; opened++) {
+                    for (int end = Math.min(limit, opened + batch); opened < end; opened++) {
                         SocketChannel ch = null;
                         try {
                             ch = SocketChannel.open();
@@ -70,7 +163,7 @@ final class Birthday {
                             if (ch.connect(targets.get(opened))) {
                                 connected += handOver(punch, ch);
                             } else {
-                                ch.register(selector, SelectionKey.OP_CONNECT);
+                                ch.register(selector, SelectionKey.OP_CONNECT, targets.get(opened));
                             }
                         } catch (IOException e) {
                             if (ch != null) closeQuietly(ch);
@@ -83,7 +176,6 @@ final class Birthday {
                         }
                     }
                     nextBatch += PACE_NS;
-                    punch.note("birthday", status(what, opened, connected, failed, firstError));
                 } else if (opened >= limit && selector.keys().isEmpty()) {
                     break;
                 }
@@ -103,6 +195,18 @@ final class Birthday {
                         key.cancel();
                         closeQuietly(ch);
                         failed++;
+                        long now = System.nanoTime();
+                        if (firstRefusalMs < 0) {
+                            firstRefusalMs = (now - start) / 1000000;
+                            reopenUntil = start + reopenWindowMs(firstRefusalMs) * 1000000L;
+                        }
+                        if (reopens > 0 && now < reopenUntil) {
+                            targets.add((InetSocketAddress) key.attachment());
+                            limit++;
+                            reopens--;
+                            reopened++;
+                            if (opened >= limit - 1) nextBatch = Math.max(nextBatch, now);
+                        }
                     }
                 }
                 if (!done.isEmpty()) {
@@ -111,6 +215,7 @@ final class Birthday {
                         connected += handOver(punch, ch);
                     }
                 }
+                punch.note("birthday", status(what, opened, connected, failed, reopened, firstRefusalMs, firstError));
             }
         } catch (IOException e) {
             firstError = "selector: " + e.getMessage();
@@ -126,11 +231,14 @@ final class Birthday {
                 }
             }
         }
-        punch.note("birthday", status(what, opened, connected, failed, firstError));
+        punch.note("birthday", status(what, opened, connected, failed, reopened, firstRefusalMs, firstError));
     }
 
-    private static String status(String what, int opened, int connected, int failed, String firstError) {
-        return what + ": " + opened + " connects, " + connected + " completed, " + failed + " failed"
+    private static String status(String what, int opened, int connected, int failed, int reopened,
+            long firstRefusalMs, String firstError) {
+        return what + ": " + opened + " connects" + (reopened > 0 ? " (" + reopened + " replacing refused ones)" : "")
+                + ", " + connected + " completed, " + failed + " failed"
+                + (firstRefusalMs >= 0 ? " (the first after " + firstRefusalMs + " ms)" : "")
                 + (firstError == null ? "" : " (first error: " + firstError + ")");
     }
 

@@ -41,12 +41,15 @@ final class Control {
     final int timeoutMs;
     /** The peer id requested. */
     final String peer;
+    /** The NAT probe sent with the request (punch mode), or null. */
+    final Probe probe;
     private final WebSocket ws;
 
-    private Control(Socket socket, WebSocket ws, ServerUrl url, Tls tls, InetSocketAddress serverAddress,
-            String peer, int timeoutMs) {
+    private Control(Socket socket, WebSocket ws, Probe probe, ServerUrl url, Tls tls,
+            InetSocketAddress serverAddress, String peer, int timeoutMs) {
         this.socket = socket;
         this.ws = ws;
+        this.probe = probe;
         this.url = url;
         this.tls = tls;
         this.server = url.authority();
@@ -60,7 +63,8 @@ final class Control {
      * {@code mode} and waits for the punch order. Each step (resolve, connect, upgrade, order)
      * may take {@code timeoutMs}, the TLS handshake included. {@code tls} is how an
      * {@code https://} server is trusted (null for a plain one); {@code token} is the server's
-     * token, or null.
+     * token, or null. In {@code punch} mode the NAT probe leaves from the same port at the same
+     * moment as the control connection, and the request names its token.
      *
      * @throws P2pException why no order came: the server's refusal, or what went wrong
      */
@@ -70,11 +74,16 @@ final class Control {
         String server = url.authority();
         InetSocketAddress address = new InetSocketAddress(resolve(host, server, timeoutMs), url.port);
         Socket socket = new Socket();
+        Probe probe = null;
         try {
             try {
                 socket.setReuseAddress(true);
                 socket.setTcpNoDelay(true);
                 socket.bind(new InetSocketAddress(0));
+                if (mode.equals("punch")) {
+                    probe = Probe.start(socket.getLocalPort(), address);
+                    Birthday.warmUp();
+                }
                 socket.connect(address, timeoutMs);
             } catch (SocketTimeoutException e) {
                 throw new P2pException("server " + server + " unreachable: no answer within " + timeoutMs + " ms", e);
@@ -87,7 +96,8 @@ final class Control {
             for (InetAddress a : localAddresses(address.getAddress() instanceof Inet4Address)) {
                 candidates.add(HostTuple.of(a, socket.getLocalPort()));
             }
-            String target = Protocol.CONNECT_PATH + "?" + Protocol.connectQuery(peer, nonce, proof, mode, candidates);
+            String target = Protocol.CONNECT_PATH + "?"
+                    + Protocol.connectQuery(peer, nonce, proof, mode, candidates, probe == null ? null : probe.token);
             Socket channel = socket;
             if (tls != null) {
                 channel = tls.handshake(socket, url, System.nanoTime() + timeoutMs * 1000000L);
@@ -101,7 +111,7 @@ final class Control {
             } catch (IOException e) {
                 throw failure(e, server, "the WebSocket handshake", timeoutMs);
             }
-            Control control = new Control(socket, ws, url, tls, address, peer, timeoutMs);
+            Control control = new Control(socket, ws, probe, url, tls, address, peer, timeoutMs);
             Message order = control.receive(System.nanoTime() + timeoutMs * 1000000L, "the punch order");
             if (order == null) {
                 throw new P2pException(null, "the server closed the control channel before sending the punch order");
@@ -118,6 +128,7 @@ final class Control {
             control.order = order;
             return control;
         } catch (P2pException e) {
+            if (probe != null) probe.close();
             WebSocket.closeQuietly(socket);
             throw e;
         }
@@ -143,8 +154,9 @@ final class Control {
         return refusal(error.text("code"), error.text("message"), peer);
     }
 
-    /** Closes the channel politely (close frame, then FIN). */
+    /** Closes the channel politely (close frame, then FIN), and ends the probe if it still runs. */
     void close() {
+        if (probe != null) probe.close();
         ws.close();
     }
 
@@ -152,6 +164,7 @@ final class Control {
      * Closes the channel with an RST (no TLS close either), leaving the punch port free at once.
      */
     void abort() {
+        if (probe != null) probe.close();
         try {
             socket.setSoLinger(true, 0);
         } catch (IOException ignored) {

@@ -17,7 +17,8 @@ import java.util.Random;
  *
  * <pre>
  * java -cp p2pclient.jar com.getpoint.p2pclient.Demo --server URL --id getpoint --peer streamserver
- *     [--secret S] [--token T] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain] [--echo BYTES]
+ *     [--secret S] [--token T] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain | --early] [--echo BYTES]
+ *     [--warm-up]
  * </pre>
  *
  * {@code --server} is {@code HOST:PORT} (plain), {@code http://HOST[:PORT]} or
@@ -25,14 +26,18 @@ import java.util.Random;
  * {@code --tls-pin} (repeatable) accepts the server certificate with that SHA-256 fingerprint.
  *
  * {@code --plain} runs the seed's snippet ({@code getP2PLocalPeerAddress}, then a plain socket
- * bound to LocalAddress); without it the one-call {@code connectDetailed} is used.
- * {@code --echo BYTES} then sends that many more bytes and expects an echo service to return
- * them unchanged.
+ * bound to LocalAddress); without it the one-call {@code connectDetailed} is used, and with
+ * {@code --early} the greeting is given to it as the first bytes (early data).
+ * {@code --echo BYTES} then sends that many more bytes (0 allowed), expects an echo service to
+ * return the greeting and them unchanged and nothing more (it half-closes and reads to the
+ * end), and prints {@code first echoed byte after N ms} (counted from the start of the call).
+ * {@code --warm-up} makes one whole unreported run first, so that the reported one shows the
+ * time of a warm JVM (a long-running app) rather than of class loading.
  */
 public final class Demo {
     private static final String USAGE = "usage: Demo --server URL --id LOCAL_ID --peer PEER_ID"
-            + " [--secret SECRET] [--token TOKEN] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain]"
-            + " [--echo BYTES]";
+            + " [--secret SECRET] [--token TOKEN] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain | --early]"
+            + " [--echo BYTES] [--warm-up]";
     private static final byte[] GREETING = "test p2p is success".getBytes(Codec.UTF8);
 
     private Demo() {}
@@ -41,13 +46,17 @@ public final class Demo {
     public static void main(String[] args) {
         String server = null, id = "getpoint", peer = null, secret = null, token = null, ca = null;
         java.util.List<String> pins = new java.util.ArrayList<String>();
-        boolean plain = false;
-        int echo = 0;
+        boolean plain = false, early = false, warmUp = false;
+        int echo = -1;
         try {
             for (int i = 0; i < args.length; i++) {
                 String a = args[i];
                 if (a.equals("--plain")) {
                     plain = true;
+                } else if (a.equals("--early")) {
+                    early = true;
+                } else if (a.equals("--warm-up")) {
+                    warmUp = true;
                 } else if (i + 1 < args.length && a.equals("--server")) {
                     server = args[++i];
                 } else if (i + 1 < args.length && a.equals("--id")) {
@@ -64,12 +73,16 @@ public final class Demo {
                     pins.add(args[++i]);
                 } else if (i + 1 < args.length && a.equals("--echo")) {
                     echo = Integer.parseInt(args[++i]);
+                    if (echo < 0) throw new IllegalArgumentException("--echo takes a byte count");
                 } else {
                     throw new IllegalArgumentException("unknown argument '" + a + "'");
                 }
             }
-            if (server == null || peer == null || echo < 0) {
+            if (server == null || peer == null) {
                 throw new IllegalArgumentException("--server URL and --peer are required");
+            }
+            if (plain && early) {
+                throw new IllegalArgumentException("--plain and --early exclude each other");
             }
         } catch (IllegalArgumentException e) {
             System.err.println(e.getMessage());
@@ -92,10 +105,24 @@ public final class Demo {
             System.exit(2);
             return;
         }
+        try {
+            if (warmUp) {
+                long t = System.nanoTime();
+                if (plain) {
+                    runPlain(client, server, peer, secret, echo, t);
+                } else {
+                    runPunch(client, server, peer, secret, echo, early, t);
+                }
+            }
+        } catch (IOException e) {
+            System.out.println("p2p test failed: warm-up run: " + e.getMessage());
+            System.exit(1);
+            return;
+        }
         long started = System.nanoTime();
         try {
-            String how = plain ? runPlain(client, server, id, peer, secret, echo)
-                    : runPunch(client, server, id, peer, secret, echo);
+            String how = plain ? runPlain(client, server, peer, secret, echo, started)
+                    : runPunch(client, server, peer, secret, echo, early, started);
             System.out.println("p2p test success in " + (System.nanoTime() - started) / 1000000 + " ms");
             System.out.println(how);
             System.exit(0);
@@ -106,8 +133,8 @@ public final class Demo {
     }
 
     /** The seed README's snippet, with the reason kept when it fails. */
-    private static String runPlain(P2pClient client, String server, String id, String peer, String secret,
-            int echo) throws IOException {
+    private static String runPlain(P2pClient client, String server, String peer, String secret, int echo,
+            long started) throws IOException {
         LocalPeerAddress addresses = client.requestLocalPeerAddress(server, peer, secret);
         Socket socket = new Socket();
         try {
@@ -117,30 +144,37 @@ public final class Demo {
             OutputStreamWriter out = new OutputStreamWriter(socket.getOutputStream(), Codec.UTF8);
             out.write("test p2p is success");
             out.flush();
-            exchange(socket, echo);
+            return "plain: local " + addresses.LocalAddress + " -> peer " + addresses.PeerAddress
+                    + exchange(socket, echo, started);
         } finally {
             socket.close();
         }
-        return "plain: local " + addresses.LocalAddress + " -> peer " + addresses.PeerAddress;
     }
 
-    private static String runPunch(P2pClient client, String server, String id, String peer, String secret,
-            int echo) throws IOException {
-        P2pConnection c = client.connectDetailed(server, peer, secret);
+    private static String runPunch(P2pClient client, String server, String peer, String secret, int echo,
+            boolean early, long started) throws IOException {
+        P2pConnection c = client.connectDetailed(server, peer, secret, early ? GREETING : null);
         try {
             c.socket.setSoTimeout(5000);
-            c.socket.getOutputStream().write(GREETING);
-            exchange(c.socket, echo);
+            if (!early) {
+                c.socket.getOutputStream().write(GREETING);
+            }
+            String echoed = exchange(c.socket, echo, started);
+            return "connected " + c + (c.firstBytesEarly ? " (first bytes early)" : "") + echoed;
         } finally {
             c.socket.close();
         }
-        return "connected " + c;
     }
 
-    /** With an echo service behind the peer: reads the greeting back, then echoes {@code n} bytes. */
-    private static void exchange(Socket socket, int n) throws IOException {
-        if (n == 0) {
-            return;
+    /**
+     * With an echo service behind the peer ({@code n >= 0}): sends {@code n} more bytes after the
+     * greeting, half-closes, and expects exactly the greeting and those bytes back, then the end
+     * of the stream. Returns the line saying when the first echoed byte came, or "" for
+     * {@code n < 0} (no echo service).
+     */
+    private static String exchange(Socket socket, int n, long started) throws IOException {
+        if (n < 0) {
+            return "";
         }
         byte[] data = new byte[n];
         new Random(n).nextBytes(data);
@@ -160,10 +194,33 @@ public final class Demo {
         writer.start();
         InputStream in = socket.getInputStream();
         byte[] back = new byte[GREETING.length + n];
-        new DataInputStream(in).readFully(back);
+        int first = in.read();
+        long firstAt = System.nanoTime();
+        if (first < 0) {
+            throw new IOException("the service closed without echoing");
+        }
+        back[0] = (byte) first;
+        new DataInputStream(in).readFully(back, 1, back.length - 1);
         if (!Arrays.equals(Arrays.copyOfRange(back, 0, GREETING.length), GREETING)
                 || !Arrays.equals(Arrays.copyOfRange(back, GREETING.length, back.length), data)) {
             throw new IOException("the echo differs from what was sent");
         }
+        try {
+            writer.join(5000);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted", e);
+        }
+        socket.shutdownOutput();
+        int extra = 0;
+        for (byte[] buf = new byte[4096]; ; ) {
+            int got = in.read(buf);
+            if (got < 0) break;
+            extra += got;
+        }
+        if (extra > 0) {
+            throw new IOException("the service echoed " + extra + " bytes more than were sent");
+        }
+        return "\nfirst echoed byte after " + (firstAt - started) / 1000000 + " ms";
     }
 }

@@ -19,13 +19,16 @@ import java.util.logging.Logger;
  * host and the agent; the server only brokers (unless it runs with {@code --relay} and no direct
  * path works: then {@link P2pConnection#path} says {@code RELAYED}).
  *
- * <p>This client does not probe its own NAT (the protocol's optional NAT probe), so the server
- * treats its mapping as endpoint-independent: behind a symmetric NAT only the relay helps.
+ * <p>With every punch-mode request the client probes its own NAT (the protocol's NAT probe), so
+ * the server can tell an endpoint-dependent ("symmetric") NAT, as many carriers run, and order
+ * a birthday punch for it.
  *
  * <p>Two ways in:
  * <ul>
  *   <li>{@link #connect} / {@link #connectDetailed}: one call, returns a connected, proven
- *       socket (the protocol's {@code punch} mode).</li>
+ *       socket (the protocol's {@code punch} mode); the overloads with {@code firstBytes} send
+ *       the caller's first bytes with the stream's selection, a round trip sooner (early
+ *       data).</li>
  *   <li>{@link #getP2PLocalPeerAddress} / {@link #requestLocalPeerAddress}: the seed's API
  *       ({@code plain} mode). The caller then binds a plain {@code Socket} to
  *       {@code LocalAddress}, connects it to {@code PeerAddress} at once, and its bytes reach
@@ -311,6 +314,23 @@ public class P2pClient {
     }
 
     /**
+     * {@link #connect(String, String, String)}, sending {@code firstBytes} to the service as the
+     * stream's first bytes. They leave with the stream's selection, before the agent's hello has
+     * arrived, when the stream leads to the agent's public or port-mapped endpoint: the service
+     * gets them (and can answer) one round trip sooner than if they were written to the
+     * returned socket. They reach the service exactly once, in order, before anything written to
+     * the socket; no byte of the peer is read before the agent proved itself. Use it for a
+     * request the caller sends first anyway (a greeting, an HTTP request).
+     *
+     * @param firstBytes up to 64 KiB (65536 bytes); null or empty for none
+     * @throws IllegalArgumentException if {@code firstBytes} is longer than 64 KiB
+     * @throws P2pException why no connection was made
+     */
+    public Socket connect(String serverUrl, String peerId, String secret, byte[] firstBytes) throws IOException {
+        return connectDetailed(serverUrl, peerId, secret, firstBytes).socket;
+    }
+
+    /**
      * {@link #connect(String, int, String, String, String)}, also telling how the service was
      * reached.
      *
@@ -320,7 +340,7 @@ public class P2pClient {
             String peerClientId, String secret) throws P2pException {
         long started = System.nanoTime();
         checkPort(p2pServerPort);
-        return connectDetailed(ServerUrl.legacy(p2pServerIp, p2pServerPort), peerClientId, secret, started);
+        return connectDetailed(ServerUrl.legacy(p2pServerIp, p2pServerPort), peerClientId, secret, null, started);
     }
 
     /**
@@ -329,22 +349,39 @@ public class P2pClient {
      * @throws P2pException why no connection was made
      */
     public P2pConnection connectDetailed(String serverUrl, String peerId, String secret) throws P2pException {
-        long started = System.nanoTime();
-        return connectDetailed(ServerUrl.parse(serverUrl), peerId, secret, started);
+        return connectDetailed(serverUrl, peerId, secret, null);
     }
 
-    private P2pConnection connectDetailed(ServerUrl url, String peerId, String secret, long started)
+    /**
+     * {@link #connect(String, String, String, byte[])}, also telling how the service was reached
+     * ({@link P2pConnection#firstBytesEarly} says whether the first bytes saved the round trip).
+     *
+     * @param firstBytes up to 64 KiB; null or empty for none
+     * @throws IllegalArgumentException if {@code firstBytes} is longer than 64 KiB
+     * @throws P2pException why no connection was made
+     */
+    public P2pConnection connectDetailed(String serverUrl, String peerId, String secret, byte[] firstBytes)
             throws P2pException {
+        long started = System.nanoTime();
+        if (firstBytes != null && firstBytes.length > Protocol.EARLY_DATA_MAX) {
+            throw new IllegalArgumentException("firstBytes is " + firstBytes.length + " bytes, over the "
+                    + Protocol.EARLY_DATA_MAX + " sent with the selection: write the rest to the socket");
+        }
+        return connectDetailed(ServerUrl.parse(serverUrl), peerId, secret, firstBytes, started);
+    }
+
+    private P2pConnection connectDetailed(ServerUrl url, String peerId, String secret, byte[] firstBytes,
+            long started) throws P2pException {
         Protocol.checkId("peer id", peerId);
         Control control = Control.request(url, tlsFor(url), serverToken, peerId, secret, "punch", serverTimeoutMs);
-        Punch punch = Punch.run(control, secret, punchTimeoutMs);
+        Punch punch = Punch.run(control, secret, punchTimeoutMs, firstBytes);
         HostTuple peer = punch.target();
         P2pConnection.Path path = punch.relayed() ? P2pConnection.Path.RELAYED
                 : control.order.addresses("peer_private").contains(peer)
                         && !control.order.address("peer_public").equals(peer) ? P2pConnection.Path.LAN
                 : P2pConnection.Path.DIRECT;
         return new P2pConnection(punch.socket(), path, peer, (System.nanoTime() - started) / 1000000,
-                control.order.text("session"));
+                control.order.text("session"), punch.committed());
     }
 
     private static void checkPort(int port) throws P2pException {

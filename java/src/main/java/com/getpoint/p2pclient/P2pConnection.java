@@ -24,13 +24,21 @@ public final class P2pConnection {
     public final long setupMillis;
     /** The session id, as the server and the agent's log name it. */
     public final String session;
+    /**
+     * Whether the first bytes given to the call left with the stream's selection, before the
+     * agent's hello arrived (saving a round trip); false without first bytes, or when they were
+     * sent after the hello.
+     */
+    public final boolean firstBytesEarly;
 
-    P2pConnection(Socket socket, Path path, HostTuple peerAddress, long setupMillis, String session) {
+    P2pConnection(Socket socket, Path path, HostTuple peerAddress, long setupMillis, String session,
+            boolean firstBytesEarly) {
         this.socket = socket;
         this.path = path;
         this.peerAddress = peerAddress;
         this.setupMillis = setupMillis;
         this.session = session;
+        this.firstBytesEarly = firstBytesEarly;
     }
 
     /** E.g. {@code direct via 192.0.2.20:40000 in 120 ms}; the path is lowercase. */

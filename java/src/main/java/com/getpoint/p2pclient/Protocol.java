@@ -17,6 +17,13 @@ final class Protocol {
     static final int HELLO_LEN = 56;
     /** The byte a client writes on the one stream it selects. */
     static final int SELECT = 1;
+    /**
+     * Most early data (bytes sent with the selection, before the agent's hello): what fits in a
+     * fresh socket's buffers, so that writing it never waits for the agent to read.
+     */
+    static final int EARLY_DATA_MAX = 64 * 1024;
+    /** Longest line the NAT probe port answers, in bytes. */
+    static final int MAX_PROBE_LINE = 128;
     private static final byte[] MAGIC = Codec.utf8("p2pnc/1\n");
     private static final SecureRandom RANDOM = new SecureRandom();
 
@@ -82,8 +89,23 @@ final class Protocol {
 
     /** The query of {@code GET /v1/connect}; {@code proof} null when there is no secret. */
     static String connectQuery(String peer, String nonce, String proof, String mode, List<HostTuple> candidates) {
+        return connectQuery(peer, nonce, proof, mode, candidates, null);
+    }
+
+    /**
+     * The query of {@code GET /v1/connect}; {@code proof} null when there is no secret,
+     * {@code probe} the token of the NAT probe sent from the punch port, or null.
+     */
+    static String connectQuery(String peer, String nonce, String proof, String mode, List<HostTuple> candidates,
+            String probe) {
         String q = query("v", VERSION, "peer", peer, "nonce", nonce, "mode", mode, "private", candidates(candidates));
-        return proof == null ? q : q + "&proof=" + proof;
+        if (proof != null) q += "&proof=" + proof;
+        return probe == null ? q : q + "&probe=" + probe;
+    }
+
+    /** The line a peer writes on the server's probe port: {@code p2pnc-probe TOKEN\n}. */
+    static String probeLine(String token) {
+        return "p2pnc-probe " + token + "\n";
     }
 
     /** Addresses as a {@code private} value: comma-separated {@code IP:PORT}. */

@@ -26,6 +26,14 @@ import java.util.Set;
  * every other socket is closed. The control channel is read meanwhile, so an {@code error}
  * (e.g. a rejected secret) ends the punch at once.
  *
+ * <p>With early data (the caller's first bytes), the first stream to the agent's public or
+ * port-mapped endpoint gets the hello, the select byte and those bytes in one write, before the
+ * agent's hello is read: the stream is <em>committed</em>. It wins if the agent's hello then
+ * verifies. Only one commitment is pending at a time; streams proven meanwhile wait on standby.
+ * If the committed stream fails (a wrong hello, a dead stream), the next proven stream is
+ * selected the ordinary way and gets the same bytes after its select byte. No byte from the
+ * peer is handed out before its hello verified.
+ *
  * <p>Java has no SO_REUSEPORT: every socket on the punch port sets SO_REUSEADDR and none
  * listens, which Linux and Android allow (connect-only simultaneous open).
  */
@@ -42,6 +50,10 @@ final class Punch {
     private final long directDeadline;
     private final byte[] clientHello;
     private final byte[] agentHello;
+    /** The caller's first bytes, sent with the selection; null for none. */
+    private final byte[] early;
+    /** Where early data may go before the agent's hello: its public or port-mapped endpoint. */
+    private final List<HostTuple> commitTargets = new ArrayList<HostTuple>();
     private final Random random = new Random();
 
     private final Object lock = new Object();
@@ -57,11 +69,32 @@ final class Punch {
     private Socket winner;
     private HostTuple winnerTarget;
     private boolean winnerRelayed;
+    private boolean winnerCommitted;
+    /**
+     * The stream that holds the selection: committed and awaiting the agent's hello, or being
+     * selected; null when none. While it is set, other proven streams wait in {@link #standby}.
+     */
+    private Socket claim;
+    private final List<Stream> standby = new ArrayList<Stream>();
     private boolean relayFailed;
     private P2pException fatal;
 
-    private Punch(Control control, String secret, int timeoutMs) {
+    /** A connected stream and where it leads. */
+    private static final class Stream {
+        final Socket socket;
+        final HostTuple target;
+        final boolean relayed;
+
+        Stream(Socket socket, HostTuple target, boolean relayed) {
+            this.socket = socket;
+            this.target = target;
+            this.relayed = relayed;
+        }
+    }
+
+    private Punch(Control control, String secret, int timeoutMs, byte[] early) {
         this.control = control;
+        this.early = early == null || early.length == 0 ? null : early.clone();
         this.port = control.socket.getLocalPort();
         Message order = control.order;
         long relayAfter = order.number("relay_after_ms", -1);
@@ -80,11 +113,14 @@ final class Punch {
      * Carries out {@code control}'s punch order within {@code timeoutMs} (extended to give a
      * relay offered by the order its chance). Closes the control channel when done.
      *
-     * @return the finished punch: {@link #socket()} is the selected stream
+     * @param early the caller's first bytes (at most {@link Protocol#EARLY_DATA_MAX}), sent with
+     *     the selection of the stream; null or empty for none
+     * @return the finished punch: {@link #socket()} is the selected stream, on which the early
+     *     bytes have been written
      * @throws P2pException why no stream was selected
      */
-    static Punch run(Control control, String secret, int timeoutMs) throws P2pException {
-        Punch p = new Punch(control, secret, timeoutMs);
+    static Punch run(Control control, String secret, int timeoutMs, byte[] early) throws P2pException {
+        Punch p = new Punch(control, secret, timeoutMs, early);
         try {
             p.punch();
         } finally {
@@ -108,6 +144,11 @@ final class Punch {
         return winnerRelayed;
     }
 
+    /** Whether the early bytes left on the selected stream before the agent's hello arrived. */
+    boolean committed() {
+        return winnerCommitted;
+    }
+
     /** True once the punch has ended (won, failed, or timed out). */
     boolean isOver() {
         synchronized (lock) {
@@ -126,6 +167,9 @@ final class Punch {
         if (strategy.equals("simultaneous") && !targets.contains(peerPublic)) {
             targets.add(peerPublic);
         }
+        // Before the private candidates: only the agent's public and mapped endpoints are
+        // trusted with early data (a private address may belong to another host).
+        commitTargets.addAll(targets);
         for (HostTuple a : order.addresses("peer_private")) {
             if (!targets.contains(a)) targets.add(a);
         }
@@ -142,15 +186,13 @@ final class Punch {
             startWorker("p2pnc-birthday", new Runnable() {
                 @Override
                 public void run() {
-                    List<InetSocketAddress> to = new ArrayList<InetSocketAddress>();
                     InetSocketAddress peer = peerPublic.toSocketAddress();
                     if (easy) {
-                        to = Birthday.randomPorts(peer.getAddress(), Birthday.EASY_PROBES, random);
+                        Birthday.easy(Punch.this, Birthday.randomPorts(peer.getAddress(), Birthday.EASY_PROBES, random),
+                                port, "birthday punch toward " + peerPublic.ip);
                     } else {
-                        for (int i = 0; i < Birthday.HARD_SOCKETS; i++) to.add(peer);
+                        Birthday.hard(Punch.this, peer, "birthday punch toward " + peerPublic);
                     }
-                    Birthday.run(Punch.this, to, easy ? port : 0,
-                            "birthday punch toward " + (easy ? peerPublic.ip : peerPublic));
                 }
             });
         }
@@ -381,15 +423,24 @@ final class Punch {
     }
 
     /**
-     * Exchanges hellos on a connected stream and selects it if it is the first proven one. A
-     * stream that fails the handshake, or is not needed, is closed.
+     * Exchanges hellos on a connected stream and selects it if it is the first proven one. With
+     * early data, a stream to a commit target commits to it first (see the class documentation).
+     * A stream that fails the handshake, or is not needed, is closed.
      *
      * @throws IOException if the agent closed the stream (or it broke) before its hello
      */
     private void handshake(Socket s, HostTuple target, boolean relayed) throws IOException {
+        boolean committed = false;
+        synchronized (lock) {
+            if (early != null && claim == null && winner == null && !finished && !relayed
+                    && commitTargets.contains(target)) {
+                claim = s;
+                committed = true;
+            }
+        }
         byte[] hello = new byte[Protocol.HELLO_LEN];
         try {
-            s.getOutputStream().write(clientHello);
+            s.getOutputStream().write(committed ? selection(clientHello) : clientHello);
             s.setSoTimeout(Math.max(1, remainingMs()));
             InputStream in = s.getInputStream();
             for (int off = 0; off < hello.length; ) {
@@ -399,25 +450,114 @@ final class Punch {
             }
         } catch (SocketTimeoutException e) {
             hello = null; // silent until the deadline
+        } catch (IOException e) {
+            if (committed) release();
+            throw e;
         }
         boolean proven = hello != null && Codec.constantTimeEquals(hello, agentHello);
-        if (proven) {
+        if (proven && committed) {
             synchronized (lock) {
-                if (!finished && winner == null) {
-                    s.getOutputStream().write(Protocol.SELECT);
-                    winner = s;
-                    winnerTarget = target;
-                    winnerRelayed = relayed;
-                    lock.notifyAll();
+                if (!finished) {
+                    claim = null;
+                    win(new Stream(s, target, relayed), true);
                     return;
                 }
             }
+        }
+        if (proven && !committed) {
+            select(new Stream(s, target, relayed));
+            return;
         }
         WebSocket.closeQuietly(s);
         synchronized (lock) {
             sockets.remove(s);
             if (!finished && hello != null && !proven) rejectedStreams++;
         }
+        if (committed) release();
+    }
+
+    /** {@code prefix}, the select byte and the early bytes (if any), in one array. */
+    private byte[] selection(byte[] prefix) {
+        int n = early == null ? 0 : early.length;
+        byte[] out = new byte[prefix.length + 1 + n];
+        System.arraycopy(prefix, 0, out, 0, prefix.length);
+        out[prefix.length] = Protocol.SELECT;
+        if (n > 0) System.arraycopy(early, 0, out, prefix.length + 1, n);
+        return out;
+    }
+
+    /** Selects a proven stream, or puts it on standby while another stream holds the selection. */
+    private void select(Stream p) {
+        synchronized (lock) {
+            if (finished || winner != null) {
+                sockets.remove(p.socket);
+                WebSocket.closeQuietly(p.socket);
+                return;
+            }
+            if (claim != null) {
+                standby.add(p);
+                return;
+            }
+            claim = p.socket;
+        }
+        selectClaimed(p);
+    }
+
+    /** The committed stream failed: the next stream on standby, if any, is selected instead. */
+    private void release() {
+        Stream next;
+        synchronized (lock) {
+            claim = null;
+            next = nextStandby();
+        }
+        if (next != null) selectClaimed(next);
+    }
+
+    /** Takes the first stream on standby and gives it the claim; null when none waits. */
+    private Stream nextStandby() {
+        if (finished || winner != null || standby.isEmpty()) {
+            return null;
+        }
+        Stream next = standby.remove(0);
+        claim = next.socket;
+        return next;
+    }
+
+    /**
+     * Writes the select byte and the early bytes on {@code p}, which holds the claim, and makes
+     * it the winner; if the write fails, the next stream on standby is tried.
+     */
+    private void selectClaimed(Stream p) {
+        while (p != null) {
+            try {
+                p.socket.getOutputStream().write(selection(new byte[0]));
+                synchronized (lock) {
+                    claim = null;
+                    if (!finished) {
+                        win(p, false);
+                        return;
+                    }
+                }
+                return; // the end of the punch closes it
+            } catch (IOException e) {
+                WebSocket.closeQuietly(p.socket);
+                synchronized (lock) {
+                    sockets.remove(p.socket);
+                    if (!finished) brokenStreams++;
+                    claim = null;
+                    p = nextStandby();
+                }
+            }
+        }
+    }
+
+    /** Makes {@code p} the selected stream; the caller holds the lock. */
+    private void win(Stream p, boolean committed) {
+        winner = p.socket;
+        winnerTarget = p.target;
+        winnerRelayed = p.relayed;
+        winnerCommitted = committed;
+        lock.notifyAll();
     }
 
     /** Reads the control channel until the punch ends; an {@code error} ends it at once. */

@@ -277,6 +277,34 @@ public class InteropTest {
         assertArrayEquals(data, service.nextFinished(0));
     }
 
+    /**
+     * The first bytes leave with the selection, before the agent's hello (on loopback the
+     * agent's public endpoint is reachable, so the client commits to it), and the Rust agent
+     * hands them to the service once, in order, before what is written to the socket. The NAT
+     * probe reached the server's probe port, so it classified this client's mapping.
+     */
+    @Test
+    public void earlyDataReachesTheServiceOnceInOrder() throws Exception {
+        byte[] first = new byte[40000];
+        new Random(3).nextBytes(first);
+        byte[] rest = new byte[100000];
+        new Random(4).nextBytes(rest);
+        byte[] all = new byte[first.length + rest.length];
+        System.arraycopy(first, 0, all, 0, first.length);
+        System.arraycopy(rest, 0, all, first.length, rest.length);
+        P2pConnection c = new P2pClient().connectDetailed("http://127.0.0.1:" + serverPort, "streamserver", SECRET,
+                first);
+        try {
+            assertTrue(c.toString(), c.firstBytesEarly);
+            assertArrayEquals(all, roundTrip(c.socket, rest));
+        } finally {
+            c.socket.close();
+        }
+        assertArrayEquals(all, service.nextFinished(0));
+        assertTrue("the server saw the probe\n" + logText(),
+                logText().contains("client_mapping=endpoint-independent"));
+    }
+
     @Test
     public void wrongSecretFailsFastSayingSo() {
         long t = System.nanoTime();
