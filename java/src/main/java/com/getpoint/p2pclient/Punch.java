@@ -41,6 +41,8 @@ final class Punch {
     private static final int RETRY_MIN_MS = 60, RETRY_MAX_MS = 160;
     /** Time the relay gets, once joined, to carry the handshake. */
     private static final int RELAY_GRACE_MS = 5000;
+    /** Latest relay start a punch order may ask for: the server forgets a session by then. */
+    static final long MAX_RELAY_AFTER_MS = 30000;
 
     private final Control control;
     private final int port;
@@ -92,12 +94,21 @@ final class Punch {
         }
     }
 
+    /** The order's relay start in ms (-1: no relay), capped so a huge value cannot overflow. */
+    static long relayAfter(Message order) {
+        return capRelayAfter(order.number("relay_after_ms", -1));
+    }
+
+    static long capRelayAfter(long ms) {
+        return ms < 0 ? -1 : Math.min(ms, MAX_RELAY_AFTER_MS);
+    }
+
     private Punch(Control control, String secret, int timeoutMs, byte[] early) {
         this.control = control;
         this.early = early == null || early.length == 0 ? null : early.clone();
         this.port = control.socket.getLocalPort();
         Message order = control.order;
-        long relayAfter = order.number("relay_after_ms", -1);
+        long relayAfter = relayAfter(order);
         long now = System.nanoTime();
         this.timeoutMs = timeoutMs;
         this.directDeadline = now + timeoutMs * 1000000L;
@@ -196,7 +207,7 @@ final class Punch {
                 }
             });
         }
-        final long relayAfter = order.number("relay_after_ms", -1);
+        final long relayAfter = relayAfter(order);
         if (relayAfter >= 0) {
             startWorker("p2pnc-relay", new Runnable() {
                 @Override

@@ -295,7 +295,9 @@ public class InteropTest {
         P2pConnection c = new P2pClient().connectDetailed("http://127.0.0.1:" + serverPort, "streamserver", SECRET,
                 first);
         try {
-            assertTrue(c.toString(), c.firstBytesEarly);
+            // A host with a second address may prove the LAN stream first; early data is
+            // never committed to a private candidate, so it then follows the selection.
+            assertTrue(c.toString(), c.firstBytesEarly || c.path == P2pConnection.Path.LAN);
             assertArrayEquals(all, roundTrip(c.socket, rest));
         } finally {
             c.socket.close();

@@ -12,6 +12,13 @@ import org.junit.Test;
 /** JSON, addresses, encodings and id checks. */
 public class UnitTest {
     @Test
+    public void aHugeRelayStartInAnOrderIsCapped() {
+        assertEquals(Punch.MAX_RELAY_AFTER_MS, Punch.capRelayAfter(Long.MAX_VALUE));
+        assertEquals(1500, Punch.capRelayAfter(1500));
+        assertEquals(-1, Punch.capRelayAfter(-1));
+    }
+
+    @Test
     public void jsonRoundTrips() {
         String text = "{\"a\":[1,-2.5,true,false,null,\"x\\\"\\\\\\n\\u00e9\\ud83d\\ude00\"],\"b\":{}}";
         Object v = Json.parse(text);
