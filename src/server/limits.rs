@@ -80,7 +80,9 @@ pub struct Guarded {
     inner: TcpStream,
     /// Bytes of `\r\n\r\n` matched so far; 4 once the head is complete.
     matched: u8,
-    deadline: Pin<Box<Sleep>>,
+    /// Dropped once the head is complete: a pending timer holds the waker of the task that
+    /// last polled it, and with it that task's memory, until it fires.
+    deadline: Option<Pin<Box<Sleep>>>,
     _slot: Slot,
 }
 
@@ -90,7 +92,9 @@ impl Guarded {
         Guarded {
             inner,
             matched: 0,
-            deadline: Box::pin(tokio::time::sleep_until(Instant::now() + head_timeout)),
+            deadline: Some(Box::pin(tokio::time::sleep_until(
+                Instant::now() + head_timeout,
+            ))),
             _slot: slot,
         }
     }
@@ -110,7 +114,9 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.matched < 4 && this.deadline.as_mut().poll(cx).is_ready() {
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no complete request head in time",
@@ -128,6 +134,7 @@ impl AsyncRead for Guarded {
                     0
                 };
                 if this.matched == 4 {
+                    this.deadline = None;
                     break;
                 }
             }
