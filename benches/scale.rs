@@ -1,31 +1,42 @@
 //! Server-scale load generator: `cargo bench --bench scale -- [--agents N] [--connects M]
-//! [--concurrency C] [--sources K]`.
+//! [--concurrency C] [--sources K] [--server-arg ARG]...`.
 //!
-//! It starts the real `p2pnc server` binary as a separate process, with its per-address limits
-//! raised so that the load is not refused, and then:
+//! It starts the real `p2pnc server` binary (the release build) as a separate process, with its
+//! per-address limits raised so that the load is not refused (`--connect-rate`,
+//! `--expose-rate`, `--max-connections-per-ip`, `--max-connections`), and then:
 //!
 //! 1. reads the idle server's resident memory (`VmRSS` in `/proc/PID/status`);
 //! 2. registers N agents that speak the wire protocol of `docs/protocol.md` (the WebSocket
-//!    upgrade of `GET /v1/expose` with a secret and an owner credential, then `registered`),
-//!    from the loopback source addresses 127.0.0.1 … 127.0.0.K, so that no source address
-//!    needs more ports than its ephemeral range holds. The agents stay online like real ones:
-//!    they answer the server's pings, ping it every 15 s, and check the proof in every punch
-//!    order (refusing a wrong one with `reject`);
-//! 3. reads the RSS again: (RSS with N agents − idle RSS) / N is the memory per agent;
+//!    upgrade of `GET /v1/expose` with a secret, a private candidate and an owner credential,
+//!    then `registered`), from the loopback source addresses 127.0.0.1 … 127.0.0.K, so that no
+//!    source address needs more ports than its ephemeral range holds. The agents stay online
+//!    like real ones: they answer the server's pings, ping it every 15 s, and check the proof
+//!    in every punch order (refusing a wrong one with `reject`). They send no NAT probe;
+//! 3. measures the server's CPU use while the agents are idle (pings only), then reads the RSS
+//!    again: (RSS with N agents − idle RSS) / N is the memory per agent;
 //! 4. brokers M connects from C concurrent clients. Each client opens a TCP connection,
 //!    upgrades `GET /v1/connect` for a random online id with a valid proof, and waits for its
 //!    punch order. A connect is *brokered* once the server has told both ends to punch: the
 //!    client got its order and so did the agent. The client then closes with an RST, as the
 //!    plain-mode client does, so that millions of connects leave no TIME_WAIT sockets behind
 //!    to exhaust the loopback ports. Reported: brokered connects per second, the latency from
-//!    the client's TCP connect to its punch order (percentiles), and the CPU time the server
-//!    and everything else on the machine used meanwhile.
+//!    the client's TCP connect to its punch order (percentiles), and the CPU time the server,
+//!    this generator and everything else on the machine used meanwhile.
+//!
+//! The generator runs on one thread: on a small machine the server needs the other cores, and
+//! one thread spares the generator the cross-thread wake-ups of a multi-threaded runtime.
+//!
+//! Every agent holds one file descriptor here and one in the server. The generator raises its
+//! open-file limit (the hard limit too, as root with CAP_SYS_RESOURCE) and the server, its
+//! child, inherits it. Where the limit cannot be raised far enough, a run without `--agents`
+//! registers as many agents as fit and projects the RSS of 100 000 agents from the memory per
+//! agent (which the figures at several N show to be flat); `--agents N` beyond the limit is an
+//! error.
 //!
 //! The summary is printed as a markdown table and written to `target/scale-bench.txt`; the
-//! server's log goes to `target/scale-server.log`. Raising the open-file limits past the hard
-//! limit needs root (or a large enough `ulimit -n`): N agents take N descriptors in each
-//! process. The benchmark exits 1 when something broke (a registration or connect failed, an
-//! agent was dropped); a missed target is reported, not an error.
+//! server's log goes to `target/scale-server.log`. The benchmark exits 1 when something broke
+//! (a registration or connect failed, an agent was dropped); a missed target is reported, not
+//! an error.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -85,13 +96,16 @@ struct Opts {
     connects: usize,
     concurrency: usize,
     sources: Option<usize>,
+    /// Extra arguments for `p2pnc server`.
+    server_args: Vec<String>,
 }
 
 fn usage() -> String {
     format!(
         "usage: cargo bench --bench scale -- [--agents N] [--connects M] [--concurrency C] \
-         [--sources K]\n  defaults: {DEFAULT_AGENTS} agents, {DEFAULT_CONNECTS} connects, \
-         {DEFAULT_CONCURRENCY} concurrent clients, enough source addresses for the load"
+         [--sources K] [--server-arg ARG]...\n  defaults: {DEFAULT_AGENTS} agents, {DEFAULT_CONNECTS} connects, \
+         {DEFAULT_CONCURRENCY} concurrent clients, enough source addresses for the load;\n  \
+         --server-arg passes ARG on to `p2pnc server` (e.g. --server-arg -q)"
     )
 }
 
@@ -102,6 +116,7 @@ fn parse_args() -> Result<Opts, String> {
         connects: DEFAULT_CONNECTS,
         concurrency: DEFAULT_CONCURRENCY,
         sources: None,
+        server_args: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -120,6 +135,10 @@ fn parse_args() -> Result<Opts, String> {
             "--connects" => o.connects = number("--connects")?,
             "--concurrency" => o.concurrency = number("--concurrency")?,
             "--sources" => o.sources = Some(number("--sources")?),
+            "--server-arg" => o.server_args.push(
+                args.next()
+                    .ok_or_else(|| format!("--server-arg needs a value\n{}", usage()))?,
+            ),
             "-h" | "--help" => return Err(usage()),
             _ => return Err(format!("unknown argument {a:?}\n{}", usage())),
         }
@@ -144,7 +163,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -225,7 +244,7 @@ fn target_dir() -> PathBuf {
 }
 
 /// Starts the server with limits that let the load through, and waits for its address.
-async fn start_server(max_connections: usize) -> Result<ServerProc, String> {
+async fn start_server(max_connections: usize, extra: &[String]) -> Result<ServerProc, String> {
     let log_path = target_dir().join("scale-server.log");
     let log = std::fs::File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
@@ -235,6 +254,7 @@ async fn start_server(max_connections: usize) -> Result<ServerProc, String> {
         .args(["127.0.0.1:0", "--connect-rate", big, "--expose-rate", big])
         .args(["--max-connections-per-ip", big, "--max-connections"])
         .arg(max_connections.to_string())
+        .args(extra)
         .env("P2PNC_LOG", "p2pnc=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -764,13 +784,16 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
             .trim(),
         loadavg()
     );
+    if !opts.server_args.is_empty() {
+        let _ = writeln!(out, "Extra server flags: {}\n", opts.server_args.join(" "));
+    }
     for n in &notes {
         let _ = writeln!(out, "Note: {n}.\n");
     }
     print!("{out}");
 
     let max_connections = opts.agents + opts.concurrency + SERVER_SPARE_CONNECTIONS;
-    let mut server = start_server(max_connections).await?;
+    let mut server = start_server(max_connections, &opts.server_args).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = rss_bytes(server.pid()).ok_or("cannot read the server's RSS")?;
     println!(
@@ -826,7 +849,9 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
         "{registered} agents registered in {:.1} s; settling {SETTLE:?}",
         reg_elapsed.as_secs_f64()
     );
+    let idle_meter = CpuMeter::start(server.pid());
     tokio::time::sleep(SETTLE).await;
+    let keepalive = idle_meter.stop();
     let with_agents = rss_bytes(server.pid()).ok_or("cannot read the server's RSS")?;
     let online = server_agents(server.addr).await;
     let per_agent = with_agents.saturating_sub(idle) as f64 / registered.max(1) as f64;
@@ -926,6 +951,11 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
         b.cpu.server / b.cpu.wall,
         b.cpu.me / b.cpu.wall,
         b.cpu.others / b.cpu.wall
+    );
+    let _ = writeln!(
+        t,
+        "| server CPU with the agents idle (pings both ways) | {:.3} cores | |",
+        keepalive.server / keepalive.wall
     );
     let _ = writeln!(
         t,

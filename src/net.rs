@@ -211,7 +211,7 @@ pub fn raise_fd_limit() {
 
 /// Raises the soft limit on open files toward `want` (never past the hard limit, never
 /// lowering it) and returns the soft limit now in force.
-pub fn raise_fd_limit_to(want: u64) -> u64 {
+pub fn raise_fd_limit_to(want: libc::rlim_t) -> libc::rlim_t {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -221,7 +221,7 @@ pub fn raise_fd_limit_to(want: u64) -> u64 {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
         }
-        let want = (want as libc::rlim_t).min(lim.rlim_max);
+        let want = want.min(lim.rlim_max);
         if lim.rlim_cur < want {
             let old = lim.rlim_cur;
             lim.rlim_cur = want;
@@ -230,7 +230,7 @@ pub fn raise_fd_limit_to(want: u64) -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// The kernel's smoothed round-trip time of a connected TCP socket (TCP_INFO), if known.
