@@ -214,6 +214,20 @@ impl ServerProc {
         self.child.id()
     }
 
+    /// Its resident memory; an error with the end of its log if it has exited.
+    fn rss(&mut self) -> Result<u64, String> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(target_dir().join("scale-server.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            return Err(format!(
+                "the server exited ({status}); its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        rss_bytes(self.pid()).ok_or_else(|| "cannot read the server's RSS".into())
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within 5 s.
     fn stop(&mut self) {
         // SAFETY: kill(2) on our own child.
@@ -795,7 +809,7 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
     let max_connections = opts.agents + opts.concurrency + SERVER_SPARE_CONNECTIONS;
     let mut server = start_server(max_connections, &opts.server_args).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle = rss_bytes(server.pid()).ok_or("cannot read the server's RSS")?;
+    let idle = server.rss()?;
     println!(
         "server pid {} on {}, idle RSS {}",
         server.pid(),
@@ -852,7 +866,7 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
     let idle_meter = CpuMeter::start(server.pid());
     tokio::time::sleep(SETTLE).await;
     let keepalive = idle_meter.stop();
-    let with_agents = rss_bytes(server.pid()).ok_or("cannot read the server's RSS")?;
+    let with_agents = server.rss()?;
     let online = server_agents(server.addr).await;
     let per_agent = with_agents.saturating_sub(idle) as f64 / registered.max(1) as f64;
 
