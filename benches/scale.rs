@@ -217,8 +217,8 @@ impl ServerProc {
     /// Its resident memory; an error with the end of its log if it has exited.
     fn rss(&mut self) -> Result<u64, String> {
         if let Ok(Some(status)) = self.child.try_wait() {
-            let log = std::fs::read_to_string(target_dir().join("scale-server.log"))
-                .unwrap_or_default();
+            let log =
+                std::fs::read_to_string(target_dir().join("scale-server.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             return Err(format!(
                 "the server exited ({status}); its log ends:\n{}",
@@ -458,7 +458,7 @@ fn ws_config() -> WebSocketConfig {
 }
 
 /// A TCP connection from `src` (any port) to the server, and the WebSocket upgrade of
-/// `path?query` on it. Returns the refusal's error code when the server answers with one.
+/// `path?query` on it. A refusal's error says the server's status and body.
 async fn open_ws(
     src: Ipv4Addr,
     server: SocketAddr,
