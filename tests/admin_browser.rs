@@ -57,7 +57,7 @@ async fn the_status_page_shows_services_sessions_and_nat_pairs_in_chromium() {
     let ok_err = String::from_utf8_lossy(&ok.stderr).to_string();
     assert!(ok.status.success(), "{ok_err}");
     assert_eq!(ok.stdout, b"hello through p2pnc");
-    let setup_ms = setup_ms_of(&ok_err, ID);
+    let (path, setup_ms) = path_and_setup_of(&ok_err, ID);
     let bad = connect_stdio(server.control, ID, Some("wrong"), b"x").await;
     let bad_err = String::from_utf8_lossy(&bad.stderr);
     assert!(
@@ -71,7 +71,7 @@ async fn the_status_page_shows_services_sessions_and_nat_pairs_in_chromium() {
         "{gone_err}"
     );
     // The client reports its outcome just before it exits: wait until the server has both.
-    wait_for_outcomes(server.admin, &["direct", "rejected"]).await;
+    wait_for_outcomes(server.admin, &[path.as_str(), "rejected"]).await;
 
     let url = format!("http://{}/", server.admin);
     let work = scratch_dir("admin-browser");
@@ -105,18 +105,18 @@ async fn the_status_page_shows_services_sessions_and_nat_pairs_in_chromium() {
     let sessions = table(&dom, "sessions");
     assert_eq!(sessions.len(), 3, "a header and two sessions: {sessions:?}");
     let rows: Vec<_> = (1..sessions.len()).map(|i| row_map(&sessions, i)).collect();
-    let direct = rows
+    let connected = rows
         .iter()
-        .find(|r| r["outcome"] == "direct")
-        .unwrap_or_else(|| panic!("no direct session: {rows:?}"));
-    assert_eq!(direct["service"], ID);
+        .find(|r| r["outcome"] == path)
+        .unwrap_or_else(|| panic!("no {path} session: {rows:?}"));
+    assert_eq!(connected["service"], ID);
     assert_eq!(
-        direct["setup"],
+        connected["setup"],
         format!("{setup_ms} ms"),
         "the setup time the client printed"
     );
-    assert_eq!(direct["strategy"], "simultaneous");
-    assert_eq!(direct["client NAT"], "endpoint-independent");
+    assert_eq!(connected["strategy"], "simultaneous");
+    assert_eq!(connected["client NAT"], "endpoint-independent");
     let rejected = rows
         .iter()
         .find(|r| r["outcome"] == "rejected")
@@ -130,7 +130,7 @@ async fn the_status_page_shows_services_sessions_and_nat_pairs_in_chromium() {
     assert_eq!(pair["client NAT"], "endpoint-independent");
     assert_eq!(pair["service NAT"], "endpoint-independent");
     assert_eq!(pair["attempts"], "2");
-    assert_eq!(pair["direct"], "50 %");
+    assert_eq!(pair["direct or LAN"], "50 %");
     assert_eq!(pair["relayed"], "0 %");
 
     let refused = table(&dom, "refused");
@@ -173,7 +173,10 @@ async fn the_status_page_shows_services_sessions_and_nat_pairs_in_chromium() {
     )
     .await;
     check_screenshot(&png_path);
-    println!("screenshot of the status page: {}", png_path.display());
+    println!(
+        "screenshot of the status page ({path} session): {}",
+        png_path.display()
+    );
     drop(agent);
 }
 
@@ -203,13 +206,11 @@ fn under_ci() -> bool {
     }
 }
 
-/// A fresh, empty directory under the target directory.
+/// A fresh, empty directory under the target directory; it stays after the test, so that a
+/// person can look at the screenshot.
 fn scratch_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -391,17 +392,22 @@ fn row_map(rows: &[Vec<String>], i: usize) -> std::collections::HashMap<String, 
         .collect()
 }
 
-/// `connected to 'ID' (direct, ADDR) in N ms` → N.
-fn setup_ms_of(stderr: &str, id: &str) -> u64 {
-    let prefix = format!("connected to '{id}' (direct, ");
+/// `connected to 'ID' (PATH, ADDR) in N ms` → (PATH, N). PATH is `direct`, or `lan` when the
+/// agent's address on a local interface won the race against its loopback endpoint.
+fn path_and_setup_of(stderr: &str, id: &str) -> (String, u64) {
+    let prefix = format!("connected to '{id}' (");
     let line = stderr
         .lines()
         .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no direct connection reported:\n{stderr}"));
-    line.rsplit_once(" in ")
+        .unwrap_or_else(|| panic!("no connection reported:\n{stderr}"));
+    let path = line[prefix.len()..].split(',').next().unwrap_or("");
+    assert!(path == "direct" || path == "lan", "{line}");
+    let ms = line
+        .rsplit_once(" in ")
         .and_then(|(_, t)| t.strip_suffix(" ms"))
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no setup time in {line:?}"))
+        .unwrap_or_else(|| panic!("no setup time in {line:?}"));
+    (path.to_string(), ms)
 }
 
 /// Waits until the server's recent sessions include each of `outcomes`.

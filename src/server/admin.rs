@@ -238,7 +238,7 @@ async fn page(State(state): State<AppState>) -> Html<String> {
     } else {
         h.push_str(
             "<table id=\"pairs\"><tr><th>client NAT</th><th>service NAT</th><th>attempts</th>\
-             <th>direct</th><th>relayed</th></tr>",
+             <th>direct or LAN</th><th>relayed</th></tr>",
         );
         for p in &st.pairs {
             let _ = write!(
