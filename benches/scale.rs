@@ -959,6 +959,13 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
         b.cpu.server * 1e6 / brokered.max(1) as f64,
         brokered as f64 / b.cpu.server.max(1e-9)
     );
+    let pair_cpu = b.cpu.server + b.cpu.me;
+    let _ = writeln!(
+        t,
+        "| brokered connects per CPU-second of server + generator | {:.0} (with all {cpus} cores to themselves: ≈ {:.0}/s, an estimate) | |",
+        brokered as f64 / pair_cpu.max(1e-9),
+        brokered as f64 / pair_cpu.max(1e-9) * cpus as f64
+    );
     let _ = writeln!(
         t,
         "| CPU during connects: server / load generator / others | {:.2} / {:.2} / {:.2} cores (of {cpus}) | |",
