@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(nftables iptables iproute2 conntrack socat miniupnpd stun-server
   default-jdk-headless maven junit4 libsurefire-java libmaven-compiler-plugin-java
   libmaven-resources-plugin-java libmaven-jar-plugin-java libmaven-install-plugin-java
-  libmaven-clean-plugin-java)
+  libmaven-clean-plugin-java chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -15,6 +15,9 @@ use tokio_util::task::TaskTracker;
 
 /// How long `expose` waits for the local service to accept a connection.
 const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// File descriptors the server needs besides its control connections: listeners, probe and
+/// admin connections, log files.
+const FD_HEADROOM: u64 = 1024;
 
 /// Direct TCP connections between hosts behind NATs.
 #[derive(Parser)]
@@ -160,6 +163,9 @@ struct ServerArgs {
     /// Most connections to the control port from one address.
     #[arg(long, default_value_t = p2pnc::server::limits::MAX_CONNECTIONS_PER_IP)]
     max_connections_per_ip: usize,
+    /// Most connections to the control port in all (each online agent holds one).
+    #[arg(long, default_value_t = p2pnc::server::limits::MAX_CONNECTIONS)]
+    max_connections: usize,
     /// Serve /metrics (Prometheus) and a status page here, e.g. 127.0.0.1:50309 (off unless
     /// given; keep it off public addresses).
     #[arg(long)]
@@ -382,6 +388,16 @@ async fn server(args: ServerArgs) -> Result<()> {
     if !(args.connect_rate > 0.0 && args.expose_rate > 0.0) {
         bail!("--connect-rate and --expose-rate must be positive");
     }
+    // Every connection is a file descriptor; leave room for the probe port and the admin.
+    let want_fds = args.max_connections as u64 + FD_HEADROOM;
+    let fds = p2pnc::net::raise_fd_limit_to(want_fds);
+    if fds < want_fds {
+        tracing::warn!(
+            "the open-file limit is {fds}, too low for --max-connections {}: raise it \
+             (ulimit -n, or LimitNOFILE= in the systemd unit) to at least {want_fds}",
+            args.max_connections
+        );
+    }
     let listener = p2pnc::net::server_listener(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
@@ -430,6 +446,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         connect_rate: args.connect_rate,
         expose_rate: args.expose_rate,
         max_connections_per_ip: args.max_connections_per_ip,
+        max_connections: args.max_connections,
         ..Default::default()
     };
     let admin = match args.admin {

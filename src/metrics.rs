@@ -164,6 +164,11 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Requests refused so far, by error code.
+    pub fn rejected_counts(&self) -> BTreeMap<String, u64> {
+        self.rejected.lock().expect("metrics lock").clone()
+    }
+
     /// Counts bytes carried by the relay.
     pub fn relayed_bytes(&self, n: u64) {
         self.relayed_bytes.fetch_add(n, Ordering::Relaxed);

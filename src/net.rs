@@ -231,21 +231,32 @@ fn set_ttl(socket: &Socket, remote: SocketAddr, ttl: u32) -> io::Result<()> {
 pub fn raise_fd_limit() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit with a valid, initialised rlimit.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-                let want = lim.rlim_max.min(65_536);
-                if lim.rlim_cur < want {
-                    lim.rlim_cur = want;
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-                }
+        raise_fd_limit_to(65_536);
+    });
+}
+
+/// Raises the soft limit on open files toward `want` (never past the hard limit, never
+/// lowering it) and returns the soft limit now in force.
+pub fn raise_fd_limit_to(want: libc::rlim_t) -> libc::rlim_t {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, initialised rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        let want = want.min(lim.rlim_max);
+        if lim.rlim_cur < want {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = want;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                lim.rlim_cur = old;
             }
         }
-    });
+    }
+    lim.rlim_cur
 }
 
 /// The kernel's smoothed round-trip time of a connected TCP socket (TCP_INFO), if known.

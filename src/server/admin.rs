@@ -2,6 +2,7 @@
 //! page (plain HTML, no external assets) listing online services, recent sessions and success
 //! rates by NAT pair.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -53,6 +54,8 @@ struct Status {
     relay_active: Option<usize>,
     recent: Vec<Record>,
     pairs: Vec<PairRow>,
+    /// Requests refused, by error code.
+    refused: BTreeMap<String, u64>,
 }
 
 fn status(state: &Shared) -> Status {
@@ -90,6 +93,7 @@ fn status(state: &Shared) -> Status {
                 stats,
             })
             .collect(),
+        refused: state.metrics.rejected_counts(),
     }
 }
 
@@ -138,6 +142,15 @@ fn percent(part: u64, whole: u64) -> String {
     }
 }
 
+/// "1 service", "2 services".
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 async fn page(State(state): State<AppState>) -> Html<String> {
     let st = status(&state);
     let mut h = String::with_capacity(8192);
@@ -150,12 +163,12 @@ async fn page(State(state): State<AppState>) -> Html<String> {
          td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:left}}\
          th{{background:#f3f3f3}}.ok{{color:#176117}}.bad{{color:#a11}}\
          </style></head><body><h1>p2pnc rendezvous server {}</h1>\
-         <p>{} services online · {} sessions open{}</p>",
+         <p>{} online · {} open{}</p>",
         st.version,
-        st.services.len(),
-        st.sessions_open,
+        plural(st.services.len(), "service"),
+        plural(st.sessions_open, "session"),
         st.relay_active
-            .map(|n| format!(" · {n} relayed sessions"))
+            .map(|n| format!(" · {} relayed", plural(n, "session")))
             .unwrap_or_else(|| " · relay off".into())
     );
     h.push_str("<h2>Online services</h2>");
@@ -179,7 +192,11 @@ async fn page(State(state): State<AppState>) -> Html<String> {
                     "public"
                 },
                 s.rtt_ms
-                    .map(|r| format!("{r:.1} ms"))
+                    .map(|r| if r < 1.0 {
+                        format!("{r:.2} ms")
+                    } else {
+                        format!("{r:.1} ms")
+                    })
                     .unwrap_or_else(|| "–".into()),
                 utc(s.since_unix_ms)
             );
@@ -221,7 +238,7 @@ async fn page(State(state): State<AppState>) -> Html<String> {
     } else {
         h.push_str(
             "<table id=\"pairs\"><tr><th>client NAT</th><th>service NAT</th><th>attempts</th>\
-             <th>direct</th><th>relayed</th></tr>",
+             <th>direct or LAN</th><th>relayed</th></tr>",
         );
         for p in &st.pairs {
             let _ = write!(
@@ -233,6 +250,16 @@ async fn page(State(state): State<AppState>) -> Html<String> {
                 percent(p.stats.direct, p.stats.attempts),
                 percent(p.stats.relayed, p.stats.attempts)
             );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Refused requests</h2>");
+    if st.refused.is_empty() {
+        h.push_str("<p>No request refused.</p>");
+    } else {
+        h.push_str("<table id=\"refused\"><tr><th>reason</th><th>requests</th></tr>");
+        for (reason, n) in &st.refused {
+            let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(reason));
         }
         h.push_str("</table>");
     }

@@ -82,7 +82,9 @@ pub struct Guarded {
     inner: MaybeTls,
     /// Bytes of `\r\n\r\n` matched so far; 4 once the head is complete.
     matched: u8,
-    deadline: Pin<Box<Sleep>>,
+    /// Dropped once the head is complete: a pending timer holds the waker of the task that
+    /// last polled it, and with it that task's memory, until it fires.
+    deadline: Option<Pin<Box<Sleep>>>,
     _slot: Slot,
 }
 
@@ -92,7 +94,7 @@ impl Guarded {
         Guarded {
             inner,
             matched: 0,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
             _slot: slot,
         }
     }
@@ -117,7 +119,9 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.matched < 4 && this.deadline.as_mut().poll(cx).is_ready() {
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no complete request head in time",
@@ -126,6 +130,9 @@ impl AsyncRead for Guarded {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         this.matched = head_progress(this.matched, &buf.filled()[before..]);
+        if this.matched == 4 {
+            this.deadline = None;
+        }
         Poll::Ready(Ok(()))
     }
 }

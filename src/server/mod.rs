@@ -50,6 +50,13 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(30);
 /// Messages queued toward one agent before new sessions to it are refused as busy.
 const AGENT_QUEUE: usize = 256;
 
+/// Read buffer of a control WebSocket. What agents and clients send is a few hundred bytes at
+/// most (a longer message grows the buffer for as long as it needs), and every online agent
+/// holds one: tungstenite's default of 128 KiB, zero-filled on the first read, would cost
+/// 128 KiB of memory per agent. Writes go out at once (a write buffer size of 0): there is
+/// nothing to batch.
+const WS_READ_BUFFER: usize = 512;
+
 /// How long a control request waits for the probe it names (sent at the same moment from the
 /// same port, so it normally arrives first).
 const PROBE_WAIT: Duration = Duration::from_millis(300);
@@ -225,7 +232,8 @@ impl Connected<axum::serve::IncomingStream<'_, Accepting>> for ConnMeta {
 
 struct AgentEntry {
     generation: u64,
-    tx: mpsc::Sender<ServerMsg>,
+    /// Boxed: a channel allocates its first 32 slots up front, and every online agent has one.
+    tx: mpsc::Sender<Box<ServerMsg>>,
     public: SocketAddr,
     private: Vec<SocketAddr>,
     auth: Auth,
@@ -538,7 +546,9 @@ fn upgrade(
     match ws {
         Ok(ws) => then(
             ws.max_message_size(MAX_MESSAGE_BYTES)
-                .max_frame_size(MAX_MESSAGE_BYTES),
+                .max_frame_size(MAX_MESSAGE_BYTES)
+                .read_buffer_size(WS_READ_BUFFER)
+                .write_buffer_size(0),
         ),
         Err(e) => error(
             ErrorCode::BadRequest,
@@ -688,7 +698,7 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
 async fn agent_loop(
     state: &Shared,
     socket: &mut WebSocket,
-    rx: &mut mpsc::Receiver<ServerMsg>,
+    rx: &mut mpsc::Receiver<Box<ServerMsg>>,
     rtt_us: &AtomicU64,
 ) {
     let mut ping = tokio::time::interval(AGENT_PING_INTERVAL);
@@ -996,7 +1006,10 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         mapped = ?agent_mapped, "session"
     );
 
-    if agent_tx.try_send(ServerMsg::Punch(to_agent)).is_err() {
+    if agent_tx
+        .try_send(Box::new(ServerMsg::Punch(to_agent)))
+        .is_err()
+    {
         let message = format!("peer '{}' has too many pending sessions", q.peer);
         return refuse(&mut socket, &mut tally, ErrorCode::Busy, message).await;
     }
