@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Echo, wait_peer_status};
+use common::{Echo, free_port, wait_peer_status};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pnc");
 
@@ -18,18 +18,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A free port P whose neighbour P + 1 (the server's NAT probe port) is free too.
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no pair of free consecutive ports on 127.0.0.1");
 }
 
 /// Starts `p2pnc server` on a free loopback port and waits until it answers.

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Echo, TestServer, wait_peer_status};
+use common::{Echo, TestServer, free_port, wait_peer_status};
 use p2pnc::server::ServerConfig;
 use p2pnc::tls::{ServerTls, Trust};
-use p2pnc::{Agent, ConnectOptions, Error, ExposeOptions, ServerUrl};
+use p2pnc::{ConnectOptions, Error, ExposeOptions, ServerUrl};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -96,20 +96,7 @@ async fn expose_over(
         server: url.clone(),
         ..ExposeOptions::new("http://unused", id, Some("pw")).unwrap()
     };
-    let mut agent = tokio::time::timeout(T, Agent::start(opts))
-        .await
-        .expect("agent registers in time")
-        .expect("agent registers over TLS");
-    tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        while let Some(mut a) = agent.accept().await {
-            while conns.try_join_next().is_some() {}
-            conns.spawn(async move {
-                let mut s = tokio::net::TcpStream::connect(service).await.unwrap();
-                let _ = p2pnc::forward(&mut a.stream, &mut s).await;
-            });
-        }
-    })
+    common::expose_with(opts, service).await.1
 }
 
 async fn connect_over(url: &ServerUrl, id: &str) -> Result<p2pnc::Connection, Error> {
@@ -421,16 +408,4 @@ async fn the_cli_prints_the_pin_and_clients_connect_with_tls_flags() {
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// A free port P whose neighbour P + 1 (the server's NAT probe port) is free too.
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no pair of free consecutive ports on 127.0.0.1");
 }

@@ -141,7 +141,14 @@ pub async fn expose(
     secret: Option<&str>,
     service: SocketAddr,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let opts = ExposeOptions::new(server, id, secret).unwrap();
+    expose_with(ExposeOptions::new(server, id, secret).unwrap(), service).await
+}
+
+/// Starts an agent with `opts` that forwards every accepted stream to `service`.
+pub async fn expose_with(
+    opts: ExposeOptions,
+    service: SocketAddr,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let mut agent = tokio::time::timeout(Duration::from_secs(5), Agent::start(opts))
         .await
         .expect("agent registers in time")
@@ -199,4 +206,16 @@ pub async fn http_get(server: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
+}
+
+/// A free port P whose neighbour P + 1 (the server's NAT probe port) is free too.
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no pair of free consecutive ports on 127.0.0.1");
 }
