@@ -39,6 +39,11 @@ public final class Demo {
             + " [--secret SECRET] [--token TOKEN] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain | --early]"
             + " [--echo BYTES] [--warm-up]";
     private static final byte[] GREETING = "test p2p is success".getBytes(Codec.UTF8);
+    /**
+     * Longest silence on the demo's stream. Generous: a cold JVM encrypts a relayed, TLS-joined
+     * megabyte in the interpreter, which on a loaded machine takes seconds.
+     */
+    private static final int DATA_TIMEOUT_MS = 20000;
 
     private Demo() {}
 
@@ -140,7 +145,7 @@ public final class Demo {
         try {
             socket.bind(new InetSocketAddress(addresses.LocalAddress.ip, addresses.LocalAddress.port));
             socket.connect(new InetSocketAddress(addresses.PeerAddress.ip, addresses.PeerAddress.port), 5000);
-            socket.setSoTimeout(5000);
+            socket.setSoTimeout(DATA_TIMEOUT_MS);
             OutputStreamWriter out = new OutputStreamWriter(socket.getOutputStream(), Codec.UTF8);
             out.write("test p2p is success");
             out.flush();
@@ -155,7 +160,7 @@ public final class Demo {
             boolean early, long started) throws IOException {
         P2pConnection c = client.connectDetailed(server, peer, secret, early ? GREETING : null);
         try {
-            c.socket.setSoTimeout(5000);
+            c.socket.setSoTimeout(DATA_TIMEOUT_MS);
             if (!early) {
                 c.socket.getOutputStream().write(GREETING);
             }
@@ -206,7 +211,7 @@ public final class Demo {
             throw new IOException("the echo differs from what was sent");
         }
         try {
-            writer.join(5000);
+            writer.join(DATA_TIMEOUT_MS);
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             throw new IOException("interrupted", e);
