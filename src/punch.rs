@@ -155,8 +155,8 @@ pub(crate) struct Commit {
     /// addresses (they may belong to another host) nor birthday guesses.
     targets: Vec<SocketAddr>,
     early: EarlyData,
-    /// Whether a committed stream is waiting for the agent's hello, and bytes of a failed
-    /// commitment that must be sent again.
+    /// Whether a stream holds the selection (a commitment waiting for the agent's hello, or
+    /// the stream chosen), and bytes of a failed selection that must be sent again.
     state: Mutex<(bool, Vec<u8>)>,
 }
 
@@ -180,15 +180,11 @@ impl Commit {
         *state = (false, sent);
     }
 
-    fn pending(&self) -> bool {
-        self.state.lock().expect("commit lock").0
-    }
-
-    /// Every byte still to send, for a stream selected the conservative way.
-    fn take_all(&self) -> Vec<u8> {
-        let mut bytes = std::mem::take(&mut self.state.lock().expect("commit lock").1);
-        bytes.extend(self.early.take());
-        bytes
+    /// Selects a stream the conservative way unless a commitment is pending: closes the
+    /// commitment for good (no handshake still running may commit after this) and returns
+    /// every byte still to send. Undo with [`Commit::fail`] if writing them fails.
+    fn try_close(&self) -> Option<Vec<u8>> {
+        self.try_commit()
     }
 }
 
@@ -497,13 +493,23 @@ pub async fn run(
                     Err(e) => tracing::warn!("handshake task failed: {e}"),
                 }
                 // A proven stream is used unless a committed one may still win.
-                while commit.as_ref().is_none_or(|c| !c.pending()) && !standby.is_empty() {
+                while !standby.is_empty() {
+                    let bytes = match &commit {
+                        None => Vec::new(),
+                        Some(c) => match c.try_close() {
+                            Some(bytes) => bytes,
+                            None => break, // a commitment is pending
+                        },
+                    };
                     let punched = standby.remove(0);
-                    match select(punched, &plan.proof, commit.as_deref()).await {
+                    match select(punched, &plan.proof, &bytes).await {
                         Ok(p) => return Ok(live(p)),
                         Err(why) => {
                             tracing::debug!("selected stream failed: {why}");
                             failure.rejected_streams += 1;
+                            if let Some(c) = &commit {
+                                c.fail(bytes);
+                            }
                         }
                     }
                 }
@@ -524,19 +530,13 @@ fn live(punched: Punched) -> Punched {
 
 /// The client selects exactly one stream: the first proven one, unless it committed to one
 /// before (see [`EarlyData`]).
-async fn select(
-    mut punched: Punched,
-    proof: &Proof,
-    commit: Option<&Commit>,
-) -> Result<Punched, String> {
+async fn select(mut punched: Punched, proof: &Proof, early: &[u8]) -> Result<Punched, String> {
     if let Proof::Hello {
         role: Role::Client, ..
     } = proof
     {
         let mut msg = vec![SELECT];
-        if let Some(c) = commit {
-            msg.extend(c.take_all());
-        }
+        msg.extend_from_slice(early);
         punched
             .stream
             .write_all(&msg)
