@@ -410,13 +410,9 @@ final class Punch {
         try {
             s.setTcpNoDelay(true);
             s.connect(control.serverAddress, Math.max(1, Math.min(control.timeoutMs, remainingMs())));
-            if (control.tls != null) {
-                // The relay is joined on the control port, so inside TLS like the control channel.
-                Socket tcp = s;
-                s = control.tls.handshake(tcp, control.url,
-                        System.nanoTime() + Math.max(1, Math.min(control.timeoutMs, remainingMs())) * 1000000L);
-                if (!replace(tcp, s)) return;
-            }
+            // The relay is joined in plain TCP even on a TLS server, like the Rust clients do
+            // (docs/security.md): the session id was learnt over TLS and the stream handshake
+            // authenticates the ends.
             s.setSoTimeout(Math.max(1, Math.min(control.timeoutMs, remainingMs())));
             Relay.join(s, control.server, control.order.text("session"));
             handshake(s, server, true);

@@ -35,7 +35,7 @@ import org.junit.After;
 import org.junit.Test;
 
 /**
- * {@code https://} servers: the control channel and the relay inside TLS, pins, a private CA,
+ * {@code https://} servers: the control channel inside TLS, pins, a private CA,
  * the platform's trust store, and the message of every way it can fail, against an in-test TLS
  * server with certificates made by {@link TestCerts}.
  */
@@ -305,35 +305,6 @@ public class TlsTest {
                 + " https://127.0.0.1:1", e.getMessage());
         e = failure(withCa(), "127.0.0.1:1");
         assertMessage(e, "is plain: use https://127.0.0.1:1");
-    }
-
-    @Test
-    public void punchAndRelayRunInsideTls() throws Exception {
-        TestCerts certs = TestCerts.get();
-        ServerSocket closed = new ServerSocket(0, 50, InetAddress.getByName("127.0.0.1"));
-        String unreachable = "127.0.0.1:" + closed.getLocalPort();
-        closed.close();
-        AtomicReference<String> relayRequest = new AtomicReference<String>();
-        String order = FakeServerTest.withFields(FakeServerTest.order("punch", unreachable), "\"relay_after_ms\":100");
-        int port = tlsServer(certs.self, sendsOrder(order), FakeServerTest.relayAgent(relayRequest));
-        long t = System.nanoTime();
-        P2pConnection c = pinned(Tls.fingerprint(certs.selfCert))
-                .connectDetailed("https://127.0.0.1:" + port, PEER, "s3cret");
-        try {
-            assertEquals(P2pConnection.Path.RELAYED, c.path);
-            assertTrue(c.socket instanceof SSLSocket);
-            c.socket.getOutputStream().write(Codec.utf8("pong"));
-            byte[] echo = new byte[4];
-            new DataInputStream(c.socket.getInputStream()).readFully(echo);
-            assertEquals("pong", new String(echo, Codec.UTF8));
-        } finally {
-            c.socket.close();
-        }
-        long ms = (System.nanoTime() - t) / 1000000;
-        assertTrue("took " + ms + " ms", ms < 2500);
-        String head = relayRequest.get();
-        assertTrue(head, head.startsWith("GET /v1/relay?v=1&session=" + FakeServerTest.SESSION + "&role=client "));
-        assertEquals(2, heads.size());
     }
 
     @Test
