@@ -161,9 +161,11 @@ pub(crate) struct Commit {
 }
 
 impl Commit {
-    /// Commits to a stream unless another commitment is pending: the bytes to send after the
-    /// selection byte.
-    fn try_commit(&self) -> Option<Vec<u8>> {
+    /// Claims the selection for one stream unless another stream holds it: a commitment
+    /// before the agent's hello, or a stream selected the normal way (which keeps the claim for
+    /// good, so no handshake still running can commit after it). Returns the bytes to send
+    /// after the selection byte; undo with [`Commit::fail`] when the stream fails.
+    fn try_claim(&self) -> Option<Vec<u8>> {
         let mut state = self.state.lock().expect("commit lock");
         if state.0 {
             return None;
@@ -178,13 +180,6 @@ impl Commit {
     fn fail(&self, sent: Vec<u8>) {
         let mut state = self.state.lock().expect("commit lock");
         *state = (false, sent);
-    }
-
-    /// Selects a stream the conservative way unless a commitment is pending: closes the
-    /// commitment for good (no handshake still running may commit after this) and returns
-    /// every byte still to send. Undo with [`Commit::fail`] if writing them fails.
-    fn try_close(&self) -> Option<Vec<u8>> {
-        self.try_commit()
     }
 }
 
@@ -496,7 +491,7 @@ pub async fn run(
                 while !standby.is_empty() {
                     let bytes = match &commit {
                         None => Vec::new(),
-                        Some(c) => match c.try_close() {
+                        Some(c) => match c.try_claim() {
                             Some(bytes) => bytes,
                             None => break, // a commitment is pending
                         },
@@ -677,7 +672,7 @@ pub(crate) async fn handshake(
     let mut committed: Option<Vec<u8>> = None;
     let work = async {
         let mut first = keys.hello(role).to_vec();
-        if let Some(bytes) = commit.as_ref().and_then(|c| c.try_commit()) {
+        if let Some(bytes) = commit.as_ref().and_then(|c| c.try_claim()) {
             first.push(SELECT);
             first.extend_from_slice(&bytes);
             committed = Some(bytes);

@@ -332,23 +332,6 @@ final class Punch {
         }
     }
 
-    /**
-     * Tracks {@code layered} (e.g. TLS on {@code s}) instead of {@code s}; false, with both
-     * closed, if the punch is over.
-     */
-    private boolean replace(Socket s, Socket layered) {
-        synchronized (lock) {
-            sockets.remove(s);
-            if (finished) {
-                WebSocket.closeQuietly(layered);
-                WebSocket.closeQuietly(s);
-                return false;
-            }
-            sockets.add(layered);
-            return true;
-        }
-    }
-
     /** Records a failed connect and waits 60-160 ms; false when the punch is over. */
     private boolean failed(HostTuple target, Socket s, IOException e) {
         synchronized (lock) {
