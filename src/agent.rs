@@ -685,6 +685,7 @@ async fn session(
                 peer_addr: punched.peer,
                 setup: started.elapsed(),
                 session: p.session.clone(),
+                strategy: p.strategy,
             };
             tracing::info!(
                 "client connected ({}, {}) in {} ms",

@@ -72,6 +72,8 @@ pub struct Connection {
     pub stream: TcpStream,
     /// How the stream was reached.
     pub info: ConnectionInfo,
+    /// Bytes [`connect_early`] read from the local side and already wrote to the stream.
+    pub early_sent: u64,
 }
 
 /// Connects to the service exposed as `opts.peer`.
@@ -132,11 +134,15 @@ where
     tokio::pin!(connecting);
     let mut buf = vec![0u8; 16 * 1024];
     let mut local_open = true;
+    let mut read = 0u64;
     let result = loop {
         tokio::select! {
             result = &mut connecting => break result,
             n = local.read(&mut buf), if local_open && early.len() < EARLY_DATA_MAX => match n {
-                Ok(n) if n > 0 => early.push(&buf[..n]),
+                Ok(n) if n > 0 => {
+                    early.push(&buf[..n]);
+                    read += n as u64;
+                }
                 // EOF or an error: the forwarding that follows meets it again.
                 _ => local_open = false,
             },
@@ -147,6 +153,7 @@ where
     if !rest.is_empty() {
         conn.stream.write_all(&rest).await?;
     }
+    conn.early_sent = read;
     Ok(conn)
 }
 
@@ -298,12 +305,14 @@ async fn connect_with(
     }
     match outcome {
         Ok((p, path, setup)) => Ok(Connection {
+            early_sent: 0,
             stream: p.stream,
             info: ConnectionInfo {
                 path,
                 peer_addr: p.peer,
                 setup,
                 session: punch.session,
+                strategy: punch.strategy,
             },
         }),
         Err(failure) => Err(Error::NoDirectPath {

@@ -84,6 +84,24 @@ pub struct ConnectionInfo {
     pub setup: Duration,
     /// The session id, as the server and the logs name it.
     pub session: String,
+    /// How the punch was made (`simultaneous`, `birthday_hard`, `mapped`, ...).
+    pub strategy: protocol::Strategy,
+}
+
+impl ConnectionInfo {
+    /// The one-line JSON report of `--report json`: path, peer address and family, strategy,
+    /// setup time and session id.
+    pub fn report(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ok": true,
+            "path": self.path.label(),
+            "peer_addr": self.peer_addr.to_string(),
+            "family": if self.peer_addr.is_ipv4() { "ipv4" } else { "ipv6" },
+            "strategy": self.strategy.to_string(),
+            "setup_ms": self.setup.as_millis() as u64,
+            "session": self.session,
+        })
+    }
 }
 
 /// Everything that can go wrong, each with a message a user can act on.
@@ -125,6 +143,31 @@ pub enum Error {
     /// A local I/O error.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A stable machine-readable code for this error: the server's code when the server
+    /// refused, otherwise one of `bad_server_url`, `server_unreachable`, `peer_offline`,
+    /// `secret_rejected`, `secret_required`, `no_direct_path`, `tls`, `protocol`, `io`.
+    pub fn code(&self) -> String {
+        match self {
+            Error::BadServerUrl(..) => "bad_server_url".into(),
+            Error::ServerUnreachable(_) => "server_unreachable".into(),
+            Error::PeerOffline(_) => ErrorCode::PeerOffline.to_string(),
+            Error::SecretRejected(_) => ErrorCode::SecretRejected.to_string(),
+            Error::SecretRequired(_) => ErrorCode::SecretRequired.to_string(),
+            Error::NoDirectPath { .. } => ErrorCode::NoDirectPath.to_string(),
+            Error::Refused(code, _) => code.to_string(),
+            Error::Tls(_) => "tls".into(),
+            Error::Protocol(_) => "protocol".into(),
+            Error::Io(_) => "io".into(),
+        }
+    }
+
+    /// The one-line JSON report of a failed connection (`--report json`).
+    pub fn report(&self) -> serde_json::Value {
+        serde_json::json!({ "ok": false, "code": self.code(), "message": self.to_string() })
+    }
 }
 
 /// Size of each copy buffer when forwarding: large enough for tens of Mbit/s per stream with

@@ -252,6 +252,8 @@ struct ExposeArgs {
     /// UPnP-IGD).
     #[arg(long)]
     no_port_mapping: bool,
+    #[command(flatten)]
+    report: ReportArgs,
 }
 
 #[derive(Args)]
@@ -276,6 +278,64 @@ struct ConnectArgs {
     punch: PunchArgs,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    report: ReportArgs,
+}
+
+/// Structured reports of connections, for scripts and tests.
+#[derive(Args, Clone, Copy)]
+struct ReportArgs {
+    /// Print one JSON object per connection on stderr when it ends: path, peer address and
+    /// family, strategy, setup time, session, bytes each way; or the error code and message.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    report: Option<ReportFormat>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Json,
+}
+
+impl ReportArgs {
+    /// Reports a connection that ended: how it was set up and what it carried, as
+    /// `forward(peer_stream, local)` returns it (bytes from the peer, bytes to the peer), or
+    /// the error that ended it.
+    fn ended(
+        &self,
+        kind: &str,
+        id: &str,
+        info: &p2pnc::ConnectionInfo,
+        carried: &std::io::Result<(u64, u64)>,
+    ) {
+        let mut fields = info.report();
+        fields["id"] = id.into();
+        match carried {
+            Ok((from_peer, to_peer)) => {
+                fields["bytes_sent"] = (*to_peer).into();
+                fields["bytes_received"] = (*from_peer).into();
+            }
+            Err(e) => fields["broke"] = e.to_string().into(),
+        }
+        self.emit(kind, fields);
+    }
+
+    /// Reports a connection that failed before it carried anything.
+    fn failed(&self, kind: &str, id: &str, e: &p2pnc::Error) {
+        let mut fields = e.report();
+        fields["id"] = id.into();
+        self.emit(kind, fields);
+    }
+
+    /// Writes `fields` under `"report": kind` as one line on stderr, when asked to.
+    fn emit(&self, kind: &str, mut fields: serde_json::Value) {
+        if self.report.is_none() {
+            return;
+        }
+        if let Some(map) = fields.as_object_mut() {
+            map.insert("report".into(), kind.into());
+        }
+        eprintln!("{fields}");
+    }
 }
 
 #[derive(Args)]
@@ -522,7 +582,7 @@ async fn expose(args: ExposeArgs) -> Result<()> {
             }
             break;
         };
-        let to = args.to.clone();
+        let (to, id, reports) = (args.to.clone(), args.id.clone(), args.report);
         tasks.spawn(async move {
             let service =
                 tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&to)).await;
@@ -532,7 +592,9 @@ async fn expose(args: ExposeArgs) -> Result<()> {
                 Err(_) => return tracing::error!("service {to} did not accept in time"),
             };
             let _ = service.set_nodelay(true);
-            match p2pnc::forward(&mut accepted.stream, &mut service).await {
+            let carried = p2pnc::forward(&mut accepted.stream, &mut service).await;
+            reports.ended("accept", &id, &accepted.info, &carried);
+            match carried {
                 Ok((up, down)) => tracing::info!(
                     session = %accepted.info.session,
                     "closed: {up} bytes to the service, {down} back"
@@ -559,11 +621,21 @@ async fn connect(args: ConnectArgs) -> Result<()> {
     if args.stdio {
         // What is already on stdin leaves with the stream's first packet.
         let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-        let mut conn = p2pnc::connect_early(&opts, &mut stdio).await?;
+        let mut conn = match p2pnc::connect_early(&opts, &mut stdio).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                args.report.failed("connect", &opts.peer, &e);
+                return Err(e.into());
+            }
+        };
         report(&opts.peer, &conn.info);
-        p2pnc::forward(&mut conn.stream, &mut stdio)
+        let early = conn.early_sent;
+        let carried = p2pnc::forward(&mut conn.stream, &mut stdio)
             .await
-            .with_context(|| format!("the stream to '{}' broke", opts.peer))?;
+            .map(|(from, to)| (from, to + early));
+        args.report
+            .ended("connect", &opts.peer, &conn.info, &carried);
+        carried.with_context(|| format!("the stream to '{}' broke", opts.peer))?;
         return Ok(());
     }
     let listen = args.listen.expect("clap requires --stdio or --listen");
@@ -585,17 +657,25 @@ async fn connect(args: ConnectArgs) -> Result<()> {
                 }
             },
         };
-        let opts = opts.clone();
+        let (opts, reports) = (opts.clone(), args.report);
         tasks.spawn(async move {
             let _ = local.set_nodelay(true);
             match p2pnc::connect_early(&opts, &mut local).await {
                 Ok(mut conn) => {
                     report(&opts.peer, &conn.info);
-                    if let Err(e) = p2pnc::forward(&mut local, &mut conn.stream).await {
+                    let early = conn.early_sent;
+                    let carried = p2pnc::forward(&mut conn.stream, &mut local)
+                        .await
+                        .map(|(from, to)| (from, to + early));
+                    reports.ended("connect", &opts.peer, &conn.info, &carried);
+                    if let Err(e) = carried {
                         tracing::info!("connection from {from} closed: {e}");
                     }
                 }
-                Err(e) => tracing::error!("connection from {from}: {e}"),
+                Err(e) => {
+                    reports.failed("connect", &opts.peer, &e);
+                    tracing::error!("connection from {from}: {e}");
+                }
             }
         });
     }

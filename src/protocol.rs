@@ -303,6 +303,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order of `docs/protocol.md`; the shared vectors list them for the
+    /// Java client.
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::BadRequest,
+        ErrorCode::NotFound,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::PeerOffline,
+        ErrorCode::IdTaken,
+        ErrorCode::SecretRequired,
+        ErrorCode::SecretRejected,
+        ErrorCode::PeerGone,
+        ErrorCode::Busy,
+        ErrorCode::NoDirectPath,
+        ErrorCode::Unauthorized,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ];
+
     /// The HTTP status used when this error refuses an upgrade request.
     pub fn http_status(self) -> u16 {
         match self {
@@ -958,6 +976,31 @@ mod tests {
         assert_eq!(parse_probe_line(&format!("p2pnc-probe {token} x")), None);
         assert_eq!(parse_probe_line("p2pnc-probe short"), None);
         assert_eq!(parse_probe_line("GET / HTTP/1.1"), None);
+    }
+
+    #[test]
+    fn every_error_code_is_listed() {
+        for c in ErrorCode::ALL {
+            // A new code fails to compile here until it is added to the match and to ALL.
+            match c {
+                ErrorCode::BadRequest
+                | ErrorCode::NotFound
+                | ErrorCode::UnsupportedVersion
+                | ErrorCode::PeerOffline
+                | ErrorCode::IdTaken
+                | ErrorCode::SecretRequired
+                | ErrorCode::SecretRejected
+                | ErrorCode::PeerGone
+                | ErrorCode::Busy
+                | ErrorCode::NoDirectPath
+                | ErrorCode::Unauthorized
+                | ErrorCode::RateLimited
+                | ErrorCode::Internal => {}
+            }
+        }
+        let mut names: Vec<String> = ErrorCode::ALL.iter().map(|c| c.to_string()).collect();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
     }
 
     #[test]

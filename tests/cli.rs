@@ -392,3 +392,59 @@ async fn json_logs_are_one_object_per_line_with_fields() {
         "{lines:?}"
     );
 }
+
+/// The `--report json` objects on a process's stderr.
+fn reports(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("report").is_some())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_json_describes_each_connection_and_each_failure() {
+    let (_server, addr) = server().await;
+    let echo = Echo::start().await;
+    let _agent = expose(addr, "svc", echo.addr, &["--secret", "pw"]);
+    wait_peer_status(addr, "svc", 200).await;
+    let args: &[&str] = &["--secret", "pw", "--report", "json"];
+    let out = tokio::task::spawn_blocking(move || connect_stdio(addr, "svc", args, b"12345"))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r = reports(&stderr);
+    assert_eq!(r.len(), 1, "one report per connection: {stderr}");
+    let r = &r[0];
+    assert_eq!(r["report"], "connect");
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["id"], "svc");
+    assert!(r["path"] == "direct" || r["path"] == "lan", "{r}");
+    assert_eq!(r["family"], "ipv4");
+    assert_eq!(r["strategy"], "simultaneous");
+    assert_eq!(
+        (r["bytes_sent"].as_u64(), r["bytes_received"].as_u64()),
+        (Some(5), Some(5))
+    );
+    let peer: std::net::SocketAddr = r["peer_addr"].as_str().unwrap().parse().unwrap();
+    assert!(r["setup_ms"].as_u64().is_some() && r["session"].as_str().unwrap().len() == 32);
+    assert!(peer.port() > 0);
+
+    let args: &[&str] = &["--report", "json"];
+    let out = tokio::task::spawn_blocking(move || connect_stdio(addr, "nobody", args, b"x"))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let r = reports(&stderr);
+    assert_eq!(r.len(), 1, "{stderr}");
+    assert_eq!(
+        (&r[0]["ok"], &r[0]["code"], &r[0]["message"]),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!("peer_offline"),
+            &serde_json::json!("peer 'nobody' is not online")
+        )
+    );
+}

@@ -119,3 +119,19 @@ fn query_strings_match() {
         assert_eq!(serde_json::to_value(err.code).unwrap(), c["error"], "{c}");
     }
 }
+
+#[test]
+fn error_codes_match() {
+    let v = vectors();
+    let listed: Vec<&str> = v["error_codes"]
+        .as_array()
+        .expect("error_codes")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let ours: Vec<String> = protocol::ErrorCode::ALL
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(listed, ours, "the vectors list every error code, in order");
+}
