@@ -138,9 +138,10 @@ public class VectorsTest {
     @Test
     public void defaultsAreTheVectors() {
         Map<String, Long> ours = new LinkedHashMap<String, Long>();
-        ours.put("server_port", (long) ServerUrl.DEFAULT_PORT);
-        ours.put("punch_timeout_ms", (long) P2pClient.DEFAULT_PUNCH_TIMEOUT_MS);
-        ours.put("server_timeout_ms", (long) P2pClient.DEFAULT_SERVER_TIMEOUT_MS);
+        ConnectOptions defaultOptions = new ConnectOptions.Builder().build();
+        ours.put("server_port", (long) ConnectOptions.DEFAULT_SERVER_PORT);
+        ours.put("punch_timeout_ms", (long) defaultOptions.getPunchTimeoutMs());
+        ours.put("server_timeout_ms", (long) defaultOptions.getServerTimeoutMs());
         ours.put("hard_sockets", (long) Birthday.HARD_SOCKETS);
         ours.put("easy_probes", (long) Birthday.EASY_PROBES);
         ours.put("retry_min_ms", (long) Punch.RETRY_MIN_MS);
