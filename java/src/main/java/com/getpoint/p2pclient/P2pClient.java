@@ -50,7 +50,11 @@ import java.util.logging.Logger;
  * </pre>
  *
  * <p>Instances hold only their settings: one client may serve any number of concurrent calls.
- * Every wait is bounded; failures say why.
+ * Every wait is bounded; failures say why. Every call blocks (up to the server timeout plus the
+ * punch timeout): on Android, call from a background thread, never the main thread (which
+ * throws {@code NetworkOnMainThreadException}), and declare the {@code INTERNET} permission.
+ * Android 5.0 (API level 21) and later are supported; {@code https://} servers need Android 7.0
+ * (API level 24), and below it fail with a {@link P2pException} that says so.
  */
 public class P2pClient {
     /** Default time for each step with the server (resolve, connect, upgrade, punch order). */

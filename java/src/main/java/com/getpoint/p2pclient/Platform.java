@@ -68,21 +68,6 @@ final class Platform {
                 + (sdk > 0 ? "; this device runs API level " + sdk : "") + "): use an http:// server URL here";
     }
 
-    /**
-     * For tests: behave as if {@code member} were missing ({@code null}: as if everything were
-     * present; the real probe runs again after {@link #forgetProbe}).
-     */
-    static synchronized void simulateTlsMissing(String member) {
-        tlsMissing = member;
-        probed = true;
-    }
-
-    /** For tests: probe the platform again on the next {@link #tlsGap}. */
-    static synchronized void forgetProbe() {
-        probed = false;
-        tlsMissing = null;
-    }
-
     /** The first of {@code classes} this platform does not have, or null. */
     static String firstMissing(String[] classes) {
         for (String name : classes) {

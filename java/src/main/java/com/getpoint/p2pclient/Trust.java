@@ -71,11 +71,11 @@ final class Trust {
      *     Android 7.0), or has no usable trust manager
      */
     synchronized Tls tls() throws P2pException {
+        String missing = Platform.tlsGap();
+        if (missing != null) {
+            throw new P2pException(null, missing);
+        }
         if (tls == null) {
-            String missing = Platform.tlsGap();
-            if (missing != null) {
-                throw new P2pException(null, missing);
-            }
             try {
                 tls = Tls.of(this);
             } catch (IllegalStateException e) {
