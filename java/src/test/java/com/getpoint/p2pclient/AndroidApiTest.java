@@ -1,13 +1,13 @@
 package com.getpoint.p2pclient;
 
 import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertFalse;
 import static org.junit.Assert.assertTrue;
 
 import java.io.File;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.util.ArrayList;
-import java.util.Arrays;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
@@ -88,9 +88,10 @@ public class AndroidApiTest {
         List<String> lines = new ArrayList<String>(Files.readAllLines(
                 TestSupport.repoFile("java/android-api.txt").toPath(), Codec.UTF8));
         lines.add("java/util/Vector");
-        List<String> problems = ApiGuard.check(ApiGuard.references(CLASSES), ApiGuard.Rules.parse(lines), true);
-        assertEquals(Arrays.asList("java/util/Vector is on java/android-api.txt but no class uses it: remove it"),
-                problems);
+        String stale = "java/util/Vector is on java/android-api.txt but no class uses it: remove it";
+        Map<String, Set<String>> refs = ApiGuard.references(CLASSES);
+        assertFalse(ApiGuard.check(refs, ApiGuard.rules(), true).contains(stale));
+        assertTrue(ApiGuard.check(refs, ApiGuard.Rules.parse(lines), true).contains(stale));
     }
 
     /** Compiles one fixture class of this package and checks it alone against the list. */
