@@ -210,9 +210,10 @@ final class Control {
     /**
      * Maps a protocol error code and the server's (or agent's) message to the exception a caller
      * should see: one line saying what happened and, where there is one, what to do. Every code
-     * of {@link Message#ERROR_CODES} has its own line; a code this client does not know (only
-     * possible in an HTTP error body, which is not checked like a message) keeps the server's
-     * words.
+     * of {@link Message#ERROR_CODES} has its own line; most read {@code server refused (CODE):
+     * MESSAGE} and a hint, as the server's message already says what was wrong. A code this
+     * client does not know (only possible in an HTTP error body, which is not checked like a
+     * message) keeps just the server's words.
      */
     static P2pException refusal(String code, String message, String peer) {
         String why = explain(code, message, "'" + peer + "'");
@@ -221,37 +222,35 @@ final class Control {
 
     /** The line for a known error code, or null for an unknown one; {@code peer} is quoted. */
     static String explain(String code, String message, String peer) {
+        String refused = "server refused (" + code + "): " + message;
         switch (code) {
             case "bad_request":
-                return "the server refused the request as malformed: " + message;
+                return refused + "; the request was not understood";
             case "not_found":
-                return "the server does not know this request (" + message + "): is it a p2pnc server of"
-                        + " protocol version " + Protocol.VERSION + "?";
+                return refused + "; is it a p2pnc server of protocol version " + Protocol.VERSION + "?";
             case "unsupported_version":
-                return "the server does not speak protocol version " + Protocol.VERSION + " (" + message
-                        + "): use a client and a server of the same protocol version";
+                return refused + "; use a client and a server of the same protocol version (this client: "
+                        + Protocol.VERSION + ")";
             case "peer_offline":
                 return "peer " + peer + " is not online";
             case "id_taken":
-                return "the id is registered by another agent: " + message;
+                return refused + "; the id is registered by another agent";
             case "secret_required":
                 return "peer " + peer + " requires a secret";
             case "secret_rejected":
                 return "secret rejected by peer " + peer + (message.equals("secret rejected") ? "" : ": " + message);
             case "peer_gone":
-                return "peer " + peer + " went away before the connection was set up (" + message + "): try again";
+                return refused + "; peer " + peer + " was lost while the connection was set up: try again";
             case "busy":
-                return "the server is at capacity (" + message + "): try again later";
+                return refused + "; the server is at capacity: try again later";
             case "no_direct_path":
-                return "no direct path to peer " + peer + " (" + message + "): a server started with --relay"
-                        + " would carry the connection";
+                return refused + "; a server started with --relay would carry the connection";
             case "unauthorized":
                 return "the server refused this client's token: " + message;
             case "rate_limited":
-                return "the server is limiting requests from this address (" + message + "): wait a moment"
-                        + " before trying again";
+                return refused + "; wait a moment before trying again";
             case "internal":
-                return "the server failed internally (" + message + "): try again, or see the server's log";
+                return refused + "; the server failed: try again, or see its log";
             default:
                 return null;
         }

@@ -254,8 +254,8 @@ public class FakeServerTest {
                 Codec.utf8("{\"type\":\"error\",\"code\":\"peer_gone\",\"message\":\"peer did not answer in time\"}"))));
         P2pException e = plainFailure(port);
         assertEquals("peer_gone", e.getCode());
-        assertEquals("peer 'streamserver' went away before the connection was set up (peer did not answer in time):"
-                + " try again", e.getMessage());
+        assertEquals("server refused (peer_gone): peer did not answer in time; peer 'streamserver' was lost while the"
+                + " connection was set up: try again", e.getMessage());
     }
 
     @Test
