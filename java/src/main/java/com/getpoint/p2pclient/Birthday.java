@@ -1,6 +1,10 @@
 package com.getpoint.p2pclient;
 
+import java.io.ByteArrayOutputStream;
+import java.io.File;
+import java.io.FileInputStream;
 import java.io.IOException;
+import java.io.InputStream;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.Socket;
@@ -26,18 +30,38 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * the hard side therefore opens a fresh socket (a fresh mapping) for each one refused, for as
  * long as the easy side's probes may still come (see {@link #reopenWindowMs}), so that
  * {@value #HARD_SOCKETS} mappings are open during the whole probing.
+ *
+ * <p>The hard side's sockets are file descriptors: a process may hold only so many (1024 on many
+ * Android devices), so the hard side opens fewer when the process is short of them
+ * ({@link #hardSockets}).
  */
 final class Birthday {
     /** Probes of the easy side. */
     static final int EASY_PROBES = 1536;
-    /** Sockets of the hard side. */
+    /**
+     * Sockets of the hard side when the process has the descriptors for them: with the easy
+     * side's {@value #EASY_PROBES} probes, 1 - (1 - 256/64512)^1536, about 99.8 %, of hitting one.
+     */
     static final int HARD_SOCKETS = 256;
     /**
-     * Most fresh sockets the hard side opens in place of refused ones: 7 more rounds of
-     * {@value #HARD_SOCKETS}, which cover the easy side's probing at round trips down to about
-     * 20 ms, and keep the hard side's SYNs within the same order as the easy side's probes.
+     * Rounds of fresh sockets the hard side opens in place of refused ones, beyond the first: 7
+     * more rounds cover the easy side's probing at round trips down to about 20 ms, and keep the
+     * hard side's SYNs within the same order as the easy side's probes.
      */
-    static final int HARD_REOPENS = 7 * HARD_SOCKETS;
+    static final int HARD_REOPEN_ROUNDS = 7;
+    /**
+     * File descriptors the hard side leaves free below the process's limit: for the punch's
+     * other sockets (control channel, probe, candidates, handshakes, relay), the streams of
+     * other calls and the app's own files opened meanwhile.
+     */
+    static final int FD_HEADROOM = 128;
+    /**
+     * Hard-side sockets when the descriptor limit or count cannot be read (no {@code /proc}): half
+     * of {@value #HARD_SOCKETS}, which a process with Android's usual limit of 1024 descriptors
+     * can open with several hundred already open (odds with the easy side's probes about 95 %).
+     * A socket refused for want of descriptors still ends the opening early.
+     */
+    static final int HARD_SOCKETS_UNKNOWN_LIMIT = 128;
     private static final int BATCH = 64;
     private static final long PACE_NS = 5000000L;
     /** How long the easy side's probes take to leave: {@value #EASY_PROBES} at 64 per 5 ms. */
@@ -121,13 +145,89 @@ final class Birthday {
     }
 
     /**
-     * The hard side: {@value #HARD_SOCKETS} connects to {@code peer} at once from fresh ports,
-     * and fresh ones for refused ones (see the class documentation).
+     * The hard side: up to {@value #HARD_SOCKETS} connects to {@code peer} at once from fresh
+     * ports, as many as the process's file descriptors allow ({@link #hardSockets}), and fresh
+     * ones for refused ones (see the class documentation).
      */
     static void hard(Punch punch, InetSocketAddress peer, String what) {
+        long[] fds = descriptors();
+        int n = hardSockets(fds[0], fds[1]);
+        if (n < HARD_SOCKETS) {
+            what += " (" + n + " sockets: " + (fds[0] < 0 || fds[1] < 0 ? "the descriptor limit is unknown"
+                    : fds[1] + " of " + fds[0] + " file descriptors open") + ")";
+        }
+        if (n == 0) {
+            punch.note("birthday", what + ": no file descriptors to spare");
+            return;
+        }
         List<InetSocketAddress> to = new ArrayList<InetSocketAddress>();
-        for (int i = 0; i < HARD_SOCKETS; i++) to.add(peer);
-        run(punch, to, 0, HARD_SOCKETS, HARD_REOPENS, what);
+        for (int i = 0; i < n; i++) to.add(peer);
+        run(punch, to, 0, n, HARD_REOPEN_ROUNDS * n, what);
+    }
+
+    /**
+     * How many sockets the hard side opens, given the process's open-file limit and how many
+     * descriptors it has open (either negative when unknown): {@value #HARD_SOCKETS}, or fewer
+     * so that {@value #FD_HEADROOM} stay free; {@value #HARD_SOCKETS_UNKNOWN_LIMIT} when unknown.
+     */
+    static int hardSockets(long limit, long open) {
+        if (limit < 0 || open < 0) {
+            return HARD_SOCKETS_UNKNOWN_LIMIT;
+        }
+        long spare = limit - open - FD_HEADROOM;
+        return (int) Math.max(0, Math.min(HARD_SOCKETS, spare));
+    }
+
+    /**
+     * The process's soft open-file limit and its open descriptors, {-1, -1} where unknown: read
+     * from {@code /proc/self/limits} and by counting {@code /proc/self/fd} (Linux and Android;
+     * a few hundred directory entries, well under a millisecond).
+     */
+    static long[] descriptors() {
+        long limit = -1, open = -1;
+        try {
+            limit = openFileLimit(readSmallFile(new File("/proc/self/limits")));
+        } catch (IOException | RuntimeException e) {
+            // No /proc (not Linux), or not readable: unknown.
+        }
+        String[] fds = new File("/proc/self/fd").list();
+        if (fds != null) {
+            open = fds.length;
+        }
+        return new long[] {limit, open};
+    }
+
+    /**
+     * The soft limit of the {@code Max open files} line of {@code /proc/self/limits}
+     * ({@link Long#MAX_VALUE} for {@code unlimited}), or -1 if there is none.
+     */
+    static long openFileLimit(String limits) {
+        for (String line : limits.split("\n")) {
+            if (!line.startsWith("Max open files")) continue;
+            String[] words = line.substring("Max open files".length()).trim().split("\\s+");
+            if (words.length == 0 || words[0].isEmpty()) return -1;
+            if (words[0].equals("unlimited")) return Long.MAX_VALUE;
+            try {
+                return Long.parseLong(words[0]);
+            } catch (NumberFormatException e) {
+                return -1;
+            }
+        }
+        return -1;
+    }
+
+    private static String readSmallFile(File f) throws IOException {
+        InputStream in = new FileInputStream(f);
+        try {
+            ByteArrayOutputStream out = new ByteArrayOutputStream();
+            byte[] buffer = new byte[4096];
+            for (int n; (n = in.read(buffer)) >= 0 && out.size() < 65536; ) {
+                out.write(buffer, 0, n);
+            }
+            return new String(out.toByteArray(), Codec.UTF8);
+        } finally {
+            in.close();
+        }
     }
 
     /**

@@ -207,22 +207,53 @@ final class Control {
                 + (excerpt.isEmpty() ? "" : ": " + excerpt));
     }
 
-    /** Maps a protocol error code and message to the exception a caller should see. */
+    /**
+     * Maps a protocol error code and the server's (or agent's) message to the exception a caller
+     * should see: one line saying what happened and, where there is one, what to do. Every code
+     * of {@link Message#ERROR_CODES} has its own line; most read {@code server refused (CODE):
+     * MESSAGE} and a hint, as the server's message already says what was wrong. A code this
+     * client does not know (only possible in an HTTP error body, which is not checked like a
+     * message) keeps just the server's words.
+     */
     static P2pException refusal(String code, String message, String peer) {
-        if (code.equals("peer_offline")) {
-            return new P2pException(code, "peer '" + peer + "' is not online");
+        String why = explain(code, message, "'" + peer + "'");
+        return new P2pException(code, why != null ? why : "server refused (" + code + "): " + message);
+    }
+
+    /** The line for a known error code, or null for an unknown one; {@code peer} is quoted. */
+    static String explain(String code, String message, String peer) {
+        String refused = "server refused (" + code + "): " + message;
+        switch (code) {
+            case "bad_request":
+                return refused + "; the request was not understood";
+            case "not_found":
+                return refused + "; is it a p2pnc server of protocol version " + Protocol.VERSION + "?";
+            case "unsupported_version":
+                return refused + "; use a client and a server of the same protocol version (this client: "
+                        + Protocol.VERSION + ")";
+            case "peer_offline":
+                return "peer " + peer + " is not online";
+            case "id_taken":
+                return refused + "; the id is registered by another agent";
+            case "secret_required":
+                return "peer " + peer + " requires a secret";
+            case "secret_rejected":
+                return "secret rejected by peer " + peer + (message.equals("secret rejected") ? "" : ": " + message);
+            case "peer_gone":
+                return refused + "; peer " + peer + " was lost while the connection was set up: try again";
+            case "busy":
+                return refused + "; the server is at capacity: try again later";
+            case "no_direct_path":
+                return refused + "; a server started with --relay would carry the connection";
+            case "unauthorized":
+                return "the server refused this client's token: " + message;
+            case "rate_limited":
+                return refused + "; wait a moment before trying again";
+            case "internal":
+                return refused + "; the server failed: try again, or see its log";
+            default:
+                return null;
         }
-        if (code.equals("secret_required")) {
-            return new P2pException(code, "peer '" + peer + "' requires a secret");
-        }
-        if (code.equals("unauthorized")) {
-            return new P2pException(code, "the server refused this client's token: " + message);
-        }
-        if (code.equals("secret_rejected")) {
-            return new P2pException(code, "secret rejected by peer '" + peer + "'"
-                    + (message.equals("secret rejected") ? "" : ": " + message));
-        }
-        return new P2pException(code, "server refused (" + code + "): " + message);
     }
 
     /**

@@ -5,6 +5,7 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
 import java.io.OutputStreamWriter;
+import java.io.PrintStream;
 import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.util.Arrays;
@@ -13,21 +14,17 @@ import java.util.Random;
 /**
  * The seed's Android demo on a desktop JVM: reaches a peer and writes {@code test p2p is success}
  * to its service, then prints {@code p2p test success in N ms} (exit 0) or
- * {@code p2p test failed: REASON} (exit 1).
- *
- * <pre>
- * java -cp p2pclient.jar com.getpoint.p2pclient.Demo --server URL --id getpoint --peer streamserver
- *     [--secret S] [--token T] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain | --early] [--echo BYTES]
- *     [--warm-up]
- * </pre>
+ * {@code p2p test failed: REASON} (exit 1); a bad command line exits 2. {@code --help} prints
+ * {@link #USAGE} and what each option does.
  *
  * {@code --server} is {@code HOST:PORT} (plain), {@code http://HOST[:PORT]} or
  * {@code https://HOST[:PORT]}; {@code --tls-ca} trusts only the CAs of a PEM file and
  * {@code --tls-pin} (repeatable) accepts the server certificate with that SHA-256 fingerprint.
+ * {@code --id} is the seed API's local id: accepted, not sent (p2pnc clients do not register).
  *
- * {@code --plain} runs the seed's snippet ({@code getP2PLocalPeerAddress}, then a plain socket
- * bound to LocalAddress); without it the one-call {@code connectDetailed} is used, and with
- * {@code --early} the greeting is given to it as the first bytes (early data).
+ * {@code --plain} runs the seed's snippet (the address pair of {@code getP2PLocalPeerAddress},
+ * then a plain socket bound to LocalAddress); without it the one-call {@code connectDetailed}
+ * is used, and with {@code --early} the greeting is given to it as the first bytes (early data).
  * {@code --echo BYTES} then sends that many more bytes (0 allowed), expects an echo service to
  * return the greeting and them unchanged and nothing more (it half-closes and reads to the
  * end), and prints {@code first echoed byte after N ms} (counted from the start of the call).
@@ -35,9 +32,32 @@ import java.util.Random;
  * time of a warm JVM (a long-running app) rather than of class loading.
  */
 public final class Demo {
-    private static final String USAGE = "usage: Demo --server URL --id LOCAL_ID --peer PEER_ID"
+    /** The local id when {@code --id} is not given: the seed demo's. */
+    static final String DEFAULT_ID = "getpoint";
+    /** The command line; its defaults are {@link #DEFAULT_ID} and the server's default port. */
+    static final String USAGE = "usage: java -jar p2pclient.jar --server URL --peer PEER_ID [--id LOCAL_ID]"
             + " [--secret SECRET] [--token TOKEN] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain | --early]"
-            + " [--echo BYTES] [--warm-up]";
+            + " [--echo BYTES] [--warm-up] [--help]";
+    /** What each option does, after {@link #USAGE}, for {@code --help}. */
+    static final String OPTIONS = ""
+            + "  --server URL     the rendezvous server: HOST[:PORT] or http://HOST[:PORT] (plain),\n"
+            + "                   https://HOST[:PORT] (TLS); port " + ConnectOptions.DEFAULT_SERVER_PORT
+            + " by default\n"
+            + "  --peer PEER_ID   the id the service was exposed under (p2pnc expose --id)\n"
+            + "  --id LOCAL_ID    the seed API's local id (default " + DEFAULT_ID + "); accepted, not sent:\n"
+            + "                   p2pnc clients do not register\n"
+            + "  --secret SECRET  the service secret (none: a service exposed with --public)\n"
+            + "  --token TOKEN    the server's token (p2pnc server --token)\n"
+            + "  --tls-ca FILE    trust only the CAs of this PEM file (https://)\n"
+            + "  --tls-pin sha256:HEX  trust only the certificate with this fingerprint, as the server\n"
+            + "                   logs it at start (https://; repeatable)\n"
+            + "  --plain          the seed's snippet: getP2PLocalPeerAddress, then a plain socket\n"
+            + "  --early          send the greeting as the call's first bytes (early data)\n"
+            + "  --echo BYTES     with an echo service behind the peer: send BYTES more bytes, check\n"
+            + "                   that exactly what was sent comes back, time the first echoed byte\n"
+            + "  --warm-up        connect once, unreported, before the reported run\n"
+            + "  --help           this text\n"
+            + "Prints 'p2p test success in N ms' (exit 0) or 'p2p test failed: REASON' (exit 1).";
     private static final byte[] GREETING = "test p2p is success".getBytes(Codec.UTF8);
     /**
      * Longest silence on the demo's stream. Generous: a cold JVM encrypts a relayed, TLS-joined
@@ -49,14 +69,23 @@ public final class Demo {
 
     /** Runs the demo; see the class documentation. */
     public static void main(String[] args) {
-        String server = null, id = "getpoint", peer = null, secret = null, token = null, ca = null;
+        System.exit(run(args, System.out, System.err));
+    }
+
+    /** The demo with its output streams; returns the exit status (0, 1, or 2 for bad arguments). */
+    static int run(String[] args, PrintStream out, PrintStream err) {
+        String server = null, peer = null, secret = null, token = null, ca = null;
         java.util.List<String> pins = new java.util.ArrayList<String>();
         boolean plain = false, early = false, warmUp = false;
         int echo = -1;
         try {
             for (int i = 0; i < args.length; i++) {
                 String a = args[i];
-                if (a.equals("--plain")) {
+                if (a.equals("--help") || a.equals("-h")) {
+                    out.println(USAGE);
+                    out.println(OPTIONS);
+                    return 0;
+                } else if (a.equals("--plain")) {
                     plain = true;
                 } else if (a.equals("--early")) {
                     early = true;
@@ -65,7 +94,7 @@ public final class Demo {
                 } else if (i + 1 < args.length && a.equals("--server")) {
                     server = args[++i];
                 } else if (i + 1 < args.length && a.equals("--id")) {
-                    id = args[++i];
+                    i++; // the seed's local id: not sent
                 } else if (i + 1 < args.length && a.equals("--peer")) {
                     peer = args[++i];
                 } else if (i + 1 < args.length && a.equals("--secret")) {
@@ -90,57 +119,56 @@ public final class Demo {
                 throw new IllegalArgumentException("--plain and --early exclude each other");
             }
         } catch (IllegalArgumentException e) {
-            System.err.println(e.getMessage());
-            System.err.println(USAGE);
-            System.exit(2);
-            return;
+            err.println(e.getMessage());
+            err.println(USAGE);
+            return 2;
         }
-        P2pClient client;
+        ConnectOptions options;
         try {
-            P2pClient.Builder builder = new P2pClient.Builder().token(token);
+            ConnectOptions.Builder builder = new ConnectOptions.Builder().server(server).peer(peer).secret(secret)
+                    .token(token);
             for (String pin : pins) {
                 builder.tlsPin(pin);
             }
             if (ca != null) {
                 builder.tlsCaFile(new java.io.File(ca));
             }
-            client = builder.build();
+            options = builder.build();
         } catch (IllegalArgumentException | IOException e) {
-            System.err.println(e.getMessage());
-            System.exit(2);
-            return;
+            err.println(e.getMessage());
+            return 2;
         }
+        P2pClient client = new P2pClient();
         try {
             if (warmUp) {
                 long t = System.nanoTime();
                 if (plain) {
-                    runPlain(client, server, peer, secret, echo, t);
+                    runPlain(client, options, echo, t);
                 } else {
-                    runPunch(client, server, peer, secret, echo, early, t);
+                    runPunch(client, options, echo, early, t);
                 }
             }
         } catch (IOException e) {
-            System.out.println("p2p test failed: warm-up run: " + e.getMessage());
-            System.exit(1);
-            return;
+            out.println("p2p test failed: warm-up run: " + e.getMessage());
+            return 1;
         }
         long started = System.nanoTime();
         try {
-            String how = plain ? runPlain(client, server, peer, secret, echo, started)
-                    : runPunch(client, server, peer, secret, echo, early, started);
-            System.out.println("p2p test success in " + (System.nanoTime() - started) / 1000000 + " ms");
-            System.out.println(how);
-            System.exit(0);
+            String how = plain ? runPlain(client, options, echo, started)
+                    : runPunch(client, options, echo, early, started);
+            out.println("p2p test success in " + (System.nanoTime() - started) / 1000000 + " ms");
+            out.println(how);
+            return 0;
         } catch (IOException e) {
-            System.out.println("p2p test failed: " + e.getMessage());
-            System.exit(1);
+            out.println("p2p test failed: " + e.getMessage());
+            return 1;
         }
     }
 
     /** The seed README's snippet, with the reason kept when it fails. */
-    private static String runPlain(P2pClient client, String server, String peer, String secret, int echo,
-            long started) throws IOException {
-        LocalPeerAddress addresses = client.requestLocalPeerAddress(server, peer, secret);
+    private static String runPlain(P2pClient client, ConnectOptions options, int echo, long started)
+            throws IOException {
+        LocalPeerAddress addresses = client.requestLocalPeerAddress(options);
         Socket socket = new Socket();
         try {
             socket.bind(new InetSocketAddress(addresses.LocalAddress.ip, addresses.LocalAddress.port));
@@ -156,9 +184,9 @@ public final class Demo {
         }
     }
 
-    private static String runPunch(P2pClient client, String server, String peer, String secret, int echo,
-            boolean early, long started) throws IOException {
-        P2pConnection c = client.connectDetailed(server, peer, secret, early ? GREETING : null);
+    private static String runPunch(P2pClient client, ConnectOptions options, int echo, boolean early, long started)
+            throws IOException {
+        P2pConnection c = client.connectDetailed(options.toBuilder().firstBytes(early ? GREETING : null).build());
         try {
             c.socket.setSoTimeout(DATA_TIMEOUT_MS);
             if (!early) {

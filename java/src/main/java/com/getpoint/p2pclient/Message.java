@@ -12,12 +12,18 @@ import java.util.Map;
  * checked against the field list of its type when parsed. Unknown fields are ignored.
  */
 final class Message {
-    /** Largest control message, in bytes of UTF-8. */
+    /**
+     * Largest control message, in bytes of UTF-8: the protocol's limit (a server drops a peer that
+     * sends more), checked against the shared vectors' {@code max_message_bytes}.
+     */
     static final int MAX_BYTES = 16 * 1024;
-    /** Every error code of the protocol. */
+    /**
+     * Every error code of the protocol, in the order of the shared vectors' {@code error_codes}
+     * (the tests compare the two). {@link Control#refusal} says what each means to a caller.
+     */
     static final List<String> ERROR_CODES = Collections.unmodifiableList(Arrays.asList(
-            "bad_request", "unsupported_version", "secret_required", "secret_rejected",
-            "peer_offline", "peer_gone", "id_taken", "no_direct_path", "unauthorized", "busy", "internal"));
+            "bad_request", "not_found", "unsupported_version", "peer_offline", "id_taken", "secret_required",
+            "secret_rejected", "peer_gone", "busy", "no_direct_path", "unauthorized", "rate_limited", "internal"));
 
     private static final String MAPPINGS = "endpoint-independent|endpoint-dependent";
     /** Per type: its fields as {@code name:kind}, a trailing {@code ?} marks optional ones. */
@@ -31,6 +37,19 @@ final class Message {
         {"reject", "session:string", "code:code", "message:string"},
         {"armed", "session:string"},
     };
+
+    /** Per message type, the names of its fields (besides {@code type}), in the order of {@link #FIELDS}. */
+    static Map<String, List<String>> fieldNames() {
+        Map<String, List<String>> out = new LinkedHashMap<String, List<String>>();
+        for (String[] spec : FIELDS) {
+            List<String> names = new ArrayList<String>();
+            for (int i = 1; i < spec.length; i++) {
+                names.add(spec[i].substring(0, spec[i].indexOf(':')));
+            }
+            out.put(spec[0], Collections.unmodifiableList(names));
+        }
+        return Collections.unmodifiableMap(out);
+    }
 
     /** The message type, e.g. {@code punch}. */
     final String type;

@@ -1,14 +1,10 @@
 package com.getpoint.p2pclient;
 
-import java.io.ByteArrayOutputStream;
 import java.io.File;
-import java.io.FileInputStream;
 import java.io.IOException;
 import java.io.InputStream;
 import java.net.InetAddress;
 import java.net.Socket;
-import java.security.cert.X509Certificate;
-import java.util.ArrayList;
 import java.util.List;
 import java.util.logging.Level;
 import java.util.logging.Logger;
@@ -54,29 +50,31 @@ import java.util.logging.Logger;
  * </pre>
  *
  * <p>Instances hold only their settings: one client may serve any number of concurrent calls.
- * Every wait is bounded; failures say why.
+ * Every wait is bounded; failures say why. Every call blocks (up to the server timeout plus the
+ * punch timeout): on Android, call from a background thread, never the main thread (which
+ * throws {@code NetworkOnMainThreadException}), and declare the {@code INTERNET} permission.
+ * Android 5.0 (API level 21) and later are supported; {@code https://} servers need Android 7.0
+ * (API level 24), and below it fail with a {@link P2pException} that says so.
  */
 public class P2pClient {
     /** Default time for each step with the server (resolve, connect, upgrade, punch order). */
-    public static final int DEFAULT_SERVER_TIMEOUT_MS = 5000;
+    public static final int DEFAULT_SERVER_TIMEOUT_MS = ConnectOptions.DEFAULT_SERVER_TIMEOUT_MS;
     /** Default time the punch may take. */
-    public static final int DEFAULT_PUNCH_TIMEOUT_MS = 5000;
+    public static final int DEFAULT_PUNCH_TIMEOUT_MS = ConnectOptions.DEFAULT_PUNCH_TIMEOUT_MS;
     private static final Logger LOG = Logger.getLogger(P2pClient.class.getName());
 
-    private final int serverTimeoutMs;
-    private final int punchTimeoutMs;
-    private final String serverToken;
-    /** TLS trust set by the builder (CA file or pins), or null for the platform's default. */
-    private final Tls tls;
+    /** This client's settings (no server, no peer): every call starts from them. */
+    private final ConnectOptions settings;
 
     /** A client with the default timeouts (5 s server, 5 s punch). */
     public P2pClient() {
-        this(DEFAULT_SERVER_TIMEOUT_MS, DEFAULT_PUNCH_TIMEOUT_MS);
+        this(new ConnectOptions.Builder().build());
     }
 
     /**
      * @param serverTimeoutMs time for each step with the server, in ms (positive)
      * @param punchTimeoutMs time the punch may take, in ms (positive)
+     * @throws IllegalArgumentException if a timeout is not positive
      */
     public P2pClient(int serverTimeoutMs, int punchTimeoutMs) {
         this(serverTimeoutMs, punchTimeoutMs, null);
@@ -86,54 +84,53 @@ public class P2pClient {
      * @param serverTimeoutMs time for each step with the server, in ms (positive)
      * @param punchTimeoutMs time the punch may take, in ms (positive)
      * @param serverToken the token of a server started with {@code --token}, or null
+     * @throws IllegalArgumentException if a timeout is not positive or the token is not
+     *     printable ASCII
      */
     public P2pClient(int serverTimeoutMs, int punchTimeoutMs, String serverToken) {
-        this(serverTimeoutMs, punchTimeoutMs, serverToken, null);
+        this(new ConnectOptions.Builder().serverTimeoutMs(serverTimeoutMs).punchTimeoutMs(punchTimeoutMs)
+                .token(serverToken).build());
     }
 
-    private P2pClient(int serverTimeoutMs, int punchTimeoutMs, String serverToken, Tls tls) {
-        if (serverTimeoutMs <= 0 || punchTimeoutMs <= 0) {
-            throw new IllegalArgumentException("timeouts must be positive");
-        }
-        if (serverToken != null && !serverToken.matches("[\\x21-\\x7e]+")) {
-            throw new IllegalArgumentException("the server token must be printable ASCII without spaces");
-        }
-        this.serverTimeoutMs = serverTimeoutMs;
-        this.punchTimeoutMs = punchTimeoutMs;
-        this.serverToken = serverToken;
-        this.tls = tls;
+    private P2pClient(ConnectOptions settings) {
+        this.settings = settings;
+    }
+
+    /**
+     * Options holding this client's settings (timeouts, token, TLS trust), to which a call adds
+     * at least the server and the peer, e.g.
+     * {@code client.connect(client.options().server(url).peer("cam").secret(s).build())}.
+     */
+    public ConnectOptions.Builder options() {
+        return settings.toBuilder();
     }
 
     /**
      * Builds a client with settings beyond the timeouts: the server's token and how an
-     * {@code https://} server is trusted. Every setting is optional.
+     * {@code https://} server is trusted. Every setting is optional; they are the
+     * {@link ConnectOptions} every call of the client starts from.
      */
     public static final class Builder {
-        private int serverTimeoutMs = DEFAULT_SERVER_TIMEOUT_MS;
-        private int punchTimeoutMs = DEFAULT_PUNCH_TIMEOUT_MS;
-        private String token;
-        private final List<byte[]> pins = new ArrayList<byte[]>();
-        private List<X509Certificate> cas;
-        private String casSource;
+        private final ConnectOptions.Builder options = new ConnectOptions.Builder();
 
         /** A builder with the defaults: 5 s timeouts, no token, the platform's trust store. */
         public Builder() {}
 
         /** Time for each step with the server (resolve, connect, TLS, upgrade, punch order), in ms. */
         public Builder serverTimeoutMs(int ms) {
-            this.serverTimeoutMs = ms;
+            options.serverTimeoutMs(ms);
             return this;
         }
 
         /** Time the punch may take, in ms. */
         public Builder punchTimeoutMs(int ms) {
-            this.punchTimeoutMs = ms;
+            options.punchTimeoutMs(ms);
             return this;
         }
 
         /** The token of a server started with {@code --token}, or null. */
         public Builder token(String token) {
-            this.token = token;
+            options.token(token);
             return this;
         }
 
@@ -147,7 +144,7 @@ public class P2pClient {
          * @throws IllegalArgumentException if {@code pin} is not of that form
          */
         public Builder tlsPin(String pin) {
-            pins.add(Tls.parsePin(pin));
+            options.tlsPin(pin);
             return this;
         }
 
@@ -160,12 +157,8 @@ public class P2pClient {
          * @throws IllegalArgumentException if it holds no certificate or a malformed one
          */
         public Builder tlsCaFile(File pem) throws IOException {
-            InputStream in = new FileInputStream(pem);
-            try {
-                return tlsCaPem(in, pem.getPath());
-            } finally {
-                in.close();
-            }
+            options.tlsCaFile(pem);
+            return this;
         }
 
         /**
@@ -176,21 +169,7 @@ public class P2pClient {
          * @throws IllegalArgumentException if it holds no certificate or a malformed one
          */
         public Builder tlsCaPem(InputStream pem) throws IOException {
-            return tlsCaPem(pem, "the CA PEM stream");
-        }
-
-        private Builder tlsCaPem(InputStream pem, String source) throws IOException {
-            final int max = 1 << 20;
-            ByteArrayOutputStream text = new ByteArrayOutputStream();
-            byte[] buffer = new byte[8192];
-            for (int n; (n = pem.read(buffer)) >= 0; ) {
-                text.write(buffer, 0, n);
-                if (text.size() > max) {
-                    throw new IllegalArgumentException(source + " is over 1 MiB: not a CA file");
-                }
-            }
-            cas = Tls.parseCertificates(new String(text.toByteArray(), Codec.UTF8), source);
-            casSource = source;
+            options.tlsCaPem(pem);
             return this;
         }
 
@@ -201,11 +180,7 @@ public class P2pClient {
          *     printable ASCII, or both pins and a CA file were given
          */
         public P2pClient build() {
-            if (!pins.isEmpty() && cas != null) {
-                throw new IllegalArgumentException("give TLS pins or a CA file, not both");
-            }
-            Tls t = !pins.isEmpty() ? Tls.pinned(pins) : cas != null ? Tls.privateCas(cas, casSource) : null;
-            return new P2pClient(serverTimeoutMs, punchTimeoutMs, token, t);
+            return new P2pClient(options.build());
         }
     }
 
@@ -250,8 +225,8 @@ public class P2pClient {
      */
     public LocalPeerAddress requestLocalPeerAddress(String p2pServerIp, int p2pServerPort, String localClientId,
             String peerClientId, String secret) throws P2pException {
-        checkPort(p2pServerPort);
-        return requestLocalPeerAddress(ServerUrl.legacy(p2pServerIp, p2pServerPort), peerClientId, secret);
+        return requestLocalPeerAddress(options().server(p2pServerIp, p2pServerPort).peer(peerClientId).secret(secret)
+                .build());
     }
 
     /**
@@ -266,13 +241,29 @@ public class P2pClient {
      */
     public LocalPeerAddress requestLocalPeerAddress(String serverUrl, String peerId, String secret)
             throws P2pException {
-        return requestLocalPeerAddress(ServerUrl.parse(serverUrl), peerId, secret);
+        return requestLocalPeerAddress(options().server(serverUrl).peer(peerId).secret(secret).build());
     }
 
-    private LocalPeerAddress requestLocalPeerAddress(ServerUrl url, String peerId, String secret)
-            throws P2pException {
+    /**
+     * The seed's address pair ({@code plain} mode, see
+     * {@link #requestLocalPeerAddress(String, int, String, String, String)}) for these options;
+     * every other {@code requestLocalPeerAddress} and {@code getP2PLocalPeerAddress} comes here.
+     * The options' timeouts, token and TLS trust apply, not this client's.
+     *
+     * @throws IllegalArgumentException if the options carry first bytes (only {@link #connect}
+     *     can send them)
+     * @throws P2pException why no address pair was obtained
+     */
+    public LocalPeerAddress requestLocalPeerAddress(ConnectOptions options) throws P2pException {
+        if (options.firstBytes() != null) {
+            throw new IllegalArgumentException("first bytes need connect(...): the seed's plain mode has no"
+                    + " stream handshake to send them with");
+        }
+        ServerUrl url = options.serverUrl();
+        String peerId = options.getPeer();
         Protocol.checkId("peer id", peerId);
-        Control control = Control.request(url, tlsFor(url), serverToken, peerId, secret, "plain", serverTimeoutMs);
+        Control control = Control.request(url, options.tlsFor(url), options.getToken(), peerId, options.getSecret(),
+                "plain", options.getServerTimeoutMs());
         Socket socket = control.socket;
         HostTuple local = HostTuple.of(socket.getLocalAddress(), socket.getLocalPort());
         List<HostTuple> lan = control.order.addresses("peer_private");
@@ -331,6 +322,15 @@ public class P2pClient {
     }
 
     /**
+     * {@link #connectDetailed(ConnectOptions)}, returning just the socket.
+     *
+     * @throws P2pException why no connection was made
+     */
+    public Socket connect(ConnectOptions options) throws IOException {
+        return connectDetailed(options).socket;
+    }
+
+    /**
      * {@link #connect(String, int, String, String, String)}, also telling how the service was
      * reached.
      *
@@ -338,9 +338,7 @@ public class P2pClient {
      */
     public P2pConnection connectDetailed(String p2pServerIp, int p2pServerPort, String localClientId,
             String peerClientId, String secret) throws P2pException {
-        long started = System.nanoTime();
-        checkPort(p2pServerPort);
-        return connectDetailed(ServerUrl.legacy(p2pServerIp, p2pServerPort), peerClientId, secret, null, started);
+        return connectDetailed(options().server(p2pServerIp, p2pServerPort).peer(peerClientId).secret(secret).build());
     }
 
     /**
@@ -362,19 +360,28 @@ public class P2pClient {
      */
     public P2pConnection connectDetailed(String serverUrl, String peerId, String secret, byte[] firstBytes)
             throws P2pException {
-        long started = System.nanoTime();
-        if (firstBytes != null && firstBytes.length > Protocol.EARLY_DATA_MAX) {
-            throw new IllegalArgumentException("firstBytes is " + firstBytes.length + " bytes, over the "
-                    + Protocol.EARLY_DATA_MAX + " sent with the selection: write the rest to the socket");
-        }
-        return connectDetailed(ServerUrl.parse(serverUrl), peerId, secret, firstBytes, started);
+        return connectDetailed(options().server(serverUrl).peer(peerId).secret(secret).firstBytes(firstBytes).build());
     }
 
-    private P2pConnection connectDetailed(ServerUrl url, String peerId, String secret, byte[] firstBytes,
-            long started) throws P2pException {
+    /**
+     * Connects as these options say (punch mode; see {@link #connect(String, int, String, String,
+     * String)} and, for first bytes, {@link #connect(String, String, String, byte[])}) and tells
+     * how the service was reached. Every {@code connect} and {@code connectDetailed} comes here.
+     * The options' timeouts, token and TLS trust apply, not this client's: start from
+     * {@link #options()} to use the client's.
+     *
+     * @throws P2pException why no connection was made (a missing or malformed server URL or peer
+     *     id included)
+     */
+    public P2pConnection connectDetailed(ConnectOptions options) throws P2pException {
+        long started = System.nanoTime();
+        ServerUrl url = options.serverUrl();
+        String peerId = options.getPeer();
+        String secret = options.getSecret();
         Protocol.checkId("peer id", peerId);
-        Control control = Control.request(url, tlsFor(url), serverToken, peerId, secret, "punch", serverTimeoutMs);
-        Punch punch = Punch.run(control, secret, punchTimeoutMs, firstBytes);
+        Control control = Control.request(url, options.tlsFor(url), options.getToken(), peerId, secret, "punch",
+                options.getServerTimeoutMs());
+        Punch punch = Punch.run(control, secret, options.getPunchTimeoutMs(), options.firstBytes());
         HostTuple peer = punch.target();
         P2pConnection.Path path = punch.relayed() ? P2pConnection.Path.RELAYED
                 : control.order.addresses("peer_private").contains(peer)
@@ -382,36 +389,6 @@ public class P2pClient {
                 : P2pConnection.Path.DIRECT;
         return new P2pConnection(punch.socket(), path, peer, (System.nanoTime() - started) / 1000000,
                 control.order.text("session"), punch.committed());
-    }
-
-    private static void checkPort(int port) throws P2pException {
-        if (port <= 0 || port > 65535) {
-            throw new P2pException(null, "server port must be 1 to 65535, not " + port);
-        }
-    }
-
-    /**
-     * How the server of {@code url} is trusted: null for plain HTTP; for TLS the builder's CA
-     * file or pins, else the platform's trust store.
-     *
-     * @throws P2pException for a plain URL while pins or a CA file are set (they would be ignored)
-     */
-    private Tls tlsFor(ServerUrl url) throws P2pException {
-        if (!url.tls) {
-            if (tls != null) {
-                throw new P2pException(null, "TLS pins or a CA file are set but the server URL " + url
-                        + " is plain: use https://" + url.authority());
-            }
-            return null;
-        }
-        if (tls != null) {
-            return tls;
-        }
-        try {
-            return Tls.platform();
-        } catch (IllegalStateException e) {
-            throw new P2pException(e.getMessage(), e);
-        }
     }
 
     /**

@@ -38,7 +38,13 @@ import java.util.Set;
  * listens, which Linux and Android allow (connect-only simultaneous open).
  */
 final class Punch {
-    private static final int RETRY_MIN_MS = 60, RETRY_MAX_MS = 160;
+    /**
+     * Pause after a failed connect before the next one to the same candidate, drawn from this
+     * range: long enough not to flood a router with SYNs, short enough to catch the agent's SYN
+     * within a round trip or two (docs/protocol.md, "Punching"; the shared vectors'
+     * {@code retry_min_ms} and {@code retry_max_ms}).
+     */
+    static final int RETRY_MIN_MS = 60, RETRY_MAX_MS = 160;
     /** Time the relay gets, once joined, to carry the handshake. */
     private static final int RELAY_GRACE_MS = 5000;
     /** Latest relay start a punch order may ask for: the server forgets a session by then. */

@@ -9,7 +9,7 @@ import java.util.Locale;
  */
 final class ServerUrl {
     /** The server's default control port. */
-    static final int DEFAULT_PORT = 50300;
+    static final int DEFAULT_PORT = ConnectOptions.DEFAULT_SERVER_PORT;
 
     /** Host name or IP literal (IPv6 without brackets). */
     final String host;

@@ -1,6 +1,5 @@
 package com.getpoint.p2pclient;
 
-import java.io.ByteArrayInputStream;
 import java.io.EOFException;
 import java.io.IOException;
 import java.net.Socket;
@@ -8,20 +7,13 @@ import java.net.SocketTimeoutException;
 import java.security.GeneralSecurityException;
 import java.security.KeyStore;
 import java.security.MessageDigest;
-import java.security.cert.Certificate;
 import java.security.cert.CertificateException;
 import java.security.cert.CertificateExpiredException;
-import java.security.cert.CertificateFactory;
 import java.security.cert.CertificateNotYetValidException;
 import java.security.cert.X509Certificate;
-import java.text.SimpleDateFormat;
-import java.util.ArrayList;
-import java.util.Collection;
 import java.util.Collections;
-import java.util.Date;
 import java.util.List;
 import java.util.Locale;
-import java.util.TimeZone;
 import javax.net.ssl.HttpsURLConnection;
 import javax.net.ssl.SNIHostName;
 import javax.net.ssl.SNIServerName;
@@ -41,9 +33,15 @@ import javax.net.ssl.X509TrustManager;
  * certificates are trusted, and the handshake on an already connected socket (the control socket
  * is bound to the punch port before it connects, so TLS is layered on it afterwards).
  *
- * <p>Three ways to trust the server: the platform's trust store (default), only the CAs of one
- * PEM file (chain and host name checked), or SHA-256 pins of the leaf certificate (only the pin
- * is checked: self-signed certificates work).
+ * <p>Three ways to trust the server ({@link Trust}): the platform's trust store (default), only
+ * the CAs of one PEM file (chain and host name checked), or SHA-256 pins of the leaf certificate
+ * (only the pin is checked: self-signed certificates work).
+ *
+ * <p>This class and its nested classes are the only ones that use TLS classes above the client's
+ * minimum Android level: {@code SNIHostName}, {@code SSLParameters.setServerNames} and
+ * {@code setEndpointIdentificationAlgorithm}, {@code X509ExtendedTrustManager} (API level 24).
+ * They are loaded only through {@link Trust#tls}, after {@link Platform#tlsGap} has found
+ * those present; the API check of the build (AndroidApiTest) enforces both.
  */
 final class Tls {
     /** What the trust decision is based on, for messages. */
@@ -67,22 +65,31 @@ final class Tls {
     private static Tls platform;
 
     /**
-     * Trusts what the platform trusts (its default trust store), with host name verification.
+     * The TLS machinery for {@code trust}: the platform's trust store (one instance, shared),
+     * only the CAs of one PEM file, or pins. Call only once {@link Platform#tlsGap} found nothing
+     * missing: this class uses TLS classes of Android 7.0 (API level 24).
      *
-     * @throws IllegalStateException if the platform has no TLS
+     * @throws IllegalStateException if the platform has no TLS or no usable trust manager
      */
-    static synchronized Tls platform() {
-        if (platform == null) {
-            platform = new Tls("the platform's trust store", null, new Checked(platformTrust(null)));
+    static Tls of(Trust trust) {
+        if (trust.pins != null) {
+            return new Tls("the pins", trust.pins, new Pinned(trust.pins));
         }
-        return platform;
+        if (trust.cas != null) {
+            return privateCas(trust.cas, trust.casSource);
+        }
+        synchronized (Tls.class) {
+            if (platform == null) {
+                platform = new Tls("the platform's trust store", null, new Checked(platformTrust(null)));
+            }
+            return platform;
+        }
     }
 
     /**
-     * Trusts only the CAs {@code cas} (parsed by {@link #parseCertificates}), with host name
-     * verification.
+     * Trusts only the CAs {@code cas}, with host name verification.
      */
-    static Tls privateCas(List<X509Certificate> cas, String source) {
+    private static Tls privateCas(List<X509Certificate> cas, String source) {
         try {
             KeyStore store = KeyStore.getInstance(KeyStore.getDefaultType());
             store.load(null, null);
@@ -93,77 +100,6 @@ final class Tls {
         } catch (GeneralSecurityException | IOException e) {
             throw new IllegalStateException("cannot build a trust store of the CAs of " + source + ": " + e, e);
         }
-    }
-
-    /** Accepts exactly the leaf certificates whose SHA-256 is one of {@code pins}. */
-    static Tls pinned(List<byte[]> pins) {
-        List<byte[]> copy = Collections.unmodifiableList(new ArrayList<byte[]>(pins));
-        return new Tls("the pins", copy, new Pinned(copy));
-    }
-
-    /**
-     * Parses a pin: {@code sha256:} and 64 hex digits (either case, colons between them allowed).
-     *
-     * @throws IllegalArgumentException if it is not one
-     */
-    static byte[] parsePin(String pin) {
-        String p = pin == null ? "" : pin.trim();
-        byte[] hash = null;
-        if (p.startsWith("sha256:")) {
-            hash = Codec.unhex(p.substring(7).replace(":", ""), 32);
-        }
-        if (hash == null) {
-            throw new IllegalArgumentException("bad TLS pin '" + pin + "': expected sha256: and 64 hex digits"
-                    + " (the fingerprint the server logs at start)");
-        }
-        return hash;
-    }
-
-    /** {@code sha256:} and the lowercase hex SHA-256 of the certificate's DER. */
-    static String fingerprint(Certificate cert) {
-        try {
-            return "sha256:" + Codec.hex(Codec.sha256(cert.getEncoded()));
-        } catch (GeneralSecurityException e) {
-            return "sha256:(unencodable certificate)";
-        }
-    }
-
-    /**
-     * The certificates of PEM text: every {@code CERTIFICATE} block (other blocks and text
-     * between blocks are skipped).
-     *
-     * @param source the file name or other origin, for messages
-     * @throws IllegalArgumentException if there is no certificate or one is malformed
-     */
-    static List<X509Certificate> parseCertificates(String pem, String source) {
-        final String begin = "-----BEGIN CERTIFICATE-----", end = "-----END CERTIFICATE-----";
-        List<X509Certificate> out = new ArrayList<X509Certificate>();
-        CertificateFactory factory;
-        try {
-            factory = CertificateFactory.getInstance("X.509");
-        } catch (CertificateException e) {
-            throw new IllegalStateException("X.509 certificates are not supported on this platform", e);
-        }
-        for (int at = pem.indexOf(begin); at >= 0; at = pem.indexOf(begin, at + 1)) {
-            int stop = pem.indexOf(end, at);
-            if (stop < 0) {
-                throw new IllegalArgumentException(source + ": certificate " + (out.size() + 1) + " has no END line");
-            }
-            byte[] der = Codec.unbase64(pem.substring(at + begin.length(), stop));
-            try {
-                if (der == null || der.length == 0) {
-                    throw new CertificateException("not Base64");
-                }
-                out.add((X509Certificate) factory.generateCertificate(new ByteArrayInputStream(der)));
-            } catch (CertificateException | ClassCastException e) {
-                throw new IllegalArgumentException(source + ": certificate " + (out.size() + 1)
-                        + " is malformed (" + e.getMessage() + ")");
-            }
-        }
-        if (out.isEmpty()) {
-            throw new IllegalArgumentException(source + " has no PEM certificate (-----BEGIN CERTIFICATE-----)");
-        }
-        return out;
     }
 
     /**
@@ -230,7 +166,7 @@ final class Tls {
         if (!HttpsURLConnection.getDefaultHostnameVerifier().verify(server.host, ssl.getSession())) {
             String fingerprint;
             try {
-                fingerprint = fingerprint(ssl.getSession().getPeerCertificates()[0]);
+                fingerprint = Trust.fingerprint(ssl.getSession().getPeerCertificates()[0]);
             } catch (SSLException e) {
                 fingerprint = "unknown";
             }
@@ -286,10 +222,10 @@ final class Tls {
         }
 
         String explain(ServerUrl server, String trustedBy) {
-            String cert = "the TLS certificate of " + server + " (" + fingerprint(leaf) + ")";
+            String cert = "the TLS certificate of " + server + " (" + Trust.fingerprint(leaf) + ")";
             switch (why) {
                 case PIN:
-                    return "the TLS certificate of " + server + " is " + fingerprint(leaf) + ", not the pinned "
+                    return "the TLS certificate of " + server + " is " + Trust.fingerprint(leaf) + ", not the pinned "
                             + detail + ": if the server's certificate was replaced, pin the fingerprint it logs"
                             + " at start";
                 case EXPIRED:
@@ -382,13 +318,13 @@ final class Tls {
             try {
                 leaf.checkValidity();
             } catch (CertificateExpiredException expired) {
-                return new Rejected(Rejected.Why.EXPIRED, leaf, utc(leaf.getNotAfter()), e);
+                return new Rejected(Rejected.Why.EXPIRED, leaf, Trust.utc(leaf.getNotAfter()), e);
             } catch (CertificateNotYetValidException early) {
-                return new Rejected(Rejected.Why.NOT_YET_VALID, leaf, utc(leaf.getNotBefore()), e);
+                return new Rejected(Rejected.Why.NOT_YET_VALID, leaf, Trust.utc(leaf.getNotBefore()), e);
             }
             try {
                 delegate.checkServerTrusted(chain, authType);
-                return new Rejected(Rejected.Why.HOST_NAME, leaf, names(leaf), e);
+                return new Rejected(Rejected.Why.HOST_NAME, leaf, Trust.names(leaf), e);
             } catch (CertificateException chainRefused) {
                 String issuer = chain[chain.length - 1].getIssuerX500Principal().getName();
                 return new Rejected(Rejected.Why.UNTRUSTED, leaf, "issued by " + issuer, e);
@@ -416,32 +352,6 @@ final class Tls {
         public X509Certificate[] getAcceptedIssuers() {
             return delegate.getAcceptedIssuers();
         }
-    }
-
-    /** E.g. {@code 2026-11-23 06:55:28 UTC}. */
-    static String utc(Date date) {
-        SimpleDateFormat f = new SimpleDateFormat("yyyy-MM-dd HH:mm:ss 'UTC'", Locale.ROOT);
-        f.setTimeZone(TimeZone.getTimeZone("UTC"));
-        return f.format(date);
-    }
-
-    /** The DNS names and IP addresses a certificate is for, or its subject when it lists none. */
-    static String names(X509Certificate cert) {
-        List<String> names = new ArrayList<String>();
-        try {
-            Collection<List<?>> all = cert.getSubjectAlternativeNames();
-            if (all != null) {
-                for (List<?> entry : all) {
-                    Object type = entry.get(0);
-                    if (entry.size() >= 2 && (Integer.valueOf(2).equals(type) || Integer.valueOf(7).equals(type))) {
-                        names.add(String.valueOf(entry.get(1)));
-                    }
-                }
-            }
-        } catch (CertificateException e) {
-            // Unparsable extension: fall back to the subject.
-        }
-        return names.isEmpty() ? "only the subject " + cert.getSubjectX500Principal().getName() : names.toString();
     }
 
     /** Accepts a leaf whose SHA-256 is pinned; checks nothing else (no chain, no name, no dates). */

@@ -249,12 +249,13 @@ public class FakeServerTest {
     }
 
     @Test
-    public void otherErrorCodesKeepTheServersMessage() throws IOException {
+    public void otherErrorCodesSayWhatHappenedWithTheServersMessage() throws IOException {
         int port = fake(upgradeThen(frame(1, true,
                 Codec.utf8("{\"type\":\"error\",\"code\":\"peer_gone\",\"message\":\"peer did not answer in time\"}"))));
         P2pException e = plainFailure(port);
         assertEquals("peer_gone", e.getCode());
-        assertEquals("server refused (peer_gone): peer did not answer in time", e.getMessage());
+        assertEquals("server refused (peer_gone): peer did not answer in time; peer 'streamserver' was lost while the"
+                + " connection was set up: try again", e.getMessage());
     }
 
     @Test

@@ -472,7 +472,7 @@ public class InteropTest {
     public void tlsServerWithAPinOrAPrivateCa() throws Exception {
         TestCerts certs = TestCerts.get();
         File[] pem = certs.pemFiles(certs.server, "rust-server");
-        String pin = Tls.fingerprint(certs.serverCert);
+        String pin = Trust.fingerprint(certs.serverCert);
         int port = freePort();
         spawn("server", "--listen", "127.0.0.1:" + port, "--tls-cert", pem[0].getPath(), "--tls-key",
                 pem[1].getPath());
@@ -506,14 +506,14 @@ public class InteropTest {
 
         String[][] refusals = {
             {"default", https, "is not signed by a CA in the platform's trust store (issued by CN=p2pnc test CA)"},
-            {"wrong pin", https, "is " + pin + ", not the pinned " + Tls.fingerprint(certs.selfCert)},
+            {"wrong pin", https, "is " + pin + ", not the pinned " + Trust.fingerprint(certs.selfCert)},
             {"ca", https, "is not valid for '127.0.0.1' (it names [localhost])"},
             {"default", "http://127.0.0.1:" + port, "this server speaks TLS: use an https:// server URL"},
             {"default", "https://127.0.0.1:" + serverPort, "does not speak TLS"},
         };
         for (String[] r : refusals) {
             P2pClient.Builder b = new P2pClient.Builder();
-            if (r[0].equals("wrong pin")) b.tlsPin(Tls.fingerprint(certs.selfCert));
+            if (r[0].equals("wrong pin")) b.tlsPin(Trust.fingerprint(certs.selfCert));
             if (r[0].equals("ca")) b.tlsCaFile(certs.caPem());
             long t = System.nanoTime();
             try {

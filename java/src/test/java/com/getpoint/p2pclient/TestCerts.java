@@ -64,7 +64,7 @@ final class TestCerts {
         signedByCa("expired", "EC", "-3d", "1");
         keytool("-genkeypair", "-alias", "self", "-keyalg", "EC", "-groupname", "secp256r1", "-dname",
                 "CN=p2pnc-self", "-ext", "SAN=dns:example.invalid", "-validity", "30", "-keystore", "keys.p12");
-        ca = Tls.parseCertificates(read("ca.pem"), "ca.pem").get(0);
+        ca = Trust.parseCertificates(read("ca.pem"), "ca.pem").get(0);
         KeyStore keys = KeyStore.getInstance("PKCS12");
         InputStream in = new FileInputStream(new File(dir, "keys.p12"));
         try {
@@ -72,9 +72,9 @@ final class TestCerts {
         } finally {
             in.close();
         }
-        serverCert = Tls.parseCertificates(read("server.pem"), "server.pem").get(0);
+        serverCert = Trust.parseCertificates(read("server.pem"), "server.pem").get(0);
         server = identity(keys, "server", serverCert, ca);
-        expiredCert = Tls.parseCertificates(read("expired.pem"), "expired.pem").get(0);
+        expiredCert = Trust.parseCertificates(read("expired.pem"), "expired.pem").get(0);
         expired = identity(keys, "expired", expiredCert, ca);
         selfCert = (X509Certificate) keys.getCertificate("self");
         self = identity(keys, "self", selfCert);

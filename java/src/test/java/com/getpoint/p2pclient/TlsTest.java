@@ -164,7 +164,7 @@ public class TlsTest {
         TestCerts certs = TestCerts.get();
         int port = tlsServer(certs.self, sendsOrder(ORDER));
         // Upper case with colons, as some tools print fingerprints.
-        String hex = Tls.fingerprint(certs.selfCert).substring(7).toUpperCase();
+        String hex = Trust.fingerprint(certs.selfCert).substring(7).toUpperCase();
         StringBuilder colons = new StringBuilder("sha256:");
         for (int i = 0; i < hex.length(); i += 2) colons.append(i == 0 ? "" : ":").append(hex, i, i + 2);
         LocalPeerAddress a = pinned("sha256:" + new String(new char[64]).replace('\0', '0'), colons.toString())
@@ -180,7 +180,7 @@ public class TlsTest {
     public void theSeedCallsTakeAnHttpsHost() throws Exception {
         TestCerts certs = TestCerts.get();
         int port = tlsServer(certs.self, sendsOrder(ORDER), sendsOrder(ORDER));
-        P2pClient client = pinned(Tls.fingerprint(certs.selfCert));
+        P2pClient client = pinned(Trust.fingerprint(certs.selfCert));
         LocalPeerAddress a = client.getP2PLocalPeerAddress("https://127.0.0.1", port, "getpoint", PEER, "s3cret");
         assertEquals(new HostTuple("192.0.2.7", 4000), a.PeerAddress);
         a = client.getP2PLocalPeerAddress("wss://127.0.0.1:" + port + "/", port, "getpoint", PEER, "s3cret");
@@ -197,9 +197,9 @@ public class TlsTest {
     public void pinMismatchNamesBothFingerprints() throws Exception {
         TestCerts certs = TestCerts.get();
         int port = tlsServer(certs.self, sendsOrder(ORDER));
-        String wrong = Tls.fingerprint(certs.serverCert);
+        String wrong = Trust.fingerprint(certs.serverCert);
         P2pException e = failure(pinned(wrong), "https://127.0.0.1:" + port);
-        assertEquals("the TLS certificate of https://127.0.0.1:" + port + " is " + Tls.fingerprint(certs.selfCert)
+        assertEquals("the TLS certificate of https://127.0.0.1:" + port + " is " + Trust.fingerprint(certs.selfCert)
                 + ", not the pinned " + wrong + ": if the server's certificate was replaced, pin the fingerprint"
                 + " it logs at start", e.getMessage());
         assertTrue(heads.isEmpty());
@@ -228,7 +228,7 @@ public class TlsTest {
         TestCerts certs = TestCerts.get();
         int port = tlsServer(certs.self, sendsOrder(ORDER));
         P2pException e = failure(withCa(), "https://localhost:" + port);
-        assertMessage(e, "(" + Tls.fingerprint(certs.selfCert) + ") is not signed by a CA in the CAs of "
+        assertMessage(e, "(" + Trust.fingerprint(certs.selfCert) + ") is not signed by a CA in the CAs of "
                 + certs.caPem().getPath() + " (issued by CN=p2pnc-self): trust its CA");
     }
 
@@ -246,8 +246,8 @@ public class TlsTest {
         P2pException e = failure(withCa(), "https://localhost:" + port);
         X509Certificate cert = TestCerts.get().expiredCert;
         assertTrue(cert.getNotAfter().getTime() < System.currentTimeMillis() - 86400000L);
-        assertEquals("the TLS certificate of https://localhost:" + port + " (" + Tls.fingerprint(cert) + ") expired on "
-                + Tls.utc(cert.getNotAfter()) + ": renew it on the server (or fix this device's clock)", e.getMessage());
+        assertEquals("the TLS certificate of https://localhost:" + port + " (" + Trust.fingerprint(cert) + ") expired on "
+                + Trust.utc(cert.getNotAfter()) + ": renew it on the server (or fix this device's clock)", e.getMessage());
     }
 
     @Test
@@ -270,7 +270,7 @@ public class TlsTest {
         t.setDaemon(true);
         t.start();
         int port = plain.getLocalPort();
-        P2pException e = failure(pinned(Tls.fingerprint(TestCerts.get().selfCert)), "https://127.0.0.1:" + port);
+        P2pException e = failure(pinned(Trust.fingerprint(TestCerts.get().selfCert)), "https://127.0.0.1:" + port);
         assertEquals("https://127.0.0.1:" + port + " does not speak TLS (it answered in plain text): use"
                 + " http://127.0.0.1:" + port + ", or start the server with --tls-cert and --tls-key", e.getMessage());
     }
@@ -292,7 +292,7 @@ public class TlsTest {
         toClose.add(silent); // accepts (backlog), never answers
         long t = System.nanoTime();
         P2pException e = failure(new P2pClient.Builder().serverTimeoutMs(400).tlsPin(
-                Tls.fingerprint(TestCerts.get().selfCert)).build(), "https://127.0.0.1:" + silent.getLocalPort());
+                Trust.fingerprint(TestCerts.get().selfCert)).build(), "https://127.0.0.1:" + silent.getLocalPort());
         long ms = (System.nanoTime() - t) / 1000000;
         assertMessage(e, "no TLS answer from https://127.0.0.1:" + silent.getLocalPort());
         assertTrue("took " + ms + " ms", ms >= 350 && ms < 3000);
@@ -300,7 +300,7 @@ public class TlsTest {
 
     @Test
     public void pinsOrCaWithAPlainUrlIsAnError() throws Exception {
-        P2pException e = failure(pinned(Tls.fingerprint(TestCerts.get().selfCert)), "http://127.0.0.1:1");
+        P2pException e = failure(pinned(Trust.fingerprint(TestCerts.get().selfCert)), "http://127.0.0.1:1");
         assertEquals("TLS pins or a CA file are set but the server URL http://127.0.0.1:1 is plain: use"
                 + " https://127.0.0.1:1", e.getMessage());
         e = failure(withCa(), "127.0.0.1:1");
@@ -350,7 +350,7 @@ public class TlsTest {
     @Test
     public void pinsAndPemAreParsedStrictly() throws Exception {
         byte[] zero = new byte[32];
-        assertArrayEquals(zero, Tls.parsePin("sha256:" + new String(new char[64]).replace('\0', '0')));
+        assertArrayEquals(zero, Trust.parsePin("sha256:" + new String(new char[64]).replace('\0', '0')));
         for (String bad : new String[] {null, "", "sha256:", "SHA256:" + new String(new char[64]).replace('\0', '0'),
                 "sha1:" + new String(new char[64]).replace('\0', '0'),
                 "sha256:" + new String(new char[63]).replace('\0', '0'), "sha256:zz" + new String(new char[62]),
@@ -386,12 +386,12 @@ public class TlsTest {
         String ca = new String(java.nio.file.Files.readAllBytes(TestCerts.get().caPem().toPath()), "US-ASCII");
         InputStream bundle = new ByteArrayInputStream(Codec.utf8("# test CA\n" + ca + "\nsame again:\n" + ca));
         try {
-            new P2pClient.Builder().tlsCaPem(bundle).tlsPin(Tls.fingerprint(TestCerts.get().ca)).build();
+            new P2pClient.Builder().tlsCaPem(bundle).tlsPin(Trust.fingerprint(TestCerts.get().ca)).build();
             fail("accepted pins and a CA file");
         } catch (IllegalArgumentException e) {
             assertEquals("give TLS pins or a CA file, not both", e.getMessage());
         }
-        assertEquals(2, Tls.parseCertificates("x\n" + ca + ca, "bundle").size());
+        assertEquals(2, Trust.parseCertificates("x\n" + ca + ca, "bundle").size());
         assertNull(Codec.unbase64("A"));
         assertNull(Codec.unbase64("A=AA"));
         for (int n = 0; n < 8; n++) {

@@ -11,9 +11,13 @@ import java.io.UnsupportedEncodingException;
 import java.net.URLDecoder;
 import java.nio.file.Files;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
+import java.util.TreeSet;
 import org.junit.BeforeClass;
 import org.junit.Test;
 
@@ -78,6 +82,95 @@ public class VectorsTest {
             assertEquals("round trip of " + text, o, Json.parse(m.toJson()));
         }
     }
+
+    @Test
+    public void errorCodesAreTheVectorsInOrder() {
+        assertEquals("Message.ERROR_CODES must list the vectors' error_codes, in order",
+                list(vectors.get("error_codes")), new ArrayList<Object>(Message.ERROR_CODES));
+    }
+
+    /** Every code has its own line for a person, carrying the server's words where it has some. */
+    @Test
+    public void everyErrorCodeHasItsOwnExplanation() {
+        Set<String> lines = new TreeSet<String>();
+        for (Object o : list(vectors.get("error_codes"))) {
+            String code = (String) o;
+            String why = Control.explain(code, "SERVER TEXT", "'p'");
+            assertTrue("no explanation for error code " + code, why != null && !why.isEmpty());
+            assertTrue(code + ": " + why, why.indexOf('\n') < 0);
+            P2pException e = Control.refusal(code, "SERVER TEXT", "p");
+            assertEquals(code, e.getCode());
+            assertEquals(why, e.getMessage());
+            assertTrue(code + " repeats another code's line: " + why, lines.add(why));
+        }
+        assertEquals(null, Control.explain("no_such_code", "m", "'p'"));
+        assertEquals("server refused (no_such_code): m", Control.refusal("no_such_code", "m", "p").getMessage());
+    }
+
+    /**
+     * The client's message schema ({@link Message#fieldNames}) names exactly the message types
+     * and, per type, exactly the fields that the vectors' server and agent messages use.
+     */
+    @Test
+    public void messageSchemaIsTheVectors() {
+        Map<String, Set<String>> seen = new LinkedHashMap<String, Set<String>>();
+        List<Object> all = new ArrayList<Object>(list(vectors.get("server_messages")));
+        all.addAll(list(vectors.get("agent_messages")));
+        for (Object o : all) {
+            Map<String, Object> m = map(o);
+            String type = (String) m.get("type");
+            if (!seen.containsKey(type)) seen.put(type, new TreeSet<String>());
+            seen.get(type).addAll(m.keySet());
+            seen.get(type).remove("type");
+        }
+        Map<String, List<String>> schema = Message.fieldNames();
+        assertEquals("message types", new TreeSet<String>(seen.keySet()), new TreeSet<String>(schema.keySet()));
+        for (Map.Entry<String, List<String>> e : schema.entrySet()) {
+            assertEquals("fields of '" + e.getKey() + "'", seen.get(e.getKey()), new TreeSet<String>(e.getValue()));
+        }
+    }
+
+    /**
+     * Every default of the vectors is either one of the client's constants, compared here, or
+     * named in {@link #NOT_USED} with the reason this client has no such setting: a default added
+     * to the vectors fails this test until it is one or the other.
+     */
+    @Test
+    public void defaultsAreTheVectors() {
+        Map<String, Long> ours = new LinkedHashMap<String, Long>();
+        ConnectOptions defaultOptions = new ConnectOptions.Builder().build();
+        ours.put("server_port", (long) ConnectOptions.DEFAULT_SERVER_PORT);
+        ours.put("punch_timeout_ms", (long) defaultOptions.getPunchTimeoutMs());
+        ours.put("server_timeout_ms", (long) defaultOptions.getServerTimeoutMs());
+        ours.put("hard_sockets", (long) Birthday.HARD_SOCKETS);
+        ours.put("easy_probes", (long) Birthday.EASY_PROBES);
+        ours.put("retry_min_ms", (long) Punch.RETRY_MIN_MS);
+        ours.put("retry_max_ms", (long) Punch.RETRY_MAX_MS);
+        ours.put("max_relay_after_ms", Punch.MAX_RELAY_AFTER_MS);
+        ours.put("max_message_bytes", (long) Message.MAX_BYTES);
+        ours.put("max_id_bytes", (long) Protocol.MAX_ID_BYTES);
+        ours.put("max_private_candidates", (long) Protocol.MAX_CANDIDATES);
+        ours.put("early_data_max", (long) Protocol.EARLY_DATA_MAX);
+        Map<String, Object> defaults = map(vectors.get("defaults"));
+        Set<String> unaccounted = new LinkedHashSet<String>(defaults.keySet());
+        for (Map.Entry<String, Long> e : ours.entrySet()) {
+            assertTrue("the vectors have no default '" + e.getKey() + "'", defaults.containsKey(e.getKey()));
+            assertEquals("default " + e.getKey(), defaults.get(e.getKey()), e.getValue());
+            unaccounted.remove(e.getKey());
+        }
+        for (String key : NOT_USED) {
+            assertTrue("the vectors have no default '" + key + "'", defaults.containsKey(key));
+            unaccounted.remove(key);
+        }
+        assertEquals("defaults of the vectors this client neither has nor explains", new LinkedHashSet<String>(),
+                unaccounted);
+    }
+
+    /** Defaults of the vectors that are no setting of this client, each for a reason. */
+    private static final List<String> NOT_USED = Arrays.asList(
+            // The TTL of the agent's first SYN: Java cannot set a TCP socket's IP TTL, so this
+            // client's SYNs leave with the normal TTL (see Birthday).
+            "punch_ttl");
 
     @Test
     public void punchOrderFieldsAreTyped() throws P2pException {
