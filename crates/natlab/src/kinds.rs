@@ -82,10 +82,13 @@ impl Nat {
                 "        oifname \"{wan}\" masquerade{masq_flags}\n"
             ));
         } else {
+            // Ports exist for TCP and UDP only; other protocols keep the plain rule.
             for blk in &b.blocks {
                 post.push_str(&format!(
-                    "        oifname \"{wan}\" ip saddr {}/{} masquerade to :{}-{}{masq_flags}\n",
-                    blk.net, blk.prefix, blk.first, blk.last
+                    "        oifname \"{wan}\" ip saddr {}/{} meta l4proto {{ tcp, udp }} \
+                     masquerade to :{}-{}{masq_flags}\n\
+                     \x20       oifname \"{wan}\" ip saddr {}/{} masquerade{masq_flags}\n",
+                    blk.net, blk.prefix, blk.first, blk.last, blk.net, blk.prefix
                 ));
             }
         }
@@ -136,7 +139,7 @@ impl Nat {
                         let _ = writeln!(
                             post,
                             "        iifname \"{inside}\" oifname \"{inside}\" ip saddr {}/{} ct \
-                             status dnat snat ip to {}:{}-{}{masq_flags}",
+                             status dnat meta l4proto {{ tcp, udp }} snat ip to {}:{}-{}{masq_flags}",
                             blk.net, blk.prefix, b.public, blk.first, blk.last
                         );
                     }
@@ -267,11 +270,10 @@ impl Cgn {
         self
     }
 
-    /// The public ports of subscriber `index` (0 for site A, 1 for site B) under port-block
-    /// allocation.
-    pub fn block(&self, index: u16) -> Option<(u16, u16)> {
+    /// The public ports of a site's home router under port-block allocation.
+    pub fn block(&self, site: crate::Site) -> Option<(u16, u16)> {
         self.port_block.map(|size| {
-            let first = Cgn::PORT_BLOCK_BASE + index * size;
+            let first = Cgn::PORT_BLOCK_BASE + site.index() as u16 * size;
             (first, first + size - 1)
         })
     }
@@ -369,8 +371,8 @@ mod tests {
     #[test]
     fn cgn_port_blocks_and_hairpin() {
         let cgn = Cgn::new(Nat::RestrictedDrop).hairpin(true).port_block(100);
-        assert_eq!(cgn.block(0), Some((20000, 20099)));
-        assert_eq!(cgn.block(1), Some((20100, 20199)));
+        assert_eq!(cgn.block(crate::Site::A), Some((20000, 20099)));
+        assert_eq!(cgn.block(crate::Site::B), Some((20100, 20199)));
         let b = NatBox {
             inside: "sub*",
             full_cone_host: None,
@@ -384,7 +386,9 @@ mod tests {
             ..home()
         };
         let r = cgn.nat.rules(&b).unwrap();
-        assert!(r.contains("ip saddr 100.64.1.0/24 masquerade to :20000-20099"));
+        assert!(r.contains(
+            "ip saddr 100.64.1.0/24 meta l4proto { tcp, udp } masquerade to :20000-20099"
+        ));
         assert!(r.contains("map @mappings"));
         assert!(r.contains("snat ip to 198.51.100.10:20000-20099"));
     }

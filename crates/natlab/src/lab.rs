@@ -468,7 +468,7 @@ impl Lab {
         let blocks = subscribers
             .iter()
             .filter_map(|&site| {
-                let (first, last) = c.block(site.index() as u16)?;
+                let (first, last) = c.block(site)?;
                 let s = self.addrs(site);
                 Some(PortBlock {
                     net: Ipv4Addr::from(u32::from(s.wan) & 0xffff_ff00),
@@ -598,7 +598,11 @@ impl Lab {
     }
 
     pub fn addrs(&self, site: Site) -> SiteAddrs {
-        SiteAddrs::for_site(site, self.nat(site), self.cfg.cgn_of(site).is_some())
+        let mut a = SiteAddrs::for_site(site, self.nat(site), self.cfg.cgn_of(site).is_some());
+        if self.cfg.shared_cgn.is_some() {
+            a.public = cgn_public(Site::A);
+        }
+        a
     }
 
     pub fn addrs6(&self, site: Site) -> SiteAddrs6 {

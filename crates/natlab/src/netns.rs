@@ -129,7 +129,8 @@ pub(crate) fn add_namespaces(names: &[String]) {
     );
 }
 
-/// SIGKILLs every process whose network namespace is one of `names` (never this process).
+/// SIGKILLs every process whose network namespace is one of `names`, and every
+/// `ip netns exec NAME ...` that has not entered it yet (never this process).
 pub(crate) fn kill_namespace_pids(names: &[String]) {
     let inodes: Vec<u64> = names
         .iter()
@@ -150,10 +151,17 @@ pub(crate) fn kill_namespace_pids(names: &[String]) {
         if pid <= 1 || pid == me {
             continue;
         }
-        let Ok(m) = fs::metadata(format!("/proc/{pid}/ns/net")) else {
-            continue;
+        let inside =
+            fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| inodes.contains(&m.ino()));
+        let entering = || {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                names.iter().any(|n| {
+                    let exec = format!("netns\0exec\0{n}\0");
+                    c.windows(exec.len()).any(|w| w == exec.as_bytes())
+                })
+            })
         };
-        if inodes.contains(&m.ino()) {
+        if inside || entering() {
             // SAFETY: plain kill(2) on a pid that lives in one of our own lab namespaces.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
