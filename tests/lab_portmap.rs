@@ -16,8 +16,8 @@
 //! second address are let in. Needs root, `miniupnpd` and `stund` (`apt-get install -y
 //! miniupnpd stun-server`); without them the tests say they are skipped (under CI they fail).
 //!
-//! The mapping the agent made is read from the router (miniupnpd's DNAT rule and its
-//! description, which names the protocol), not from the agent's log.
+//! The mapping the agent made is read from the router (miniupnpd's DNAT rule, and miniupnpd's
+//! own log for the protocol that asked for it), not from the agent's log.
 
 #![cfg(target_os = "linux")]
 
@@ -209,10 +209,9 @@ fn start_agent(lab: &Lab, id: &str, extra: &[&str]) -> Proc {
     )
 }
 
-/// The mapping miniupnpd holds for the agent's host: the protocol that asked for it (from
-/// the rule's description: miniupnpd names PCP and NAT-PMP mappings after the protocol), the
-/// public endpoint and the punch port it forwards to.
-fn mapped_endpoint(lab: &Lab) -> Option<(String, SocketAddr, u16)> {
+/// The mapping miniupnpd holds for the agent's host: the public endpoint and the punch port
+/// it forwards to.
+fn mapped_endpoint(lab: &Lab) -> Option<(SocketAddr, u16)> {
     let host = lab.host_ip(UPNP_SITE);
     router_mappings(lab).iter().find_map(|l| {
         let words: Vec<&str> = l.split_whitespace().collect();
@@ -222,19 +221,32 @@ fn mapped_endpoint(lab: &Lab) -> Option<(String, SocketAddr, u16)> {
         if ip.parse::<std::net::Ipv4Addr>().ok()? != host {
             return None;
         }
-        let proto = if l.contains("PCP") {
-            "PCP"
-        } else if l.contains("NAT-PMP") {
-            "NAT-PMP"
-        } else {
-            "UPnP-IGD"
-        };
         Some((
-            proto.to_string(),
             SocketAddr::from((lab.wan_ip(UPNP_SITE), public)),
             port.parse().ok()?,
         ))
     })
+}
+
+/// The protocol that asked miniupnpd for the mapping of public port `public`, from
+/// miniupnpd's log (`PCP MAP: added mapping TCP 34441->...` for PCP; NAT-PMP and UPnP-IGD
+/// requests are logged under their own names).
+fn mapping_protocol(upnp: &Upnp, public: u16) -> &'static str {
+    let log = upnp.daemon.stderr();
+    let added = format!("added mapping TCP {public}->");
+    if log
+        .lines()
+        .any(|l| l.contains("PCP MAP") && l.contains(&added))
+    {
+        "PCP"
+    } else if log
+        .lines()
+        .any(|l| l.contains("NAT-PMP") && l.contains(&public.to_string()))
+    {
+        "NAT-PMP"
+    } else {
+        "UPnP-IGD"
+    }
 }
 
 /// One `connect --stdio` echo session from the other site; returns the run and the rendezvous
@@ -434,9 +446,15 @@ fn symmetric_pair_goes_direct_through_a_port_mapping_and_not_without() {
     // 2. miniupnpd on the agent's router: the agent maps its punch port (PCP first).
     let upnp = start_miniupnpd(&lab, &tools, true);
     let agent = start_agent(&lab, "svc", &[]);
-    let (proto, mapped, punch_port) = mapped_endpoint(&lab)
+    let (mapped, punch_port) = mapped_endpoint(&lab)
         .unwrap_or_else(|| panic!("agent made no mapping:\n{}", agent.stderr()));
-    assert_eq!(proto, "PCP", "protocol; agent stderr:\n{}", agent.stderr());
+    let proto = mapping_protocol(&upnp, mapped.port());
+    assert_eq!(
+        proto,
+        "PCP",
+        "protocol; miniupnpd:\n{}",
+        upnp.daemon.stderr()
+    );
     assert_eq!(mapped.ip(), IpAddr::V4(lab.wan_ip(UPNP_SITE)));
     let internal = SocketAddr::from((host, punch_port));
     let rules = router_mappings(&lab);
@@ -528,9 +546,10 @@ fn a_router_with_only_upnp_igd_is_used_and_cleaned_up() {
     );
     let upnp = start_miniupnpd(&lab, &tools, false);
     let agent = start_agent(&lab, "svc-upnp", &[]);
-    let (proto, mapped, punch_port) = mapped_endpoint(&lab)
+    let (mapped, punch_port) = mapped_endpoint(&lab)
         .unwrap_or_else(|| panic!("agent made no mapping:\n{}", agent.stderr()));
-    assert_eq!(proto, "UPnP-IGD", "agent stderr:\n{}", agent.stderr());
+    let proto = mapping_protocol(&upnp, mapped.port());
+    assert_eq!(proto, "UPnP-IGD", "miniupnpd:\n{}", upnp.daemon.stderr());
     let internal = SocketAddr::from((lab.host_ip(UPNP_SITE), punch_port));
     assert!(
         router_mappings(&lab)
@@ -575,7 +594,7 @@ fn cone_pair_with_a_mapping_still_goes_direct() {
     );
     let upnp = start_miniupnpd(&lab, &tools, true);
     let agent = start_agent(&lab, "svc-cone", &[]);
-    let (_, mapped, punch_port) = mapped_endpoint(&lab)
+    let (mapped, punch_port) = mapped_endpoint(&lab)
         .unwrap_or_else(|| panic!("agent made no mapping:\n{}", agent.stderr()));
     let mut used = Vec::new();
     for seed in 20..23 {

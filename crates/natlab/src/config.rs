@@ -124,7 +124,8 @@ pub struct SiteAddrs {
     /// LAN network address and prefix length.
     pub lan_net: Ipv4Addr,
     pub lan_prefix: u8,
-    /// The address the internet sees the site's first host as.
+    /// The address the internet sees the site's first host as ([`crate::Lab::addrs`] gives
+    /// a shared CGN's address, site A's, for both sites).
     pub public: Ipv4Addr,
 }
 
