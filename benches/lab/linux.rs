@@ -422,7 +422,7 @@ fn latency(out: &mut Out, problems: &mut Vec<String>) {
             notes.push(format!(
                 "- {pair}: p2pnc median {:.2} RTT raw, {:.2} RTT net of process start \
                  (bound {BOUND_RTT} RTT = {:.0} ms; target median ≤ {TARGET_RTT} RTT = {:.0} ms: {}); \
-                 setup time logged by connect (`in N ms`): median {:.0} ms ({:.2} RTT), \
+                 setup time reported by connect (`setup_ms`): median {:.0} ms ({:.2} RTT), \
                  p10 {:.0}, p90 {:.0}; spawn-to-echo minus that, per run: median {:.0} ms \
                  (process start, and the echo when it does not come with the agent's hello)",
                 pct(&p2p, 0.5) / RTT_MS,
