@@ -1,8 +1,12 @@
 //! Faults in the NAT lab: the rendezvous server restarts, an agent dies (idle and in the
 //! middle of a transfer), a site loses its uplink for 30 s, routers forget their connection
 //! tracking, and the server is flooded with garbage while real peers connect.
+//!
+//! What p2pnc did is read from its `--report json` lines and the server's `/status.json`.
 
-mod natlab;
+#![cfg(target_os = "linux")]
+
+mod lab_support;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -12,7 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use natlab::{Auth, EchoServer, Lab, LabConfig, Nat, Node, Proc, SERVER_PORT, Site, pattern};
+use lab_support::{Auth, P2pncLab, Report, SERVER_PORT};
+use natlab::{Dial, EchoServer, IcmpErrors, Lab, LabConfig, Nat, Node, Proc, Site, pattern};
 
 const SECRET: &str = "lab-faults-secret";
 const SVC_PORT: u16 = 50302;
@@ -46,11 +51,8 @@ fn wait_peer(lab: &Lab, id: &str, want: u16, limit: Duration) -> Duration {
     }
 }
 
-#[test]
+#[natlab::lab_test]
 fn agents_re_register_after_a_server_restart_and_new_connects_succeed() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab = Lab::new(LabConfig::new(Nat::RestrictedRst, Nat::RestrictedDrop).delays(20, 20, 20));
     let mut server = lab.start_server();
     let _echo = EchoServer::start(
@@ -86,15 +88,12 @@ fn agents_re_register_after_a_server_restart_and_new_connects_succeed() {
         agent.stderr()
     );
     assert!(run.stdout == payload, "echo differs after the restart");
-    let c = run.connected("svc").expect("connected line");
+    let c = run.connected().expect("a connect report");
     assert_eq!(c.path, "direct");
 }
 
-#[test]
+#[natlab::lab_test]
 fn a_killed_agent_goes_offline_at_once_and_clients_are_told_within_a_second() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab = Lab::new(LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedRst).delays(20, 20, 20));
     let _server = lab.start_server();
     let _echo = EchoServer::start(
@@ -118,8 +117,9 @@ fn a_killed_agent_goes_offline_at_once_and_clients_are_told_within_a_second() {
         Duration::from_secs(10),
     );
     assert!(!run.success(), "connected to a dead agent");
-    assert!(
-        run.stderr.contains("peer 'svc' is not online"),
+    assert_eq!(
+        run.failure_code().as_deref(),
+        Some("peer_offline"),
         "{}",
         run.stderr
     );
@@ -162,18 +162,14 @@ struct EchoStream {
 
 impl EchoStream {
     fn start(lab: &Lab, node: Node, peer: &str, seed: u64) -> EchoStream {
-        let url = natlab::server_url();
-        let args = [
-            "connect", "--server", &url, "--peer", peer, "--secret", SECRET, "--stdio",
-        ];
-        let mut proc = lab.spawn_with(
-            node,
-            &format!("stream-{peer}"),
-            natlab::p2pnc_bin(),
-            &args,
-            true,
-            true,
-        );
+        let url = lab_support::server_url();
+        let spec = lab
+            .p2pnc(&format!("stream-{peer}"))
+            .args(["connect", "--report", "json", "--server", &url])
+            .args(["--peer", peer, "--secret", SECRET, "--stdio"])
+            .pipe_stdin()
+            .pipe_stdout();
+        let mut proc = lab.spawn_cmd(node, spec);
         let mut stdin = proc.take_stdin().expect("piped stdin");
         let mut stdout = proc.take_stdout().expect("piped stdout");
         let data = Arc::new(pattern(seed, STREAM_PATTERN));
@@ -336,13 +332,47 @@ impl Drop for EchoStream {
     }
 }
 
-/// The `error: ...` line of a failed p2pnc command, or the whole stderr if there is none.
-fn error_line(stderr: &str) -> String {
-    stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or(stderr)
-        .to_string()
+/// The `connect` report of a p2pnc client, once it has ended.
+fn connect_report(stderr: &str) -> Option<Report> {
+    lab_support::reports(stderr)
+        .into_iter()
+        .find(|r| r.report == "connect")
+}
+
+/// How a client's connection ended, from its report: `failed CODE: MESSAGE`, `broke: WHY`,
+/// `ended`, or `no report`.
+fn how_it_ended(stderr: &str) -> String {
+    match connect_report(stderr) {
+        Some(Report {
+            ok: false,
+            code,
+            message,
+            ..
+        }) => format!(
+            "failed {}: {}",
+            code.unwrap_or_default(),
+            message.unwrap_or_default()
+        ),
+        Some(Report {
+            broke: Some(why), ..
+        }) => format!("broke: {why}"),
+        Some(_) => "ended".into(),
+        None => "no report".into(),
+    }
+}
+
+/// The path of a client's connection, from its report.
+fn reported_path(stderr: &str) -> String {
+    connect_report(stderr)
+        .and_then(|r| r.connected())
+        .map(|c| c.path)
+        .unwrap_or_else(|| panic!("no `ok` connect report in:\n{stderr}"))
+}
+
+/// When the server registered `id` (its `/status.json` `since_unix_ms`), if it is online.
+/// A new value means the agent registered again.
+fn registered_since(lab: &Lab, id: &str) -> Option<u64> {
+    lab_support::service(&lab.server_status(), id).and_then(|s| s["since_unix_ms"].as_u64())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,11 +386,8 @@ fn error_line(stderr: &str) -> String {
 /// still buffered in the dead agent are lost, and the client's error is the only sign of it.
 /// (A client that had already finished sending and then sees only the FIN cannot tell a crash
 /// from a clean close: TCP gives it nothing more to go on.)
-#[test]
+#[natlab::lab_test]
 fn an_agent_killed_mid_transfer_ends_the_clients_stream_with_an_error_at_once() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab = Lab::new(LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedRst).delays(20, 20, 20));
     let _server = lab.start_server();
     let echo = EchoServer::start(
@@ -391,8 +418,6 @@ fn an_agent_killed_mid_transfer_ends_the_clients_stream_with_an_error_at_once() 
         stream.echoed(),
         stream.stderr()
     );
-    let line = parse_connected_line(&stream.stderr());
-    assert_eq!(line.path, "direct", "{}", stream.stderr());
 
     let rst_before = lab.watched(Node::Router(Site::B), "rst");
     let fin_before = lab.watched(Node::Router(Site::B), "fin");
@@ -411,7 +436,7 @@ fn an_agent_killed_mid_transfer_ends_the_clients_stream_with_an_error_at_once() 
         "agent killed mid-transfer: connect exited {status:?} {took:?} after kill -9 \
          ({}); host B sent {rst} RST and {fin} FIN toward the client; the client had taken \
          {sent} bytes, the service got {served}, {echoed} came back; writer: {how}",
-        error_line(&stderr)
+        how_it_ended(&stderr)
     );
     let status = status.unwrap_or_else(|| {
         panic!("connect still running 10 s after the agent was killed\n--- connect:\n{stderr}")
@@ -421,9 +446,14 @@ fn an_agent_killed_mid_transfer_ends_the_clients_stream_with_an_error_at_once() 
         "connect exited 0 although the agent died with {} bytes not delivered\n{stderr}",
         sent - served
     );
+    assert_eq!(
+        reported_path(&stderr),
+        "direct",
+        "the stream was not direct:\n{stderr}"
+    );
     assert!(
-        error_line(&stderr).starts_with("error:"),
-        "connect failed without an error line:\n{stderr}"
+        how_it_ended(&stderr).starts_with("broke: "),
+        "connect failed without reporting that the stream broke:\n{stderr}"
     );
     assert!(
         rst >= 1,
@@ -436,11 +466,6 @@ fn an_agent_killed_mid_transfer_ends_the_clients_stream_with_an_error_at_once() 
     stream.assert_exact();
 }
 
-fn parse_connected_line(stderr: &str) -> natlab::Connected {
-    natlab::parse_connected(stderr, "svc")
-        .unwrap_or_else(|| panic!("no `connected to 'svc'` line in:\n{stderr}"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // A site cut off the internet for 30 s
 // ---------------------------------------------------------------------------------------------
@@ -448,19 +473,8 @@ fn parse_connected_line(stderr: &str) -> natlab::Connected {
 /// How long the agent's site stays cut off.
 const OUTAGE: Duration = Duration::from_secs(30);
 
-/// Times `registered as 'ID'` appears in an agent's log.
-fn registrations(agent: &Proc, id: &str) -> usize {
-    agent
-        .stderr()
-        .matches(&format!("registered as '{id}'"))
-        .count()
-}
-
-#[test]
+#[natlab::lab_test]
 fn an_agent_cut_off_for_30_s_recovers_by_itself() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab = Lab::new(LabConfig::new(Nat::RestrictedRst, Nat::RestrictedDrop).delays(20, 20, 20));
     let _server = lab.start_server();
     let svc = SocketAddr::from(([127, 0, 0, 1], SVC_PORT));
@@ -474,6 +488,10 @@ fn an_agent_cut_off_for_30_s_recovers_by_itself() {
         "bystander",
         SVC_PORT,
         Auth::Secret(SECRET),
+    );
+    let (svc_since, bystander_since) = (
+        registered_since(&lab, "svc"),
+        registered_since(&lab, "bystander"),
     );
     let payload = pattern(3, 64 << 10);
     let before = lab.connect_stdio(
@@ -505,7 +523,7 @@ fn an_agent_cut_off_for_30_s_recovers_by_itself() {
         "connect {asked:?} into the outage: exit {:?} after {:?}: {}",
         during.status,
         during.elapsed,
-        error_line(&during.stderr)
+        how_it_ended(&during.stderr)
     );
     // The server's view of the agent until the uplink comes back.
     let mut offline_at = None;
@@ -541,14 +559,8 @@ fn an_agent_cut_off_for_30_s_recovers_by_itself() {
             caught_up.1,
             agent.stderr()
         );
-        if registrations(&agent, "svc") > 1 {
-            let log = agent.stderr();
-            let why = log
-                .lines()
-                .rev()
-                .find(|l| l.contains("WARN"))
-                .unwrap_or("no warning logged");
-            break format!("registered again {since:?} after the restore (last warning: {why})");
+        if registered_since(&lab, "svc").is_some_and(|t| Some(t) != svc_since) {
+            break format!("registered again {since:?} after the restore");
         }
         if caught_up.0.is_none() && lab.unacked_bytes(Node::Host(Site::B), &agent_to_server) == [0]
         {
@@ -583,18 +595,19 @@ fn an_agent_cut_off_for_30_s_recovers_by_itself() {
         during.elapsed,
         during.stderr
     );
-    let reason = error_line(&during.stderr);
+    let code = during.failure_code();
     assert!(
-        reason.contains("is not online") || reason.contains("no direct path"),
-        "unclear error during the outage: {reason}"
+        matches!(code.as_deref(), Some("peer_offline" | "no_direct_path")),
+        "unclear error during the outage: {}",
+        how_it_ended(&during.stderr)
     );
     assert!(
         failures.is_empty(),
         "connects failed after the agent had recovered: {failures:?}"
     );
     assert_eq!(
-        registrations(&bystander, "bystander"),
-        1,
+        registered_since(&lab, "bystander"),
+        bystander_since,
         "the agent on the other site re-registered although nothing happened to it:\n{}",
         bystander.stderr()
     );
@@ -635,15 +648,14 @@ fn until_direct(
                 Duration::from_secs(20),
             );
             if run.success() && run.stdout == payload {
-                let c = parse_connected_line(&run.stderr);
-                assert_eq!(c.path, "direct", "{}", run.stderr);
+                assert_eq!(reported_path(&run.stderr), "direct", "{}", run.stderr);
                 return (at, failures);
             }
             failures.push(format!(
                 "{at:?}: {:?} in {:?}: {}",
                 run.status,
                 run.elapsed,
-                error_line(&run.stderr)
+                how_it_ended(&run.stderr)
             ));
             continue;
         }
@@ -688,7 +700,7 @@ fn flush_under_idle_stream(
                 !status.success(),
                 "connect exited 0 in the middle of a stream"
             );
-            Fate::Failed(flushed.elapsed(), error_line(&stream.stderr()))
+            Fate::Failed(flushed.elapsed(), how_it_ended(&stream.stderr()))
         }
         None => panic!(
             "the stream hangs: no byte echoed and no error {limit:?} after router {site:?} \
@@ -720,17 +732,14 @@ fn flush_setup(a: Nat, b: Nat) -> (Lab, Proc, Proc, EchoServer, EchoStream) {
         "the stream did not get going:\n{}",
         stream.stderr()
     );
-    assert_eq!(parse_connected_line(&stream.stderr()).path, "direct");
     (lab, server, agent, echo, stream)
 }
 
-#[test]
+#[natlab::lab_test]
 fn an_rst_router_forgetting_its_flows_resets_the_stream_and_the_agent_recovers() {
-    if !natlab::require_lab() {
-        return;
-    }
     let (lab, _server, agent, _echo, mut stream) =
         flush_setup(Nat::RestrictedDrop, Nat::RestrictedRst);
+    let since = registered_since(&lab, "svc");
     let flushed = Instant::now();
     let fate = flush_under_idle_stream(&lab, &mut stream, Site::B, STREAM_RECOVERY);
     eprintln!("conntrack -F on the agent's RST router under an idle stream: {fate:?}");
@@ -738,7 +747,7 @@ fn an_rst_router_forgetting_its_flows_resets_the_stream_and_the_agent_recovers()
     // Router B, knowing no flow any more, answers the client's packet itself with a RST.
     match &fate {
         Fate::Failed(took, why) => assert!(
-            *took < Duration::from_secs(5) && why.starts_with("error:"),
+            *took < Duration::from_secs(5) && why.starts_with("broke: "),
             "the stream failed late or unclearly: {fate:?}"
         ),
         Fate::Survived(_) => {
@@ -747,21 +756,20 @@ fn an_rst_router_forgetting_its_flows_resets_the_stream_and_the_agent_recovers()
     }
     // The control channel: the router resets the server's next ping, and the agent finds out
     // at its own next ping and registers again.
+    assert_eq!(reported_path(&stream.stderr()), "direct");
     let (at, failures) = until_direct(&lab, &agent, flushed, Duration::from_secs(60));
     eprintln!(
-        "after the flush: a connect started {at:?} later went direct; {} registrations; \
+        "after the flush: a connect started {at:?} later went direct; registered again: {}; \
          failures before: {failures:?}",
-        registrations(&agent, "svc")
+        registered_since(&lab, "svc") != since
     );
 }
 
-#[test]
+#[natlab::lab_test]
 fn a_drop_router_forgetting_its_flows_keeps_the_stream_and_the_agent() {
-    if !natlab::require_lab() {
-        return;
-    }
     let (lab, _server, agent, echo, mut stream) =
         flush_setup(Nat::RestrictedRst, Nat::RestrictedDrop);
+    let registered = registered_since(&lab, "svc");
     // Router B drops the client's packets (they match no flow) until something from host B
     // re-creates the mapping: the agent's keepalive probe, as the agent has nothing to send.
     let fate = flush_under_idle_stream(&lab, &mut stream, Site::B, STREAM_RECOVERY);
@@ -785,6 +793,7 @@ fn a_drop_router_forgetting_its_flows_keeps_the_stream_and_the_agent() {
         echo.bytes()
     );
     stream.assert_exact();
+    assert_eq!(reported_path(&stream.stderr()), "direct");
     assert!(
         status.is_some_and(|s| s.success()) && echoed == sent,
         "the stream did not end cleanly after surviving: {status:?}, {echoed} of {sent} bytes \
@@ -795,8 +804,8 @@ fn a_drop_router_forgetting_its_flows_keeps_the_stream_and_the_agent() {
     let (at, failures) = until_direct(&lab, &agent, since, Duration::from_secs(30));
     eprintln!(
         "then a new connect went direct ({at:?}, failures before: {failures:?}); the agent \
-         registered {} time(s) in all",
-        registrations(&agent, "svc")
+         registered again: {}",
+        registered_since(&lab, "svc") != registered
     );
 }
 
@@ -988,16 +997,13 @@ fn legit_round(lab: &Lab, node: Node, id: &str) -> (Duration, Duration, Proc) {
         run.stderr,
         agent.stderr()
     );
-    let c = natlab::parse_connected(&run.stderr, id).expect("connected line");
+    let c = run.connected().expect("a connect report");
     assert_eq!(c.path, "direct", "{}", run.stderr);
     (listed, Duration::from_millis(c.ms), agent)
 }
 
-#[test]
+#[natlab::lab_test]
 fn a_flooded_server_keeps_serving_real_peers() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab = Lab::new(
         LabConfig::new(Nat::RestrictedRst, Nat::RestrictedDrop)
             .delays(20, 20, 20)
@@ -1087,13 +1093,13 @@ fn a_flooded_server_keeps_serving_real_peers() {
     let idle: Vec<std::net::TcpStream> = natlab::in_netns(&out_ns, || {
         let to = SocketAddrV4::new(natlab::RDV_IP, SERVER_PORT);
         let pending: Vec<_> = (0..IDLE_CONNECTIONS)
-            .map(|_| natlab::start_connect(None, to, None, false).expect("idle connection"))
+            .map(|_| natlab::start_connect(to.into(), Dial::default()).expect("idle connection"))
             .collect();
         pending
             .into_iter()
             .enumerate()
             .map(|(i, p)| {
-                let mut s = natlab::finish_connect(p, Duration::from_secs(5), true)
+                let mut s = natlab::finish_connect(p, Duration::from_secs(5), IcmpErrors::Fatal)
                     .expect("idle connection");
                 if i % 2 == 1 {
                     let _ = s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n");

@@ -1,21 +1,25 @@
-//! End-to-end tests of the hard NAT cases in the NAT lab (tests/natlab/mod.rs): birthday
-//! punching between a symmetric (endpoint-dependent) NAT and a cone NAT, the relay for two
-//! symmetric NATs and its rate cap, and `p2pnc nat-check` against every lab NAT kind.
+//! End-to-end tests of the hard NAT cases in the NAT lab (crates/natlab): birthday punching
+//! between a symmetric (endpoint-dependent) NAT and a cone NAT, the relay for two symmetric
+//! NATs and its rate cap, and `p2pnc nat-check` against every lab NAT kind.
 //!
-//! A session counts as direct only if the client logs `connected to 'ID' (direct, IP:PORT)`
-//! with the peer's public address, the echoed bytes are exact, and the rendezvous host's
-//! interface counters grew by far less than the payload; as relayed only if it logs
-//! `(relayed, 203.0.113.10:50300)`, the bytes are exact and the rendezvous host carried them.
+//! A session counts as direct only if the client's `--report json` says `direct` with the
+//! peer's public address and the expected strategy, the echoed bytes are exact, and the
+//! rendezvous host's interface counters grew by far less than the payload; as relayed only if
+//! it says `relayed` via 203.0.113.10:50300, the bytes are exact and the rendezvous host
+//! carried them. The NAT mapping the server measured for each agent comes from its
+//! `/status.json`.
 //!
 //! They need root and iproute2, nftables and iptables; without root they print
 //! `skipped: NAT lab needs root (...)` and return, except under CI, where they fail.
 
-mod natlab;
+#![cfg(target_os = "linux")]
 
-use natlab::{
-    Auth, ConnectRun, Connected, EchoServer, Lab, LabConfig, Nat, Node, Proc, RDV_IP, SERVER_PORT,
-    Site, in_netns, p2pnc_bin, pattern, server_url,
+mod lab_support;
+
+use lab_support::{
+    Auth, ConnectRun, Connected, P2pncLab, Report, SERVER_PORT, p2pnc_bin, server_url,
 };
+use natlab::{EchoServer, Lab, LabConfig, Nat, Node, Proc, RDV_IP, Site, in_netns, pattern};
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -66,17 +70,13 @@ impl Service {
         self.agent = lab.start_agent(self.node, &self.id, SVC_PORT, Auth::Secret(SECRET));
     }
 
-    /// The NAT mapping the agent logged at registration (waits for the line: the server
-    /// lists the id a moment before the agent logs it).
-    fn registered_mapping(&mut self) -> String {
-        let line = self.agent.wait_stderr(
-            &format!("registered as '{}'", self.id),
-            Duration::from_secs(5),
-        );
-        line.split("NAT mapping ")
-            .nth(1)
-            .map(|m| m.trim_end_matches(')').trim().to_string())
-            .unwrap_or_else(|| panic!("no `NAT mapping` in {line:?}"))
+    /// The NAT mapping the server measured for the agent when it registered.
+    fn registered_mapping(&self, lab: &Lab) -> String {
+        let status = lab.server_status();
+        lab_support::service(&status, &self.id)
+            .and_then(|s| s["mapping"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("'{}' not in the server's /status.json: {status}", self.id))
     }
 }
 
@@ -85,8 +85,7 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// `p2pnc -v connect ... --secret SECRET --stdio` on `node` (`-v` makes the client log its
-/// punch order).
+/// `p2pnc connect ... --secret SECRET --stdio` on `node`.
 fn connect_stdio(
     lab: &Lab,
     node: Node,
@@ -94,18 +93,7 @@ fn connect_stdio(
     payload: &[u8],
     timeout: Duration,
 ) -> ConnectRun {
-    lab.connect_stdio_with(node, peer, Some(SECRET), payload, timeout, &["-v"])
-}
-
-/// The `punch order` debug line of a client run with `-v`: (strategy, mine, peer).
-fn punch_order(stderr: &str) -> Option<(String, String, String)> {
-    let line = stderr.lines().find(|l| l.contains("punch order"))?;
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .map(str::to_string)
-    };
-    Some((field("strategy")?, field("mine")?, field("peer")?))
+    lab.connect_stdio(node, peer, Some(SECRET), payload, timeout)
 }
 
 /// What a session must look like.
@@ -145,8 +133,8 @@ fn session<'a>(lab: &Lab, client: Node, svc: &'a Service, len: usize, seed: u64)
 
 impl Outcome<'_> {
     /// Checks exit status, byte-exact echo, path and address, rendezvous traffic and (when
-    /// given) the strategy of the punch order. Returns the parsed `connected to` line or a
-    /// description of what failed with both sides' logs.
+    /// given) the strategy. Returns the report's connection or a description of what failed
+    /// with both sides' logs.
     fn judge(&self, expect: Expect, strategy: Option<&str>) -> Result<Connected, String> {
         let (run, svc, len) = (&self.run, self.svc, self.payload.len());
         let what = format!("{:?} -> '{}' ({len} bytes)", self.client, svc.id);
@@ -174,17 +162,13 @@ impl Outcome<'_> {
                 }
             ));
         }
-        let Some(c) = run.connected(&svc.id) else {
-            return fail(format!(
-                "no line `connected to '{}' (PATH, IP:PORT) in N ms`",
-                svc.id
-            ));
+        let Some(c) = run.connected() else {
+            return fail(format!("no `ok` connect report for '{}'", svc.id));
         };
-        if let Some(want) = strategy {
-            match punch_order(&run.stderr) {
-                Some((got, ..)) if got == want => {}
-                other => return fail(format!("punch order {other:?}, expected strategy {want}")),
-            }
+        if let Some(want) = strategy
+            && c.strategy != want
+        {
+            return fail(format!("strategy {}, expected {want}", c.strategy));
         }
         match expect {
             Expect::Direct(ip) => {
@@ -253,11 +237,15 @@ struct Combo<'a> {
 fn birthday_lab(sym: Nat, cone: Nat) {
     let lab = Lab::new(LabConfig::new(sym, cone).second_hosts(false));
     let _server = lab.start_server();
-    let mut svc_a = Service::start(&lab, Node::Host(Site::A), "sym-a");
-    let mut svc_b = Service::start(&lab, Node::Host(Site::B), "cone-b");
-    assert_eq!(svc_a.registered_mapping(), "endpoint-dependent", "{sym:?}");
+    let svc_a = Service::start(&lab, Node::Host(Site::A), "sym-a");
+    let svc_b = Service::start(&lab, Node::Host(Site::B), "cone-b");
     assert_eq!(
-        svc_b.registered_mapping(),
+        svc_a.registered_mapping(&lab),
+        "endpoint-dependent",
+        "{sym:?}"
+    );
+    assert_eq!(
+        svc_b.registered_mapping(&lab),
         "endpoint-independent",
         "{cone:?}"
     );
@@ -360,36 +348,22 @@ fn birthday_lab(sym: Nat, cone: Nat) {
     assert_eq!(conns, ok, "service connections vs successful sessions");
 }
 
-#[test]
-fn birthday_symmetric_drop_and_cone_rst() {
-    if !natlab::require_lab() {
-        return;
-    }
-    birthday_lab(Nat::Symmetric { rst: false }, Nat::RestrictedRst);
+/// One test per symmetric/cone pair that birthday punching must connect directly, both ways:
+/// `name: site A's symmetric NAT, site B's cone;`.
+macro_rules! direct_by_birthday {
+    ($($name:ident: $sym:expr, $cone:expr;)*) => {$(
+        #[natlab::lab_test]
+        fn $name() {
+            birthday_lab($sym, $cone);
+        }
+    )*};
 }
 
-#[test]
-fn birthday_symmetric_rst_and_cone_drop() {
-    if !natlab::require_lab() {
-        return;
-    }
-    birthday_lab(Nat::Symmetric { rst: true }, Nat::RestrictedDrop);
-}
-
-#[test]
-fn birthday_symmetric_rst_and_cone_rst() {
-    if !natlab::require_lab() {
-        return;
-    }
-    birthday_lab(Nat::Symmetric { rst: true }, Nat::RestrictedRst);
-}
-
-#[test]
-fn birthday_symmetric_drop_and_cone_drop() {
-    if !natlab::require_lab() {
-        return;
-    }
-    birthday_lab(Nat::Symmetric { rst: false }, Nat::RestrictedDrop);
+direct_by_birthday! {
+    symmetric_drop_and_rst_cone_are_direct_by_birthday: Nat::Symmetric { rst: false }, Nat::RestrictedRst;
+    symmetric_rst_and_drop_cone_are_direct_by_birthday: Nat::Symmetric { rst: true }, Nat::RestrictedDrop;
+    symmetric_rst_and_rst_cone_are_direct_by_birthday: Nat::Symmetric { rst: true }, Nat::RestrictedRst;
+    symmetric_drop_and_drop_cone_are_direct_by_birthday: Nat::Symmetric { rst: false }, Nat::RestrictedDrop;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -466,11 +440,8 @@ fn echo_via_listener(lab: &Lab, node: Node, listen: SocketAddrV4, seed: u64) -> 
     Ok(())
 }
 
-#[test]
+#[natlab::lab_test]
 fn birthday_punches_leave_no_file_descriptors_behind() {
-    if !natlab::require_lab() {
-        return;
-    }
     const PUNCHES: usize = 3;
     /// Descriptors a process may hold above its baseline once settled: none are expected
     /// (every punch socket, probe and stream is closed when its session ends; measured: 0),
@@ -554,20 +525,17 @@ fn birthday_punches_leave_no_file_descriptors_behind() {
     }
     let summary = lines.join("\n");
     eprintln!("FDS\n{summary}");
-    // The services saw every session, and every session was a direct birthday punch.
-    let direct = |p: &Proc, peer: &str| {
-        p.stderr()
-            .lines()
-            .filter(|l| natlab::parse_connected(l, peer).is_some_and(|c| c.path == "direct"))
+    // The services saw every session, and every session was a direct birthday punch (each
+    // forwarder reports a connection when it ends, just after its echo came back).
+    let direct = |p: &Proc| {
+        lab_support::wait_reports(p, PUNCHES + 1, Duration::from_secs(5))
+            .iter()
+            .filter_map(Report::connected)
+            .filter(|c| c.path == "direct" && c.strategy.starts_with("birthday"))
             .count()
     };
-    assert_eq!(
-        direct(&fwd_a, "cone-b"),
-        PUNCHES + 1,
-        "{summary}\n{}",
-        ctx()
-    );
-    assert_eq!(direct(&fwd_b, "sym-a"), PUNCHES + 1, "{summary}\n{}", ctx());
+    assert_eq!(direct(&fwd_a), PUNCHES + 1, "{summary}\n{}", ctx());
+    assert_eq!(direct(&fwd_b), PUNCHES + 1, "{summary}\n{}", ctx());
     assert_eq!(svc_a.echo.connections(), PUNCHES as u64 + 1, "service A");
     assert_eq!(svc_b.echo.connections(), PUNCHES as u64 + 1, "service B");
     // A sampler that watched the right processes saw the hard side's punch sockets.
@@ -617,9 +585,9 @@ fn fd_listing(pid: u32) -> String {
 // Symmetric <-> symmetric: refused without the relay, relayed with it
 // ---------------------------------------------------------------------------------------------
 
-/// A connect that must fail at once: non-zero exit within 10 s, one stderr line naming
-/// `no direct path` and both NATs' behaviour (`endpoint-dependent` twice), nothing on stdout,
-/// nothing reaching the service. Returns that line.
+/// A connect that must fail at once: non-zero exit within 10 s, a report with the code
+/// `no_direct_path`, nothing on stdout, nothing reaching the service. Returns the report's
+/// message.
 fn expect_no_direct_path(lab: &Lab, client: Node, svc: &Service) -> String {
     let before = svc.echo.connections();
     let run = connect_stdio(
@@ -646,19 +614,15 @@ fn expect_no_direct_path(lab: &Lab, client: Node, svc: &Service) -> String {
         run.elapsed < Duration::from_secs(10),
         "took too long to fail: {ctx}"
     );
-    let line = run
-        .stderr
-        .lines()
-        .find(|l| l.contains("no direct path"))
-        .unwrap_or_else(|| panic!("no `no direct path` line: {ctx}"));
-    assert!(
-        line.matches("endpoint-dependent").count() >= 2,
-        "the reason does not name both NATs' behaviour (endpoint-dependent): {line:?}\n{ctx}"
+    let report = run
+        .report()
+        .unwrap_or_else(|| panic!("no connect report: {ctx}"));
+    assert_eq!(
+        report.code.as_deref(),
+        Some("no_direct_path"),
+        "error code: {ctx}"
     );
-    assert!(
-        line.contains(&svc.id),
-        "the reason does not name the peer: {line:?}\n{ctx}"
-    );
+    let line = report.message.unwrap_or_default();
     assert!(
         run.stdout.is_empty(),
         "a failed connect wrote to stdout: {ctx}"
@@ -672,14 +636,11 @@ fn expect_no_direct_path(lab: &Lab, client: Node, svc: &Service) -> String {
         "{client:?} -> '{}' refused in {:?}: {line}",
         svc.id, run.elapsed
     );
-    line.to_string()
+    line
 }
 
-#[test]
-fn symmetric_pair_is_refused_without_relay_and_relayed_with_it() {
-    if !natlab::require_lab() {
-        return;
-    }
+#[natlab::lab_test]
+fn two_symmetric_nats_are_refused_without_a_relay_and_relayed_with_one() {
     const LEN: usize = 1 << 20;
     let lab = Lab::new(
         LabConfig::new(Nat::Symmetric { rst: true }, Nat::Symmetric { rst: false })
@@ -688,8 +649,8 @@ fn symmetric_pair_is_refused_without_relay_and_relayed_with_it() {
     let mut server = lab.start_server();
     let mut svc_a = Service::start(&lab, Node::Host(Site::A), "sym-a");
     let mut svc_b = Service::start(&lab, Node::Host(Site::B), "sym-b");
-    assert_eq!(svc_a.registered_mapping(), "endpoint-dependent");
-    assert_eq!(svc_b.registered_mapping(), "endpoint-dependent");
+    assert_eq!(svc_a.registered_mapping(&lab), "endpoint-dependent");
+    assert_eq!(svc_b.registered_mapping(&lab), "endpoint-dependent");
     expect_no_direct_path(&lab, Node::Host(Site::A), &svc_b);
     expect_no_direct_path(&lab, Node::Host(Site::B), &svc_a);
 
@@ -722,11 +683,8 @@ fn symmetric_pair_is_refused_without_relay_and_relayed_with_it() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-#[test]
-fn relay_rate_cap_bounds_a_relayed_transfer() {
-    if !natlab::require_lab() {
-        return;
-    }
+#[natlab::lab_test]
+fn the_relay_rate_cap_bounds_a_relayed_transfer() {
     const LEN: usize = 1 << 20;
     const RATE: u64 = 200_000;
     let lab = Lab::new(
@@ -763,11 +721,8 @@ fn relay_rate_cap_bounds_a_relayed_transfer() {
 // A relaying server does not take over pairs with a direct path
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn relay_on_server_cone_pair_stays_direct() {
-    if !natlab::require_lab() {
-        return;
-    }
+#[natlab::lab_test]
+fn cones_stay_direct_when_the_server_relays() {
     const LEN: usize = 1 << 20;
     let lab = Lab::new(LabConfig::new(Nat::RestrictedRst, Nat::RestrictedDrop).second_hosts(false));
     let _server = lab.start_server_with(&["--relay"]);
@@ -905,11 +860,8 @@ fn check_nat_report(lab: &Lab, site: Site) -> Result<String, String> {
     }
 }
 
-#[test]
-fn nat_check_reports_every_lab_nat_kind() {
-    if !natlab::require_lab() {
-        return;
-    }
+#[natlab::lab_test]
+fn nat_check_reports_every_nat_kind() {
     let pairs = [
         (Nat::None, Nat::FullCone),
         (Nat::RestrictedRst, Nat::RestrictedDrop),

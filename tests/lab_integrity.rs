@@ -6,7 +6,9 @@
 //! The lab runs without its delay box (no added latency, no user-space hop), so the figures
 //! measure p2pnc and the kernel, not the lab.
 
-mod natlab;
+#![cfg(target_os = "linux")]
+
+mod lab_support;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -14,7 +16,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use natlab::{Auth, Lab, LabConfig, Nat, Node, RDV_IP, SERVER_PORT, Site, in_netns};
+use lab_support::{Auth, Connected, P2pncLab, SERVER_PORT};
+use natlab::{Lab, LabConfig, Nat, Node, RDV_IP, Site, in_netns};
 use sha2::{Digest, Sha256};
 
 const SECRET: &str = "lab-integrity-secret";
@@ -134,13 +137,13 @@ struct Transfer {
     up: (Tally, Tally),
     /// Service → client: what the service sent and what the client received.
     down: (Tally, Tally),
-    /// From starting `connect` to the client's `connected` line's setup end.
+    /// From starting `connect` to the end of setup (the report's `setup_ms`).
     setup: Duration,
     /// From the end of setup until each direction's last byte arrived.
     up_time: Duration,
     down_time: Duration,
-    /// `connected to 'svc' (PATH, ADDR) in N ms`.
-    connected: natlab::Connected,
+    /// How the connection was set up (its report).
+    connected: Connected,
     /// Bytes through the rendezvous host's interface during the transfer.
     rdv_bytes: u64,
 }
@@ -197,18 +200,15 @@ fn transfer(lab: &Lab, seed: u64) -> Transfer {
     };
 
     // The client.
-    let url = natlab::server_url();
+    let url = lab_support::server_url();
     let started = Instant::now();
-    let mut client = lab.spawn_with(
-        Node::Host(Site::A),
-        "connect-bulk",
-        natlab::p2pnc_bin(),
-        &[
-            "connect", "--server", &url, "--peer", "svc", "--secret", SECRET, "--stdio",
-        ],
-        true,
-        true,
-    );
+    let spec = lab
+        .p2pnc("connect-bulk")
+        .args(["connect", "--report", "json", "--server", &url])
+        .args(["--peer", "svc", "--secret", SECRET, "--stdio"])
+        .pipe_stdin()
+        .pipe_stdout();
+    let mut client = lab.spawn_cmd(Node::Host(Site::A), spec);
     let stdin = client.take_stdin().expect("piped stdin");
     let stdout = client.take_stdout().expect("piped stdout");
     let writer = {
@@ -242,8 +242,10 @@ fn transfer(lab: &Lab, seed: u64) -> Transfer {
         client_got.unwrap_or_else(|e| panic!("{}", ctx(&format!("client receiving: {e}")))),
     );
     let ((down_sent, _), (up_got, up_end)) = service.unwrap_or_else(|e| panic!("{}", ctx(&e)));
-    let connected = natlab::parse_connected(&stderr, "svc")
-        .unwrap_or_else(|| panic!("{}", ctx("no `connected to 'svc'` line")));
+    let connected = lab_support::reports(&stderr)
+        .iter()
+        .find_map(lab_support::Report::connected)
+        .unwrap_or_else(|| panic!("{}", ctx("no `ok` connect report")));
     let setup = Duration::from_millis(connected.ms);
     let setup_end = started + setup;
     Transfer {
@@ -295,11 +297,8 @@ fn judge(label: &str, t: &Transfer) {
     );
 }
 
-#[test]
+#[natlab::lab_test]
 fn a_gib_each_way_crosses_the_direct_path_intact() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab = Lab::new(
         LabConfig::new(Nat::RestrictedRst, Nat::RestrictedDrop)
             .without_delay_box()
@@ -317,11 +316,8 @@ fn a_gib_each_way_crosses_the_direct_path_intact() {
     );
 }
 
-#[test]
+#[natlab::lab_test]
 fn a_gib_each_way_crosses_the_relay_intact() {
-    if !natlab::require_lab() {
-        return;
-    }
     // Two symmetric NATs: no direct path, so the server relays. Its rate cap is lifted far
     // above what the lab can carry.
     let lab = Lab::new(

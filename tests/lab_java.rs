@@ -1,4 +1,4 @@
-//! The Java client (java/) in the NAT lab (tests/natlab/mod.rs): `p2pnc server` on the
+//! The Java client (java/) in the NAT lab (crates/natlab): `p2pnc server` on the
 //! rendezvous host, `p2pnc expose` next to an echo service on site B's host, and the Java
 //! `Demo` on site A's host, through the seed's API (`--plain`: `getP2PLocalPeerAddress`, then a
 //! plain socket bound to LocalAddress) and through the one-call `connectDetailed`. Each run
@@ -16,9 +16,12 @@
 //! They need root, the lab's tools and a JDK (`javac`, `java`); without root or a JDK they print
 //! `skipped: ...` and return, except under CI, where they fail.
 
-mod natlab;
+#![cfg(target_os = "linux")]
 
-use natlab::{Auth, EchoServer, Lab, LabConfig, Nat, Node, Proc, RDV_IP, SERVER_PORT, Site};
+mod lab_support;
+
+use lab_support::{Auth, P2pncLab, SERVER_PORT};
+use natlab::{EchoServer, Lab, LabConfig, Nat, Node, Proc, RDV_IP, Site};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,39 +34,31 @@ const SVC_PORT: u16 = 50302;
 const PAYLOAD: usize = 1 << 20;
 const DEMO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The Demo's classes, compiled once per test binary with `javac --release 8`, and `java`;
-/// `None` (after printing why) when there is no JDK outside CI.
-fn java_classes() -> Option<&'static (PathBuf, PathBuf)> {
-    static CLASSES: OnceLock<Option<(PathBuf, PathBuf)>> = OnceLock::new();
-    CLASSES
-        .get_or_init(|| {
-            let (Some(javac), Some(java)) = (natlab::find_tool("javac"), natlab::find_tool("java"))
-            else {
-                let why = "the Java lab tests need a JDK (apt-get install -y default-jdk-headless)";
-                assert!(!natlab::under_ci(), "{why}");
-                eprintln!("skipped: {why}");
-                return None;
-            };
-            let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("java/src/main/java/com/getpoint/p2pclient");
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-java-classes");
-            let _ = std::fs::remove_dir_all(&out);
-            let mut sources: Vec<PathBuf> = std::fs::read_dir(&src)
-                .unwrap_or_else(|e| panic!("read {}: {e}", src.display()))
-                .map(|e| e.expect("dir entry").path())
-                .filter(|p| p.extension().is_some_and(|x| x == "java"))
-                .collect();
-            sources.sort();
-            let status = Command::new(javac)
-                .args(["--release", "8", "-d"])
-                .arg(&out)
-                .args(&sources)
-                .status()
-                .expect("run javac");
-            assert!(status.success(), "javac failed ({status})");
-            Some((java, out))
-        })
-        .as_ref()
+/// The Demo's classes, compiled once per test binary with `javac --release 8`, and `java`
+/// (the tests that call this are marked `#[natlab::lab_test("javac", "java")]`).
+fn java_classes() -> &'static (PathBuf, PathBuf) {
+    static CLASSES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    CLASSES.get_or_init(|| {
+        let (javac, java) = (natlab::tool("javac"), natlab::tool("java"));
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("java/src/main/java/com/getpoint/p2pclient");
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lab-java-classes");
+        let _ = std::fs::remove_dir_all(&out);
+        let mut sources: Vec<PathBuf> = std::fs::read_dir(&src)
+            .unwrap_or_else(|e| panic!("read {}: {e}", src.display()))
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "java"))
+            .collect();
+        sources.sort();
+        let status = Command::new(javac)
+            .args(["--release", "8", "-d"])
+            .arg(&out)
+            .args(&sources)
+            .status()
+            .expect("run javac");
+        assert!(status.success(), "javac failed ({status})");
+        (java, out)
+    })
 }
 
 /// Which API the demo uses and what it must report.
@@ -142,7 +137,7 @@ impl DemoRun {
 /// Runs the Demo on site A's host against `streamserver` with `extra` arguments (the server
 /// URL is plain, or `https://` with the pin of `tls`).
 fn run_demo(lab: &Lab, tls: Option<&ServerCert>, extra: &[&str]) -> DemoRun {
-    let (java, classes) = java_classes().expect("checked by the caller");
+    let (java, classes) = java_classes();
     let server = format!("{RDV_IP}:{SERVER_PORT}");
     let url = match tls {
         Some(_) => format!("https://{server}"),
@@ -256,25 +251,12 @@ fn demo(
 fn start_tls_agent(lab: &Lab, cert: &ServerCert) -> Proc {
     let url = format!("https://{RDV_IP}:{SERVER_PORT}");
     let to = format!("127.0.0.1:{SVC_PORT}");
-    let args = [
-        "expose",
-        "--server",
-        &url,
-        "--tls-pin",
-        &cert.pin,
-        "--id",
-        "streamserver",
-        "--to",
-        &to,
-        "--secret",
-        SECRET,
-    ];
-    let mut p = lab.spawn(
-        Node::Host(Site::B),
-        "expose-tls",
-        natlab::p2pnc_bin(),
-        &args,
-    );
+    let spec = lab
+        .p2pnc("expose-tls")
+        .args(["expose", "--report", "json", "--server", &url])
+        .args(["--tls-pin", &cert.pin, "--id", "streamserver", "--to", &to])
+        .args(["--secret", SECRET]);
+    let mut p = lab.spawn_cmd(Node::Host(Site::B), spec);
     let deadline = Instant::now() + Duration::from_secs(15);
     while lab.peer_status("streamserver").ok() != Some(200) {
         if let Some(s) = p.try_status() {
@@ -290,13 +272,19 @@ fn start_tls_agent(lab: &Lab, cert: &ServerCert) -> Proc {
     p
 }
 
+/// How the rendezvous server of a demo lab runs.
+#[derive(Clone, Copy, Debug, Default)]
+struct ServerOptions {
+    /// `--relay`.
+    relay: bool,
+    /// TLS with a self-signed certificate, which the agent and the demo pin.
+    tls: bool,
+}
+
 /// B exposes an echo service with a secret; A runs the demo once per entry of `runs`, in turn,
-/// twice over. `relay` starts the server with `--relay`; `tls` with a self-signed certificate,
-/// which the agent and the demo pin.
-fn java_demo(cfg: LabConfig, relay: bool, tls: bool, runs: &[Expect]) {
-    if !natlab::require_lab() || java_classes().is_none() {
-        return;
-    }
+/// twice over, against a server run as `server` says.
+fn java_demo(cfg: LabConfig, server: ServerOptions, runs: &[Expect]) {
+    let ServerOptions { relay, tls } = server;
     let lab = Lab::new(cfg);
     let cert = tls.then(|| ServerCert::new(lab.dir()));
     let mut server_args = Vec::new();
@@ -308,10 +296,7 @@ fn java_demo(cfg: LabConfig, relay: bool, tls: bool, runs: &[Expect]) {
         server_args.extend(["--tls-cert", cert.expect("UTF-8 path")]);
         server_args.extend(["--tls-key", key.expect("UTF-8 path")]);
     }
-    let mut server = lab.start_server_with(&server_args);
-    if let Some(c) = &cert {
-        server.wait_stderr(&format!("--tls-pin {}", c.pin), Duration::from_secs(5));
-    }
+    let _server = lab.start_server_with(&server_args);
     let echo = EchoServer::start(
         &lab,
         Node::Host(Site::B),
@@ -344,24 +329,28 @@ fn java_demo(cfg: LabConfig, relay: bool, tls: bool, runs: &[Expect]) {
     );
 }
 
-#[test]
+#[natlab::lab_test("javac", "java")]
 fn java_through_restricted_drop_routers() {
     java_demo(
         LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedDrop).second_hosts(false),
-        false,
-        false,
+        ServerOptions {
+            relay: false,
+            tls: false,
+        },
         &[Expect::Plain, Expect::Direct],
     );
 }
 
-#[test]
+#[natlab::lab_test("javac", "java")]
 fn java_through_restricted_rst_routers_uneven_latency() {
     java_demo(
         LabConfig::new(Nat::RestrictedRst, Nat::RestrictedRst)
             .delays(5, 40, 10)
             .second_hosts(false),
-        false,
-        false,
+        ServerOptions {
+            relay: false,
+            tls: false,
+        },
         &[Expect::Plain, Expect::Direct],
     );
 }
@@ -369,50 +358,58 @@ fn java_through_restricted_rst_routers_uneven_latency() {
 /// The agent's NAT is symmetric: the server tells the Java client `birthday_easy` (it probes
 /// many ports of B's public IP from its punch port). (With a RestrictedDrop router in front of
 /// the client this pairing fails for `p2pnc connect` too, so that case is not asserted here.)
-#[test]
+#[natlab::lab_test("javac", "java")]
 fn java_birthday_punch_toward_a_symmetric_agent() {
     java_demo(
         LabConfig::new(Nat::RestrictedRst, Nat::Symmetric { rst: false }).second_hosts(false),
-        false,
-        false,
+        ServerOptions {
+            relay: false,
+            tls: false,
+        },
         &[Expect::Direct],
     );
 }
 
 /// Both NATs are symmetric: no direct path can be punched, the server orders `relay_only`
 /// and its relay carries the session.
-#[test]
+#[natlab::lab_test("javac", "java")]
 fn java_relay_between_two_symmetric_nats() {
     java_demo(
         LabConfig::new(Nat::Symmetric { rst: true }, Nat::Symmetric { rst: false })
             .second_hosts(false),
-        true,
-        false,
+        ServerOptions {
+            relay: true,
+            tls: false,
+        },
         &[Expect::Relayed],
     );
 }
 
 /// The server speaks TLS with a self-signed certificate: the agent and the Java client pin it,
 /// through the seed's API and the one-call API; the streams are direct.
-#[test]
+#[natlab::lab_test("javac", "java")]
 fn java_over_https_with_a_pinned_self_signed_server() {
     java_demo(
         LabConfig::new(Nat::RestrictedRst, Nat::RestrictedRst).second_hosts(false),
-        false,
-        true,
+        ServerOptions {
+            relay: false,
+            tls: true,
+        },
         &[Expect::Plain, Expect::Direct],
     );
 }
 
 /// TLS and the relay: the Java client behind a symmetric NAT, toward an agent behind another
 /// one, joins the relay inside TLS.
-#[test]
+#[natlab::lab_test("javac", "java")]
 fn java_relay_fallback_over_https() {
     java_demo(
         LabConfig::new(Nat::Symmetric { rst: true }, Nat::Symmetric { rst: true })
             .second_hosts(false),
-        true,
-        true,
+        ServerOptions {
+            relay: true,
+            tls: true,
+        },
         &[Expect::Relayed],
     );
 }
@@ -429,7 +426,7 @@ const BIRTHDAY_PAYLOAD: &str = "65536";
 /// The server, an echo service and its agent on B, for the demo on A.
 struct Setup {
     lab: Lab,
-    server: Proc,
+    _server: Proc,
     echo: EchoServer,
     agent: Proc,
 }
@@ -451,20 +448,18 @@ impl Setup {
         );
         Setup {
             lab,
-            server,
+            _server: server,
             echo,
             agent,
         }
     }
 
-    /// The server's `session` log lines so far.
-    fn sessions(&self) -> Vec<String> {
-        self.server
-            .stderr()
-            .lines()
-            .filter(|l| l.contains(" session ") && l.contains("strategy="))
-            .map(str::to_string)
-            .collect()
+    /// The sessions the server recorded so far (its `/status.json`).
+    fn sessions(&self) -> Vec<serde_json::Value> {
+        self.lab.server_status()["recent"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -473,9 +468,6 @@ impl Setup {
 /// side, every session either direct to B's public IP with an exact echo or a clear failure
 /// naming the birthday punch, and at least `required` of [`BIRTHDAY_ATTEMPTS`] direct.
 fn java_birthday_hard_side(sym: Nat, cone: Nat, required: usize) {
-    if !natlab::require_lab() || java_classes().is_none() {
-        return;
-    }
     let s = Setup::new(LabConfig::new(sym, cone).second_hosts(false), &[]);
     let b = s.lab.public_ip(Site::B);
     let (mut direct, mut setup_ms, mut failures) = (0, Vec::new(), Vec::new());
@@ -517,12 +509,12 @@ fn java_birthday_hard_side(sym: Nat, cone: Nat, required: usize) {
     }
     let sessions = s.sessions();
     assert_eq!(sessions.len(), BIRTHDAY_ATTEMPTS, "{sessions:#?}");
-    for line in &sessions {
+    for r in &sessions {
         assert!(
-            line.contains("client_mapping=endpoint-dependent")
-                && line.contains("agent_mapping=endpoint-independent")
-                && line.contains("strategy=birthday_hard"),
-            "the server did not order the Java client the hard side of a birthday punch: {line}"
+            r["client_mapping"] == "endpoint-dependent"
+                && r["agent_mapping"] == "endpoint-independent"
+                && r["strategy"] == "birthday_hard",
+            "the server did not order the Java client the hard side of a birthday punch: {r}"
         );
     }
     setup_ms.sort_unstable();
@@ -542,7 +534,7 @@ fn java_birthday_hard_side(sym: Nat, cone: Nat, required: usize) {
 }
 
 /// The agent's router drops the hard side's SYNs: its mappings stay open and catch a probe.
-#[test]
+#[natlab::lab_test("javac", "java")]
 fn java_birthday_hard_side_toward_a_drop_router() {
     java_birthday_hard_side(Nat::Symmetric { rst: true }, Nat::RestrictedDrop, 9);
 }
@@ -551,18 +543,15 @@ fn java_birthday_hard_side_toward_a_drop_router() {
 /// opened one round trip later; fresh sockets replace them while the probes come. Measured in
 /// this lab: 67 of 70 sessions direct, against 25 of 50 with the first 256 sockets alone (and
 /// 35 of 35 for the Rust client, whose TTL-2 SYNs never reach that router).
-#[test]
+#[natlab::lab_test("javac", "java")]
 fn java_birthday_hard_side_toward_a_rst_router() {
     java_birthday_hard_side(Nat::Symmetric { rst: true }, Nat::RestrictedRst, 8);
 }
 
 /// Both NATs symmetric and no relay: the server refuses at once with `no_direct_path`, and
 /// the Java client says why without punching.
-#[test]
+#[natlab::lab_test("javac", "java")]
 fn java_two_symmetric_nats_without_a_relay_fail_fast() {
-    if !natlab::require_lab() || java_classes().is_none() {
-        return;
-    }
     let s = Setup::new(
         LabConfig::new(Nat::Symmetric { rst: false }, Nat::Symmetric { rst: true })
             .second_hosts(false),
@@ -604,9 +593,6 @@ fn median(mut v: Vec<u64>) -> u64 {
 /// in ms and in RTTs, of a warm JVM (`--warm-up`: the demo connects once before the measured
 /// call, as a long-running app would have).
 fn java_early_data(nat: Nat) {
-    if !natlab::require_lab() || java_classes().is_none() {
-        return;
-    }
     let d = LATENCY_DELAY_MS;
     let s = Setup::new(
         LabConfig::new(nat, nat).delays(d, d, d).second_hosts(false),
@@ -655,12 +641,12 @@ fn java_early_data(nat: Nat) {
     );
 }
 
-#[test]
+#[natlab::lab_test("javac", "java")]
 fn java_early_data_through_drop_routers() {
     java_early_data(Nat::RestrictedDrop);
 }
 
-#[test]
+#[natlab::lab_test("javac", "java")]
 fn java_early_data_through_rst_routers() {
     java_early_data(Nat::RestrictedRst);
 }

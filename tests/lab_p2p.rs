@@ -1,20 +1,20 @@
-//! End-to-end tests of the p2pnc binary in the NAT lab (tests/natlab/mod.rs).
+//! End-to-end tests of the p2pnc binary in the NAT lab (crates/natlab).
 //!
 //! Each test builds a lab, runs `p2pnc server` on the rendezvous host, `p2pnc expose` next to
 //! an in-process echo service, and `p2pnc connect` on another host. A session counts as direct
-//! only if the client logs `connected to 'ID' (direct, IP:PORT)` with the expected peer address,
-//! the echoed bytes are exact, and the rendezvous host's interface counters grew by far less
-//! than the payload.
+//! only if the client's `--report json` says `direct` with the expected peer address, the
+//! echoed bytes are exact, and the rendezvous host's interface counters grew by far less than
+//! the payload.
 //!
 //! They need root and iproute2, nftables and iptables; without root they print
 //! `skipped: NAT lab needs root (...)` and return, except under CI, where they fail.
 
-mod natlab;
+#![cfg(target_os = "linux")]
 
-use natlab::{
-    Auth, ConnectRun, Connected, EchoServer, Lab, LabConfig, Nat, Node, Proc, Site, in_netns,
-    pattern,
-};
+mod lab_support;
+
+use lab_support::{Auth, ConnectRun, Connected, P2pncLab};
+use natlab::{EchoServer, Lab, LabConfig, Nat, Node, Proc, Site, in_netns, pattern};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::thread;
 use std::time::Duration;
@@ -59,9 +59,8 @@ struct Session<'a> {
 }
 
 /// Runs one session and checks it: exit 0, byte-exact echo, rendezvous traffic < len/8, and
-/// the contract line `connected to 'ID' (PATH, IP:PORT) in N ms` naming `expect_ip`, where
-/// PATH is `direct` (or `lan` for a private `expect_ip`).
-/// Returns the parsed line, or a description of what failed with both sides' stderr.
+/// a report naming `expect_ip` and the path `direct` (or `lan` for a private `expect_ip`).
+/// Returns the report's connection, or a description of what failed with both sides' stderr.
 fn direct_echo(lab: &Lab, s: Session) -> Result<Connected, String> {
     let payload = pattern(s.seed, s.len);
     let before = lab.rdv_bytes();
@@ -116,14 +115,8 @@ fn judge_direct(
             "the rendezvous host moved {rdv} bytes during a {len}-byte session: not direct"
         ));
     }
-    let Some(c) = run.connected(&svc.id) else {
-        let near = run.stderr.lines().find(|l| l.contains("connected to '"));
-        return fail(format!(
-            "no line `connected to '{}' (PATH, IP:PORT) in N ms` (contract format){}",
-            svc.id,
-            near.map(|l| format!("; closest line: {l:?}"))
-                .unwrap_or_default()
-        ));
+    let Some(c) = run.connected() else {
+        return fail(format!("no `ok` connect report for '{}'", svc.id));
     };
     // A session to a private (LAN) address is a direct path inside the LAN: `lan`.
     let want = if expect_ip.is_private() {
@@ -187,63 +180,31 @@ fn pair_both_ways(cfg: LabConfig) {
     );
 }
 
-#[test]
-fn full_cone_and_full_cone() {
-    if !natlab::require_lab() {
-        return;
-    }
-    pair_both_ways(LabConfig::new(Nat::FullCone, Nat::FullCone).second_hosts(false));
+/// One test per pair of NAT kinds whose sessions must go direct both ways:
+/// `name: site A's NAT, site B's NAT, one-way delays (ms) of A, B and the server;`.
+macro_rules! direct_both_ways {
+    ($($(#[$doc:meta])* $name:ident: $a:expr, $b:expr, $delays:expr;)*) => {$(
+        $(#[$doc])*
+        #[natlab::lab_test]
+        fn $name() {
+            let (da, db, drdv) = $delays;
+            pair_both_ways(LabConfig::new($a, $b).delays(da, db, drdv).second_hosts(false));
+        }
+    )*};
 }
 
-#[test]
-fn full_cone_and_restricted_rst() {
-    if !natlab::require_lab() {
-        return;
-    }
-    pair_both_ways(LabConfig::new(Nat::FullCone, Nat::RestrictedRst).second_hosts(false));
+direct_both_ways! {
+    full_cones_are_direct_both_ways: Nat::FullCone, Nat::FullCone, (20, 20, 20);
+    full_cone_and_rst_cone_are_direct_both_ways: Nat::FullCone, Nat::RestrictedRst, (20, 20, 20);
+    full_cone_and_drop_cone_are_direct_both_ways: Nat::FullCone, Nat::RestrictedDrop, (20, 20, 20);
+    /// RST routers with uneven delays: the punch's timing matters here.
+    rst_cones_with_uneven_latency_are_direct_both_ways: Nat::RestrictedRst, Nat::RestrictedRst, (5, 40, 20);
+    rst_cone_and_drop_cone_are_direct_both_ways: Nat::RestrictedRst, Nat::RestrictedDrop, (20, 20, 20);
+    drop_cones_are_direct_both_ways: Nat::RestrictedDrop, Nat::RestrictedDrop, (20, 20, 20);
 }
 
-#[test]
-fn full_cone_and_restricted_drop() {
-    if !natlab::require_lab() {
-        return;
-    }
-    pair_both_ways(LabConfig::new(Nat::FullCone, Nat::RestrictedDrop).second_hosts(false));
-}
-
-#[test]
-fn restricted_rst_and_restricted_rst_uneven_latency() {
-    if !natlab::require_lab() {
-        return;
-    }
-    pair_both_ways(
-        LabConfig::new(Nat::RestrictedRst, Nat::RestrictedRst)
-            .delays(5, 40, 20)
-            .second_hosts(false),
-    );
-}
-
-#[test]
-fn restricted_rst_and_restricted_drop() {
-    if !natlab::require_lab() {
-        return;
-    }
-    pair_both_ways(LabConfig::new(Nat::RestrictedRst, Nat::RestrictedDrop).second_hosts(false));
-}
-
-#[test]
-fn restricted_drop_and_restricted_drop() {
-    if !natlab::require_lab() {
-        return;
-    }
-    pair_both_ways(LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedDrop).second_hosts(false));
-}
-
-#[test]
-fn public_host_and_nat_both_ways() {
-    if !natlab::require_lab() {
-        return;
-    }
+#[natlab::lab_test]
+fn a_public_host_and_a_natted_host_are_direct_both_ways() {
     let lab = Lab::new(LabConfig::new(Nat::None, Nat::RestrictedRst).second_hosts(false));
     let _server = lab.start_server();
     // The public host exposes with --public; the NATed one with a secret.
@@ -280,11 +241,8 @@ fn public_host_and_nat_both_ways() {
     assert_all_ok(results);
 }
 
-#[test]
-fn same_lan_without_hairpin() {
-    if !natlab::require_lab() {
-        return;
-    }
+#[natlab::lab_test]
+fn hosts_on_one_lan_connect_over_the_lan_without_hairpinning() {
     let lab = Lab::new(LabConfig::new(Nat::RestrictedRst, Nat::RestrictedRst));
     let _server = lab.start_server();
     let svc = expose(&lab, Node::Host(Site::B), "svc-b", Auth::Secret(SECRET));
@@ -316,11 +274,8 @@ fn same_lan_without_hairpin() {
     assert_all_ok(results);
 }
 
-#[test]
-fn sixteen_mib_each_way() {
-    if !natlab::require_lab() {
-        return;
-    }
+#[natlab::lab_test]
+fn sixteen_mib_each_way_arrive_intact_over_the_direct_path() {
     const LEN: usize = 16 << 20;
     let lab = Lab::new(LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedRst).second_hosts(false));
     let _server = lab.start_server();
@@ -351,11 +306,8 @@ fn sixteen_mib_each_way() {
     );
 }
 
-#[test]
-fn twenty_concurrent_connects_to_one_agent() {
-    if !natlab::require_lab() {
-        return;
-    }
+#[natlab::lab_test]
+fn twenty_concurrent_connects_to_one_agent_are_all_direct() {
     const N: usize = 20;
     const LEN: usize = 256 << 10;
     let lab = Lab::new(LabConfig::new(Nat::RestrictedRst, Nat::RestrictedDrop).second_hosts(false));
@@ -363,7 +315,7 @@ fn twenty_concurrent_connects_to_one_agent() {
     let svc = expose(&lab, Node::Host(Site::B), "svc-b", Auth::Secret(SECRET));
     let payloads: Vec<Vec<u8>> = (0..N).map(|i| pattern(100 + i as u64, LEN)).collect();
     let before = lab.rdv_bytes();
-    let runs: Vec<natlab::ConnectRun> = thread::scope(|s| {
+    let runs: Vec<ConnectRun> = thread::scope(|s| {
         let handles: Vec<_> = payloads
             .iter()
             .map(|p| {
@@ -388,7 +340,7 @@ fn twenty_concurrent_connects_to_one_agent() {
     let mut failures = Vec::new();
     for (i, (run, p)) in runs.iter().zip(&payloads).enumerate() {
         let direct = run
-            .connected("svc-b")
+            .connected()
             .is_some_and(|c| c.path == "direct" && c.addr.ip() == IpAddr::V4(lab.wan_ip(Site::B)));
         if !run.success() || !direct || run.stdout != *p {
             failures.push(format!(
@@ -415,7 +367,7 @@ fn twenty_concurrent_connects_to_one_agent() {
     assert_eq!(svc.echo.connections(), N as u64, "service connections");
     let mut ms: Vec<u64> = runs
         .iter()
-        .filter_map(|r| r.connected("svc-b"))
+        .filter_map(ConnectRun::connected)
         .map(|c| c.ms)
         .collect();
     ms.sort();
@@ -427,11 +379,8 @@ fn twenty_concurrent_connects_to_one_agent() {
     );
 }
 
-#[test]
-fn listen_mode_forwards_each_connection() {
-    if !natlab::require_lab() {
-        return;
-    }
+#[natlab::lab_test]
+fn listen_mode_gives_each_local_connection_a_direct_stream() {
     const N: usize = 3;
     const LEN: usize = 512 << 10;
     let lab = Lab::new(LabConfig::new(Nat::RestrictedRst, Nat::RestrictedDrop).second_hosts(false));
@@ -477,12 +426,14 @@ fn listen_mode_forwards_each_connection() {
             ctx()
         );
     }
-    let stderr = fwd.stderr();
-    let direct = stderr
-        .lines()
-        .filter(|l| natlab::parse_connected(l, "svc-b").is_some_and(|c| c.path == "direct"))
+    // Each connection reports when it ends, just after its echo came back.
+    let reports = lab_support::wait_reports(&fwd, N, Duration::from_secs(5));
+    let direct = reports
+        .iter()
+        .filter_map(lab_support::Report::connected)
+        .filter(|c| c.path == "direct" && c.addr.ip() == IpAddr::V4(lab.public_ip(Site::B)))
         .count();
-    assert_eq!(direct, N, "expected {N} `(direct, ...)` lines{}", ctx());
+    assert_eq!(direct, N, "expected {N} direct connect reports{}", ctx());
     assert_eq!(
         svc.echo.connections(),
         N as u64,
@@ -497,8 +448,8 @@ fn listen_mode_forwards_each_connection() {
 }
 
 /// Connects to `svc` from `client` and expects a clean failure: non-zero exit within 10 s
-/// with `reason` (case-insensitive) on stderr, nothing on stdout, nothing reaching the service.
-fn expect_failure(lab: &Lab, client: Node, svc: &Service, secret: Option<&str>, reason: &str) {
+/// with a report of error `code`, nothing on stdout, nothing reaching the service.
+fn expect_failure(lab: &Lab, client: Node, svc: &Service, secret: Option<&str>, code: &str) {
     let before = svc.echo.connections();
     let run = lab.connect_stdio(
         client,
@@ -507,7 +458,7 @@ fn expect_failure(lab: &Lab, client: Node, svc: &Service, secret: Option<&str>, 
         b"must not arrive\n",
         Duration::from_secs(20),
     );
-    if let Err(e) = judge_clean_failure(client, svc, &run, before, reason) {
+    if let Err(e) = judge_clean_failure(client, svc, &run, before, code) {
         panic!("{e}");
     }
 }
@@ -519,7 +470,7 @@ fn judge_clean_failure(
     svc: &Service,
     run: &ConnectRun,
     before: u64,
-    reason: &str,
+    code: &str,
 ) -> Result<(), String> {
     let fail = |why: String| {
         Err(format!(
@@ -541,8 +492,9 @@ fn judge_clean_failure(
             run.elapsed
         ));
     }
-    if !run.stderr.to_lowercase().contains(&reason.to_lowercase()) {
-        return fail(format!("stderr does not mention {reason:?}"));
+    let got = run.failure_code();
+    if got.as_deref() != Some(code) {
+        return fail(format!("the report's error code is {got:?}, not {code:?}"));
     }
     if !run.stdout.is_empty() {
         return fail(format!(
@@ -554,23 +506,16 @@ fn judge_clean_failure(
         return fail("the service was reached".into());
     }
     eprintln!(
-        "{client:?} -> '{}' failed as expected in {:?}: {}",
+        "{client:?} -> '{}' failed as expected in {:?}: {:?}",
         svc.id,
         run.elapsed,
-        run.stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
+        run.report().and_then(|r| r.message)
     );
     Ok(())
 }
 
-#[test]
-fn wrong_secret_and_unknown_peer_are_refused() {
-    if !natlab::require_lab() {
-        return;
-    }
+#[natlab::lab_test]
+fn a_wrong_secret_and_an_unknown_peer_are_refused_cleanly() {
     let lab = Lab::new(LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedRst).second_hosts(false));
     let _server = lab.start_server();
     let svc = expose(&lab, Node::Host(Site::B), "svc-b", Auth::Secret(SECRET));
@@ -579,9 +524,9 @@ fn wrong_secret_and_unknown_peer_are_refused() {
         Node::Host(Site::A),
         &svc,
         Some("not-the-secret"),
-        "secret",
+        "secret_rejected",
     );
-    expect_failure(&lab, Node::Host(Site::A), &svc, None, "secret");
+    expect_failure(&lab, Node::Host(Site::A), &svc, None, "secret_required");
 
     // Unknown id: refused by the server.
     let run = lab.connect_stdio(
@@ -597,9 +542,10 @@ fn wrong_secret_and_unknown_peer_are_refused() {
         run.status,
         run.stderr
     );
-    assert!(
-        run.stderr.contains("not online"),
-        "connect to an unknown peer: stderr does not say `not online`:\n{}",
+    assert_eq!(
+        run.failure_code().as_deref(),
+        Some("peer_offline"),
+        "connect to an unknown peer: report; stderr:\n{}",
         run.stderr
     );
 

@@ -15,10 +15,16 @@
 //! the symmetric masquerade (forwarded LAN traffic is not), and the STUN answers from the
 //! second address are let in. Needs root, `miniupnpd` and `stund` (`apt-get install -y
 //! miniupnpd stun-server`); without them the tests say they are skipped (under CI they fail).
+//!
+//! The mapping the agent made is read from the router (miniupnpd's DNAT rule, and miniupnpd's
+//! own log for the protocol that asked for it), not from the agent's log.
 
-mod natlab;
+#![cfg(target_os = "linux")]
 
-use natlab::{EchoServer, Lab, LabConfig, Nat, Node, Proc, Site, pattern, server_url};
+mod lab_support;
+
+use lab_support::{Auth, ConnectRun, P2pncLab, server_url};
+use natlab::{EchoServer, Lab, LabConfig, Nat, Node, Proc, Site, pattern};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -33,22 +39,10 @@ const STUN_ALT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 /// The site whose router runs miniupnpd (the agent's).
 const UPNP_SITE: Site = Site::A;
 
-/// The tools beyond the lab's own, or `None` when a test must stop (after saying why).
-fn portmap_tools() -> Option<(PathBuf, PathBuf)> {
-    if !natlab::require_lab() {
-        return None;
-    }
-    match (natlab::find_tool("miniupnpd"), natlab::find_tool("stund")) {
-        (Some(m), Some(s)) => Some((m, s)),
-        _ => {
-            let why = "miniupnpd and stund are needed (apt-get install -y miniupnpd stun-server)";
-            if natlab::under_ci() {
-                panic!("port mapping lab cannot run under CI: {why}");
-            }
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
+/// miniupnpd and stund (the tests that call this are marked
+/// `#[natlab::lab_test("miniupnpd", "stund")]`).
+fn portmap_tools() -> (PathBuf, PathBuf) {
+    (natlab::tool("miniupnpd"), natlab::tool("stund"))
 }
 
 /// The lab: symmetric NATs on both sites (the agent's drops unsolicited packets, the client's
@@ -185,21 +179,8 @@ fn start_miniupnpd(lab: &Lab, tools: &(PathBuf, PathBuf), pmp: bool) -> Upnp {
 impl Upnp {
     /// Stops miniupnpd (SIGTERM, then SIGKILL after 5 s).
     fn stop(mut self) {
-        terminate(&mut self.daemon, Duration::from_secs(5));
+        self.daemon.terminate(Duration::from_secs(5));
     }
-}
-
-/// Sends SIGTERM and waits up to `timeout` for the exit (SIGKILL after that).
-fn terminate(p: &mut Proc, timeout: Duration) -> Option<std::process::ExitStatus> {
-    // SAFETY: kill(2) on our own child (`ip netns exec` execs the program in place).
-    unsafe {
-        libc::kill(p.pid() as libc::pid_t, libc::SIGTERM);
-    }
-    let status = p.wait_timeout(timeout);
-    if status.is_none() {
-        p.kill();
-    }
-    status
 }
 
 /// miniupnpd's DNAT rules on the router, one per line (`... dnat ip to 10.0.1.2:PORT`).
@@ -216,38 +197,61 @@ fn router_mappings(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-/// `p2pnc expose` on the agent's host, waiting for its `registered as` line.
+/// `p2pnc expose` on the agent's host, waiting until the server lists it (the agent asks
+/// for its port mapping before it registers).
 fn start_agent(lab: &Lab, id: &str, extra: &[&str]) -> Proc {
-    let url = server_url();
-    let to = format!("127.0.0.1:{SVC_PORT}");
-    let mut args = vec![
-        "expose", "--server", &url, "--id", id, "--to", &to, "--secret", SECRET,
-    ];
-    args.extend_from_slice(extra);
-    let mut p = lab.spawn(
+    lab.start_agent_with(
         Node::Host(UPNP_SITE),
-        &format!("expose-{id}"),
-        natlab::p2pnc_bin(),
-        &args,
-    );
-    p.wait_stderr("registered as", Duration::from_secs(20));
-    p
+        id,
+        SVC_PORT,
+        Auth::Secret(SECRET),
+        extra,
+    )
 }
 
-/// The endpoint from the agent's `port mapping: PROTO forwards IP:PORT to punch port P` line.
-fn mapped_endpoint(agent: &Proc) -> Option<(String, SocketAddr, u16)> {
-    agent.stderr().lines().find_map(|l| {
-        let rest = &l[l.find("port mapping: ")? + "port mapping: ".len()..];
-        let (proto, rest) = rest.split_once(" forwards ")?;
-        let (addr, rest) = rest.split_once(" to punch port ")?;
-        let port = rest.split_whitespace().next()?.parse().ok()?;
-        Some((proto.to_string(), addr.parse().ok()?, port))
+/// The mapping miniupnpd holds for the agent's host: the public endpoint and the punch port
+/// it forwards to.
+fn mapped_endpoint(lab: &Lab) -> Option<(SocketAddr, u16)> {
+    let host = lab.host_ip(UPNP_SITE);
+    router_mappings(lab).iter().find_map(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let after = |w: &str| words.iter().position(|x| *x == w).map(|i| words[i + 1]);
+        let public: u16 = after("dport")?.parse().ok()?;
+        let (ip, port) = after("to")?.split_once(':')?;
+        if ip.parse::<std::net::Ipv4Addr>().ok()? != host {
+            return None;
+        }
+        Some((
+            SocketAddr::from((lab.wan_ip(UPNP_SITE), public)),
+            port.parse().ok()?,
+        ))
     })
+}
+
+/// The protocol that asked miniupnpd for the mapping of public port `public`, from
+/// miniupnpd's log (`PCP MAP: added mapping TCP 34441->...` for PCP; NAT-PMP and UPnP-IGD
+/// requests are logged under their own names).
+fn mapping_protocol(upnp: &Upnp, public: u16) -> &'static str {
+    let log = upnp.daemon.stderr();
+    let added = format!("added mapping TCP {public}->");
+    if log
+        .lines()
+        .any(|l| l.contains("PCP MAP") && l.contains(&added))
+    {
+        "PCP"
+    } else if log
+        .lines()
+        .any(|l| l.contains("NAT-PMP") && l.contains(&public.to_string()))
+    {
+        "NAT-PMP"
+    } else {
+        "UPnP-IGD"
+    }
 }
 
 /// One `connect --stdio` echo session from the other site; returns the run and the rendezvous
 /// host's traffic during it.
-fn session(lab: &Lab, id: &str, seed: u64) -> (natlab::ConnectRun, Vec<u8>, u64) {
+fn session(lab: &Lab, id: &str, seed: u64) -> (ConnectRun, Vec<u8>, u64) {
     let payload = pattern(seed, PAYLOAD);
     let before = lab.rdv_bytes();
     let run = lab.connect_stdio(
@@ -263,7 +267,7 @@ fn session(lab: &Lab, id: &str, seed: u64) -> (natlab::ConnectRun, Vec<u8>, u64)
 
 /// Checks a session that must have gone direct to `mapped`.
 fn assert_direct_to(
-    run: &natlab::ConnectRun,
+    run: &ConnectRun,
     payload: &[u8],
     rdv: u64,
     id: &str,
@@ -286,8 +290,8 @@ fn assert_direct_to(
         ctx()
     );
     let c = run
-        .connected(id)
-        .unwrap_or_else(|| panic!("no `connected to` line{}", ctx()));
+        .connected()
+        .unwrap_or_else(|| panic!("no `ok` connect report for '{id}'{}", ctx()));
     assert_eq!(c.path, "direct", "path{}", ctx());
     assert_eq!(
         c.addr,
@@ -307,7 +311,7 @@ fn assert_direct_to(
 /// Stops the agent with SIGTERM and waits until its mapping is gone from the router.
 fn stop_agent_and_check_removal(lab: &Lab, mut agent: Proc, internal: SocketAddr) {
     let started = Instant::now();
-    let status = terminate(&mut agent, Duration::from_secs(10));
+    let status = agent.terminate(Duration::from_secs(10));
     assert!(
         status.is_some_and(|s| s.success()),
         "agent did not exit cleanly on SIGTERM ({status:?}); stderr:\n{}",
@@ -322,11 +326,6 @@ fn stop_agent_and_check_removal(lab: &Lab, mut agent: Proc, internal: SocketAddr
         left.is_empty(),
         "the router still forwards to {target} after the agent exited: {left:?}\n\
          --- agent stderr:\n{}",
-        agent.stderr()
-    );
-    assert!(
-        agent.stderr().contains("removed the "),
-        "the agent did not log the removal:\n{}",
         agent.stderr()
     );
     eprintln!(
@@ -361,7 +360,7 @@ fn java_client_direct_to(lab: &Lab, id: &str, mapped: SocketAddr) -> Option<Stri
         .status()
         .expect("run javac");
     assert!(status.success(), "javac failed ({status})");
-    let server = format!("{}:{}", lab.rdv_ip(), natlab::SERVER_PORT);
+    let server = format!("{}:{}", lab.rdv_ip(), lab_support::SERVER_PORT);
     let len = PAYLOAD.to_string();
     let args = [
         "-Xmx64m",
@@ -410,11 +409,9 @@ fn java_client_direct_to(lab: &Lab, id: &str, mapped: SocketAddr) -> Option<Stri
     Some(line.trim().to_string())
 }
 
-#[test]
+#[natlab::lab_test("miniupnpd", "stund")]
 fn symmetric_pair_goes_direct_through_a_port_mapping_and_not_without() {
-    let Some(tools) = portmap_tools() else {
-        return;
-    };
+    let tools = portmap_tools();
     let lab = symmetric_lab();
     let _server = lab.start_server();
     let echo = EchoServer::start(
@@ -426,11 +423,6 @@ fn symmetric_pair_goes_direct_through_a_port_mapping_and_not_without() {
 
     // 1. No miniupnpd: the agent finds no mapping, and sym <-> sym has no direct path.
     let mut agent = start_agent(&lab, "svc", &[]);
-    assert!(
-        agent.stderr().contains("no port mapping"),
-        "agent without miniupnpd:\n{}",
-        agent.stderr()
-    );
     let (run, _, _) = session(&lab, "svc", 1);
     let ctx = format!(
         "\n--- connect stderr:\n{}\n--- agent stderr:\n{}",
@@ -441,9 +433,10 @@ fn symmetric_pair_goes_direct_through_a_port_mapping_and_not_without() {
         run.status.is_some_and(|s| !s.success()),
         "connect without a mapping succeeded{ctx}"
     );
-    assert!(
-        run.stderr.contains("no direct path") && run.stderr.contains("endpoint-dependent"),
-        "connect without a mapping did not fail with the no-direct-path reason{ctx}"
+    assert_eq!(
+        run.failure_code().as_deref(),
+        Some("no_direct_path"),
+        "connect without a mapping did not fail with the no-direct-path code{ctx}"
     );
     assert!(run.stdout.is_empty(), "failed connect wrote to stdout{ctx}");
     assert_eq!(echo.connections(), 0, "the service was reached{ctx}");
@@ -453,9 +446,15 @@ fn symmetric_pair_goes_direct_through_a_port_mapping_and_not_without() {
     // 2. miniupnpd on the agent's router: the agent maps its punch port (PCP first).
     let upnp = start_miniupnpd(&lab, &tools, true);
     let agent = start_agent(&lab, "svc", &[]);
-    let (proto, mapped, punch_port) = mapped_endpoint(&agent)
+    let (mapped, punch_port) = mapped_endpoint(&lab)
         .unwrap_or_else(|| panic!("agent made no mapping:\n{}", agent.stderr()));
-    assert_eq!(proto, "PCP", "protocol; agent stderr:\n{}", agent.stderr());
+    let proto = mapping_protocol(&upnp, mapped.port());
+    assert_eq!(
+        proto,
+        "PCP",
+        "protocol; miniupnpd:\n{}",
+        upnp.daemon.stderr()
+    );
     assert_eq!(mapped.ip(), IpAddr::V4(lab.wan_ip(UPNP_SITE)));
     let internal = SocketAddr::from((host, punch_port));
     let rules = router_mappings(&lab);
@@ -485,7 +484,7 @@ fn symmetric_pair_goes_direct_through_a_port_mapping_and_not_without() {
     // 5. nat-check behind this router says who answered.
     let out = lab.run(
         Node::Host(UPNP_SITE),
-        natlab::p2pnc_bin(),
+        lab_support::p2pnc_bin(),
         &["nat-check", "--server", &server_url(), "--json"],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -504,7 +503,7 @@ fn symmetric_pair_goes_direct_through_a_port_mapping_and_not_without() {
     assert_eq!(v["mapping"], "endpoint-dependent", "{v}");
     let text = lab.run(
         Node::Host(UPNP_SITE),
-        natlab::p2pnc_bin(),
+        lab_support::p2pnc_bin(),
         &["nat-check", "--server", &server_url()],
     );
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
@@ -521,7 +520,7 @@ fn symmetric_pair_goes_direct_through_a_port_mapping_and_not_without() {
     // 6. The client's router answers nothing.
     let out = lab.run(
         Node::Host(UPNP_SITE.other()),
-        natlab::p2pnc_bin(),
+        lab_support::p2pnc_bin(),
         &["nat-check", "--server", &server_url(), "--json"],
     );
     let v: serde_json::Value =
@@ -535,11 +534,9 @@ fn symmetric_pair_goes_direct_through_a_port_mapping_and_not_without() {
     upnp.stop();
 }
 
-#[test]
+#[natlab::lab_test("miniupnpd", "stund")]
 fn a_router_with_only_upnp_igd_is_used_and_cleaned_up() {
-    let Some(tools) = portmap_tools() else {
-        return;
-    };
+    let tools = portmap_tools();
     let lab = symmetric_lab();
     let _server = lab.start_server();
     let echo = EchoServer::start(
@@ -549,9 +546,10 @@ fn a_router_with_only_upnp_igd_is_used_and_cleaned_up() {
     );
     let upnp = start_miniupnpd(&lab, &tools, false);
     let agent = start_agent(&lab, "svc-upnp", &[]);
-    let (proto, mapped, punch_port) = mapped_endpoint(&agent)
+    let (mapped, punch_port) = mapped_endpoint(&lab)
         .unwrap_or_else(|| panic!("agent made no mapping:\n{}", agent.stderr()));
-    assert_eq!(proto, "UPnP-IGD", "agent stderr:\n{}", agent.stderr());
+    let proto = mapping_protocol(&upnp, mapped.port());
+    assert_eq!(proto, "UPnP-IGD", "miniupnpd:\n{}", upnp.daemon.stderr());
     let internal = SocketAddr::from((lab.host_ip(UPNP_SITE), punch_port));
     assert!(
         router_mappings(&lab)
@@ -568,13 +566,13 @@ fn a_router_with_only_upnp_igd_is_used_and_cleaned_up() {
     // --no-port-mapping: no mapping is asked for, so the pair has no direct path again.
     let mut agent = start_agent(&lab, "svc-upnp", &["--no-port-mapping"]);
     assert!(
-        mapped_endpoint(&agent).is_none() && router_mappings(&lab).is_empty(),
+        mapped_endpoint(&lab).is_none() && router_mappings(&lab).is_empty(),
         "--no-port-mapping still mapped:\n{}",
         agent.stderr()
     );
     let (run, _, _) = session(&lab, "svc-upnp", 8);
     assert!(
-        !run.success() && run.stderr.contains("no direct path"),
+        !run.success() && run.failure_code().as_deref() == Some("no_direct_path"),
         "with --no-port-mapping: {:?}\n{}",
         run.status,
         run.stderr
@@ -583,11 +581,9 @@ fn a_router_with_only_upnp_igd_is_used_and_cleaned_up() {
     upnp.stop();
 }
 
-#[test]
+#[natlab::lab_test("miniupnpd", "stund")]
 fn cone_pair_with_a_mapping_still_goes_direct() {
-    let Some(tools) = portmap_tools() else {
-        return;
-    };
+    let tools = portmap_tools();
     // Both cones: the usual simultaneous punch goes on, the mapping being one more candidate.
     let lab = Lab::new(LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedRst).second_hosts(false));
     let _server = lab.start_server();
@@ -598,7 +594,7 @@ fn cone_pair_with_a_mapping_still_goes_direct() {
     );
     let upnp = start_miniupnpd(&lab, &tools, true);
     let agent = start_agent(&lab, "svc-cone", &[]);
-    let (_, mapped, punch_port) = mapped_endpoint(&agent)
+    let (mapped, punch_port) = mapped_endpoint(&lab)
         .unwrap_or_else(|| panic!("agent made no mapping:\n{}", agent.stderr()));
     let mut used = Vec::new();
     for seed in 20..23 {
@@ -613,7 +609,7 @@ fn cone_pair_with_a_mapping_still_goes_direct() {
             "session failed{ctx}"
         );
         assert!(rdv < (PAYLOAD / 8) as u64, "not direct: {rdv} B{ctx}");
-        let c = run.connected("svc-cone").expect("connected line");
+        let c = run.connected().expect("a connect report");
         assert_eq!(c.path, "direct", "{ctx}");
         assert_eq!(c.addr.ip(), IpAddr::V4(lab.wan_ip(UPNP_SITE)), "{ctx}");
         used.push(format!("{} in {} ms", c.addr, c.ms));
@@ -621,14 +617,10 @@ fn cone_pair_with_a_mapping_still_goes_direct() {
     assert_eq!(echo.connections(), 3);
     // A cone that keeps port numbers maps the punch port to the same public endpoint as the
     // mapping: either way the stream goes to the agent's router.
-    let public = agent
-        .stderr()
-        .lines()
-        .find_map(|l| {
-            let rest = &l[l.find("(public endpoint ")? + "(public endpoint ".len()..];
-            rest.split(',').next()?.parse::<SocketAddr>().ok()
-        })
-        .expect("registered line");
+    let status = lab.server_status();
+    let public = lab_support::service(&status, "svc-cone")
+        .and_then(|s| s["public"].as_str()?.parse::<SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("'svc-cone' not in /status.json: {status}"));
     eprintln!(
         "cone<->cone, public endpoint {public}, mapping {mapped} -> punch port {punch_port}: \
          direct to {used:?}"

@@ -1,11 +1,12 @@
-//! Tests of the NAT lab itself (tests/natlab/mod.rs): isolation, NAT behaviours, delay box.
+//! Tests of the NAT lab itself (crates/natlab), with plain sockets and real tools: isolation,
+//! NAT behaviours, the delay box.
 //!
 //! They need root and iproute2, nftables and iptables; without root they print
 //! `skipped: NAT lab needs root (...)` and return, except under CI, where they fail.
 
-mod natlab;
+#![cfg(target_os = "linux")]
 
-use natlab::{EchoServer, Lab, LabConfig, Nat, Node, Site, in_netns, pattern};
+use natlab::{Dial, EchoServer, IcmpErrors, Lab, LabConfig, Nat, Node, Site, in_netns, pattern};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::thread;
@@ -29,11 +30,8 @@ fn try_connect(
     })
 }
 
-#[test]
+#[natlab::lab_test]
 fn lans_are_isolated_and_public_addresses_reachable() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab = Lab::new(LabConfig::new(Nat::RestrictedRst, Nat::RestrictedRst).delays(0, 0, 0));
     let hb = v4(lab.host_ip(Site::B), 7000);
     let echo = EchoServer::start(&lab, Node::Host(Site::B), SocketAddr::V4(hb));
@@ -93,11 +91,8 @@ fn lans_are_isolated_and_public_addresses_reachable() {
     r.unwrap_or_else(|e| panic!("host A cannot reach the rendezvous host {rdv}: {e}"));
 }
 
-#[test]
+#[natlab::lab_test]
 fn rst_router_refuses_and_drop_router_stays_silent() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab = Lab::new(LabConfig::new(Nat::RestrictedRst, Nat::RestrictedDrop).delays(0, 0, 0));
     let rst = v4(lab.wan_ip(Site::A), 45678);
     let (r, took) = try_connect(&lab, Node::Rdv, rst, Duration::from_secs(3));
@@ -175,11 +170,8 @@ fn two_flows_seen_at_rdv(lab: &Lab, from: Node, local: SocketAddrV4) -> (SocketA
     (p1, p2)
 }
 
-#[test]
+#[natlab::lab_test]
 fn symmetric_nat_changes_port_per_destination_cone_keeps_it() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab = Lab::new(
         LabConfig::new(Nat::Symmetric { rst: false }, Nat::RestrictedDrop)
             .delays(0, 0, 0)
@@ -219,11 +211,8 @@ fn symmetric_nat_changes_port_per_destination_cone_keeps_it() {
     );
 }
 
-#[test]
+#[natlab::lab_test]
 fn full_cone_accepts_unsolicited_inbound_restricted_does_not() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab = Lab::new(
         LabConfig::new(Nat::FullCone, Nat::RestrictedDrop)
             .delays(0, 0, 0)
@@ -294,11 +283,8 @@ fn median_connect(lab: &Lab, from: Node, n: usize) -> Duration {
     times[n / 2]
 }
 
-#[test]
+#[natlab::lab_test]
 fn delay_box_adds_one_way_latency_per_link() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab =
         Lab::new(LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedDrop).second_hosts(false));
     let _echo = EchoServer::start(&lab, Node::Rdv, SocketAddr::V4(v4(lab.rdv_ip(), 7300)));
@@ -364,11 +350,8 @@ fn bulk_to_rdv(lab: &Lab, len: usize, port: u16) -> Duration {
     took
 }
 
-#[test]
+#[natlab::lab_test]
 fn low_ttl_syn_expires_at_the_first_hop_without_delay() {
-    if !natlab::require_lab() {
-        return;
-    }
     // A SYN with TTL 2 passes the site's NAT and dies at the internet router; the Time
     // Exceeded must come back at once (as from the ISP router next to a real NAT), not after
     // the 20 ms link delay.
@@ -408,11 +391,8 @@ fn low_ttl_syn_expires_at_the_first_hop_without_delay() {
 /// open despite the Time Exceeded, and A then connects normally from its mapped port.
 /// Simultaneous open completes through both NATs. Proves the lab allows direct TCP between
 /// two NATed hosts, also through RST routers with uneven delays.
-#[test]
+#[natlab::lab_test]
 fn low_ttl_hole_punch_through_rst_routers_with_uneven_delays() {
-    if !natlab::require_lab() {
-        return;
-    }
     let lab = Lab::new(
         LabConfig::new(Nat::RestrictedRst, Nat::RestrictedRst)
             .delays(5, 40, 20)
@@ -426,7 +406,12 @@ fn low_ttl_hole_punch_through_rst_routers_with_uneven_delays() {
         let a_public = v4(lab.wan_ip(Site::A), 40300 + round);
         let b_public = v4(lab.wan_ip(Site::B), 40200 + round);
         let b_sock = in_netns(&lab.ns(Node::Host(Site::B)), move || {
-            natlab::start_connect(Some(b_local), a_public, Some(2), false)
+            let dial = Dial {
+                local: Some(b_local.into()),
+                first_ttl: Some(2),
+                ..Dial::default()
+            };
+            natlab::start_connect(a_public.into(), dial)
         })
         .expect("B: start TTL-2 connect");
         let t = Instant::now();
@@ -435,7 +420,7 @@ fn low_ttl_hole_punch_through_rst_routers_with_uneven_delays() {
         })
         .unwrap_or_else(|e| panic!("round {round}: A's connect to {b_public} failed: {e}"));
         let took = t.elapsed();
-        let mut b = natlab::finish_connect(b_sock, Duration::from_secs(3), false)
+        let mut b = natlab::finish_connect(b_sock, Duration::from_secs(3), IcmpErrors::Ignore)
             .unwrap_or_else(|e| panic!("round {round}: B's punched socket did not connect: {e}"));
         assert_eq!(a.peer_addr().unwrap(), SocketAddr::V4(b_public));
         assert_eq!(b.peer_addr().unwrap(), SocketAddr::V4(a_public));
@@ -456,11 +441,8 @@ fn low_ttl_hole_punch_through_rst_routers_with_uneven_delays() {
     }
 }
 
-#[test]
+#[natlab::lab_test]
 fn delay_box_bulk_throughput() {
-    if !natlab::require_lab() {
-        return;
-    }
     // 16 MiB by default; NATLAB_BULK_MIB=N measures a longer (steady-state) transfer.
     let mib: usize = std::env::var("NATLAB_BULK_MIB")
         .ok()
@@ -489,11 +471,8 @@ fn delay_box_bulk_throughput() {
     }
 }
 
-#[test]
+#[natlab::lab_test]
 fn teardown_removes_namespaces_and_processes() {
-    if !natlab::require_lab() {
-        return;
-    }
     // A stale namespace of a dead process of this prefix family is removed at lab creation.
     let dead_pid = {
         let mut c = std::process::Command::new(natlab::tool("true"))
