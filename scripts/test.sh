@@ -33,9 +33,9 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (unit, loopback, CLI, NAT lab)"
-cargo test --locked -- --test-threads=4
+cargo test --workspace --locked -- --test-threads=4
 echo "== fuzzing (every target of fuzz/, ${FUZZ_SECONDS:-20} s each)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 echo "== Java client"

@@ -19,7 +19,8 @@ use crate::control::{self, ControlSocket, Incoming, ServerUrl};
 use crate::portmap::{self, PortMap};
 use crate::probe;
 use crate::protocol::{
-    self, AgentMsg, Auth, ErrorCode, ExposeQuery, Mode, Punch, Role, ServerMsg, SessionKeys,
+    self, AgentToServer, Auth, ErrorCode, ExposeQuery, Mode, Nonce, ProbeToken, PunchOrder, Role,
+    ServerToAgent, ServiceId, SessionId, SessionKeys,
 };
 use crate::punch::{self, Inbound, Order, Proof, PunchPlan};
 use crate::{ConnectionInfo, Error, net};
@@ -230,12 +231,12 @@ struct AgentState {
     stopped: Arc<Mutex<Option<String>>>,
     server_addr: SocketAddr,
     accepted: mpsc::Sender<Accepted>,
-    replay: Mutex<HashMap<String, Instant>>,
+    replay: Mutex<HashMap<Nonce, Instant>>,
 }
 
 impl AgentState {
     /// Records a nonce; false if it was seen before (a replayed request).
-    fn fresh_nonce(&self, nonce: &str) -> bool {
+    fn fresh_nonce(&self, nonce: Nonce) -> bool {
         let mut seen = self.replay.lock().expect("replay lock");
         let now = Instant::now();
         if seen.len() >= REPLAY_CACHE {
@@ -243,11 +244,11 @@ impl AgentState {
         }
         if seen.len() >= REPLAY_CACHE {
             // Still full of fresh nonces: forget the oldest.
-            if let Some(oldest) = seen.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = seen.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
                 seen.remove(&oldest);
             }
         }
-        seen.insert(nonce.to_string(), now).is_none()
+        seen.insert(nonce, now).is_none()
     }
 }
 
@@ -291,10 +292,10 @@ async fn probe_and_map(
     opts: &ExposeOptions,
     server_addr: SocketAddr,
     port: u16,
-) -> (Option<String>, Option<PortMap>) {
+) -> (Option<ProbeToken>, Option<PortMap>) {
     let shared = net::any_addr(&server_addr, port);
-    let token = probe::new_token();
-    let probe_addr = probe::probe_addr(server_addr);
+    let token = ProbeToken::random();
+    let probe_addr = protocol::probe_addr(server_addr);
     let probed = probe::probe(shared, probe_addr, &token);
     let want = opts.port_mapping && portmap::worth_trying(server_addr.ip());
     let mapping = async move {
@@ -332,7 +333,7 @@ async fn probe_and_map(
             let here = net::local_candidates(port, &server_addr)
                 .iter()
                 .any(|a| a.ip() == seen.ip());
-            (Some(token.clone()), here)
+            (Some(token), here)
         }
         Err(e) => {
             tracing::warn!("NAT probe to {probe_addr} failed ({e}); mapping stays unknown");
@@ -352,13 +353,13 @@ async fn register_with(
     opts: &ExposeOptions,
     server_addr: SocketAddr,
     listener: TcpListener,
-    probe: Option<String>,
+    probe: Option<ProbeToken>,
     mapped: Option<SocketAddr>,
 ) -> Result<Registration, Error> {
     let port = listener.local_addr()?.port();
     let shared = net::any_addr(&server_addr, port);
     let query = ExposeQuery {
-        id: opts.id.clone(),
+        id: ServiceId::new(&opts.id).map_err(|e| Error::Refused(e.code, e.message))?,
         auth: if opts.secret.is_some() {
             Auth::Secret
         } else {
@@ -385,7 +386,7 @@ async fn register_with(
         .await
         .map_err(|_| Error::ServerUnreachable("no registration answer in time".into()))??;
     match first {
-        Some(ServerMsg::Registered {
+        Some(ServerToAgent::Registered {
             public, mapping, ..
         }) => Ok(Registration {
             mapping,
@@ -395,7 +396,7 @@ async fn register_with(
             public,
             portmap: None,
         }),
-        Some(ServerMsg::Error { code, message }) => Err(Error::Refused(code, message)),
+        Some(ServerToAgent::Error { code, message }) => Err(Error::Refused(code, message)),
         Some(other) => Err(Error::Protocol(format!("unexpected message {other:?}"))),
         None => Err(Error::ServerUnreachable(
             "server closed the connection during registration".into(),
@@ -473,7 +474,7 @@ async fn serve_registration(
     } = reg;
     let slots: Slots = Arc::new(Mutex::new(HashMap::new()));
     let mut tasks = JoinSet::new();
-    let (msg_tx, mut msg_rx) = mpsc::channel::<AgentMsg>(64);
+    let (msg_tx, mut msg_rx) = mpsc::channel::<AgentToServer>(64);
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = Instant::now();
     loop {
@@ -483,18 +484,18 @@ async fn serve_registration(
                 return None;
             }
             // Every frame counts as a sign of life, pings and pongs included.
-            got = control::recv_frame::<ServerMsg>(&mut ws) => {
+            got = control::recv_frame::<ServerToAgent>(&mut ws) => {
                 last_heard = Instant::now();
                 match got {
-                    Ok(Incoming::Message(ServerMsg::Punch(p))) => {
+                    Ok(Incoming::Message(ServerToAgent::Punch(p))) => {
                         tasks.spawn(session(state.clone(), slots.clone(), local, p, msg_tx.clone()));
                     }
-                    Ok(Incoming::Message(ServerMsg::Error { code: ErrorCode::IdTaken, message })) => {
+                    Ok(Incoming::Message(ServerToAgent::Error { code: ErrorCode::IdTaken, message })) => {
                         // Another instance with the same secret took over the id: two agents
                         // must not take turns replacing each other.
                         return Some(message);
                     }
-                    Ok(Incoming::Message(ServerMsg::Error { code, message })) => {
+                    Ok(Incoming::Message(ServerToAgent::Error { code, message })) => {
                         tracing::warn!("server error {code}: {message}");
                         return None;
                     }
@@ -538,7 +539,7 @@ async fn serve_registration(
 }
 
 /// Where inbound streams of live sessions go: by session id, or (plain mode) by address.
-type Slots = Arc<Mutex<HashMap<[u8; 16], Slot>>>;
+type Slots = Arc<Mutex<HashMap<SessionId, Slot>>>;
 
 struct Slot {
     inbound: mpsc::Sender<Inbound>,
@@ -590,7 +591,7 @@ async fn dispatch_inbound(slots: Slots, mut stream: TcpStream, from: SocketAddr)
 }
 
 /// Removes a session's slot however the session ends.
-struct SlotGuard(Slots, [u8; 16]);
+struct SlotGuard(Slots, SessionId);
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
@@ -602,16 +603,23 @@ async fn session(
     state: Arc<AgentState>,
     slots: Slots,
     local: SocketAddr,
-    p: Punch,
-    msgs: mpsc::Sender<AgentMsg>,
+    p: PunchOrder,
+    msgs: mpsc::Sender<AgentToServer>,
 ) {
     let started = Instant::now();
-    let reject = |code: ErrorCode, message: String| AgentMsg::Reject {
-        session: p.session.clone(),
+    let reject = |code: ErrorCode, message: String| AgentToServer::Reject {
+        session: p.session.into(),
         code,
         message,
     };
-    let nonce = p.nonce.clone().unwrap_or_default();
+    // The server always forwards the client's nonce; an order without one proves nothing.
+    let Some(nonce) = p.nonce else {
+        tracing::warn!(client = %p.peer_public, "punch order without a nonce refused");
+        let _ = msgs
+            .send(reject(ErrorCode::SecretRejected, "no nonce".into()))
+            .await;
+        return;
+    };
     if let Some(secret) = &state.opts.secret {
         let ok = p.proof.as_deref().is_some_and(|proof| {
             protocol::verify_connect_proof(secret, &state.opts.id, &nonce, proof)
@@ -624,17 +632,14 @@ async fn session(
             return;
         }
     }
-    if !state.fresh_nonce(&nonce) {
+    if !state.fresh_nonce(nonce) {
         tracing::warn!(client = %p.peer_public, "replayed connect request refused");
         let _ = msgs
             .send(reject(ErrorCode::SecretRejected, "replayed request".into()))
             .await;
         return;
     }
-    let Some(keys) = SessionKeys::derive(&p.session, &p.key, state.opts.secret.as_deref()) else {
-        tracing::warn!("malformed session from server");
-        return;
-    };
+    let keys = SessionKeys::derive(p.session, &p.key, state.opts.secret.as_deref());
     let mut plan = PunchPlan::for_order(Order {
         punch: &p,
         local,
@@ -670,8 +675,8 @@ async fn session(
         },
     );
     let _guard = SlotGuard(slots, keys.session_id());
-    let armed = AgentMsg::Armed {
-        session: p.session.clone(),
+    let armed = AgentToServer::Armed {
+        session: p.session.into(),
     };
     let on_fired = || {
         if p.mode == Mode::Plain {
@@ -684,7 +689,7 @@ async fn session(
                 path: punched.path(&p.peer_private),
                 peer_addr: punched.peer,
                 setup: started.elapsed(),
-                session: p.session.clone(),
+                session: p.session,
                 strategy: p.strategy,
             };
             tracing::info!(

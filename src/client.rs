@@ -10,7 +10,10 @@ use tokio::time::Instant;
 
 use crate::control::{self, ServerUrl};
 use crate::probe;
-use crate::protocol::{self, Auth, ClientMsg, ConnectQuery, Mode, Role, ServerMsg, SessionKeys};
+use crate::protocol::{
+    self, Auth, ClientToServer, ConnectQuery, Mode, Nonce, ProbeToken, Role, ServerToClient,
+    ServiceId, SessionKeys,
+};
 use crate::punch::{self, EarlyData, Inbound, Order, Proof, PunchPlan};
 use crate::{ConnectionInfo, Error, net};
 
@@ -107,8 +110,7 @@ pub struct Connection {
 pub async fn connect(opts: &ConnectOptions) -> Result<Connection, Error> {
     let started = Instant::now();
     let server_addr = opts.server.resolve().await?;
-    let nonce = hex::encode(rand::random::<[u8; 16]>());
-    connect_with(opts, server_addr, nonce, started).await
+    connect_with(opts, server_addr, Nonce::random(), started).await
 }
 
 /// Most bytes [`connect_early`] reads ahead from the local side.
@@ -160,9 +162,10 @@ where
 async fn connect_with(
     opts: &ConnectOptions,
     server_addr: SocketAddr,
-    nonce: String,
+    nonce: Nonce,
     started: Instant,
 ) -> Result<Connection, Error> {
+    let peer = ServiceId::new(&opts.peer).map_err(|e| Error::Refused(e.code, e.message))?;
     // The control connection and the punch share one local port, so the server sees the NAT
     // mapping the peer must aim at. The listener catches SYNs that beat ours out.
     let any = net::any_addr(&server_addr, 0);
@@ -170,11 +173,11 @@ async fn connect_with(
     let port = listener.local_addr()?.port();
     // The NAT probe leaves from the same port at the same moment as the control connection;
     // the server compares the two mappings.
-    let probe_token = probe::new_token();
+    let probe_token = ProbeToken::random();
     let mut tasks = JoinSet::new();
     {
-        let (local, token) = (net::any_addr(&server_addr, port), probe_token.clone());
-        let probe_addr = probe::probe_addr(server_addr);
+        let (local, token) = (net::any_addr(&server_addr, port), probe_token);
+        let probe_addr = protocol::probe_addr(server_addr);
         tasks.spawn(async move {
             if let Err(e) = probe::probe(local, probe_addr, &token).await {
                 tracing::debug!("NAT probe to {probe_addr}: {e}");
@@ -182,7 +185,7 @@ async fn connect_with(
         });
     }
     let query = ConnectQuery {
-        peer: opts.peer.clone(),
+        peer,
         proof: opts
             .secret
             .as_deref()
@@ -214,8 +217,8 @@ async fn connect_with(
         Ok(r) => r?,
     };
     let punch = match order {
-        Some(ServerMsg::Punch(p)) => p,
-        Some(ServerMsg::Error { code, message }) => {
+        Some(ServerToClient::Punch(p)) => p,
+        Some(ServerToClient::Error { code, message }) => {
             return Err(control::server_error(code, message, &opts.peer));
         }
         Some(other) => {
@@ -227,8 +230,7 @@ async fn connect_with(
         Auth::Secret => opts.secret.as_deref(),
         Auth::Public => None,
     };
-    let keys = SessionKeys::derive(&punch.session, &punch.key, secret)
-        .ok_or_else(|| Error::Protocol("malformed session id or key".into()))?;
+    let keys = SessionKeys::derive(punch.session, &punch.key, secret);
     let plan = PunchPlan::for_order(Order {
         punch: &punch,
         local: net::any_addr(&server_addr, local.port()),
@@ -270,8 +272,8 @@ async fn connect_with(
     let punched = loop {
         tokio::select! {
             result = &mut engine => break result,
-            msg = control::recv::<ServerMsg>(&mut ws), if ctrl_open => match msg {
-                Ok(Some(ServerMsg::Error { code, message })) => {
+            msg = control::recv::<ServerToClient>(&mut ws), if ctrl_open => match msg {
+                Ok(Some(ServerToClient::Error { code, message })) => {
                     return Err(control::server_error(code, message, &opts.peer));
                 }
                 Ok(Some(_)) => {}
@@ -285,12 +287,12 @@ async fn connect_with(
         (p, path, started.elapsed())
     });
     let result = match &outcome {
-        Ok((_, path, setup)) => ClientMsg::Result {
+        Ok((_, path, setup)) => ClientToServer::Result {
             outcome: path.label().to_string(),
             setup_ms: Some(setup.as_millis() as u64),
             reason: None,
         },
-        Err(f) => ClientMsg::Result {
+        Err(f) => ClientToServer::Result {
             outcome: "failed".into(),
             setup_ms: None,
             reason: Some(f.to_string()),

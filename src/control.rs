@@ -201,7 +201,7 @@ pub async fn recv_frame<T: for<'de> serde::Deserialize<'de>>(
         Some(Err(e)) => Err(Error::ServerUnreachable(format!("control channel: {e}"))),
         Some(Ok(Message::Text(text))) => protocol::decode(&text)
             .map(Incoming::Message)
-            .map_err(Error::Protocol),
+            .map_err(|e| Error::Protocol(e.to_string())),
         Some(Ok(Message::Binary(_))) => Err(Error::Protocol("unexpected binary frame".into())),
         Some(Ok(_)) => Ok(Incoming::Alive),
     }

@@ -5,7 +5,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::protocol::HELLO_LEN;
-use crate::punch::{Proof, Punched};
+use crate::punch::{HandshakeError, Proof, Punched};
 
 /// The stream handshake of a punch (`punch::handshake`): writes our hello, reads and checks
 /// the peer's (unless `peer_hello` was read already), and as the agent the selection byte.
@@ -14,6 +14,6 @@ pub async fn handshake(
     peer_hello: Option<[u8; HELLO_LEN]>,
     proof: Proof,
     deadline: Instant,
-) -> Result<Punched, String> {
+) -> Result<Punched, HandshakeError> {
     crate::punch::handshake(stream, peer_hello, proof, deadline, None).await
 }

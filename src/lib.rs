@@ -24,11 +24,13 @@ pub mod natcheck;
 pub mod net;
 pub mod portmap;
 pub mod probe;
-pub mod protocol;
 pub mod punch;
 pub mod relay;
 pub mod server;
 pub mod tls;
+
+/// The wire protocol (the `p2pnc-protocol` crate).
+pub use p2pnc_protocol as protocol;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -83,7 +85,7 @@ pub struct ConnectionInfo {
     /// Time from the start of the call (client) or the punch order (agent) to a proven stream.
     pub setup: Duration,
     /// The session id, as the server and the logs name it.
-    pub session: String,
+    pub session: protocol::SessionId,
     /// How the punch was made (`simultaneous`, `birthday_hard`, `mapped`, ...).
     pub strategy: protocol::Strategy,
 }
@@ -99,7 +101,7 @@ impl ConnectionInfo {
             "family": if self.peer_addr.is_ipv4() { "ipv4" } else { "ipv6" },
             "strategy": self.strategy.to_string(),
             "setup_ms": self.setup.as_millis() as u64,
-            "session": self.session,
+            "session": self.session.to_string(),
         })
     }
 }

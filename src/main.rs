@@ -463,7 +463,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     let local = listener.local_addr()?;
     let probe_addr = args
         .probe_listen
-        .unwrap_or_else(|| p2pnc::probe::probe_addr(local));
+        .unwrap_or_else(|| p2pnc::protocol::probe_addr(local));
     let probe = p2pnc::net::server_listener(probe_addr).with_context(|| {
         format!("cannot listen on {probe_addr} for NAT probes (--probe-listen)")
     })?;

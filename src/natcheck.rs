@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::control::{SERVER_TIMEOUT, ServerUrl};
 use crate::portmap::{self, Survey};
-use crate::protocol::{MAX_PROBE_LINE, Mapping};
+use crate::protocol::{self, MAX_PROBE_LINE, Mapping, ProbeToken};
 use crate::{Error, net, probe};
 
 /// How long to wait for the server's dial-back to arrive.
@@ -115,12 +115,12 @@ async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<Report, 
     let (local, public) = whoami(shared, server_addr)
         .await
         .map_err(|e| unreachable(format!("/v1/whoami: {e}")))?;
-    let token = probe::new_token();
-    let probe_addr = probe::probe_addr(server_addr);
+    let token = ProbeToken::random();
+    let probe_addr = protocol::probe_addr(server_addr);
     let public_probe = probe::probe_with_dialback(shared, probe_addr, &token)
         .await
         .map_err(|e| unreachable(format!("probe port {probe_addr}: {e}")))?;
-    let expected = format!("p2pnc-dialback {token}");
+    let expected = protocol::dialback_line(&token);
     let dialback = async {
         loop {
             let Ok((s, _)) = listener.accept().await else {
@@ -128,7 +128,7 @@ async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<Report, 
             };
             let mut line = String::new();
             let mut r = BufReader::new(s).take(MAX_PROBE_LINE as u64);
-            if r.read_line(&mut line).await.is_ok() && line.trim_end() == expected {
+            if r.read_line(&mut line).await.is_ok() && line.trim_end() == expected.trim_end() {
                 return true;
             }
         }
@@ -177,7 +177,9 @@ async fn whoami(
             .await?;
         let mut text = String::new();
         (&mut s).take(4096).read_to_string(&mut text).await?;
-        whoami_addr(&text).map(|public| (local, public))
+        protocol::whoami_addr(&text)
+            .map(|public| (local, public))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     };
     tokio::time::timeout(SERVER_TIMEOUT, work)
         .await
@@ -189,13 +191,4 @@ async fn whoami(
         })
 }
 
-/// The address in a whole HTTP answer to `GET /v1/whoami` (`{"addr": "IP:PORT"}`).
-pub fn whoami_addr(response: &str) -> std::io::Result<SocketAddr> {
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(body)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    v["addr"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no addr"))
-}
+pub use crate::protocol::whoami_addr;

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::net;
-use crate::protocol::{self, MAX_PROBE_LINE};
+use crate::protocol::{self, MAX_PROBE_LINE, ProbeToken};
 
 /// Time a probe connection gets to send its line and to be answered.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -31,25 +31,15 @@ const MAX_PROBES: usize = 65_536;
 /// Most probe connections served at once.
 const MAX_PROBE_CONNECTIONS: usize = 1024;
 
-/// The probe port that goes with a server's control port, by convention.
-pub fn probe_addr(server: SocketAddr) -> SocketAddr {
-    SocketAddr::new(server.ip(), server.port().wrapping_add(1))
-}
-
-/// A fresh probe token (16 random bytes, hex).
-pub fn new_token() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
-
 /// Probes recorded by the server, by token.
 #[derive(Default)]
 pub struct ProbeTable {
-    seen: Mutex<HashMap<String, (SocketAddr, Instant)>>,
+    seen: Mutex<HashMap<ProbeToken, (SocketAddr, Instant)>>,
     arrived: Notify,
 }
 
 impl ProbeTable {
-    fn record(&self, token: &str, addr: SocketAddr) -> bool {
+    fn record(&self, token: ProbeToken, addr: SocketAddr) -> bool {
         let mut seen = self.seen.lock().expect("probe lock");
         let now = Instant::now();
         if seen.len() >= MAX_PROBES {
@@ -58,14 +48,14 @@ impl ProbeTable {
                 return false;
             }
         }
-        seen.insert(token.to_string(), (addr, now));
+        seen.insert(token, (addr, now));
         drop(seen);
         self.arrived.notify_waiters();
         true
     }
 
     /// The endpoint recorded under `token`, waiting up to `max` for it to arrive.
-    pub async fn wait(&self, token: &str, max: Duration) -> Option<SocketAddr> {
+    pub async fn wait(&self, token: &ProbeToken, max: Duration) -> Option<SocketAddr> {
         let deadline = Instant::now() + max;
         loop {
             let arrived = self.arrived.notified();
@@ -118,25 +108,21 @@ async fn answer(stream: TcpStream, from: SocketAddr, table: &ProbeTable) {
     }
     let mut stream = reader.into_inner().into_inner();
     let parsed = protocol::parse_probe_line(line.trim_end());
-    let reply = match parsed {
-        // Control requests name the token in lowercase, whatever case the peer wrote.
-        Some((token, _)) if table.record(&token.to_ascii_lowercase(), from) => {
-            format!("{from}\n")
-        }
+    let reply = match &parsed {
+        // Whatever case the peer wrote, the token is the same 16 bytes its control request names.
+        Some(req) if table.record(req.token, from) => format!("{from}\n"),
         Some(_) => "error busy\n".to_string(),
         None => "error malformed probe line\n".to_string(),
     };
     let _ = stream.write_all(reply.as_bytes()).await;
     let _ = stream.shutdown().await;
-    if let Some((token, true)) = parsed {
+    if let Some(req) = parsed.filter(|r| r.dialback) {
         // Only ever toward the endpoint this very connection came from: it cannot be aimed
         // at anyone else.
         if let Ok(Ok(mut back)) =
             tokio::time::timeout(DIALBACK_TIMEOUT, TcpStream::connect(from)).await
         {
-            let _ = back
-                .write_all(format!("p2pnc-dialback {token}\n").as_bytes())
-                .await;
+            let _ = back.write_all(req.dialback_line().as_bytes()).await;
             let _ = back.shutdown().await;
         }
     }
@@ -147,7 +133,7 @@ async fn answer(stream: TcpStream, from: SocketAddr, table: &ProbeTable) {
 pub async fn probe(
     local: SocketAddr,
     probe: SocketAddr,
-    token: &str,
+    token: &ProbeToken,
 ) -> std::io::Result<SocketAddr> {
     send_probe(local, probe, &protocol::probe_line(token)).await
 }
@@ -156,7 +142,7 @@ pub async fn probe(
 pub async fn probe_with_dialback(
     local: SocketAddr,
     probe: SocketAddr,
-    token: &str,
+    token: &ProbeToken,
 ) -> std::io::Result<SocketAddr> {
     send_probe(local, probe, &protocol::probe_line_dialback(token)).await
 }
@@ -202,7 +188,7 @@ mod tests {
         let table = Arc::new(ProbeTable::default());
         let token = CancellationToken::new();
         let server = tokio::spawn(serve(listener, table.clone(), token.clone()));
-        let t = new_token();
+        let t = ProbeToken::random();
         let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let seen = probe(local, addr, &t).await.unwrap();
         assert_eq!(seen.ip(), local.ip());
@@ -214,12 +200,15 @@ mod tests {
         );
 
         // A token in uppercase hex is found under its lowercase form, as queries carry it.
-        let upper = new_token().to_ascii_uppercase();
-        let seen = probe(local, addr, &upper).await.unwrap();
+        let upper = ProbeToken::random().to_hex().to_ascii_uppercase();
+        let seen = send_probe(local, addr, &format!("p2pnc-probe {upper}\n"))
+            .await
+            .unwrap();
         let lower = ExposeQuery::parse(&format!("v=1&id=a&auth=public&probe={upper}"))
             .unwrap()
             .probe
             .unwrap();
+        assert_eq!(lower.to_hex(), upper.to_ascii_lowercase());
         let found = table.wait(&lower, Duration::from_millis(100)).await;
         assert_eq!(found, Some(seen));
 
@@ -238,9 +227,14 @@ mod tests {
         let t2 = table.clone();
         let late = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(30)).await;
-            t2.record("k", "192.0.2.1:5".parse().unwrap());
+            t2.record(
+                ProbeToken::from_bytes([7; 16]),
+                "192.0.2.1:5".parse().unwrap(),
+            );
         });
-        let got = table.wait("k", Duration::from_secs(2)).await;
+        let got = table
+            .wait(&ProbeToken::from_bytes([7; 16]), Duration::from_secs(2))
+            .await;
         assert_eq!(got, Some("192.0.2.1:5".parse().unwrap()));
         late.await.unwrap();
     }

@@ -29,11 +29,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::control::ServerUrl;
-use crate::protocol::{HELLO_LEN, Role, SessionKeys};
+pub use crate::protocol::SELECT;
+use crate::protocol::{HELLO_LEN, PunchOrder, Role, SessionId, SessionKeys};
+use crate::relay::RelayError;
 use crate::{net, relay};
-
-/// The byte a client writes on the stream it chose.
-pub const SELECT: u8 = 1;
 /// Default TTL of SYNs meant to open our own NAT only: passes our router (hop 1) and dies at
 /// the next hop, so the peer's router never sees it (see `net::connect_from`).
 pub const DEFAULT_LOW_TTL: u32 = 2;
@@ -97,7 +96,7 @@ pub struct RelayPlan {
     /// Its resolved address.
     pub server_addr: SocketAddr,
     /// The session to join.
-    pub session: String,
+    pub session: SessionId,
     /// Our end.
     pub role: Role,
     /// Join after this long unless a direct stream was proven first.
@@ -229,7 +228,7 @@ pub struct PunchPlan {
 /// Where a plan comes from: one end's view of a punch order.
 pub struct Order<'a> {
     /// The punch order from the server.
-    pub punch: &'a crate::protocol::Punch,
+    pub punch: &'a PunchOrder,
     /// Our shared punch address.
     pub local: SocketAddr,
     /// Which end we are.
@@ -299,7 +298,7 @@ impl PunchPlan {
             relay: p.relay_after_ms.map(|ms| RelayPlan {
                 server: o.server.clone(),
                 server_addr: o.server_addr,
-                session: p.session.clone(),
+                session: p.session,
                 role: o.role,
                 after: Duration::from_millis(ms).min(MAX_RELAY_AFTER),
             }),
@@ -389,6 +388,37 @@ enum Event {
     Failed(SocketAddr, String),
 }
 
+/// Why a stream was not proven.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The peer's hello did not verify: another session, another secret, or not a peer.
+    #[error("bad hello from {0}")]
+    BadHello(SocketAddr),
+    /// The client's hello verified but the next byte was not [`SELECT`].
+    #[error("bad selection byte from {0}")]
+    BadSelection(SocketAddr),
+    /// Reading or writing the stream failed.
+    #[error("{peer}: {source}")]
+    Io {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The deadline passed first.
+    #[error("{0}: handshake timed out")]
+    TimedOut(SocketAddr),
+    /// The stream has no peer address (it closed at once).
+    #[error("{0}")]
+    NoPeer(std::io::Error),
+    /// The client's selection could not be written.
+    #[error("{0}")]
+    Select(std::io::Error),
+    /// Joining the relay failed.
+    #[error("relay: {0}")]
+    Relay(#[from] RelayError),
+}
+
 /// Runs the punch described by `plan`, taking extra streams from `inbound`, until one stream
 /// is proven or the timeout passes. All other streams are closed when this returns.
 ///
@@ -411,7 +441,7 @@ pub async fn run(
     // Streams proven while a committed one waits for the agent's hello.
     let mut standby: Vec<Punched> = Vec::new();
     let mut dialers: JoinSet<()> = JoinSet::new();
-    let mut handshakes: JoinSet<Result<Punched, String>> = JoinSet::new();
+    let mut handshakes: JoinSet<Result<Punched, HandshakeError>> = JoinSet::new();
     let (event_tx, mut events) = mpsc::channel::<Event>(plan.targets.len().max(1) * 4 + 16);
 
     if let Some(b) = plan.birthday.clone() {
@@ -449,9 +479,7 @@ pub async fn run(
                 let r = plan.relay.clone().expect("relay planned");
                 let proof = plan.proof.clone();
                 handshakes.spawn(async move {
-                    let stream = relay::join(&r.server, r.server_addr, &r.session, r.role)
-                        .await
-                        .map_err(|e| format!("relay: {e}"))?;
+                    let stream = relay::join(&r.server, r.server_addr, &r.session, r.role).await?;
                     let mut p = handshake(stream, None, proof, deadline, None).await?;
                     p.relayed = true;
                     Ok(p)
@@ -480,7 +508,7 @@ pub async fn run(
                 match done {
                     Ok(Ok(punched)) if punched.selected => return Ok(live(punched)),
                     Ok(Ok(punched)) => standby.push(punched),
-                    Ok(Err(why)) if why.starts_with("relay") => failure.relay = Some(why),
+                    Ok(Err(why @ HandshakeError::Relay(_))) => failure.relay = Some(why.to_string()),
                     Ok(Err(why)) => {
                         tracing::debug!("punched stream rejected: {why}");
                         failure.rejected_streams += 1;
@@ -525,7 +553,11 @@ fn live(punched: Punched) -> Punched {
 
 /// The client selects exactly one stream: the first proven one, unless it committed to one
 /// before (see [`EarlyData`]).
-async fn select(mut punched: Punched, proof: &Proof, early: &[u8]) -> Result<Punched, String> {
+async fn select(
+    mut punched: Punched,
+    proof: &Proof,
+    early: &[u8],
+) -> Result<Punched, HandshakeError> {
     if let Proof::Hello {
         role: Role::Client, ..
     } = proof
@@ -536,7 +568,7 @@ async fn select(mut punched: Punched, proof: &Proof, early: &[u8]) -> Result<Pun
             .stream
             .write_all(&msg)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(HandshakeError::Select)?;
     }
     Ok(punched)
 }
@@ -655,8 +687,8 @@ pub(crate) async fn handshake(
     proof: Proof,
     deadline: Instant,
     commit: Option<Arc<Commit>>,
-) -> Result<Punched, String> {
-    let peer = stream.peer_addr().map_err(|e| e.to_string())?;
+) -> Result<Punched, HandshakeError> {
+    let peer = stream.peer_addr().map_err(HandshakeError::NoPeer)?;
     let (role, keys) = match proof {
         Proof::Address => {
             return Ok(Punched {
@@ -687,19 +719,19 @@ pub(crate) async fn handshake(
             }
         };
         if !keys.verify_hello(role.peer(), &hello) {
-            return Ok(Err(format!("bad hello from {peer}")));
+            return Ok(Err(HandshakeError::BadHello(peer)));
         }
         // The agent waits for the client's choice; the client makes it in `run`.
         if role == Role::Agent && stream.read_u8().await? != SELECT {
-            return Ok(Err(format!("bad selection byte from {peer}")));
+            return Ok(Err(HandshakeError::BadSelection(peer)));
         }
         Ok::<_, std::io::Error>(Ok(()))
     };
     let result = match tokio::time::timeout_at(deadline, work).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(why))) => Err(why),
-        Ok(Err(e)) => Err(format!("{peer}: {e}")),
-        Err(_) => Err(format!("{peer}: handshake timed out")),
+        Ok(Err(source)) => Err(HandshakeError::Io { peer, source }),
+        Err(_) => Err(HandshakeError::TimedOut(peer)),
     };
     let selected = committed.is_some();
     if let (Err(_), Some(c), Some(sent)) = (&result, &commit, committed) {
@@ -733,8 +765,13 @@ mod tests {
     use super::*;
     use crate::net::shared_listener;
 
+    use crate::protocol::SessionKey;
+
+    const SESSION: SessionId = SessionId::from_bytes([0x11; 16]);
+    const KEY: SessionKey = SessionKey::from_bytes([0x22; 32]);
+
     fn keys() -> SessionKeys {
-        SessionKeys::derive(&"11".repeat(16), &"22".repeat(32), Some("pw")).unwrap()
+        SessionKeys::derive(SESSION, &KEY, Some("pw"))
     }
 
     /// Two engines on loopback, each with its own listener feeding its inbound channel.
@@ -793,7 +830,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_secret_never_yields_a_stream() {
-        let wrong = SessionKeys::derive(&"11".repeat(16), &"22".repeat(32), Some("x")).unwrap();
+        let wrong = SessionKeys::derive(SESSION, &KEY, Some("x"));
         let (c, a) = pair(wrong, keys()).await;
         let (c, a) = (c.unwrap_err(), a.unwrap_err());
         assert!(c.rejected_streams >= 1, "{c}");
@@ -803,7 +840,7 @@ mod tests {
         );
     }
 
-    fn order_plan(p: &crate::protocol::Punch, role: Role) -> PunchPlan {
+    fn order_plan(p: &PunchOrder, role: Role) -> PunchPlan {
         let server = ServerUrl::parse("http://203.0.113.10:50300").unwrap();
         PunchPlan::for_order(Order {
             punch: p,
@@ -820,13 +857,13 @@ mod tests {
 
     #[test]
     fn a_peer_mapping_is_the_first_target_and_a_mapped_agent_sends_nothing_outward() {
-        use crate::protocol::{Auth, Mapping, Mode, Punch, Strategy};
+        use crate::protocol::{Auth, Mapping, Mode, Strategy};
         let public: SocketAddr = "198.51.100.10:40000".parse().unwrap();
         let mapped: SocketAddr = "198.51.100.10:40001".parse().unwrap();
         let lan: SocketAddr = "10.0.1.2:40000".parse().unwrap();
-        let to_client = Punch {
-            session: "0f".repeat(16),
-            key: "a5".repeat(32),
+        let to_client = PunchOrder {
+            session: SessionId::from_bytes([0x0f; 16]),
+            key: SessionKey::from_bytes([0xa5; 32]),
             peer_public: public,
             peer_private: vec![lan],
             you: "192.0.2.20:51000".parse().unwrap(),
@@ -850,19 +887,19 @@ mod tests {
         );
         assert!(plan.birthday.is_none());
         // The mapping is the public endpoint itself (a router that preserved the port).
-        let same = Punch {
+        let same = PunchOrder {
             peer_mapped: Some(public),
             ..to_client.clone()
         };
         assert_eq!(order_plan(&same, Role::Client).targets, vec![public, lan]);
         // Without a mapping: as before.
-        let plain = Punch {
+        let plain = PunchOrder {
             peer_mapped: None,
             ..to_client.clone()
         };
         assert_eq!(order_plan(&plain, Role::Client).targets, vec![public, lan]);
         // The agent with a mapping waits for the client: only LAN candidates.
-        let to_agent = Punch {
+        let to_agent = PunchOrder {
             strategy: Strategy::Mapped,
             peer_mapped: None,
             ..to_client
@@ -874,13 +911,13 @@ mod tests {
 
     #[test]
     fn a_late_relay_in_an_order_is_capped_and_the_deadline_stays_near() {
-        use crate::protocol::{self, ServerMsg};
+        use crate::protocol::{self, ServerToClient};
         // From a faulty or hostile server, such an order overflowed the deadline (a panic).
         let text = r#"{"type":"punch","session":"0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f",
             "key":"a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "peer_public":"198.51.100.2:40000","you":"198.51.100.3:51000","mode":"punch",
             "auth":"secret","relay_after_ms":18446744073709551615}"#;
-        let Ok(ServerMsg::Punch(p)) = protocol::decode::<ServerMsg>(text) else {
+        let Ok(ServerToClient::Punch(p)) = protocol::decode::<ServerToClient>(text) else {
             panic!("a punch order");
         };
         for role in [Role::Client, Role::Agent] {

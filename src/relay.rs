@@ -14,12 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use crate::control::{SERVER_TIMEOUT, ServerUrl};
-use crate::protocol::Role;
-
-/// Path of the relay endpoint.
-pub const RELAY_PATH: &str = "/v1/relay";
-/// The `Upgrade` protocol token of a relay request.
-pub const UPGRADE_TOKEN: &str = "p2pnc-relay";
+use crate::protocol::{self, Role, SessionId};
 /// How long the first end of a session waits on the server for the second.
 pub const PAIRING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest HTTP response head accepted when joining.
@@ -55,7 +50,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io2 for T {}
 pub struct RelayHub {
     config: RelayConfig,
     permits: Arc<Semaphore>,
-    waiting: Mutex<HashMap<String, (Role, oneshot::Sender<Io>)>>,
+    waiting: Mutex<HashMap<SessionId, (Role, oneshot::Sender<Io>)>>,
 }
 
 /// What to do with an end that just joined.
@@ -91,13 +86,13 @@ impl RelayHub {
     }
 
     /// Registers an end of `session`; the caller then upgrades and calls [`RelayHub::run`].
-    pub fn join(&self, session: &str, role: Role) -> Result<Joined, JoinRefused> {
+    pub fn join(&self, session: SessionId, role: Role) -> Result<Joined, JoinRefused> {
         let mut waiting = self.waiting.lock().expect("relay lock");
         waiting.retain(|_, (_, tx)| !tx.is_closed());
-        match waiting.remove(session) {
+        match waiting.remove(&session) {
             Some((r, tx)) if r != role => Ok(Joined::Second(tx)),
             Some(entry) => {
-                waiting.insert(session.to_string(), entry);
+                waiting.insert(session, entry);
                 Err(JoinRefused::Duplicate)
             }
             None => {
@@ -107,7 +102,7 @@ impl RelayHub {
                     .try_acquire_owned()
                     .map_err(|_| JoinRefused::Busy)?;
                 let (tx, rx) = oneshot::channel();
-                waiting.insert(session.to_string(), (role, tx));
+                waiting.insert(session, (role, tx));
                 Ok(Joined::First(rx, permit))
             }
         }
@@ -166,85 +161,50 @@ where
     }
 }
 
+/// Why joining the relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The server answered with something other than `101 Switching Protocols`.
+    #[error(transparent)]
+    Refused(#[from] protocol::JoinRefused),
+    /// The server's answer head did not end within [`MAX_HEAD`] bytes.
+    #[error("relay answer head too long")]
+    HeadTooLong,
+    /// No answer within [`SERVER_TIMEOUT`].
+    #[error("relay join timed out")]
+    TimedOut,
+    /// Connecting, writing or reading failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// Joins the relay of `session` as `role`; returns the raw stream to the other end.
 pub async fn join(
     server: &ServerUrl,
     server_addr: SocketAddr,
-    session: &str,
+    session: &SessionId,
     role: Role,
-) -> std::io::Result<TcpStream> {
+) -> Result<TcpStream, RelayError> {
     let work = async {
         let mut tcp = TcpStream::connect(server_addr).await?;
         tcp.set_nodelay(true)?;
-        let request = format!(
-            "GET {RELAY_PATH}?{} HTTP/1.1\r\nHost: {}\r\n\
-             Connection: Upgrade\r\nUpgrade: {UPGRADE_TOKEN}\r\n\r\n",
-            join_query(session, role),
-            server.authority()
-        );
+        let request = protocol::join_request(session, role, &server.authority());
         tcp.write_all(request.as_bytes()).await?;
         // Read the head byte by byte: the peer's bytes may follow it at once.
         let mut head = Vec::with_capacity(256);
         while !head.ends_with(b"\r\n\r\n") {
             if head.len() >= MAX_HEAD {
-                return Err(invalid("relay answer head too long"));
+                return Err(RelayError::HeadTooLong);
             }
             head.push(tcp.read_u8().await?);
         }
-        check_join_answer(&head)?;
+        protocol::check_join_answer(&head)?;
         Ok(tcp)
     };
     match tokio::time::timeout(SERVER_TIMEOUT, work).await {
         Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "relay join timed out",
-        )),
+        Err(_) => Err(RelayError::TimedOut),
     }
-}
-
-/// The query string of a relay join (without `?`): `v=1&session=S&role=client|agent`.
-pub fn join_query(session: &str, role: Role) -> String {
-    let role = match role {
-        Role::Client => "client",
-        Role::Agent => "agent",
-    };
-    format!("v=1&session={session}&role={role}")
-}
-
-/// Parses the query string of a relay join: the session and the role, or `None` when `v=1`,
-/// the session or a valid role is missing.
-pub fn parse_join_query(query: &str) -> Option<(String, Role)> {
-    let (mut session, mut role, mut v) = (None, None, None);
-    for pair in query.split('&') {
-        match pair.split_once('=') {
-            Some(("session", s)) => session = Some(s.to_string()),
-            Some(("role", "client")) => role = Some(Role::Client),
-            Some(("role", "agent")) => role = Some(Role::Agent),
-            Some(("v", x)) => v = Some(x),
-            _ => {}
-        }
-    }
-    match (session, role, v) {
-        (Some(session), Some(role), Some("1")) => Some((session, role)),
-        _ => None,
-    }
-}
-
-/// Checks the server's answer head to a relay join: only `101 Switching Protocols` lets the
-/// stream through.
-pub fn check_join_answer(head: &[u8]) -> std::io::Result<()> {
-    let head = String::from_utf8_lossy(head);
-    let status = head.lines().next().unwrap_or("");
-    if status.starts_with("HTTP/1.1 101") {
-        Ok(())
-    } else {
-        Err(invalid(&format!("relay refused: {status}")))
-    }
-}
-
-fn invalid(why: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
 }
 
 #[cfg(test)]
@@ -279,13 +239,17 @@ mod tests {
             max_sessions: 1,
             bytes_per_sec: 1,
         });
-        let first = hub.join("s1", Role::Client).ok().unwrap();
+        let (s1, s2) = (
+            SessionId::from_bytes([1; 16]),
+            SessionId::from_bytes([2; 16]),
+        );
+        let first = hub.join(s1, Role::Client).ok().unwrap();
         assert!(matches!(first, Joined::First(..)));
         assert_eq!(
-            hub.join("s1", Role::Client).err(),
+            hub.join(s1, Role::Client).err(),
             Some(JoinRefused::Duplicate)
         );
-        assert_eq!(hub.join("s2", Role::Client).err(), Some(JoinRefused::Busy));
-        assert!(matches!(hub.join("s1", Role::Agent), Ok(Joined::Second(_))));
+        assert_eq!(hub.join(s2, Role::Client).err(), Some(JoinRefused::Busy));
+        assert!(matches!(hub.join(s1, Role::Agent), Ok(Joined::Second(_))));
     }
 }

@@ -39,7 +39,7 @@ async fn connect_reaches_the_service_byte_exact_with_half_close() {
         .unwrap();
     assert!(matches!(conn.info.path, Path::Direct | Path::Lan));
     assert_eq!(conn.info.peer_addr.port(), agent_public.port());
-    assert_eq!(conn.info.session.len(), 32);
+    assert_eq!(conn.info.session.to_string().len(), 32);
     echo_roundtrip(&mut conn.stream, 4 << 20).await;
     assert_eq!(echo.bytes.load(Ordering::SeqCst), 4 << 20);
 }
@@ -243,8 +243,11 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
         order["relay_after_ms"], 1500,
         "a direct path gets a head start"
     );
-    let session = order["session"].as_str().unwrap().to_string();
-    assert_eq!(next_json(&mut agent).await["session"], session.as_str());
+    let session: p2pnc::protocol::SessionId = order["session"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        next_json(&mut agent).await["session"],
+        session.to_string().as_str()
+    );
 
     let url = p2pnc::ServerUrl::parse(&server.url).unwrap();
     let (a, c) = tokio::join!(
@@ -264,7 +267,8 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
     assert_eq!(got, b"from agent");
 
     // Unknown sessions are refused; so is a relay on a server without one.
-    let err = relay::join(&url, server.addr, &"0".repeat(32), Role::Client)
+    let unknown = p2pnc::protocol::SessionId::from_bytes([0; 16]);
+    let err = relay::join(&url, server.addr, &unknown, Role::Client)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");

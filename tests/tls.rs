@@ -223,10 +223,11 @@ async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
     .await
     .unwrap();
     let order: serde_json::Value = p2pnc::control::recv(&mut client).await.unwrap().unwrap();
-    let session = order["session"]
+    let session: p2pnc::protocol::SessionId = order["session"]
         .as_str()
         .expect("a punch order")
-        .to_string();
+        .parse()
+        .unwrap();
     let (a, c) = tokio::join!(
         relay::join(&url, server.addr, &session, Role::Agent),
         relay::join(&url, server.addr, &session, Role::Client),

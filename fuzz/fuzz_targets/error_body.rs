@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::protocol::ErrorBody;
+use p2pnc_protocol::ErrorBody;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(body) = serde_json::from_slice::<ErrorBody>(data) else {

@@ -1,20 +1,26 @@
-//! Control messages an agent or a client receives from the server (`ServerMsg`), and what
-//! each end derives from a punch order: the stream keys and the punch plan.
+//! Control messages an agent or a client receives from the server (`ServerToAgent`,
+//! `ServerToClient`), and what each end derives from a punch order: the stream keys and the
+//! punch plan.
 #![no_main]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::protocol::{self, MAX_MESSAGE_BYTES, Role, ServerMsg, SessionKeys};
 use p2pnc::punch::{DEFAULT_PUNCH_TIMEOUT, MAX_RELAY_AFTER, Order, Proof, PunchPlan};
 use p2pnc::{EarlyData, ServerUrl};
+use p2pnc_protocol::{
+    self as protocol, MAX_MESSAGE_BYTES, Role, ServerToAgent, ServerToClient, SessionKeys,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(msg) = protocol::decode::<ServerMsg>(text) else {
+    // What a client may receive is what an agent may receive, but a registration.
+    let to_client = protocol::decode::<ServerToClient>(text);
+    let Ok(msg) = protocol::decode::<ServerToAgent>(text) else {
+        assert!(to_client.is_err(), "{text}");
         return;
     };
     assert!(text.len() <= MAX_MESSAGE_BYTES, "the size cap holds");
@@ -22,20 +28,30 @@ fuzz_target!(|data: &[u8]| {
     // message must come back unchanged and encode the same way again.
     let again = protocol::encode(&msg);
     if again.len() <= MAX_MESSAGE_BYTES {
-        let back = protocol::decode::<ServerMsg>(&again).expect("re-encoding decodes");
+        let back = protocol::decode::<ServerToAgent>(&again).expect("re-encoding decodes");
         assert_eq!(back, msg, "{again}");
         assert_eq!(protocol::encode(&back), again, "encoding is stable");
     }
-    let ServerMsg::Punch(p) = &msg else {
+    match (&msg, &to_client) {
+        (ServerToAgent::Registered { .. }, client) => assert!(client.is_err(), "{text}"),
+        (ServerToAgent::Punch(p), Ok(ServerToClient::Punch(q))) => assert_eq!(p, q),
+        (
+            ServerToAgent::Error { code, message },
+            Ok(ServerToClient::Error {
+                code: c,
+                message: m,
+            }),
+        ) => {
+            assert_eq!((code, message), (c, m))
+        }
+        (msg, client) => panic!("{msg:?} to an agent is {client:?} to a client"),
+    }
+    let ServerToAgent::Punch(p) = &msg else {
         return;
     };
-    if let Some(keys) = SessionKeys::derive(&p.session, &p.key, Some("pw")) {
-        assert_eq!(
-            hex::encode(keys.session_id()),
-            p.session.to_ascii_lowercase()
-        );
-        assert!(keys.verify_hello(Role::Client, &keys.hello(Role::Client)));
-    }
+    let keys = SessionKeys::derive(p.session, &p.key, Some("pw"));
+    assert_eq!(keys.session_id(), p.session);
+    assert!(keys.verify_hello(Role::Client, &keys.hello(Role::Client)));
     let server = ServerUrl::parse("http://203.0.113.10:50300").expect("valid URL");
     let server_addr: SocketAddr = "203.0.113.10:50300".parse().expect("valid address");
     let started = tokio::time::Instant::now();

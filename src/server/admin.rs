@@ -67,7 +67,7 @@ fn status(state: &Shared) -> Status {
         .map(|(id, a)| {
             let rtt = a.rtt_us.load(Ordering::Relaxed);
             Service {
-                id: id.clone(),
+                id: id.to_string(),
                 public: a.public.to_string(),
                 mapping: a.mapping,
                 auth: a.auth,

@@ -31,10 +31,11 @@ use crate::metrics::{Metrics, Outcome};
 use crate::net;
 use crate::probe::ProbeTable;
 use crate::protocol::{
-    self, AgentMsg, Auth, ClientMsg, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery,
-    MAX_MESSAGE_BYTES, Mapping, Mode, Punch, ServerMsg, Strategy,
+    self, AgentToServer, Auth, ClientToServer, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery,
+    JoinQueryError, MAX_MESSAGE_BYTES, Mapping, Mode, ProbeToken, PunchOrder, Role, ServerToAgent,
+    ServerToClient, ServiceId, SessionId, SessionKey, Strategy,
 };
-use crate::relay::{self, JoinRefused, RelayConfig, RelayHub};
+use crate::relay::{JoinRefused, RelayConfig, RelayHub};
 use crate::tls::{self, MaybeTls, ServerTls};
 
 /// How often the server pings an agent; also how often the agent's NAT mapping is refreshed
@@ -233,7 +234,7 @@ impl Connected<axum::serve::IncomingStream<'_, Accepting>> for ConnMeta {
 struct AgentEntry {
     generation: u64,
     /// Boxed: a channel allocates its first 32 slots up front, and every online agent has one.
-    tx: mpsc::Sender<Box<ServerMsg>>,
+    tx: mpsc::Sender<Box<ServerToAgent>>,
     public: SocketAddr,
     private: Vec<SocketAddr>,
     auth: Auth,
@@ -261,14 +262,14 @@ struct Shared {
     connect_rate: RateLimiter,
     expose_rate: RateLimiter,
     /// Ids whose owner went offline recently: id → (owner, when).
-    reserved: Mutex<HashMap<String, (String, Instant)>>,
+    reserved: Mutex<HashMap<ServiceId, (String, Instant)>>,
     /// `None` when the server has no probe port: mappings are then unknown at once.
     probes: Option<Arc<ProbeTable>>,
     relay: Option<RelayHub>,
     metrics: Metrics,
     tasks: TaskTracker,
-    agents: Mutex<HashMap<String, AgentEntry>>,
-    sessions: Mutex<HashMap<String, mpsc::Sender<SessionEvent>>>,
+    agents: Mutex<HashMap<ServiceId, AgentEntry>>,
+    sessions: Mutex<HashMap<SessionId, mpsc::Sender<SessionEvent>>>,
     generation: AtomicU64,
     shutdown: CancellationToken,
 }
@@ -282,7 +283,7 @@ pub async fn bind_pair(addr: SocketAddr) -> std::io::Result<(TcpListener, TcpLis
     let mut last = None;
     for _ in 0..TRIES {
         let control = net::server_listener(addr)?;
-        let probe_addr = crate::probe::probe_addr(control.local_addr()?);
+        let probe_addr = protocol::probe_addr(control.local_addr()?);
         match net::server_listener(probe_addr) {
             Ok(probe) => return Ok((control, probe)),
             Err(e) if addr.port() == 0 => last = Some(e),
@@ -373,7 +374,7 @@ pub async fn serve(
         .route("/v1/whoami", get(whoami))
         .route(protocol::EXPOSE_PATH, get(expose))
         .route(protocol::CONNECT_PATH, get(connect))
-        .route(relay::RELAY_PATH, get(relay_join))
+        .route(protocol::RELAY_PATH, get(relay_join))
         .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             error(
@@ -411,7 +412,12 @@ enum Claim {
 
 impl Shared {
     /// Decides whether `owner` may register `id` now. Call with the agents lock held.
-    fn claim(&self, agents: &HashMap<String, AgentEntry>, id: &str, owner: Option<&str>) -> Claim {
+    fn claim(
+        &self,
+        agents: &HashMap<ServiceId, AgentEntry>,
+        id: &ServiceId,
+        owner: Option<&str>,
+    ) -> Claim {
         if let Some(entry) = agents.get(id) {
             return match (entry.owner.as_deref(), owner) {
                 (Some(a), Some(b)) if constant_time_eq(a, b) => Claim::Replace,
@@ -531,7 +537,12 @@ async fn peer(
     if let Some(refused) = state.token_refusal(&headers) {
         return refused;
     }
-    if state.agents.lock().expect("agents lock").contains_key(&id) {
+    if state
+        .agents
+        .lock()
+        .expect("agents lock")
+        .contains_key(id.as_str())
+    {
         Json(serde_json::json!({"id": id, "online": true})).into_response()
     } else {
         error(ErrorCode::PeerOffline, format!("peer '{id}' is not online"))
@@ -591,7 +602,7 @@ fn id_taken(id: &str) -> String {
     format!("id '{id}' is already registered by another agent")
 }
 
-async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> bool {
+async fn send<T: serde::Serialize>(socket: &mut WebSocket, msg: &T) -> bool {
     socket
         .send(Message::Text(protocol::encode(msg).into()))
         .await
@@ -599,7 +610,7 @@ async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> bool {
 }
 
 async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut socket: WebSocket) {
-    let mapping = probed_mapping(&state, meta.remote, q.probe.as_deref()).await;
+    let mapping = probed_mapping(&state, meta.remote, q.probe.as_ref()).await;
     // A mapping on another address than the one we see leads nowhere: the router that made
     // it sits behind another NAT.
     let mapped = q.mapped.filter(|m| {
@@ -649,7 +660,7 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
         }
     };
     if let Err(message) = claimed {
-        let msg = ServerMsg::Error {
+        let msg = ServerToAgent::Error {
             code: ErrorCode::IdTaken,
             message,
         };
@@ -660,7 +671,7 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
         id = %q.id, public = %meta.remote, auth = ?q.auth, %mapping, mapped = ?mapped,
         "agent registered"
     );
-    let registered = ServerMsg::Registered {
+    let registered = ServerToAgent::Registered {
         id: q.id.clone(),
         public: meta.remote,
         mapping,
@@ -669,7 +680,7 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
         tokio::select! {
             _ = agent_loop(&state, &mut socket, &mut rx, &rtt_us) => {}
             _ = kick.cancelled() => {
-                let msg = ServerMsg::Error {
+                let msg = ServerToAgent::Error {
                     code: ErrorCode::IdTaken,
                     message: "replaced by a new registration of the same owner".into(),
                 };
@@ -698,7 +709,7 @@ async fn agent_session(state: AppState, meta: ConnMeta, q: ExposeQuery, mut sock
 async fn agent_loop(
     state: &Shared,
     socket: &mut WebSocket,
-    rx: &mut mpsc::Receiver<Box<ServerMsg>>,
+    rx: &mut mpsc::Receiver<Box<ServerToAgent>>,
     rtt_us: &AtomicU64,
 ) {
     let mut ping = tokio::time::interval(AGENT_PING_INTERVAL);
@@ -733,10 +744,13 @@ async fn agent_loop(
                 };
                 last_heard = Instant::now();
                 match msg {
-                    Message::Text(text) => match protocol::decode::<AgentMsg>(&text) {
+                    Message::Text(text) => match protocol::decode::<AgentToServer>(&text) {
                         Ok(m) => route_agent_msg(state, m),
                         Err(e) => {
-                            let reply = ServerMsg::Error { code: ErrorCode::BadRequest, message: e };
+                            let reply = ServerToAgent::Error {
+                                code: ErrorCode::BadRequest,
+                                message: e.to_string(),
+                            };
                             send(socket, &reply).await;
                             return;
                         }
@@ -751,7 +765,7 @@ async fn agent_loop(
                     }
                     Message::Ping(_) => {}
                     Message::Binary(_) => {
-                        let reply = ServerMsg::Error {
+                        let reply = ServerToAgent::Error {
                             code: ErrorCode::BadRequest,
                             message: "binary frames are not part of the protocol".into(),
                         };
@@ -765,7 +779,11 @@ async fn agent_loop(
     }
 }
 
-async fn probed_mapping(state: &Shared, control: SocketAddr, token: Option<&str>) -> Mapping {
+async fn probed_mapping(
+    state: &Shared,
+    control: SocketAddr,
+    token: Option<&ProbeToken>,
+) -> Mapping {
     match (token, &state.probes) {
         (Some(t), Some(table)) => Mapping::classify(control, table.wait(t, PROBE_WAIT).await),
         _ => Mapping::Unknown,
@@ -787,14 +805,19 @@ fn strategies(client: Mapping, agent: Mapping, agent_mapped: bool) -> Option<(St
     }
 }
 
-fn route_agent_msg(state: &Shared, msg: AgentMsg) {
+fn route_agent_msg(state: &Shared, msg: AgentToServer) {
     let (session, event) = match msg {
-        AgentMsg::Reject {
+        AgentToServer::Reject {
             session,
             code,
             message,
         } => (session, SessionEvent::Rejected(code, message)),
-        AgentMsg::Armed { session } => (session, SessionEvent::Armed),
+        AgentToServer::Armed { session } => (session, SessionEvent::Armed),
+        _ => return,
+    };
+    // Text that is no session id names no session, like an id the server does not know.
+    let Some(session) = session.id() else {
+        return;
     };
     let tx = state
         .sessions
@@ -852,12 +875,8 @@ async fn connect(
     })
 }
 
-fn random_hex<const N: usize>() -> String {
-    hex::encode(rand::random::<[u8; N]>())
-}
-
 /// Removes a session from the table when its client connection ends, however it ends.
-struct SessionGuard<'a>(&'a Shared, String);
+struct SessionGuard<'a>(&'a Shared, SessionId);
 
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
@@ -898,20 +917,20 @@ impl Drop for Tally<'_> {
 async fn refuse(socket: &mut WebSocket, tally: &mut Tally<'_>, code: ErrorCode, message: String) {
     tally.metrics.rejected(&code.to_string());
     tally.end(Outcome::Rejected, None, Some(message.clone()));
-    send(socket, &ServerMsg::Error { code, message }).await;
+    send(socket, &ServerToClient::Error { code, message }).await;
 }
 
 async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut socket: WebSocket) {
-    let session = random_hex::<16>();
+    let session = SessionId::random();
     let (events_tx, mut events) = mpsc::channel(4);
     state
         .sessions
         .lock()
         .expect("sessions lock")
-        .insert(session.clone(), events_tx);
-    let _guard = SessionGuard(&state, session.clone());
+        .insert(session, events_tx);
+    let _guard = SessionGuard(&state, session);
 
-    let client_mapping = probed_mapping(&state, meta.remote, q.probe.as_deref()).await;
+    let client_mapping = probed_mapping(&state, meta.remote, q.probe.as_ref()).await;
     let agent = {
         let agents = state.agents.lock().expect("agents lock");
         agents.get(&q.peer).map(|a| {
@@ -928,7 +947,7 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
     };
     let mut tally = Tally {
         metrics: &state.metrics,
-        peer: q.peer.clone(),
+        peer: q.peer.to_string(),
         pair: (
             client_mapping,
             agent.as_ref().map_or(Mapping::Unknown, |a| a.4),
@@ -967,16 +986,16 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         );
         return refuse(&mut socket, &mut tally, ErrorCode::NoDirectPath, message).await;
     }
-    let key = random_hex::<32>();
-    let to_agent = Punch {
-        session: session.clone(),
-        key: key.clone(),
+    let key = SessionKey::random();
+    let to_agent = PunchOrder {
+        session,
+        key,
         peer_public: meta.remote,
         peer_private: if same_nat { q.private.clone() } else { vec![] },
         you: agent_public,
         mode: q.mode,
         auth,
-        nonce: Some(q.nonce.clone()),
+        nonce: Some(q.nonce),
         proof: q.proof.clone(),
         strategy: agent_strategy,
         your_mapping: agent_mapping,
@@ -984,8 +1003,8 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
         relay_after_ms: relay_after,
         peer_mapped: None,
     };
-    let to_client = ServerMsg::Punch(Punch {
-        session: session.clone(),
+    let to_client = ServerToClient::Punch(PunchOrder {
+        session,
         key,
         peer_public: agent_public,
         peer_private: if same_nat { agent_private } else { vec![] },
@@ -1007,7 +1026,7 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
     );
 
     if agent_tx
-        .try_send(Box::new(ServerMsg::Punch(to_agent)))
+        .try_send(Box::new(ServerToAgent::Punch(to_agent)))
         .is_err()
     {
         let message = format!("peer '{}' has too many pending sessions", q.peer);
@@ -1059,8 +1078,8 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
                 None => return,
             },
             got = socket.recv() => match got {
-                Some(Ok(Message::Text(text))) => match protocol::decode::<ClientMsg>(&text) {
-                    Ok(ClientMsg::Result { outcome, setup_ms, reason }) => {
+                Some(Ok(Message::Text(text))) => match protocol::decode::<ClientToServer>(&text) {
+                    Ok(ClientToServer::Result { outcome, setup_ms, reason }) => {
                         let outcome = match outcome.as_str() {
                             "direct" => Outcome::Direct,
                             "lan" => Outcome::Lan,
@@ -1069,14 +1088,18 @@ async fn client_session(state: AppState, meta: ConnMeta, q: ConnectQuery, mut so
                         };
                         tally.end(outcome, setup_ms.map(Duration::from_millis), reason);
                     }
-                    Err(message) => {
-                        let reply = ServerMsg::Error { code: ErrorCode::BadRequest, message };
+                    Ok(_) => {}
+                    Err(e) => {
+                        let reply = ServerToClient::Error {
+                            code: ErrorCode::BadRequest,
+                            message: e.to_string(),
+                        };
                         send(&mut socket, &reply).await;
                         return;
                     }
                 },
                 Some(Ok(Message::Binary(_))) => {
-                    let reply = ServerMsg::Error {
+                    let reply = ServerToClient::Error {
                         code: ErrorCode::BadRequest,
                         message: "binary frames are not part of the protocol".into(),
                     };
@@ -1102,32 +1125,36 @@ async fn relay_join(
             "this server does not relay (start it with --relay)".into(),
         );
     };
-    let Some((session, role)) = relay::parse_join_query(query.as_deref().unwrap_or("")) else {
-        return state.reject(
-            ErrorCode::BadRequest,
-            "relay needs v=1, session and role=client|agent".into(),
-        );
+    let (session, role) = match protocol::parse_join_query(query.as_deref().unwrap_or("")) {
+        Ok((session, role)) => (Some(session), role),
+        // Not a session id: it names no live session, as the check below tells.
+        Err(JoinQueryError::UnknownSession) => (None, Role::Client),
+        Err(e @ JoinQueryError::Malformed) => {
+            return state.reject(ErrorCode::BadRequest, e.to_string());
+        }
     };
     let upgrade_ok = req
         .headers()
         .get(axum::http::header::UPGRADE)
         .and_then(|h| h.to_str().ok())
-        .is_some_and(|h| h.eq_ignore_ascii_case(relay::UPGRADE_TOKEN));
+        .is_some_and(|h| h.eq_ignore_ascii_case(protocol::UPGRADE_TOKEN));
     if !upgrade_ok {
         return state.reject(
             ErrorCode::BadRequest,
-            format!("relay needs 'Upgrade: {}'", relay::UPGRADE_TOKEN),
+            format!("relay needs 'Upgrade: {}'", protocol::UPGRADE_TOKEN),
         );
     }
-    if !state
-        .sessions
-        .lock()
-        .expect("sessions lock")
-        .contains_key(&session)
-    {
+    let live = session.filter(|s| {
+        state
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .contains_key(s)
+    });
+    let Some(session) = live else {
         return state.reject(ErrorCode::PeerGone, "no such live session".into());
-    }
-    let joined = match hub.join(&session, role) {
+    };
+    let joined = match hub.join(session, role) {
         Ok(j) => j,
         Err(JoinRefused::Busy) => {
             return state.reject(ErrorCode::Busy, "every relay slot is taken".into());
@@ -1153,7 +1180,7 @@ async fn relay_join(
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(axum::http::header::CONNECTION, "upgrade")
-        .header(axum::http::header::UPGRADE, relay::UPGRADE_TOKEN)
+        .header(axum::http::header::UPGRADE, protocol::UPGRADE_TOKEN)
         .body(axum::body::Body::empty())
         .expect("static response")
 }
