@@ -4,6 +4,9 @@
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+pub use crate::server::limits::head_progress;
+pub use crate::server::metrics::{Metrics, Outcome};
+
 use crate::protocol::HELLO_LEN;
 use crate::punch::{HandshakeError, Proof, Punched};
 

@@ -16,10 +16,10 @@ pub mod agent;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod defaults;
 pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod metrics;
 pub mod natcheck;
 pub mod net;
 pub mod portmap;

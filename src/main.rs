@@ -143,7 +143,7 @@ enum Command {
 #[derive(Args)]
 struct ServerArgs {
     /// Address to listen on (HTTP and WebSocket).
-    #[arg(long, default_value = "0.0.0.0:50300")]
+    #[arg(long, default_value = p2pnc::defaults::SERVER_LISTEN)]
     listen: SocketAddr,
     /// Address of the NAT probe port [default: the --listen address, port + 1].
     #[arg(long)]
@@ -152,19 +152,19 @@ struct ServerArgs {
     #[arg(long, env = "P2PNC_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Seconds an id stays reserved for its owner after the owner went offline.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = p2pnc::defaults::ID_GRACE.as_secs())]
     id_grace: u64,
     /// Connect requests per second allowed from one address (bursts of 3 s worth).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = p2pnc::defaults::CONNECT_RATE)]
     connect_rate: f64,
     /// Registrations per second allowed from one address (bursts of 5 s worth).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = p2pnc::defaults::EXPOSE_RATE)]
     expose_rate: f64,
     /// Most connections to the control port from one address.
-    #[arg(long, default_value_t = p2pnc::server::limits::MAX_CONNECTIONS_PER_IP)]
+    #[arg(long, default_value_t = p2pnc::defaults::MAX_CONNECTIONS_PER_IP)]
     max_connections_per_ip: usize,
     /// Most connections to the control port in all (each online agent holds one).
-    #[arg(long, default_value_t = p2pnc::server::limits::MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = p2pnc::defaults::MAX_CONNECTIONS)]
     max_connections: usize,
     /// Serve /metrics (Prometheus) and a status page here, e.g. 127.0.0.1:50309 (off unless
     /// given; keep it off public addresses).
@@ -174,10 +174,15 @@ struct ServerArgs {
     #[arg(long)]
     relay: bool,
     /// Most relayed sessions at once.
-    #[arg(long, default_value_t = 16, requires = "relay")]
-    relay_max_sessions: usize,
+    #[arg(
+        long = "relay-max-sessions",
+        value_name = "RELAY_MAX_SESSIONS",
+        default_value_t = p2pnc::defaults::RELAY_MAX_PAIRS,
+        requires = "relay"
+    )]
+    relay_max_pairs: usize,
     /// Relay rate cap per session and direction, in bytes per second.
-    #[arg(long, default_value_t = 4 * 1024 * 1024, requires = "relay")]
+    #[arg(long, default_value_t = p2pnc::defaults::RELAY_RATE, requires = "relay")]
     relay_rate: u64,
     /// Speak TLS on the control port with this PEM certificate chain (leaf first); clients
     /// then use https:// URLs. The log names the certificate's pin for --tls-pin.
@@ -344,11 +349,11 @@ struct PunchArgs {
     #[arg(long, env = "P2PNC_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Seconds a punch may take before it is given up.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = p2pnc::defaults::PUNCH_TIMEOUT.as_secs_f64())]
     punch_timeout: f64,
     /// TTL of SYNs meant to open only this host's NAT (the agent's first SYN, the symmetric
     /// side's birthday sockets); 0 sends them with the normal TTL.
-    #[arg(long, default_value_t = p2pnc::punch::DEFAULT_LOW_TTL)]
+    #[arg(long, default_value_t = p2pnc::defaults::PUNCH_TTL)]
     punch_ttl: u32,
 }
 
@@ -471,14 +476,14 @@ async fn server(args: ServerArgs) -> Result<()> {
         "listening on {local}, NAT probes on {}",
         probe.local_addr()?
     );
-    let relay = args.relay.then_some(p2pnc::relay::RelayConfig {
-        max_sessions: args.relay_max_sessions,
+    let relay = args.relay.then_some(p2pnc::server::RelayConfig {
+        max_pairs: args.relay_max_pairs,
         bytes_per_sec: args.relay_rate,
     });
     if let Some(r) = &relay {
         tracing::info!(
             "relay on: at most {} sessions at {} bytes/s each way",
-            r.max_sessions,
+            r.max_pairs,
             r.bytes_per_sec
         );
     }

@@ -217,10 +217,11 @@ async fn next_json(ws: &mut Ws) -> serde_json::Value {
 #[tokio::test]
 async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_ways() {
     use p2pnc::protocol::Role;
-    use p2pnc::relay::{self, RelayConfig};
+    use p2pnc::relay;
+    use p2pnc::server::RelayConfig;
     let config = p2pnc::server::ServerConfig {
         relay: Some(RelayConfig {
-            max_sessions: 1,
+            max_pairs: 1,
             bytes_per_sec: 1 << 20,
         }),
         ..Default::default()

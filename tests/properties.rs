@@ -431,7 +431,7 @@ proptest! {
             prop::sample::select(vec![b'\r', b'\n', b'G', b' ']), 0..40),
         size in 1..8usize,
     ) {
-        use p2pnc::server::limits::head_progress;
+        use p2pnc::fuzzing::head_progress;
         let complete = bytes.windows(4).any(|w| w == b"\r\n\r\n");
         let pieces = bytes.chunks(size).fold(0, head_progress);
         prop_assert_eq!(pieces == 4, complete);

@@ -184,11 +184,12 @@ async fn every_trust_mismatch_is_refused_with_a_reason() {
 #[tokio::test]
 async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
     use p2pnc::protocol::Role;
-    use p2pnc::relay::{self, RelayConfig};
+    use p2pnc::relay;
+    use p2pnc::server::RelayConfig;
     let pki = Pki::new(&["127.0.0.1"]);
     let config = ServerConfig {
         relay: Some(RelayConfig {
-            max_sessions: 1,
+            max_pairs: 1,
             bytes_per_sec: 1 << 20,
         }),
         ..Default::default()

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::metrics::{Metrics, Outcome};
+use p2pnc::fuzzing::{Metrics, Outcome};
 use p2pnc_protocol::{self as protocol, ClientToServer, MAX_MESSAGE_BYTES, Mapping, Strategy};
 
 fuzz_target!(|data: &[u8]| {
