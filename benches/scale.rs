@@ -425,7 +425,7 @@ fn raise_nofile(want: u64) -> u64 {
             }
         }
     }
-    p2pnc::net::raise_fd_limit_to(want)
+    p2pnc::server::raise_open_file_limit(want)
 }
 
 /// Ports of one source address's ephemeral range this generator may use.

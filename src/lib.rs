@@ -12,99 +12,33 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub mod agent;
-pub mod client;
+mod net;
+mod peer;
+
 pub mod config;
-pub mod control;
 pub mod defaults;
 pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod natcheck;
-pub mod net;
-pub mod portmap;
-pub mod probe;
-pub mod punch;
-pub mod relay;
 pub mod server;
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 
 /// The wire protocol (the `p2pnc-protocol` crate).
 pub use p2pnc_protocol as protocol;
 
-use std::net::SocketAddr;
-use std::time::Duration;
+pub use peer::agent::{Accepted, Agent, ExposeOptions};
+pub use peer::client::{ConnectOptions, Connection, connect, connect_early};
+pub use peer::control::ServerUrl;
+pub use peer::natcheck::{NatReport, nat_check};
+pub use peer::portmap::Survey as PortMappingSurvey;
+pub use peer::punch::{EarlyData, PunchOptions};
+pub use peer::session::{ConnectionInfo, Path};
+pub use tls::Trust;
 
-pub use agent::{Accepted, Agent, ExposeOptions};
-pub use client::{ConnectOptions, Connection, connect, connect_early};
-pub use control::ServerUrl;
 use protocol::ErrorCode;
-pub use punch::EarlyData;
 use tokio::io::{AsyncRead, AsyncWrite};
-
-/// How a stream reached its peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Path {
-    /// A punched TCP connection between the two public endpoints (or to a public host).
-    Direct,
-    /// A direct TCP connection inside one LAN, to the peer's private address.
-    Lan,
-    /// Through the rendezvous server's relay (no direct path existed).
-    Relayed,
-}
-
-impl Path {
-    /// The outcome label of this path (`direct`, `lan`, `relayed`).
-    pub fn label(self) -> &'static str {
-        match self {
-            Path::Direct => "direct",
-            Path::Lan => "lan",
-            Path::Relayed => "relayed",
-        }
-    }
-}
-
-impl std::fmt::Display for Path {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Path::Direct => "direct",
-            Path::Lan => "lan",
-            Path::Relayed => "relayed",
-        })
-    }
-}
-
-/// How a connection was set up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectionInfo {
-    /// Which path the stream takes.
-    pub path: Path,
-    /// The peer's address on the stream.
-    pub peer_addr: SocketAddr,
-    /// Time from the start of the call (client) or the punch order (agent) to a proven stream.
-    pub setup: Duration,
-    /// The session id, as the server and the logs name it.
-    pub session: protocol::SessionId,
-    /// How the punch was made (`simultaneous`, `birthday_hard`, `mapped`, ...).
-    pub strategy: protocol::Strategy,
-}
-
-impl ConnectionInfo {
-    /// The one-line JSON report of `--report json`: path, peer address and family, strategy,
-    /// setup time and session id.
-    pub fn report(&self) -> serde_json::Value {
-        serde_json::json!({
-            "ok": true,
-            "path": self.path.label(),
-            "peer_addr": self.peer_addr.to_string(),
-            "family": if self.peer_addr.is_ipv4() { "ipv4" } else { "ipv6" },
-            "strategy": self.strategy.to_string(),
-            "setup_ms": self.setup.as_millis() as u64,
-            "session": self.session.to_string(),
-        })
-    }
-}
 
 /// Everything that can go wrong, each with a message a user can act on.
 #[derive(Debug, thiserror::Error)]

@@ -358,15 +358,16 @@ struct PunchArgs {
 }
 
 impl PunchArgs {
-    fn timeout(&self) -> Result<Duration> {
-        Duration::try_from_secs_f64(self.punch_timeout)
+    /// The punch these flags ask for.
+    fn options(&self) -> Result<p2pnc::PunchOptions> {
+        let timeout = Duration::try_from_secs_f64(self.punch_timeout)
             .ok()
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| anyhow!("--punch-timeout must be a positive number of seconds"))
-    }
-
-    fn ttl(&self) -> Option<u32> {
-        (self.punch_ttl > 0).then_some(self.punch_ttl)
+            .ok_or_else(|| anyhow!("--punch-timeout must be a positive number of seconds"))?;
+        Ok(p2pnc::PunchOptions {
+            timeout,
+            ttl: (self.punch_ttl > 0).then_some(self.punch_ttl),
+        })
     }
 }
 
@@ -438,7 +439,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Connect(args) => connect(args).await,
         Command::Demo => p2pnc::demo::run().await,
         Command::NatCheck { server, json, tls } => {
-            let report = p2pnc::natcheck::check(&tls.server_url(&server)?).await?;
+            let report = p2pnc::nat_check(&tls.server_url(&server)?).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -455,7 +456,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     }
     // Every connection is a file descriptor; leave room for the probe port and the admin.
     let want_fds = args.max_connections as u64 + FD_HEADROOM;
-    let fds = p2pnc::net::raise_fd_limit_to(want_fds);
+    let fds = p2pnc::server::raise_open_file_limit(want_fds);
     if fds < want_fds {
         tracing::warn!(
             "the open-file limit is {fds}, too low for --max-connections {}: raise it \
@@ -463,13 +464,13 @@ async fn server(args: ServerArgs) -> Result<()> {
             args.max_connections
         );
     }
-    let listener = p2pnc::net::server_listener(args.listen)
+    let listener = p2pnc::server::listen(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
     let probe_addr = args
         .probe_listen
         .unwrap_or_else(|| p2pnc::protocol::probe_addr(local));
-    let probe = p2pnc::net::server_listener(probe_addr).with_context(|| {
+    let probe = p2pnc::server::listen(probe_addr).with_context(|| {
         format!("cannot listen on {probe_addr} for NAT probes (--probe-listen)")
     })?;
     tracing::info!(
@@ -558,8 +559,7 @@ async fn expose(args: ExposeArgs) -> Result<()> {
     }
     let opts = ExposeOptions {
         server: args.tls.server_url(&args.server)?,
-        punch_timeout: args.punch.timeout()?,
-        punch_ttl: args.punch.ttl(),
+        punch: args.punch.options()?,
         punch_port: args.punch_port,
         token: args.punch.token.clone(),
         port_mapping: !args.no_port_mapping,
@@ -618,8 +618,7 @@ async fn connect(args: ConnectArgs) -> Result<()> {
         server: args.tls.server_url(&args.server)?,
         peer: args.peer.clone(),
         secret: args.secret.clone(),
-        punch_timeout: args.punch.timeout()?,
-        punch_ttl: args.punch.ttl(),
+        punch: args.punch.options()?,
         token: args.punch.token.clone(),
         early_data: None,
     };

@@ -217,8 +217,8 @@ async fn next_json(ws: &mut Ws) -> serde_json::Value {
 #[tokio::test]
 async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_ways() {
     use p2pnc::protocol::Role;
-    use p2pnc::relay;
     use p2pnc::server::RelayConfig;
+    use p2pnc::testing as relay;
     let config = p2pnc::server::ServerConfig {
         relay: Some(RelayConfig {
             max_pairs: 1,
@@ -285,7 +285,7 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
 async fn nat_check_on_loopback_reports_no_nat_and_an_open_port() {
     let server = TestServer::start().await;
     let url = p2pnc::ServerUrl::parse(&server.url).unwrap();
-    let report = tokio::time::timeout(T, p2pnc::natcheck::check(&url))
+    let report = tokio::time::timeout(T, p2pnc::nat_check(&url))
         .await
         .unwrap()
         .unwrap();
@@ -307,7 +307,7 @@ async fn connect_early_sends_what_the_local_side_wrote_first_once_and_in_order()
     let _agent = expose(&server.url, "svc", Some("pw"), echo.addr).await;
     let opts = ConnectOptions::new(&server.url, "svc", Some("pw")).unwrap();
     // More than the read-ahead cap, all written before the connection exists.
-    let payload: Vec<u8> = (0..(p2pnc::client::EARLY_DATA_MAX * 3 + 17))
+    let payload: Vec<u8> = (0..(p2pnc::defaults::EARLY_DATA_MAX * 3 + 17))
         .map(|i| (i % 251) as u8)
         .collect();
     let (mut app, mut local) = tokio::io::duplex(1 << 20);

@@ -167,9 +167,12 @@ fn error_codes_match() {
 
 #[test]
 fn defaults_match() {
+    use p2pnc::defaults;
     let v = vectors();
     let d = &v["defaults"];
     let n = |k: &str| d[k].as_u64().unwrap_or_else(|| panic!("defaults.{k}"));
+    let ms = |t: std::time::Duration| t.as_millis() as u64;
+    assert_eq!(n("server_port"), u64::from(defaults::SERVER_PORT));
     assert_eq!(n("server_port"), u64::from(protocol::DEFAULT_SERVER_PORT));
     assert_eq!(n("max_message_bytes"), protocol::MAX_MESSAGE_BYTES as u64);
     assert_eq!(n("max_id_bytes"), protocol::MAX_ID_BYTES as u64);
@@ -177,18 +180,17 @@ fn defaults_match() {
         n("max_private_candidates"),
         protocol::MAX_PRIVATE_CANDIDATES as u64
     );
+    assert_eq!(n("punch_timeout_ms"), ms(defaults::PUNCH_TIMEOUT));
+    assert_eq!(n("punch_ttl"), u64::from(defaults::PUNCH_TTL));
+    assert_eq!(n("retry_min_ms"), ms(defaults::RETRY_MIN));
+    assert_eq!(n("retry_max_ms"), ms(defaults::RETRY_MAX));
+    assert_eq!(n("early_data_max"), defaults::EARLY_DATA_MAX as u64);
+    assert_eq!(n("hard_sockets"), defaults::HARD_SOCKETS as u64);
+    assert_eq!(n("easy_probes"), defaults::EASY_PROBES as u64);
+    assert_eq!(n("max_relay_after_ms"), ms(defaults::MAX_RELAY_AFTER));
+    assert_eq!(n("server_timeout_ms"), ms(defaults::SERVER_TIMEOUT));
+    // The options a caller gets are the defaults.
     let opts = p2pnc::ConnectOptions::new("http://h", "x", None).unwrap();
-    assert_eq!(n("punch_timeout_ms"), opts.punch_timeout.as_millis() as u64);
-    assert_eq!(n("punch_ttl"), u64::from(opts.punch_ttl.unwrap()));
-    assert_eq!(n("early_data_max"), p2pnc::client::EARLY_DATA_MAX as u64);
-    assert_eq!(n("hard_sockets"), p2pnc::punch::HARD_SOCKETS as u64);
-    assert_eq!(n("easy_probes"), p2pnc::punch::EASY_PROBES as u64);
-    assert_eq!(
-        n("max_relay_after_ms"),
-        p2pnc::punch::MAX_RELAY_AFTER.as_millis() as u64
-    );
-    assert_eq!(
-        n("server_timeout_ms"),
-        p2pnc::control::SERVER_TIMEOUT.as_millis() as u64
-    );
+    assert_eq!(n("punch_timeout_ms"), ms(opts.punch.timeout));
+    assert_eq!(n("punch_ttl"), u64::from(opts.punch.ttl.unwrap()));
 }

@@ -10,7 +10,7 @@ use std::net::{Shutdown, TcpStream as StdStream};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::punch::{Proof, read_hello};
+use p2pnc::fuzzing::{Proof, read_hello};
 use p2pnc_protocol::{Role, SELECT, SessionId, SessionKey, SessionKeys, hello_session};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;

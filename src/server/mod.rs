@@ -153,6 +153,17 @@ impl Listeners {
     }
 }
 
+/// A listener for one of the server's ports (control or probe), with a deep accept queue.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    net::server_listener(addr)
+}
+
+/// Raises this process's soft limit on open files toward `want` (never past the hard limit)
+/// and returns the limit now in force: every connection to the server is a file descriptor.
+pub fn raise_open_file_limit(want: u64) -> u64 {
+    net::raise_fd_limit_to(want)
+}
+
 /// Serves the rendezvous protocol until `shutdown` is cancelled.
 pub async fn serve(
     listeners: Listeners,

@@ -169,7 +169,7 @@ mod tests {
         let server = tokio::spawn(serve(listener, table.clone(), stop.clone()));
         let t = ProbeToken::random();
         let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let seen = crate::probe::probe(local, addr, &t).await.unwrap();
+        let seen = crate::peer::probe::probe(local, addr, &t).await.unwrap();
         assert_eq!(seen.ip(), local.ip());
         assert_eq!(table.wait(&t, Duration::from_millis(100)).await, Some(seen));
         assert_eq!(

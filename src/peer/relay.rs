@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::control::{SERVER_TIMEOUT, ServerUrl};
+use super::control::ServerUrl;
+use crate::defaults::SERVER_TIMEOUT;
 use crate::protocol::{self, Role, SessionId};
 
 /// Longest HTTP response head accepted when joining.

@@ -7,10 +7,12 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::control::{SERVER_TIMEOUT, ServerUrl};
-use crate::portmap::{self, Survey};
+use super::control::ServerUrl;
+use super::portmap::{self, Survey};
+use super::probe;
+use crate::defaults::SERVER_TIMEOUT;
 use crate::protocol::{self, MAX_PROBE_LINE, Mapping, ProbeToken};
-use crate::{Error, net, probe};
+use crate::{Error, net};
 
 /// How long to wait for the server's dial-back to arrive.
 const DIALBACK_WAIT: Duration = Duration::from_millis(1500);
@@ -20,7 +22,7 @@ const SURVEY_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// What `nat-check` found.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct NatReport {
     /// The server checked against.
     pub server: String,
     /// The local address the checks were made from.
@@ -45,7 +47,7 @@ pub struct Report {
     pub verdict: String,
 }
 
-impl fmt::Display for Report {
+impl fmt::Display for NatReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "server:          {}", self.server)?;
         writeln!(f, "local address:   {}", self.local)?;
@@ -79,7 +81,7 @@ impl fmt::Display for Report {
 
 /// Runs the checks against `server`, and asks the default gateway which port mapping
 /// protocols it speaks meanwhile (only when the server is on a public address).
-pub async fn check(server: &ServerUrl) -> Result<Report, Error> {
+pub async fn nat_check(server: &ServerUrl) -> Result<NatReport, Error> {
     let server_addr = server.resolve().await?;
     let survey = async {
         if portmap::worth_trying(server_addr.ip()) {
@@ -106,7 +108,7 @@ pub async fn check(server: &ServerUrl) -> Result<Report, Error> {
 }
 
 /// The checks against the server.
-async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<Report, Error> {
+async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<NatReport, Error> {
     let listener = net::shared_listener(net::any_addr(&server_addr, 0))?;
     let port = listener.local_addr()?.port();
     let shared = net::any_addr(&server_addr, port);
@@ -147,7 +149,7 @@ async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<Report, 
         _ if !behind_nat => "public address: direct to every peer",
         _ => "cone NAT: direct to cone-NAT, public and (by birthday punching) symmetric peers",
     };
-    Ok(Report {
+    Ok(NatReport {
         server: server.to_string(),
         local,
         public,
@@ -190,5 +192,3 @@ async fn whoami(
             ))
         })
 }
-
-pub use crate::protocol::whoami_addr;
