@@ -437,36 +437,4 @@ proptest! {
         prop_assert_eq!(pieces == 4, complete);
         prop_assert_eq!(pieces, head_progress(0, &bytes));
     }
-
-    /// Settings read from a config file come back the same from a file written from them.
-    #[test]
-    fn config_settings_round_trip(
-        listen in proptest::option::of(addr()),
-        relay in any::<bool>(),
-        timeout in proptest::option::of(0.0..100.0f64),
-        token in proptest::option::of(text()),
-    ) {
-        const KNOWN: &[&str] = &["listen", "relay", "punch-timeout", "token"];
-        let mut table = toml::Table::new();
-        if let Some(a) = listen {
-            table.insert("listen".into(), toml::Value::String(a.to_string()));
-        }
-        table.insert("relay".into(), toml::Value::Boolean(relay));
-        if let Some(t) = timeout {
-            table.insert("punch_timeout".into(), toml::Value::Float(t));
-        }
-        if let Some(t) = &token {
-            table.insert("token".into(), toml::Value::String(t.clone()));
-        }
-        let text = toml::to_string(&table).unwrap();
-        let got = p2pnc::config::parse(&text, KNOWN).unwrap();
-        let find = |flag: &str| got.iter().find(|s| s.flag == flag).map(|s| s.words.clone());
-        prop_assert_eq!(find("listen"), listen.map(|a| vec![a.to_string()]));
-        prop_assert_eq!(find("relay"), relay.then(Vec::new));
-        prop_assert_eq!(
-            find("punch-timeout").map(|w| w[0].parse::<f64>().unwrap()),
-            timeout
-        );
-        prop_assert_eq!(find("token"), token.map(|t| vec![t]));
-    }
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Agent, ConnectOptions, ExposeOptions};
+use p2pnc::{Agent, ConnectOptions, ExposeOptions};
 
 /// Bytes pushed through the demo connection.
 const PAYLOAD: usize = 1 << 20;
@@ -39,7 +39,7 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
     println!("p2pnc demo: every role on loopback (no root, no network)\n");
     let server = TcpListener::bind("127.0.0.1:0").await?;
     let server_url = format!("http://{}", server.local_addr()?);
-    tasks.spawn(crate::server::run(
+    tasks.spawn(p2pnc::server::run(
         server,
         Default::default(),
         token.clone(),
@@ -95,7 +95,7 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
             let Some(mut accepted) = accepted else { return };
             tokio::spawn(async move {
                 if let Ok(mut service) = tokio::net::TcpStream::connect(echo_addr).await {
-                    let _ = crate::forward(&mut accepted.stream, &mut service).await;
+                    let _ = p2pnc::forward(&mut accepted.stream, &mut service).await;
                 }
             });
         }
@@ -103,7 +103,7 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
 
     let t = Instant::now();
     let opts = ConnectOptions::new(&server_url, "demo-service", Some("demo-secret"))?;
-    let mut conn = tokio::time::timeout(STEP_TIMEOUT, crate::connect(&opts))
+    let mut conn = tokio::time::timeout(STEP_TIMEOUT, p2pnc::connect(&opts))
         .await
         .context("connect timed out")??;
     step(
@@ -147,7 +147,7 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
 
     let wrong = ConnectOptions::new(&server_url, "demo-service", Some("wrong-secret"))?;
     let t = Instant::now();
-    match tokio::time::timeout(STEP_TIMEOUT, crate::connect(&wrong)).await {
+    match tokio::time::timeout(STEP_TIMEOUT, p2pnc::connect(&wrong)).await {
         Ok(Err(e)) => step(
             &format!(
                 "a wrong secret is refused in {:.1} ms: {e}",
