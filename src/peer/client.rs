@@ -237,15 +237,15 @@ async fn connect_with(
 /// Sends the NAT probe from the punch port, at the same moment as the control connection: the
 /// server compares the two mappings. Returns its token.
 fn spawn_probe(tasks: &mut JoinSet<()>, server_addr: SocketAddr, port: u16) -> ProbeToken {
-    let token = ProbeToken::random();
+    let probe_token = ProbeToken::random();
     let local = net::any_addr(&server_addr, port);
     let probe_addr = protocol::probe_addr(server_addr);
     tasks.spawn(async move {
-        if let Err(e) = probe::probe(local, probe_addr, &token).await {
+        if let Err(e) = probe::probe(local, probe_addr, &probe_token).await {
             tracing::debug!("NAT probe to {probe_addr}: {e}");
         }
     });
-    token
+    probe_token
 }
 
 /// The server's answer to a connect request: the punch order, or the error it names.

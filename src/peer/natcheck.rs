@@ -117,12 +117,12 @@ async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<NatRepor
     let (local, public) = whoami(shared, server_addr)
         .await
         .map_err(|e| unreachable(format!("/v1/whoami: {e}")))?;
-    let token = ProbeToken::random();
+    let probe_token = ProbeToken::random();
     let probe_addr = protocol::probe_addr(server_addr);
-    let public_probe = probe::probe_with_dialback(shared, probe_addr, &token)
+    let public_probe = probe::probe_with_dialback(shared, probe_addr, &probe_token)
         .await
         .map_err(|e| unreachable(format!("probe port {probe_addr}: {e}")))?;
-    let expected = protocol::dialback_line(&token);
+    let expected = protocol::dialback_line(&probe_token);
     let dialback = async {
         loop {
             let Ok((s, _)) = listener.accept().await else {

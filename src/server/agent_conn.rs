@@ -26,7 +26,7 @@ const AGENT_SILENCE_LIMIT: Duration = Duration::from_secs(35);
 
 /// Serves one agent control connection: registers the agent, then carries its orders and
 /// pings until the connection ends or the owner's restart replaces it.
-pub(super) async fn agent_session(
+pub(super) async fn agent_connection(
     state: AppState,
     meta: ConnMeta,
     q: ExposeQuery,
@@ -60,10 +60,10 @@ pub(super) async fn agent_session(
     };
     let mut registration = match state.registry.register(new) {
         Ok(r) => r,
-        Err(message) => {
+        Err(refused) => {
             let msg = ServerToAgent::Error {
-                code: ErrorCode::IdTaken,
-                message,
+                code: refused.code(),
+                message: refused.to_string(),
             };
             send(&mut socket, &msg).await;
             return;
@@ -132,30 +132,41 @@ async fn agent_loop(
                     None => return,
                 };
                 last_heard = Instant::now();
-                if let Err(bad) = agent_frame(state, msg, &mut ping_sent, rtt_us) {
-                    if let Some(message) = bad {
+                match agent_frame(state, msg, &mut ping_sent, rtt_us) {
+                    Frame::Handled => {}
+                    Frame::Closed => return,
+                    Frame::Bad(message) => {
                         let reply = ServerToAgent::Error { code: ErrorCode::BadRequest, message };
                         send(socket, &reply).await;
+                        return;
                     }
-                    return;
                 }
             }
         }
     }
 }
 
-/// Handles one frame from the agent. `Err` ends the connection, after telling the agent why
-/// its request was bad when it sent one.
+/// What a frame from the agent does to its connection.
+enum Frame {
+    /// Nothing: go on.
+    Handled,
+    /// The agent closed the connection.
+    Closed,
+    /// Not part of the protocol: tell the agent why, and close.
+    Bad(String),
+}
+
+/// Handles one frame from the agent.
 fn agent_frame(
     state: &Shared,
     msg: Message,
     ping_sent: &mut Option<Instant>,
     rtt_us: &AtomicU64,
-) -> Result<(), Option<String>> {
+) -> Frame {
     match msg {
         Message::Text(text) => match protocol::decode::<AgentToServer>(&text) {
             Ok(m) => route_agent_msg(state, m),
-            Err(e) => return Err(Some(e.to_string())),
+            Err(e) => return Frame::Bad(e.to_string()),
         },
         Message::Pong(_) => {
             if let Some(sent) = ping_sent.take() {
@@ -171,11 +182,11 @@ fn agent_frame(
         }
         Message::Ping(_) => {}
         Message::Binary(_) => {
-            return Err(Some("binary frames are not part of the protocol".into()));
+            return Frame::Bad("binary frames are not part of the protocol".into());
         }
-        Message::Close(_) => return Err(None),
+        Message::Close(_) => return Frame::Closed,
     }
-    Ok(())
+    Frame::Handled
 }
 
 fn route_agent_msg(state: &Shared, msg: AgentToServer) {

@@ -190,11 +190,11 @@ async fn expose(
         Ok(q) => q,
         Err(e) => return state.reject(e.code, e.message),
     };
-    if let Err((code, why)) = state.registry.admit(&q.id, q.owner.as_deref()) {
-        return state.reject(code, why);
+    if let Err(refused) = state.registry.admit(&q.id, q.owner.as_deref()) {
+        return state.reject(refused.code(), refused.to_string());
     }
     upgrade(ws, |ws| {
-        ws.on_upgrade(move |socket| agent_conn::agent_session(state, meta, q, socket))
+        ws.on_upgrade(move |socket| agent_conn::agent_connection(state, meta, q, socket))
     })
 }
 

@@ -96,6 +96,27 @@ impl Drop for Registration {
     }
 }
 
+/// Why an agent may not register.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Refused {
+    /// Another agent holds the id, or held it and its owner may still come back.
+    #[error("{0}")]
+    IdTaken(String),
+    /// The registry is full.
+    #[error("server has too many agents")]
+    Full,
+}
+
+impl Refused {
+    /// The code to answer with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refused::IdTaken(_) => ErrorCode::IdTaken,
+            Refused::Full => ErrorCode::Busy,
+        }
+    }
+}
+
 /// Whether an agent may take an id.
 enum Claim {
     /// The id is free.
@@ -130,22 +151,20 @@ impl Registry {
         }
     }
 
-    /// Whether `owner` may register `id` now, before the upgrade: the refusal's code and
-    /// message if not.
-    pub fn admit(&self, id: &ServiceId, owner: Option<&str>) -> Result<(), (ErrorCode, String)> {
+    /// Whether `owner` may register `id` now, before the upgrade.
+    pub fn admit(&self, id: &ServiceId, owner: Option<&str>) -> Result<(), Refused> {
         let agents = self.agents.lock().expect("agents lock");
         if let Claim::Refused(why) = self.claim(&agents, id, owner) {
-            return Err((ErrorCode::IdTaken, why));
+            return Err(Refused::IdTaken(why));
         }
         if agents.len() >= self.max_agents {
-            return Err((ErrorCode::Busy, "server has too many agents".into()));
+            return Err(Refused::Full);
         }
         Ok(())
     }
 
-    /// Registers an agent, replacing its owner's previous registration; the message of the
-    /// refusal when the id is taken.
-    pub fn register(self: &Arc<Self>, new: NewAgent) -> Result<Registration, String> {
+    /// Registers an agent, replacing its owner's previous registration.
+    pub fn register(self: &Arc<Self>, new: NewAgent) -> Result<Registration, Refused> {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let rtt_us = Arc::new(AtomicU64::new(new.rtt.map_or(0, |d| d.as_micros() as u64)));
@@ -153,7 +172,7 @@ impl Registry {
         let mut agents = self.agents.lock().expect("agents lock");
         let claim = self.claim(&agents, &new.id, new.owner.as_deref());
         if let Claim::Refused(why) = claim {
-            return Err(why);
+            return Err(Refused::IdTaken(why));
         }
         if let Claim::Replace = claim
             && let Some(old) = agents.remove(&new.id)
@@ -318,7 +337,7 @@ mod tests {
             registry
                 .admit(&id, Some(&owner_credential("other", "svc")))
                 .unwrap_err()
-                .0,
+                .code(),
             ErrorCode::IdTaken
         );
         assert!(registry.register(agent("svc", None)).is_err());
@@ -347,7 +366,7 @@ mod tests {
         let registry = Arc::new(Registry::new(Duration::from_secs(60), 1));
         let public = registry.register(agent("pub", None)).unwrap();
         let other = ServiceId::new("other").unwrap();
-        assert_eq!(registry.admit(&other, None).unwrap_err().0, ErrorCode::Busy);
+        assert_eq!(registry.admit(&other, None), Err(Refused::Full));
         assert_eq!(registry.snapshot().len(), 1);
         assert_eq!(registry.auth_of("pub"), Some(Auth::Secret));
         drop(public);

@@ -16,8 +16,8 @@ use super::metrics::{Metrics, Outcome};
 use super::registry::Online;
 use super::{AppState, probe};
 use crate::protocol::{
-    self, ClientToServer, ConnectQuery, ErrorCode, Mapping, Mode, ServerToAgent, ServerToClient,
-    SessionId, SessionKey, Strategy,
+    self, ClientToServer, ConnectQuery, DecodeError, ErrorCode, Mapping, Mode, ServerToAgent,
+    ServerToClient, SessionId, SessionKey, Strategy,
 };
 
 /// How long a plain-mode session waits for the agent to arm before failing.
@@ -289,8 +289,11 @@ async fn report(
             },
             got = socket.recv() => match got {
                 Some(Ok(Message::Text(text))) => {
-                    if let Err(message) = client_message(tally, &text) {
-                        let reply = ServerToClient::Error { code: ErrorCode::BadRequest, message };
+                    if let Err(e) = client_message(tally, &text) {
+                        let reply = ServerToClient::Error {
+                            code: ErrorCode::BadRequest,
+                            message: e.to_string(),
+                        };
                         send(socket, &reply).await;
                         return;
                     }
@@ -310,8 +313,8 @@ async fn report(
     }
 }
 
-/// Records the outcome a client reports; the reason a message is not one.
-fn client_message(tally: &mut Tally<'_>, text: &str) -> Result<(), String> {
+/// Records the outcome a client reports.
+fn client_message(tally: &mut Tally<'_>, text: &str) -> Result<(), DecodeError> {
     match protocol::decode::<ClientToServer>(text) {
         Ok(ClientToServer::Result {
             outcome,
@@ -328,7 +331,7 @@ fn client_message(tally: &mut Tally<'_>, text: &str) -> Result<(), String> {
             Ok(())
         }
         Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     }
 }
 

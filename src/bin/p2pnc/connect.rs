@@ -77,7 +77,7 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("listening on {}", listener.local_addr()?);
-    let stop = crate::shutdown_token();
+    let stop = crate::stop_on_signals();
     let tasks = TaskTracker::new();
     loop {
         let (mut local, from) = tokio::select! {

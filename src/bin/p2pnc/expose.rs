@@ -71,7 +71,7 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
             },
         )?
     };
-    let stop = crate::shutdown_token();
+    let stop = crate::stop_on_signals();
     let mut agent = Agent::start(opts).await?;
     let tasks = TaskTracker::new();
     loop {

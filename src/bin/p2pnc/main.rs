@@ -177,9 +177,9 @@ fn main() -> ExitCode {
 }
 
 /// A token cancelled on Ctrl-C or SIGTERM.
-fn shutdown_token() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
+fn stop_on_signals() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let t = stop.clone();
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -189,7 +189,7 @@ fn shutdown_token() -> CancellationToken {
         }
         t.cancel();
     });
-    token
+    stop
 }
 
 async fn run(command: Command) -> Result<()> {

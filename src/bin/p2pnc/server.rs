@@ -70,29 +70,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     if !(args.connect_rate > 0.0 && args.expose_rate > 0.0) {
         bail!("--connect-rate and --expose-rate must be positive");
     }
-    // Every connection is a file descriptor; leave room for the probe port and the admin.
-    let want_fds = args.max_connections as u64 + FD_HEADROOM;
-    let fds = p2pnc::server::raise_open_file_limit(want_fds);
-    if fds < want_fds {
-        tracing::warn!(
-            "the open-file limit is {fds}, too low for --max-connections {}: raise it \
-             (ulimit -n, or LimitNOFILE= in the systemd unit) to at least {want_fds}",
-            args.max_connections
-        );
-    }
-    let listener = p2pnc::server::listen(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr()?;
-    let probe_addr = args
-        .probe_listen
-        .unwrap_or_else(|| p2pnc::protocol::probe_addr(local));
-    let probe = p2pnc::server::listen(probe_addr).with_context(|| {
-        format!("cannot listen on {probe_addr} for NAT probes (--probe-listen)")
-    })?;
-    tracing::info!(
-        "listening on {local}, NAT probes on {}",
-        probe.local_addr()?
-    );
+    check_fd_limit(args.max_connections);
+    let (control, probe) = bind(&args)?;
     let relay = args.relay.then_some(p2pnc::server::RelayConfig {
         max_pairs: args.relay_max_pairs,
         bytes_per_sec: args.relay_rate,
@@ -107,19 +86,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     if args.token.is_none() {
         tracing::warn!("no --token: anyone may register ids and request connections");
     }
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let tls = p2pnc::tls::ServerTls::load(cert, key).map_err(|e| anyhow!("{e}"))?;
-            tracing::info!(
-                "TLS on the control port; clients may pin the certificate with --tls-pin {} \
-                 (SIGHUP reloads the certificate and key)",
-                tls.fingerprint()
-            );
-            tokio::spawn(reload_on_sighup(tls.clone()));
-            Some(tls)
-        }
-        _ => None,
-    };
+    let tls = load_tls(&args)?;
     let config = p2pnc::server::ServerConfig {
         relay,
         tls,
@@ -142,12 +109,58 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         None => None,
     };
     let listeners = p2pnc::server::Listeners {
-        control: listener,
+        control,
         probe: Some(probe),
         admin,
     };
-    p2pnc::server::serve(listeners, config, crate::shutdown_token()).await?;
+    p2pnc::server::serve(listeners, config, crate::stop_on_signals()).await?;
     Ok(())
+}
+
+/// Raises the open-file limit for `max_connections` and some room, warning when it cannot.
+fn check_fd_limit(max_connections: usize) {
+    // Every connection is a file descriptor; leave room for the probe port and the admin.
+    let want_fds = max_connections as u64 + FD_HEADROOM;
+    let fds = p2pnc::server::raise_open_file_limit(want_fds);
+    if fds < want_fds {
+        tracing::warn!(
+            "the open-file limit is {fds}, too low for --max-connections {max_connections}: \
+             raise it (ulimit -n, or LimitNOFILE= in the systemd unit) to at least {want_fds}"
+        );
+    }
+}
+
+/// Binds the control port and the probe port.
+fn bind(args: &ServerArgs) -> Result<(TcpListener, TcpListener)> {
+    let control = p2pnc::server::listen(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = control.local_addr()?;
+    let probe_addr = args
+        .probe_listen
+        .unwrap_or_else(|| p2pnc::protocol::probe_addr(local));
+    let probe = p2pnc::server::listen(probe_addr).with_context(|| {
+        format!("cannot listen on {probe_addr} for NAT probes (--probe-listen)")
+    })?;
+    tracing::info!(
+        "listening on {local}, NAT probes on {}",
+        probe.local_addr()?
+    );
+    Ok((control, probe))
+}
+
+/// The certificate and key of `--tls-cert` and `--tls-key`, reloaded on every SIGHUP.
+fn load_tls(args: &ServerArgs) -> Result<Option<p2pnc::tls::ServerTls>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let tls = p2pnc::tls::ServerTls::load(cert, key).map_err(|e| anyhow!("{e}"))?;
+    tracing::info!(
+        "TLS on the control port; clients may pin the certificate with --tls-pin {} \
+         (SIGHUP reloads the certificate and key)",
+        tls.fingerprint()
+    );
+    tokio::spawn(reload_on_sighup(tls.clone()));
+    Ok(Some(tls))
 }
 
 /// Reloads the TLS certificate and key on every SIGHUP (after a renewal); runs for the life of

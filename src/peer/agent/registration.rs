@@ -60,9 +60,9 @@ async fn probe_and_map(
     port: u16,
 ) -> (Option<ProbeToken>, Option<PortMap>) {
     let shared = net::any_addr(&server_addr, port);
-    let token = ProbeToken::random();
+    let probe_token = ProbeToken::random();
     let probe_addr = protocol::probe_addr(server_addr);
-    let probed = probe::probe(shared, probe_addr, &token);
+    let probed = probe::probe(shared, probe_addr, &probe_token);
     let want = opts.port_mapping && portmap::worth_trying(server_addr.ip());
     let mapping = async move {
         if !want {
@@ -99,7 +99,7 @@ async fn probe_and_map(
             let here = net::local_candidates(port, &server_addr)
                 .iter()
                 .any(|a| a.ip() == seen.ip());
-            (Some(token), here)
+            (Some(probe_token), here)
         }
         Err(e) => {
             tracing::warn!("NAT probe to {probe_addr} failed ({e}); mapping stays unknown");
