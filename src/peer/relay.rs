@@ -18,7 +18,7 @@ pub enum RelayError {
     /// The server answered with something other than `101 Switching Protocols`.
     #[error(transparent)]
     Refused(#[from] protocol::JoinRefused),
-    /// The server's answer head did not end within [`MAX_HEAD`] bytes.
+    /// The server's answer head did not end within 4 KiB.
     #[error("relay answer head too long")]
     HeadTooLong,
     /// No answer within [`SERVER_TIMEOUT`].

@@ -2,13 +2,14 @@
 //! sees each peer's public endpoint from its TCP connection, and times every punch so both ends
 //! fire together. It never carries a byte of the punched streams (unless it relays).
 //!
-//! - [`accept`]: the control port's accept loop, limits and TLS sniffing;
-//! - [`http`]: admission and the endpoints;
-//! - [`registry`]: online agents and id ownership;
-//! - [`agent_conn`]: an agent's control connection;
-//! - [`session`]: a client's connect attempt, from request to outcome;
-//! - [`broker`]: the pure planner of a session's two punch orders;
-//! - [`probe`], [`relay`], [`metrics`], [`admin`], [`limits`].
+//! Inside (see `docs/architecture.md`):
+//! - `accept`: the control port's accept loop, limits and TLS sniffing;
+//! - `http`: admission and the endpoints;
+//! - `registry`: online agents and id ownership;
+//! - `agent_conn`: an agent's control connection;
+//! - `session`: a client's connect attempt, from request to outcome;
+//! - `broker`: the pure planner of a session's two punch orders;
+//! - `probe`, `relay`, `metrics`, `admin`, `limits`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -136,7 +137,7 @@ pub async fn run(
 pub struct Listeners {
     /// HTTP and WebSocket: the control port.
     pub control: TcpListener,
-    /// NAT probes, by convention on the control port + 1 (see [`crate::probe`]).
+    /// NAT probes, by convention on the control port + 1 (see [`crate::protocol::probe_addr`]).
     pub probe: Option<TcpListener>,
     /// The admin listener: `/metrics` and the status page. Keep it off public addresses.
     pub admin: Option<TcpListener>,

@@ -176,7 +176,7 @@ mod tests {
     use super::*;
     use crate::{ServerToClient, decode, encode};
 
-    pub(crate) fn order() -> PunchOrder {
+    fn order() -> PunchOrder {
         PunchOrder {
             session: SessionId::from_bytes([0x0f; 16]),
             key: SessionKey::from_bytes([0xa5; 32]),
