@@ -47,8 +47,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use p2pnc::protocol::{
-    self, AgentMsg, Auth, ConnectQuery, ErrorCode, ExposeQuery, Mode, ServerMsg,
+use p2pnc_protocol::{
+    self as protocol, AgentToServer, Auth, ConnectQuery, ErrorCode, ExposeQuery, Mode, Nonce,
+    ServerToAgent, ServerToClient, ServiceId,
 };
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -424,7 +425,7 @@ fn raise_nofile(want: u64) -> u64 {
             }
         }
     }
-    p2pnc::net::raise_fd_limit_to(want)
+    p2pnc::server::raise_open_file_limit(want)
 }
 
 /// Ports of one source address's ephemeral range this generator may use.
@@ -494,13 +495,15 @@ async fn open_ws(
 }
 
 /// The next text message, decoded; pings are answered by tungstenite meanwhile.
-async fn next_msg(ws: &mut WebSocketStream<TcpStream>) -> Result<ServerMsg, String> {
+async fn next_msg<T: serde::de::DeserializeOwned>(
+    ws: &mut WebSocketStream<TcpStream>,
+) -> Result<T, String> {
     loop {
         let got = tokio::time::timeout(STEP_TIMEOUT, ws.next())
             .await
             .map_err(|_| "no message in time".to_string())?;
         match got {
-            Some(Ok(Message::Text(t))) => return protocol::decode(&t),
+            Some(Ok(Message::Text(t))) => return protocol::decode(&t).map_err(|e| e.to_string()),
             Some(Ok(Message::Close(_))) | None => return Err("closed".into()),
             Some(Err(e)) => return Err(e.to_string()),
             Some(Ok(_)) => {}
@@ -557,11 +560,11 @@ async fn agent(
                 return;
             }
             Event::Ping => Some(Message::Ping(Default::default())),
-            Event::Msg(Some(Ok(Message::Text(t)))) => match protocol::decode::<ServerMsg>(&t) {
-                Ok(ServerMsg::Punch(p)) => {
-                    let proven = match (p.nonce.as_deref(), p.proof.as_deref()) {
+            Event::Msg(Some(Ok(Message::Text(t)))) => match protocol::decode::<ServerToAgent>(&t) {
+                Ok(ServerToAgent::Punch(p)) => {
+                    let proven = match (p.nonce, p.proof.as_deref()) {
                         (Some(nonce), Some(proof)) => {
-                            protocol::verify_connect_proof(SECRET, &id, nonce, proof)
+                            protocol::verify_connect_proof(SECRET, &id, &nonce, proof)
                         }
                         _ => false,
                     };
@@ -570,8 +573,8 @@ async fn agent(
                         None
                     } else {
                         stats.agent_rejects.fetch_add(1, Ordering::Relaxed);
-                        let reject = AgentMsg::Reject {
-                            session: p.session,
+                        let reject = AgentToServer::Reject {
+                            session: p.session.into(),
                             code: ErrorCode::SecretRejected,
                             message: "secret rejected".into(),
                         };
@@ -617,7 +620,7 @@ async fn register(
     server: SocketAddr,
 ) -> Result<WebSocketStream<TcpStream>, String> {
     let query = ExposeQuery {
-        id: id.to_string(),
+        id: ServiceId::new(id).map_err(|e| e.to_string())?,
         auth: Auth::Secret,
         // What a real agent sends: its interface address with its punch port.
         private: vec![SocketAddr::new(src.into(), 50_302)],
@@ -627,8 +630,8 @@ async fn register(
     }
     .to_query();
     let mut ws = open_ws(src, server, protocol::EXPOSE_PATH, &query).await?;
-    match next_msg(&mut ws).await? {
-        ServerMsg::Registered { .. } => Ok(ws),
+    match next_msg::<ServerToAgent>(&mut ws).await? {
+        ServerToAgent::Registered { .. } => Ok(ws),
         other => Err(format!("expected 'registered', got {other:?}")),
     }
 }
@@ -641,10 +644,10 @@ async fn connect_once(
     agents: usize,
 ) -> Result<Duration, String> {
     let peer = agent_id(rand::random_range(0..agents));
-    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let nonce = Nonce::random();
     let query = ConnectQuery {
         proof: Some(protocol::connect_proof(SECRET, &peer, &nonce)),
-        peer,
+        peer: ServiceId::new(&peer).map_err(|e| e.to_string())?,
         nonce,
         private: vec![],
         mode: Mode::Punch,
@@ -653,14 +656,14 @@ async fn connect_once(
     .to_query();
     let started = Instant::now();
     let mut ws = open_ws(src, server, protocol::CONNECT_PATH, &query).await?;
-    let got = next_msg(&mut ws).await;
+    let got = next_msg::<ServerToClient>(&mut ws).await;
     let took = started.elapsed();
     // An RST instead of a FIN: no TIME_WAIT left on this source address's ports.
     let _ = socket2::SockRef::from(ws.get_ref()).set_linger(Some(Duration::ZERO));
     drop(ws);
     match got? {
-        ServerMsg::Punch(_) => Ok(took),
-        ServerMsg::Error { code, message } => Err(format!("{code}: {message}")),
+        ServerToClient::Punch(_) => Ok(took),
+        ServerToClient::Error { code, message } => Err(format!("{code}: {message}")),
         other => Err(format!("expected a punch order, got {other:?}")),
     }
 }

@@ -287,12 +287,6 @@ pub fn watch_liveness(stream: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-/// Closes a stream with an immediate RST instead of a FIN, leaving no TIME_WAIT behind.
-pub fn abort(stream: TcpStream) {
-    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
-}
-
 /// This host's candidate addresses for `port`: every non-loopback, non-link-local address of
 /// `peer`'s family.
 pub fn local_candidates(port: u16, family_of: &SocketAddr) -> Vec<SocketAddr> {

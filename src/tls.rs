@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The first byte of a TLS handshake record: how the server tells TLS from plain HTTP.
-pub const HANDSHAKE_RECORD: u8 = 0x16;
+pub(crate) const HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Prefix of certificate fingerprints and pins.
 const PIN_PREFIX: &str = "sha256:";
@@ -96,7 +96,7 @@ impl Trust {
     }
 
     /// The rustls client configuration for this trust.
-    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+    pub(crate) fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
@@ -193,7 +193,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 #[derive(Clone)]
 pub struct ServerTls {
     /// Accepts TLS connections.
-    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub(crate) acceptor: tokio_rustls::TlsAcceptor,
     current: Arc<CurrentCert>,
 }
 
@@ -268,7 +268,7 @@ impl ServerTls {
 }
 
 /// Connects TLS over `tcp` to `host`, turning rustls' failures into advice.
-pub async fn connect(
+pub(crate) async fn connect(
     trust: &Trust,
     host: &str,
     tcp: TcpStream,
@@ -283,7 +283,7 @@ pub async fn connect(
 }
 
 /// One line a user can act on for a failed TLS handshake.
-pub fn explain(e: &io::Error, host: &str) -> String {
+fn explain(e: &io::Error, host: &str) -> String {
     use rustls::{CertificateError, Error as TlsError};
     let Some(tls) = e.get_ref().and_then(|r| r.downcast_ref::<TlsError>()) else {
         return if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -319,7 +319,8 @@ pub fn explain(e: &io::Error, host: &str) -> String {
     }
 }
 
-/// A stream that is plain TCP or TLS over TCP.
+/// A stream that is plain TCP or TLS over TCP (the control connections' transport).
+#[doc(hidden)]
 pub enum MaybeTls {
     /// Plain TCP.
     Plain(TcpStream),
@@ -329,7 +330,7 @@ pub enum MaybeTls {
 
 impl MaybeTls {
     /// The TCP stream underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             MaybeTls::Plain(s) => s,
             MaybeTls::Tls(s) => s.get_ref().0,

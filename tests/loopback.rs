@@ -39,7 +39,7 @@ async fn connect_reaches_the_service_byte_exact_with_half_close() {
         .unwrap();
     assert!(matches!(conn.info.path, Path::Direct | Path::Lan));
     assert_eq!(conn.info.peer_addr.port(), agent_public.port());
-    assert_eq!(conn.info.session.len(), 32);
+    assert_eq!(conn.info.session.to_string().len(), 32);
     echo_roundtrip(&mut conn.stream, 4 << 20).await;
     assert_eq!(echo.bytes.load(Ordering::SeqCst), 4 << 20);
 }
@@ -217,10 +217,11 @@ async fn next_json(ws: &mut Ws) -> serde_json::Value {
 #[tokio::test]
 async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_ways() {
     use p2pnc::protocol::Role;
-    use p2pnc::relay::{self, RelayConfig};
+    use p2pnc::server::RelayConfig;
+    use p2pnc::testing as relay;
     let config = p2pnc::server::ServerConfig {
         relay: Some(RelayConfig {
-            max_sessions: 1,
+            max_pairs: 1,
             bytes_per_sec: 1 << 20,
         }),
         ..Default::default()
@@ -243,8 +244,11 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
         order["relay_after_ms"], 1500,
         "a direct path gets a head start"
     );
-    let session = order["session"].as_str().unwrap().to_string();
-    assert_eq!(next_json(&mut agent).await["session"], session.as_str());
+    let session: p2pnc::protocol::SessionId = order["session"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        next_json(&mut agent).await["session"],
+        session.to_string().as_str()
+    );
 
     let url = p2pnc::ServerUrl::parse(&server.url).unwrap();
     let (a, c) = tokio::join!(
@@ -264,7 +268,8 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
     assert_eq!(got, b"from agent");
 
     // Unknown sessions are refused; so is a relay on a server without one.
-    let err = relay::join(&url, server.addr, &"0".repeat(32), Role::Client)
+    let unknown = p2pnc::protocol::SessionId::from_bytes([0; 16]);
+    let err = relay::join(&url, server.addr, &unknown, Role::Client)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
@@ -280,7 +285,7 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
 async fn nat_check_on_loopback_reports_no_nat_and_an_open_port() {
     let server = TestServer::start().await;
     let url = p2pnc::ServerUrl::parse(&server.url).unwrap();
-    let report = tokio::time::timeout(T, p2pnc::natcheck::check(&url))
+    let report = tokio::time::timeout(T, p2pnc::nat_check(&url))
         .await
         .unwrap()
         .unwrap();
@@ -302,7 +307,7 @@ async fn connect_early_sends_what_the_local_side_wrote_first_once_and_in_order()
     let _agent = expose(&server.url, "svc", Some("pw"), echo.addr).await;
     let opts = ConnectOptions::new(&server.url, "svc", Some("pw")).unwrap();
     // More than the read-ahead cap, all written before the connection exists.
-    let payload: Vec<u8> = (0..(p2pnc::client::EARLY_DATA_MAX * 3 + 17))
+    let payload: Vec<u8> = (0..(p2pnc::defaults::EARLY_DATA_MAX * 3 + 17))
         .map(|i| (i % 251) as u8)
         .collect();
     let (mut app, mut local) = tokio::io::duplex(1 << 20);

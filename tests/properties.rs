@@ -4,9 +4,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use p2pnc::ServerUrl;
-use p2pnc::protocol::{
-    self, AgentMsg, Auth, ClientMsg, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, HELLO_LEN,
-    MAX_PRIVATE_CANDIDATES, Mapping, Mode, Punch, Role, ServerMsg, SessionKeys,
+use p2pnc_protocol::{
+    self as protocol, AgentToServer, Auth, ClientToServer, ConnectQuery, ErrorBody, ErrorCode,
+    ExposeQuery, HELLO_LEN, MAX_PRIVATE_CANDIDATES, Mapping, Mode, Nonce, ProbeToken, PunchOrder,
+    Role, ServerToAgent, ServerToClient, ServiceId, SessionId, SessionKey, SessionKeys, SessionRef,
 };
 use proptest::prelude::*;
 
@@ -31,6 +32,22 @@ fn text() -> impl Strategy<Value = String> {
 /// A valid id: 1 to 16 characters (at most 64 bytes), none of them a control character.
 fn id() -> impl Strategy<Value = String> {
     "[^\\p{Cc}]{1,16}"
+}
+
+fn service_id() -> impl Strategy<Value = ServiceId> {
+    id().prop_map(|id| ServiceId::new(&id).expect("a valid id"))
+}
+
+fn session_id() -> impl Strategy<Value = SessionId> {
+    any::<[u8; 16]>().prop_map(SessionId::from_bytes)
+}
+
+fn nonce() -> impl Strategy<Value = Nonce> {
+    any::<[u8; 16]>().prop_map(Nonce::from_bytes)
+}
+
+fn probe_token() -> impl Strategy<Value = ProbeToken> {
+    any::<[u8; 16]>().prop_map(ProbeToken::from_bytes)
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
@@ -77,10 +94,10 @@ fn auth() -> impl Strategy<Value = Auth> {
     prop_oneof![Just(Auth::Secret), Just(Auth::Public)]
 }
 
-fn punch() -> impl Strategy<Value = Punch> {
+fn punch() -> impl Strategy<Value = PunchOrder> {
     let ends = (
-        hex_of(16),
-        hex_of(32),
+        session_id(),
+        any::<[u8; 32]>().prop_map(SessionKey::from_bytes),
         addr(),
         proptest::collection::vec(addr(), 0..=MAX_PRIVATE_CANDIDATES),
         addr(),
@@ -88,7 +105,7 @@ fn punch() -> impl Strategy<Value = Punch> {
         auth(),
     );
     let extras = (
-        proptest::option::of(hex_of(16)),
+        proptest::option::of(nonce()),
         proptest::option::of(hex_of(32)),
         strategy(),
         mapping(),
@@ -100,7 +117,7 @@ fn punch() -> impl Strategy<Value = Punch> {
         |(
             (session, key, peer_public, peer_private, you, mode, auth),
             (nonce, proof, strategy, your_mapping, peer_mapping, relay_after_ms, peer_mapped),
-        )| Punch {
+        )| PunchOrder {
             session,
             key,
             peer_public,
@@ -119,36 +136,59 @@ fn punch() -> impl Strategy<Value = Punch> {
     )
 }
 
-fn server_msg() -> impl Strategy<Value = ServerMsg> {
+fn server_to_agent() -> impl Strategy<Value = ServerToAgent> {
     prop_oneof![
-        (text(), addr(), mapping()).prop_map(|(id, public, mapping)| ServerMsg::Registered {
-            id,
-            public,
-            mapping
+        (service_id(), addr(), mapping()).prop_map(|(id, public, mapping)| {
+            ServerToAgent::Registered {
+                id,
+                public,
+                mapping,
+            }
         }),
-        punch().prop_map(ServerMsg::Punch),
-        (error_code(), text()).prop_map(|(code, message)| ServerMsg::Error { code, message }),
+        punch().prop_map(ServerToAgent::Punch),
+        (error_code(), text()).prop_map(|(code, message)| ServerToAgent::Error { code, message }),
     ]
 }
 
-fn agent_msg() -> impl Strategy<Value = AgentMsg> {
+fn server_to_client() -> impl Strategy<Value = ServerToClient> {
     prop_oneof![
-        (text(), error_code(), text()).prop_map(|(session, code, message)| AgentMsg::Reject {
-            session,
-            code,
-            message
-        }),
-        text().prop_map(|session| AgentMsg::Armed { session }),
+        punch().prop_map(ServerToClient::Punch),
+        (error_code(), text()).prop_map(|(code, message)| ServerToClient::Error { code, message }),
     ]
 }
 
-fn client_msg() -> impl Strategy<Value = ClientMsg> {
+/// What an agent may name as its message's session: an id, or text that is none.
+fn session_ref() -> impl Strategy<Value = SessionRef> {
+    prop_oneof![
+        session_id().prop_map(SessionRef::from),
+        text().prop_filter_map("a session id", |t| {
+            t.parse::<SessionId>()
+                .is_err()
+                .then_some(SessionRef::Other(t))
+        }),
+    ]
+}
+
+fn agent_msg() -> impl Strategy<Value = AgentToServer> {
+    prop_oneof![
+        (session_ref(), error_code(), text()).prop_map(|(session, code, message)| {
+            AgentToServer::Reject {
+                session,
+                code,
+                message,
+            }
+        }),
+        session_ref().prop_map(|session| AgentToServer::Armed { session }),
+    ]
+}
+
+fn client_msg() -> impl Strategy<Value = ClientToServer> {
     (
         text(),
         proptest::option::of(any::<u64>()),
         proptest::option::of(text()),
     )
-        .prop_map(|(outcome, setup_ms, reason)| ClientMsg::Result {
+        .prop_map(|(outcome, setup_ms, reason)| ClientToServer::Result {
             outcome,
             setup_ms,
             reason,
@@ -157,10 +197,10 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
 
 fn expose_query() -> impl Strategy<Value = ExposeQuery> {
     (
-        id(),
+        service_id(),
         auth(),
         proptest::collection::vec(addr(), 0..=MAX_PRIVATE_CANDIDATES),
-        proptest::option::of(hex_of(16)),
+        proptest::option::of(probe_token()),
         proptest::option::of(hex_of(32)),
         proptest::option::of(addr()),
     )
@@ -176,12 +216,12 @@ fn expose_query() -> impl Strategy<Value = ExposeQuery> {
 
 fn connect_query() -> impl Strategy<Value = ConnectQuery> {
     (
-        id(),
-        hex_of(16),
+        service_id(),
+        nonce(),
         proptest::option::of(hex_of(32)),
         proptest::collection::vec(addr(), 0..=MAX_PRIVATE_CANDIDATES),
         mode(),
-        proptest::option::of(hex_of(16)),
+        proptest::option::of(probe_token()),
     )
         .prop_map(|(peer, nonce, proof, private, mode, probe)| ConnectQuery {
             peer,
@@ -210,21 +250,23 @@ fn flipped(bytes: &[u8], bit: usize) -> Vec<u8> {
 
 proptest! {
     #[test]
-    fn server_messages_round_trip(msg in server_msg()) {
-        let text = protocol::encode(&msg);
-        prop_assert_eq!(protocol::decode::<ServerMsg>(&text), Ok(msg), "{}", text);
+    fn server_messages_round_trip(to_agent in server_to_agent(), to_client in server_to_client()) {
+        let text = protocol::encode(&to_agent);
+        prop_assert_eq!(protocol::decode::<ServerToAgent>(&text), Ok(to_agent), "{}", text);
+        let text = protocol::encode(&to_client);
+        prop_assert_eq!(protocol::decode::<ServerToClient>(&text), Ok(to_client), "{}", text);
     }
 
     #[test]
     fn agent_messages_round_trip(msg in agent_msg()) {
         let text = protocol::encode(&msg);
-        prop_assert_eq!(protocol::decode::<AgentMsg>(&text), Ok(msg), "{}", text);
+        prop_assert_eq!(protocol::decode::<AgentToServer>(&text), Ok(msg), "{}", text);
     }
 
     #[test]
     fn client_messages_round_trip(msg in client_msg()) {
         let text = protocol::encode(&msg);
-        prop_assert_eq!(protocol::decode::<ClientMsg>(&text), Ok(msg), "{}", text);
+        prop_assert_eq!(protocol::decode::<ClientToServer>(&text), Ok(msg), "{}", text);
     }
 
     #[test]
@@ -265,8 +307,8 @@ proptest! {
         bit in 0..HELLO_LEN * 8,
     ) {
         let derive = || {
-            SessionKeys::derive(&hex::encode(session), &hex::encode(key), secret.as_deref())
-                .unwrap()
+            let (session, key) = (SessionId::from_bytes(session), SessionKey::from_bytes(key));
+            SessionKeys::derive(session, &key, secret.as_deref())
         };
         let (ours, theirs) = (derive(), derive());
         for role in [Role::Client, Role::Agent] {
@@ -282,7 +324,7 @@ proptest! {
     fn connect_proofs_verify_and_refuse_any_flipped_bit(
         secret in text(),
         peer in id(),
-        nonce in hex_of(16),
+        nonce in nonce(),
         bit in 0..256usize,
     ) {
         let proof = protocol::connect_proof(&secret, &peer, &nonce);
@@ -309,7 +351,7 @@ proptest! {
         let owner = protocol::owner_credential(&secret, &id);
         prop_assert_eq!(owner.len(), 64);
         let q = ExposeQuery {
-            id: id.clone(),
+            id: ServiceId::new(&id).unwrap(),
             auth: Auth::Secret,
             private: vec![],
             probe: None,
@@ -355,24 +397,22 @@ proptest! {
     }
 
     #[test]
-    fn probe_lines_round_trip(token in hex_of(16), dialback in any::<bool>()) {
+    fn probe_lines_round_trip(token in probe_token(), dialback in any::<bool>()) {
         let line = if dialback {
             protocol::probe_line_dialback(&token)
         } else {
             protocol::probe_line(&token)
         };
         prop_assert!(line.len() <= protocol::MAX_PROBE_LINE);
-        prop_assert_eq!(
-            protocol::parse_probe_line(line.trim_end()),
-            Some((token.as_str(), dialback))
-        );
+        let parsed = protocol::parse_probe_line(line.trim_end());
+        prop_assert_eq!(parsed.map(|p| (p.token, p.dialback)), Some((token, dialback)));
     }
 
     #[test]
-    fn relay_join_queries_round_trip(session in hex_of(16), agent in any::<bool>()) {
+    fn relay_join_queries_round_trip(session in session_id(), agent in any::<bool>()) {
         let role = if agent { Role::Agent } else { Role::Client };
-        let query = p2pnc::relay::join_query(&session, role);
-        prop_assert_eq!(p2pnc::relay::parse_join_query(&query), Some((session, role)));
+        let query = protocol::join_query(&session, role);
+        prop_assert_eq!(protocol::parse_join_query(&query), Ok((session, role)));
     }
 
     #[test]
@@ -381,7 +421,7 @@ proptest! {
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{}",
             serde_json::json!({ "addr": addr })
         );
-        prop_assert_eq!(p2pnc::natcheck::whoami_addr(&answer).unwrap(), addr);
+        prop_assert_eq!(protocol::whoami_addr(&answer).unwrap(), addr);
     }
 
     /// The end of a request head is seen however the bytes are split into reads.
@@ -391,42 +431,10 @@ proptest! {
             prop::sample::select(vec![b'\r', b'\n', b'G', b' ']), 0..40),
         size in 1..8usize,
     ) {
-        use p2pnc::server::limits::head_progress;
+        use p2pnc::fuzzing::head_progress;
         let complete = bytes.windows(4).any(|w| w == b"\r\n\r\n");
         let pieces = bytes.chunks(size).fold(0, head_progress);
         prop_assert_eq!(pieces == 4, complete);
         prop_assert_eq!(pieces, head_progress(0, &bytes));
-    }
-
-    /// Settings read from a config file come back the same from a file written from them.
-    #[test]
-    fn config_settings_round_trip(
-        listen in proptest::option::of(addr()),
-        relay in any::<bool>(),
-        timeout in proptest::option::of(0.0..100.0f64),
-        token in proptest::option::of(text()),
-    ) {
-        const KNOWN: &[&str] = &["listen", "relay", "punch-timeout", "token"];
-        let mut table = toml::Table::new();
-        if let Some(a) = listen {
-            table.insert("listen".into(), toml::Value::String(a.to_string()));
-        }
-        table.insert("relay".into(), toml::Value::Boolean(relay));
-        if let Some(t) = timeout {
-            table.insert("punch_timeout".into(), toml::Value::Float(t));
-        }
-        if let Some(t) = &token {
-            table.insert("token".into(), toml::Value::String(t.clone()));
-        }
-        let text = toml::to_string(&table).unwrap();
-        let got = p2pnc::config::parse(&text, KNOWN).unwrap();
-        let find = |flag: &str| got.iter().find(|s| s.flag == flag).map(|s| s.words.clone());
-        prop_assert_eq!(find("listen"), listen.map(|a| vec![a.to_string()]));
-        prop_assert_eq!(find("relay"), relay.then(Vec::new));
-        prop_assert_eq!(
-            find("punch-timeout").map(|w| w[0].parse::<f64>().unwrap()),
-            timeout
-        );
-        prop_assert_eq!(find("token"), token.map(|t| vec![t]));
     }
 }

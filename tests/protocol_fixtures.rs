@@ -1,8 +1,9 @@
 //! The shared protocol vectors (`tests/fixtures/protocol/vectors.json`), also checked by the
 //! Java tests: both implementations must compute and parse them identically.
 
-use p2pnc::protocol::{
-    self, AgentMsg, ConnectQuery, ExposeQuery, Role, ServerMsg, SessionKeys, connect_proof,
+use p2pnc_protocol::{
+    self as protocol, AgentToServer, ConnectQuery, ExposeQuery, Nonce, Role, ServerToAgent,
+    ServerToClient, SessionKeys, connect_proof,
 };
 use serde_json::Value;
 
@@ -18,18 +19,30 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or_else(|| panic!("{key} in {v}"))
 }
 
+/// The value of `key`, parsed.
+fn parsed<T: std::str::FromStr>(v: &Value, key: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s(v, key)
+        .parse()
+        .unwrap_or_else(|e| panic!("{key} in {v}: {e:?}"))
+}
+
 #[test]
 fn connect_proofs_match() {
     let v = vectors();
     let cases = v["connect_proof"].as_array().unwrap();
     assert!(cases.len() >= 3);
     for c in cases {
-        let proof = connect_proof(s(c, "secret"), s(c, "peer"), s(c, "nonce"));
+        let nonce: Nonce = parsed(c, "nonce");
+        assert_eq!(nonce.to_string(), s(c, "nonce"), "nonces are lowercase hex");
+        let proof = connect_proof(s(c, "secret"), s(c, "peer"), &nonce);
         assert_eq!(proof, s(c, "proof"), "{c}");
         assert!(protocol::verify_connect_proof(
             s(c, "secret"),
             s(c, "peer"),
-            s(c, "nonce"),
+            &nonce,
             &proof
         ));
     }
@@ -50,7 +63,11 @@ fn owner_credentials_match() {
 fn hellos_match() {
     let v = vectors();
     for c in v["hello"].as_array().unwrap() {
-        let keys = SessionKeys::derive(s(c, "session"), s(c, "key"), c["secret"].as_str()).unwrap();
+        let keys = SessionKeys::derive(
+            parsed(c, "session"),
+            &parsed(c, "key"),
+            c["secret"].as_str(),
+        );
         assert_eq!(
             hex::encode(keys.hello(Role::Client)),
             s(c, "client_hello"),
@@ -68,12 +85,18 @@ fn hellos_match() {
 fn messages_parse_and_reserialise_identically() {
     let v = vectors();
     for m in v["server_messages"].as_array().unwrap() {
-        let parsed: ServerMsg = protocol::decode(&m.to_string()).unwrap();
+        let parsed: ServerToAgent = protocol::decode(&m.to_string()).unwrap();
         let back: Value = serde_json::from_str(&protocol::encode(&parsed)).unwrap();
         assert_eq!(&back, m);
+        // Every message but a registration may go to a client too.
+        if m["type"] != "registered" {
+            let parsed: ServerToClient = protocol::decode(&m.to_string()).unwrap();
+            let back: Value = serde_json::from_str(&protocol::encode(&parsed)).unwrap();
+            assert_eq!(&back, m);
+        }
     }
     for m in v["agent_messages"].as_array().unwrap() {
-        let parsed: AgentMsg = protocol::decode(&m.to_string()).unwrap();
+        let parsed: AgentToServer = protocol::decode(&m.to_string()).unwrap();
         let back: Value = serde_json::from_str(&protocol::encode(&parsed)).unwrap();
         assert_eq!(&back, m);
     }
@@ -83,11 +106,17 @@ fn messages_parse_and_reserialise_identically() {
 fn bad_messages_are_rejected_with_a_reason() {
     let v = vectors();
     for m in v["bad_server_messages"].as_array().unwrap() {
-        let err = protocol::decode::<ServerMsg>(m.as_str().unwrap()).unwrap_err();
-        assert!(
-            err.starts_with("malformed message") || err.contains("bytes"),
-            "{err}"
-        );
+        let text = m.as_str().unwrap();
+        let errors = [
+            protocol::decode::<ServerToAgent>(text).unwrap_err(),
+            protocol::decode::<ServerToClient>(text).unwrap_err(),
+        ];
+        for err in errors.map(|e| e.to_string()) {
+            assert!(
+                err.starts_with("malformed message") || err.contains("bytes"),
+                "{err}"
+            );
+        }
     }
 }
 
@@ -97,15 +126,15 @@ fn query_strings_match() {
     let q = &v["queries"];
     for c in q["expose"].as_array().unwrap() {
         let parsed = ExposeQuery::parse(s(c, "query")).unwrap();
-        assert_eq!(parsed.id, s(c, "id"));
+        assert_eq!(parsed.id.as_str(), s(c, "id"));
         assert_eq!(serde_json::to_value(parsed.auth).unwrap(), c["auth"]);
         assert_eq!(serde_json::to_value(&parsed.private).unwrap(), c["private"]);
         assert_eq!(parsed.to_query(), s(c, "query"));
     }
     for c in q["connect"].as_array().unwrap() {
         let parsed = ConnectQuery::parse(s(c, "query")).unwrap();
-        assert_eq!(parsed.peer, s(c, "peer"));
-        assert_eq!(parsed.nonce, s(c, "nonce"));
+        assert_eq!(parsed.peer.as_str(), s(c, "peer"));
+        assert_eq!(parsed.nonce.to_string(), s(c, "nonce"));
         assert_eq!(parsed.proof.as_deref(), c["proof"].as_str());
         assert_eq!(serde_json::to_value(parsed.mode).unwrap(), c["mode"]);
         assert_eq!(serde_json::to_value(&parsed.private).unwrap(), c["private"]);
@@ -138,9 +167,12 @@ fn error_codes_match() {
 
 #[test]
 fn defaults_match() {
+    use p2pnc::defaults;
     let v = vectors();
     let d = &v["defaults"];
     let n = |k: &str| d[k].as_u64().unwrap_or_else(|| panic!("defaults.{k}"));
+    let ms = |t: std::time::Duration| t.as_millis() as u64;
+    assert_eq!(n("server_port"), u64::from(defaults::SERVER_PORT));
     assert_eq!(n("server_port"), u64::from(protocol::DEFAULT_SERVER_PORT));
     assert_eq!(n("max_message_bytes"), protocol::MAX_MESSAGE_BYTES as u64);
     assert_eq!(n("max_id_bytes"), protocol::MAX_ID_BYTES as u64);
@@ -148,18 +180,17 @@ fn defaults_match() {
         n("max_private_candidates"),
         protocol::MAX_PRIVATE_CANDIDATES as u64
     );
+    assert_eq!(n("punch_timeout_ms"), ms(defaults::PUNCH_TIMEOUT));
+    assert_eq!(n("punch_ttl"), u64::from(defaults::PUNCH_TTL));
+    assert_eq!(n("retry_min_ms"), ms(defaults::RETRY_MIN));
+    assert_eq!(n("retry_max_ms"), ms(defaults::RETRY_MAX));
+    assert_eq!(n("early_data_max"), defaults::EARLY_DATA_MAX as u64);
+    assert_eq!(n("hard_sockets"), defaults::HARD_SOCKETS as u64);
+    assert_eq!(n("easy_probes"), defaults::EASY_PROBES as u64);
+    assert_eq!(n("max_relay_after_ms"), ms(defaults::MAX_RELAY_AFTER));
+    assert_eq!(n("server_timeout_ms"), ms(defaults::SERVER_TIMEOUT));
+    // The options a caller gets are the defaults.
     let opts = p2pnc::ConnectOptions::new("http://h", "x", None).unwrap();
-    assert_eq!(n("punch_timeout_ms"), opts.punch_timeout.as_millis() as u64);
-    assert_eq!(n("punch_ttl"), u64::from(opts.punch_ttl.unwrap()));
-    assert_eq!(n("early_data_max"), p2pnc::client::EARLY_DATA_MAX as u64);
-    assert_eq!(n("hard_sockets"), p2pnc::punch::HARD_SOCKETS as u64);
-    assert_eq!(n("easy_probes"), p2pnc::punch::EASY_PROBES as u64);
-    assert_eq!(
-        n("max_relay_after_ms"),
-        p2pnc::punch::MAX_RELAY_AFTER.as_millis() as u64
-    );
-    assert_eq!(
-        n("server_timeout_ms"),
-        p2pnc::control::SERVER_TIMEOUT.as_millis() as u64
-    );
+    assert_eq!(n("punch_timeout_ms"), ms(opts.punch.timeout));
+    assert_eq!(n("punch_ttl"), u64::from(opts.punch.ttl.unwrap()));
 }

@@ -184,11 +184,12 @@ async fn every_trust_mismatch_is_refused_with_a_reason() {
 #[tokio::test]
 async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
     use p2pnc::protocol::Role;
-    use p2pnc::relay::{self, RelayConfig};
+    use p2pnc::server::RelayConfig;
+    use p2pnc::testing as relay;
     let pki = Pki::new(&["127.0.0.1"]);
     let config = ServerConfig {
         relay: Some(RelayConfig {
-            max_sessions: 1,
+            max_pairs: 1,
             bytes_per_sec: 1 << 20,
         }),
         ..Default::default()
@@ -199,7 +200,7 @@ async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
     assert_eq!(status, 200, "{body}");
 
     // nat-check over https: the whoami and probe parts are plain.
-    let report = tokio::time::timeout(T, p2pnc::natcheck::check(&https(&server, pki.trust_ca())))
+    let report = tokio::time::timeout(T, p2pnc::nat_check(&https(&server, pki.trust_ca())))
         .await
         .unwrap()
         .unwrap();
@@ -210,11 +211,11 @@ async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
     let url = https(&server, pki.trust_ca());
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let open = |path: &'static str, query: &'static str| {
-        p2pnc::control::open(&url, server.addr, any, path, query, None)
+        p2pnc::testing::open(&url, server.addr, any, path, query, None)
     };
     let (mut agent, _) = open("/v1/expose", "v=1&id=r&auth=public").await.unwrap();
     assert!(agent.get_ref().is_tls());
-    let registered: serde_json::Value = p2pnc::control::recv(&mut agent).await.unwrap().unwrap();
+    let registered: serde_json::Value = p2pnc::testing::recv(&mut agent).await.unwrap().unwrap();
     assert_eq!(registered["type"], "registered", "{registered}");
     let (mut client, _) = open(
         "/v1/connect",
@@ -222,11 +223,12 @@ async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
     )
     .await
     .unwrap();
-    let order: serde_json::Value = p2pnc::control::recv(&mut client).await.unwrap().unwrap();
-    let session = order["session"]
+    let order: serde_json::Value = p2pnc::testing::recv(&mut client).await.unwrap().unwrap();
+    let session: p2pnc::protocol::SessionId = order["session"]
         .as_str()
         .expect("a punch order")
-        .to_string();
+        .parse()
+        .unwrap();
     let (a, c) = tokio::join!(
         relay::join(&url, server.addr, &session, Role::Agent),
         relay::join(&url, server.addr, &session, Role::Client),

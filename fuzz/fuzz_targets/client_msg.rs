@@ -1,29 +1,29 @@
-//! Control messages the server receives from a client (`ClientMsg`), and the outcome records
+//! Control messages the server receives from a client (`ClientToServer`), and the outcome records
 //! and metrics the server makes of them.
 #![no_main]
 
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::metrics::{Metrics, Outcome};
-use p2pnc::protocol::{self, ClientMsg, MAX_MESSAGE_BYTES, Mapping, Strategy};
+use p2pnc::fuzzing::{Metrics, Outcome};
+use p2pnc_protocol::{self as protocol, ClientToServer, MAX_MESSAGE_BYTES, Mapping, Strategy};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(msg) = protocol::decode::<ClientMsg>(text) else {
+    let Ok(msg) = protocol::decode::<ClientToServer>(text) else {
         return;
     };
     assert!(text.len() <= MAX_MESSAGE_BYTES, "the size cap holds");
     let again = protocol::encode(&msg);
     if again.len() <= MAX_MESSAGE_BYTES {
-        let back = protocol::decode::<ClientMsg>(&again).expect("re-encoding decodes");
+        let back = protocol::decode::<ClientToServer>(&again).expect("re-encoding decodes");
         assert_eq!(back, msg, "{again}");
         assert_eq!(protocol::encode(&back), again, "encoding is stable");
     }
     // As the server records a result.
-    let ClientMsg::Result {
+    let ClientToServer::Result {
         outcome,
         setup_ms,
         reason,

@@ -1,9 +1,12 @@
-//! Config files (`config::parse`), with the long flags of `p2pnc server` and `p2pnc expose`.
-//! The settings read must come back the same from a file written from them.
+//! Config files (`config::parse` of the `p2pnc` binary), with the long flags of `p2pnc server`
+//! and `p2pnc expose`. The settings read must come back the same from a file written from them.
 #![no_main]
 
+#[path = "../../src/bin/p2pnc/config.rs"]
+mod config;
+
+use config::{Setting, parse};
 use libfuzzer_sys::fuzz_target;
-use p2pnc::config::{Setting, parse};
 
 const KNOWN: &[&str] = &[
     "listen",

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::protocol::{ConnectQuery, ErrorCode, MAX_PRIVATE_CANDIDATES, validate_id};
+use p2pnc_protocol::{ConnectQuery, ErrorCode, MAX_PRIVATE_CANDIDATES, validate_id};
 
 fn lower_hex(s: &str, bytes: usize) -> bool {
     s.len() == bytes * 2 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -16,9 +16,12 @@ fuzz_target!(|data: &[u8]| {
         Ok(q) => {
             assert!(validate_id(&q.peer).is_ok(), "{:?}", q.peer);
             assert!(q.private.len() <= MAX_PRIVATE_CANDIDATES);
-            assert!(lower_hex(&q.nonce, 16), "{q:?}");
+            assert!(lower_hex(&q.nonce.to_string(), 16), "{q:?}");
             assert!(q.proof.as_deref().is_none_or(|p| lower_hex(p, 32)), "{q:?}");
-            assert!(q.probe.as_deref().is_none_or(|p| lower_hex(p, 16)), "{q:?}");
+            assert!(
+                q.probe.is_none_or(|p| lower_hex(&p.to_string(), 16)),
+                "{q:?}"
+            );
             let again = q.to_query();
             assert_eq!(ConnectQuery::parse(&again), Ok(q), "{again}");
         }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::protocol::ErrorBody;
+use p2pnc_protocol::ErrorBody;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(body) = serde_json::from_slice::<ErrorBody>(data) else {
@@ -14,6 +14,6 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(back, body, "{again}");
     let status = body.error.http_status();
     assert!((400..600).contains(&status), "{status}");
-    let err = p2pnc::control::server_error(body.error, body.message.clone(), "svc");
+    let err = p2pnc::fuzzing::server_error(body.error, body.message.clone(), "svc");
     assert!(!err.to_string().is_empty());
 });

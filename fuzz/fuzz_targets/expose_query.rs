@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::protocol::{ErrorCode, ExposeQuery, MAX_PRIVATE_CANDIDATES, validate_id};
+use p2pnc_protocol::{ErrorCode, ExposeQuery, MAX_PRIVATE_CANDIDATES, validate_id};
 
 fn lower_hex(s: &str, bytes: usize) -> bool {
     s.len() == bytes * 2 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(q) => {
             assert!(validate_id(&q.id).is_ok(), "{:?}", q.id);
             assert!(q.private.len() <= MAX_PRIVATE_CANDIDATES);
-            assert!(q.probe.as_deref().is_none_or(|p| lower_hex(p, 16)), "{q:?}");
+            assert!(
+                q.probe.is_none_or(|p| lower_hex(&p.to_string(), 16)),
+                "{q:?}"
+            );
             assert!(q.owner.as_deref().is_none_or(|o| lower_hex(o, 32)), "{q:?}");
             let again = q.to_query();
             assert_eq!(ExposeQuery::parse(&again), Ok(q), "{again}");

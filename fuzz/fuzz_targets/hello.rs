@@ -4,18 +4,24 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::protocol::{HELLO_LEN, HELLO_MAGIC, Role, SessionKeys, hello_session};
+use p2pnc_protocol::{
+    HELLO_LEN, HELLO_MAGIC, Role, SessionId, SessionKey, SessionKeys, hello_session,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some(hello) = data.get(..HELLO_LEN) else {
         return;
     };
     let hello: &[u8; HELLO_LEN] = hello.try_into().expect("HELLO_LEN bytes");
-    let keys = SessionKeys::derive(&"0f".repeat(16), &"a5".repeat(32), Some("pw")).expect("keys");
+    let keys = SessionKeys::derive(
+        SessionId::from_bytes([0x0f; 16]),
+        &SessionKey::from_bytes([0xa5; 32]),
+        Some("pw"),
+    );
     match hello_session(hello) {
         Some(id) => {
             assert_eq!(&hello[..8], HELLO_MAGIC);
-            assert_eq!(id[..], hello[8..24]);
+            assert_eq!(id.as_bytes()[..], hello[8..24]);
         }
         None => assert_ne!(&hello[..8], HELLO_MAGIC),
     }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::portmap::{is_pcp_announce_reply, parse_default_gateway};
+use p2pnc::fuzzing::{is_pcp_announce_reply, parse_default_gateway};
 
 fuzz_target!(|data: &[u8]| {
     let reply = is_pcp_announce_reply(data);

@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::protocol::{MAX_PROBE_LINE, parse_probe_line, probe_line, probe_line_dialback};
+use p2pnc_protocol::{
+    MAX_PROBE_LINE, dialback_line, parse_probe_line, probe_line, probe_line_dialback,
+};
 
 fuzz_target!(|data: &[u8]| {
     // The peer's side: the server's answer, one `IP:PORT` line.
@@ -27,15 +29,25 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let line = line.trim_end();
-    if let Some((token, dialback)) = parse_probe_line(line) {
-        assert_eq!(token.len(), 32);
-        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
-        let again = if dialback {
-            probe_line_dialback(token)
+    if let Some(req) = parse_probe_line(line) {
+        let again = if req.dialback {
+            probe_line_dialback(&req.token)
         } else {
-            probe_line(token)
+            probe_line(&req.token)
         };
-        assert_eq!(again.trim_end(), line, "the line is the one a peer writes");
+        // The token is hex of either case: the line is the one a peer writes, up to that case.
+        assert_eq!(
+            again.trim_end(),
+            line.to_ascii_lowercase(),
+            "the line is the one a peer writes"
+        );
         assert!(again.len() <= MAX_PROBE_LINE);
+        // The dial-back names the token as the peer wrote it.
+        let written = line.split(' ').nth(1).expect("a token");
+        assert_eq!(req.dialback_line(), format!("p2pnc-dialback {written}\n"));
+        assert_eq!(
+            req.dialback_line().to_ascii_lowercase(),
+            dialback_line(&req.token)
+        );
     }
 });

@@ -1,20 +1,25 @@
-//! Control messages an agent or a client receives from the server (`ServerMsg`), and what
-//! each end derives from a punch order: the stream keys and the punch plan.
+//! Control messages an agent or a client receives from the server (`ServerToAgent`,
+//! `ServerToClient`), and what each end derives from a punch order: the stream keys and the
+//! punch plan.
 #![no_main]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::protocol::{self, MAX_MESSAGE_BYTES, Role, ServerMsg, SessionKeys};
-use p2pnc::punch::{DEFAULT_PUNCH_TIMEOUT, MAX_RELAY_AFTER, Order, Proof, PunchPlan};
-use p2pnc::{EarlyData, ServerUrl};
+use p2pnc::defaults::{MAX_RELAY_AFTER, PUNCH_TIMEOUT};
+use p2pnc::fuzzing::{self, PunchOptions};
+use p2pnc_protocol::{
+    self as protocol, MAX_MESSAGE_BYTES, Role, ServerToAgent, ServerToClient, SessionKeys,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(msg) = protocol::decode::<ServerMsg>(text) else {
+    // What a client may receive is what an agent may receive, but a registration.
+    let to_client = protocol::decode::<ServerToClient>(text);
+    let Ok(msg) = protocol::decode::<ServerToAgent>(text) else {
+        assert!(to_client.is_err(), "{text}");
         return;
     };
     assert!(text.len() <= MAX_MESSAGE_BYTES, "the size cap holds");
@@ -22,44 +27,43 @@ fuzz_target!(|data: &[u8]| {
     // message must come back unchanged and encode the same way again.
     let again = protocol::encode(&msg);
     if again.len() <= MAX_MESSAGE_BYTES {
-        let back = protocol::decode::<ServerMsg>(&again).expect("re-encoding decodes");
+        let back = protocol::decode::<ServerToAgent>(&again).expect("re-encoding decodes");
         assert_eq!(back, msg, "{again}");
         assert_eq!(protocol::encode(&back), again, "encoding is stable");
     }
-    let ServerMsg::Punch(p) = &msg else {
+    match (&msg, &to_client) {
+        (ServerToAgent::Registered { .. }, client) => assert!(client.is_err(), "{text}"),
+        (ServerToAgent::Punch(p), Ok(ServerToClient::Punch(q))) => assert_eq!(p, q),
+        (
+            ServerToAgent::Error { code, message },
+            Ok(ServerToClient::Error {
+                code: c,
+                message: m,
+            }),
+        ) => {
+            assert_eq!((code, message), (c, m))
+        }
+        (msg, client) => panic!("{msg:?} to an agent is {client:?} to a client"),
+    }
+    let ServerToAgent::Punch(p) = &msg else {
         return;
     };
-    if let Some(keys) = SessionKeys::derive(&p.session, &p.key, Some("pw")) {
-        assert_eq!(
-            hex::encode(keys.session_id()),
-            p.session.to_ascii_lowercase()
-        );
-        assert!(keys.verify_hello(Role::Client, &keys.hello(Role::Client)));
-    }
-    let server = ServerUrl::parse("http://203.0.113.10:50300").expect("valid URL");
-    let server_addr: SocketAddr = "203.0.113.10:50300".parse().expect("valid address");
+    let keys = SessionKeys::derive(p.session, &p.key, Some("pw"));
+    assert_eq!(keys.session_id(), p.session);
+    assert!(keys.verify_hello(Role::Client, &keys.hello(Role::Client)));
     let started = tokio::time::Instant::now();
+    let options = PunchOptions::default();
     for role in [Role::Client, Role::Agent] {
-        let plan = PunchPlan::for_order(Order {
-            punch: p,
-            local: "0.0.0.0:4000".parse().expect("valid address"),
-            role,
-            proof: Proof::Address,
-            timeout: DEFAULT_PUNCH_TIMEOUT,
-            low_ttl: Some(2),
-            server: &server,
-            server_addr,
-            early: Some(EarlyData::new()),
-        });
+        let plan = fuzzing::plan(p, role, &options);
         // Every target comes from the order.
-        for t in &plan.targets {
+        for t in plan.targets() {
             assert!(
                 *t == p.peer_public || p.peer_private.contains(t) || p.peer_mapped == Some(*t),
                 "{t} is not in the order"
             );
         }
         // Early data is only ever committed to the peer's public or mapped endpoint.
-        if let Some((_, commit_to)) = &plan.early {
+        if let Some(commit_to) = plan.early_targets() {
             assert_eq!(role, Role::Client, "only the client sends early data");
             for t in commit_to {
                 assert!(
@@ -69,11 +73,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         // Whatever the server says, the punch gives up in bounded time.
-        if let Some(relay) = &plan.relay {
-            assert!(relay.after <= MAX_RELAY_AFTER, "{:?}", relay.after);
+        if let Some(after) = plan.relay_after() {
+            assert!(after <= MAX_RELAY_AFTER, "{after:?}");
         }
         let deadline = plan.deadline(started);
-        assert!(deadline >= started + DEFAULT_PUNCH_TIMEOUT);
+        assert!(deadline >= started + PUNCH_TIMEOUT);
         assert!(
             deadline <= started + Duration::from_secs(60),
             "a punch order keeps the punch going for {:?}",

@@ -10,8 +10,8 @@ use std::net::{Shutdown, TcpStream as StdStream};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::protocol::{Role, SessionKeys, hello_session};
-use p2pnc::punch::{Proof, SELECT, read_hello};
+use p2pnc::fuzzing::{Proof, read_hello};
+use p2pnc_protocol::{Role, SELECT, SessionId, SessionKey, SessionKeys, hello_session};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
@@ -30,8 +30,11 @@ thread_local! {
         let listener = rt
             .block_on(TcpListener::bind("127.0.0.1:0"))
             .expect("loopback listener");
-        let keys = SessionKeys::derive(&"0f".repeat(16), &"a5".repeat(32), Some("pw"))
-            .expect("keys");
+        let keys = SessionKeys::derive(
+            SessionId::from_bytes([0x0f; 16]),
+            &SessionKey::from_bytes([0xa5; 32]),
+            Some("pw"),
+        );
         Harness { rt, listener, keys }
     };
 }

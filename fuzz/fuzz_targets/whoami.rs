@@ -1,8 +1,8 @@
-//! The server's answer to `GET /v1/whoami`, as `nat-check` reads it (`natcheck::whoami_addr`).
+//! The server's answer to `GET /v1/whoami`, as `nat-check` reads it (`whoami_addr`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2pnc::natcheck::whoami_addr;
+use p2pnc_protocol::whoami_addr;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -14,8 +13,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 
+use super::metrics::{PairStats, Record};
 use super::{AppState, Shared};
-use crate::metrics::{PairStats, Record};
 use crate::protocol::{Auth, Mapping};
 
 /// The admin routes.
@@ -59,28 +58,23 @@ struct Status {
 }
 
 fn status(state: &Shared) -> Status {
-    let mut services: Vec<Service> = state
-        .agents
-        .lock()
-        .expect("agents lock")
-        .iter()
-        .map(|(id, a)| {
-            let rtt = a.rtt_us.load(Ordering::Relaxed);
-            Service {
-                id: id.clone(),
-                public: a.public.to_string(),
-                mapping: a.mapping,
-                auth: a.auth,
-                rtt_ms: (rtt > 0).then(|| rtt as f64 / 1000.0),
-                since_unix_ms: a.since_unix_ms,
-            }
+    let services = state
+        .registry
+        .snapshot()
+        .into_iter()
+        .map(|a| Service {
+            id: a.id.to_string(),
+            public: a.public.to_string(),
+            mapping: a.mapping,
+            auth: a.auth,
+            rtt_ms: a.rtt.map(|r| r.as_micros() as f64 / 1000.0),
+            since_unix_ms: a.since_unix_ms,
         })
         .collect();
-    services.sort_by(|a, b| a.id.cmp(&b.id));
     Status {
         version: env!("CARGO_PKG_VERSION"),
         services,
-        sessions_open: state.sessions.lock().expect("sessions lock").len(),
+        sessions_open: state.sessions.len(),
         relay_active: state.relay.as_ref().map(|r| r.active()),
         recent: state.metrics.recent(),
         pairs: state
@@ -102,8 +96,8 @@ async fn status_json(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let agents = state.agents.lock().expect("agents lock").len() as u64;
-    let sessions = state.sessions.lock().expect("sessions lock").len() as u64;
+    let agents = state.registry.len() as u64;
+    let sessions = state.sessions.len() as u64;
     let relay = state.relay.as_ref().map_or(0, |r| r.active()) as u64;
     let text = state.metrics.render(&[
         ("p2pnc_agents_online", "Agents registered now.", agents),
@@ -171,15 +165,25 @@ async fn page(State(state): State<AppState>) -> Html<String> {
             .map(|n| format!(" · {} relayed", plural(n, "session")))
             .unwrap_or_else(|| " · relay off".into())
     );
+    services(&mut h, &st.services);
+    recent(&mut h, &st.recent);
+    pairs(&mut h, &st.pairs);
+    refused(&mut h, &st.refused);
+    h.push_str("</body></html>");
+    Html(h)
+}
+
+/// The table of online services.
+fn services(h: &mut String, services: &[Service]) {
     h.push_str("<h2>Online services</h2>");
-    if st.services.is_empty() {
+    if services.is_empty() {
         h.push_str("<p>No service is online.</p>");
     } else {
         h.push_str(
             "<table id=\"services\"><tr><th>id</th><th>public endpoint</th><th>NAT mapping</th>\
              <th>secret</th><th>RTT</th><th>online since</th></tr>",
         );
-        for s in &st.services {
+        for s in services {
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -203,8 +207,12 @@ async fn page(State(state): State<AppState>) -> Html<String> {
         }
         h.push_str("</table>");
     }
+}
+
+/// The table of recent outcome records.
+fn recent(h: &mut String, recent: &[Record]) {
     h.push_str("<h2>Recent sessions</h2>");
-    if st.recent.is_empty() {
+    if recent.is_empty() {
         h.push_str("<p>No session yet.</p>");
     } else {
         h.push_str(
@@ -212,7 +220,7 @@ async fn page(State(state): State<AppState>) -> Html<String> {
              <th>setup</th><th>strategy</th><th>client NAT</th><th>service NAT</th>\
              <th>reason</th></tr>",
         );
-        for r in &st.recent {
+        for r in recent {
             let class = if r.outcome.connected() { "ok" } else { "bad" };
             let _ = write!(
                 h,
@@ -232,15 +240,19 @@ async fn page(State(state): State<AppState>) -> Html<String> {
         }
         h.push_str("</table>");
     }
+}
+
+/// The table of success rates by NAT pair.
+fn pairs(h: &mut String, pairs: &[PairRow]) {
     h.push_str("<h2>Success by NAT pair</h2>");
-    if st.pairs.is_empty() {
+    if pairs.is_empty() {
         h.push_str("<p>No attempt yet.</p>");
     } else {
         h.push_str(
             "<table id=\"pairs\"><tr><th>client NAT</th><th>service NAT</th><th>attempts</th>\
              <th>direct or LAN</th><th>relayed</th></tr>",
         );
-        for p in &st.pairs {
+        for p in pairs {
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -253,16 +265,18 @@ async fn page(State(state): State<AppState>) -> Html<String> {
         }
         h.push_str("</table>");
     }
+}
+
+/// The table of refused requests by reason.
+fn refused(h: &mut String, refused: &BTreeMap<String, u64>) {
     h.push_str("<h2>Refused requests</h2>");
-    if st.refused.is_empty() {
+    if refused.is_empty() {
         h.push_str("<p>No request refused.</p>");
     } else {
         h.push_str("<table id=\"refused\"><tr><th>reason</th><th>requests</th></tr>");
-        for (reason, n) in &st.refused {
+        for (reason, n) in refused {
             let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(reason));
         }
         h.push_str("</table>");
     }
-    h.push_str("</body></html>");
-    Html(h)
 }

@@ -8,21 +8,12 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::tls::MaybeTls;
-
-/// Default limits.
-pub const MAX_CONNECTIONS: usize = 50_000;
-/// Connections one source address may hold (many clients share an address behind a carrier
-/// NAT).
-pub const MAX_CONNECTIONS_PER_IP: usize = 256;
-/// Time a new connection has to deliver its first request head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-address and total connection counts.
 #[derive(Default)]
@@ -228,6 +219,8 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -17,7 +17,7 @@ pub struct TestServer {
     /// The admin listener, when started with [`TestServer::with_admin`].
     pub admin: Option<SocketAddr>,
     pub url: String,
-    token: CancellationToken,
+    stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -59,25 +59,25 @@ impl TestServer {
         config: ServerConfig,
     ) -> Self {
         let addr = listener.local_addr().unwrap();
-        let token = CancellationToken::new();
+        let stop = CancellationToken::new();
         let listeners = p2pnc::server::Listeners {
             control: listener,
             probe,
             admin,
         };
-        let task = tokio::spawn(p2pnc::server::serve(listeners, config, token.clone()));
+        let task = tokio::spawn(p2pnc::server::serve(listeners, config, stop.clone()));
         TestServer {
             addr,
             admin: None,
             url: format!("http://{addr}"),
-            token,
+            stop,
             task: Some(task),
         }
     }
 
     /// Stops the server and waits until its port is closed.
     pub async fn stop(mut self) {
-        self.token.cancel();
+        self.stop.cancel();
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
@@ -86,7 +86,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.token.cancel();
+        self.stop.cancel();
     }
 }
 

@@ -7,10 +7,12 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::control::{SERVER_TIMEOUT, ServerUrl};
-use crate::portmap::{self, Survey};
-use crate::protocol::{MAX_PROBE_LINE, Mapping};
-use crate::{Error, net, probe};
+use super::control::ServerUrl;
+use super::portmap::{self, Survey};
+use super::probe;
+use crate::defaults::SERVER_TIMEOUT;
+use crate::protocol::{self, MAX_PROBE_LINE, Mapping, ProbeToken};
+use crate::{Error, net};
 
 /// How long to wait for the server's dial-back to arrive.
 const DIALBACK_WAIT: Duration = Duration::from_millis(1500);
@@ -20,7 +22,7 @@ const SURVEY_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// What `nat-check` found.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct NatReport {
     /// The server checked against.
     pub server: String,
     /// The local address the checks were made from.
@@ -45,7 +47,7 @@ pub struct Report {
     pub verdict: String,
 }
 
-impl fmt::Display for Report {
+impl fmt::Display for NatReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "server:          {}", self.server)?;
         writeln!(f, "local address:   {}", self.local)?;
@@ -79,7 +81,7 @@ impl fmt::Display for Report {
 
 /// Runs the checks against `server`, and asks the default gateway which port mapping
 /// protocols it speaks meanwhile (only when the server is on a public address).
-pub async fn check(server: &ServerUrl) -> Result<Report, Error> {
+pub async fn nat_check(server: &ServerUrl) -> Result<NatReport, Error> {
     let server_addr = server.resolve().await?;
     let survey = async {
         if portmap::worth_trying(server_addr.ip()) {
@@ -106,7 +108,7 @@ pub async fn check(server: &ServerUrl) -> Result<Report, Error> {
 }
 
 /// The checks against the server.
-async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<Report, Error> {
+async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<NatReport, Error> {
     let listener = net::shared_listener(net::any_addr(&server_addr, 0))?;
     let port = listener.local_addr()?.port();
     let shared = net::any_addr(&server_addr, port);
@@ -115,12 +117,12 @@ async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<Report, 
     let (local, public) = whoami(shared, server_addr)
         .await
         .map_err(|e| unreachable(format!("/v1/whoami: {e}")))?;
-    let token = probe::new_token();
-    let probe_addr = probe::probe_addr(server_addr);
-    let public_probe = probe::probe_with_dialback(shared, probe_addr, &token)
+    let probe_token = ProbeToken::random();
+    let probe_addr = protocol::probe_addr(server_addr);
+    let public_probe = probe::probe_with_dialback(shared, probe_addr, &probe_token)
         .await
         .map_err(|e| unreachable(format!("probe port {probe_addr}: {e}")))?;
-    let expected = format!("p2pnc-dialback {token}");
+    let expected = protocol::dialback_line(&probe_token);
     let dialback = async {
         loop {
             let Ok((s, _)) = listener.accept().await else {
@@ -128,7 +130,7 @@ async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<Report, 
             };
             let mut line = String::new();
             let mut r = BufReader::new(s).take(MAX_PROBE_LINE as u64);
-            if r.read_line(&mut line).await.is_ok() && line.trim_end() == expected {
+            if r.read_line(&mut line).await.is_ok() && line.trim_end() == expected.trim_end() {
                 return true;
             }
         }
@@ -147,7 +149,7 @@ async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<Report, 
         _ if !behind_nat => "public address: direct to every peer",
         _ => "cone NAT: direct to cone-NAT, public and (by birthday punching) symmetric peers",
     };
-    Ok(Report {
+    Ok(NatReport {
         server: server.to_string(),
         local,
         public,
@@ -177,7 +179,9 @@ async fn whoami(
             .await?;
         let mut text = String::new();
         (&mut s).take(4096).read_to_string(&mut text).await?;
-        whoami_addr(&text).map(|public| (local, public))
+        protocol::whoami_addr(&text)
+            .map(|public| (local, public))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     };
     tokio::time::timeout(SERVER_TIMEOUT, work)
         .await
@@ -187,15 +191,4 @@ async fn whoami(
                 "timed out",
             ))
         })
-}
-
-/// The address in a whole HTTP answer to `GET /v1/whoami` (`{"addr": "IP:PORT"}`).
-pub fn whoami_addr(response: &str) -> std::io::Result<SocketAddr> {
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(body)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    v["addr"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no addr"))
 }

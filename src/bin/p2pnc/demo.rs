@@ -1,5 +1,6 @@
 //! `p2pnc demo`: the whole flow on loopback, with timings, for a newcomer.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -9,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Agent, ConnectOptions, ExposeOptions};
+use p2pnc::{Agent, ConnectOptions, Connection, ExposeOptions};
 
 /// Bytes pushed through the demo connection.
 const PAYLOAD: usize = 1 << 20;
@@ -27,32 +28,42 @@ fn step(what: &str, since: Instant) {
 pub async fn run() -> Result<()> {
     let t0 = Instant::now();
     let tasks = TaskTracker::new();
-    let token = CancellationToken::new();
-    let result = tokio::time::timeout(4 * STEP_TIMEOUT, steps(&tasks, &token, t0)).await;
-    token.cancel();
+    let stop = CancellationToken::new();
+    let result = tokio::time::timeout(4 * STEP_TIMEOUT, steps(&tasks, &stop, t0)).await;
+    stop.cancel();
     tasks.close();
     tasks.wait().await;
     result.context("the demo did not finish in time")?
 }
 
-async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> Result<()> {
+async fn steps(tasks: &TaskTracker, stop: &CancellationToken, t0: Instant) -> Result<()> {
     println!("p2pnc demo: every role on loopback (no root, no network)\n");
     let server = TcpListener::bind("127.0.0.1:0").await?;
     let server_url = format!("http://{}", server.local_addr()?);
-    tasks.spawn(crate::server::run(
-        server,
-        Default::default(),
-        token.clone(),
-    ));
+    tasks.spawn(p2pnc::server::run(server, Default::default(), stop.clone()));
     step(&format!("rendezvous server listening on {server_url}"), t0);
+    let echo_addr = echo_service(tasks, stop).await?;
+    step(
+        &format!("echo service (the service behind B's NAT) on {echo_addr}"),
+        t0,
+    );
+    expose(tasks, stop, &server_url, echo_addr, t0).await?;
+    let mut conn = connect(&server_url, t0).await?;
+    echo(&mut conn, t0).await?;
+    wrong_secret(&server_url, t0).await?;
+    println!("\ndemo finished: the rendezvous server only brokered; the bytes went peer to peer.");
+    Ok(())
+}
 
+/// An echo service on loopback, standing for the service behind B's NAT.
+async fn echo_service(tasks: &TaskTracker, stop: &CancellationToken) -> Result<SocketAddr> {
     let echo = TcpListener::bind("127.0.0.1:0").await?;
     let echo_addr = echo.local_addr()?;
-    let echo_token = token.clone();
+    let stop = stop.clone();
     tasks.spawn(async move {
         loop {
             let (mut s, _) = tokio::select! {
-                _ = echo_token.cancelled() => return,
+                _ = stop.cancelled() => return,
                 a = echo.accept() => match a { Ok(a) => a, Err(_) => return },
             };
             tokio::spawn(async move {
@@ -61,22 +72,22 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
             });
         }
     });
-    step(
-        &format!("echo service (the service behind B's NAT) on {echo_addr}"),
-        t0,
-    );
+    Ok(echo_addr)
+}
 
+/// Exposes the echo service as 'demo-service' and forwards every proven stream to it.
+async fn expose(
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+    server_url: &str,
+    echo_addr: SocketAddr,
+    t0: Instant,
+) -> Result<()> {
     let t = Instant::now();
-    let mut agent = tokio::time::timeout(
-        STEP_TIMEOUT,
-        Agent::start(ExposeOptions::new(
-            &server_url,
-            "demo-service",
-            Some("demo-secret"),
-        )?),
-    )
-    .await
-    .context("expose did not register in time")??;
+    let opts = ExposeOptions::new(server_url, "demo-service", Some("demo-secret"))?;
+    let mut agent = tokio::time::timeout(STEP_TIMEOUT, Agent::start(opts))
+        .await
+        .context("expose did not register in time")??;
     step(
         &format!(
             "expose registered 'demo-service' (public endpoint {}) in {:.1} ms",
@@ -85,25 +96,29 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
         ),
         t0,
     );
-    let agent_token = token.clone();
+    let stop = stop.clone();
     tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
-                _ = agent_token.cancelled() => return,
+                _ = stop.cancelled() => return,
                 a = agent.accept() => a,
             };
             let Some(mut accepted) = accepted else { return };
             tokio::spawn(async move {
                 if let Ok(mut service) = tokio::net::TcpStream::connect(echo_addr).await {
-                    let _ = crate::forward(&mut accepted.stream, &mut service).await;
+                    let _ = p2pnc::forward(&mut accepted.stream, &mut service).await;
                 }
             });
         }
     });
+    Ok(())
+}
 
+/// Connects to 'demo-service' with its secret.
+async fn connect(server_url: &str, t0: Instant) -> Result<Connection> {
     let t = Instant::now();
-    let opts = ConnectOptions::new(&server_url, "demo-service", Some("demo-secret"))?;
-    let mut conn = tokio::time::timeout(STEP_TIMEOUT, crate::connect(&opts))
+    let opts = ConnectOptions::new(server_url, "demo-service", Some("demo-secret"))?;
+    let conn = tokio::time::timeout(STEP_TIMEOUT, p2pnc::connect(&opts))
         .await
         .context("connect timed out")??;
     step(
@@ -115,7 +130,11 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
         ),
         t0,
     );
+    Ok(conn)
+}
 
+/// Sends the payload through the stream and checks the echo, byte for byte.
+async fn echo(conn: &mut Connection, t0: Instant) -> Result<()> {
     let t = Instant::now();
     let payload: Vec<u8> = (0..PAYLOAD).map(|i| (i * 31 % 251) as u8).collect();
     let (mut r, mut w) = conn.stream.split();
@@ -144,10 +163,14 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
         ),
         t0,
     );
+    Ok(())
+}
 
-    let wrong = ConnectOptions::new(&server_url, "demo-service", Some("wrong-secret"))?;
+/// Tries a wrong secret, which must be refused.
+async fn wrong_secret(server_url: &str, t0: Instant) -> Result<()> {
+    let wrong = ConnectOptions::new(server_url, "demo-service", Some("wrong-secret"))?;
     let t = Instant::now();
-    match tokio::time::timeout(STEP_TIMEOUT, crate::connect(&wrong)).await {
+    match tokio::time::timeout(STEP_TIMEOUT, p2pnc::connect(&wrong)).await {
         Ok(Err(e)) => step(
             &format!(
                 "a wrong secret is refused in {:.1} ms: {e}",
@@ -158,6 +181,5 @@ async fn steps(tasks: &TaskTracker, token: &CancellationToken, t0: Instant) -> R
         Ok(Ok(_)) => bail!("a wrong secret was let in"),
         Err(_) => bail!("a wrong secret was neither refused nor let in"),
     }
-    println!("\ndemo finished: the rendezvous server only brokered; the bytes went peer to peer.");
     Ok(())
 }

@@ -4,34 +4,25 @@
 //! cannot pose as either end.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
-use crate::control::{SERVER_TIMEOUT, ServerUrl};
-use crate::protocol::Role;
+use crate::protocol::{Role, SessionId};
 
-/// Path of the relay endpoint.
-pub const RELAY_PATH: &str = "/v1/relay";
-/// The `Upgrade` protocol token of a relay request.
-pub const UPGRADE_TOKEN: &str = "p2pnc-relay";
 /// How long the first end of a session waits on the server for the second.
-pub const PAIRING_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest HTTP response head accepted when joining.
-const MAX_HEAD: usize = 4096;
+const PAIRING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Copy buffer of the splice.
 const RELAY_BUFFER: usize = 16 * 1024;
 
 /// Limits of the relay, set by the operator.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayConfig {
-    /// Most relayed sessions at once.
-    pub max_sessions: usize,
+    /// Most relayed pairs (sessions whose two ends are spliced) at once.
+    pub max_pairs: usize,
     /// Bytes per second per direction of one session.
     pub bytes_per_sec: u64,
 }
@@ -39,8 +30,8 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
-            max_sessions: 16,
-            bytes_per_sec: 4 * 1024 * 1024,
+            max_pairs: crate::defaults::RELAY_MAX_PAIRS,
+            bytes_per_sec: crate::defaults::RELAY_RATE,
         }
     }
 }
@@ -48,18 +39,18 @@ impl Default for RelayConfig {
 type Io = Box<dyn Io2>;
 
 /// A bidirectional byte stream (an upgraded HTTP connection).
-pub trait Io2: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(super) trait Io2: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io2 for T {}
 
 /// Pairs the two ends of relayed sessions and splices them.
-pub struct RelayHub {
+pub(super) struct RelayHub {
     config: RelayConfig,
     permits: Arc<Semaphore>,
-    waiting: Mutex<HashMap<String, (Role, oneshot::Sender<Io>)>>,
+    waiting: Mutex<HashMap<SessionId, (Role, oneshot::Sender<Io>)>>,
 }
 
 /// What to do with an end that just joined.
-pub enum Joined {
+pub(super) enum Joined {
     /// First end of the session: wait for the second, then splice (holds a relay slot).
     First(oneshot::Receiver<Io>, OwnedSemaphorePermit),
     /// Second end: hand the stream over to the first end's task.
@@ -68,7 +59,7 @@ pub enum Joined {
 
 /// Why a join was refused.
 #[derive(Debug, PartialEq, Eq)]
-pub enum JoinRefused {
+pub(super) enum JoinRefused {
     /// Every relay slot is taken.
     Busy,
     /// This role of the session has already joined.
@@ -78,26 +69,26 @@ pub enum JoinRefused {
 impl RelayHub {
     /// Relayed sessions open now (or waiting for their second end).
     pub fn active(&self) -> usize {
-        self.config.max_sessions - self.permits.available_permits()
+        self.config.max_pairs - self.permits.available_permits()
     }
 
     /// A hub with these limits.
     pub fn new(config: RelayConfig) -> Self {
         RelayHub {
-            permits: Arc::new(Semaphore::new(config.max_sessions)),
+            permits: Arc::new(Semaphore::new(config.max_pairs)),
             config,
             waiting: Mutex::new(HashMap::new()),
         }
     }
 
     /// Registers an end of `session`; the caller then upgrades and calls [`RelayHub::run`].
-    pub fn join(&self, session: &str, role: Role) -> Result<Joined, JoinRefused> {
+    pub fn join(&self, session: SessionId, role: Role) -> Result<Joined, JoinRefused> {
         let mut waiting = self.waiting.lock().expect("relay lock");
         waiting.retain(|_, (_, tx)| !tx.is_closed());
-        match waiting.remove(session) {
+        match waiting.remove(&session) {
             Some((r, tx)) if r != role => Ok(Joined::Second(tx)),
             Some(entry) => {
-                waiting.insert(session.to_string(), entry);
+                waiting.insert(session, entry);
                 Err(JoinRefused::Duplicate)
             }
             None => {
@@ -107,7 +98,7 @@ impl RelayHub {
                     .try_acquire_owned()
                     .map_err(|_| JoinRefused::Busy)?;
                 let (tx, rx) = oneshot::channel();
-                waiting.insert(session.to_string(), (role, tx));
+                waiting.insert(session, (role, tx));
                 Ok(Joined::First(rx, permit))
             }
         }
@@ -166,87 +157,6 @@ where
     }
 }
 
-/// Joins the relay of `session` as `role`; returns the raw stream to the other end.
-pub async fn join(
-    server: &ServerUrl,
-    server_addr: SocketAddr,
-    session: &str,
-    role: Role,
-) -> std::io::Result<TcpStream> {
-    let work = async {
-        let mut tcp = TcpStream::connect(server_addr).await?;
-        tcp.set_nodelay(true)?;
-        let request = format!(
-            "GET {RELAY_PATH}?{} HTTP/1.1\r\nHost: {}\r\n\
-             Connection: Upgrade\r\nUpgrade: {UPGRADE_TOKEN}\r\n\r\n",
-            join_query(session, role),
-            server.authority()
-        );
-        tcp.write_all(request.as_bytes()).await?;
-        // Read the head byte by byte: the peer's bytes may follow it at once.
-        let mut head = Vec::with_capacity(256);
-        while !head.ends_with(b"\r\n\r\n") {
-            if head.len() >= MAX_HEAD {
-                return Err(invalid("relay answer head too long"));
-            }
-            head.push(tcp.read_u8().await?);
-        }
-        check_join_answer(&head)?;
-        Ok(tcp)
-    };
-    match tokio::time::timeout(SERVER_TIMEOUT, work).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "relay join timed out",
-        )),
-    }
-}
-
-/// The query string of a relay join (without `?`): `v=1&session=S&role=client|agent`.
-pub fn join_query(session: &str, role: Role) -> String {
-    let role = match role {
-        Role::Client => "client",
-        Role::Agent => "agent",
-    };
-    format!("v=1&session={session}&role={role}")
-}
-
-/// Parses the query string of a relay join: the session and the role, or `None` when `v=1`,
-/// the session or a valid role is missing.
-pub fn parse_join_query(query: &str) -> Option<(String, Role)> {
-    let (mut session, mut role, mut v) = (None, None, None);
-    for pair in query.split('&') {
-        match pair.split_once('=') {
-            Some(("session", s)) => session = Some(s.to_string()),
-            Some(("role", "client")) => role = Some(Role::Client),
-            Some(("role", "agent")) => role = Some(Role::Agent),
-            Some(("v", x)) => v = Some(x),
-            _ => {}
-        }
-    }
-    match (session, role, v) {
-        (Some(session), Some(role), Some("1")) => Some((session, role)),
-        _ => None,
-    }
-}
-
-/// Checks the server's answer head to a relay join: only `101 Switching Protocols` lets the
-/// stream through.
-pub fn check_join_answer(head: &[u8]) -> std::io::Result<()> {
-    let head = String::from_utf8_lossy(head);
-    let status = head.lines().next().unwrap_or("");
-    if status.starts_with("HTTP/1.1 101") {
-        Ok(())
-    } else {
-        Err(invalid(&format!("relay refused: {status}")))
-    }
-}
-
-fn invalid(why: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,16 +186,20 @@ mod tests {
     #[test]
     fn pairing_needs_both_roles_and_a_free_slot() {
         let hub = RelayHub::new(RelayConfig {
-            max_sessions: 1,
+            max_pairs: 1,
             bytes_per_sec: 1,
         });
-        let first = hub.join("s1", Role::Client).ok().unwrap();
+        let (s1, s2) = (
+            SessionId::from_bytes([1; 16]),
+            SessionId::from_bytes([2; 16]),
+        );
+        let first = hub.join(s1, Role::Client).ok().unwrap();
         assert!(matches!(first, Joined::First(..)));
         assert_eq!(
-            hub.join("s1", Role::Client).err(),
+            hub.join(s1, Role::Client).err(),
             Some(JoinRefused::Duplicate)
         );
-        assert_eq!(hub.join("s2", Role::Client).err(), Some(JoinRefused::Busy));
-        assert!(matches!(hub.join("s1", Role::Agent), Ok(Joined::Second(_))));
+        assert_eq!(hub.join(s2, Role::Client).err(), Some(JoinRefused::Busy));
+        assert!(matches!(hub.join(s1, Role::Agent), Ok(Joined::Second(_))));
     }
 }

@@ -81,6 +81,10 @@ pub fn parse(text: &str, known: &[&str]) -> Result<Vec<Setting>, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use proptest::prelude::*;
+
     use super::*;
 
     const KNOWN: &[&str] = &["listen", "relay", "punch-timeout", "token"];
@@ -105,5 +109,53 @@ mod tests {
         let err = parse("listen = ", KNOWN).unwrap_err();
         assert!(err.0.starts_with("invalid TOML"), "{err}");
         assert!(err.0.contains("line 1"), "{err}");
+    }
+
+    fn addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(Ipv4Addr::from(ip).into(), port)),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(Ipv6Addr::from(ip).into(), port)),
+        ]
+    }
+
+    /// Any text, short enough to read.
+    fn text() -> impl Strategy<Value = String> {
+        ".{0,40}"
+    }
+
+    proptest! {
+        /// Settings read from a config file come back the same from a file written from them.
+        #[test]
+        fn config_settings_round_trip(
+            listen in proptest::option::of(addr()),
+            relay in any::<bool>(),
+            timeout in proptest::option::of(0.0..100.0f64),
+            token in proptest::option::of(text()),
+        ) {
+            const KNOWN: &[&str] = &["listen", "relay", "punch-timeout", "token"];
+            let mut table = toml::Table::new();
+            if let Some(a) = listen {
+                table.insert("listen".into(), toml::Value::String(a.to_string()));
+            }
+            table.insert("relay".into(), toml::Value::Boolean(relay));
+            if let Some(t) = timeout {
+                table.insert("punch_timeout".into(), toml::Value::Float(t));
+            }
+            if let Some(t) = &token {
+                table.insert("token".into(), toml::Value::String(t.clone()));
+            }
+            let text = toml::to_string(&table).unwrap();
+            let got = parse(&text, KNOWN).unwrap();
+            let find = |flag: &str| got.iter().find(|s| s.flag == flag).map(|s| s.words.clone());
+            prop_assert_eq!(find("listen"), listen.map(|a| vec![a.to_string()]));
+            prop_assert_eq!(find("relay"), relay.then(Vec::new));
+            prop_assert_eq!(
+                find("punch-timeout").map(|w| w[0].parse::<f64>().unwrap()),
+                timeout
+            );
+            prop_assert_eq!(find("token"), token.map(|t| vec![t]));
+        }
     }
 }

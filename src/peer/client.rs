@@ -3,16 +3,24 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::control::{self, ServerUrl};
-use crate::probe;
-use crate::protocol::{self, Auth, ClientMsg, ConnectQuery, Mode, Role, ServerMsg, SessionKeys};
-use crate::punch::{self, EarlyData, Inbound, Order, Proof, PunchPlan};
-use crate::{ConnectionInfo, Error, net};
+use super::control::{self, ControlSocket, ServerUrl};
+use super::probe;
+use super::punch::{EarlyData, Endpoint, Inbound, PunchFailure, PunchOptions};
+use super::session::{ConnectionInfo, Established, Session};
+use crate::protocol::{
+    self, ClientToServer, ConnectQuery, Mode, Nonce, ProbeToken, PunchOrder, Role, ServerToClient,
+    ServiceId,
+};
+use crate::{Error, defaults, net};
+
+/// How long the client waits to tell the server how the attempt ended before it closes: the
+/// report is a courtesy for the server's records, never worth delaying the caller.
+const REPORT_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// What to connect to.
 #[derive(Clone)]
@@ -23,11 +31,9 @@ pub struct ConnectOptions {
     pub peer: String,
     /// The service secret (`None` for services exposed with `--public`).
     pub secret: Option<String>,
-    /// How long the punch may take before giving up.
-    pub punch_timeout: Duration,
-    /// TTL of the SYNs of a birthday punch when this end's NAT is endpoint-dependent
-    /// (`None`: normal TTL).
-    pub punch_ttl: Option<u32>,
+    /// How the punch is made (its timeout; the TTL of the SYNs of a birthday punch when this
+    /// end's NAT is endpoint-dependent).
+    pub punch: PunchOptions,
     /// The server's token, if it requires one.
     pub token: Option<String>,
     /// Bytes to send with the selection of the stream, before the agent's hello arrived: saves
@@ -42,8 +48,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("server", &self.server)
             .field("peer", &self.peer)
             .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
-            .field("punch_timeout", &self.punch_timeout)
-            .field("punch_ttl", &self.punch_ttl)
+            .field("punch", &self.punch)
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
             .field("early_data", &self.early_data)
             .finish()
@@ -51,14 +56,13 @@ impl std::fmt::Debug for ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Options with the default punch timeout.
+    /// Options with the default punch (see [`crate::defaults`]).
     pub fn new(server: &str, peer: &str, secret: Option<&str>) -> Result<Self, Error> {
         Ok(ConnectOptions {
             server: ServerUrl::parse(server)?,
             peer: peer.to_string(),
             secret: secret.map(str::to_string),
-            punch_timeout: punch::DEFAULT_PUNCH_TIMEOUT,
-            punch_ttl: Some(punch::DEFAULT_LOW_TTL),
+            punch: PunchOptions::default(),
             token: None,
             early_data: None,
         })
@@ -107,15 +111,11 @@ pub struct Connection {
 pub async fn connect(opts: &ConnectOptions) -> Result<Connection, Error> {
     let started = Instant::now();
     let server_addr = opts.server.resolve().await?;
-    let nonce = hex::encode(rand::random::<[u8; 16]>());
-    connect_with(opts, server_addr, nonce, started).await
+    connect_with(opts, server_addr, Nonce::random(), started).await
 }
 
-/// Most bytes [`connect_early`] reads ahead from the local side.
-pub const EARLY_DATA_MAX: usize = 64 * 1024;
-
 /// Connects like [`connect`] while reading what `local` already sends (up to
-/// [`EARLY_DATA_MAX`] bytes), so that those bytes leave with the stream's selection instead of
+/// [`defaults::EARLY_DATA_MAX`] bytes), so that those bytes leave with the stream's selection instead of
 /// a round trip later (see [`EarlyData`]). Every byte read from `local` is written to the
 /// returned stream, in order; a byte from the peer reaches the caller only after the agent's
 /// hello was checked. For forwarding a local connection or stdin: carry on with
@@ -138,7 +138,7 @@ where
     let result = loop {
         tokio::select! {
             result = &mut connecting => break result,
-            n = local.read(&mut buf), if local_open && early.len() < EARLY_DATA_MAX => match n {
+            n = local.read(&mut buf), if local_open && early.len() < defaults::EARLY_DATA_MAX => match n {
                 Ok(n) if n > 0 => {
                     early.push(&buf[..n]);
                     read += n as u64;
@@ -160,37 +160,26 @@ where
 async fn connect_with(
     opts: &ConnectOptions,
     server_addr: SocketAddr,
-    nonce: String,
+    nonce: Nonce,
     started: Instant,
 ) -> Result<Connection, Error> {
+    let peer = ServiceId::new(&opts.peer).map_err(|e| Error::Refused(e.code, e.message))?;
     // The control connection and the punch share one local port, so the server sees the NAT
     // mapping the peer must aim at. The listener catches SYNs that beat ours out.
-    let any = net::any_addr(&server_addr, 0);
-    let listener = net::shared_listener(any)?;
+    let listener = net::shared_listener(net::any_addr(&server_addr, 0))?;
     let port = listener.local_addr()?.port();
-    // The NAT probe leaves from the same port at the same moment as the control connection;
-    // the server compares the two mappings.
-    let probe_token = probe::new_token();
     let mut tasks = JoinSet::new();
-    {
-        let (local, token) = (net::any_addr(&server_addr, port), probe_token.clone());
-        let probe_addr = probe::probe_addr(server_addr);
-        tasks.spawn(async move {
-            if let Err(e) = probe::probe(local, probe_addr, &token).await {
-                tracing::debug!("NAT probe to {probe_addr}: {e}");
-            }
-        });
-    }
+    let probe = spawn_probe(&mut tasks, server_addr, port);
     let query = ConnectQuery {
-        peer: opts.peer.clone(),
         proof: opts
             .secret
             .as_deref()
             .map(|s| protocol::connect_proof(s, &opts.peer, &nonce)),
+        peer,
         nonce,
         private: net::local_candidates(port, &server_addr),
         mode: Mode::Punch,
-        probe: Some(probe_token),
+        probe: Some(probe),
     };
     let (mut ws, local) = control::open(
         &opts.server,
@@ -205,7 +194,63 @@ async fn connect_with(
         Error::Refused(code, msg) => control::server_error(code, msg, &opts.peer),
         e => e,
     })?;
-    let order = match tokio::time::timeout(control::SERVER_TIMEOUT, control::recv(&mut ws)).await {
+    let order = punch_order(&mut ws, &opts.peer).await?;
+    tracing::debug!(
+        strategy = %order.strategy, mine = %order.your_mapping, peer = %order.peer_mapping,
+        relay = ?order.relay_after_ms, "punch order"
+    );
+    let at = Endpoint {
+        local: net::any_addr(&server_addr, local.port()),
+        server: opts.server.clone(),
+        server_addr,
+    };
+    let secret = opts.secret.as_deref();
+    let early = opts.early_data.clone();
+    let session = Session::new(
+        order,
+        Role::Client,
+        secret,
+        &at,
+        &opts.punch,
+        early,
+        started,
+    );
+    let inbound = forward_accepts(&mut tasks, listener);
+    let (outcome, ctrl_open) = punch_watching(session, inbound, &mut ws, &opts.peer).await?;
+    tasks.shutdown().await;
+    if ctrl_open {
+        report_outcome(&mut ws, &outcome).await;
+    }
+    match outcome {
+        Ok(Established { stream, info }) => Ok(Connection {
+            early_sent: 0,
+            stream,
+            info,
+        }),
+        Err(failure) => Err(Error::NoDirectPath {
+            peer: opts.peer.clone(),
+            detail: failure.to_string(),
+        }),
+    }
+}
+
+/// Sends the NAT probe from the punch port, at the same moment as the control connection: the
+/// server compares the two mappings. Returns its token.
+fn spawn_probe(tasks: &mut JoinSet<()>, server_addr: SocketAddr, port: u16) -> ProbeToken {
+    let probe_token = ProbeToken::random();
+    let local = net::any_addr(&server_addr, port);
+    let probe_addr = protocol::probe_addr(server_addr);
+    tasks.spawn(async move {
+        if let Err(e) = probe::probe(local, probe_addr, &probe_token).await {
+            tracing::debug!("NAT probe to {probe_addr}: {e}");
+        }
+    });
+    probe_token
+}
+
+/// The server's answer to a connect request: the punch order, or the error it names.
+async fn punch_order(ws: &mut ControlSocket, peer: &str) -> Result<PunchOrder, Error> {
+    let answer = match tokio::time::timeout(defaults::SERVER_TIMEOUT, control::recv(ws)).await {
         Err(_) => {
             return Err(Error::Protocol(
                 "no punch order from the server in time".into(),
@@ -213,111 +258,76 @@ async fn connect_with(
         }
         Ok(r) => r?,
     };
-    let punch = match order {
-        Some(ServerMsg::Punch(p)) => p,
-        Some(ServerMsg::Error { code, message }) => {
-            return Err(control::server_error(code, message, &opts.peer));
+    match answer {
+        Some(ServerToClient::Punch(p)) => Ok(p),
+        Some(ServerToClient::Error { code, message }) => {
+            Err(control::server_error(code, message, peer))
         }
-        Some(other) => {
-            return Err(Error::Protocol(format!("unexpected message {other:?}")));
-        }
-        None => return Err(Error::Protocol("server closed the control channel".into())),
-    };
-    let secret = match punch.auth {
-        Auth::Secret => opts.secret.as_deref(),
-        Auth::Public => None,
-    };
-    let keys = SessionKeys::derive(&punch.session, &punch.key, secret)
-        .ok_or_else(|| Error::Protocol("malformed session id or key".into()))?;
-    let plan = PunchPlan::for_order(Order {
-        punch: &punch,
-        local: net::any_addr(&server_addr, local.port()),
-        role: Role::Client,
-        proof: Proof::Hello {
-            role: Role::Client,
-            keys,
-        },
-        timeout: opts.punch_timeout,
-        low_ttl: opts.punch_ttl,
-        server: &opts.server,
-        server_addr,
-        early: opts.early_data.clone(),
-    });
-    tracing::debug!(
-        strategy = %punch.strategy, mine = %punch.your_mapping, peer = %punch.peer_mapping,
-        relay = ?punch.relay_after_ms, "punch order"
-    );
+        Some(other) => Err(Error::Protocol(format!("unexpected message {other:?}"))),
+        None => Err(Error::Protocol("server closed the control channel".into())),
+    }
+}
 
+/// Hands every connection accepted on the punch port to the punch.
+fn forward_accepts(tasks: &mut JoinSet<()>, listener: TcpListener) -> mpsc::Receiver<Inbound> {
     let (inbound_tx, inbound) = mpsc::channel(8);
     tasks.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            if inbound_tx
-                .send(Inbound {
-                    stream,
-                    hello: None,
-                })
-                .await
-                .is_err()
-            {
+            let inbound = Inbound {
+                stream,
+                hello: None,
+            };
+            if inbound_tx.send(inbound).await.is_err() {
                 return;
             }
         }
     });
+    inbound
+}
 
-    let engine = punch::run(plan, inbound, || {});
+/// Runs the session's punch while reading the control channel: an error from the server (the
+/// agent's rejection) ends the attempt at once. Returns how the punch went and whether the
+/// control channel is still open.
+async fn punch_watching(
+    session: Session,
+    inbound: mpsc::Receiver<Inbound>,
+    ws: &mut ControlSocket,
+    peer: &str,
+) -> Result<(Result<Established, PunchFailure>, bool), Error> {
+    let engine = session.run(inbound, || {});
     tokio::pin!(engine);
     let mut ctrl_open = true;
-    let punched = loop {
+    loop {
         tokio::select! {
-            result = &mut engine => break result,
-            msg = control::recv::<ServerMsg>(&mut ws), if ctrl_open => match msg {
-                Ok(Some(ServerMsg::Error { code, message })) => {
-                    return Err(control::server_error(code, message, &opts.peer));
+            result = &mut engine => return Ok((result, ctrl_open)),
+            msg = control::recv::<ServerToClient>(ws), if ctrl_open => match msg {
+                Ok(Some(ServerToClient::Error { code, message })) => {
+                    return Err(control::server_error(code, message, peer));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => ctrl_open = false,
             },
         }
-    };
-    tasks.shutdown().await;
-    let outcome = punched.map(|p| {
-        let path = p.path(&punch.peer_private);
-        (p, path, started.elapsed())
-    });
-    let result = match &outcome {
-        Ok((_, path, setup)) => ClientMsg::Result {
-            outcome: path.label().to_string(),
-            setup_ms: Some(setup.as_millis() as u64),
+    }
+}
+
+/// Tells the server how the attempt ended, for its outcome records, and closes.
+async fn report_outcome(ws: &mut ControlSocket, outcome: &Result<Established, PunchFailure>) {
+    let result = match outcome {
+        Ok(e) => ClientToServer::Result {
+            outcome: e.info.path.label().to_string(),
+            setup_ms: Some(e.info.setup.as_millis() as u64),
             reason: None,
         },
-        Err(f) => ClientMsg::Result {
+        Err(f) => ClientToServer::Result {
             outcome: "failed".into(),
             setup_ms: None,
             reason: Some(f.to_string()),
         },
     };
-    if ctrl_open {
-        let report = async {
-            let _ = control::send(&mut ws, &result).await;
-            let _ = ws.close(None).await;
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(100), report).await;
-    }
-    match outcome {
-        Ok((p, path, setup)) => Ok(Connection {
-            early_sent: 0,
-            stream: p.stream,
-            info: ConnectionInfo {
-                path,
-                peer_addr: p.peer,
-                setup,
-                session: punch.session,
-                strategy: punch.strategy,
-            },
-        }),
-        Err(failure) => Err(Error::NoDirectPath {
-            peer: opts.peer.clone(),
-            detail: failure.to_string(),
-        }),
-    }
+    let report = async {
+        let _ = control::send(ws, &result).await;
+        let _ = ws.close(None).await;
+    };
+    let _ = tokio::time::timeout(REPORT_TIMEOUT, report).await;
 }

@@ -2,7 +2,6 @@
 //! WebSocket handshake from a shared punch port, and reading control messages with limits.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -10,13 +9,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
-use crate::Error;
-use crate::net;
+use crate::defaults::SERVER_TIMEOUT;
 use crate::protocol::{self, DEFAULT_SERVER_PORT, ErrorBody, ErrorCode, MAX_MESSAGE_BYTES};
 use crate::tls::{self, MaybeTls, Trust};
-
-/// Time allowed for resolving, connecting to and upgrading with the server, each.
-pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::{Error, net};
 
 /// An open control WebSocket, over TLS when the server URL is `https://`.
 pub type ControlSocket = WebSocketStream<MaybeTls>;
@@ -201,7 +197,7 @@ pub async fn recv_frame<T: for<'de> serde::Deserialize<'de>>(
         Some(Err(e)) => Err(Error::ServerUnreachable(format!("control channel: {e}"))),
         Some(Ok(Message::Text(text))) => protocol::decode(&text)
             .map(Incoming::Message)
-            .map_err(Error::Protocol),
+            .map_err(|e| Error::Protocol(e.to_string())),
         Some(Ok(Message::Binary(_))) => Err(Error::Protocol("unexpected binary frame".into())),
         Some(Ok(_)) => Ok(Incoming::Alive),
     }

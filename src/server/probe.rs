@@ -1,9 +1,8 @@
-//! NAT mapping discovery over TCP. The server listens on a second port (by convention the
-//! control port + 1). A peer connects to it from its punch port and writes a probe line with a
-//! token; the server answers with the public endpoint it saw and remembers it under the token.
-//! The same peer's control request names the token, so the server can compare the two mappings
-//! of one local port toward two destinations: equal means endpoint-independent mapping (cone
-//! NAT or no NAT), different means endpoint-dependent ("symmetric").
+//! The server's NAT probe port. A peer connects to it from its punch port and writes a probe
+//! line with a token; the server answers with the public endpoint it saw and remembers it under
+//! the token. The same peer's control request names the token, so the server can compare the
+//! two mappings of one local port toward two destinations: equal means endpoint-independent
+//! mapping (cone NAT or no NAT), different means endpoint-dependent ("symmetric").
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,11 +16,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::net;
-use crate::protocol::{self, MAX_PROBE_LINE};
+use crate::protocol::{self, MAX_PROBE_LINE, Mapping, ProbeToken};
 
 /// Time a probe connection gets to send its line and to be answered.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the server tries to dial back.
 const DIALBACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a recorded probe is kept for the control request that names it.
@@ -30,26 +28,32 @@ const PROBE_TTL: Duration = Duration::from_secs(30);
 const MAX_PROBES: usize = 65_536;
 /// Most probe connections served at once.
 const MAX_PROBE_CONNECTIONS: usize = 1024;
+/// How long a control request waits for the probe it names (sent at the same moment from the
+/// same port, so it normally arrives first).
+const PROBE_WAIT: Duration = Duration::from_millis(300);
 
-/// The probe port that goes with a server's control port, by convention.
-pub fn probe_addr(server: SocketAddr) -> SocketAddr {
-    SocketAddr::new(server.ip(), server.port().wrapping_add(1))
-}
-
-/// A fresh probe token (16 random bytes, hex).
-pub fn new_token() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
+/// The NAT mapping of a peer whose control connection came from `control` and whose request
+/// names the probe `token`: unknown without a probe port or a probe in time.
+pub(super) async fn probed_mapping(
+    probes: Option<&ProbeTable>,
+    control: SocketAddr,
+    token: Option<&ProbeToken>,
+) -> Mapping {
+    match (token, probes) {
+        (Some(t), Some(table)) => Mapping::classify(control, table.wait(t, PROBE_WAIT).await),
+        _ => Mapping::Unknown,
+    }
 }
 
 /// Probes recorded by the server, by token.
 #[derive(Default)]
-pub struct ProbeTable {
-    seen: Mutex<HashMap<String, (SocketAddr, Instant)>>,
+pub(super) struct ProbeTable {
+    seen: Mutex<HashMap<ProbeToken, (SocketAddr, Instant)>>,
     arrived: Notify,
 }
 
 impl ProbeTable {
-    fn record(&self, token: &str, addr: SocketAddr) -> bool {
+    fn record(&self, token: ProbeToken, addr: SocketAddr) -> bool {
         let mut seen = self.seen.lock().expect("probe lock");
         let now = Instant::now();
         if seen.len() >= MAX_PROBES {
@@ -58,14 +62,14 @@ impl ProbeTable {
                 return false;
             }
         }
-        seen.insert(token.to_string(), (addr, now));
+        seen.insert(token, (addr, now));
         drop(seen);
         self.arrived.notify_waiters();
         true
     }
 
     /// The endpoint recorded under `token`, waiting up to `max` for it to arrive.
-    pub async fn wait(&self, token: &str, max: Duration) -> Option<SocketAddr> {
+    async fn wait(&self, token: &ProbeToken, max: Duration) -> Option<SocketAddr> {
         let deadline = Instant::now() + max;
         loop {
             let arrived = self.arrived.notified();
@@ -80,7 +84,11 @@ impl ProbeTable {
 }
 
 /// Serves probe connections on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, table: Arc<ProbeTable>, shutdown: CancellationToken) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    table: Arc<ProbeTable>,
+    shutdown: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(MAX_PROBE_CONNECTIONS));
     let mut tasks = JoinSet::new();
     loop {
@@ -118,75 +126,23 @@ async fn answer(stream: TcpStream, from: SocketAddr, table: &ProbeTable) {
     }
     let mut stream = reader.into_inner().into_inner();
     let parsed = protocol::parse_probe_line(line.trim_end());
-    let reply = match parsed {
-        // Control requests name the token in lowercase, whatever case the peer wrote.
-        Some((token, _)) if table.record(&token.to_ascii_lowercase(), from) => {
-            format!("{from}\n")
-        }
+    let reply = match &parsed {
+        // Whatever case the peer wrote, the token is the same 16 bytes its control request names.
+        Some(req) if table.record(req.token, from) => format!("{from}\n"),
         Some(_) => "error busy\n".to_string(),
         None => "error malformed probe line\n".to_string(),
     };
     let _ = stream.write_all(reply.as_bytes()).await;
     let _ = stream.shutdown().await;
-    if let Some((token, true)) = parsed {
+    if let Some(req) = parsed.filter(|r| r.dialback) {
         // Only ever toward the endpoint this very connection came from: it cannot be aimed
         // at anyone else.
         if let Ok(Ok(mut back)) =
             tokio::time::timeout(DIALBACK_TIMEOUT, TcpStream::connect(from)).await
         {
-            let _ = back
-                .write_all(format!("p2pnc-dialback {token}\n").as_bytes())
-                .await;
+            let _ = back.write_all(req.dialback_line().as_bytes()).await;
             let _ = back.shutdown().await;
         }
-    }
-}
-
-/// Sends a probe from the shared local address `local` to the server's probe port and returns
-/// the public endpoint the server saw.
-pub async fn probe(
-    local: SocketAddr,
-    probe: SocketAddr,
-    token: &str,
-) -> std::io::Result<SocketAddr> {
-    send_probe(local, probe, &protocol::probe_line(token)).await
-}
-
-/// Like [`probe`], and asks the server to dial back to the endpoint it saw.
-pub async fn probe_with_dialback(
-    local: SocketAddr,
-    probe: SocketAddr,
-    token: &str,
-) -> std::io::Result<SocketAddr> {
-    send_probe(local, probe, &protocol::probe_line_dialback(token)).await
-}
-
-async fn send_probe(
-    local: SocketAddr,
-    probe: SocketAddr,
-    line: &str,
-) -> std::io::Result<SocketAddr> {
-    let work = async {
-        let mut stream = net::connect_from(local, probe, None, PROBE_TIMEOUT).await?;
-        stream.write_all(line.as_bytes()).await?;
-        let mut reply = String::new();
-        (&mut stream)
-            .take(MAX_PROBE_LINE as u64)
-            .read_to_string(&mut reply)
-            .await?;
-        reply.trim_end().parse::<SocketAddr>().map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("probe answered {:?}", reply.trim_end()),
-            )
-        })
-    };
-    match tokio::time::timeout(PROBE_TIMEOUT, work).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "probe timed out",
-        )),
     }
 }
 
@@ -195,16 +151,25 @@ mod tests {
     use super::*;
     use crate::protocol::ExposeQuery;
 
+    /// Writes `line` to the probe port at `addr` and reads the whole answer.
+    async fn ask(addr: SocketAddr, line: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(line.as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.unwrap();
+        reply
+    }
+
     #[tokio::test]
     async fn a_probe_is_answered_and_recorded_under_its_token() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let table = Arc::new(ProbeTable::default());
-        let token = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, table.clone(), token.clone()));
-        let t = new_token();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, table.clone(), stop.clone()));
+        let t = ProbeToken::random();
         let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let seen = probe(local, addr, &t).await.unwrap();
+        let seen = crate::peer::probe::probe(local, addr, &t).await.unwrap();
         assert_eq!(seen.ip(), local.ip());
         assert_eq!(table.wait(&t, Duration::from_millis(100)).await, Some(seen));
         assert_eq!(
@@ -214,21 +179,20 @@ mod tests {
         );
 
         // A token in uppercase hex is found under its lowercase form, as queries carry it.
-        let upper = new_token().to_ascii_uppercase();
-        let seen = probe(local, addr, &upper).await.unwrap();
+        let upper = ProbeToken::random().to_hex().to_ascii_uppercase();
+        let reply = ask(addr, &format!("p2pnc-probe {upper}\n")).await;
+        let seen: SocketAddr = reply.trim_end().parse().unwrap();
         let lower = ExposeQuery::parse(&format!("v=1&id=a&auth=public&probe={upper}"))
             .unwrap()
             .probe
             .unwrap();
+        assert_eq!(lower.to_hex(), upper.to_ascii_lowercase());
         let found = table.wait(&lower, Duration::from_millis(100)).await;
         assert_eq!(found, Some(seen));
 
-        let mut bad = TcpStream::connect(addr).await.unwrap();
-        bad.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut reply = String::new();
-        bad.read_to_string(&mut reply).await.unwrap();
+        let reply = ask(addr, "GET / HTTP/1.1\r\n\r\n").await;
         assert_eq!(reply, "error malformed probe line\n");
-        token.cancel();
+        stop.cancel();
         server.await.unwrap();
     }
 
@@ -238,9 +202,14 @@ mod tests {
         let t2 = table.clone();
         let late = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(30)).await;
-            t2.record("k", "192.0.2.1:5".parse().unwrap());
+            t2.record(
+                ProbeToken::from_bytes([7; 16]),
+                "192.0.2.1:5".parse().unwrap(),
+            );
         });
-        let got = table.wait("k", Duration::from_secs(2)).await;
+        let got = table
+            .wait(&ProbeToken::from_bytes([7; 16]), Duration::from_secs(2))
+            .await;
         assert_eq!(got, Some("192.0.2.1:5".parse().unwrap()));
         late.await.unwrap();
     }

@@ -1,0 +1,76 @@
+//! The p2pnc wire protocol, version 1: control messages exchanged with the rendezvous server
+//! (one type per direction), the query strings of its two WebSocket endpoints, the proofs of
+//! the service secret, the hello that opens every punched stream, relay joins and NAT probes.
+//!
+//! This crate does no I/O. `docs/protocol.md` is the normative description; the JSON fixtures
+//! in `tests/fixtures/protocol/` are parsed and produced by both the Rust and the Java tests.
+
+mod credentials;
+mod error;
+mod ids;
+mod messages;
+mod order;
+mod probe;
+mod query;
+mod relay;
+mod stream;
+
+pub use credentials::{connect_proof, owner_credential, verify_connect_proof};
+pub use error::{ErrorBody, ErrorCode};
+pub use ids::{HexError, Nonce, ProbeToken, ServiceId, SessionId, SessionKey, SessionRef};
+pub use messages::{AgentToServer, ClientToServer, ServerToAgent, ServerToClient};
+pub use order::{Auth, Mapping, Mode, PunchOrder, Strategy};
+pub use probe::{
+    MAX_PROBE_LINE, ProbeRequest, WhoamiError, dialback_line, parse_probe_line, probe_addr,
+    probe_line, probe_line_dialback, whoami_addr,
+};
+pub use query::{
+    ConnectQuery, ExposeQuery, QueryError, format_candidates, percent_encode, validate_id,
+};
+pub use relay::{
+    JoinQueryError, JoinRefused, RELAY_PATH, UPGRADE_TOKEN, check_join_answer, join_query,
+    join_request, parse_join_query,
+};
+pub use stream::{HELLO_LEN, HELLO_MAGIC, Role, SELECT, SessionKeys, hello_session};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Protocol version carried by every control request (`v=1`).
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Default TCP port of the rendezvous server (HTTP and WebSocket).
+pub const DEFAULT_SERVER_PORT: u16 = 50300;
+/// Largest control message, in bytes, either direction. Real messages are below 2 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Longest peer id, in bytes of UTF-8.
+pub const MAX_ID_BYTES: usize = 64;
+/// Most private candidates a peer may announce.
+pub const MAX_PRIVATE_CANDIDATES: usize = 8;
+/// Path of the agent's control WebSocket.
+pub const EXPOSE_PATH: &str = "/v1/expose";
+/// Path of the client's control WebSocket (one per connection attempt).
+pub const CONNECT_PATH: &str = "/v1/connect";
+
+/// A control message that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Over [`MAX_MESSAGE_BYTES`].
+    #[error("message over {MAX_MESSAGE_BYTES} bytes")]
+    TooLarge,
+    /// Not JSON, or not a message of the expected type.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Parses a control message with the size cap applied.
+pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, DecodeError> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge);
+    }
+    serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// Serialises a control message.
+pub fn encode<T: Serialize>(msg: &T) -> String {
+    serde_json::to_string(msg).expect("protocol messages always serialise")
+}

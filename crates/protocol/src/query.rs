@@ -1,0 +1,403 @@
+//! The query strings of the two WebSocket endpoints (`/v1/expose`, `/v1/connect`):
+//! `application/x-www-form-urlencoded`, UTF-8, percent-encoded.
+
+use std::net::SocketAddr;
+
+use crate::error::ErrorCode;
+use crate::ids::{Nonce, ProbeToken, ServiceId};
+use crate::order::{Auth, Mode};
+use crate::{MAX_ID_BYTES, MAX_MESSAGE_BYTES, MAX_PRIVATE_CANDIDATES, PROTOCOL_VERSION};
+
+/// Parsed query string of `GET /v1/expose`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposeQuery {
+    /// The id to register.
+    pub id: ServiceId,
+    /// Whether clients must prove a secret.
+    pub auth: Auth,
+    /// The agent's private candidates.
+    pub private: Vec<SocketAddr>,
+    /// Token of the probe the agent sent from its punch port (see [`crate::probe_line`]).
+    pub probe: Option<ProbeToken>,
+    /// The owner credential (see [`crate::owner_credential`]), lowercase hex: proves a
+    /// restarted agent is the id's owner. Absent for public agents.
+    pub owner: Option<String>,
+    /// The public endpoint the agent's router forwards to its punch port (PCP, NAT-PMP or
+    /// UPnP-IGD), if it got one.
+    pub mapped: Option<SocketAddr>,
+}
+
+/// Parsed query string of `GET /v1/connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectQuery {
+    /// The id to reach.
+    pub peer: ServiceId,
+    /// 16 random bytes, fresh for every request.
+    pub nonce: Nonce,
+    /// Proof of the secret, lowercase hex; absent when the client has no secret.
+    pub proof: Option<String>,
+    /// The client's private candidates.
+    pub private: Vec<SocketAddr>,
+    /// Punch (default) or plain.
+    pub mode: Mode,
+    /// Token of the probe the client sent from its punch port (see [`crate::probe_line`]).
+    pub probe: Option<ProbeToken>,
+}
+
+/// A query string that cannot be accepted, with the reason for a person.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct QueryError {
+    /// Error code to answer with.
+    pub code: ErrorCode,
+    /// One line for a person.
+    pub message: String,
+}
+
+fn bad(message: impl Into<String>) -> QueryError {
+    QueryError {
+        code: ErrorCode::BadRequest,
+        message: message.into(),
+    }
+}
+
+/// Splits an `application/x-www-form-urlencoded` query into decoded pairs.
+fn parse_pairs(query: &str) -> Result<Vec<(String, String)>, QueryError> {
+    if query.len() > MAX_MESSAGE_BYTES {
+        return Err(bad("query string too long"));
+    }
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Result<String, QueryError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| bad("malformed percent-encoding in query"))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad("query is not valid UTF-8"))
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Checks an id: 1 to 64 bytes of UTF-8, no control characters.
+pub fn validate_id(id: &str) -> Result<(), QueryError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(bad(format!(
+            "id must be 1 to {MAX_ID_BYTES} bytes of UTF-8"
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(bad("id must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn check_version(v: Option<&str>) -> Result<(), QueryError> {
+    match v {
+        Some("1") => Ok(()),
+        Some(other) => Err(QueryError {
+            code: ErrorCode::UnsupportedVersion,
+            message: format!("protocol version {other} is not supported (this server speaks 1)"),
+        }),
+        None => Err(bad("missing v (protocol version)")),
+    }
+}
+
+fn parse_candidates(v: &str) -> Result<Vec<SocketAddr>, QueryError> {
+    let list: Vec<SocketAddr> = v
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| bad(format!("bad candidate address '{s}'")))
+        })
+        .collect::<Result<_, _>>()?;
+    if list.len() > MAX_PRIVATE_CANDIDATES {
+        return Err(bad(format!(
+            "at most {MAX_PRIVATE_CANDIDATES} private candidates"
+        )));
+    }
+    Ok(list)
+}
+
+fn check_hex(name: &str, v: &str, bytes: usize) -> Result<(), QueryError> {
+    if v.len() == bytes * 2 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(bad(format!("{name} must be {bytes} bytes of hex")))
+    }
+}
+
+/// Parses the hex value `name` into one of the protocol's byte types.
+fn parse_hex<T: std::str::FromStr>(name: &str, v: &str, bytes: usize) -> Result<T, QueryError> {
+    v.parse()
+        .map_err(|_| bad(format!("{name} must be {bytes} bytes of hex")))
+}
+
+/// Formats candidates as the `private` query value.
+pub fn format_candidates(list: &[SocketAddr]) -> String {
+    list.iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl ExposeQuery {
+    /// Parses the query string of an expose request.
+    pub fn parse(query: &str) -> Result<Self, QueryError> {
+        let (mut v, mut id, mut auth, mut private) = (None, None, None, Vec::new());
+        let (mut probe, mut owner, mut mapped) = (None, None, None);
+        for (k, val) in parse_pairs(query)? {
+            match k.as_str() {
+                "probe" if !val.is_empty() => probe = Some(val),
+                "owner" if !val.is_empty() => owner = Some(val),
+                "mapped" if !val.is_empty() => {
+                    mapped = Some(
+                        val.parse::<SocketAddr>()
+                            .map_err(|_| bad(format!("bad mapped address '{val}'")))?,
+                    )
+                }
+                "v" => v = Some(val),
+                "id" => id = Some(val),
+                "auth" => {
+                    auth = Some(match val.as_str() {
+                        "secret" => Auth::Secret,
+                        "public" => Auth::Public,
+                        _ => return Err(bad("auth must be 'secret' or 'public'")),
+                    })
+                }
+                "private" => private = parse_candidates(&val)?,
+                _ => {}
+            }
+        }
+        check_version(v.as_deref())?;
+        let id = ServiceId::new(&id.ok_or_else(|| bad("missing id"))?)?;
+        let probe = probe
+            .map(|p| parse_hex("probe", &p, ProbeToken::LEN))
+            .transpose()?;
+        if let Some(o) = &owner {
+            check_hex("owner", o, 32)?;
+        }
+        Ok(ExposeQuery {
+            id,
+            auth: auth.ok_or_else(|| bad("missing auth ('secret' or 'public')"))?,
+            private,
+            probe,
+            owner: owner.map(|o| o.to_ascii_lowercase()),
+            mapped,
+        })
+    }
+
+    /// Formats the query string (without `?`).
+    pub fn to_query(&self) -> String {
+        let mut q = format!(
+            "v={PROTOCOL_VERSION}&id={}&auth={}&private={}",
+            percent_encode(&self.id),
+            self.auth.as_str(),
+            percent_encode(&format_candidates(&self.private))
+        );
+        if let Some(p) = &self.probe {
+            q.push_str("&probe=");
+            q.push_str(&p.to_hex());
+        }
+        if let Some(o) = &self.owner {
+            q.push_str("&owner=");
+            q.push_str(o);
+        }
+        if let Some(m) = &self.mapped {
+            q.push_str("&mapped=");
+            q.push_str(&percent_encode(&m.to_string()));
+        }
+        q
+    }
+}
+
+impl ConnectQuery {
+    /// Parses the query string of a connect request.
+    pub fn parse(query: &str) -> Result<Self, QueryError> {
+        let (mut v, mut peer, mut nonce, mut proof) = (None, None, None, None);
+        let (mut private, mut mode, mut probe) = (Vec::new(), Mode::Punch, None);
+        for (k, val) in parse_pairs(query)? {
+            match k.as_str() {
+                "probe" if !val.is_empty() => probe = Some(val),
+                "v" => v = Some(val),
+                "peer" => peer = Some(val),
+                "nonce" => nonce = Some(val),
+                "proof" if !val.is_empty() => proof = Some(val),
+                "private" => private = parse_candidates(&val)?,
+                "mode" => {
+                    mode = match val.as_str() {
+                        "punch" => Mode::Punch,
+                        "plain" => Mode::Plain,
+                        _ => return Err(bad("mode must be 'punch' or 'plain'")),
+                    }
+                }
+                _ => {}
+            }
+        }
+        check_version(v.as_deref())?;
+        let peer = ServiceId::new(&peer.ok_or_else(|| bad("missing peer"))?)?;
+        let nonce = nonce.ok_or_else(|| bad("missing nonce"))?;
+        let nonce = parse_hex("nonce", &nonce, Nonce::LEN)?;
+        if let Some(p) = &proof {
+            check_hex("proof", p, 32)?;
+        }
+        let probe = probe
+            .map(|p| parse_hex("probe", &p, ProbeToken::LEN))
+            .transpose()?;
+        Ok(ConnectQuery {
+            peer,
+            nonce,
+            proof: proof.map(|p| p.to_ascii_lowercase()),
+            private,
+            mode,
+            probe,
+        })
+    }
+
+    /// Formats the query string (without `?`).
+    pub fn to_query(&self) -> String {
+        let mut q = format!(
+            "v={PROTOCOL_VERSION}&peer={}&nonce={}&mode={}&private={}",
+            percent_encode(&self.peer),
+            self.nonce,
+            self.mode.as_str(),
+            percent_encode(&format_candidates(&self.private))
+        );
+        if let Some(p) = &self.proof {
+            q.push_str("&proof=");
+            q.push_str(p);
+        }
+        if let Some(p) = &self.probe {
+            q.push_str("&probe=");
+            q.push_str(&p.to_hex());
+        }
+        q
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner_credential;
+
+    #[test]
+    fn expose_query_round_trips() {
+        let id = "stream server/é";
+        let q = ExposeQuery {
+            id: ServiceId::new(id).unwrap(),
+            auth: Auth::Secret,
+            private: vec![
+                "10.0.0.2:4000".parse().unwrap(),
+                "[fe80::1]:5".parse().unwrap(),
+            ],
+            probe: Some(ProbeToken::from_bytes([0x0a; 16])),
+            owner: Some(owner_credential("pw", id)),
+            mapped: Some("198.51.100.2:40000".parse().unwrap()),
+        };
+        assert_eq!(ExposeQuery::parse(&q.to_query()).unwrap(), q);
+        assert!(
+            q.to_query().ends_with("&mapped=198.51.100.2%3A40000"),
+            "{}",
+            q.to_query()
+        );
+        let without = ExposeQuery { mapped: None, ..q };
+        assert!(!without.to_query().contains("mapped"));
+        assert_eq!(ExposeQuery::parse(&without.to_query()).unwrap(), without);
+        // Empty means none; anything else must be one IP:PORT.
+        let base = "v=1&id=a&auth=public&private=";
+        assert_eq!(
+            ExposeQuery::parse(&format!("{base}&mapped="))
+                .unwrap()
+                .mapped,
+            None
+        );
+        let v6 = ExposeQuery::parse(&format!("{base}&mapped=%5B2001%3Adb8%3A%3A1%5D%3A7")).unwrap();
+        assert_eq!(v6.mapped, Some("[2001:db8::1]:7".parse().unwrap()));
+        for bad in ["1.2.3.4", "1.2.3.4:5,6.7.8.9:10", "x:1"] {
+            let err = ExposeQuery::parse(&format!("{base}&mapped={bad}")).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest);
+            assert!(err.message.contains("mapped"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn connect_query_round_trips_and_validates() {
+        let q = ConnectQuery {
+            peer: ServiceId::new("streamserver").unwrap(),
+            nonce: "00112233445566778899aabbccddeeff".parse().unwrap(),
+            proof: Some("ab".repeat(32)),
+            private: vec![],
+            mode: Mode::Plain,
+            probe: None,
+        };
+        assert_eq!(ConnectQuery::parse(&q.to_query()).unwrap(), q);
+        let err = ConnectQuery::parse("v=1&peer=x&nonce=zz").unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("nonce"), "{}", err.message);
+        let err = ConnectQuery::parse("v=2&peer=x&nonce=00").unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnsupportedVersion);
+        assert!(ConnectQuery::parse("v=1&peer=&nonce=00").is_err());
+        assert!(ConnectQuery::parse("v=1&peer=%ZZ").is_err());
+        assert!(ConnectQuery::parse("v=1&peer=%FF%FE&nonce=00").is_err());
+        assert!(ConnectQuery::parse("v=1&peer=a%0Ab&nonce=00").is_err());
+    }
+
+    #[test]
+    fn hex_values_are_read_in_either_case_and_written_in_lowercase() {
+        let upper = "AB".repeat(16);
+        let q = ConnectQuery::parse(&format!("v=1&peer=x&nonce={upper}&probe={upper}")).unwrap();
+        assert_eq!(q.nonce.to_string(), "ab".repeat(16));
+        assert!(
+            q.to_query()
+                .contains(&format!("&probe={}", "ab".repeat(16)))
+        );
+        let err = ExposeQuery::parse("v=1&id=a&auth=public&probe=abc").unwrap_err();
+        assert_eq!(err.message, "probe must be 16 bytes of hex");
+    }
+
+    #[test]
+    fn too_many_candidates_are_refused() {
+        let many = ["10.0.0.1:1"; MAX_PRIVATE_CANDIDATES + 1].join(",");
+        let err = ExposeQuery::parse(&format!("v=1&id=a&auth=public&private={many}")).unwrap_err();
+        assert!(err.message.contains("at most"), "{}", err.message);
+    }
+}

@@ -1,0 +1,128 @@
+//! `p2pnc connect`: one connection on stdin/stdout, or one per connection to a local port.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use p2pnc::ConnectOptions;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::args::{PunchArgs, ReportArgs, TlsArgs};
+
+/// Pause after a failed accept on the local port (descriptors exhausted, say): a retry at
+/// once would spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["stdio", "listen"])))]
+pub struct ConnectArgs {
+    /// Rendezvous server, e.g. http://203.0.113.10:50300.
+    #[arg(long, env = "P2PNC_SERVER")]
+    server: String,
+    /// Id of the exposed service.
+    #[arg(long)]
+    peer: String,
+    /// Service secret (or set P2PNC_SECRET); omit for services exposed with --public.
+    #[arg(long, env = "P2PNC_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Make one connection and carry it on stdin/stdout.
+    #[arg(long)]
+    stdio: bool,
+    /// Listen here and give every accepted connection its own P2P connection.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    punch: PunchArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    report: ReportArgs,
+}
+
+/// Connects, and forwards until the stream ends (`--stdio`) or until Ctrl-C or SIGTERM
+/// (`--listen`).
+pub async fn run(args: ConnectArgs) -> Result<()> {
+    let opts = ConnectOptions {
+        server: args.tls.server_url(&args.server)?,
+        peer: args.peer.clone(),
+        secret: args.secret.clone(),
+        punch: args.punch.options()?,
+        token: args.punch.token.clone(),
+        early_data: None,
+    };
+    if args.stdio {
+        // What is already on stdin leaves with the stream's first packet.
+        let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+        let mut conn = match p2pnc::connect_early(&opts, &mut stdio).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                args.report.failed("connect", &opts.peer, &e);
+                return Err(e.into());
+            }
+        };
+        report(&opts.peer, &conn.info);
+        let early = conn.early_sent;
+        let carried = p2pnc::forward(&mut conn.stream, &mut stdio)
+            .await
+            .map(|(from, to)| (from, to + early));
+        args.report
+            .ended("connect", &opts.peer, &conn.info, &carried);
+        carried.with_context(|| format!("the stream to '{}' broke", opts.peer))?;
+        return Ok(());
+    }
+    let listen = args.listen.expect("clap requires --stdio or --listen");
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("listening on {}", listener.local_addr()?);
+    let stop = crate::stop_on_signals();
+    let tasks = TaskTracker::new();
+    loop {
+        let (mut local, from) = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            },
+        };
+        let (opts, reports) = (opts.clone(), args.report);
+        tasks.spawn(async move {
+            let _ = local.set_nodelay(true);
+            match p2pnc::connect_early(&opts, &mut local).await {
+                Ok(mut conn) => {
+                    report(&opts.peer, &conn.info);
+                    let early = conn.early_sent;
+                    let carried = p2pnc::forward(&mut conn.stream, &mut local)
+                        .await
+                        .map(|(from, to)| (from, to + early));
+                    reports.ended("connect", &opts.peer, &conn.info, &carried);
+                    if let Err(e) = carried {
+                        tracing::info!("connection from {from} closed: {e}");
+                    }
+                }
+                Err(e) => {
+                    reports.failed("connect", &opts.peer, &e);
+                    tracing::error!("connection from {from}: {e}");
+                }
+            }
+        });
+    }
+    // Open forwards end with the process.
+    tasks.close();
+    Ok(())
+}
+
+fn report(peer: &str, info: &p2pnc::ConnectionInfo) {
+    eprintln!(
+        "connected to '{peer}' ({}, {}) in {} ms",
+        info.path,
+        info.peer_addr,
+        info.setup.as_millis()
+    );
+}

@@ -1,0 +1,203 @@
+//! `p2pnc`: the command line. Parses the flags (and `--config FILE`), sets up logging, wires
+//! Ctrl-C and SIGTERM to a cancellation token, and runs one command; each command is one
+//! call into the library.
+
+mod args;
+mod config;
+mod connect;
+mod demo;
+mod expose;
+mod nat_check;
+mod server;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// Direct TCP connections between hosts behind NATs.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    /// More logging (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Log format on stderr: `text` for people, `json` (one object per line, with every field
+    /// such as session and peer) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "P2PNC_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Read this command's settings from a TOML file (keys are the long flag names); flags and
+    /// environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags a config file may not set.
+const NOT_IN_CONFIG: &[&str] = &[
+    "config",
+    "help",
+    "version",
+    "verbose",
+    "quiet",
+    "log-format",
+];
+
+/// Parses the command line, filling in settings from `--config FILE` that were given neither
+/// as flags nor through the environment.
+fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
+    let first = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&argv)
+        .ok();
+    let config = first
+        .as_ref()
+        .and_then(|m| m.get_one::<PathBuf>("config").cloned());
+    let (Some(path), Some(first)) = (config, first) else {
+        return Ok(Cli::parse_from(argv));
+    };
+    let Some((sub, sub_matches)) = first.subcommand() else {
+        return Ok(Cli::parse_from(argv));
+    };
+    let cmd = Cli::command();
+    let sub_cmd = cmd
+        .find_subcommand(sub)
+        .ok_or_else(|| anyhow!("unknown command {sub}"))?;
+    let known: Vec<&str> = sub_cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| !NOT_IN_CONFIG.contains(l))
+        .collect();
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let settings = config::parse(&text, &known).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut words: Vec<OsString> = Vec::new();
+    for setting in settings {
+        let id = sub_cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(setting.flag.as_str()))
+            .map(|a| a.get_id().as_str().to_string())
+            .expect("known flags have an argument");
+        let given = matches!(
+            sub_matches.value_source(&id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if !given {
+            words.push(format!("--{}", setting.flag).into());
+            words.extend(setting.words.into_iter().map(OsString::from));
+        }
+    }
+    let at = argv
+        .iter()
+        .position(|a| a.to_str() == Some(sub))
+        .map_or(argv.len(), |i| i + 1);
+    let mut argv = argv;
+    argv.splice(at..at, words);
+    Ok(Cli::parse_from(argv))
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the rendezvous server (HTTP and WebSocket on one port).
+    Server(server::ServerArgs),
+    /// Expose a local TCP service under an id, reachable by `p2pnc connect`.
+    Expose(expose::ExposeArgs),
+    /// Connect to an exposed service, on stdin/stdout or as a local port.
+    Connect(connect::ConnectArgs),
+    /// Run server, echo service, expose and connect on loopback and show each step.
+    Demo,
+    /// Report this host's NAT: mapping behaviour, port preservation, filtering, public address.
+    NatCheck(nat_check::NatCheckArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match parse_cli(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let demo = matches!(cli.command, Command::Demo);
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) if demo => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("P2PNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("p2pnc={level}")));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    // stdin is read on a blocking thread that cannot be interrupted; do not wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn stop_on_signals() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let t = stop.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        t.cancel();
+    });
+    stop
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Server(args) => server::run(args).await,
+        Command::Expose(args) => expose::run(args).await,
+        Command::Connect(args) => connect::run(args).await,
+        Command::Demo => demo::run().await,
+        Command::NatCheck(args) => nat_check::run(args).await,
+    }
+}

@@ -1,0 +1,179 @@
+//! `p2pnc server`: the rendezvous server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use tokio::net::TcpListener;
+
+/// File descriptors the server needs besides its control connections: listeners, probe and
+/// admin connections, log files.
+const FD_HEADROOM: u64 = 1024;
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Address to listen on (HTTP and WebSocket).
+    #[arg(long, default_value = p2pnc::defaults::SERVER_LISTEN)]
+    listen: SocketAddr,
+    /// Address of the NAT probe port [default: the --listen address, port + 1].
+    #[arg(long)]
+    probe_listen: Option<SocketAddr>,
+    /// Require this token from every agent and client (or set P2PNC_TOKEN).
+    #[arg(long, env = "P2PNC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Seconds an id stays reserved for its owner after the owner went offline.
+    #[arg(long, default_value_t = p2pnc::defaults::ID_GRACE.as_secs())]
+    id_grace: u64,
+    /// Connect requests per second allowed from one address (bursts of 3 s worth).
+    #[arg(long, default_value_t = p2pnc::defaults::CONNECT_RATE)]
+    connect_rate: f64,
+    /// Registrations per second allowed from one address (bursts of 5 s worth).
+    #[arg(long, default_value_t = p2pnc::defaults::EXPOSE_RATE)]
+    expose_rate: f64,
+    /// Most connections to the control port from one address.
+    #[arg(long, default_value_t = p2pnc::defaults::MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// Most connections to the control port in all (each online agent holds one).
+    #[arg(long, default_value_t = p2pnc::defaults::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Serve /metrics (Prometheus) and a status page here, e.g. 127.0.0.1:50309 (off unless
+    /// given; keep it off public addresses).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Relay sessions that have no direct path (costs this host bandwidth).
+    #[arg(long)]
+    relay: bool,
+    /// Most relayed sessions at once.
+    #[arg(
+        long = "relay-max-sessions",
+        value_name = "RELAY_MAX_SESSIONS",
+        default_value_t = p2pnc::defaults::RELAY_MAX_PAIRS,
+        requires = "relay"
+    )]
+    relay_max_pairs: usize,
+    /// Relay rate cap per session and direction, in bytes per second.
+    #[arg(long, default_value_t = p2pnc::defaults::RELAY_RATE, requires = "relay")]
+    relay_rate: u64,
+    /// Speak TLS on the control port with this PEM certificate chain (leaf first); clients
+    /// then use https:// URLs. The log names the certificate's pin for --tls-pin.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// Runs the server until Ctrl-C or SIGTERM.
+pub async fn run(args: ServerArgs) -> Result<()> {
+    if !(args.connect_rate > 0.0 && args.expose_rate > 0.0) {
+        bail!("--connect-rate and --expose-rate must be positive");
+    }
+    check_fd_limit(args.max_connections);
+    let (control, probe) = bind(&args)?;
+    let relay = args.relay.then_some(p2pnc::server::RelayConfig {
+        max_pairs: args.relay_max_pairs,
+        bytes_per_sec: args.relay_rate,
+    });
+    if let Some(r) = &relay {
+        tracing::info!(
+            "relay on: at most {} sessions at {} bytes/s each way",
+            r.max_pairs,
+            r.bytes_per_sec
+        );
+    }
+    if args.token.is_none() {
+        tracing::warn!("no --token: anyone may register ids and request connections");
+    }
+    let tls = load_tls(&args)?;
+    let config = p2pnc::server::ServerConfig {
+        relay,
+        tls,
+        token: args.token,
+        id_grace: Duration::from_secs(args.id_grace),
+        connect_rate: args.connect_rate,
+        expose_rate: args.expose_rate,
+        max_connections_per_ip: args.max_connections_per_ip,
+        max_connections: args.max_connections,
+        ..Default::default()
+    };
+    let admin = match args.admin {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--admin)"))?;
+            tracing::info!("admin (metrics, status page) on http://{}", l.local_addr()?);
+            Some(l)
+        }
+        None => None,
+    };
+    let listeners = p2pnc::server::Listeners {
+        control,
+        probe: Some(probe),
+        admin,
+    };
+    p2pnc::server::serve(listeners, config, crate::stop_on_signals()).await?;
+    Ok(())
+}
+
+/// Raises the open-file limit for `max_connections` and some room, warning when it cannot.
+fn check_fd_limit(max_connections: usize) {
+    // Every connection is a file descriptor; leave room for the probe port and the admin.
+    let want_fds = max_connections as u64 + FD_HEADROOM;
+    let fds = p2pnc::server::raise_open_file_limit(want_fds);
+    if fds < want_fds {
+        tracing::warn!(
+            "the open-file limit is {fds}, too low for --max-connections {max_connections}: \
+             raise it (ulimit -n, or LimitNOFILE= in the systemd unit) to at least {want_fds}"
+        );
+    }
+}
+
+/// Binds the control port and the probe port.
+fn bind(args: &ServerArgs) -> Result<(TcpListener, TcpListener)> {
+    let control = p2pnc::server::listen(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = control.local_addr()?;
+    let probe_addr = args
+        .probe_listen
+        .unwrap_or_else(|| p2pnc::protocol::probe_addr(local));
+    let probe = p2pnc::server::listen(probe_addr).with_context(|| {
+        format!("cannot listen on {probe_addr} for NAT probes (--probe-listen)")
+    })?;
+    tracing::info!(
+        "listening on {local}, NAT probes on {}",
+        probe.local_addr()?
+    );
+    Ok((control, probe))
+}
+
+/// The certificate and key of `--tls-cert` and `--tls-key`, reloaded on every SIGHUP.
+fn load_tls(args: &ServerArgs) -> Result<Option<p2pnc::tls::ServerTls>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let tls = p2pnc::tls::ServerTls::load(cert, key).map_err(|e| anyhow!("{e}"))?;
+    tracing::info!(
+        "TLS on the control port; clients may pin the certificate with --tls-pin {} \
+         (SIGHUP reloads the certificate and key)",
+        tls.fingerprint()
+    );
+    tokio::spawn(reload_on_sighup(tls.clone()));
+    Ok(Some(tls))
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP (after a renewal); runs for the life of
+/// the process.
+async fn reload_on_sighup(tls: p2pnc::tls::ServerTls) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return tracing::warn!("cannot watch SIGHUP: the TLS certificate is not reloadable");
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(pin) => tracing::info!("TLS certificate reloaded; its pin is now {pin}"),
+            Err(e) => tracing::error!("TLS certificate not reloaded, the old one stays: {e}"),
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Every default, once: the options' constructors, [`crate::server::ServerConfig::default`] and
+//! the command line all read them from here. The shared protocol vectors
+//! (`tests/fixtures/protocol/vectors.json`, `defaults`) name the ones the Java client must
+//! match, and both test suites check them against these.
+
+use std::time::Duration;
+
+/// Default TCP port of the rendezvous server (HTTP and WebSocket); its probe port is the next.
+pub const SERVER_PORT: u16 = crate::protocol::DEFAULT_SERVER_PORT;
+/// Default address of `p2pnc server`: every IPv4 address, [`SERVER_PORT`].
+pub const SERVER_LISTEN: &str = "0.0.0.0:50300";
+/// Time allowed for resolving, connecting to and upgrading with the server, each.
+pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a punch may take before the attempt is given up: several seconds of retries cover
+/// a lost SYN and the slowest path seen in the lab many times over.
+pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// TTL of SYNs meant to open our own NAT only: passes our router (hop 1) and dies at the next
+/// hop, so the peer's router never sees it.
+pub const PUNCH_TTL: u32 = 2;
+/// Shortest pause after a failed attempt (refused, unreachable) before the next SYN to that
+/// candidate: long enough that a router's RST does not turn the loop into a SYN flood.
+pub const RETRY_MIN: Duration = Duration::from_millis(60);
+/// Longest such pause: short enough that with uneven latencies a later SYN still crosses the
+/// peer's.
+pub const RETRY_MAX: Duration = Duration::from_millis(160);
+/// Sockets the hard side of a birthday punch opens, and probes the easy side sends: with 256
+/// mappings among ~64k ports, 1536 distinct probes hit one with probability
+/// 1 - (1 - 256/64512)^1536, about 99.8 %.
+pub const HARD_SOCKETS: usize = 256;
+/// See [`HARD_SOCKETS`].
+pub const EASY_PROBES: usize = 1536;
+/// Latest relay join a punch order can ask for: the server forgets a session 30 s after its
+/// punch order, so a later join finds nothing; a larger `relay_after_ms` would only keep the
+/// punch going (or, near `u64::MAX`, overflow the deadline).
+pub const MAX_RELAY_AFTER: Duration = Duration::from_secs(30);
+/// Most bytes [`crate::connect_early`] reads ahead from the local side: a request or two of
+/// any application protocol, without holding much memory per connection.
+pub const EARLY_DATA_MAX: usize = 64 * 1024;
+
+/// Default time an id stays reserved for its owner after it went offline: long enough for an
+/// agent's reconnect backoff and a service restart.
+pub const ID_GRACE: Duration = Duration::from_secs(60);
+/// Connect requests per second per source address (bursts of three seconds' worth): far
+/// above what one host's users make, far below a flood.
+pub const CONNECT_RATE: f64 = 20.0;
+/// Registrations per second per source address (bursts of five seconds' worth): agents
+/// register once and re-register after a failure.
+pub const EXPOSE_RATE: f64 = 2.0;
+/// Most agents registered at once: 100 000 agents take about 600 MiB (see the README's scale
+/// figures); twice that still fits a small server.
+pub const MAX_AGENTS: usize = 200_000;
+/// Most client control connections (connect attempts, each one session) open at once; each
+/// lives at most 30 s after its punch order.
+pub const MAX_PENDING_CONNECTS: usize = 20_000;
+/// Most connections to the control port at once; every online agent holds one.
+pub const MAX_CONNECTIONS: usize = 50_000;
+/// Connections one source address may hold (many clients share an address behind a carrier
+/// NAT).
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Time a new connection has to deliver its first request head (slowloris).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most relayed pairs at once (`--relay`): each costs the server bandwidth both ways.
+pub const RELAY_MAX_PAIRS: usize = 16;
+/// Bytes per second per direction of one relayed pair: enough for video, small enough that a
+/// few pairs cannot fill a modest uplink.
+pub const RELAY_RATE: u64 = 4 * 1024 * 1024;

@@ -1,0 +1,69 @@
+//! The library's error: what went wrong, with a message a user can act on and a stable code.
+
+use crate::protocol::ErrorCode;
+
+/// Everything that can go wrong, each with a message a user can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server URL cannot be used.
+    #[error("bad server URL '{0}': {1}")]
+    BadServerUrl(String, String),
+    /// The server could not be reached or went away.
+    #[error("server unreachable: {0}")]
+    ServerUnreachable(String),
+    /// No agent is registered under this id.
+    #[error("peer '{0}' is not online")]
+    PeerOffline(String),
+    /// The agent refused the secret.
+    #[error("secret rejected by peer '{0}'")]
+    SecretRejected(String),
+    /// The agent requires a secret and none was given.
+    #[error("peer '{0}' requires a secret (--secret)")]
+    SecretRequired(String),
+    /// Punching found no path in time.
+    #[error("no direct path to '{peer}': {detail}")]
+    NoDirectPath {
+        /// The peer id.
+        peer: String,
+        /// What was tried.
+        detail: String,
+    },
+    /// The server refused the request.
+    #[error("server refused ({0}): {1}")]
+    Refused(ErrorCode, String),
+    /// The TLS connection to the server failed.
+    #[error("TLS with {0}")]
+    Tls(String),
+    /// The server broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A local I/O error.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A stable machine-readable code for this error: the server's code when the server
+    /// refused, otherwise one of `bad_server_url`, `server_unreachable`, `peer_offline`,
+    /// `secret_rejected`, `secret_required`, `no_direct_path`, `tls`, `protocol`, `io`.
+    pub fn code(&self) -> String {
+        match self {
+            Error::BadServerUrl(..) => "bad_server_url".into(),
+            Error::ServerUnreachable(_) => "server_unreachable".into(),
+            Error::PeerOffline(_) => ErrorCode::PeerOffline.to_string(),
+            Error::SecretRejected(_) => ErrorCode::SecretRejected.to_string(),
+            Error::SecretRequired(_) => ErrorCode::SecretRequired.to_string(),
+            Error::NoDirectPath { .. } => ErrorCode::NoDirectPath.to_string(),
+            Error::Refused(code, _) => code.to_string(),
+            Error::Tls(_) => "tls".into(),
+            Error::Protocol(_) => "protocol".into(),
+            Error::Io(_) => "io".into(),
+        }
+    }
+
+    /// The one-line JSON report of a failed connection (`--report json`).
+    pub fn report(&self) -> serde_json::Value {
+        serde_json::json!({ "ok": false, "code": self.code(), "message": self.to_string() })
+    }
+}

@@ -1,0 +1,162 @@
+//! The agent's control loop: one registration's control channel (punch orders in, rejections
+//! and armings out, pings both ways), and registering again when it dies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::inbound::{self, Slots};
+use super::registration::{self, Registration};
+use super::{AgentState, BACKOFF_MAX, BACKOFF_MIN};
+use crate::peer::control::{self, Incoming};
+use crate::protocol::{AgentToServer, ErrorCode, ServerToAgent};
+
+/// How often the agent pings the server; this also keeps its NAT mapping alive.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// A server silent for this long is taken as gone and the agent reconnects.
+const SERVER_SILENCE_LIMIT: Duration = Duration::from_secs(40);
+/// Pause after a failed accept on the punch port (descriptors exhausted, say): a retry at
+/// once would spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Serves registrations until `stop` is cancelled or the server says the agent must stop.
+pub(super) async fn control_loop(
+    state: Arc<AgentState>,
+    mut reg: Registration,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        tracing::info!(
+            "registered as '{}' (public endpoint {}, punch port {}, NAT mapping {})",
+            state.opts.id,
+            reg.public,
+            reg.local.port(),
+            reg.mapping
+        );
+        // The mapping lives as long as this registration: renewed meanwhile, deleted after.
+        let keeper = reg.portmap.take().map(|m| {
+            if m.external.ip() != reg.public.ip() {
+                tracing::warn!(
+                    "the {} mapping {} is not on the public address {} the server sees \
+                     (another NAT in front of the router?); the server will not use it",
+                    m.protocol,
+                    m.external,
+                    reg.public.ip()
+                );
+            }
+            m.keep(&tracker, stop.child_token())
+        });
+        let ended = serve_registration(&state, reg, &stop).await;
+        if let Some(keeper) = keeper {
+            keeper.release().await;
+        }
+        if let Some(reason) = ended {
+            tracing::error!("stopping: {reason}");
+            *state.stopped.lock().expect("stopped lock") = Some(reason);
+            return;
+        }
+        let mut backoff = BACKOFF_MIN;
+        reg = loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            // A new port each time: the old 4-tuple to the server may sit in TIME_WAIT.
+            let port = state.opts.punch_port;
+            match registration::register(&state.opts, state.server_addr, port).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!("re-registration failed ({e}); retrying in {backoff:?}");
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        };
+    }
+}
+
+/// One registration: serves punch orders and the punch port until the control channel dies.
+/// Returns a reason when the agent must stop rather than reconnect.
+async fn serve_registration(
+    state: &Arc<AgentState>,
+    reg: Registration,
+    stop: &CancellationToken,
+) -> Option<String> {
+    let Registration {
+        mut ws,
+        listener,
+        local,
+        ..
+    } = reg;
+    let slots = Slots::default();
+    let mut tasks = JoinSet::new();
+    let (msg_tx, mut msg_rx) = mpsc::channel::<AgentToServer>(64);
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+                return None;
+            }
+            // Every frame counts as a sign of life, pings and pongs included.
+            got = control::recv_frame::<ServerToAgent>(&mut ws) => {
+                last_heard = Instant::now();
+                match got {
+                    Ok(Incoming::Message(ServerToAgent::Punch(p))) => {
+                        tasks.spawn(super::session(state.clone(), slots.clone(), local, p, msg_tx.clone()));
+                    }
+                    Ok(Incoming::Message(ServerToAgent::Error { code: ErrorCode::IdTaken, message })) => {
+                        // Another instance with the same secret took over the id: two agents
+                        // must not take turns replacing each other.
+                        return Some(message);
+                    }
+                    Ok(Incoming::Message(ServerToAgent::Error { code, message })) => {
+                        tracing::warn!("server error {code}: {message}");
+                        return None;
+                    }
+                    Ok(Incoming::Message(_) | Incoming::Alive) => {}
+                    Ok(Incoming::Closed) => {
+                        tracing::warn!("server closed the control channel");
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        return None;
+                    }
+                }
+            }
+            Some(msg) = msg_rx.recv() => {
+                if control::send(&mut ws, &msg).await.is_err() {
+                    return None;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, from)) => {
+                    tasks.spawn(inbound::dispatch(slots.clone(), stream, from));
+                }
+                Err(e) => {
+                    tracing::warn!("punch port accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SERVER_SILENCE_LIMIT {
+                    tracing::warn!("server silent for {:?}; reconnecting", last_heard.elapsed());
+                    return None;
+                }
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return None;
+                }
+            }
+            Some(_) = tasks.join_next() => {}
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The two ends of a connection: the client (`connect`) and the agent (`expose`). Both run the
+//! same [`session::Session`] from a punch order to a proven stream; around it, the client
+//! sends early data and reports the outcome, the agent checks proofs, refuses replays and
+//! serves plain mode.
+//!
+//! - [`client`], [`agent`]: the two roles;
+//! - [`session`]: order → keys → plan → punch → connection info;
+//! - [`punch`]: the punch engine (planning, dialing, birthday punching, the stream handshake,
+//!   early data);
+//! - [`control`]: server URLs and the control WebSocket;
+//! - [`probe`], [`relay`]: the peer's halves of the NAT probe and the relay;
+//! - [`portmap`]: PCP, NAT-PMP and UPnP-IGD on the local router;
+//! - [`natcheck`]: `p2pnc nat-check`.
+
+pub(crate) mod agent;
+pub(crate) mod client;
+pub(crate) mod control;
+pub(crate) mod natcheck;
+pub(crate) mod portmap;
+pub(crate) mod probe;
+pub(crate) mod punch;
+pub(crate) mod relay;
+pub(crate) mod session;

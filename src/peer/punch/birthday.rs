@@ -1,0 +1,79 @@
+//! Birthday punching, for when one end's NAT has endpoint-dependent mapping: the hard side
+//! opens many sockets toward the easy side, the easy side probes many ports of the hard side's
+//! public IP, and a probe that hits one of the hard side's mappings completes a simultaneous
+//! open.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::Event;
+use super::plan::Birthday;
+use crate::net;
+
+/// Probes are sent in batches of this many, one batch per [`PROBE_PACE`]: about 12 800 SYNs
+/// per second, 120 ms for all of them.
+const PROBE_BATCH: usize = 64;
+/// See [`PROBE_BATCH`].
+const PROBE_PACE: Duration = Duration::from_millis(5);
+
+/// Runs the hard or easy side of a birthday punch; reports only connections.
+pub(super) async fn birthday(
+    b: Birthday,
+    local: SocketAddr,
+    deadline: Instant,
+    events: mpsc::Sender<Event>,
+) {
+    net::raise_fd_limit();
+    let mut waits = JoinSet::new();
+    let wait = |stream: TcpStream, target: SocketAddr, events: mpsc::Sender<Event>| async move {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(s) = net::finish_connect(stream, left).await {
+            let _ = events.send(Event::Connected(target, s)).await;
+        }
+    };
+    match b {
+        Birthday::Hard {
+            target,
+            sockets,
+            ttl,
+        } => {
+            for _ in 0..sockets {
+                match net::start_connect(net::any_addr(&target, 0), target, ttl) {
+                    Ok(s) => {
+                        waits.spawn(wait(s, target, events.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!("birthday socket failed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        Birthday::Easy { ip, probes } => {
+            let ports =
+                rand::seq::index::sample(&mut rand::rng(), 65536 - 1024, probes.min(64_000));
+            let ports: Vec<u16> = ports.into_iter().map(|p| (p + 1024) as u16).collect();
+            for batch in ports.chunks(PROBE_BATCH) {
+                for &port in batch {
+                    let target = SocketAddr::new(ip, port);
+                    match net::start_connect(local, target, None) {
+                        Ok(s) => {
+                            waits.spawn(wait(s, target, events.clone()));
+                        }
+                        Err(e) => tracing::debug!("probe to {target}: {e}"),
+                    }
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(PROBE_PACE).await;
+            }
+        }
+    }
+    while waits.join_next().await.is_some() {}
+}

@@ -1,0 +1,518 @@
+//! The punch engine: simultaneous open from one shared local port toward every candidate of
+//! the peer, retried on a schedule, racing streams the peer opened toward us; the first stream
+//! whose two ends prove they belong to the session wins and every other one is closed.
+//!
+//! Stream handshake (both ends write at once, so it costs half a round trip):
+//! 1. each end writes its hello (`protocol::SessionKeys::hello`) as soon as the stream exists;
+//! 2. the client, on the first stream whose agent hello verifies, writes one byte
+//!    [`SELECT`] and uses that stream; it drops every other;
+//! 3. the agent uses the first stream whose client hello verifies *and* that carries the
+//!    selection byte; only then does it forward anything to the service.
+//!
+//! With [`EarlyData`], the client saves the round trip of waiting for the agent's hello: on the
+//! first stream to the agent's public (or port-mapped) endpoint it writes its hello, the
+//! selection byte and the early bytes at once, then checks the agent's hello before it hands
+//! the stream out. Nothing the peer sent reaches the caller before that check, and the agent's
+//! side is unchanged. If the check fails, the early bytes are sent again, after the selection
+//! byte, on the next proven stream.
+
+mod birthday;
+mod dial;
+mod early;
+mod handshake;
+mod plan;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use self::early::Commit;
+pub use self::early::EarlyData;
+pub(crate) use self::handshake::handshake;
+pub use self::handshake::{HandshakeError, read_hello};
+use self::plan::Birthday;
+pub(crate) use self::plan::{Endpoint, PunchPlan, plan};
+pub use self::plan::{Proof, PunchOptions};
+use crate::net;
+use crate::peer::relay;
+use crate::protocol::HELLO_LEN;
+
+/// A stream that reached the engine from outside: accepted on the punch port.
+pub(crate) struct Inbound {
+    /// The accepted stream.
+    pub stream: TcpStream,
+    /// The peer hello, when the listener already read it to find the session.
+    pub hello: Option<[u8; HELLO_LEN]>,
+}
+
+/// A stream that won the race.
+#[derive(Debug)]
+pub struct Punched {
+    /// The stream, with any handshake consumed.
+    pub stream: TcpStream,
+    /// The peer's address on it (the server's, when relayed).
+    pub peer: SocketAddr,
+    /// Whether the stream runs through the server's relay.
+    pub relayed: bool,
+    /// Whether the client already wrote its selection byte (and early data) on it.
+    selected: bool,
+}
+
+impl Punched {
+    /// Which path the stream takes, given the peer's private candidates.
+    pub fn path(&self, peer_private: &[SocketAddr]) -> crate::Path {
+        if self.relayed {
+            crate::Path::Relayed
+        } else if peer_private.contains(&self.peer) {
+            crate::Path::Lan
+        } else {
+            crate::Path::Direct
+        }
+    }
+}
+
+/// Why a punch failed: the last error met on each candidate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PunchFailure {
+    /// Per candidate: the last error and how many attempts were made.
+    pub attempts: BTreeMap<SocketAddr, (String, u32)>,
+    /// Streams that connected but failed the handshake.
+    pub rejected_streams: u32,
+    /// How long was tried.
+    pub waited: Duration,
+    /// What birthday punching did, if it ran.
+    pub birthday: Option<String>,
+    /// Why the relay failed, if it was tried.
+    pub relay: Option<String>,
+}
+
+impl fmt::Display for PunchFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no stream within {:.1} s", self.waited.as_secs_f64())?;
+        for (addr, (err, n)) in &self.attempts {
+            write!(f, "; {addr}: {err} ({n} attempts)")?;
+        }
+        if let Some(b) = &self.birthday {
+            write!(f, "; {b}")?;
+        }
+        if let Some(r) = &self.relay {
+            write!(f, "; {r}")?;
+        }
+        if self.rejected_streams > 0 {
+            write!(
+                f,
+                "; {} streams failed the session handshake",
+                self.rejected_streams
+            )?;
+        }
+        Ok(())
+    }
+}
+
+enum Event {
+    Connected(SocketAddr, TcpStream),
+    Failed(SocketAddr, String),
+}
+
+/// The state of one punch while it runs.
+struct Race {
+    plan: PunchPlan,
+    deadline: Instant,
+    failure: PunchFailure,
+    commit: Option<Arc<Commit>>,
+    /// Streams proven while a committed one waits for the agent's hello.
+    standby: Vec<Punched>,
+    handshakes: JoinSet<Result<Punched, HandshakeError>>,
+}
+
+/// Runs the punch described by `plan`, taking extra streams from `inbound`, until one stream
+/// is proven or the timeout passes. All other streams are closed when this returns.
+///
+/// `on_fired` is called once the first SYN to every candidate has left.
+pub(crate) async fn run(
+    plan: PunchPlan,
+    mut inbound: mpsc::Receiver<Inbound>,
+    on_fired: impl FnOnce(),
+) -> Result<Punched, PunchFailure> {
+    let started = Instant::now();
+    let relay_at = started + plan.relay.as_ref().map_or(Duration::ZERO, |r| r.after);
+    let mut relay_pending = plan.relay.is_some();
+    let mut race = Race::new(plan, started);
+    let mut dialers: JoinSet<()> = JoinSet::new();
+    let mut events = race.fire(&mut dialers);
+    on_fired();
+    let mut inbound_open = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(race.deadline) => break,
+            _ = tokio::time::sleep_until(relay_at), if relay_pending => {
+                relay_pending = false;
+                race.join_relay();
+            }
+            Some(ev) = events.recv() => race.event(ev),
+            got = inbound.recv(), if inbound_open => match got {
+                Some(i) => race.prove(i.stream, i.hello),
+                None => inbound_open = false,
+            },
+            Some(done) = race.handshakes.join_next() => {
+                if let Some(winner) = race.proven(done).await {
+                    return Ok(live(winner));
+                }
+            }
+        }
+    }
+    race.failure.waited = started.elapsed();
+    Err(race.failure)
+}
+
+impl Race {
+    fn new(plan: PunchPlan, started: Instant) -> Self {
+        let commit = plan
+            .early
+            .clone()
+            .map(|(early, targets)| Arc::new(Commit::new(early, targets)));
+        Race {
+            deadline: plan.deadline(started),
+            plan,
+            failure: PunchFailure::default(),
+            commit,
+            standby: Vec::new(),
+            handshakes: JoinSet::new(),
+        }
+    }
+
+    /// Starts the birthday punch and a dialer per candidate on `dialers`, the first SYN to
+    /// every candidate leaving now; their connections arrive on the returned channel.
+    fn fire(&mut self, dialers: &mut JoinSet<()>) -> mpsc::Receiver<Event> {
+        let plan = &self.plan;
+        let (event_tx, events) = mpsc::channel::<Event>(plan.targets.len().max(1) * 4 + 16);
+        if let Some(b) = plan.birthday.clone() {
+            self.failure.birthday = Some(match &b {
+                Birthday::Hard {
+                    target, sockets, ..
+                } => {
+                    format!("birthday punch: {sockets} sockets toward {target}, none matched")
+                }
+                Birthday::Easy { ip, probes } => {
+                    format!("birthday punch: {probes} probes to {ip}, none matched")
+                }
+            });
+            dialers.spawn(birthday::birthday(
+                b,
+                plan.local,
+                self.deadline,
+                event_tx.clone(),
+            ));
+        }
+        for &target in &plan.targets {
+            // Fire the first SYN synchronously so every candidate is hit at the same moment.
+            let first = net::start_connect(plan.local, target, plan.first_ttl);
+            let tx = event_tx.clone();
+            let low_ttl = plan.first_ttl.is_some();
+            dialers.spawn(dial::dial(
+                plan.local,
+                target,
+                first,
+                low_ttl,
+                self.deadline,
+                tx,
+            ));
+        }
+        events
+    }
+
+    /// Joins the relay and runs the handshake over it.
+    fn join_relay(&mut self) {
+        let r = self.plan.relay.clone().expect("relay planned");
+        let (proof, deadline) = (self.plan.proof.clone(), self.deadline);
+        self.handshakes.spawn(async move {
+            let stream = relay::join(&r.server, r.server_addr, &r.session, r.role).await?;
+            let mut p = handshake(stream, None, proof, deadline, None).await?;
+            p.relayed = true;
+            Ok(p)
+        });
+    }
+
+    /// A dialer's news: a stream to prove, or a failed attempt to remember.
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Connected(target, stream) => {
+                self.prove(stream, None);
+                self.failure.attempts.remove(&target);
+            }
+            Event::Failed(target, err) => {
+                let e = self
+                    .failure
+                    .attempts
+                    .entry(target)
+                    .or_insert((String::new(), 0));
+                e.0 = err;
+                e.1 += 1;
+            }
+        }
+    }
+
+    /// Runs the handshake on a stream (its peer's hello already read, for some accepted ones).
+    fn prove(&mut self, stream: TcpStream, hello: Option<[u8; HELLO_LEN]>) {
+        let (proof, commit) = (self.plan.proof.clone(), self.commit.clone());
+        self.handshakes
+            .spawn(handshake(stream, hello, proof, self.deadline, commit));
+    }
+
+    /// A handshake ended; returns the winning stream if there is one now. A proven stream is
+    /// used unless a committed one may still win.
+    async fn proven(
+        &mut self,
+        done: Result<Result<Punched, HandshakeError>, tokio::task::JoinError>,
+    ) -> Option<Punched> {
+        match done {
+            Ok(Ok(punched)) if punched.selected => return Some(punched),
+            Ok(Ok(punched)) => self.standby.push(punched),
+            Ok(Err(why @ HandshakeError::Relay(_))) => self.failure.relay = Some(why.to_string()),
+            Ok(Err(why)) => {
+                tracing::debug!("punched stream rejected: {why}");
+                self.failure.rejected_streams += 1;
+            }
+            Err(e) => tracing::warn!("handshake task failed: {e}"),
+        }
+        while !self.standby.is_empty() {
+            let bytes = match &self.commit {
+                None => Vec::new(),
+                Some(c) => match c.try_claim() {
+                    Some(bytes) => bytes,
+                    None => break, // a commitment is pending
+                },
+            };
+            let punched = self.standby.remove(0);
+            match handshake::select(punched, &self.plan.proof, &bytes).await {
+                Ok(p) => return Some(p),
+                Err(why) => {
+                    tracing::debug!("selected stream failed: {why}");
+                    self.failure.rejected_streams += 1;
+                    if let Some(c) = &self.commit {
+                        c.fail(bytes);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The winning stream, watched for a dead path (see [`net::watch_liveness`]).
+fn live(punched: Punched) -> Punched {
+    if let Err(e) = net::watch_liveness(&punched.stream) {
+        tracing::debug!("keepalive on the stream: {e}");
+    }
+    punched
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::net::shared_listener;
+    use crate::protocol::{Role, SELECT, SessionId, SessionKey, SessionKeys};
+
+    const SESSION: SessionId = SessionId::from_bytes([0x11; 16]);
+    const KEY: SessionKey = SessionKey::from_bytes([0x22; 32]);
+
+    fn keys() -> SessionKeys {
+        SessionKeys::derive(SESSION, &KEY, Some("pw"))
+    }
+
+    /// Two engines on loopback, each with its own listener feeding its inbound channel.
+    async fn pair(
+        client_keys: SessionKeys,
+        agent_keys: SessionKeys,
+    ) -> (Result<Punched, PunchFailure>, Result<Punched, PunchFailure>) {
+        let la = shared_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let lb = shared_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (a, b) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+        let feed = |l: tokio::net::TcpListener| {
+            let (tx, rx) = mpsc::channel(8);
+            let task = tokio::spawn(async move {
+                while let Ok((stream, _)) = l.accept().await {
+                    let _ = tx
+                        .send(Inbound {
+                            stream,
+                            hello: None,
+                        })
+                        .await;
+                }
+            });
+            (rx, task)
+        };
+        let (ra, ta) = feed(la);
+        let (rb, tb) = feed(lb);
+        let plan = |local, target, role, keys| PunchPlan {
+            local,
+            targets: vec![target],
+            first_ttl: None,
+            timeout: Duration::from_secs(2),
+            proof: Proof::Hello { role, keys },
+            birthday: None,
+            relay: None,
+            early: None,
+        };
+        let out = tokio::join!(
+            run(plan(a, b, Role::Client, client_keys), ra, || {}),
+            run(plan(b, a, Role::Agent, agent_keys), rb, || {}),
+        );
+        ta.abort();
+        tb.abort();
+        out
+    }
+
+    #[tokio::test]
+    async fn both_ends_agree_on_one_proven_stream() {
+        let (c, a) = pair(keys(), keys()).await;
+        let (mut c, mut a) = (c.unwrap(), a.unwrap());
+        c.stream.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        a.stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        assert_eq!(c.peer, a.stream.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_never_yields_a_stream() {
+        let wrong = SessionKeys::derive(SESSION, &KEY, Some("x"));
+        let (c, a) = pair(wrong, keys()).await;
+        let (c, a) = (c.unwrap_err(), a.unwrap_err());
+        assert!(c.rejected_streams >= 1, "{c}");
+        assert!(
+            a.rejected_streams >= 1 || a.waited >= Duration::from_secs(2),
+            "{a}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_candidate_fails_with_its_error_by_the_deadline() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = closed.local_addr().unwrap();
+        drop(closed);
+        let (_tx, rx) = mpsc::channel(1);
+        let plan = PunchPlan {
+            local: "127.0.0.1:0".parse().unwrap(),
+            targets: vec![target],
+            first_ttl: None,
+            timeout: Duration::from_millis(600),
+            proof: Proof::Address,
+            birthday: None,
+            relay: None,
+            early: None,
+        };
+        let err = run(plan, rx, || {}).await.unwrap_err();
+        let (why, n) = &err.attempts[&target];
+        assert_eq!(why, "connection refused");
+        assert!(*n >= 2, "retried: {err}");
+        assert!(err.to_string().contains("connection refused"), "{err}");
+    }
+
+    /// A client with early data and two commit targets: `first` (tried first) and the real
+    /// agent's punch port. Returns the client's stream and what the agent read after the
+    /// punch: the early bytes, then "+late".
+    async fn early_to(first: Option<SocketAddr>) -> (Punched, Vec<u8>) {
+        let la = shared_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let agent_addr = la.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let feeder = tokio::spawn(async move {
+            while let Ok((stream, _)) = la.accept().await {
+                let _ = tx
+                    .send(Inbound {
+                        stream,
+                        hello: None,
+                    })
+                    .await;
+            }
+        });
+        let early = EarlyData::new();
+        early.push(b"early bytes");
+        let targets: Vec<SocketAddr> = first.into_iter().chain([agent_addr]).collect();
+        let client = PunchPlan {
+            local: "127.0.0.1:0".parse().unwrap(),
+            targets: targets.clone(),
+            first_ttl: None,
+            timeout: Duration::from_secs(3),
+            proof: Proof::Hello {
+                role: Role::Client,
+                keys: keys(),
+            },
+            birthday: None,
+            relay: None,
+            early: Some((early.clone(), targets)),
+        };
+        let (_none_tx, none) = mpsc::channel(1);
+        let agent = PunchPlan {
+            local: agent_addr,
+            targets: vec![],
+            first_ttl: None,
+            timeout: Duration::from_secs(3),
+            proof: Proof::Hello {
+                role: Role::Agent,
+                keys: keys(),
+            },
+            birthday: None,
+            relay: None,
+            early: None,
+        };
+        let (c, a) = tokio::join!(run(client, none, || {}), run(agent, rx, || {}));
+        feeder.abort();
+        let (mut c, mut a) = (c.unwrap(), a.unwrap());
+        assert!(early.is_empty(), "the engine took the early bytes");
+        c.stream.write_all(b"+late").await.unwrap();
+        c.stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), a.stream.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        (c, got)
+    }
+
+    #[tokio::test]
+    async fn early_data_leaves_with_the_selection_and_arrives_once_in_order() {
+        let (c, got) = early_to(None).await;
+        assert!(c.selected, "committed before the agent's hello");
+        assert_eq!(got, b"early bytes+late");
+    }
+
+    #[tokio::test]
+    async fn early_data_sent_to_an_impostor_is_sent_again_to_the_real_agent() {
+        // Something else answers at the first target: it reads whatever comes and answers
+        // with a hello that is not the agent's.
+        let impostor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let impostor_addr = impostor.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            let (mut s, _) = impostor.accept().await.unwrap();
+            s.write_all(&[0x42; HELLO_LEN]).await.unwrap();
+            let mut got = vec![0u8; HELLO_LEN + 1 + 11];
+            let _ = s.read_exact(&mut got).await;
+            got
+        });
+        let (c, got) = early_to(Some(impostor_addr)).await;
+        assert_ne!(
+            c.peer, impostor_addr,
+            "the impostor's stream is never handed out"
+        );
+        assert_eq!(
+            got, b"early bytes+late",
+            "the agent gets every byte exactly once"
+        );
+        // Whether the impostor got the early bytes depends on which stream connected first;
+        // if it did, they followed a selection byte and the client's hello only.
+        let impostor_got = seen.await.unwrap();
+        if impostor_got[HELLO_LEN] == SELECT {
+            assert_eq!(&impostor_got[HELLO_LEN + 1..], b"early bytes");
+        }
+    }
+}

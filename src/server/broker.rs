@@ -1,0 +1,417 @@
+//! The broker: from what the server knows of a client and an agent, the two punch orders of a
+//! session. Pure: no I/O, no clock, no randomness (the session id and key come in).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::protocol::{Auth, Mapping, Mode, Nonce, PunchOrder, SessionId, SessionKey, Strategy};
+
+/// Head start of the direct path before the relay is joined, when a direct path is possible.
+const RELAY_HEAD_START: Duration = Duration::from_millis(1500);
+/// Longest the server holds back the nearer end's order: beyond that, a path's RTT estimate is
+/// stale or wrong rather than a real difference between the two ends.
+const MAX_HOLD: Duration = Duration::from_millis(500);
+
+/// The client of a session, as the server sees it.
+#[derive(Debug, Clone)]
+pub(super) struct ClientView {
+    /// Its public endpoint: where its control connection came from.
+    pub public: SocketAddr,
+    /// Its private candidates, from its request.
+    pub private: Vec<SocketAddr>,
+    /// Its NAT's mapping behaviour, from its probe.
+    pub mapping: Mapping,
+    /// Punch or plain.
+    pub mode: Mode,
+    /// Its request's nonce, for the agent's replay check.
+    pub nonce: Nonce,
+    /// Its proof of the secret, for the agent to check.
+    pub proof: Option<String>,
+}
+
+/// The agent of a session, as the registry knows it.
+#[derive(Debug, Clone)]
+pub(super) struct AgentView {
+    /// Its public endpoint: where its control connection came from.
+    pub public: SocketAddr,
+    /// Its private candidates, from its registration.
+    pub private: Vec<SocketAddr>,
+    /// Whether it requires a secret.
+    pub auth: Auth,
+    /// Its NAT's mapping behaviour, from its probe.
+    pub mapping: Mapping,
+    /// The port mapping on its router, when that is on its public address.
+    pub mapped: Option<SocketAddr>,
+}
+
+/// Whether the server relays sessions that have no direct path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RelayPolicy {
+    /// `--relay`: join the relay at once without a direct path, after a head start with one.
+    Relay,
+    /// No relay.
+    Off,
+}
+
+/// The two orders of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Orders {
+    /// To the agent.
+    pub to_agent: PunchOrder,
+    /// To the client.
+    pub to_client: PunchOrder,
+}
+
+/// Why no order can be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Both NATs are endpoint-dependent, the peers are not behind one NAT, and the server does
+    /// not relay.
+    NoDirectPath {
+        /// The client's NAT mapping.
+        client: Mapping,
+        /// The agent's NAT mapping.
+        agent: Mapping,
+    },
+}
+
+impl Refusal {
+    /// One line for the client, who asked for `peer`.
+    pub fn message(&self, peer: &str) -> String {
+        match self {
+            Refusal::NoDirectPath { client, agent } => format!(
+                "no direct path: this client's NAT is {client} and peer '{peer}''s NAT is \
+                 {agent} (both symmetric), and this server does not relay"
+            ),
+        }
+    }
+}
+
+/// Plans a session: the strategies of both ends, their candidates and the relay.
+pub(super) fn plan(
+    session: SessionId,
+    key: SessionKey,
+    client: &ClientView,
+    agent: &AgentView,
+    relay: RelayPolicy,
+) -> Result<Orders, Refusal> {
+    // Private candidates only help peers behind the same NAT; elsewhere they would send SYNs
+    // into unrelated networks.
+    let same_nat = agent.public.ip() == client.public.ip();
+    // Plain mode keeps to the seed's single connect toward the agent's public endpoint.
+    let agent_mapped = agent.mapped.filter(|_| client.mode == Mode::Punch);
+    let direct = match client.mode {
+        Mode::Punch => strategies(client.mapping, agent.mapping, agent_mapped.is_some()),
+        Mode::Plain => Some((Strategy::Simultaneous, Strategy::Simultaneous)),
+    };
+    let relay_after = match (relay, direct, client.mode) {
+        (RelayPolicy::Off, _, _) | (_, _, Mode::Plain) => None,
+        (RelayPolicy::Relay, Some(_), _) => Some(RELAY_HEAD_START.as_millis() as u64),
+        (RelayPolicy::Relay, None, _) => Some(0),
+    };
+    if direct.is_none() && relay_after.is_none() && !same_nat {
+        return Err(Refusal::NoDirectPath {
+            client: client.mapping,
+            agent: agent.mapping,
+        });
+    }
+    let (client_strategy, agent_strategy) =
+        direct.unwrap_or((Strategy::RelayOnly, Strategy::RelayOnly));
+    let to_agent = PunchOrder {
+        session,
+        key,
+        peer_public: client.public,
+        peer_private: if same_nat {
+            client.private.clone()
+        } else {
+            vec![]
+        },
+        you: agent.public,
+        mode: client.mode,
+        auth: agent.auth,
+        nonce: Some(client.nonce),
+        proof: client.proof.clone(),
+        strategy: agent_strategy,
+        your_mapping: agent.mapping,
+        peer_mapping: client.mapping,
+        relay_after_ms: relay_after,
+        peer_mapped: None,
+    };
+    let to_client = PunchOrder {
+        session,
+        key,
+        peer_public: agent.public,
+        peer_private: if same_nat {
+            agent.private.clone()
+        } else {
+            vec![]
+        },
+        you: client.public,
+        mode: client.mode,
+        auth: agent.auth,
+        nonce: None,
+        proof: None,
+        strategy: client_strategy,
+        your_mapping: client.mapping,
+        peer_mapping: agent.mapping,
+        relay_after_ms: relay_after,
+        peer_mapped: agent_mapped,
+    };
+    Ok(Orders {
+        to_agent,
+        to_client,
+    })
+}
+
+/// The strategies of (client, agent), or `None` when no direct path can exist. A port mapping
+/// on the agent's router takes connections from anywhere: unless both NATs are cone (where
+/// the usual punch goes on, the mapping being one more candidate), the client connects to it
+/// and the agent waits.
+fn strategies(client: Mapping, agent: Mapping, agent_mapped: bool) -> Option<(Strategy, Strategy)> {
+    use Mapping::EndpointDependent as Hard;
+    match (client == Hard, agent == Hard) {
+        (false, false) => Some((Strategy::Simultaneous, Strategy::Simultaneous)),
+        _ if agent_mapped => Some((Strategy::Simultaneous, Strategy::Mapped)),
+        (true, false) => Some((Strategy::BirthdayHard, Strategy::BirthdayEasy)),
+        (false, true) => Some((Strategy::BirthdayEasy, Strategy::BirthdayHard)),
+        (true, true) => None,
+    }
+}
+
+/// How long to hold the client's order back so that both ends fire at the same moment: by the
+/// difference of the one-way delays. The agent's order goes first, so only the client's is
+/// ever held; a nearer agent fires a little early, which the low TTL of its first SYN makes
+/// harmless.
+pub(super) fn hold_client_order(client_rtt: Duration, agent_rtt: Duration) -> Duration {
+    (agent_rtt.saturating_sub(client_rtt) / 2).min(MAX_HOLD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Mapping::{EndpointDependent as Hard, EndpointIndependent as Easy, Unknown};
+
+    const SESSION: SessionId = SessionId::from_bytes([1; 16]);
+    const KEY: SessionKey = SessionKey::from_bytes([2; 32]);
+
+    fn client(public: &str, mapping: Mapping) -> ClientView {
+        ClientView {
+            public: public.parse().unwrap(),
+            private: vec!["10.0.1.2:40000".parse().unwrap()],
+            mapping,
+            mode: Mode::Punch,
+            nonce: Nonce::from_bytes([3; 16]),
+            proof: Some("ab".repeat(32)),
+        }
+    }
+
+    fn agent(public: &str, mapping: Mapping, mapped: Option<&str>) -> AgentView {
+        AgentView {
+            public: public.parse().unwrap(),
+            private: vec!["10.0.2.2:50000".parse().unwrap()],
+            auth: Auth::Secret,
+            mapping,
+            mapped: mapped.map(|m| m.parse().unwrap()),
+        }
+    }
+
+    const C: &str = "198.51.100.3:51000";
+    const A: &str = "203.0.113.2:40000";
+    const MAPPED: &str = "203.0.113.2:40001";
+
+    #[test]
+    fn a_mapped_agent_is_reached_directly_whatever_the_nats() {
+        use Strategy::*;
+        let table = [
+            // Without a mapping: the table of docs/protocol.md.
+            (Easy, Easy, false, Some((Simultaneous, Simultaneous))),
+            (Unknown, Easy, false, Some((Simultaneous, Simultaneous))),
+            (Hard, Easy, false, Some((BirthdayHard, BirthdayEasy))),
+            (Easy, Hard, false, Some((BirthdayEasy, BirthdayHard))),
+            (Hard, Hard, false, None),
+            // With one: the client connects to it and the agent waits, unless both are cones.
+            (Easy, Easy, true, Some((Simultaneous, Simultaneous))),
+            (Hard, Easy, true, Some((Simultaneous, Mapped))),
+            (Easy, Hard, true, Some((Simultaneous, Mapped))),
+            (Hard, Hard, true, Some((Simultaneous, Mapped))),
+        ];
+        for (client, agent, mapped, want) in table {
+            assert_eq!(
+                strategies(client, agent, mapped),
+                want,
+                "{client} {agent} {mapped}"
+            );
+        }
+    }
+
+    /// One row of the broker's table: what the two ends are, and what each order says.
+    struct Case {
+        what: &'static str,
+        client: ClientView,
+        agent: AgentView,
+        relay: RelayPolicy,
+        /// (client's strategy, agent's strategy, relay_after_ms), or the refusal.
+        want: Result<(Strategy, Strategy, Option<u64>), Refusal>,
+        /// Whether the orders carry each other's private candidates.
+        lan: bool,
+        /// The mapping the client is told about.
+        peer_mapped: Option<&'static str>,
+    }
+
+    fn cases() -> Vec<Case> {
+        use Strategy::*;
+        let plain = ClientView {
+            mode: Mode::Plain,
+            ..client(C, Hard)
+        };
+        let no_path = Refusal::NoDirectPath {
+            client: Hard,
+            agent: Hard,
+        };
+        vec![
+            Case {
+                what: "cone to cone",
+                client: client(C, Easy),
+                agent: agent(A, Easy, None),
+                relay: RelayPolicy::Off,
+                want: Ok((Simultaneous, Simultaneous, None)),
+                lan: false,
+                peer_mapped: None,
+            },
+            Case {
+                what: "same NAT: private candidates, even both symmetric without a relay",
+                client: client("203.0.113.2:51000", Hard),
+                agent: agent(A, Hard, None),
+                relay: RelayPolicy::Off,
+                want: Ok((RelayOnly, RelayOnly, None)),
+                lan: true,
+                peer_mapped: None,
+            },
+            Case {
+                what: "plain mode: one ordinary connect, no relay, no mapping",
+                client: plain.clone(),
+                agent: agent(A, Hard, Some(MAPPED)),
+                relay: RelayPolicy::Relay,
+                want: Ok((Simultaneous, Simultaneous, None)),
+                lan: false,
+                peer_mapped: None,
+            },
+            Case {
+                what: "a mapped agent behind a symmetric NAT",
+                client: client(C, Hard),
+                agent: agent(A, Hard, Some(MAPPED)),
+                relay: RelayPolicy::Off,
+                want: Ok((Simultaneous, Mapped, None)),
+                lan: false,
+                peer_mapped: Some(MAPPED),
+            },
+            Case {
+                what: "a mapped agent behind a cone: the mapping is one more candidate",
+                client: client(C, Easy),
+                agent: agent(A, Easy, Some(MAPPED)),
+                relay: RelayPolicy::Relay,
+                want: Ok((Simultaneous, Simultaneous, Some(1500))),
+                lan: false,
+                peer_mapped: Some(MAPPED),
+            },
+            Case {
+                what: "one symmetric side: birthday punching, relay after a head start",
+                client: client(C, Hard),
+                agent: agent(A, Easy, None),
+                relay: RelayPolicy::Relay,
+                want: Ok((BirthdayHard, BirthdayEasy, Some(1500))),
+                lan: false,
+                peer_mapped: None,
+            },
+            Case {
+                what: "both symmetric with a relay: the relay at once",
+                client: client(C, Hard),
+                agent: agent(A, Hard, None),
+                relay: RelayPolicy::Relay,
+                want: Ok((RelayOnly, RelayOnly, Some(0))),
+                lan: false,
+                peer_mapped: None,
+            },
+            Case {
+                what: "both symmetric without a relay: refused",
+                client: client(C, Hard),
+                agent: agent(A, Hard, None),
+                relay: RelayPolicy::Off,
+                want: Err(no_path),
+                lan: false,
+                peer_mapped: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn the_broker_plans_each_kind_of_session() {
+        for case in cases() {
+            let got = plan(SESSION, KEY, &case.client, &case.agent, case.relay);
+            let orders = match (got, case.want) {
+                (Err(got), Err(want)) => {
+                    assert_eq!(got, want, "{}", case.what);
+                    continue;
+                }
+                (Ok(orders), Ok(_)) => orders,
+                (got, want) => panic!("{}: got {got:?}, wanted {want:?}", case.what),
+            };
+            let Ok((client_strategy, agent_strategy, relay_after)) = case.want else {
+                unreachable!()
+            };
+            let (a, c) = (&orders.to_agent, &orders.to_client);
+            assert_eq!(
+                (c.strategy, a.strategy, c.relay_after_ms),
+                (client_strategy, agent_strategy, relay_after),
+                "{}",
+                case.what
+            );
+            assert_eq!(a.relay_after_ms, c.relay_after_ms, "{}", case.what);
+            // Each end is told the other's public endpoint and its own.
+            assert_eq!(
+                (a.peer_public, a.you),
+                (case.client.public, case.agent.public)
+            );
+            assert_eq!(
+                (c.peer_public, c.you),
+                (case.agent.public, case.client.public)
+            );
+            let (a_lan, c_lan) = (!a.peer_private.is_empty(), !c.peer_private.is_empty());
+            assert_eq!((a_lan, c_lan), (case.lan, case.lan), "{}", case.what);
+            let peer_mapped = case.peer_mapped.map(|m| m.parse().unwrap());
+            assert_eq!(c.peer_mapped, peer_mapped, "{}", case.what);
+            assert_eq!(a.peer_mapped, None, "the agent never gets a mapping");
+            // Only the agent gets the client's nonce and proof; both get the same session.
+            assert_eq!(a.nonce, Some(case.client.nonce));
+            assert_eq!(a.proof, case.client.proof);
+            assert_eq!((c.nonce.as_ref(), c.proof.as_ref()), (None, None));
+            assert_eq!((a.session, c.session), (SESSION, SESSION));
+            assert_eq!((a.mode, c.mode), (case.client.mode, case.client.mode));
+            assert_eq!(
+                (a.your_mapping, c.your_mapping),
+                (case.agent.mapping, case.client.mapping)
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_both_nats() {
+        let r = Refusal::NoDirectPath {
+            client: Hard,
+            agent: Hard,
+        };
+        assert_eq!(
+            r.message("svc"),
+            "no direct path: this client's NAT is endpoint-dependent and peer 'svc''s NAT is \
+             endpoint-dependent (both symmetric), and this server does not relay"
+        );
+    }
+
+    #[test]
+    fn only_the_client_order_is_held_back_and_never_long() {
+        let ms = Duration::from_millis;
+        assert_eq!(hold_client_order(ms(10), ms(50)), ms(20));
+        assert_eq!(hold_client_order(ms(50), ms(10)), Duration::ZERO);
+        assert_eq!(hold_client_order(ms(0), ms(5000)), MAX_HOLD);
+    }
+}

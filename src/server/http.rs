@@ -1,0 +1,304 @@
+//! The HTTP side of the control port: admission (TLS, the server token, request rates), the
+//! endpoints, and the upgrades to the two WebSockets and to the relay.
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::accept::ConnMeta;
+use super::limits::RateLimiter;
+use super::registry::constant_time_eq;
+use super::relay::JoinRefused;
+use super::{AppState, Shared, agent_conn, session};
+use crate::protocol::{
+    self, Auth, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, JoinQueryError, MAX_MESSAGE_BYTES,
+    Role,
+};
+
+/// Read buffer of a control WebSocket. What agents and clients send is a few hundred bytes at
+/// most (a longer message grows the buffer for as long as it needs), and every online agent
+/// holds one: tungstenite's default of 128 KiB, zero-filled on the first read, would cost
+/// 128 KiB of memory per agent. Writes go out at once (a write buffer size of 0): there is
+/// nothing to batch.
+const WS_READ_BUFFER: usize = 512;
+
+/// The control port's routes.
+pub(super) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/v1/health", get(health))
+        .route("/v1/peers/{id}", get(peer))
+        .route("/v1/whoami", get(whoami))
+        .route(protocol::EXPOSE_PATH, get(expose))
+        .route(protocol::CONNECT_PATH, get(connect))
+        .route(protocol::RELAY_PATH, get(relay_join))
+        .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            error(
+                ErrorCode::BadRequest,
+                "method not allowed: every endpoint takes GET".into(),
+            )
+        })
+        .with_state(state)
+}
+
+impl Shared {
+    /// The refusal of a request that lacks the server's token, if the server has one.
+    fn token_refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        let want = self.config.token.as_ref()?;
+        let got = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        match got {
+            Some(got) if constant_time_eq(got, want) => None,
+            Some(_) => Some(self.reject(ErrorCode::Unauthorized, "server token rejected".into())),
+            None => Some(self.reject(
+                ErrorCode::Unauthorized,
+                "this server requires a token (--token or P2PNC_TOKEN)".into(),
+            )),
+        }
+    }
+
+    /// The refusal of an expose or connect request that lacks the token or comes too fast.
+    fn admission_refusal(
+        &self,
+        headers: &HeaderMap,
+        from: &ConnMeta,
+        rate: &RateLimiter,
+        what: &str,
+    ) -> Option<Response> {
+        if self.config.tls.is_some() && !from.tls {
+            return Some(self.reject(
+                ErrorCode::BadRequest,
+                "this server speaks TLS: use an https:// server URL".into(),
+            ));
+        }
+        if let Some(refused) = self.token_refusal(headers) {
+            return Some(refused);
+        }
+        (!rate.allow(from.remote.ip())).then(|| {
+            self.reject(
+                ErrorCode::RateLimited,
+                format!("too many {what}; slow down"),
+            )
+        })
+    }
+
+    /// Refuses a request before any upgrade, counting it.
+    fn reject(&self, code: ErrorCode, message: String) -> Response {
+        self.metrics.rejected(&code.to_string());
+        error(code, message)
+    }
+}
+
+/// An error response: the code's status and `{"error": CODE, "message": TEXT}`.
+fn error(code: ErrorCode, message: String) -> Response {
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        Json(ErrorBody {
+            error: code,
+            message,
+        }),
+    )
+        .into_response()
+}
+
+/// Sends one control message; false when the connection is gone.
+pub(super) async fn send<T: serde::Serialize>(socket: &mut WebSocket, msg: &T) -> bool {
+    socket
+        .send(Message::Text(protocol::encode(msg).into()))
+        .await
+        .is_ok()
+}
+
+async fn index() -> &'static str {
+    concat!(
+        "p2pnc rendezvous server ",
+        env!("CARGO_PKG_VERSION"),
+        "\nEndpoints: /v1/health, /v1/peers/{id}, /v1/expose (WebSocket), /v1/connect (WebSocket)\n"
+    )
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "ok": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": protocol::PROTOCOL_VERSION,
+        "agents": state.registry.len(),
+        "sessions": state.sessions.len(),
+    }))
+}
+
+async fn whoami(ConnectInfo(meta): ConnectInfo<ConnMeta>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "addr": meta.remote }))
+}
+
+async fn peer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = state.token_refusal(&headers) {
+        return refused;
+    }
+    if state.registry.contains(&id) {
+        Json(serde_json::json!({"id": id, "online": true})).into_response()
+    } else {
+        error(ErrorCode::PeerOffline, format!("peer '{id}' is not online"))
+    }
+}
+
+/// Applies the frame limits and upgrades, or explains that a WebSocket upgrade was expected.
+fn upgrade(
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    then: impl FnOnce(WebSocketUpgrade) -> Response,
+) -> Response {
+    match ws {
+        Ok(ws) => then(
+            ws.max_message_size(MAX_MESSAGE_BYTES)
+                .max_frame_size(MAX_MESSAGE_BYTES)
+                .read_buffer_size(WS_READ_BUFFER)
+                .write_buffer_size(0),
+        ),
+        Err(e) => error(
+            ErrorCode::BadRequest,
+            format!("this endpoint needs a WebSocket upgrade: {e}"),
+        ),
+    }
+}
+
+/// `GET /v1/expose?...`: an agent's registration.
+async fn expose(
+    State(state): State<AppState>,
+    ConnectInfo(meta): ConnectInfo<ConnMeta>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Some(refused) =
+        state.admission_refusal(&headers, &meta, &state.expose_rate, "registrations")
+    {
+        return refused;
+    }
+    let q = match ExposeQuery::parse(query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return state.reject(e.code, e.message),
+    };
+    if let Err(refused) = state.registry.admit(&q.id, q.owner.as_deref()) {
+        return state.reject(refused.code(), refused.to_string());
+    }
+    upgrade(ws, |ws| {
+        ws.on_upgrade(move |socket| agent_conn::agent_connection(state, meta, q, socket))
+    })
+}
+
+/// `GET /v1/connect?...`: a client's connect attempt.
+async fn connect(
+    State(state): State<AppState>,
+    ConnectInfo(meta): ConnectInfo<ConnMeta>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Some(refused) =
+        state.admission_refusal(&headers, &meta, &state.connect_rate, "connect requests")
+    {
+        return refused;
+    }
+    let q = match ConnectQuery::parse(query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return state.reject(e.code, e.message),
+    };
+    match state.registry.auth_of(&q.peer) {
+        None => {
+            return state.reject(
+                ErrorCode::PeerOffline,
+                format!("peer '{}' is not online", q.peer),
+            );
+        }
+        Some(Auth::Secret) if q.proof.is_none() => {
+            return state.reject(
+                ErrorCode::SecretRequired,
+                format!("peer '{}' requires a secret", q.peer),
+            );
+        }
+        Some(_) => {}
+    }
+    if state.sessions.is_full() {
+        return state.reject(ErrorCode::Busy, "server has too many open sessions".into());
+    }
+    upgrade(ws, |ws| {
+        ws.on_upgrade(move |socket| session::client_session(state, meta, q, socket))
+    })
+}
+
+/// `GET /v1/relay?v=1&session=S&role=client|agent` with `Upgrade: p2pnc-relay`.
+async fn relay_join(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    mut req: axum::extract::Request,
+) -> Response {
+    let Some(hub) = &state.relay else {
+        return state.reject(
+            ErrorCode::BadRequest,
+            "this server does not relay (start it with --relay)".into(),
+        );
+    };
+    let (session, role) = match protocol::parse_join_query(query.as_deref().unwrap_or("")) {
+        Ok((session, role)) => (Some(session), role),
+        // Not a session id: it names no live session, as the check below tells.
+        Err(JoinQueryError::UnknownSession) => (None, Role::Client),
+        Err(e @ JoinQueryError::Malformed) => {
+            return state.reject(ErrorCode::BadRequest, e.to_string());
+        }
+    };
+    let upgrade_ok = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|h| h.eq_ignore_ascii_case(protocol::UPGRADE_TOKEN));
+    if !upgrade_ok {
+        return state.reject(
+            ErrorCode::BadRequest,
+            format!("relay needs 'Upgrade: {}'", protocol::UPGRADE_TOKEN),
+        );
+    }
+    let Some(session) = session.filter(|s| state.sessions.is_live(s)) else {
+        return state.reject(ErrorCode::PeerGone, "no such live session".into());
+    };
+    let joined = match hub.join(session, role) {
+        Ok(j) => j,
+        Err(JoinRefused::Busy) => {
+            return state.reject(ErrorCode::Busy, "every relay slot is taken".into());
+        }
+        Err(JoinRefused::Duplicate) => {
+            return state.reject(ErrorCode::BadRequest, "this end already joined".into());
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let task_state = state.clone();
+    state.tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = Box::new(hyper_util::rt::TokioIo::new(upgraded));
+                if let Some(hub) = &task_state.relay {
+                    let carried = hub.run(joined, io).await;
+                    task_state.metrics.relayed_bytes(carried);
+                }
+            }
+            Err(e) => tracing::debug!("relay upgrade failed: {e}"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, protocol::UPGRADE_TOKEN)
+        .body(axum::body::Body::empty())
+        .expect("static response")
+}

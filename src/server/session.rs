@@ -1,0 +1,356 @@
+//! A client's connect attempt, one session per client control connection: waiting (for the
+//! client's probe, then the broker's plan), ordered (both punch orders out, timed to fire
+//! together), reported (the client's outcome, until it closes or the session expires).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use tokio::sync::mpsc;
+
+use super::accept::ConnMeta;
+use super::broker::{self, ClientView, Orders, RelayPolicy};
+use super::http::send;
+use super::metrics::{Metrics, Outcome};
+use super::registry::Online;
+use super::{AppState, probe};
+use crate::protocol::{
+    self, ClientToServer, ConnectQuery, DecodeError, ErrorCode, Mapping, Mode, ServerToAgent,
+    ServerToClient, SessionId, SessionKey, Strategy,
+};
+
+/// How long a plain-mode session waits for the agent to arm before failing.
+const ARM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a client control connection may stay open after its punch order.
+const SESSION_LIFETIME: Duration = Duration::from_secs(30);
+/// Events queued toward one session: a rejection and an arming at most.
+const SESSION_EVENTS: usize = 4;
+
+/// What the agent's side tells a session.
+pub(super) enum SessionEvent {
+    /// The agent refused the session.
+    Rejected(ErrorCode, String),
+    /// Plain mode: the agent has opened its NAT toward the client.
+    Armed,
+}
+
+/// Open sessions by id: where the agent connections route a session's events. The only owner
+/// of that map.
+pub(super) struct SessionTable {
+    open: Mutex<HashMap<SessionId, mpsc::Sender<SessionEvent>>>,
+    /// Most sessions open at once (client control connections).
+    max: usize,
+}
+
+/// A session in the table; dropping it takes the session out, however the session ends.
+pub(super) struct OpenSession {
+    table: Arc<SessionTable>,
+    /// The session's id.
+    pub id: SessionId,
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.table
+            .open
+            .lock()
+            .expect("sessions lock")
+            .remove(&self.id);
+    }
+}
+
+impl SessionTable {
+    /// An empty table for at most `max` sessions.
+    pub fn new(max: usize) -> Self {
+        SessionTable {
+            open: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
+    /// Whether no new session may open.
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.max
+    }
+
+    /// Sessions open now.
+    pub fn len(&self) -> usize {
+        self.open.lock().expect("sessions lock").len()
+    }
+
+    /// Whether `id` is open.
+    pub fn is_live(&self, id: &SessionId) -> bool {
+        self.open.lock().expect("sessions lock").contains_key(id)
+    }
+
+    /// Opens the session `id`; its events arrive on the receiver.
+    pub fn open(self: &Arc<Self>, id: SessionId) -> (OpenSession, mpsc::Receiver<SessionEvent>) {
+        let (tx, rx) = mpsc::channel(SESSION_EVENTS);
+        self.open.lock().expect("sessions lock").insert(id, tx);
+        let session = OpenSession {
+            table: self.clone(),
+            id,
+        };
+        (session, rx)
+    }
+
+    /// Hands `event` to session `id`, if it is open; drops it otherwise.
+    pub fn deliver(&self, id: SessionId, event: SessionEvent) {
+        let tx = self.open.lock().expect("sessions lock").get(&id).cloned();
+        if let Some(tx) = tx {
+            let _ = tx.try_send(event);
+        }
+    }
+}
+
+/// Records how a session ended, exactly once; a session dropped without an ending counts as
+/// abandoned.
+struct Tally<'a> {
+    metrics: &'a Metrics,
+    peer: String,
+    pair: (Mapping, Mapping),
+    strategy: Strategy,
+    done: bool,
+}
+
+impl Tally<'_> {
+    fn end(&mut self, outcome: Outcome, setup: Option<Duration>, reason: Option<String>) {
+        if !std::mem::replace(&mut self.done, true) {
+            self.metrics
+                .record(&self.peer, self.pair, self.strategy, outcome, setup, reason);
+        }
+    }
+
+    /// Records nothing: the server never learns how this session went.
+    fn forget(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.end(Outcome::Abandoned, None, None);
+    }
+}
+
+/// Tells the client why its request failed, and records it.
+async fn refuse(socket: &mut WebSocket, tally: &mut Tally<'_>, code: ErrorCode, message: String) {
+    tally.metrics.rejected(&code.to_string());
+    tally.end(Outcome::Rejected, None, Some(message.clone()));
+    send(socket, &ServerToClient::Error { code, message }).await;
+}
+
+/// Serves one client control connection, from its request to its outcome.
+pub(super) async fn client_session(
+    state: AppState,
+    meta: ConnMeta,
+    q: ConnectQuery,
+    mut socket: WebSocket,
+) {
+    // Waiting: the client's probe, then the agent as it is now.
+    let (session, mut events) = state.sessions.open(SessionId::random());
+    let client_mapping =
+        probe::probed_mapping(state.probes.as_deref(), meta.remote, q.probe.as_ref()).await;
+    let online = state.registry.lookup(&q.peer);
+    let agent_mapping = online.as_ref().map_or(Mapping::Unknown, |a| a.view.mapping);
+    let mut tally = Tally {
+        metrics: &state.metrics,
+        peer: q.peer.to_string(),
+        pair: (client_mapping, agent_mapping),
+        strategy: Strategy::Simultaneous,
+        done: false,
+    };
+    let Some(agent) = online else {
+        let message = format!("peer '{}' is not online", q.peer);
+        return refuse(&mut socket, &mut tally, ErrorCode::PeerOffline, message).await;
+    };
+    let client = ClientView {
+        public: meta.remote,
+        private: q.private.clone(),
+        mapping: client_mapping,
+        mode: q.mode,
+        nonce: q.nonce,
+        proof: q.proof.clone(),
+    };
+    let relay = match state.relay {
+        Some(_) => RelayPolicy::Relay,
+        None => RelayPolicy::Off,
+    };
+    let orders = match broker::plan(
+        session.id,
+        SessionKey::random(),
+        &client,
+        &agent.view,
+        relay,
+    ) {
+        Ok(orders) => orders,
+        Err(refusal) => {
+            tally.strategy = Strategy::RelayOnly;
+            let message = refusal.message(&q.peer);
+            return refuse(&mut socket, &mut tally, ErrorCode::NoDirectPath, message).await;
+        }
+    };
+    tally.strategy = orders.to_client.strategy;
+    tracing::info!(
+        session = %session.id, peer = %q.peer, client = %meta.remote, mode = ?q.mode,
+        %client_mapping, %agent_mapping, strategy = %orders.to_client.strategy,
+        relay = ?orders.to_client.relay_after_ms, mapped = ?orders.to_client.peer_mapped,
+        "session"
+    );
+    // Ordered: both orders out; then reported, until the client closes or the session expires.
+    let ordered = Ordered {
+        socket: &mut socket,
+        tally: &mut tally,
+        events: &mut events,
+        peer: &q.peer,
+    };
+    if ordered.send_orders(&agent, orders, &meta).await {
+        report(&state, &mut socket, &mut tally, &mut events).await;
+    }
+}
+
+/// A session whose orders are being sent.
+struct Ordered<'s, 't> {
+    socket: &'s mut WebSocket,
+    tally: &'s mut Tally<'t>,
+    events: &'s mut mpsc::Receiver<SessionEvent>,
+    peer: &'s str,
+}
+
+impl Ordered<'_, '_> {
+    /// Sends the agent its order, then the client its own: in punch mode held back so that both
+    /// fire together, in plain mode once the agent has armed. False when the session is over.
+    async fn send_orders(self, agent: &Online, orders: Orders, meta: &ConnMeta) -> bool {
+        let Orders {
+            to_agent,
+            to_client,
+        } = orders;
+        if agent
+            .tx
+            .try_send(Box::new(ServerToAgent::Punch(to_agent)))
+            .is_err()
+        {
+            let message = format!("peer '{}' has too many pending sessions", self.peer);
+            refuse(self.socket, self.tally, ErrorCode::Busy, message).await;
+            return false;
+        }
+        let mode = to_client.mode;
+        let to_client = ServerToClient::Punch(to_client);
+        match mode {
+            Mode::Punch => {
+                let hold = broker::hold_client_order(meta.rtt.unwrap_or_default(), agent.rtt);
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
+                send(self.socket, &to_client).await
+            }
+            Mode::Plain => match tokio::time::timeout(ARM_TIMEOUT, self.events.recv()).await {
+                Ok(Some(SessionEvent::Armed)) => {
+                    // The seed's caller connects after it got its addresses; the server never
+                    // learns how that went.
+                    self.tally.forget();
+                    send(self.socket, &to_client).await
+                }
+                Ok(Some(SessionEvent::Rejected(code, message))) => {
+                    refuse(self.socket, self.tally, code, message).await;
+                    false
+                }
+                Ok(None) | Err(_) => {
+                    let message = format!("peer '{}' did not answer in time", self.peer);
+                    refuse(self.socket, self.tally, ErrorCode::PeerGone, message).await;
+                    false
+                }
+            },
+        }
+    }
+}
+
+/// Waits for the client's outcome (or the agent's rejection) until the client closes, the
+/// session expires or the server stops.
+async fn report(
+    state: &AppState,
+    socket: &mut WebSocket,
+    tally: &mut Tally<'_>,
+    events: &mut mpsc::Receiver<SessionEvent>,
+) {
+    let lifetime = tokio::time::sleep(SESSION_LIFETIME);
+    tokio::pin!(lifetime);
+    loop {
+        tokio::select! {
+            _ = &mut lifetime => return,
+            _ = state.shutdown.cancelled() => return,
+            ev = events.recv() => match ev {
+                Some(SessionEvent::Rejected(code, message)) => {
+                    return refuse(socket, tally, code, message).await;
+                }
+                Some(SessionEvent::Armed) => {}
+                None => return,
+            },
+            got = socket.recv() => match got {
+                Some(Ok(Message::Text(text))) => {
+                    if let Err(e) = client_message(tally, &text) {
+                        let reply = ServerToClient::Error {
+                            code: ErrorCode::BadRequest,
+                            message: e.to_string(),
+                        };
+                        send(socket, &reply).await;
+                        return;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let reply = ServerToClient::Error {
+                        code: ErrorCode::BadRequest,
+                        message: "binary frames are not part of the protocol".into(),
+                    };
+                    send(socket, &reply).await;
+                    return;
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// Records the outcome a client reports.
+fn client_message(tally: &mut Tally<'_>, text: &str) -> Result<(), DecodeError> {
+    match protocol::decode::<ClientToServer>(text) {
+        Ok(ClientToServer::Result {
+            outcome,
+            setup_ms,
+            reason,
+        }) => {
+            let outcome = match outcome.as_str() {
+                "direct" => Outcome::Direct,
+                "lan" => Outcome::Lan,
+                "relayed" => Outcome::Relayed,
+                _ => Outcome::Failed,
+            };
+            tally.end(outcome, setup_ms.map(Duration::from_millis), reason);
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_open_until_it_is_dropped_and_gets_its_events() {
+        let table = Arc::new(SessionTable::new(1));
+        let id = SessionId::from_bytes([9; 16]);
+        let (session, mut events) = table.open(id);
+        assert!(table.is_live(&id) && table.is_full());
+        table.deliver(id, SessionEvent::Armed);
+        table.deliver(SessionId::from_bytes([8; 16]), SessionEvent::Armed);
+        assert!(matches!(events.try_recv(), Ok(SessionEvent::Armed)));
+        assert!(events.try_recv().is_err(), "only its own events");
+        drop(session);
+        assert!(!table.is_live(&id));
+        assert_eq!(table.len(), 0);
+    }
+}
