@@ -15,9 +15,13 @@ mod query;
 mod relay;
 mod stream;
 
-pub use credentials::{connect_proof, owner_credential, verify_connect_proof};
+pub use credentials::{
+    ROOT_ITERATIONS, ServiceKeys, connect_message, plain_message, public_psk, register_message,
+};
 pub use error::{ErrorBody, ErrorCode};
-pub use ids::{HexError, Nonce, ProbeToken, ServiceId, SessionId, SessionKey, SessionRef};
+pub use ids::{
+    AgentKey, HexError, Nonce, ProbeToken, ServiceId, SessionId, SessionKey, SessionRef, Signature, Verifier,
+};
 pub use messages::{AgentToServer, ClientToServer, ServerToAgent, ServerToClient};
 pub use order::{Auth, Mapping, Mode, PunchOrder, Strategy};
 pub use probe::{
@@ -31,13 +35,18 @@ pub use relay::{
     JoinQueryError, JoinRefused, RELAY_PATH, UPGRADE_TOKEN, check_join_answer, join_query,
     join_request, parse_join_query,
 };
-pub use stream::{HELLO_LEN, HELLO_MAGIC, Role, SELECT, SessionKeys, hello_session};
+pub use stream::{
+    AGENT_HEAD_LEN, AgentReply, CLIENT_HEAD_LEN, ClientHandshake, ClientHead, DH_PUBLIC_LEN,
+    Flags, MAX_EARLY_IN_HELLO, MAX_NOISE_MESSAGE, MAX_RECORD_BODY, NOISE_NK, NOISE_NN, Pattern,
+    RecordCipher, Role, STREAM_MAGIC, StaticKey, StreamError, TAG_LEN, TransportKeys,
+    agent_reply, fingerprint, parse_agent_head, record, seal_record,
+};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Protocol version carried by every control request (`v=1`).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Default TCP port of the rendezvous server (HTTP and WebSocket).
 pub const DEFAULT_SERVER_PORT: u16 = 50300;
 /// Largest control message, in bytes, either direction. Real messages are below 2 KiB.
