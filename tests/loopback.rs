@@ -11,9 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
 
-async fn echo_roundtrip(stream: &mut tokio::net::TcpStream, len: usize) {
+async fn echo_roundtrip(stream: &mut p2pnc::PeerStream, len: usize) {
     let payload: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
-    let (mut r, mut w) = stream.split();
+    let (mut r, mut w) = tokio::io::split(stream);
     let send = async {
         w.write_all(&payload).await.unwrap();
         w.shutdown().await.unwrap();
@@ -229,13 +229,13 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
     let server = TestServer::with_config(config).await;
     let base = format!("ws://{}", server.addr);
     let (mut agent, _) =
-        tokio_tungstenite::connect_async(format!("{base}/v1/expose?v=1&id=r&auth=public"))
+        tokio_tungstenite::connect_async(format!("{base}/v1/expose?v=2&id=r&auth=public"))
             .await
             .unwrap();
     assert_eq!(next_json(&mut agent).await["type"], "registered");
     let nonce = "00112233445566778899aabbccddeeff";
     let (mut client, _) =
-        tokio_tungstenite::connect_async(format!("{base}/v1/connect?v=1&peer=r&nonce={nonce}"))
+        tokio_tungstenite::connect_async(format!("{base}/v1/connect?v=2&peer=r&nonce={nonce}"))
             .await
             .unwrap();
     let order = next_json(&mut client).await;

@@ -213,13 +213,13 @@ async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
     let open = |path: &'static str, query: &'static str| {
         p2pnc::testing::open(&url, server.addr, any, path, query, None)
     };
-    let (mut agent, _) = open("/v1/expose", "v=1&id=r&auth=public").await.unwrap();
+    let (mut agent, _) = open("/v1/expose", "v=2&id=r&auth=public").await.unwrap();
     assert!(agent.get_ref().is_tls());
     let registered: serde_json::Value = p2pnc::testing::recv(&mut agent).await.unwrap().unwrap();
     assert_eq!(registered["type"], "registered", "{registered}");
     let (mut client, _) = open(
         "/v1/connect",
-        "v=1&peer=r&nonce=00112233445566778899aabbccddeeff",
+        "v=2&peer=r&nonce=00112233445566778899aabbccddeeff",
     )
     .await
     .unwrap();

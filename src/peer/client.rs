@@ -1,20 +1,21 @@
-//! The connecting side: one call from a peer id to a proven, direct `TcpStream`.
+//! The connecting side: one call from a peer id to a proven, direct, encrypted stream.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::control::{self, ControlSocket, ServerUrl};
 use super::probe;
-use super::punch::{EarlyData, Endpoint, Inbound, PunchFailure, PunchOptions};
+use super::punch::{EarlyData, Endpoint, Inbound, PunchFailure, PunchOptions, StreamSettings};
 use super::session::{ConnectionInfo, Established, Session};
+use super::stream::PeerStream;
 use crate::protocol::{
-    self, ClientToServer, ConnectQuery, Mode, Nonce, ProbeToken, PunchOrder, Role, ServerToClient,
-    ServiceId,
+    self, Auth, ClientToServer, ConnectQuery, Mode, Nonce, ProbeToken, PunchOrder, Role,
+    ServerToClient, ServiceId, ServiceKeys, connect_message, fingerprint,
 };
 use crate::{Error, defaults, net};
 
@@ -40,6 +41,13 @@ pub struct ConnectOptions {
     /// a round trip on the first byte (see [`EarlyData`]). `None` waits for the agent's hello
     /// before anything is sent.
     pub early_data: Option<EarlyData>,
+    /// Encrypt the stream (the default). `false` asks the agent for raw bytes after the
+    /// handshake (`--no-encrypt`); an agent that does not allow it keeps the stream encrypted.
+    pub encrypt: bool,
+    /// The agent's static key as `sha256:<64 hex>` (what `expose --key` logs): the client
+    /// accepts only an agent that proves it holds that key. This authenticates a `--public`
+    /// service, which has no secret.
+    pub peer_pin: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -51,6 +59,8 @@ impl std::fmt::Debug for ConnectOptions {
             .field("punch", &self.punch)
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
             .field("early_data", &self.early_data)
+            .field("encrypt", &self.encrypt)
+            .field("peer_pin", &self.peer_pin)
             .finish()
     }
 }
@@ -65,15 +75,47 @@ impl ConnectOptions {
             punch: PunchOptions::default(),
             token: None,
             early_data: None,
+            encrypt: true,
+            peer_pin: None,
         })
     }
+}
+
+/// The keys of `secret` for the service `id`, derived once per process (each derivation
+/// costs a PBKDF2 of [`protocol::ROOT_ITERATIONS`] rounds, about 3 ms).
+fn service_keys(secret: &str, id: &str) -> ServiceKeys {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    /// Derived keys by a digest of (secret, id); a handful of services per process at most.
+    static CACHE: LazyLock<Mutex<HashMap<[u8; 32], ServiceKeys>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    const MAX_CACHED: usize = 64;
+    let digest: [u8; 32] = {
+        use sha2::Digest;
+        let mut ctx = sha2::Sha256::new();
+        ctx.update((secret.len() as u64).to_be_bytes());
+        ctx.update(secret.as_bytes());
+        ctx.update(id.as_bytes());
+        ctx.finalize().into()
+    };
+    if let Some(keys) = CACHE.lock().expect("keys cache").get(&digest) {
+        return keys.clone();
+    }
+    let keys = ServiceKeys::derive(secret, id);
+    let mut cache = CACHE.lock().expect("keys cache");
+    if cache.len() >= MAX_CACHED {
+        cache.clear();
+    }
+    cache.insert(digest, keys.clone());
+    keys
 }
 
 /// A connected stream to the service and how it was reached.
 #[derive(Debug)]
 pub struct Connection {
-    /// The stream; bytes written here reach the service.
-    pub stream: TcpStream,
+    /// The stream; bytes written here reach the service (encrypted, unless both ends agreed
+    /// otherwise: see [`PeerStream::is_encrypted`]).
+    pub stream: PeerStream,
     /// How the stream was reached.
     pub info: ConnectionInfo,
     /// Bytes [`connect_early`] read from the local side and already wrote to the stream.
@@ -118,7 +160,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, Error> {
 /// [`defaults::EARLY_DATA_MAX`] bytes), so that those bytes leave with the stream's selection instead of
 /// a round trip later (see [`EarlyData`]). Every byte read from `local` is written to the
 /// returned stream, in order; a byte from the peer reaches the caller only after the agent's
-/// hello was checked. For forwarding a local connection or stdin: carry on with
+/// handshake was checked. For forwarding a local connection or stdin: carry on with
 /// [`crate::forward`] on the same `local`.
 pub async fn connect_early<R>(opts: &ConnectOptions, local: &mut R) -> Result<Connection, Error>
 where
@@ -170,11 +212,11 @@ async fn connect_with(
     let port = listener.local_addr()?.port();
     let mut tasks = JoinSet::new();
     let probe = spawn_probe(&mut tasks, server_addr, port);
+    let keys = opts.secret.as_deref().map(|s| service_keys(s, &opts.peer));
     let query = ConnectQuery {
-        proof: opts
-            .secret
-            .as_deref()
-            .map(|s| protocol::connect_proof(s, &opts.peer, &nonce)),
+        proof: keys
+            .as_ref()
+            .map(|k| k.sign(&connect_message(&opts.peer, Mode::Punch, &nonce))),
         peer,
         nonce,
         private: net::local_candidates(port, &server_addr),
@@ -195,6 +237,7 @@ async fn connect_with(
         e => e,
     })?;
     let order = punch_order(&mut ws, &opts.peer).await?;
+    let stream = stream_settings(opts, keys, &order)?;
     tracing::debug!(
         strategy = %order.strategy, mine = %order.your_mapping, peer = %order.peer_mapping,
         relay = ?order.relay_after_ms, "punch order"
@@ -204,12 +247,11 @@ async fn connect_with(
         server: opts.server.clone(),
         server_addr,
     };
-    let secret = opts.secret.as_deref();
     let early = opts.early_data.clone();
     let session = Session::new(
         order,
         Role::Client,
-        secret,
+        &stream,
         &at,
         &opts.punch,
         early,
@@ -227,11 +269,56 @@ async fn connect_with(
             stream,
             info,
         }),
+        // Streams connected and every one failed to prove the session: whoever answered
+        // does not hold the secret (or the pinned key).
+        Err(failure) if failure.unproven > 0 && opts.secret.is_some() => {
+            Err(Error::NotTheService(opts.peer.clone()))
+        }
         Err(failure) => Err(Error::NoDirectPath {
             peer: opts.peer.clone(),
             detail: failure.to_string(),
         }),
     }
+}
+
+/// What the client brings to the stream handshake, once it has checked that the order comes
+/// from the service it means: with a secret, never an agent registered without one; with a
+/// pin, only an agent that registered the pinned key.
+fn stream_settings(
+    opts: &ConnectOptions,
+    keys: Option<ServiceKeys>,
+    order: &PunchOrder,
+) -> Result<StreamSettings, Error> {
+    if keys.is_some() && order.auth == Auth::Public {
+        // Someone registered the id without the secret (while the real agent was away):
+        // nothing goes to it, not even a handshake message it could guess the secret from.
+        return Err(Error::NotTheService(opts.peer.clone()));
+    }
+    let pin = match &opts.peer_pin {
+        None => None,
+        Some(pin) => {
+            let mismatch = |detail: String| Error::PinMismatch {
+                peer: opts.peer.clone(),
+                detail,
+            };
+            let Some(key) = order.peer_key else {
+                return Err(mismatch(format!(
+                    "expected {pin}, but the agent registered no key (start it with --key)"
+                )));
+            };
+            let got = fingerprint(key.as_bytes());
+            if !got.eq_ignore_ascii_case(pin) {
+                return Err(mismatch(format!("expected {pin}, got {got}")));
+            }
+            Some(key)
+        }
+    };
+    Ok(StreamSettings {
+        keys,
+        pin,
+        static_key: None,
+        unencrypted: !opts.encrypt,
+    })
 }
 
 /// Sends the NAT probe from the punch port, at the same moment as the control connection: the
@@ -273,10 +360,7 @@ fn forward_accepts(tasks: &mut JoinSet<()>, listener: TcpListener) -> mpsc::Rece
     let (inbound_tx, inbound) = mpsc::channel(8);
     tasks.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let inbound = Inbound {
-                stream,
-                hello: None,
-            };
+            let inbound = Inbound { stream, head: None };
             if inbound_tx.send(inbound).await.is_err() {
                 return;
             }

@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::protocol::{Auth, Mapping, Mode, Nonce, PunchOrder, SessionId, SessionKey, Strategy};
+use crate::protocol::{
+    AgentKey, Auth, Mapping, Mode, Nonce, PunchOrder, SessionId, SessionKey, Signature, Strategy,
+    Verifier,
+};
 
 /// Head start of the direct path before the relay is joined, when a direct path is possible.
 const RELAY_HEAD_START: Duration = Duration::from_millis(1500);
@@ -26,7 +29,7 @@ pub(super) struct ClientView {
     /// Its request's nonce, for the agent's replay check.
     pub nonce: Nonce,
     /// Its proof of the secret, for the agent to check.
-    pub proof: Option<String>,
+    pub proof: Option<Signature>,
 }
 
 /// The agent of a session, as the registry knows it.
@@ -42,6 +45,11 @@ pub(super) struct AgentView {
     pub mapping: Mapping,
     /// The port mapping on its router, when that is on its public address.
     pub mapped: Option<SocketAddr>,
+    /// The verifier it registered (its secret's public key), checked by the server against
+    /// every connect proof; `None` for a public agent.
+    pub verifier: Option<Verifier>,
+    /// Its static Noise key, when it registered one (for clients that pin it).
+    pub key: Option<AgentKey>,
 }
 
 /// Whether the server relays sessions that have no direct path.
@@ -130,12 +138,13 @@ pub(super) fn plan(
         mode: client.mode,
         auth: agent.auth,
         nonce: Some(client.nonce),
-        proof: client.proof.clone(),
+        proof: client.proof,
         strategy: agent_strategy,
         your_mapping: agent.mapping,
         peer_mapping: client.mapping,
         relay_after_ms: relay_after,
         peer_mapped: None,
+        peer_key: None,
     };
     let to_client = PunchOrder {
         session,
@@ -156,6 +165,7 @@ pub(super) fn plan(
         peer_mapping: agent.mapping,
         relay_after_ms: relay_after,
         peer_mapped: agent_mapped,
+        peer_key: agent.key,
     };
     Ok(Orders {
         to_agent,
@@ -201,7 +211,7 @@ mod tests {
             mapping,
             mode: Mode::Punch,
             nonce: Nonce::from_bytes([3; 16]),
-            proof: Some("ab".repeat(32)),
+            proof: Some(crate::protocol::Signature::from_bytes([0xab; 64])),
         }
     }
 
@@ -212,6 +222,8 @@ mod tests {
             auth: Auth::Secret,
             mapping,
             mapped: mapped.map(|m| m.parse().unwrap()),
+            verifier: None,
+            key: None,
         }
     }
 

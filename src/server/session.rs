@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::accept::ConnMeta;
 use super::broker::{self, ClientView, Orders, RelayPolicy};
@@ -16,12 +17,12 @@ use super::metrics::{Metrics, Outcome};
 use super::registry::Online;
 use super::{AppState, probe};
 use crate::protocol::{
-    self, ClientToServer, ConnectQuery, DecodeError, ErrorCode, Mapping, Mode, ServerToAgent,
-    ServerToClient, SessionId, SessionKey, Strategy,
+    self, ClientToServer, ConnectQuery, DecodeError, ErrorCode, Mapping, Mode, Nonce,
+    ServerToAgent, ServerToClient, SessionId, SessionKey, Strategy,
 };
 
 /// How long a plain-mode session waits for the agent to arm before failing.
-const ARM_TIMEOUT: Duration = Duration::from_secs(3);
+const ARM_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long a client control connection may stay open after its punch order.
 const SESSION_LIFETIME: Duration = Duration::from_secs(30);
 /// Events queued toward one session: a rejection and an arming at most.
@@ -33,6 +34,8 @@ pub(super) enum SessionEvent {
     Rejected(ErrorCode, String),
     /// Plain mode: the agent has opened its NAT toward the client.
     Armed,
+    /// Plain mode: the agent's challenge for the client.
+    Challenge(Nonce),
 }
 
 /// Open sessions by id: where the agent connections route a session's events. The only owner
@@ -171,7 +174,7 @@ pub(super) async fn client_session(
         mapping: client_mapping,
         mode: q.mode,
         nonce: q.nonce,
-        proof: q.proof.clone(),
+        proof: q.proof,
     };
     let relay = match state.relay {
         Some(_) => RelayPolicy::Relay,
@@ -226,6 +229,7 @@ impl Ordered<'_, '_> {
             to_agent,
             to_client,
         } = orders;
+        let session = to_agent.session;
         if agent
             .tx
             .try_send(Box::new(ServerToAgent::Punch(to_agent)))
@@ -245,23 +249,61 @@ impl Ordered<'_, '_> {
                 }
                 send(self.socket, &to_client).await
             }
-            Mode::Plain => match tokio::time::timeout(ARM_TIMEOUT, self.events.recv()).await {
-                Ok(Some(SessionEvent::Armed)) => {
-                    // The seed's caller connects after it got its addresses; the server never
-                    // learns how that went.
-                    self.tally.forget();
-                    send(self.socket, &to_client).await
-                }
-                Ok(Some(SessionEvent::Rejected(code, message))) => {
-                    refuse(self.socket, self.tally, code, message).await;
-                    false
-                }
-                Ok(None) | Err(_) => {
-                    let message = format!("peer '{}' did not answer in time", self.peer);
-                    refuse(self.socket, self.tally, ErrorCode::PeerGone, message).await;
-                    false
-                }
-            },
+            Mode::Plain => self.plain(agent, session, to_client, meta).await,
+        }
+    }
+
+    /// Plain mode: passes the agent's challenge to the client and the client's answer back,
+    /// then sends the client its order once the agent has armed.
+    async fn plain(
+        self,
+        agent: &Online,
+        session: SessionId,
+        to_client: ServerToClient,
+        meta: &ConnMeta,
+    ) -> bool {
+        let deadline = Instant::now() + ARM_TIMEOUT;
+        loop {
+            tokio::select! {
+                ev = tokio::time::timeout_at(deadline, self.events.recv()) => match ev {
+                    Ok(Some(SessionEvent::Armed)) => {
+                        // The seed's caller connects after it got its addresses; the server
+                        // never learns how that went.
+                        self.tally.forget();
+                        return send(self.socket, &to_client).await;
+                    }
+                    Ok(Some(SessionEvent::Challenge(nonce))) => {
+                        let challenge = ServerToClient::Challenge { nonce, you: meta.remote };
+                        if !send(self.socket, &challenge).await {
+                            return false;
+                        }
+                    }
+                    Ok(Some(SessionEvent::Rejected(code, message))) => {
+                        refuse(self.socket, self.tally, code, message).await;
+                        return false;
+                    }
+                    Ok(None) | Err(_) => {
+                        let message = format!("peer '{}' did not answer in time", self.peer);
+                        refuse(self.socket, self.tally, ErrorCode::PeerGone, message).await;
+                        return false;
+                    }
+                },
+                got = self.socket.recv() => match got {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Ok(ClientToServer::Prove { signature }) =
+                            protocol::decode::<ClientToServer>(&text)
+                        {
+                            let proof = ServerToAgent::PlainProof {
+                                session: session.into(),
+                                signature,
+                            };
+                            let _ = agent.tx.try_send(Box::new(proof));
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return false,
+                    Some(Ok(_)) => {}
+                },
+            }
         }
     }
 }
@@ -284,7 +326,7 @@ async fn report(
                 Some(SessionEvent::Rejected(code, message)) => {
                     return refuse(socket, tally, code, message).await;
                 }
-                Some(SessionEvent::Armed) => {}
+                Some(SessionEvent::Armed | SessionEvent::Challenge(_)) => {}
                 None => return,
             },
             got = socket.recv() => match got {

@@ -139,7 +139,12 @@ impl Verifier {
 /// What a client signs to ask for a connection:
 /// `"p2pnc/2 connect\n" || id || "\n" || mode || "\n" || nonce (hex)`.
 pub fn connect_message(id: &str, mode: Mode, nonce: &Nonce) -> Vec<u8> {
-    format!("p2pnc/2 connect\n{id}\n{}\n{}", mode.as_str(), nonce.to_hex()).into_bytes()
+    format!(
+        "p2pnc/2 connect\n{id}\n{}\n{}",
+        mode.as_str(),
+        nonce.to_hex()
+    )
+    .into_bytes()
 }
 
 /// What an agent signs to register: `"p2pnc/2 register\n" || id || "\n" || challenge (hex)`.
@@ -179,7 +184,11 @@ mod tests {
         let other = ServiceKeys::derive("wrong", "svc");
         assert!(!other.verifier().verifies(&msg, &sig), "another secret");
         let other_id = ServiceKeys::derive("s3cret", "svc2");
-        assert_ne!(other_id.verifier(), keys.verifier(), "the id salts the keys");
+        assert_ne!(
+            other_id.verifier(),
+            keys.verifier(),
+            "the id salts the keys"
+        );
         for changed in [
             connect_message("svc", Mode::Plain, &nonce),
             connect_message("svx", Mode::Punch, &nonce),
@@ -195,7 +204,10 @@ mod tests {
     #[test]
     fn the_psk_binds_secret_session_and_key() {
         let keys = ServiceKeys::derive("s3cret", "svc");
-        let (s, k) = (SessionId::from_bytes([1; 16]), SessionKey::from_bytes([2; 32]));
+        let (s, k) = (
+            SessionId::from_bytes([1; 16]),
+            SessionKey::from_bytes([2; 32]),
+        );
         let psk = keys.psk(&s, &k);
         assert_ne!(psk, ServiceKeys::derive("other", "svc").psk(&s, &k));
         assert_ne!(psk, keys.psk(&SessionId::from_bytes([3; 16]), &k));

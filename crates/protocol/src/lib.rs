@@ -20,7 +20,8 @@ pub use credentials::{
 };
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{
-    AgentKey, HexError, Nonce, ProbeToken, ServiceId, SessionId, SessionKey, SessionRef, Signature, Verifier,
+    AgentKey, HexError, Nonce, ProbeToken, ServiceId, SessionId, SessionKey, SessionRef, Signature,
+    Verifier,
 };
 pub use messages::{AgentToServer, ClientToServer, ServerToAgent, ServerToClient};
 pub use order::{Auth, Mapping, Mode, PunchOrder, Strategy};
@@ -36,16 +37,16 @@ pub use relay::{
     join_request, parse_join_query,
 };
 pub use stream::{
-    AGENT_HEAD_LEN, AgentReply, CLIENT_HEAD_LEN, ClientHandshake, ClientHead, DH_PUBLIC_LEN,
-    Flags, MAX_EARLY_IN_HELLO, MAX_NOISE_MESSAGE, MAX_RECORD_BODY, NOISE_NK, NOISE_NN, Pattern,
-    RecordCipher, Role, STREAM_MAGIC, StaticKey, StreamError, TAG_LEN, TransportKeys,
-    agent_reply, fingerprint, parse_agent_head, record, seal_record,
+    AGENT_HEAD_LEN, AgentReply, CLIENT_HEAD_LEN, ClientHandshake, ClientHead, DH_PUBLIC_LEN, Flags,
+    MAX_EARLY_IN_HELLO, MAX_NOISE_MESSAGE, MAX_RECORD_BODY, NOISE_NK, NOISE_NN, Pattern,
+    RecordCipher, Role, STREAM_MAGIC, StaticKey, StreamError, TAG_LEN, TransportKeys, agent_reply,
+    agent_reply_with, fingerprint, parse_agent_head, record, seal_record,
 };
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Protocol version carried by every control request (`v=1`).
+/// Protocol version carried by every control request (`v=2`).
 pub const PROTOCOL_VERSION: u32 = 2;
 /// Default TCP port of the rendezvous server (HTTP and WebSocket).
 pub const DEFAULT_SERVER_PORT: u16 = 50300;

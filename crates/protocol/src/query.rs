@@ -25,6 +25,10 @@ pub struct ExposeQuery {
     pub verifier: Option<Verifier>,
     /// The agent's static Noise key (`expose --key`), for clients that pin it.
     pub key: Option<AgentKey>,
+    /// Whether this registration replaces an online one with the same verifier (an owner's
+    /// restart: the default). `takeover=0`: wait while the other is online (an agent that
+    /// was itself replaced, or a standby).
+    pub takeover: bool,
     /// The public endpoint the agent's router forwards to its punch port (PCP, NAT-PMP or
     /// UPnP-IGD), if it got one.
     pub mapped: Option<SocketAddr>,
@@ -184,11 +188,19 @@ impl ExposeQuery {
     pub fn parse(query: &str) -> Result<Self, QueryError> {
         let (mut v, mut id, mut auth, mut private) = (None, None, None, Vec::new());
         let (mut probe, mut verifier, mut key, mut mapped) = (None, None, None, None);
+        let mut takeover = true;
         for (k, val) in parse_pairs(query)? {
             match k.as_str() {
                 "probe" if !val.is_empty() => probe = Some(val),
                 "verifier" if !val.is_empty() => verifier = Some(val),
                 "key" if !val.is_empty() => key = Some(val),
+                "takeover" => {
+                    takeover = match val.as_str() {
+                        "1" => true,
+                        "0" => false,
+                        _ => return Err(bad("takeover must be 0 or 1")),
+                    }
+                }
                 "mapped" if !val.is_empty() => {
                     mapped = Some(
                         val.parse::<SocketAddr>()
@@ -236,6 +248,7 @@ impl ExposeQuery {
             verifier,
             key,
             mapped,
+            takeover,
         })
     }
 
@@ -258,6 +271,9 @@ impl ExposeQuery {
         if let Some(k) = &self.key {
             q.push_str("&key=");
             q.push_str(&k.to_hex());
+        }
+        if !self.takeover {
+            q.push_str("&takeover=0");
         }
         if let Some(m) = &self.mapped {
             q.push_str("&mapped=");
@@ -349,6 +365,7 @@ mod tests {
             probe: Some(ProbeToken::from_bytes([0x0a; 16])),
             verifier: Some(ServiceKeys::derive("pw", id).verifier()),
             key: None,
+            takeover: false,
             mapped: Some("198.51.100.2:40000".parse().unwrap()),
         };
         assert_eq!(ExposeQuery::parse(&q.to_query()).unwrap(), q);
@@ -422,8 +439,8 @@ mod tests {
         let err = ExposeQuery::parse(&format!("v=2&id=a&auth=public&verifier={v}")).unwrap_err();
         assert!(err.message.contains("verifier"), "{}", err.message);
         let off_curve = format!("04{}", "00".repeat(64));
-        let err = ExposeQuery::parse(&format!("v=2&id=a&auth=secret&verifier={off_curve}"))
-            .unwrap_err();
+        let err =
+            ExposeQuery::parse(&format!("v=2&id=a&auth=secret&verifier={off_curve}")).unwrap_err();
         assert!(err.message.contains("P-256"), "{}", err.message);
     }
 

@@ -248,6 +248,19 @@ impl ClientHandshake {
         flags: Flags,
         early: &[u8],
     ) -> Result<(Self, Vec<u8>), StreamError> {
+        Self::start_with(session, psk, agent_key, flags, early, None)
+    }
+
+    /// [`ClientHandshake::start`] with a fixed ephemeral private key: for test vectors only.
+    #[doc(hidden)]
+    pub fn start_with(
+        session: &SessionId,
+        psk: &[u8; 32],
+        agent_key: Option<&[u8; DH_PUBLIC_LEN]>,
+        flags: Flags,
+        early: &[u8],
+        ephemeral: Option<&[u8; 32]>,
+    ) -> Result<(Self, Vec<u8>), StreamError> {
         if early.len() > MAX_EARLY_IN_HELLO {
             return Err(StreamError::BadLength(early.len()));
         }
@@ -265,7 +278,12 @@ impl ClientHandshake {
         if let Some(key) = agent_key {
             builder = builder.remote_public_key(key).expect("a remote key");
         }
-        let mut hs = builder.build_initiator().map_err(|_| StreamError::Unproven)?;
+        if let Some(e) = ephemeral {
+            builder = builder.fixed_ephemeral_key_for_testing_only(e);
+        }
+        let mut hs = builder
+            .build_initiator()
+            .map_err(|_| StreamError::Unproven)?;
         let mut payload = Vec::with_capacity(1 + early.len());
         payload.push(flags.to_byte());
         payload.extend_from_slice(early);
@@ -382,6 +400,19 @@ pub fn agent_reply(
     static_key: Option<&StaticKey>,
     allow_unencrypted: bool,
 ) -> Result<AgentReply, StreamError> {
+    agent_reply_with(head, msg1, psk, static_key, allow_unencrypted, None)
+}
+
+/// [`agent_reply`] with a fixed ephemeral private key: for test vectors only.
+#[doc(hidden)]
+pub fn agent_reply_with(
+    head: &ClientHead,
+    msg1: &[u8],
+    psk: &[u8; 32],
+    static_key: Option<&StaticKey>,
+    allow_unencrypted: bool,
+    ephemeral: Option<&[u8; 32]>,
+) -> Result<AgentReply, StreamError> {
     let prologue = prologue(&head.session);
     let mut builder = snow::Builder::new(head.pattern.noise().parse().expect("a valid pattern"))
         .psk(0, psk)
@@ -394,7 +425,12 @@ pub fn agent_reply(
             .local_private_key(&key.private)
             .expect("a local key");
     }
-    let mut hs = builder.build_responder().map_err(|_| StreamError::Unproven)?;
+    if let Some(e) = ephemeral {
+        builder = builder.fixed_ephemeral_key_for_testing_only(e);
+    }
+    let mut hs = builder
+        .build_responder()
+        .map_err(|_| StreamError::Unproven)?;
     let mut payload = vec![0u8; msg1.len()];
     let n = hs
         .read_message(msg1, &mut payload)
@@ -488,7 +524,10 @@ impl RecordCipher {
 /// Seals one record of `kind` with `body` (at most [`MAX_RECORD_BODY`] bytes) onto `out`:
 /// `length (u16) || ciphertext || tag`.
 pub fn seal_record(cipher: &mut RecordCipher, kind: u8, body: &[u8], out: &mut Vec<u8>) {
-    assert!(body.len() <= MAX_RECORD_BODY, "a record body fits one message");
+    assert!(
+        body.len() <= MAX_RECORD_BODY,
+        "a record body fits one message"
+    );
     let len = 1 + body.len() + TAG_LEN;
     out.reserve(2 + len);
     out.extend_from_slice(&(len as u16).to_be_bytes());
@@ -530,8 +569,14 @@ mod tests {
         let (reply, client, agent_flags) = handshake([1; 32], [1; 32], flags).unwrap();
         assert_eq!(reply.flags, flags);
         assert_eq!(reply.early, b"GET /");
-        assert!(!reply.unencrypted && !agent_flags.unencrypted, "not granted");
-        assert_eq!((client.send, client.recv), (reply.keys.recv, reply.keys.send));
+        assert!(
+            !reply.unencrypted && !agent_flags.unencrypted,
+            "not granted"
+        );
+        assert_eq!(
+            (client.send, client.recv),
+            (reply.keys.recv, reply.keys.send)
+        );
         let mut out = Vec::new();
         let mut tx = RecordCipher::new(&client.send);
         seal_record(&mut tx, record::DATA, b"hello", &mut out);
@@ -561,7 +606,10 @@ mod tests {
         assert!(rx.open(&mut tampered[2..]).is_none());
         let mut rx = RecordCipher::new(&keys.send);
         assert!(rx.open(&mut first.clone()[2..]).is_some());
-        assert!(rx.open(&mut first[2..]).is_none(), "a replay has the next nonce");
+        assert!(
+            rx.open(&mut first[2..]).is_none(),
+            "a replay has the next nonce"
+        );
     }
 
     #[test]

@@ -10,10 +10,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::peer::punch::{self, Inbound};
-use crate::protocol::{self, SessionId};
+use crate::protocol::SessionId;
 
-/// Time a stray connection to the punch port gets to present its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time a stray connection to the punch port gets to present its stream handshake.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where inbound streams of live sessions go: by session id, or (plain mode) by address.
 #[derive(Clone, Default)]
@@ -68,30 +68,29 @@ impl Slots {
 }
 
 /// Hands a stream accepted on the punch port to its session: a plain-mode session expecting
-/// its address, or the session its hello names (a stream without one is closed).
+/// its address, or the session its stream handshake names (a stream without one is closed).
 pub(super) async fn dispatch(slots: Slots, mut stream: TcpStream, from: SocketAddr) {
     if let Some(tx) = slots.plain(from) {
-        let _ = tx
-            .send(Inbound {
-                stream,
-                hello: None,
-            })
-            .await;
+        let _ = tx.send(Inbound { stream, head: None }).await;
         return;
     }
-    let hello = match punch::read_hello(&mut stream, HELLO_TIMEOUT).await {
-        Ok(h) => h,
+    let head = match punch::read_head(&mut stream, HEAD_TIMEOUT).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::debug!("stray connection from {from}: {e}");
+            return;
+        }
         Err(e) => {
             tracing::debug!("stray connection from {from}: {e}");
             return;
         }
     };
-    match protocol::hello_session(&hello).and_then(|id| slots.get(&id)) {
+    match slots.get(&head.session) {
         Some(tx) => {
             let _ = tx
                 .send(Inbound {
                     stream,
-                    hello: Some(hello),
+                    head: Some(head),
                 })
                 .await;
         }

@@ -9,7 +9,11 @@ use super::ExposeOptions;
 use crate::peer::control::{self, ControlSocket};
 use crate::peer::portmap::{self, PortMap};
 use crate::peer::probe;
-use crate::protocol::{self, Auth, ExposeQuery, Mapping, ProbeToken, ServerToAgent, ServiceId};
+use crate::peer::punch::StreamSettings;
+use crate::protocol::{
+    self, AgentKey, AgentToServer, Auth, ExposeQuery, Mapping, ProbeToken, ServerToAgent,
+    ServiceId, register_message,
+};
 use crate::{Error, defaults, net};
 
 /// A registration in force, with what it was made from.
@@ -30,16 +34,26 @@ pub(super) struct Registration {
 
 /// Binds a punch port, probes the NAT, maps the port on the router if it can, and registers.
 /// A mapping made for a registration that fails is deleted again.
+/// `takeover`: replace an online registration of the same service (an owner's restart); an
+/// agent that was itself replaced registers without it, and waits while the other holds the
+/// id.
 pub(super) async fn register(
     opts: &ExposeOptions,
+    stream: &StreamSettings,
     server_addr: SocketAddr,
     port: u16,
+    takeover: bool,
 ) -> Result<Registration, Error> {
     let listener = net::shared_listener(net::any_addr(&server_addr, port))?;
     let port = listener.local_addr()?.port();
     let (probe, portmap) = probe_and_map(opts, server_addr, port).await;
     let mapped = portmap.as_ref().map(|m| m.external);
-    match register_with(opts, server_addr, listener, probe, mapped).await {
+    let wanted = Wanted {
+        probe,
+        mapped,
+        takeover,
+    };
+    match register_with(opts, stream, server_addr, listener, wanted).await {
         Ok(reg) => Ok(Registration { portmap, ..reg }),
         Err(e) => {
             if let Some(m) = portmap {
@@ -114,13 +128,22 @@ async fn probe_and_map(
     (probe, portmap)
 }
 
-/// The control connection from the punch port and its first answer.
-async fn register_with(
-    opts: &ExposeOptions,
-    server_addr: SocketAddr,
-    listener: TcpListener,
+/// What a registration asks for besides the options.
+struct Wanted {
     probe: Option<ProbeToken>,
     mapped: Option<SocketAddr>,
+    takeover: bool,
+}
+
+/// The control connection from the punch port, the answer to the server's challenge (a
+/// signature only the secret can make, over a nonce fresh for this connection), and the
+/// registration.
+async fn register_with(
+    opts: &ExposeOptions,
+    stream: &StreamSettings,
+    server_addr: SocketAddr,
+    listener: TcpListener,
+    wanted: Wanted,
 ) -> Result<Registration, Error> {
     let port = listener.local_addr()?.port();
     let shared = net::any_addr(&server_addr, port);
@@ -132,12 +155,14 @@ async fn register_with(
             Auth::Public
         },
         private: net::local_candidates(port, &server_addr),
-        probe,
-        owner: opts
-            .secret
-            .as_deref()
-            .map(|s| protocol::owner_credential(s, &opts.id)),
-        mapped,
+        probe: wanted.probe,
+        verifier: stream.keys.as_ref().map(|k| k.verifier()),
+        key: stream
+            .static_key
+            .as_ref()
+            .map(|k| AgentKey::from_bytes(*k.public())),
+        mapped: wanted.mapped,
+        takeover: wanted.takeover,
     };
     let (mut ws, local) = control::open(
         &opts.server,
@@ -148,9 +173,12 @@ async fn register_with(
         opts.token.as_deref(),
     )
     .await?;
-    let first = tokio::time::timeout(defaults::SERVER_TIMEOUT, control::recv(&mut ws))
-        .await
-        .map_err(|_| Error::ServerUnreachable("no registration answer in time".into()))??;
+    let mut first = answer(&mut ws).await?;
+    if let (Some(ServerToAgent::Challenge { nonce }), Some(keys)) = (&first, &stream.keys) {
+        let signature = keys.sign(&register_message(&opts.id, nonce));
+        control::send(&mut ws, &AgentToServer::Prove { signature }).await?;
+        first = answer(&mut ws).await?;
+    }
     match first {
         Some(ServerToAgent::Registered {
             public, mapping, ..
@@ -168,4 +196,11 @@ async fn register_with(
             "server closed the connection during registration".into(),
         )),
     }
+}
+
+/// The server's next answer during registration, within [`defaults::SERVER_TIMEOUT`].
+async fn answer(ws: &mut ControlSocket) -> Result<Option<ServerToAgent>, Error> {
+    tokio::time::timeout(defaults::SERVER_TIMEOUT, control::recv(ws))
+        .await
+        .map_err(|_| Error::ServerUnreachable("no registration answer in time".into()))?
 }
