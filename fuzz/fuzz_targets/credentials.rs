@@ -23,16 +23,27 @@ fuzz_target!(|data: &[u8]| {
     let mut next = || lines.next().unwrap_or("");
     let (id, mode, nonce, signature, verifier, session, key) =
         (next(), next(), next(), next(), next(), next(), next());
-    let mode = if mode == "plain" { Mode::Plain } else { Mode::Punch };
+    let mode = if mode == "plain" {
+        Mode::Plain
+    } else {
+        Mode::Punch
+    };
     let nonce: Nonce = nonce.parse().unwrap_or(Nonce::from_bytes([0; 16]));
     let message = protocol::connect_message(id, mode, &nonce);
 
     // Our own signature verifies, and only for its message.
     let genuine = KEYS.sign(&message);
     assert!(KEYS.verifier().verifies(&message, &genuine));
-    let other_mode = if mode == Mode::Plain { Mode::Punch } else { Mode::Plain };
+    let other_mode = if mode == Mode::Plain {
+        Mode::Punch
+    } else {
+        Mode::Plain
+    };
     let other = protocol::connect_message(id, other_mode, &nonce);
-    assert!(!KEYS.verifier().verifies(&other, &genuine), "the mode is bound");
+    assert!(
+        !KEYS.verifier().verifies(&other, &genuine),
+        "the mode is bound"
+    );
 
     // Whatever a client sends as its proof, and whatever an agent registered as its verifier:
     // an answer, never a panic.
@@ -43,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(v) = verifier.parse::<Verifier>() {
         let valid = v.is_valid();
         if !valid {
-            assert!(!v.verifies(&message, &genuine), "no signature verifies off the curve");
+            assert!(
+                !v.verifies(&message, &genuine),
+                "no signature verifies off the curve"
+            );
         }
         let _ = v.verifies(&message, &sig);
     }
@@ -51,5 +65,8 @@ fuzz_target!(|data: &[u8]| {
     let session: SessionId = session.parse().unwrap_or(SessionId::from_bytes([0; 16]));
     let key: SessionKey = key.parse().unwrap_or(SessionKey::from_bytes([0; 32]));
     assert_eq!(KEYS.psk(&session, &key), KEYS.psk(&session, &key));
-    assert_ne!(KEYS.psk(&session, &key), protocol::public_psk(&session, &key));
+    assert_ne!(
+        KEYS.psk(&session, &key),
+        protocol::public_psk(&session, &key)
+    );
 });

@@ -8,8 +8,8 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use p2pnc_protocol::{
-    AGENT_HEAD_LEN, CLIENT_HEAD_LEN, ClientHead, STREAM_MAGIC, ServiceKeys, SessionId,
-    SessionKey, agent_reply, parse_agent_head,
+    AGENT_HEAD_LEN, CLIENT_HEAD_LEN, ClientHead, STREAM_MAGIC, ServiceKeys, SessionId, SessionKey,
+    agent_reply, parse_agent_head,
 };
 
 /// The PSK of the vectors' stream handshakes (secret `s3cret`, id `streamserver`).

@@ -67,7 +67,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, sent)) = data.split_first() else {
         return;
     };
-    let role = if mode & 1 == 0 { Role::Agent } else { Role::Client };
+    let role = if mode & 1 == 0 {
+        Role::Agent
+    } else {
+        Role::Client
+    };
     HARNESS.with(|h| {
         let addr = h.listener.local_addr().expect("bound");
         let mut peer = StdStream::connect(addr).expect("loopback connect");
