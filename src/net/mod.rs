@@ -1,12 +1,76 @@
-//! Every socket option p2pnc sets, in one place.
+//! Every socket option p2pnc sets, in one place, behind one interface for every platform.
+//!
+//! What differs between operating systems lives in one module each (`linux`, `macos`,
+//! `windows`, with `unix` shared by every unix and `other` for the unix systems p2pnc knows
+//! nothing special about):
+//!
+//! - **the shared punch port** (see [`PunchPort`]): `SO_REUSEADDR` and `SO_REUSEPORT` on every
+//!   socket on unix, and the port listens; Windows has no `SO_REUSEPORT` and its
+//!   `SO_REUSEADDR` lets any socket take over a port in use, so there the punch port only
+//!   makes outgoing connections;
+//! - **a non-blocking connect under way**: `EINPROGRESS` on unix, `WSAEWOULDBLOCK` on Windows;
+//! - **the TCP state and round-trip time of a socket**: `TCP_INFO` (Linux, Android),
+//!   `TCP_CONNECTION_INFO` (macOS, iOS), `SIO_TCP_INFO` (Windows 10 1703 and later);
+//!   without them a connect woken by an error is watched until its deadline (see
+//!   [`finish_connect`]);
+//! - **the dead-path timeout of a proven stream**: `TCP_USER_TIMEOUT`, `TCP_RXT_CONNDROPTIME`,
+//!   `TCP_MAXRT`;
+//! - **descriptor limits**: `RLIMIT_NOFILE`, capped by `kern.maxfilesperproc` and `OPEN_MAX`
+//!   on macOS; Windows has no per-process limit on sockets (see [`socket_budget`]);
+//! - **ICMP errors of UDP sockets**: an error queue on Linux and Android only (see
+//!   [`ErrorQueue`]).
+
+#[allow(
+    dead_code,
+    reason = "the hook of a NAT-depth TTL sweep, tested here; the sweep brings its caller"
+)]
+mod error_queue;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod linux;
+// The mapping of macOS's and Windows's values is tested on every platform.
+#[cfg(any(target_vendor = "apple", test))]
+#[cfg_attr(not(target_vendor = "apple"), allow(dead_code))]
+mod macos;
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_vendor = "apple",
+    windows
+)))]
+mod other;
+#[cfg(unix)]
+mod unix;
+#[cfg(any(windows, test))]
+#[cfg_attr(not(windows), allow(dead_code))]
+mod windows;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use linux as sys;
+#[cfg(target_vendor = "apple")]
+use macos as sys;
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_vendor = "apple",
+    windows
+)))]
+use other as sys;
+#[cfg(windows)]
+use windows as sys;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "the hook of a NAT-depth TTL sweep, tested here; the sweep brings its caller"
+)]
+pub use error_queue::{ErrorQueue, IcmpError, IcmpKind};
 
 /// Backlog of punch-port listeners.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -25,6 +89,17 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// ends a proven stream with an error, instead of the kernel's ~15 minutes of
 /// retransmissions.
 const STREAM_USER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a socket woken by a soft error is checked for the end of its handshake.
+const SOFT_ERROR_POLL: Duration = Duration::from_millis(10);
+/// Open-file limit asked for once a punch needs many sockets: birthday punching holds over a
+/// thousand at a time, and an agent may run several punches at once.
+const PUNCH_FD_LIMIT: u64 = 65_536;
+/// Descriptors left for everything else when a punch sizes itself (see [`socket_budget`]):
+/// control connections, listeners, streams being forwarded, log files, the runtime's own.
+const FD_RESERVE: u64 = 64;
+
+/// Whether the punch port listens for the peer's SYNs on this platform (see [`PunchPort`]).
+pub const PUNCH_PORT_LISTENS: bool = sys::PUNCH_PORT_LISTENS;
 
 /// The unspecified address of `peer`'s family, with `port`.
 pub fn any_addr(peer: &SocketAddr, port: u16) -> SocketAddr {
@@ -34,24 +109,82 @@ pub fn any_addr(peer: &SocketAddr, port: u16) -> SocketAddr {
     }
 }
 
-/// A TCP socket bound to `local` with SO_REUSEADDR and SO_REUSEPORT, so that the control
-/// connection, the punch listener and every punch attempt can share one local port.
-pub fn shared_port_socket(local: SocketAddr) -> io::Result<Socket> {
+/// The one local TCP port a peer uses for everything (docs/protocol.md, "One shared local
+/// port per peer"): its control connection, its NAT probe and every punch attempt connect
+/// from it, and where the platform allows, it listens for the peer's SYNs.
+///
+/// On Windows it does not listen ([`PUNCH_PORT_LISTENS`] is false), as the Java client does
+/// not: Windows has no `SO_REUSEPORT`, and a listener sharing its port with connecting
+/// sockets through `SO_REUSEADDR` leaves undefined which socket an arriving SYN reaches. The
+/// port is held by a bound socket instead, and streams come only from this end's own
+/// connects (simultaneous open): a peer's SYN that arrives before ours has left is refused,
+/// and the dialers' retries cover that. A router's port mapping, which forwards
+/// connections to the port, has nothing to reach there, so an agent on Windows asks for none.
+pub struct PunchPort {
+    local: SocketAddr,
+    listener: Option<TcpListener>,
+    /// Where the port does not listen: the bound socket that holds it.
+    _held: Option<Socket>,
+}
+
+impl PunchPort {
+    /// Binds the punch port at `local` (port 0: a free one).
+    pub fn bind(local: SocketAddr) -> io::Result<PunchPort> {
+        if PUNCH_PORT_LISTENS {
+            let listener = shared_listener(local)?;
+            Ok(PunchPort {
+                local: listener.local_addr()?,
+                listener: Some(listener),
+                _held: None,
+            })
+        } else {
+            let held = shared_port_socket(local)?;
+            let local = held
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::other("the punch port has no IP address"))?;
+            Ok(PunchPort {
+                local,
+                listener: None,
+                _held: Some(held),
+            })
+        }
+    }
+
+    /// The bound address (with the port chosen when 0 was asked for).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    /// The next stream a peer opened toward the port; never ready where the port does not
+    /// listen.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        match &self.listener {
+            Some(l) => l.accept().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// A TCP socket bound to `local` so that the control connection, the punch listener and
+/// every punch attempt can share one local port (`SO_REUSEADDR`, and `SO_REUSEPORT` on unix).
+fn shared_port_socket(local: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(local),
         Type::STREAM,
         Some(Protocol::TCP),
     )?;
-    socket.set_reuse_address(true)?;
-    #[cfg(unix)]
-    socket.set_reuse_port(true)?;
+    sys::share_port(&socket)?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.bind(&local.into())?;
     Ok(socket)
 }
 
-/// A listener on a shared port (see [`shared_port_socket`]).
+/// A listener on a shared port (see [`shared_port_socket`]). The punch port listens through
+/// it where the platform allows ([`PUNCH_PORT_LISTENS`]); on Windows only the punch
+/// engine's tests use it.
+#[cfg_attr(all(windows, not(test)), allow(dead_code))]
 pub fn shared_listener(local: SocketAddr) -> io::Result<TcpListener> {
     let socket = shared_port_socket(local)?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -61,8 +194,7 @@ pub fn shared_listener(local: SocketAddr) -> io::Result<TcpListener> {
 /// A listener for the rendezvous server's ports, with a deep accept queue.
 pub fn server_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    #[cfg(unix)]
-    socket.set_reuse_address(true)?;
+    sys::server_port(&socket)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(SERVER_BACKLOG)?;
@@ -114,7 +246,7 @@ pub fn start_connect(
     };
     match socket.connect(&remote.into()) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) if sys::connect_started(&e) => {}
         Err(e) => return Err(e),
     }
     if let Some(normal) = normal_ttl {
@@ -123,17 +255,27 @@ pub fn start_connect(
     TcpStream::from_std(std::net::TcpStream::from(socket))
 }
 
-/// How often a socket woken by a soft error is checked for the end of its handshake.
-const SOFT_ERROR_POLL: Duration = Duration::from_millis(10);
+/// Where a socket's TCP handshake stands, as far as the platform can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// SYN sent or received, not yet acknowledged.
+    Connecting,
+    /// Done: established (or already half-closed by the peer).
+    Established,
+    /// Closed, or in a state a connecting socket never reaches.
+    Ended,
+}
 
 /// Waits until a stream from [`start_connect`] is connected, failed, or `timeout` passed.
 ///
 /// An ICMP error for a SYN in flight (Time Exceeded for a low-TTL SYN, say) wakes the socket
 /// with `EHOSTUNREACH` while the kernel keeps it in SYN_SENT: that is a soft error, and the
 /// socket may still complete by simultaneous open, so it is not given up while it connects.
-/// Such a wake-up leaves the socket's readiness stuck on (epoll keeps reporting the error), so
-/// from then on the handshake is watched by polling its TCP state instead of awaiting
-/// readiness, which would spin.
+/// Such a wake-up can leave the socket's readiness stuck on (epoll keeps reporting the error),
+/// so from then on the handshake is watched by polling its TCP state instead of awaiting
+/// readiness, which would spin. Where the platform cannot tell the TCP state, a refused
+/// connect still fails at once, and any other error is waited out: the socket counts as
+/// connected as soon as it has a peer address, and as failed only at `timeout`.
 pub async fn finish_connect(stream: TcpStream, timeout: Duration) -> io::Result<TcpStream> {
     let wait = async {
         stream.writable().await?;
@@ -141,20 +283,37 @@ pub async fn finish_connect(stream: TcpStream, timeout: Duration) -> io::Result<
         if err.is_none() && stream.peer_addr().is_ok() {
             return Ok(());
         }
-        if !still_connecting(&stream) {
-            return Err(err.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotConnected)));
+        let failed = |err: Option<io::Error>| {
+            Err(err.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotConnected)))
+        };
+        match handshake(&stream) {
+            Some(Handshake::Connecting) => {}
+            Some(_) => return failed(err),
+            None if refused(err.as_ref()) => return failed(err),
+            None => {}
         }
         loop {
             tokio::time::sleep(SOFT_ERROR_POLL).await;
-            if still_connecting(&stream) {
-                continue;
+            match handshake(&stream) {
+                Some(Handshake::Connecting) => continue,
+                Some(state) => {
+                    // The handshake ended: a soft error seen on the way no longer matters.
+                    let err = stream.take_error()?;
+                    return match stream.peer_addr() {
+                        Ok(_) if state == Handshake::Established => Ok(()),
+                        _ => failed(err),
+                    };
+                }
+                None => {
+                    if stream.peer_addr().is_ok() {
+                        return Ok(());
+                    }
+                    let err = stream.take_error()?;
+                    if refused(err.as_ref()) {
+                        return failed(err);
+                    }
+                }
             }
-            // The handshake ended: a soft error seen on the way no longer matters.
-            let err = stream.take_error()?;
-            return match stream.peer_addr() {
-                Ok(_) if is_established(&stream) => Ok(()),
-                _ => Err(err.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotConnected))),
-            };
         }
     };
     match tokio::time::timeout(timeout, wait).await {
@@ -164,52 +323,15 @@ pub async fn finish_connect(stream: TcpStream, timeout: Duration) -> io::Result<
     }
 }
 
-/// Whether a socket has completed its handshake (ESTABLISHED, or already past it).
-fn is_established(fd: &impl AsRawFd) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        const TCP_ESTABLISHED: u8 = 1;
-        const TCP_CLOSE_WAIT: u8 = 8;
-        tcp_info(fd).is_some_and(|i| matches!(i.tcpi_state, TCP_ESTABLISHED | TCP_CLOSE_WAIT))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = fd;
-        true
-    }
+/// Whether a connect's error is the peer's refusal (a RST), which no simultaneous open
+/// follows.
+fn refused(err: Option<&io::Error>) -> bool {
+    err.is_some_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
 }
 
-/// Whether a socket is still in the TCP handshake (SYN_SENT or SYN_RECV).
-fn still_connecting(fd: &impl AsRawFd) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        const TCP_SYN_SENT: u8 = 2;
-        const TCP_SYN_RECV: u8 = 3;
-        tcp_info(fd).is_some_and(|i| matches!(i.tcpi_state, TCP_SYN_SENT | TCP_SYN_RECV))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = fd;
-        false
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn tcp_info(fd: &impl AsRawFd) -> Option<libc::tcp_info> {
-    // SAFETY: tcp_info is plain data; an all-zero value is valid.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is a properly sized, writable tcp_info and `len` holds its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(info)
+/// Where the handshake of `stream` stands; `None` where the platform cannot tell.
+fn handshake(stream: &TcpStream) -> Option<Handshake> {
+    sys::handshake(&SockRef::from(stream))
 }
 
 fn ttl_of(socket: &Socket, remote: SocketAddr) -> io::Result<u32> {
@@ -226,65 +348,48 @@ fn set_ttl(socket: &Socket, remote: SocketAddr, ttl: u32) -> io::Result<()> {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit (at most 65536), once: birthday
-/// punching holds over a thousand sockets at a time.
+/// Raises the soft limit on open files toward [`PUNCH_FD_LIMIT`], once.
 pub fn raise_fd_limit() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        raise_fd_limit_to(65_536);
+        raise_fd_limit_to(PUNCH_FD_LIMIT);
     });
 }
 
-/// Raises the soft limit on open files toward `want` (never past the hard limit, never
-/// lowering it) and returns the soft limit now in force.
-pub fn raise_fd_limit_to(want: libc::rlim_t) -> libc::rlim_t {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid, initialised rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        let want = want.min(lim.rlim_max);
-        if lim.rlim_cur < want {
-            let old = lim.rlim_cur;
-            lim.rlim_cur = want;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                lim.rlim_cur = old;
-            }
-        }
-    }
-    lim.rlim_cur
+/// Raises the soft limit on open files toward `want` (never past what the operating system
+/// allows, never lowering it) and returns the limit now in force. On Windows, which limits
+/// sockets only by memory and ports, it returns `want`.
+pub fn raise_fd_limit_to(want: u64) -> u64 {
+    sys::raise_fd_limit_to(want)
 }
 
-/// The kernel's smoothed round-trip time of a connected TCP socket (TCP_INFO), if known.
-pub fn tcp_rtt(fd: &impl AsRawFd) -> Option<Duration> {
-    #[cfg(target_os = "linux")]
-    {
-        tcp_info(fd)
-            .filter(|i| i.tcpi_rtt > 0)
-            .map(|i| Duration::from_micros(i.tcpi_rtt.into()))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = fd;
-        None
-    }
+/// How many more sockets this process may open now: the open-file limit (raised once, see
+/// [`raise_fd_limit`]) less the descriptors in use and a reserve for everything else.
+/// Birthday punching opens at most this many.
+pub fn socket_budget() -> usize {
+    raise_fd_limit();
+    sys::socket_budget()
+}
+
+/// Sockets left under a descriptor `limit` with `open` in use, keeping [`FD_RESERVE`] free.
+fn budget_under(limit: u64, open: u64) -> usize {
+    usize::try_from(limit.saturating_sub(open.saturating_add(FD_RESERVE))).unwrap_or(usize::MAX)
+}
+
+/// The kernel's smoothed round-trip time of a connected TCP socket, if the platform tells it.
+pub fn tcp_rtt<'a>(socket: impl Into<SockRef<'a>>) -> Option<Duration> {
+    sys::rtt(&socket.into())
 }
 
 /// Makes a proven stream notice a dead path: keepalive probes when idle, and a bound on how
-/// long sent data may stay unacknowledged.
+/// long sent data may stay unacknowledged (where the platform has one).
 pub fn watch_liveness(stream: &TcpStream) -> io::Result<()> {
     let socket = SockRef::from(stream);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL);
     socket.set_tcp_keepalive(&keepalive)?;
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    socket.set_tcp_user_timeout(Some(STREAM_USER_TIMEOUT))?;
-    Ok(())
+    sys::set_dead_path_timeout(&socket, STREAM_USER_TIMEOUT)
 }
 
 /// This host's candidate addresses for `port`: every non-loopback, non-link-local address of
@@ -314,10 +419,11 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn shared_port_carries_a_listener_and_outgoing_connections() {
+    async fn the_punch_port_carries_outgoing_connections_and_listens_where_it_can() {
         let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let listener = shared_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-        let local = listener.local_addr().unwrap();
+        let port = PunchPort::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let local = port.local_addr().unwrap();
+        assert_ne!(local.port(), 0);
         let out = connect_from(
             local,
             target.local_addr().unwrap(),
@@ -329,7 +435,33 @@ mod tests {
         assert_eq!(out.local_addr().unwrap(), local);
         let (_accepted, from) = target.accept().await.unwrap();
         assert_eq!(from, local);
-        assert!(tcp_rtt(&out).is_some());
+        let rtt_known = cfg!(any(
+            target_os = "linux",
+            target_os = "android",
+            target_vendor = "apple",
+            windows
+        ));
+        assert_eq!(tcp_rtt(&out).is_some(), rtt_known);
+        // A second connection from the same port to another target.
+        let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let second = connect_from(
+            local,
+            other.local_addr().unwrap(),
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+        assert_eq!(second.local_addr().unwrap(), local);
+        // Inbound streams on the port, where it listens.
+        let inbound = tokio::net::TcpStream::connect(local).await;
+        if PUNCH_PORT_LISTENS {
+            let _peer = inbound.unwrap();
+            let accepted = tokio::time::timeout(Duration::from_secs(2), port.accept()).await;
+            assert!(accepted.unwrap().is_ok());
+        } else {
+            assert!(inbound.is_err(), "nothing listens on the punch port");
+        }
     }
 
     #[tokio::test]
@@ -337,14 +469,31 @@ mod tests {
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
+        // Windows answers a refusal by sending the SYN twice more before it gives up.
         let err = connect_from(
             "127.0.0.1:0".parse().unwrap(),
             addr,
             Some(2),
-            Duration::from_secs(2),
+            Duration::from_secs(5),
         )
         .await
         .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn the_budget_keeps_a_reserve_and_never_underflows() {
+        assert_eq!(budget_under(1024, 10), 1024 - 10 - FD_RESERVE as usize);
+        assert_eq!(budget_under(256, 200), 0);
+        assert_eq!(budget_under(0, 0), 0);
+        assert_eq!(budget_under(u64::MAX, u64::MAX), 0);
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn the_budget_here_fits_under_the_limit() {
+        let budget = socket_budget() as u64;
+        let limit = raise_fd_limit_to(0);
+        assert!(budget + FD_RESERVE <= limit, "{budget} of {limit}");
     }
 }
