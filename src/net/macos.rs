@@ -121,7 +121,7 @@ mod sys {
                 0,
             )
         };
-        (rc == 0 && value > 0).then(|| value as u64)
+        (rc == 0 && value > 0).then_some(value as u64)
     }
 
     pub(in super::super) fn raise_fd_limit_to(want: u64) -> u64 {

@@ -96,6 +96,7 @@ const SOFT_ERROR_POLL: Duration = Duration::from_millis(10);
 const PUNCH_FD_LIMIT: u64 = 65_536;
 /// Descriptors left for everything else when a punch sizes itself (see [`socket_budget`]):
 /// control connections, listeners, streams being forwarded, log files, the runtime's own.
+#[cfg(unix)]
 const FD_RESERVE: u64 = 64;
 
 /// Whether the punch port listens for the peer's SYNs on this platform (see [`PunchPort`]).
@@ -372,6 +373,7 @@ pub fn socket_budget() -> usize {
 }
 
 /// Sockets left under a descriptor `limit` with `open` in use, keeping [`FD_RESERVE`] free.
+#[cfg(unix)]
 fn budget_under(limit: u64, open: u64) -> usize {
     usize::try_from(limit.saturating_sub(open.saturating_add(FD_RESERVE))).unwrap_or(usize::MAX)
 }
@@ -482,6 +484,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn the_budget_keeps_a_reserve_and_never_underflows() {
         assert_eq!(budget_under(1024, 10), 1024 - 10 - FD_RESERVE as usize);
         assert_eq!(budget_under(256, 200), 0);
