@@ -322,6 +322,12 @@ fn the_sample_configs_parse() {
             "--punch-timeout",
             "must be a positive number",
         ),
+        (
+            "expose",
+            "contrib/windows/expose.toml",
+            "--punch-timeout",
+            "must be a positive number",
+        ),
     ];
     for (cmd, file, flag, want) in cases {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + file;

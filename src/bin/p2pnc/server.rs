@@ -126,9 +126,15 @@ fn check_fd_limit(max_connections: usize) {
     let want_fds = max_connections as u64 + FD_HEADROOM;
     let fds = p2pnc::server::raise_open_file_limit(want_fds);
     if fds < want_fds {
+        let how = if cfg!(target_vendor = "apple") {
+            "ulimit -n, or NumberOfFiles in the launchd plist; macOS caps it at \
+             kern.maxfilesperproc"
+        } else {
+            "ulimit -n, or LimitNOFILE= in the systemd unit"
+        };
         tracing::warn!(
             "the open-file limit is {fds}, too low for --max-connections {max_connections}: \
-             raise it (ulimit -n, or LimitNOFILE= in the systemd unit) to at least {want_fds}"
+             raise it ({how}) to at least {want_fds}"
         );
     }
 }
