@@ -1,18 +1,1069 @@
-//! Server-scale load generator (`cargo bench --bench scale`): see `scale/linux.rs`.
+//! Server-scale load generator: `cargo bench --bench scale -- [--agents N] [--connects M]
+//! [--concurrency C] [--sources K] [--server-arg ARG]...`.
 //!
-//! Linux only: it reads the server's memory and CPU time from `/proc` and spreads its agents
-//! over 127.0.0.0/8 source addresses; elsewhere it says it was skipped.
+//! It starts the real `p2pnc server` binary (the release build) as a separate process, with its
+//! per-address limits raised so that the load is not refused (`--connect-rate`,
+//! `--expose-rate`, `--max-connections-per-ip`, `--max-connections`), and then:
+//!
+//! 1. reads the idle server's resident memory (`VmRSS` in `/proc/PID/status`);
+//! 2. registers N agents that speak the wire protocol of `docs/protocol.md` (the WebSocket
+//!    upgrade of `GET /v1/expose` with a secret, a private candidate and an owner credential,
+//!    then `registered`), from the loopback source addresses 127.0.0.1 … 127.0.0.K, so that no
+//!    source address needs more ports than its ephemeral range holds. The agents stay online
+//!    like real ones: they answer the server's pings, ping it every 15 s, and check the proof
+//!    in every punch order (refusing a wrong one with `reject`). They send no NAT probe;
+//! 3. measures the server's CPU use while the agents are idle (pings only), then reads the RSS
+//!    again: (RSS with N agents − idle RSS) / N is the memory per agent;
+//! 4. brokers M connects from C concurrent clients. Each client opens a TCP connection,
+//!    upgrades `GET /v1/connect` for a random online id with a valid proof, and waits for its
+//!    punch order. A connect is *brokered* once the server has told both ends to punch: the
+//!    client got its order and so did the agent. The client then closes with an RST, as the
+//!    plain-mode client does, so that millions of connects leave no TIME_WAIT sockets behind
+//!    to exhaust the loopback ports. Reported: brokered connects per second, the latency from
+//!    the client's TCP connect to its punch order (percentiles), and the CPU time the server,
+//!    this generator and everything else on the machine used meanwhile.
+//!
+//! The generator runs on one thread: on a small machine the server needs the other cores, and
+//! one thread spares the generator the cross-thread wake-ups of a multi-threaded runtime.
+//!
+//! Every agent holds one file descriptor here and one in the server. The generator raises its
+//! open-file limit (the hard limit too, as root with CAP_SYS_RESOURCE) and the server, its
+//! child, inherits it. Where the limit cannot be raised far enough, a run without `--agents`
+//! registers as many agents as fit and projects the RSS of 100 000 agents from the memory per
+//! agent (which the figures at several N show to be flat); `--agents N` beyond the limit is an
+//! error.
+//!
+//! The summary is printed as a markdown table and written to `target/scale-bench.txt`; the
+//! server's log goes to `target/scale-server.log`. The benchmark exits 1 when something broke
+//! (a registration or connect failed, an agent was dropped); a missed target is reported, not
+//! an error.
 
-#[cfg(target_os = "linux")]
-#[path = "scale/linux.rs"]
-mod linux;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-fn main() -> std::process::ExitCode {
-    #[cfg(target_os = "linux")]
-    return linux::main();
-    #[cfg(not(target_os = "linux"))]
-    {
-        println!("skipped: the scale benchmark needs Linux (/proc, 127.0.0.0/8 sources)");
-        std::process::ExitCode::SUCCESS
+use futures_util::{SinkExt, StreamExt};
+use p2pnc_protocol::{
+    self as protocol, AgentToServer, Auth, ConnectQuery, ErrorCode, ExposeQuery, Mode, Nonce,
+    ServerToAgent, ServerToClient, ServiceId,
+};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2pnc");
+const SECRET: &str = "scale-bench-secret";
+
+const DEFAULT_AGENTS: usize = 100_000;
+const DEFAULT_CONNECTS: usize = 100_000;
+const DEFAULT_CONCURRENCY: usize = 128;
+/// Registrations in flight at once.
+const REGISTER_CONCURRENCY: usize = 256;
+/// The server's own cap on registered agents (`ServerConfig::max_agents`).
+const SERVER_MAX_AGENTS: usize = 200_000;
+
+/// The targets of this 2-core machine.
+const TARGET_RSS_BYTES: u64 = 1 << 30;
+const TARGET_AGENTS: usize = 100_000;
+const TARGET_CONNECTS_PER_SEC: f64 = 5_000.0;
+
+/// Every network step of the load generator gives up after this.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an agent pings the server, as the real agent does.
+const AGENT_PING_INTERVAL: Duration = Duration::from_secs(15);
+/// Time for the server's memory to settle after the last registration, before reading RSS.
+const SETTLE: Duration = Duration::from_secs(5);
+/// Source addresses used at least, so that the spreading itself is exercised.
+const MIN_SOURCES: usize = 4;
+/// Descriptors `p2pnc server` keeps beyond `--max-connections` (`FD_HEADROOM` in
+/// src/main.rs), and connections it may take beyond the agents and clients (health checks).
+const SERVER_FD_HEADROOM: u64 = 1024;
+const SERVER_SPARE_CONNECTIONS: usize = 1024;
+/// Share of a source address's ephemeral port range the generator uses.
+const PORT_SHARE: f64 = 0.75;
+
+struct Opts {
+    agents: usize,
+    /// Whether `--agents` was given (else it may be lowered to fit the open-file limit).
+    agents_given: bool,
+    connects: usize,
+    concurrency: usize,
+    sources: Option<usize>,
+    /// Extra arguments for `p2pnc server`.
+    server_args: Vec<String>,
+}
+
+fn usage() -> String {
+    format!(
+        "usage: cargo bench --bench scale -- [--agents N] [--connects M] [--concurrency C] \
+         [--sources K] [--server-arg ARG]...\n  defaults: {DEFAULT_AGENTS} agents, {DEFAULT_CONNECTS} connects, \
+         {DEFAULT_CONCURRENCY} concurrent clients, enough source addresses for the load;\n  \
+         --server-arg passes ARG on to `p2pnc server` (e.g. --server-arg -q)"
+    )
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let mut o = Opts {
+        agents: DEFAULT_AGENTS,
+        agents_given: false,
+        connects: DEFAULT_CONNECTS,
+        concurrency: DEFAULT_CONCURRENCY,
+        sources: None,
+        server_args: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut number = |name: &str| -> Result<usize, String> {
+            args.next()
+                .and_then(|v| v.replace('_', "").parse().ok())
+                .ok_or_else(|| format!("{name} needs a number\n{}", usage()))
+        };
+        match a.as_str() {
+            // `cargo bench` passes `--bench`.
+            "--bench" => {}
+            "--agents" => {
+                o.agents = number("--agents")?;
+                o.agents_given = true;
+            }
+            "--connects" => o.connects = number("--connects")?,
+            "--concurrency" => o.concurrency = number("--concurrency")?,
+            "--sources" => o.sources = Some(number("--sources")?),
+            "--server-arg" => o.server_args.push(
+                args.next()
+                    .ok_or_else(|| format!("--server-arg needs a value\n{}", usage()))?,
+            ),
+            "-h" | "--help" => return Err(usage()),
+            _ => return Err(format!("unknown argument {a:?}\n{}", usage())),
+        }
     }
+    if o.agents == 0 || o.agents > SERVER_MAX_AGENTS {
+        return Err(format!("--agents must be 1 to {SERVER_MAX_AGENTS}"));
+    }
+    if o.concurrency == 0 || o.concurrency > 10_000 {
+        return Err("--concurrency must be 1 to 10000".into());
+    }
+    if o.sources.is_some_and(|k| k == 0 || k > 254) {
+        return Err("--sources must be 1 to 254".into());
+    }
+    Ok(o)
+}
+
+pub fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(run(opts));
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the agents and clients count.
+#[derive(Default)]
+struct Stats {
+    registered: AtomicUsize,
+    register_failed: AtomicUsize,
+    /// Agents whose control connection ended before the benchmark stopped them.
+    agents_lost: AtomicUsize,
+    /// Punch orders agents received with a valid proof.
+    agent_orders: AtomicU64,
+    /// Punch orders agents refused (a wrong proof: must not happen here).
+    agent_rejects: AtomicU64,
+    /// The first few errors, for the report.
+    errors: Mutex<Vec<String>>,
+}
+
+impl Stats {
+    fn error(&self, e: String) {
+        let mut errors = self.errors.lock().expect("errors lock");
+        if errors.len() < 5 {
+            errors.push(e);
+        }
+    }
+}
+
+/// The `p2pnc server` process, killed on drop.
+struct ServerProc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ServerProc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its resident memory; an error with the end of its log if it has exited.
+    fn rss(&mut self) -> Result<u64, String> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log =
+                std::fs::read_to_string(target_dir().join("scale-server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            return Err(format!(
+                "the server exited ({status}); its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        rss_bytes(self.pid()).ok_or_else(|| "cannot read the server's RSS".into())
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 5 s.
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// Starts the server with limits that let the load through, and waits for its address.
+async fn start_server(max_connections: usize, extra: &[String]) -> Result<ServerProc, String> {
+    let log_path = target_dir().join("scale-server.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let big = "1000000000";
+    let child = Command::new(BIN)
+        .args(["server", "--listen", "127.0.0.1:0", "--probe-listen"])
+        .args(["127.0.0.1:0", "--connect-rate", big, "--expose-rate", big])
+        .args(["--max-connections-per-ip", big, "--max-connections"])
+        .arg(max_connections.to_string())
+        .args(extra)
+        .env("P2PNC_LOG", "p2pnc=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {BIN}: {e}"))?;
+    let mut server = ServerProc {
+        child,
+        addr: "0.0.0.0:0".parse().expect("an address"),
+    };
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let listening = text
+            .lines()
+            .find_map(|l| l.split("listening on ").nth(1))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|a| a.parse().ok());
+        if let Some(addr) = listening {
+            server.addr = addr;
+            return Ok(server);
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            return Err(format!("the server exited ({status}):\n{text}"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the server logged no address in time:\n{text}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `VmRSS` of a process, in bytes.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmRSS:").map(|k| k * 1024)
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// CPU seconds (user + system) a process has used.
+fn proc_cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / clock_ticks()
+}
+
+/// CPU seconds this process has used.
+fn self_cpu_secs() -> f64 {
+    proc_cpu_secs(std::process::id())
+}
+
+/// Busy CPU seconds of the whole machine (all cores).
+fn machine_busy_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(cpu) = stat.lines().next() else {
+        return 0.0;
+    };
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = f
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy as f64 / clock_ticks()
+}
+
+/// CPU use of the server, of this load generator and of everything else over an interval.
+struct CpuMeter {
+    server_pid: u32,
+    at: Instant,
+    server: f64,
+    me: f64,
+    machine: f64,
+}
+
+struct CpuUse {
+    wall: f64,
+    server: f64,
+    me: f64,
+    others: f64,
+}
+
+impl CpuMeter {
+    fn start(server_pid: u32) -> Self {
+        CpuMeter {
+            server_pid,
+            at: Instant::now(),
+            server: proc_cpu_secs(server_pid),
+            me: self_cpu_secs(),
+            machine: machine_busy_secs(),
+        }
+    }
+
+    fn stop(&self) -> CpuUse {
+        let server = proc_cpu_secs(self.server_pid) - self.server;
+        let me = self_cpu_secs() - self.me;
+        let machine = machine_busy_secs() - self.machine;
+        CpuUse {
+            wall: self.at.elapsed().as_secs_f64(),
+            server,
+            me,
+            others: (machine - server - me).max(0.0),
+        }
+    }
+}
+
+/// Raises this process's open-file limit to `want` (raising the hard limit too when allowed,
+/// as root), so that the server, its child, inherits it. Returns the soft limit in force.
+fn raise_nofile(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, initialised rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_max < want {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return want;
+            }
+        }
+    }
+    p2pnc::server::raise_open_file_limit(want)
+}
+
+/// Ports of one source address's ephemeral range this generator may use.
+fn ports_per_source() -> usize {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let v: Vec<usize> = s
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (v.len() == 2 && v[1] > v[0]).then(|| v[1] - v[0] + 1)
+        })
+        .unwrap_or(28_232);
+    (range as f64 * PORT_SHARE) as usize
+}
+
+fn source(i: usize, sources: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + (i % sources) as u8)
+}
+
+/// Control sockets of the generator keep small buffers: control messages are small, and a
+/// hundred thousand default 128 KiB read buffers would dwarf the server being measured.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(protocol::MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(protocol::MAX_MESSAGE_BYTES))
+}
+
+/// A TCP connection from `src` (any port) to the server, and the WebSocket upgrade of
+/// `path?query` on it. A refusal's error says the server's status and body.
+async fn open_ws(
+    src: Ipv4Addr,
+    server: SocketAddr,
+    path: &str,
+    query: &str,
+) -> Result<WebSocketStream<TcpStream>, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(SocketAddr::new(src.into(), 0))
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    let tcp = tokio::time::timeout(STEP_TIMEOUT, socket.connect(server))
+        .await
+        .map_err(|_| "TCP connect timed out".to_string())?
+        .map_err(|e| format!("TCP connect from {src}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let request = format!("ws://{server}{path}?{query}")
+        .into_client_request()
+        .map_err(|e| format!("request: {e}"))?;
+    let handshake = client_async_with_config(request, tcp, Some(ws_config()));
+    match tokio::time::timeout(STEP_TIMEOUT, handshake).await {
+        Err(_) => Err("WebSocket upgrade timed out".into()),
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(tungstenite::Error::Http(resp))) => Err(format!(
+            "refused: HTTP {} {}",
+            resp.status(),
+            resp.body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+        )),
+        Ok(Err(e)) => Err(format!("WebSocket upgrade: {e}")),
+    }
+}
+
+/// The next text message, decoded; pings are answered by tungstenite meanwhile.
+async fn next_msg<T: serde::de::DeserializeOwned>(
+    ws: &mut WebSocketStream<TcpStream>,
+) -> Result<T, String> {
+    loop {
+        let got = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| "no message in time".to_string())?;
+        match got {
+            Some(Ok(Message::Text(t))) => return protocol::decode(&t).map_err(|e| e.to_string()),
+            Some(Ok(Message::Close(_))) | None => return Err("closed".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn agent_id(i: usize) -> String {
+    format!("scale-agent-{i}")
+}
+
+/// Registers agent `i` and keeps it online until `stop`.
+async fn agent(
+    i: usize,
+    src: Ipv4Addr,
+    server: SocketAddr,
+    permits: Arc<Semaphore>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let id = agent_id(i);
+    let registered = {
+        let _permit = permits.acquire().await;
+        register(&id, src, server).await
+    };
+    let mut ws = match registered {
+        Ok(ws) => {
+            stats.registered.fetch_add(1, Ordering::Relaxed);
+            ws
+        }
+        Err(e) => {
+            stats.register_failed.fetch_add(1, Ordering::Relaxed);
+            stats.error(format!("registering {id}: {e}"));
+            return;
+        }
+    };
+    let phase = AGENT_PING_INTERVAL.mul_f64(rand::random::<f64>());
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + phase, AGENT_PING_INTERVAL);
+    enum Event {
+        Stop,
+        Ping,
+        Msg(Option<Result<Message, tungstenite::Error>>),
+    }
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => Event::Stop,
+            _ = ping.tick() => Event::Ping,
+            m = ws.next() => Event::Msg(m),
+        };
+        let reply = match event {
+            Event::Stop => {
+                let _ = tokio::time::timeout(STEP_TIMEOUT, ws.close(None)).await;
+                return;
+            }
+            Event::Ping => Some(Message::Ping(Default::default())),
+            Event::Msg(Some(Ok(Message::Text(t)))) => match protocol::decode::<ServerToAgent>(&t) {
+                Ok(ServerToAgent::Punch(p)) => {
+                    let proven = match (p.nonce, p.proof.as_deref()) {
+                        (Some(nonce), Some(proof)) => {
+                            protocol::verify_connect_proof(SECRET, &id, &nonce, proof)
+                        }
+                        _ => false,
+                    };
+                    if proven {
+                        stats.agent_orders.fetch_add(1, Ordering::Relaxed);
+                        None
+                    } else {
+                        stats.agent_rejects.fetch_add(1, Ordering::Relaxed);
+                        let reject = AgentToServer::Reject {
+                            session: p.session.into(),
+                            code: ErrorCode::SecretRejected,
+                            message: "secret rejected".into(),
+                        };
+                        Some(Message::Text(protocol::encode(&reject).into()))
+                    }
+                }
+                Ok(other) => {
+                    stats.agents_lost.fetch_add(1, Ordering::Relaxed);
+                    stats.error(format!("{id} got {other:?}"));
+                    return;
+                }
+                Err(e) => {
+                    stats.agents_lost.fetch_add(1, Ordering::Relaxed);
+                    stats.error(format!("{id}: bad message: {e}"));
+                    return;
+                }
+            },
+            Event::Msg(Some(Ok(_))) => None,
+            Event::Msg(end) => {
+                if !stop.is_cancelled() {
+                    stats.agents_lost.fetch_add(1, Ordering::Relaxed);
+                    stats.error(format!("{id} lost its control connection: {end:?}"));
+                }
+                return;
+            }
+        };
+        if let Some(msg) = reply {
+            match tokio::time::timeout(STEP_TIMEOUT, ws.send(msg)).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    stats.agents_lost.fetch_add(1, Ordering::Relaxed);
+                    stats.error(format!("{id}: cannot write to the server"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn register(
+    id: &str,
+    src: Ipv4Addr,
+    server: SocketAddr,
+) -> Result<WebSocketStream<TcpStream>, String> {
+    let query = ExposeQuery {
+        id: ServiceId::new(id).map_err(|e| e.to_string())?,
+        auth: Auth::Secret,
+        // What a real agent sends: its interface address with its punch port.
+        private: vec![SocketAddr::new(src.into(), 50_302)],
+        probe: None,
+        owner: Some(protocol::owner_credential(SECRET, id)),
+        mapped: None,
+    }
+    .to_query();
+    let mut ws = open_ws(src, server, protocol::EXPOSE_PATH, &query).await?;
+    match next_msg::<ServerToAgent>(&mut ws).await? {
+        ServerToAgent::Registered { .. } => Ok(ws),
+        other => Err(format!("expected 'registered', got {other:?}")),
+    }
+}
+
+/// One client's connect: upgrade, then wait for the punch order. Returns the time from the
+/// TCP connect to the order.
+async fn connect_once(
+    src: Ipv4Addr,
+    server: SocketAddr,
+    agents: usize,
+) -> Result<Duration, String> {
+    let peer = agent_id(rand::random_range(0..agents));
+    let nonce = Nonce::random();
+    let query = ConnectQuery {
+        proof: Some(protocol::connect_proof(SECRET, &peer, &nonce)),
+        peer: ServiceId::new(&peer).map_err(|e| e.to_string())?,
+        nonce,
+        private: vec![],
+        mode: Mode::Punch,
+        probe: None,
+    }
+    .to_query();
+    let started = Instant::now();
+    let mut ws = open_ws(src, server, protocol::CONNECT_PATH, &query).await?;
+    let got = next_msg::<ServerToClient>(&mut ws).await;
+    let took = started.elapsed();
+    // An RST instead of a FIN: no TIME_WAIT left on this source address's ports.
+    let _ = socket2::SockRef::from(ws.get_ref()).set_linger(Some(Duration::ZERO));
+    drop(ws);
+    match got? {
+        ServerToClient::Punch(_) => Ok(took),
+        ServerToClient::Error { code, message } => Err(format!("{code}: {message}")),
+        other => Err(format!("expected a punch order, got {other:?}")),
+    }
+}
+
+/// Results of the connect phase.
+struct Brokered {
+    ok: usize,
+    failed: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    cpu: CpuUse,
+}
+
+async fn connect_phase(
+    opts: &Opts,
+    sources: usize,
+    server: &ServerProc,
+    stats: &Arc<Stats>,
+) -> Brokered {
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let meter = CpuMeter::start(server.pid());
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..opts.concurrency {
+        let (next, failed, stats) = (next.clone(), failed.clone(), stats.clone());
+        let (addr, agents, connects) = (server.addr, opts.agents, opts.connects);
+        let src = source(w, sources);
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < connects {
+                match connect_once(src, addr, agents).await {
+                    Ok(t) => latencies.push(t.as_micros().min(u32::MAX as u128) as u32),
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        stats.error(format!("connect: {e}"));
+                    }
+                }
+            }
+            latencies
+        });
+    }
+    let mut latencies_us = Vec::with_capacity(opts.connects);
+    while let Some(done) = workers.join_next().await {
+        latencies_us.extend(done.expect("a connect worker panicked"));
+    }
+    let elapsed = started.elapsed();
+    let cpu = meter.stop();
+    Brokered {
+        ok: latencies_us.len(),
+        failed: failed.load(Ordering::Relaxed),
+        elapsed,
+        latencies_us,
+        cpu,
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+async fn run(mut opts: Opts) -> Result<bool, String> {
+    let per_source = ports_per_source();
+    // Each agent and client holds a descriptor here and one in the server, which keeps
+    // SERVER_FD_HEADROOM more for itself.
+    let overhead = (opts.concurrency + SERVER_SPARE_CONNECTIONS) as u64 + SERVER_FD_HEADROOM;
+    let want = opts.agents as u64 + overhead;
+    let fds = raise_nofile(want);
+    let mut notes = Vec::new();
+    if fds < want {
+        let fit = fds.saturating_sub(overhead) as usize;
+        let why = format!(
+            "the open-file limit is {fds} and cannot be raised here (raising the hard limit \
+             needs root with CAP_SYS_RESOURCE)"
+        );
+        if opts.agents_given || fit < 1000 {
+            return Err(format!(
+                "{} agents need {want} open files in this process and in the server, but {why}",
+                opts.agents
+            ));
+        }
+        notes.push(format!(
+            "{why}: this run registers {fit} agents instead of {}, and projects the RSS of \
+             {TARGET_AGENTS} agents from the memory per agent",
+            opts.agents
+        ));
+        opts.agents = fit;
+    }
+    let sources = opts
+        .sources
+        .unwrap_or_else(|| (opts.agents + opts.concurrency).div_ceil(per_source))
+        .clamp(MIN_SOURCES, 254);
+    let mut out = String::new();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(
+        out,
+        "# p2pnc server scale\n\n{} · {} · {cpus} CPUs · kernel {} · load average before {}\n",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command_line(
+            "git",
+            &[
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "describe",
+                "--always",
+                "--dirty"
+            ]
+        ),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        loadavg()
+    );
+    if !opts.server_args.is_empty() {
+        let _ = writeln!(out, "Extra server flags: {}\n", opts.server_args.join(" "));
+    }
+    for n in &notes {
+        let _ = writeln!(out, "Note: {n}.\n");
+    }
+    print!("{out}");
+
+    let max_connections = opts.agents + opts.concurrency + SERVER_SPARE_CONNECTIONS;
+    let mut server = start_server(max_connections, &opts.server_args).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = server.rss()?;
+    println!(
+        "server pid {} on {}, idle RSS {}",
+        server.pid(),
+        server.addr,
+        mib(idle)
+    );
+
+    // Registration.
+    let stats = Arc::new(Stats::default());
+    let stop = CancellationToken::new();
+    let permits = Arc::new(Semaphore::new(REGISTER_CONCURRENCY));
+    let tasks = tokio_util::task::TaskTracker::new();
+    let reg_started = Instant::now();
+    let reg_meter = CpuMeter::start(server.pid());
+    for i in 0..opts.agents {
+        tasks.spawn(agent(
+            i,
+            source(i, sources),
+            server.addr,
+            permits.clone(),
+            stats.clone(),
+            stop.clone(),
+        ));
+    }
+    tasks.close();
+    let reg_deadline = Instant::now() + STEP_TIMEOUT + Duration::from_millis(opts.agents as u64);
+    let mut last_report = Instant::now();
+    loop {
+        let done = stats.registered.load(Ordering::Relaxed)
+            + stats.register_failed.load(Ordering::Relaxed);
+        if done == opts.agents {
+            break;
+        }
+        if Instant::now() > reg_deadline {
+            stop.cancel();
+            return Err(format!(
+                "only {done} of {} registrations ended in time",
+                opts.agents
+            ));
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            println!("  {done} agents registered…");
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reg_elapsed = reg_started.elapsed();
+    let reg_cpu = reg_meter.stop();
+    let registered = stats.registered.load(Ordering::Relaxed);
+    println!(
+        "{registered} agents registered in {:.1} s; settling {SETTLE:?}",
+        reg_elapsed.as_secs_f64()
+    );
+    let idle_meter = CpuMeter::start(server.pid());
+    tokio::time::sleep(SETTLE).await;
+    let keepalive = idle_meter.stop();
+    let with_agents = server.rss()?;
+    let online = server_agents(server.addr).await;
+    let per_agent = with_agents.saturating_sub(idle) as f64 / registered.max(1) as f64;
+
+    // Connects.
+    println!(
+        "brokering {} connects from {} concurrent clients…",
+        opts.connects, opts.concurrency
+    );
+    let b = connect_phase(&opts, sources, &server, &stats).await;
+    // The agent's order leaves before the client's: it has arrived or is in flight.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while (stats.agent_orders.load(Ordering::Relaxed) as usize) < b.ok && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let agent_orders = stats.agent_orders.load(Ordering::Relaxed) as usize;
+    let after_connects = rss_bytes(server.pid()).unwrap_or(0);
+    let hwm = proc_status_kib(server.pid(), "VmHWM:").unwrap_or(0) * 1024;
+
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), tasks.wait()).await;
+    server.stop();
+
+    let brokered = b.ok.min(agent_orders);
+    let rate = brokered as f64 / b.elapsed.as_secs_f64();
+    let mut lat = b.latencies_us.clone();
+    lat.sort_unstable();
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let projected = idle as f64 + per_agent * TARGET_AGENTS as f64;
+    let rss_ok = if registered >= TARGET_AGENTS {
+        with_agents <= TARGET_RSS_BYTES
+    } else {
+        projected <= TARGET_RSS_BYTES as f64
+    };
+    let rate_ok = rate >= TARGET_CONNECTS_PER_SEC;
+    let mut t = String::new();
+    let _ = writeln!(t, "| figure | value | target |");
+    let _ = writeln!(t, "|---|---:|---|");
+    let _ = writeln!(
+        t,
+        "| agents registered (server's count) | {registered} ({}) | {TARGET_AGENTS} |",
+        online.map_or("?".into(), |n| n.to_string())
+    );
+    let _ = writeln!(
+        t,
+        "| registration | {:.0} agents/s from {sources} source addresses | |",
+        registered as f64 / reg_elapsed.as_secs_f64()
+    );
+    let _ = writeln!(t, "| server RSS idle | {} | |", mib(idle));
+    if registered >= TARGET_AGENTS {
+        let _ = writeln!(
+            t,
+            "| server RSS with the agents | {} | ≤ 1024 MiB: {} |",
+            mib(with_agents),
+            met(rss_ok)
+        );
+        let _ = writeln!(t, "| memory per agent | {per_agent:.0} bytes | |");
+    } else {
+        let _ = writeln!(t, "| server RSS with the agents | {} | |", mib(with_agents));
+        let _ = writeln!(t, "| memory per agent | {per_agent:.0} bytes | |");
+        let _ = writeln!(
+            t,
+            "| server RSS for {TARGET_AGENTS} agents, projected (idle + {TARGET_AGENTS} × per agent) | {} | ≤ 1024 MiB: {} |",
+            mib(projected as u64),
+            met(rss_ok)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "| connects brokered (both ends told to punch) | {brokered} of {} | |",
+        opts.connects
+    );
+    let _ = writeln!(
+        t,
+        "| brokered connects/s ({} concurrent clients) | {rate:.0} | ≥ {TARGET_CONNECTS_PER_SEC:.0}: {} |",
+        opts.concurrency,
+        met(rate_ok)
+    );
+    let _ = writeln!(
+        t,
+        "| latency TCP connect → punch order, p50 / p90 / p99 / max | {:.2} / {:.2} / {:.2} / {:.2} ms | |",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    let _ = writeln!(
+        t,
+        "| server CPU per brokered connect | {:.0} µs (server-bound capacity ≈ {:.0}/s per core) | |",
+        b.cpu.server * 1e6 / brokered.max(1) as f64,
+        brokered as f64 / b.cpu.server.max(1e-9)
+    );
+    let pair_cpu = b.cpu.server + b.cpu.me;
+    let _ = writeln!(
+        t,
+        "| brokered connects per CPU-second of server + generator | {:.0} (with all {cpus} cores to themselves: ≈ {:.0}/s, an estimate) | |",
+        brokered as f64 / pair_cpu.max(1e-9),
+        brokered as f64 / pair_cpu.max(1e-9) * cpus as f64
+    );
+    let _ = writeln!(
+        t,
+        "| CPU during connects: server / load generator / others | {:.2} / {:.2} / {:.2} cores (of {cpus}) | |",
+        b.cpu.server / b.cpu.wall,
+        b.cpu.me / b.cpu.wall,
+        b.cpu.others / b.cpu.wall
+    );
+    let _ = writeln!(
+        t,
+        "| server CPU with the agents idle (pings both ways) | {:.3} cores | |",
+        keepalive.server / keepalive.wall
+    );
+    let _ = writeln!(
+        t,
+        "| CPU during registration: server / load generator / others | {:.2} / {:.2} / {:.2} cores | |",
+        reg_cpu.server / reg_cpu.wall,
+        reg_cpu.me / reg_cpu.wall,
+        reg_cpu.others / reg_cpu.wall
+    );
+    let _ = writeln!(
+        t,
+        "| server RSS after the connects (peak) | {} ({}) | |",
+        mib(after_connects),
+        mib(hwm)
+    );
+    let _ = writeln!(t, "\nload average after: {}", loadavg());
+    out.push('\n');
+    out.push_str(&t);
+    println!("\n{t}");
+
+    let mut problems = Vec::new();
+    let failed_reg = stats.register_failed.load(Ordering::Relaxed);
+    if failed_reg > 0 {
+        problems.push(format!("{failed_reg} registrations failed"));
+    }
+    if online.is_some_and(|n| n != registered) {
+        problems.push(format!(
+            "the server counts {online:?} agents, not {registered}"
+        ));
+    }
+    if b.failed > 0 {
+        problems.push(format!("{} connects failed", b.failed));
+    }
+    if agent_orders != b.ok {
+        problems.push(format!(
+            "agents got {agent_orders} punch orders for {} clients' orders",
+            b.ok
+        ));
+    }
+    let rejects = stats.agent_rejects.load(Ordering::Relaxed);
+    if rejects > 0 {
+        problems.push(format!("agents refused {rejects} proofs"));
+    }
+    let lost = stats.agents_lost.load(Ordering::Relaxed);
+    if lost > 0 {
+        problems.push(format!("{lost} agents lost their control connection"));
+    }
+    if !problems.is_empty() {
+        let errors = stats.errors.lock().expect("errors lock").clone();
+        let text = format!(
+            "BROKEN: {}\nfirst errors:\n  {}\n",
+            problems.join("; "),
+            errors.join("\n  ")
+        );
+        print!("{text}");
+        out.push_str(&text);
+    }
+    let path = target_dir().join("scale-bench.txt");
+    match std::fs::write(&path, &out) {
+        Ok(()) => println!(
+            "(written to {}; server log {})",
+            path.display(),
+            target_dir().join("scale-server.log").display()
+        ),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+    Ok(problems.is_empty())
+}
+
+/// The number of agents the server reports online (`GET /v1/health`).
+async fn server_agents(server: SocketAddr) -> Option<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut s = TcpStream::connect(server).await.ok()?;
+        s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.ok()?;
+        let body = text.split("\r\n\r\n").nth(1)?;
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        v["agents"].as_u64().map(|n| n as usize)
+    };
+    tokio::time::timeout(STEP_TIMEOUT, work)
+        .await
+        .ok()
+        .flatten()
 }
