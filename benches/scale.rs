@@ -156,7 +156,7 @@ fn parse_args() -> Result<Opts, String> {
     Ok(o)
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {

@@ -4,6 +4,9 @@
 //! request the browser made, and a screenshot.
 //!
 //! Without Chromium the test says it was skipped; under CI (`CI` set) it fails instead.
+//! Linux only: it runs Debian's Chromium in a process group of its own.
+
+#![cfg(target_os = "linux")]
 
 mod common;
 

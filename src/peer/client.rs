@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -165,8 +165,8 @@ async fn connect_with(
 ) -> Result<Connection, Error> {
     let peer = ServiceId::new(&opts.peer).map_err(|e| Error::Refused(e.code, e.message))?;
     // The control connection and the punch share one local port, so the server sees the NAT
-    // mapping the peer must aim at. The listener catches SYNs that beat ours out.
-    let listener = net::shared_listener(net::any_addr(&server_addr, 0))?;
+    // mapping the peer must aim at. The port (where it listens) catches SYNs that beat ours out.
+    let listener = net::PunchPort::bind(net::any_addr(&server_addr, 0))?;
     let port = listener.local_addr()?.port();
     let mut tasks = JoinSet::new();
     let probe = spawn_probe(&mut tasks, server_addr, port);
@@ -269,7 +269,7 @@ async fn punch_order(ws: &mut ControlSocket, peer: &str) -> Result<PunchOrder, E
 }
 
 /// Hands every connection accepted on the punch port to the punch.
-fn forward_accepts(tasks: &mut JoinSet<()>, listener: TcpListener) -> mpsc::Receiver<Inbound> {
+fn forward_accepts(tasks: &mut JoinSet<()>, listener: net::PunchPort) -> mpsc::Receiver<Inbound> {
     let (inbound_tx, inbound) = mpsc::channel(8);
     tasks.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {

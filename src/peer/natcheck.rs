@@ -38,7 +38,8 @@ pub struct NatReport {
     /// Whether the NAT kept the local port number.
     pub port_preserved: bool,
     /// `endpoint-independent` when a connection from a port this host never contacted got
-    /// through; `endpoint-dependent` when it did not.
+    /// through; `endpoint-dependent` when it did not; `unknown` on Windows, where nothing
+    /// listens on the port to take it.
     pub filtering: &'static str,
     /// Which port mapping protocols the default gateway answered: UPnP-IGD, NAT-PMP, PCP
     /// (absent when not asked: the server is on a loopback or private address).
@@ -109,7 +110,7 @@ pub async fn nat_check(server: &ServerUrl) -> Result<NatReport, Error> {
 
 /// The checks against the server.
 async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<NatReport, Error> {
-    let listener = net::shared_listener(net::any_addr(&server_addr, 0))?;
+    let listener = net::PunchPort::bind(net::any_addr(&server_addr, 0))?;
     let port = listener.local_addr()?.port();
     let shared = net::any_addr(&server_addr, port);
     let unreachable = |why: String| Error::ServerUnreachable(format!("{server}: {why}"));
@@ -135,9 +136,10 @@ async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<NatRepor
             }
         }
     };
-    let open = tokio::time::timeout(DIALBACK_WAIT, dialback)
-        .await
-        .unwrap_or(false);
+    let open = net::PUNCH_PORT_LISTENS
+        && tokio::time::timeout(DIALBACK_WAIT, dialback)
+            .await
+            .unwrap_or(false);
 
     let mapping = Mapping::classify(public, Some(public_probe));
     let behind_nat = public.ip() != local.ip();
@@ -157,7 +159,9 @@ async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<NatRepor
         behind_nat,
         mapping,
         port_preserved: public.port() == port,
-        filtering: if open {
+        filtering: if !net::PUNCH_PORT_LISTENS {
+            "unknown"
+        } else if open {
             "endpoint-independent"
         } else {
             "endpoint-dependent"

@@ -46,7 +46,8 @@ pub struct ExposeArgs {
     report: ReportArgs,
 }
 
-/// Exposes the service until Ctrl-C or SIGTERM, or until the server says the agent must stop.
+/// Exposes the service until a stop signal (see `signals`), or until the server says the agent
+/// must stop.
 pub async fn run(args: ExposeArgs) -> Result<()> {
     if args.public {
         tracing::warn!(
@@ -71,7 +72,7 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
             },
         )?
     };
-    let stop = crate::stop_on_signals();
+    let stop = crate::signals::shutdown_token(crate::signals::Hangup::Stops)?;
     let mut agent = Agent::start(opts).await?;
     let tasks = TaskTracker::new();
     loop {

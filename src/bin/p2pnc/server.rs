@@ -8,6 +8,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use tokio::net::TcpListener;
 
+use crate::signals::{self, Hangup, Reloads};
+
 /// File descriptors the server needs besides its control connections: listeners, probe and
 /// admin connections, log files.
 const FD_HEADROOM: u64 = 1024;
@@ -65,7 +67,7 @@ pub struct ServerArgs {
     tls_key: Option<PathBuf>,
 }
 
-/// Runs the server until Ctrl-C or SIGTERM.
+/// Runs the server until a stop signal (see `signals`; SIGHUP reloads the certificate).
 pub async fn run(args: ServerArgs) -> Result<()> {
     if !(args.connect_rate > 0.0 && args.expose_rate > 0.0) {
         bail!("--connect-rate and --expose-rate must be positive");
@@ -113,7 +115,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         probe: Some(probe),
         admin,
     };
-    p2pnc::server::serve(listeners, config, crate::stop_on_signals()).await?;
+    let stop = signals::shutdown_token(Hangup::Reloads)?;
+    p2pnc::server::serve(listeners, config, stop).await?;
     Ok(())
 }
 
@@ -123,9 +126,15 @@ fn check_fd_limit(max_connections: usize) {
     let want_fds = max_connections as u64 + FD_HEADROOM;
     let fds = p2pnc::server::raise_open_file_limit(want_fds);
     if fds < want_fds {
+        let how = if cfg!(target_vendor = "apple") {
+            "ulimit -n, or NumberOfFiles in the launchd plist; macOS caps it at \
+             kern.maxfilesperproc"
+        } else {
+            "ulimit -n, or LimitNOFILE= in the systemd unit"
+        };
         tracing::warn!(
             "the open-file limit is {fds}, too low for --max-connections {max_connections}: \
-             raise it (ulimit -n, or LimitNOFILE= in the systemd unit) to at least {want_fds}"
+             raise it ({how}) to at least {want_fds}"
         );
     }
 }
@@ -148,29 +157,36 @@ fn bind(args: &ServerArgs) -> Result<(TcpListener, TcpListener)> {
     Ok((control, probe))
 }
 
-/// The certificate and key of `--tls-cert` and `--tls-key`, reloaded on every SIGHUP.
+/// The certificate and key of `--tls-cert` and `--tls-key`, reloaded on every SIGHUP (unix).
+/// SIGHUP never stops the server, with or without TLS.
 fn load_tls(args: &ServerArgs) -> Result<Option<p2pnc::tls::ServerTls>> {
+    let reloads = Reloads::register()?;
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        tokio::spawn(reload_on_hangup(reloads, None));
         return Ok(None);
     };
     let tls = p2pnc::tls::ServerTls::load(cert, key).map_err(|e| anyhow!("{e}"))?;
     tracing::info!(
-        "TLS on the control port; clients may pin the certificate with --tls-pin {} \
-         (SIGHUP reloads the certificate and key)",
-        tls.fingerprint()
+        "TLS on the control port; clients may pin the certificate with --tls-pin {}{}",
+        tls.fingerprint(),
+        if cfg!(unix) {
+            " (SIGHUP reloads the certificate and key)"
+        } else {
+            " (a restart loads a renewed certificate)"
+        }
     );
-    tokio::spawn(reload_on_sighup(tls.clone()));
+    tokio::spawn(reload_on_hangup(reloads, Some(tls.clone())));
     Ok(Some(tls))
 }
 
-/// Reloads the TLS certificate and key on every SIGHUP (after a renewal); runs for the life of
-/// the process.
-async fn reload_on_sighup(tls: p2pnc::tls::ServerTls) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return tracing::warn!("cannot watch SIGHUP: the TLS certificate is not reloadable");
-    };
-    while hup.recv().await.is_some() {
+/// Reloads the TLS certificate and key on every reload request (SIGHUP, after a renewal);
+/// runs for the life of the process.
+async fn reload_on_hangup(mut reloads: Reloads, tls: Option<p2pnc::tls::ServerTls>) {
+    while reloads.recv().await.is_some() {
+        let Some(tls) = &tls else {
+            tracing::info!("SIGHUP: nothing to reload (no --tls-cert)");
+            continue;
+        };
         match tls.reload() {
             Ok(pin) => tracing::info!("TLS certificate reloaded; its pin is now {pin}"),
             Err(e) => tracing::error!("TLS certificate not reloaded, the old one stays: {e}"),

@@ -3,8 +3,6 @@
 
 use std::net::SocketAddr;
 
-use tokio::net::TcpListener;
-
 use super::ExposeOptions;
 use crate::peer::control::{self, ControlSocket};
 use crate::peer::portmap::{self, PortMap};
@@ -18,8 +16,8 @@ pub(super) struct Registration {
     pub mapping: Mapping,
     /// The control channel: the registration lives as long as it does.
     pub ws: ControlSocket,
-    /// The punch port's listener.
-    pub listener: TcpListener,
+    /// The punch port.
+    pub listener: net::PunchPort,
     /// The control connection's local address (the punch port).
     pub local: SocketAddr,
     /// The punch port's public endpoint, as the server sees it.
@@ -35,7 +33,7 @@ pub(super) async fn register(
     server_addr: SocketAddr,
     port: u16,
 ) -> Result<Registration, Error> {
-    let listener = net::shared_listener(net::any_addr(&server_addr, port))?;
+    let listener = net::PunchPort::bind(net::any_addr(&server_addr, port))?;
     let port = listener.local_addr()?.port();
     let (probe, portmap) = probe_and_map(opts, server_addr, port).await;
     let mapped = portmap.as_ref().map(|m| m.external);
@@ -118,7 +116,7 @@ async fn probe_and_map(
 async fn register_with(
     opts: &ExposeOptions,
     server_addr: SocketAddr,
-    listener: TcpListener,
+    listener: net::PunchPort,
     probe: Option<ProbeToken>,
     mapped: Option<SocketAddr>,
 ) -> Result<Registration, Error> {
