@@ -233,7 +233,8 @@ impl Race {
         let r = self.plan.relay.clone().expect("relay planned");
         let (proof, deadline) = (self.plan.proof.clone(), self.deadline);
         self.handshakes.spawn(async move {
-            let stream = relay::join(&r.server, r.server_addr, &r.session, r.role).await?;
+            let stream =
+                relay::join(&r.server, r.server_addr, &r.session, r.role, &r.ticket).await?;
             let mut p = handshake(stream, None, proof, deadline, None).await?;
             p.relayed = true;
             Ok(p)
