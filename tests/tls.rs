@@ -191,6 +191,7 @@ async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
         relay: Some(RelayConfig {
             max_pairs: 1,
             bytes_per_sec: 1 << 20,
+            ..Default::default()
         }),
         ..Default::default()
     };
@@ -229,9 +230,14 @@ async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
         .expect("a punch order")
         .parse()
         .unwrap();
+    let agent_order: serde_json::Value = p2pnc::testing::recv(&mut agent).await.unwrap().unwrap();
+    let ticket = |o: &serde_json::Value| -> p2pnc::protocol::RelayTicket {
+        o["relay_ticket"].as_str().expect("a relay ticket").parse().unwrap()
+    };
+    let (at, ct) = (ticket(&agent_order), ticket(&order));
     let (a, c) = tokio::join!(
-        relay::join(&url, server.addr, &session, Role::Agent),
-        relay::join(&url, server.addr, &session, Role::Client),
+        relay::join(&url, server.addr, &session, Role::Agent, &at),
+        relay::join(&url, server.addr, &session, Role::Client, &ct),
     );
     let (mut a, mut c) = (a.unwrap(), c.unwrap());
     c.write_all(b"from client").await.unwrap();
