@@ -160,7 +160,11 @@ async fn relayed_session(
     assert_eq!(order["type"], "punch", "{order}");
     let agent_order = next_json(agent).await;
     let ticket = |o: &serde_json::Value| -> RelayTicket {
-        o["relay_ticket"].as_str().expect("a ticket").parse().unwrap()
+        o["relay_ticket"]
+            .as_str()
+            .expect("a ticket")
+            .parse()
+            .unwrap()
     };
     let session = order["session"].as_str().unwrap().parse().unwrap();
     (session, ticket(&agent_order), ticket(&order), client)
@@ -188,7 +192,10 @@ async fn server_process() -> (Proc, SocketAddr) {
         .unwrap();
     let deadline = tokio::time::Instant::now() + T;
     while common::http_get(addr, "/v1/health").await.0 != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "server did not come up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (Proc(child), addr)
@@ -244,8 +251,20 @@ async fn a_relay_join_without_its_own_ticket_is_refused() {
     }
     // The two ends, each with its own ticket, meet and carry bytes.
     let (a, c) = tokio::join!(
-        join_from(honest, server.addr, &session, Role::Agent, Some(&agent_ticket)),
-        join_from(honest, server.addr, &session, Role::Client, Some(&client_ticket)),
+        join_from(
+            honest,
+            server.addr,
+            &session,
+            Role::Agent,
+            Some(&agent_ticket)
+        ),
+        join_from(
+            honest,
+            server.addr,
+            &session,
+            Role::Client,
+            Some(&client_ticket)
+        ),
     );
     let (mut a, mut c) = (a.unwrap(), c.unwrap());
     c.write_all(b"hello").await.unwrap();
@@ -331,7 +350,9 @@ async fn one_address_cannot_hold_the_relay_nor_keep_a_pipe_forever() {
         }
     });
     let mut buf = [0u8; 16];
-    let idle_end = tokio::time::timeout(T, idle_a.read(&mut buf)).await.unwrap();
+    let idle_end = tokio::time::timeout(T, idle_a.read(&mut buf))
+        .await
+        .unwrap();
     assert!(matches!(idle_end, Ok(0) | Err(_)), "cut: {idle_end:?}");
     let idle_after = started.elapsed();
     assert!(
@@ -382,19 +403,27 @@ async fn faked_symmetric_nats_cannot_make_an_agent_spray_without_bound() {
             }
         }
     }
-    assert_eq!(birthdays, 2, "two birthday punches at once toward one agent");
+    assert_eq!(
+        birthdays, 2,
+        "two birthday punches at once toward one agent"
+    );
     assert_eq!(busy.len(), 18);
     assert!(
-        busy.iter().all(|m| m.contains("is busy: too many birthday punches")),
+        busy.iter()
+            .all(|m| m.contains("is busy: too many birthday punches")),
         "{busy:?}"
     );
     // A probe from another IP than the control connection is no evidence: unknown, punched
     // like a cone.
     let token = protocol::ProbeToken::random();
     probe_from(ip("127.0.0.99"), probe_port, &token).await;
-    let mut ws = ws_from(ip("127.0.0.1"), server.addr, &connect_query("open", Some(&token)))
-        .await
-        .unwrap();
+    let mut ws = ws_from(
+        ip("127.0.0.1"),
+        server.addr,
+        &connect_query("open", Some(&token)),
+    )
+    .await
+    .unwrap();
     let order = next_json(&mut ws).await;
     assert_eq!(order["type"], "punch", "{order}");
     assert!(order.get("strategy").is_none(), "simultaneous: {order}");
@@ -449,7 +478,12 @@ async fn a_client_whose_address_holds_all_its_connections_is_told_the_limit() {
     );
     assert_eq!(err.code(), "busy");
     // Another address is not affected.
-    let other = ws_from(ip("127.0.0.2"), server.addr, "/v1/expose?v=1&id=b&auth=public").await;
+    let other = ws_from(
+        ip("127.0.0.2"),
+        server.addr,
+        "/v1/expose?v=1&id=b&auth=public",
+    )
+    .await;
     assert!(other.is_ok());
 }
 
@@ -638,16 +672,24 @@ async fn look_alike_ids_with_invisible_characters_are_refused() {
     let server = TestServer::start().await;
     let echo = Echo::start().await;
     let _svc = expose(&server.url, "svc", Some("pw"), echo.addr).await;
-    for look_alike in ["svc\u{200B}", "s\u{200D}vc", "svc\u{FE0F}", "\u{202E}svc", "svc\u{3164}"] {
+    for look_alike in [
+        "svc\u{200B}",
+        "s\u{200D}vc",
+        "svc\u{FE0F}",
+        "\u{202E}svc",
+        "svc\u{3164}",
+    ] {
         let err = p2pnc::ExposeOptions::new(&server.url, look_alike, None)
-            .err()
-            .expect("refused by the library");
+            .expect_err("refused by the library");
         assert_eq!(err.code(), "bad_request", "{look_alike:?}");
         let q = format!(
             "/v1/expose?v=1&id={}&auth=public",
             protocol::percent_encode(look_alike)
         );
-        let refused = ws_from(ip("127.0.0.1"), server.addr, &q).await.err().unwrap();
+        let refused = ws_from(ip("127.0.0.1"), server.addr, &q)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(refused.0, 400, "{look_alike:?}: {refused:?}");
         assert!(refused.1.contains("U+"), "{refused:?}");
     }

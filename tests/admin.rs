@@ -102,13 +102,19 @@ async fn report_failure(server: &TestServer, peer: &str, secret: &str, reason: &
         .unwrap()
         .unwrap();
     loop {
-        let msg = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+        let msg = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Message::Text(t) = msg {
             assert!(t.contains("\"punch\""), "{t}");
             break;
         }
     }
     let report = serde_json::json!({"type": "result", "outcome": "failed", "reason": reason});
-    ws.send(Message::Text(report.to_string().into())).await.unwrap();
+    ws.send(Message::Text(report.to_string().into()))
+        .await
+        .unwrap();
     let _ = ws.close(None).await;
 }

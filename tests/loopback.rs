@@ -249,7 +249,11 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
     let agent_order = next_json(&mut agent).await;
     assert_eq!(agent_order["session"], session.to_string().as_str());
     let ticket = |o: &serde_json::Value| -> p2pnc::protocol::RelayTicket {
-        o["relay_ticket"].as_str().expect("a relay ticket").parse().unwrap()
+        o["relay_ticket"]
+            .as_str()
+            .expect("a relay ticket")
+            .parse()
+            .unwrap()
     };
     let (at, ct) = (ticket(&agent_order), ticket(&order));
     assert_ne!(at, ct, "each end has its own ticket");

@@ -7,8 +7,8 @@ use p2pnc::ServerUrl;
 use p2pnc_protocol::{
     self as protocol, AgentToServer, Auth, ClientToServer, ConnectQuery, ErrorBody, ErrorCode,
     ExposeQuery, HELLO_LEN, MAX_PRIVATE_CANDIDATES, Mapping, Mode, Nonce, ProbeToken, PunchOrder,
-    RelayTicket, Role, ServerToAgent, ServerToClient, ServiceId, SessionId, SessionKey, SessionKeys,
-    SessionRef,
+    RelayTicket, Role, ServerToAgent, ServerToClient, ServiceId, SessionId, SessionKey,
+    SessionKeys, SessionRef,
 };
 use proptest::prelude::*;
 
@@ -44,8 +44,22 @@ fn never_in_an_id() -> impl Strategy<Value = char> {
     prop_oneof![
         "[\\p{Cc}\\p{Cf}\\p{Z}\\p{Co}]".prop_map(|s| s.chars().next().unwrap()),
         prop::sample::select(vec![
-            '\u{34F}', '\u{115F}', '\u{1160}', '\u{17B4}', '\u{180B}', '\u{3164}', '\u{FE00}',
-            '\u{FE0F}', '\u{FFA0}', '\u{E0100}', '/', ' ', '@', '%', '?', '#',
+            '\u{34F}',
+            '\u{115F}',
+            '\u{1160}',
+            '\u{17B4}',
+            '\u{180B}',
+            '\u{3164}',
+            '\u{FE00}',
+            '\u{FE0F}',
+            '\u{FFA0}',
+            '\u{E0100}',
+            '/',
+            ' ',
+            '@',
+            '%',
+            '?',
+            '#',
         ]),
     ]
 }

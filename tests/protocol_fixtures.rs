@@ -209,7 +209,10 @@ fn relay_joins_match() {
         let query = protocol::join_query(&session, role, &ticket);
         assert_eq!(query, s(c, "query"), "{c}");
         let join = protocol::parse_join_query(&query).unwrap();
-        assert_eq!((join.session, join.role, join.ticket), (session, role, Some(ticket)));
+        assert_eq!(
+            (join.session, join.role, join.ticket),
+            (session, role, Some(ticket))
+        );
     }
 }
 
@@ -230,7 +233,9 @@ fn ids_match() {
 #[test]
 fn private_candidates_match() {
     let v = vectors();
-    let cases = v["private_candidates"].as_array().expect("private_candidates");
+    let cases = v["private_candidates"]
+        .as_array()
+        .expect("private_candidates");
     assert!(cases.len() >= 10);
     for c in cases {
         let allowed =

@@ -239,7 +239,9 @@ async fn tls_or_plain(acceptor: tokio_rustls::TlsAcceptor, stream: TcpStream) ->
             return Some(MaybeTls::Plain(stream));
         }
         let tls = acceptor.accept(stream).await.ok()?;
-        Some(MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))))
+        Some(MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Server(
+            tls,
+        ))))
     };
     tokio::time::timeout(ANSWER_TIMEOUT, work).await.ok()?
 }

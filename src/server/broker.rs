@@ -532,7 +532,12 @@ mod tests {
             assert_eq!((a_lan, c_lan), (case.lan, case.lan), "{}", case.what);
             // Only candidates inside a private network travel: never the public ones.
             if case.lan {
-                assert_eq!(a.peer_private, vec![case.client.private[0]], "{}", case.what);
+                assert_eq!(
+                    a.peer_private,
+                    vec![case.client.private[0]],
+                    "{}",
+                    case.what
+                );
                 assert_eq!(c.peer_private, vec![case.agent.private[0]], "{}", case.what);
             }
             // Each end gets its own relay ticket, exactly when it is told to join the relay.

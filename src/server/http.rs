@@ -52,9 +52,10 @@ pub(super) fn router(state: AppState) -> Router {
 /// the head limits of `accept` (deadline, size) cover every request a connection makes.
 async fn one_request_per_connection(mut response: Response) -> Response {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
     }
     response
 }

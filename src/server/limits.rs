@@ -520,6 +520,9 @@ impl RateLimiter {
     }
 }
 
+/// Per key, the uses counted: (id, counted until), oldest first.
+type Uses<K> = HashMap<K, VecDeque<(u64, Instant)>>;
+
 /// Concurrent uses per key, each counted until its guard drops or, at the latest, a window
 /// after it began: a holder that keeps its guard longer than the work it stands for (a client
 /// that keeps its control connection open) cannot keep others out.
@@ -527,12 +530,12 @@ pub struct Concurrency<K> {
     max: usize,
     window: Duration,
     next: Mutex<u64>,
-    uses: Arc<Mutex<HashMap<K, VecDeque<(u64, Instant)>>>>,
+    uses: Arc<Mutex<Uses<K>>>,
 }
 
 /// One counted use; uncounts itself when dropped.
 pub struct Use<K: Hash + Eq> {
-    uses: Arc<Mutex<HashMap<K, VecDeque<(u64, Instant)>>>>,
+    uses: Arc<Mutex<Uses<K>>>,
     key: K,
     id: u64,
 }
@@ -640,7 +643,10 @@ mod tests {
         assert_eq!(table.len(), 2, "an evicted slot is not uncounted twice");
         newcomer.head_done();
         idle2.head_done();
-        assert!(table.admit(ip(A)).is_err(), "finished ones are never evicted");
+        assert!(
+            table.admit(ip(A)).is_err(),
+            "finished ones are never evicted"
+        );
     }
 
     #[test]

@@ -410,7 +410,10 @@ mod tests {
             hub.join(s1, Role::Client, ip).err(),
             Some(JoinRefused::Duplicate)
         );
-        assert_eq!(hub.join(s2, Role::Client, ip).err(), Some(JoinRefused::Busy));
+        assert_eq!(
+            hub.join(s2, Role::Client, ip).err(),
+            Some(JoinRefused::Busy)
+        );
         assert!(matches!(
             hub.join(s1, Role::Agent, ip),
             Ok(Joined::Second(_, None))
@@ -429,7 +432,10 @@ mod tests {
             refused.to_string(),
             "server busy: too many relayed sessions from 192.0.2.1 (limit 2)"
         );
-        assert!(hub.join(s(3), Role::Client, b).is_ok(), "others still get in");
+        assert!(
+            hub.join(s(3), Role::Client, b).is_ok(),
+            "others still get in"
+        );
         // The other end of a's session from a's own address counts once.
         assert!(matches!(
             hub.join(s(1), Role::Agent, a),

@@ -14,14 +14,14 @@ use tokio::sync::mpsc;
 
 use super::accept::ConnMeta;
 use super::broker::{self, BirthdayBudget, ClientView, Orders, RelayPolicy, RelayTickets};
-use super::limits::Use;
 use super::http::send;
+use super::limits::Use;
 use super::metrics::{Metrics, Outcome};
 use super::registry::{Online, constant_time_eq};
 use super::{AppState, probe};
 use crate::protocol::{
-    self, ClientToServer, ConnectQuery, ErrorCode, Mapping, Mode, RelayTicket, Role,
-    ServerToAgent, ServerToClient, ServiceId, SessionId, SessionKey, Strategy,
+    self, ClientToServer, ConnectQuery, ErrorCode, Mapping, Mode, RelayTicket, Role, ServerToAgent,
+    ServerToClient, ServiceId, SessionId, SessionKey, Strategy,
 };
 
 /// How long a plain-mode session waits for the agent to arm before failing.
@@ -263,6 +263,9 @@ pub(super) async fn client_session(
     }
 }
 
+/// A birthday punch counted against the client's address and against the agent.
+type BirthdayUses = (Use<IpAddr>, Use<ServiceId>);
+
 /// Counts a birthday punch against the client's address and the agent, when the session
 /// would be one: the budget and the counted uses (released when the session ends).
 fn birthday_budget(
@@ -270,7 +273,7 @@ fn birthday_budget(
     client: &ClientView,
     agent: &Online,
     peer: &ServiceId,
-) -> (BirthdayBudget, Option<(Use<IpAddr>, Use<ServiceId>)>) {
+) -> (BirthdayBudget, Option<BirthdayUses>) {
     if !broker::birthday_needed(client, &agent.view) {
         return (BirthdayBudget::Allowed, None);
     }

@@ -154,10 +154,7 @@ pub fn validate_id(id: &str) -> Result<(), QueryError> {
             } else {
                 "may only contain letters, digits, combining marks and - _ . ~"
             };
-            return Err(bad(format!(
-                "id {what} (found U+{:04X})",
-                u32::from(c)
-            )));
+            return Err(bad(format!("id {what} (found U+{:04X})", u32::from(c))));
         }
     }
     if !ComposingNormalizerBorrowed::new_nfc().is_normalized(id) {
@@ -419,17 +416,25 @@ mod tests {
 
     #[test]
     fn ids_are_letters_digits_marks_and_four_punctuation_characters_in_nfc() {
-        for good in ["svc", "stream-server_2.home~", "流媒体", "é", "हिंदी", "9lives", "Ωmega"] {
+        for good in [
+            "svc",
+            "stream-server_2.home~",
+            "流媒体",
+            "é",
+            "हिंदी",
+            "9lives",
+            "Ωmega",
+        ] {
             assert_eq!(validate_id(good), Ok(()), "{good}");
         }
         let bad_ids = [
             ("stream server", "U+0020"),
-            ("svc\u{200B}", "U+200B"),      // zero-width space (format)
-            ("s\u{200D}vc", "U+200D"),      // zero-width joiner
-            ("svc\u{202E}", "U+202E"),      // right-to-left override
-            ("svc\u{FE0F}", "U+FE0F"),      // variation selector (a mark, default-ignorable)
-            ("svc\u{3164}", "U+3164"),      // Hangul filler (a letter, default-ignorable)
-            ("\u{301}e", "U+0301"),         // a mark first
+            ("svc\u{200B}", "U+200B"), // zero-width space (format)
+            ("s\u{200D}vc", "U+200D"), // zero-width joiner
+            ("svc\u{202E}", "U+202E"), // right-to-left override
+            ("svc\u{FE0F}", "U+FE0F"), // variation selector (a mark, default-ignorable)
+            ("svc\u{3164}", "U+3164"), // Hangul filler (a letter, default-ignorable)
+            ("\u{301}e", "U+0301"),    // a mark first
             ("-svc", "U+002D"),
             ("a/b", "U+002F"),
             ("a\tb", "U+0009"),

@@ -128,7 +128,12 @@ mod tests {
         };
         assert_eq!(parse_join_query(&q), Ok(want.clone()));
         // A missing or malformed ticket parses, as no ticket: the server refuses it.
-        for bad in ["", "&ticket=", "&ticket=zz", &format!("&ticket={}", "a1".repeat(17))] {
+        for bad in [
+            "",
+            "&ticket=",
+            "&ticket=zz",
+            &format!("&ticket={}", "a1".repeat(17)),
+        ] {
             let q = format!("v=1&session={}&role=agent{bad}", "0f".repeat(16));
             let got = parse_join_query(&q).unwrap();
             assert_eq!(got.ticket, None, "{q}");
@@ -146,7 +151,10 @@ mod tests {
         }
         let req = join_request(&s, Role::Client, &t, "h:1");
         assert!(req.starts_with("GET /v1/relay?v=1&session="), "{req}");
-        assert!(req.contains(&format!("&ticket={}", "a1".repeat(16))), "{req}");
+        assert!(
+            req.contains(&format!("&ticket={}", "a1".repeat(16))),
+            "{req}"
+        );
         assert!(req.ends_with("Upgrade: p2pnc-relay\r\n\r\n"), "{req}");
     }
 

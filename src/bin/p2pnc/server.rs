@@ -89,8 +89,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     if !(args.connect_rate > 0.0 && args.expose_rate > 0.0) {
         bail!("--connect-rate and --expose-rate must be positive");
     }
-    if args.relay_max_lifetime == 0 || args.relay_idle_timeout == 0 || args.relay_max_per_ip == 0
-    {
+    if args.relay_max_lifetime == 0 || args.relay_idle_timeout == 0 || args.relay_max_per_ip == 0 {
         bail!("--relay-max-lifetime, --relay-idle-timeout and --relay-max-per-ip must be positive");
     }
     check_fd_limit(args.max_connections);

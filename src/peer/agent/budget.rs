@@ -176,7 +176,10 @@ mod tests {
             Some(OverBudget::Sessions(3))
         );
         drop(easy);
-        assert!(budget.reserve(Strategy::BirthdayEasy, 1).is_ok(), "given back");
+        assert!(
+            budget.reserve(Strategy::BirthdayEasy, 1).is_ok(),
+            "given back"
+        );
     }
 
     #[test]

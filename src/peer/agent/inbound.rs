@@ -23,8 +23,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone)]
 pub(super) struct Strays {
     max: usize,
-    waiting: Arc<Mutex<(u64, VecDeque<(u64, CancellationToken)>)>>,
+    waiting: Arc<Mutex<Waiting>>,
 }
+
+/// The last id given, and the connections waiting: (id, closed when evicted), oldest first.
+type Waiting = (u64, VecDeque<(u64, CancellationToken)>);
 
 /// A connection's place among the strays; gives it up when dropped.
 pub(super) struct Stray {
@@ -56,7 +59,9 @@ impl Strays {
         if waiting.1.len() >= self.max
             && let Some((_, oldest)) = waiting.1.pop_front()
         {
-            tracing::debug!("too many connections on the punch port without a hello: closing the oldest");
+            tracing::debug!(
+                "too many connections on the punch port without a hello: closing the oldest"
+            );
             oldest.cancel();
         }
         waiting.0 += 1;
