@@ -79,8 +79,9 @@ pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const RELAY_MAX_PER_IP: usize = 4;
 
 /// Punch sessions an agent runs at once; more are refused `busy`. Each costs a few sockets
-/// and tasks; 64 at once is far more than one service's clients connect at the same moment.
-pub const AGENT_MAX_SESSIONS: usize = 64;
+/// and tasks for at most the punch timeout; 256 at once is more than one service's clients
+/// connect at the same moment (the soak test runs 200), and their sockets fit the budget below.
+pub const AGENT_MAX_SESSIONS: usize = 256;
 /// Birthday punches an agent runs at once (1536 probes on the easy side, 256 sockets on the
 /// hard side, each held until the punch ends); more are refused `busy`.
 pub const AGENT_MAX_BIRTHDAYS: usize = 4;
