@@ -210,6 +210,22 @@ public class FakeServerTest {
         assertEquals("peer 'streamserver' is not online", e.getMessage());
     }
 
+    /** A server at a connection limit says which one: the client passes its words on. */
+    @Test
+    public void http503BusyNamesTheLimit() throws IOException {
+        final String why = "server busy: too many connections from 203.0.113.70 (limit 256)";
+        int port = fake(new Script() {
+            @Override
+            public void serve(Socket s, String head, String key) throws IOException {
+                http(s, "503 Service Unavailable", "application/json",
+                        "{\"error\":\"busy\",\"message\":\"" + why + "\"}");
+            }
+        });
+        P2pException e = plainFailure(port);
+        assertEquals("busy", e.getCode());
+        assertEquals(why + "; try again later", e.getMessage());
+    }
+
     @Test
     public void http401SecretRequiredWithChunkedBody() throws IOException {
         int port = fake(new Script() {
