@@ -33,6 +33,9 @@ for i, m in enumerate(V["bad_server_messages"]):
 for i, m in enumerate(V["agent_messages"]):
     seed("agent_msg", f"vector-{i}-{m['type']}.json", compact(m))
 seed("client_msg", "direct.json", '{"type":"result","outcome":"direct","setup_ms":180}')
+seed("client_msg", "lie-setup.json",
+     '{"type":"result","outcome":"direct","setup_ms":18446744073709551615}')
+seed("client_msg", "lie-outcome.json", '{"type":"result","outcome":"wormhole"}')
 seed("client_msg", "failed.json",
      '{"type":"result","outcome":"failed","reason":"no stream within 5.0 s"}')
 seed("error_body", "peer-offline.json",
@@ -47,6 +50,10 @@ for i, q in enumerate(V["queries"]["connect"]):
 for i, q in enumerate(V["queries"]["bad"]):
     seed(f"{q['endpoint']}_query", f"bad-{i}.txt", q["query"])
 owner = V["owner_credential"][0]["owner"]
+for i, bad in enumerate(V["ids"]["invalid"]):
+    encoded = "".join(c if c.isascii() and (c.isalnum() or c in "-._~") else
+                      "".join(f"%{b:02X}" for b in c.encode()) for c in bad)
+    seed("expose_query", f"bad-id-{i}.txt", f"v=1&id={encoded}&auth=public")
 seed("expose_query", "full.txt",
      "v=1&id=streamserver&auth=secret&private=10.0.0.2%3A4000%2C%5Bfe80%3A%3A1%5D%3A5"
      f"&probe={'0a' * 16}&owner={owner}&mapped=198.51.100.2%3A40000")
@@ -55,9 +62,11 @@ seed("connect_query", "full.txt",
      f"v=1&peer={proof['peer']}&nonce={proof['nonce']}&mode=plain&private=10.0.1.2%3A5000"
      f"&proof={proof['proof']}&probe={'0b' * 16}")
 
+for i, j in enumerate(V["relay_join"]):
+    seed("relay_join", f"vector-{i}-{j['role']}.txt", j["query"])
 session = V["hello"][0]["session"]
-seed("relay_join", "client.txt", f"v=1&session={session}&role=client")
-seed("relay_join", "agent.txt", f"v=1&session={session}&role=agent")
+seed("relay_join", "no-ticket.txt", f"v=1&session={session}&role=client")
+seed("relay_join", "bad-ticket.txt", f"v=1&session={session}&role=agent&ticket=zz")
 seed("relay_join", "answer-101.txt",
      "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: p2pnc-relay\r\n\r\n")
 seed("relay_join", "answer-400.txt",

@@ -65,3 +65,30 @@ pub const RELAY_MAX_PAIRS: usize = 16;
 /// Bytes per second per direction of one relayed pair: enough for video, small enough that a
 /// few pairs cannot fill a modest uplink.
 pub const RELAY_RATE: u64 = 4 * 1024 * 1024;
+/// Longest a relayed pair may live (`--relay-max-lifetime`): long enough for a film or a long
+/// shell session, short enough that relay slots come free again; a client that still needs
+/// the path connects again.
+pub const RELAY_MAX_LIFETIME: Duration = Duration::from_secs(3600);
+/// A relayed pair with no byte in either direction for this long is cut
+/// (`--relay-idle-timeout`): an interactive session rarely stays silent this long, and a held
+/// but unused slot is freed within minutes.
+pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Relayed sessions one address may take part in at once (`--relay-max-per-ip`): a quarter of
+/// the default 16 slots, so one address cannot hold them all, while a few users behind one
+/// carrier-grade NAT still get theirs.
+pub const RELAY_MAX_PER_IP: usize = 4;
+
+/// Punch sessions an agent runs at once; more are refused `busy`. Each costs a few sockets
+/// and tasks for at most the punch timeout; 256 at once is more than one service's clients
+/// connect at the same moment (the soak test runs 200), and their sockets fit the budget below.
+pub const AGENT_MAX_SESSIONS: usize = 256;
+/// Birthday punches an agent runs at once (1536 probes on the easy side, 256 sockets on the
+/// hard side, each held until the punch ends); more are refused `busy`.
+pub const AGENT_MAX_BIRTHDAYS: usize = 4;
+/// Sockets an agent's punch sessions may hold together, birthday probes included (further
+/// capped at half the open-file limit): room for the birthday punches above and every
+/// ordinary session, far below the descriptors that would starve the service's forwarding.
+pub const AGENT_PUNCH_SOCKETS: usize = 8192;
+/// Connections on the agent's punch port still waiting to show their hello; a newer one
+/// closes the oldest. Real peers send their hello at once, so only strays wait.
+pub const STRAY_CONNECTIONS: usize = 64;

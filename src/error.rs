@@ -29,6 +29,10 @@ pub enum Error {
         /// What was tried.
         detail: String,
     },
+    /// The server, or the peer, is at one of its limits; the message names it (for example
+    /// `server busy: too many connections from 203.0.113.70 (limit 256)`). Try again later.
+    #[error("{0}")]
+    Busy(String),
     /// The server refused the request.
     #[error("server refused ({0}): {1}")]
     Refused(ErrorCode, String),
@@ -55,6 +59,7 @@ impl Error {
             Error::SecretRejected(_) => ErrorCode::SecretRejected.to_string(),
             Error::SecretRequired(_) => ErrorCode::SecretRequired.to_string(),
             Error::NoDirectPath { .. } => ErrorCode::NoDirectPath.to_string(),
+            Error::Busy(_) => ErrorCode::Busy.to_string(),
             Error::Refused(code, _) => code.to_string(),
             Error::Tls(_) => "tls".into(),
             Error::Protocol(_) => "protocol".into(),

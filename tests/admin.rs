@@ -31,19 +31,21 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
     let server = TestServer::with_admin(Default::default()).await;
     let admin = server.admin.unwrap();
     let echo = Echo::start().await;
-    let _agent = expose(&server.url, "cam <1>", Some("pw"), echo.addr).await;
+    let _agent = expose(&server.url, "cam-1", Some("pw"), echo.addr).await;
 
-    let ok = ConnectOptions::new(&server.url, "cam <1>", Some("pw")).unwrap();
+    let ok = ConnectOptions::new(&server.url, "cam-1", Some("pw")).unwrap();
     tokio::time::timeout(T, p2pnc::connect(&ok))
         .await
         .unwrap()
         .unwrap();
-    let bad = ConnectOptions::new(&server.url, "cam <1>", Some("nope")).unwrap();
+    let bad = ConnectOptions::new(&server.url, "cam-1", Some("nope")).unwrap();
     assert!(p2pnc::connect(&bad).await.is_err());
     let gone = ConnectOptions::new(&server.url, "nobody", None).unwrap();
     assert!(p2pnc::connect(&gone).await.is_err());
+    // A client's report is free text: the page must show it, not run it.
+    report_failure(&server, "cam-1", "pw", "<script>alert(1)</script> & co").await;
 
-    let metrics = eventually(admin, "/metrics", "outcome=\"rejected\"").await;
+    let metrics = eventually(admin, "/metrics", "outcome=\"failed\"").await;
     assert!(metrics.contains("p2pnc_agents_online 1"), "{metrics}");
     assert!(
         metrics.contains("p2pnc_connect_attempts_total{outcome=\"direct\",strategy=\"simultaneous\",client_mapping=\"endpoint-independent\",agent_mapping=\"endpoint-independent\"} 1"),
@@ -57,7 +59,7 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
 
     let status: serde_json::Value =
         serde_json::from_str(&http_get(admin, "/status.json").await.1).unwrap();
-    assert_eq!(status["services"][0]["id"], "cam <1>");
+    assert_eq!(status["services"][0]["id"], "cam-1");
     assert_eq!(status["services"][0]["mapping"], "endpoint-independent");
     let outcomes: Vec<&str> = status["recent"]
         .as_array()
@@ -72,10 +74,47 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
 
     let (status, page) = http_get(admin, "/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("cam &lt;1&gt;"), "ids are escaped: {page}");
+    assert!(page.contains("cam-1"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"),
+        "reported reasons are escaped: {page}"
+    );
+    assert!(!page.contains("<script>alert"), "{page}");
     assert!(page.contains("<table id=\"sessions\">"), "{page}");
     assert!(page.contains("secret rejected"), "{page}");
     assert!(!page.contains("src=\"http"), "no external assets");
     // The control port does not serve the admin pages.
     assert_ne!(http_get(server.addr, "/metrics").await.0, 200);
+}
+
+/// Asks for `peer` as a client that proves `secret`, and reports a failure for `reason`.
+async fn report_failure(server: &TestServer, peer: &str, secret: &str, reason: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let nonce = p2pnc::protocol::Nonce::random();
+    let proof = p2pnc::protocol::connect_proof(secret, peer, &nonce);
+    let url = format!(
+        "ws://{}/v1/connect?v=1&peer={peer}&nonce={nonce}&proof={proof}",
+        server.addr
+    );
+    let (mut ws, _) = tokio::time::timeout(T, tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap()
+        .unwrap();
+    loop {
+        let msg = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            assert!(t.contains("\"punch\""), "{t}");
+            break;
+        }
+    }
+    let report = serde_json::json!({"type": "result", "outcome": "failed", "reason": reason});
+    ws.send(Message::Text(report.to_string().into()))
+        .await
+        .unwrap();
+    let _ = ws.close(None).await;
 }

@@ -229,6 +229,7 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
         relay: Some(RelayConfig {
             max_pairs: 1,
             bytes_per_sec: 1 << 20,
+            ..Default::default()
         }),
         ..Default::default()
     };
@@ -251,15 +252,22 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
         "a direct path gets a head start"
     );
     let session: p2pnc::protocol::SessionId = order["session"].as_str().unwrap().parse().unwrap();
-    assert_eq!(
-        next_json(&mut agent).await["session"],
-        session.to_string().as_str()
-    );
+    let agent_order = next_json(&mut agent).await;
+    assert_eq!(agent_order["session"], session.to_string().as_str());
+    let ticket = |o: &serde_json::Value| -> p2pnc::protocol::RelayTicket {
+        o["relay_ticket"]
+            .as_str()
+            .expect("a relay ticket")
+            .parse()
+            .unwrap()
+    };
+    let (at, ct) = (ticket(&agent_order), ticket(&order));
+    assert_ne!(at, ct, "each end has its own ticket");
 
     let url = p2pnc::ServerUrl::parse(&server.url).unwrap();
     let (a, c) = tokio::join!(
-        relay::join(&url, server.addr, &session, Role::Agent),
-        relay::join(&url, server.addr, &session, Role::Client),
+        relay::join(&url, server.addr, &session, Role::Agent, &at),
+        relay::join(&url, server.addr, &session, Role::Client, &ct),
     );
     let (mut a, mut c) = (a.unwrap(), c.unwrap());
     c.write_all(b"from client").await.unwrap();
@@ -275,13 +283,13 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
 
     // Unknown sessions are refused; so is a relay on a server without one.
     let unknown = p2pnc::protocol::SessionId::from_bytes([0; 16]);
-    let err = relay::join(&url, server.addr, &unknown, Role::Client)
+    let err = relay::join(&url, server.addr, &unknown, Role::Client, &ct)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
     let plain = TestServer::start().await;
     let url = p2pnc::ServerUrl::parse(&plain.url).unwrap();
-    let err = relay::join(&url, plain.addr, &session, Role::Client)
+    let err = relay::join(&url, plain.addr, &session, Role::Client, &ct)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");

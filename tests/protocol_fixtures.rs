@@ -194,3 +194,52 @@ fn defaults_match() {
     assert_eq!(n("punch_timeout_ms"), ms(opts.punch.timeout));
     assert_eq!(n("punch_ttl"), u64::from(opts.punch.ttl.unwrap()));
 }
+
+#[test]
+fn relay_joins_match() {
+    let v = vectors();
+    let cases = v["relay_join"].as_array().expect("relay_join");
+    assert!(cases.len() >= 2);
+    for c in cases {
+        let role = match s(c, "role") {
+            "client" => Role::Client,
+            _ => Role::Agent,
+        };
+        let (session, ticket) = (parsed(c, "session"), parsed(c, "ticket"));
+        let query = protocol::join_query(&session, role, &ticket);
+        assert_eq!(query, s(c, "query"), "{c}");
+        let join = protocol::parse_join_query(&query).unwrap();
+        assert_eq!(
+            (join.session, join.role, join.ticket),
+            (session, role, Some(ticket))
+        );
+    }
+}
+
+#[test]
+fn ids_match() {
+    let v = vectors();
+    let ids = &v["ids"];
+    for good in ids["valid"].as_array().expect("ids.valid") {
+        let id = good.as_str().unwrap();
+        assert_eq!(protocol::validate_id(id), Ok(()), "{id:?}");
+    }
+    for bad in ids["invalid"].as_array().expect("ids.invalid") {
+        let id = bad.as_str().unwrap();
+        assert!(protocol::validate_id(id).is_err(), "{id:?}");
+    }
+}
+
+#[test]
+fn private_candidates_match() {
+    let v = vectors();
+    let cases = v["private_candidates"]
+        .as_array()
+        .expect("private_candidates");
+    assert!(cases.len() >= 10);
+    for c in cases {
+        let allowed =
+            protocol::private_candidate_allowed(parsed(c, "candidate"), parsed(c, "seen_from"));
+        assert_eq!(allowed, c["allowed"].as_bool().unwrap(), "{c}");
+    }
+}

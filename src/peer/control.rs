@@ -166,6 +166,7 @@ pub async fn open(
                 .as_deref()
                 .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
             Err(match body {
+                Some(b) if b.error == ErrorCode::Busy => Error::Busy(b.message),
                 Some(b) => Error::Refused(b.error, b.message),
                 None => Error::Protocol(format!(
                     "server answered HTTP {} to the upgrade",
@@ -229,6 +230,7 @@ pub fn server_error(code: ErrorCode, message: String, peer: &str) -> Error {
         ErrorCode::PeerOffline => Error::PeerOffline(peer.to_string()),
         ErrorCode::SecretRejected => Error::SecretRejected(peer.to_string()),
         ErrorCode::SecretRequired => Error::SecretRequired(peer.to_string()),
+        ErrorCode::Busy => Error::Busy(message),
         _ => Error::Refused(code, message),
     }
 }

@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::protocol::{Auth, Mapping, Mode, Nonce, PunchOrder, SessionId, SessionKey, Strategy};
+use crate::protocol::{
+    Auth, ErrorCode, Mapping, Mode, Nonce, PunchOrder, RelayTicket, SessionId, SessionKey,
+    Strategy, filter_private_candidates,
+};
 
 /// Head start of the direct path before the relay is joined, when a direct path is possible.
 const RELAY_HEAD_START: Duration = Duration::from_millis(1500);
@@ -44,13 +47,53 @@ pub(super) struct AgentView {
     pub mapped: Option<SocketAddr>,
 }
 
+/// Each end's ticket for joining the relay of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RelayTickets {
+    /// The client's.
+    pub client: RelayTicket,
+    /// The agent's.
+    pub agent: RelayTicket,
+}
+
+impl RelayTickets {
+    /// Two fresh random tickets.
+    pub fn random() -> Self {
+        RelayTickets {
+            client: RelayTicket::random(),
+            agent: RelayTicket::random(),
+        }
+    }
+
+    /// The ticket of `role`'s end.
+    pub fn of(&self, role: crate::protocol::Role) -> &RelayTicket {
+        match role {
+            crate::protocol::Role::Client => &self.client,
+            crate::protocol::Role::Agent => &self.agent,
+        }
+    }
+}
+
 /// Whether the server relays sessions that have no direct path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RelayPolicy {
-    /// `--relay`: join the relay at once without a direct path, after a head start with one.
-    Relay,
+    /// `--relay`: join the relay at once without a direct path, after a head start with one;
+    /// each end's order carries its ticket.
+    Relay(RelayTickets),
     /// No relay.
     Off,
+}
+
+/// Whether a birthday punch may be ordered: each costs the easy side 1536 connection
+/// attempts, so the server bounds how many run at once per client address and per agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BirthdayBudget {
+    /// Within both bounds.
+    Allowed,
+    /// The client's address has this many birthday punches under way already.
+    ClientBusy(usize),
+    /// The agent has this many birthday punches under way already.
+    AgentBusy(usize),
 }
 
 /// The two orders of a session.
@@ -73,6 +116,9 @@ pub(super) enum Refusal {
         /// The agent's NAT mapping.
         agent: Mapping,
     },
+    /// Only a birthday punch could connect the two ends, the server does not relay, and the
+    /// birthday budget is spent.
+    BirthdayBusy(BirthdayBudget),
 }
 
 impl Refusal {
@@ -83,38 +129,85 @@ impl Refusal {
                 "no direct path: this client's NAT is {client} and peer '{peer}''s NAT is \
                  {agent} (both symmetric), and this server does not relay"
             ),
+            Refusal::BirthdayBusy(BirthdayBudget::AgentBusy(limit)) => format!(
+                "peer '{peer}' is busy: too many birthday punches toward it at once (limit \
+                 {limit}); try again in a few seconds"
+            ),
+            Refusal::BirthdayBusy(budget) => {
+                let limit = match budget {
+                    BirthdayBudget::ClientBusy(n) | BirthdayBudget::AgentBusy(n) => *n,
+                    BirthdayBudget::Allowed => 0,
+                };
+                format!(
+                    "server busy: too many birthday punches from this address at once (limit \
+                     {limit}); try again in a few seconds"
+                )
+            }
+        }
+    }
+
+    /// The code to answer with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::NoDirectPath { .. } => ErrorCode::NoDirectPath,
+            Refusal::BirthdayBusy(_) => ErrorCode::Busy,
         }
     }
 }
 
-/// Plans a session: the strategies of both ends, their candidates and the relay.
+/// Whether the session of `client` and `agent` would be a birthday punch.
+pub(super) fn birthday_needed(client: &ClientView, agent: &AgentView) -> bool {
+    let mapped = agent.mapped.is_some() && client.mode == Mode::Punch;
+    client.mode == Mode::Punch
+        && strategies(client.mapping, agent.mapping, mapped).is_some_and(|(c, a)| {
+            matches!(c, Strategy::BirthdayHard | Strategy::BirthdayEasy)
+                || matches!(a, Strategy::BirthdayHard | Strategy::BirthdayEasy)
+        })
+}
+
+/// Plans a session: the strategies of both ends, their candidates and the relay. A birthday
+/// punch is ordered only within `birthday`; without it, the session is relayed or refused.
 pub(super) fn plan(
     session: SessionId,
     key: SessionKey,
     client: &ClientView,
     agent: &AgentView,
     relay: RelayPolicy,
+    birthday: BirthdayBudget,
 ) -> Result<Orders, Refusal> {
     // Private candidates only help peers behind the same NAT; elsewhere they would send SYNs
-    // into unrelated networks.
+    // into unrelated networks. Even then, only addresses that can lie inside that network.
     let same_nat = agent.public.ip() == client.public.ip();
     // Plain mode keeps to the seed's single connect toward the agent's public endpoint.
     let agent_mapped = agent.mapped.filter(|_| client.mode == Mode::Punch);
-    let direct = match client.mode {
+    let mut direct = match client.mode {
         Mode::Punch => strategies(client.mapping, agent.mapping, agent_mapped.is_some()),
         Mode::Plain => Some((Strategy::Simultaneous, Strategy::Simultaneous)),
     };
+    let is_birthday = |s: Strategy| matches!(s, Strategy::BirthdayHard | Strategy::BirthdayEasy);
+    let over_budget = birthday != BirthdayBudget::Allowed
+        && direct.is_some_and(|(c, a)| is_birthday(c) || is_birthday(a));
+    if over_budget {
+        direct = None;
+    }
     let relay_after = match (relay, direct, client.mode) {
         (RelayPolicy::Off, _, _) | (_, _, Mode::Plain) => None,
-        (RelayPolicy::Relay, Some(_), _) => Some(RELAY_HEAD_START.as_millis() as u64),
-        (RelayPolicy::Relay, None, _) => Some(0),
+        (RelayPolicy::Relay(_), Some(_), _) => Some(RELAY_HEAD_START.as_millis() as u64),
+        (RelayPolicy::Relay(_), None, _) => Some(0),
     };
     if direct.is_none() && relay_after.is_none() && !same_nat {
+        if over_budget {
+            return Err(Refusal::BirthdayBusy(birthday));
+        }
         return Err(Refusal::NoDirectPath {
             client: client.mapping,
             agent: agent.mapping,
         });
     }
+    let tickets = match relay {
+        RelayPolicy::Relay(t) if relay_after.is_some() => Some(t),
+        _ => None,
+    };
     let (client_strategy, agent_strategy) =
         direct.unwrap_or((Strategy::RelayOnly, Strategy::RelayOnly));
     let to_agent = PunchOrder {
@@ -122,7 +215,7 @@ pub(super) fn plan(
         key,
         peer_public: client.public,
         peer_private: if same_nat {
-            client.private.clone()
+            filter_private_candidates(&client.private, client.public.ip())
         } else {
             vec![]
         },
@@ -135,6 +228,7 @@ pub(super) fn plan(
         your_mapping: agent.mapping,
         peer_mapping: client.mapping,
         relay_after_ms: relay_after,
+        relay_ticket: tickets.map(|t| t.agent),
         peer_mapped: None,
     };
     let to_client = PunchOrder {
@@ -142,7 +236,7 @@ pub(super) fn plan(
         key,
         peer_public: agent.public,
         peer_private: if same_nat {
-            agent.private.clone()
+            filter_private_candidates(&agent.private, agent.public.ip())
         } else {
             vec![]
         },
@@ -155,6 +249,7 @@ pub(super) fn plan(
         your_mapping: client.mapping,
         peer_mapping: agent.mapping,
         relay_after_ms: relay_after,
+        relay_ticket: tickets.map(|t| t.client),
         peer_mapped: agent_mapped,
     };
     Ok(Orders {
@@ -193,11 +288,18 @@ mod tests {
 
     const SESSION: SessionId = SessionId::from_bytes([1; 16]);
     const KEY: SessionKey = SessionKey::from_bytes([2; 32]);
+    const TICKETS: RelayTickets = RelayTickets {
+        client: RelayTicket::from_bytes([4; 16]),
+        agent: RelayTicket::from_bytes([5; 16]),
+    };
 
     fn client(public: &str, mapping: Mapping) -> ClientView {
         ClientView {
             public: public.parse().unwrap(),
-            private: vec!["10.0.1.2:40000".parse().unwrap()],
+            private: vec![
+                "10.0.1.2:40000".parse().unwrap(),
+                "8.8.8.8:53".parse().unwrap(),
+            ],
             mapping,
             mode: Mode::Punch,
             nonce: Nonce::from_bytes([3; 16]),
@@ -208,7 +310,10 @@ mod tests {
     fn agent(public: &str, mapping: Mapping, mapped: Option<&str>) -> AgentView {
         AgentView {
             public: public.parse().unwrap(),
-            private: vec!["10.0.2.2:50000".parse().unwrap()],
+            private: vec![
+                "10.0.2.2:50000".parse().unwrap(),
+                "203.0.113.77:80".parse().unwrap(),
+            ],
             auth: Auth::Secret,
             mapping,
             mapped: mapped.map(|m| m.parse().unwrap()),
@@ -250,6 +355,8 @@ mod tests {
         client: ClientView,
         agent: AgentView,
         relay: RelayPolicy,
+        /// The birthday budget.
+        birthday: BirthdayBudget,
         /// (client's strategy, agent's strategy, relay_after_ms), or the refusal.
         want: Result<(Strategy, Strategy, Option<u64>), Refusal>,
         /// Whether the orders carry each other's private candidates.
@@ -274,6 +381,7 @@ mod tests {
                 client: client(C, Easy),
                 agent: agent(A, Easy, None),
                 relay: RelayPolicy::Off,
+                birthday: BirthdayBudget::Allowed,
                 want: Ok((Simultaneous, Simultaneous, None)),
                 lan: false,
                 peer_mapped: None,
@@ -283,6 +391,7 @@ mod tests {
                 client: client("203.0.113.2:51000", Hard),
                 agent: agent(A, Hard, None),
                 relay: RelayPolicy::Off,
+                birthday: BirthdayBudget::Allowed,
                 want: Ok((RelayOnly, RelayOnly, None)),
                 lan: true,
                 peer_mapped: None,
@@ -291,7 +400,8 @@ mod tests {
                 what: "plain mode: one ordinary connect, no relay, no mapping",
                 client: plain.clone(),
                 agent: agent(A, Hard, Some(MAPPED)),
-                relay: RelayPolicy::Relay,
+                relay: RelayPolicy::Relay(TICKETS),
+                birthday: BirthdayBudget::Allowed,
                 want: Ok((Simultaneous, Simultaneous, None)),
                 lan: false,
                 peer_mapped: None,
@@ -301,6 +411,7 @@ mod tests {
                 client: client(C, Hard),
                 agent: agent(A, Hard, Some(MAPPED)),
                 relay: RelayPolicy::Off,
+                birthday: BirthdayBudget::Allowed,
                 want: Ok((Simultaneous, Mapped, None)),
                 lan: false,
                 peer_mapped: Some(MAPPED),
@@ -309,7 +420,8 @@ mod tests {
                 what: "a mapped agent behind a cone: the mapping is one more candidate",
                 client: client(C, Easy),
                 agent: agent(A, Easy, Some(MAPPED)),
-                relay: RelayPolicy::Relay,
+                relay: RelayPolicy::Relay(TICKETS),
+                birthday: BirthdayBudget::Allowed,
                 want: Ok((Simultaneous, Simultaneous, Some(1500))),
                 lan: false,
                 peer_mapped: Some(MAPPED),
@@ -318,7 +430,8 @@ mod tests {
                 what: "one symmetric side: birthday punching, relay after a head start",
                 client: client(C, Hard),
                 agent: agent(A, Easy, None),
-                relay: RelayPolicy::Relay,
+                relay: RelayPolicy::Relay(TICKETS),
+                birthday: BirthdayBudget::Allowed,
                 want: Ok((BirthdayHard, BirthdayEasy, Some(1500))),
                 lan: false,
                 peer_mapped: None,
@@ -327,8 +440,39 @@ mod tests {
                 what: "both symmetric with a relay: the relay at once",
                 client: client(C, Hard),
                 agent: agent(A, Hard, None),
-                relay: RelayPolicy::Relay,
+                relay: RelayPolicy::Relay(TICKETS),
+                birthday: BirthdayBudget::Allowed,
                 want: Ok((RelayOnly, RelayOnly, Some(0))),
+                lan: false,
+                peer_mapped: None,
+            },
+            Case {
+                what: "one symmetric side over the birthday budget, with a relay: relayed",
+                client: client(C, Hard),
+                agent: agent(A, Easy, None),
+                relay: RelayPolicy::Relay(TICKETS),
+                birthday: BirthdayBudget::AgentBusy(2),
+                want: Ok((RelayOnly, RelayOnly, Some(0))),
+                lan: false,
+                peer_mapped: None,
+            },
+            Case {
+                what: "one symmetric side over the birthday budget, without a relay: busy",
+                client: client(C, Easy),
+                agent: agent(A, Hard, None),
+                relay: RelayPolicy::Off,
+                birthday: BirthdayBudget::ClientBusy(2),
+                want: Err(Refusal::BirthdayBusy(BirthdayBudget::ClientBusy(2))),
+                lan: false,
+                peer_mapped: None,
+            },
+            Case {
+                what: "cones are never held by the birthday budget",
+                client: client(C, Easy),
+                agent: agent(A, Easy, None),
+                relay: RelayPolicy::Off,
+                birthday: BirthdayBudget::AgentBusy(2),
+                want: Ok((Simultaneous, Simultaneous, None)),
                 lan: false,
                 peer_mapped: None,
             },
@@ -337,6 +481,7 @@ mod tests {
                 client: client(C, Hard),
                 agent: agent(A, Hard, None),
                 relay: RelayPolicy::Off,
+                birthday: BirthdayBudget::Allowed,
                 want: Err(no_path),
                 lan: false,
                 peer_mapped: None,
@@ -347,7 +492,14 @@ mod tests {
     #[test]
     fn the_broker_plans_each_kind_of_session() {
         for case in cases() {
-            let got = plan(SESSION, KEY, &case.client, &case.agent, case.relay);
+            let got = plan(
+                SESSION,
+                KEY,
+                &case.client,
+                &case.agent,
+                case.relay,
+                case.birthday,
+            );
             let orders = match (got, case.want) {
                 (Err(got), Err(want)) => {
                     assert_eq!(got, want, "{}", case.what);
@@ -378,6 +530,27 @@ mod tests {
             );
             let (a_lan, c_lan) = (!a.peer_private.is_empty(), !c.peer_private.is_empty());
             assert_eq!((a_lan, c_lan), (case.lan, case.lan), "{}", case.what);
+            // Only candidates inside a private network travel: never the public ones.
+            if case.lan {
+                assert_eq!(
+                    a.peer_private,
+                    vec![case.client.private[0]],
+                    "{}",
+                    case.what
+                );
+                assert_eq!(c.peer_private, vec![case.agent.private[0]], "{}", case.what);
+            }
+            // Each end gets its own relay ticket, exactly when it is told to join the relay.
+            let tickets = (a.relay_ticket, c.relay_ticket);
+            match c.relay_after_ms {
+                Some(_) => assert_eq!(
+                    tickets,
+                    (Some(TICKETS.agent), Some(TICKETS.client)),
+                    "{}",
+                    case.what
+                ),
+                None => assert_eq!(tickets, (None, None), "{}", case.what),
+            }
             let peer_mapped = case.peer_mapped.map(|m| m.parse().unwrap());
             assert_eq!(c.peer_mapped, peer_mapped, "{}", case.what);
             assert_eq!(a.peer_mapped, None, "the agent never gets a mapping");
@@ -405,6 +578,26 @@ mod tests {
             "no direct path: this client's NAT is endpoint-dependent and peer 'svc''s NAT is \
              endpoint-dependent (both symmetric), and this server does not relay"
         );
+    }
+
+    #[test]
+    fn only_sessions_that_would_birthday_spend_the_budget() {
+        assert!(birthday_needed(&client(C, Hard), &agent(A, Easy, None)));
+        assert!(birthday_needed(&client(C, Easy), &agent(A, Hard, None)));
+        assert!(!birthday_needed(&client(C, Easy), &agent(A, Easy, None)));
+        assert!(!birthday_needed(&client(C, Hard), &agent(A, Hard, None)));
+        assert!(!birthday_needed(
+            &client(C, Hard),
+            &agent(A, Easy, Some(MAPPED))
+        ));
+        let plain = ClientView {
+            mode: Mode::Plain,
+            ..client(C, Hard)
+        };
+        assert!(!birthday_needed(&plain, &agent(A, Easy, None)));
+        let agent_side = Refusal::BirthdayBusy(BirthdayBudget::AgentBusy(2));
+        assert_eq!(agent_side.code(), ErrorCode::Busy);
+        assert!(agent_side.message("svc").starts_with("peer 'svc' is busy:"));
     }
 
     #[test]

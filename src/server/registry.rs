@@ -103,7 +103,7 @@ pub(super) enum Refused {
     #[error("{0}")]
     IdTaken(String),
     /// The registry is full.
-    #[error("server has too many agents")]
+    #[error("server busy: too many agents registered")]
     Full,
 }
 

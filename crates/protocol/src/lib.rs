@@ -5,6 +5,7 @@
 //! This crate does no I/O. `docs/protocol.md` is the normative description; the JSON fixtures
 //! in `tests/fixtures/protocol/` are parsed and produced by both the Rust and the Java tests.
 
+mod candidates;
 mod credentials;
 mod error;
 mod ids;
@@ -15,9 +16,12 @@ mod query;
 mod relay;
 mod stream;
 
+pub use candidates::{filter_private_candidates, private_candidate_allowed};
 pub use credentials::{connect_proof, owner_credential, verify_connect_proof};
 pub use error::{ErrorBody, ErrorCode};
-pub use ids::{HexError, Nonce, ProbeToken, ServiceId, SessionId, SessionKey, SessionRef};
+pub use ids::{
+    HexError, Nonce, ProbeToken, RelayTicket, ServiceId, SessionId, SessionKey, SessionRef,
+};
 pub use messages::{AgentToServer, ClientToServer, ServerToAgent, ServerToClient};
 pub use order::{Auth, Mapping, Mode, PunchOrder, Strategy};
 pub use probe::{
@@ -25,11 +29,12 @@ pub use probe::{
     probe_line, probe_line_dialback, whoami_addr,
 };
 pub use query::{
-    ConnectQuery, ExposeQuery, QueryError, format_candidates, percent_encode, validate_id,
+    ConnectQuery, ExposeQuery, ID_PUNCTUATION, QueryError, format_candidates, percent_encode,
+    validate_id,
 };
 pub use relay::{
-    JoinQueryError, JoinRefused, RELAY_PATH, UPGRADE_TOKEN, check_join_answer, join_query,
-    join_request, parse_join_query,
+    JoinQuery, JoinQueryError, JoinRefused, RELAY_PATH, UPGRADE_TOKEN, check_join_answer,
+    join_query, join_request, parse_join_query,
 };
 pub use stream::{HELLO_LEN, HELLO_MAGIC, Role, SELECT, SessionKeys, hello_session};
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Nonce, SessionId, SessionKey};
+use crate::ids::{Nonce, RelayTicket, SessionId, SessionKey};
 
 /// The punch order, as sent to each end of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +46,9 @@ pub struct PunchOrder {
     /// milliseconds unless a direct stream has been proven by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_after_ms: Option<u64>,
+    /// With `relay_after_ms`: this end's ticket for joining the relay (each end gets its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_ticket: Option<RelayTicket>,
     /// Client only: the public endpoint the agent's router forwards to the agent's punch port
     /// (a port mapping); it takes connections from anywhere, so try it first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,11 +72,16 @@ pub enum Mapping {
 
 impl Mapping {
     /// Classifies from the public endpoints seen on the control port and on the probe port.
+    /// Only consistent evidence counts: endpoint-dependent needs the probe to come from the
+    /// control connection's IP on another port. A probe from another IP (a NAT with an address
+    /// pool, a multi-homed host, or a peer that sent it from elsewhere to look symmetric)
+    /// leaves the mapping unknown, which is punched like a cone.
     pub fn classify(control: SocketAddr, probe: Option<SocketAddr>) -> Mapping {
         match probe {
             None => Mapping::Unknown,
             Some(p) if p == control => Mapping::EndpointIndependent,
-            Some(_) => Mapping::EndpointDependent,
+            Some(p) if p.ip() == control.ip() => Mapping::EndpointDependent,
+            Some(_) => Mapping::Unknown,
         }
     }
 
@@ -191,6 +199,7 @@ mod tests {
             your_mapping: Mapping::EndpointDependent,
             peer_mapping: Mapping::EndpointDependent,
             relay_after_ms: None,
+            relay_ticket: None,
             peer_mapped: Some("198.51.100.10:40001".parse().unwrap()),
         }
     }
@@ -231,6 +240,12 @@ mod tests {
         assert_eq!(Mapping::classify(a, Some(a)), Mapping::EndpointIndependent);
         assert_eq!(Mapping::classify(a, Some(b)), Mapping::EndpointDependent);
         assert_eq!(Mapping::classify(a, None), Mapping::Unknown);
+        let elsewhere: SocketAddr = "198.51.100.9:4001".parse().unwrap();
+        assert_eq!(
+            Mapping::classify(a, Some(elsewhere)),
+            Mapping::Unknown,
+            "a probe from another IP is no evidence"
+        );
         assert_eq!(
             serde_json::to_value(Mapping::EndpointDependent).unwrap(),
             "endpoint-dependent"

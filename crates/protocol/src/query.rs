@@ -117,15 +117,48 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Checks an id: 1 to 64 bytes of UTF-8, no control characters.
+/// Punctuation an id may contain besides letters, digits and combining marks: the unreserved
+/// characters of URLs (RFC 3986), so an id needs no escaping in a URL path.
+pub const ID_PUNCTUATION: [char; 4] = ['-', '_', '.', '~'];
+
+/// Checks an id: 1 to 64 bytes of UTF-8 in Unicode NFC, starting with a letter or a decimal
+/// digit, then letters (L*), decimal digits (Nd), combining marks (Mn, Mc) and `-` `_` `.` `~`;
+/// nothing default-ignorable (zero-width joiners, variation selectors, Hangul fillers). So no
+/// spaces, control, format or bidirectional characters, and one spelling per id: ids that
+/// look alike by invisible characters cannot be registered.
 pub fn validate_id(id: &str) -> Result<(), QueryError> {
+    use icu_normalizer::ComposingNormalizerBorrowed;
+    use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory as Gc};
+    use icu_properties::{CodePointMapData, CodePointSetData};
     if id.is_empty() || id.len() > MAX_ID_BYTES {
         return Err(bad(format!(
             "id must be 1 to {MAX_ID_BYTES} bytes of UTF-8"
         )));
     }
-    if id.chars().any(char::is_control) {
-        return Err(bad("id must not contain control characters"));
+    let category = CodePointMapData::<Gc>::new();
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+    for (i, c) in id.chars().enumerate() {
+        let letter_or_digit = matches!(
+            category.get(c),
+            Gc::Lu | Gc::Ll | Gc::Lt | Gc::Lm | Gc::Lo | Gc::Nd
+        );
+        let mark = matches!(category.get(c), Gc::Mn | Gc::Mc);
+        let ok = if i == 0 {
+            letter_or_digit
+        } else {
+            letter_or_digit || mark || ID_PUNCTUATION.contains(&c)
+        };
+        if !ok || ignorable.contains(c) {
+            let what = if i == 0 {
+                "must start with a letter or digit"
+            } else {
+                "may only contain letters, digits, combining marks and - _ . ~"
+            };
+            return Err(bad(format!("id {what} (found U+{:04X})", u32::from(c))));
+        }
+    }
+    if !ComposingNormalizerBorrowed::new_nfc().is_normalized(id) {
+        return Err(bad("id must be in Unicode normalization form C (NFC)"));
     }
     Ok(())
 }
@@ -321,7 +354,7 @@ mod tests {
 
     #[test]
     fn expose_query_round_trips() {
-        let id = "stream server/é";
+        let id = "stream-server.é";
         let q = ExposeQuery {
             id: ServiceId::new(id).unwrap(),
             auth: Auth::Secret,
@@ -379,6 +412,41 @@ mod tests {
         assert!(ConnectQuery::parse("v=1&peer=%ZZ").is_err());
         assert!(ConnectQuery::parse("v=1&peer=%FF%FE&nonce=00").is_err());
         assert!(ConnectQuery::parse("v=1&peer=a%0Ab&nonce=00").is_err());
+    }
+
+    #[test]
+    fn ids_are_letters_digits_marks_and_four_punctuation_characters_in_nfc() {
+        for good in [
+            "svc",
+            "stream-server_2.home~",
+            "流媒体",
+            "é",
+            "हिंदी",
+            "9lives",
+            "Ωmega",
+        ] {
+            assert_eq!(validate_id(good), Ok(()), "{good}");
+        }
+        let bad_ids = [
+            ("stream server", "U+0020"),
+            ("svc\u{200B}", "U+200B"), // zero-width space (format)
+            ("s\u{200D}vc", "U+200D"), // zero-width joiner
+            ("svc\u{202E}", "U+202E"), // right-to-left override
+            ("svc\u{FE0F}", "U+FE0F"), // variation selector (a mark, default-ignorable)
+            ("svc\u{3164}", "U+3164"), // Hangul filler (a letter, default-ignorable)
+            ("\u{301}e", "U+0301"),    // a mark first
+            ("-svc", "U+002D"),
+            ("a/b", "U+002F"),
+            ("a\tb", "U+0009"),
+        ];
+        for (id, found) in bad_ids {
+            let err = validate_id(id).unwrap_err();
+            assert!(err.message.contains(found), "{id:?}: {}", err.message);
+        }
+        let decomposed = "e\u{301}";
+        let err = validate_id(decomposed).unwrap_err();
+        assert!(err.message.contains("NFC"), "{}", err.message);
+        assert_eq!(validate_id("\u{e9}"), Ok(()), "the composed form");
     }
 
     #[test]

@@ -58,6 +58,25 @@ pub struct ServerArgs {
     /// Relay rate cap per session and direction, in bytes per second.
     #[arg(long, default_value_t = p2pnc::defaults::RELAY_RATE, requires = "relay")]
     relay_rate: u64,
+    /// Seconds a relayed session may last at most.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = p2pnc::defaults::RELAY_MAX_LIFETIME.as_secs(),
+        requires = "relay"
+    )]
+    relay_max_lifetime: u64,
+    /// Seconds without a byte either way after which a relayed session is cut.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = p2pnc::defaults::RELAY_IDLE_TIMEOUT.as_secs(),
+        requires = "relay"
+    )]
+    relay_idle_timeout: u64,
+    /// Most relayed sessions one address may take part in at once.
+    #[arg(long, default_value_t = p2pnc::defaults::RELAY_MAX_PER_IP, requires = "relay")]
+    relay_max_per_ip: usize,
     /// Speak TLS on the control port with this PEM certificate chain (leaf first); clients
     /// then use https:// URLs. The log names the certificate's pin for --tls-pin.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -72,17 +91,27 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     if !(args.connect_rate > 0.0 && args.expose_rate > 0.0) {
         bail!("--connect-rate and --expose-rate must be positive");
     }
+    if args.relay_max_lifetime == 0 || args.relay_idle_timeout == 0 || args.relay_max_per_ip == 0 {
+        bail!("--relay-max-lifetime, --relay-idle-timeout and --relay-max-per-ip must be positive");
+    }
     check_fd_limit(args.max_connections);
     let (control, probe) = bind(&args)?;
     let relay = args.relay.then_some(p2pnc::server::RelayConfig {
         max_pairs: args.relay_max_pairs,
         bytes_per_sec: args.relay_rate,
+        max_lifetime: Duration::from_secs(args.relay_max_lifetime),
+        idle_timeout: Duration::from_secs(args.relay_idle_timeout),
+        max_per_ip: args.relay_max_per_ip,
     });
     if let Some(r) = &relay {
         tracing::info!(
-            "relay on: at most {} sessions at {} bytes/s each way",
+            "relay on: at most {} sessions ({} per address) at {} bytes/s each way, each for \
+             at most {:?} and {:?} idle",
             r.max_pairs,
-            r.bytes_per_sec
+            r.max_per_ip,
+            r.bytes_per_sec,
+            r.max_lifetime,
+            r.idle_timeout
         );
     }
     if args.token.is_none() {

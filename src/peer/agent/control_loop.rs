@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::inbound::{self, Slots};
+use super::inbound::{self, Slots, Strays};
 use super::registration::{self, Registration};
 use super::{AgentState, BACKOFF_MAX, BACKOFF_MIN};
 use crate::peer::control::{self, Incoming};
@@ -96,6 +96,7 @@ async fn serve_registration(
         ..
     } = reg;
     let slots = Slots::default();
+    let strays = Strays::new(crate::defaults::STRAY_CONNECTIONS);
     let mut tasks = JoinSet::new();
     let (msg_tx, mut msg_rx) = mpsc::channel::<AgentToServer>(64);
     let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -140,7 +141,7 @@ async fn serve_registration(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, from)) => {
-                    tasks.spawn(inbound::dispatch(slots.clone(), stream, from));
+                    tasks.spawn(inbound::dispatch(slots.clone(), strays.admit(), stream, from));
                 }
                 Err(e) => {
                     tracing::warn!("punch port accept failed: {e}");

@@ -2,10 +2,12 @@
 //! caller (the `expose` command forwards it to the service).
 //!
 //! - `registration`: the punch port, the NAT probe, the port mapping and the expose request;
+//! - `budget`: how many sessions, birthday punches and sockets the sessions may hold;
 //! - `control_loop`: one registration's control channel, re-registering when it dies;
 //! - `inbound`: connections accepted on the punch port, routed to their session;
 //! - here: the options, [`Agent`], and what the agent does with one punch order.
 
+mod budget;
 mod control_loop;
 mod inbound;
 mod registration;
@@ -21,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::budget::Budget;
 use self::inbound::Slots;
 use super::control::ServerUrl;
 use super::punch::{Endpoint, PunchOptions};
@@ -114,7 +117,8 @@ pub struct Agent {
 
 impl Agent {
     /// Registers with the server and starts serving punch orders. Retries while the server is
-    /// unreachable; fails at once if the server refuses the registration (e.g. id taken).
+    /// unreachable or busy; fails at once if the server refuses the registration (e.g. id
+    /// taken).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -143,8 +147,8 @@ impl Agent {
         let registration = loop {
             match registration::register(&opts, server_addr, opts.punch_port).await {
                 Ok(r) => break r,
-                Err(Error::ServerUnreachable(why)) => {
-                    tracing::warn!("server unreachable ({why}); retrying in {backoff:?}");
+                Err(Error::ServerUnreachable(why) | Error::Busy(why)) => {
+                    tracing::warn!("{why}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -157,12 +161,14 @@ impl Agent {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let stopped = Arc::new(Mutex::new(None));
+        let fd_limit = crate::net::raise_fd_limit_to(65_536);
         let state = Arc::new(AgentState {
             stopped: stopped.clone(),
             opts,
             server_addr,
             accepted: tx,
             replay: Mutex::new(HashMap::new()),
+            budget: Budget::new(budget::Limits::for_fd_limit(fd_limit)),
         });
         tracker.spawn(control_loop::control_loop(
             state,
@@ -223,6 +229,8 @@ struct AgentState {
     server_addr: SocketAddr,
     accepted: mpsc::Sender<Accepted>,
     replay: Mutex<HashMap<Nonce, Instant>>,
+    /// What the sessions may hold together.
+    budget: Budget,
 }
 
 impl AgentState {
@@ -326,6 +334,24 @@ async fn session(
         None,
         started,
     );
+    let client = session.order().peer_public;
+    let strategy = session.order().strategy;
+    let _share = match state.budget.reserve(strategy, session.targets().len()) {
+        Ok(share) => share,
+        Err(over) => {
+            tracing::warn!(%client, %strategy, "refusing a session, this agent is busy: {over}");
+            let reject = AgentToServer::Reject {
+                session: session.id().into(),
+                code: ErrorCode::Busy,
+                message: format!(
+                    "peer '{}' is busy: {over}; try again in a few seconds",
+                    state.opts.id
+                ),
+            };
+            let _ = msgs.send(reject).await;
+            return;
+        }
+    };
     let plain = session.order().mode == Mode::Plain;
     let (inbound_tx, inbound) = mpsc::channel(8);
     // Plain mode: the client connects from one of the addresses aimed at, without a hello.
@@ -339,7 +365,6 @@ async fn session(
             let _ = msgs.try_send(armed);
         }
     };
-    let client = session.order().peer_public;
     match session.run(inbound, on_fired).await {
         Ok(established) => state.deliver(established).await,
         Err(failure) => tracing::warn!(%client, "punch failed: {failure}"),

@@ -22,7 +22,7 @@ mod early;
 mod handshake;
 mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::Instant;
 
 use self::early::Commit;
@@ -43,6 +43,10 @@ pub use self::plan::{Proof, PunchOptions};
 use crate::net;
 use crate::peer::relay;
 use crate::protocol::HELLO_LEN;
+
+/// Streams taken from the punch port whose handshake may run at once in one session; a newer
+/// one closes the oldest still unproven. Real peers open a few; more are strays or a flood.
+pub(crate) const MAX_INBOUND_HANDSHAKES: usize = 16;
 
 /// A stream that reached the engine from outside: accepted on the punch port.
 pub(crate) struct Inbound {
@@ -130,6 +134,8 @@ struct Race {
     /// Streams proven while a committed one waits for the agent's hello.
     standby: Vec<Punched>,
     handshakes: JoinSet<Result<Punched, HandshakeError>>,
+    /// Handshakes of streams taken from the punch port, oldest first.
+    inbound: VecDeque<AbortHandle>,
 }
 
 /// Runs the punch described by `plan`, taking extra streams from `inbound`, until one stream
@@ -158,10 +164,11 @@ pub(crate) async fn run(
             }
             Some(ev) = events.recv() => race.event(ev),
             got = inbound.recv(), if inbound_open => match got {
-                Some(i) => race.prove(i.stream, i.hello),
+                Some(i) => race.prove_inbound(i.stream, i.hello),
                 None => inbound_open = false,
             },
-            Some(done) = race.handshakes.join_next() => {
+            Some(done) = race.handshakes.join_next_with_id() => {
+                let done = race.finished(done);
                 if let Some(winner) = race.proven(done).await {
                     return Ok(live(winner));
                 }
@@ -185,6 +192,7 @@ impl Race {
             commit,
             standby: Vec::new(),
             handshakes: JoinSet::new(),
+            inbound: VecDeque::new(),
         }
     }
 
@@ -233,7 +241,8 @@ impl Race {
         let r = self.plan.relay.clone().expect("relay planned");
         let (proof, deadline) = (self.plan.proof.clone(), self.deadline);
         self.handshakes.spawn(async move {
-            let stream = relay::join(&r.server, r.server_addr, &r.session, r.role).await?;
+            let stream =
+                relay::join(&r.server, r.server_addr, &r.session, r.role, &r.ticket).await?;
             let mut p = handshake(stream, None, proof, deadline, None).await?;
             p.relayed = true;
             Ok(p)
@@ -266,11 +275,41 @@ impl Race {
             .spawn(handshake(stream, hello, proof, self.deadline, commit));
     }
 
+    /// Runs the handshake on a stream taken from the punch port, closing the oldest such
+    /// stream still unproven when [`MAX_INBOUND_HANDSHAKES`] are under way: a flood of
+    /// connections to the punch port holds a bounded number of sockets.
+    fn prove_inbound(&mut self, stream: TcpStream, hello: Option<[u8; HELLO_LEN]>) {
+        let (proof, commit) = (self.plan.proof.clone(), self.commit.clone());
+        let handle = self
+            .handshakes
+            .spawn(handshake(stream, hello, proof, self.deadline, commit));
+        self.inbound.push_back(handle);
+        if self.inbound.len() > MAX_INBOUND_HANDSHAKES
+            && let Some(oldest) = self.inbound.pop_front()
+        {
+            tracing::debug!("too many streams from the punch port at once: closing the oldest");
+            oldest.abort();
+        }
+    }
+
+    /// A handshake task ended: it is no longer under way.
+    fn finished(
+        &mut self,
+        done: Result<(tokio::task::Id, Result<Punched, HandshakeError>), JoinError>,
+    ) -> Result<Result<Punched, HandshakeError>, JoinError> {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        self.inbound.retain(|h| h.id() != id);
+        done.map(|(_, r)| r)
+    }
+
     /// A handshake ended; returns the winning stream if there is one now. A proven stream is
     /// used unless a committed one may still win.
     async fn proven(
         &mut self,
-        done: Result<Result<Punched, HandshakeError>, tokio::task::JoinError>,
+        done: Result<Result<Punched, HandshakeError>, JoinError>,
     ) -> Option<Punched> {
         match done {
             Ok(Ok(punched)) if punched.selected => return Some(punched),
@@ -280,6 +319,7 @@ impl Race {
                 tracing::debug!("punched stream rejected: {why}");
                 self.failure.rejected_streams += 1;
             }
+            Err(e) if e.is_cancelled() => {}
             Err(e) => tracing::warn!("handshake task failed: {e}"),
         }
         while !self.standby.is_empty() {

@@ -9,7 +9,10 @@ use tokio::time::Instant;
 use super::early::EarlyData;
 use crate::defaults;
 use crate::peer::control::ServerUrl;
-use crate::protocol::{Auth, Mode, PunchOrder, Role, SessionId, SessionKeys, Strategy};
+use crate::protocol::{
+    Auth, Mode, PunchOrder, RelayTicket, Role, SessionId, SessionKeys, Strategy,
+    private_candidate_allowed,
+};
 
 /// Time the relay gets, after it is joined, to carry the handshake.
 const RELAY_GRACE: Duration = Duration::from_secs(5);
@@ -83,6 +86,8 @@ pub(crate) struct RelayPlan {
     pub session: SessionId,
     /// Our end.
     pub role: Role,
+    /// Our end's ticket, from the order.
+    pub ticket: RelayTicket,
     /// Join after this long unless a direct stream was proven first.
     pub after: Duration,
 }
@@ -142,6 +147,14 @@ pub(crate) fn plan(
     };
     let keys = SessionKeys::derive(order.session, &order.key, secret);
     let (mut targets, birthday) = candidates(order, punch.ttl);
+    // The server forwards only candidates that can lie inside the peer's network; check again
+    // here rather than trust it to aim our SYNs.
+    let peer_private: Vec<SocketAddr> = order
+        .peer_private
+        .iter()
+        .copied()
+        .filter(|a| private_candidate_allowed(*a, order.peer_public.ip()))
+        .collect();
     // Before private candidates are added: only public and mapped endpoints are trusted with
     // early data.
     let early = match (role, early) {
@@ -149,8 +162,7 @@ pub(crate) fn plan(
         _ => None,
     };
     targets.extend(
-        order
-            .peer_private
+        peer_private
             .iter()
             .copied()
             .filter(|a| *a != order.peer_public),
@@ -158,7 +170,7 @@ pub(crate) fn plan(
     if plain {
         // The seed's caller connects once, from its control port: aim only there.
         targets = std::iter::once(order.peer_public)
-            .chain(order.peer_private.iter().copied())
+            .chain(peer_private)
             .collect();
     }
     PunchPlan {
@@ -175,13 +187,17 @@ pub(crate) fn plan(
             Proof::Hello { role, keys }
         },
         birthday,
-        relay: order.relay_after_ms.map(|ms| RelayPlan {
-            server: at.server.clone(),
-            server_addr: at.server_addr,
-            session: order.session,
-            role,
-            after: Duration::from_millis(ms).min(defaults::MAX_RELAY_AFTER),
-        }),
+        relay: order
+            .relay_after_ms
+            .zip(order.relay_ticket)
+            .map(|(ms, ticket)| RelayPlan {
+                server: at.server.clone(),
+                server_addr: at.server_addr,
+                session: order.session,
+                role,
+                ticket,
+                after: Duration::from_millis(ms).min(defaults::MAX_RELAY_AFTER),
+            }),
         early,
     }
 }
@@ -257,6 +273,7 @@ mod tests {
             your_mapping: Mapping::EndpointDependent,
             peer_mapping: Mapping::EndpointDependent,
             relay_after_ms: None,
+            relay_ticket: None,
             peer_mapped: Some("198.51.100.10:40001".parse().unwrap()),
         }
     }
@@ -305,7 +322,8 @@ mod tests {
         let text = r#"{"type":"punch","session":"0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f",
             "key":"a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "peer_public":"198.51.100.2:40000","you":"198.51.100.3:51000","mode":"punch",
-            "auth":"secret","relay_after_ms":18446744073709551615}"#;
+            "auth":"secret","relay_after_ms":18446744073709551615,
+            "relay_ticket":"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1"}"#;
         let Ok(ServerToClient::Punch(p)) = protocol::decode::<ServerToClient>(text) else {
             panic!("a punch order");
         };

@@ -242,7 +242,9 @@ final class Control {
             case "peer_gone":
                 return refused + "; peer " + peer + " was lost while the connection was set up: try again";
             case "busy":
-                return refused + "; the server is at capacity: try again later";
+                // The server's words name the limit (e.g. "server busy: too many connections
+                // from 203.0.113.70 (limit 256)").
+                return message + "; try again later";
             case "no_direct_path":
                 return refused + "; a server started with --relay would carry the connection";
             case "unauthorized":

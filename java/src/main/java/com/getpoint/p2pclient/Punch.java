@@ -100,8 +100,14 @@ final class Punch {
         }
     }
 
-    /** The order's relay start in ms (-1: no relay), capped so a huge value cannot overflow. */
+    /**
+     * The order's relay start in ms (-1: no relay, also when the order carries no ticket to join
+     * it with), capped so a huge value cannot overflow.
+     */
     static long relayAfter(Message order) {
+        if (order.text("relay_ticket") == null) {
+            return -1;
+        }
         return capRelayAfter(order.number("relay_after_ms", -1));
     }
 
@@ -187,8 +193,10 @@ final class Punch {
         // Before the private candidates: only the agent's public and mapped endpoints are
         // trusted with early data (a private address may belong to another host).
         commitTargets.addAll(targets);
+        // Only candidates that can lie inside the agent's network: the server checks them too,
+        // but a client does not let anyone aim its SYNs at the internet.
         for (HostTuple a : order.addresses("peer_private")) {
-            if (!targets.contains(a)) targets.add(a);
+            if (!targets.contains(a) && Protocol.privateCandidateAllowed(a, peerPublic.ip)) targets.add(a);
         }
         for (final HostTuple target : targets) {
             startWorker("p2pnc-punch-" + target, new Runnable() {
@@ -403,7 +411,7 @@ final class Punch {
             // (docs/security.md): the session id was learnt over TLS and the stream handshake
             // authenticates the ends.
             s.setSoTimeout(Math.max(1, Math.min(control.timeoutMs, remainingMs())));
-            Relay.join(s, control.server, control.order.text("session"));
+            Relay.join(s, control.server, control.order.text("session"), control.order.text("relay_ticket"));
             handshake(s, server, true);
         } catch (IOException e) {
             WebSocket.closeQuietly(s);

@@ -255,6 +255,47 @@ public class VectorsTest {
         return out;
     }
 
+    @Test
+    public void idsAreCheckedLikeTheServerChecksThem() {
+        Map<String, Object> ids = map(vectors.get("ids"));
+        for (Object o : list(ids.get("valid"))) {
+            try {
+                Protocol.checkId("id", (String) o);
+            } catch (P2pException e) {
+                fail("refused the valid id '" + o + "': " + e.getMessage());
+            }
+        }
+        for (Object o : list(ids.get("invalid"))) {
+            try {
+                Protocol.checkId("id", (String) o);
+                fail("accepted the invalid id '" + o + "'");
+            } catch (P2pException e) {
+                assertTrue(e.getMessage(), e.getMessage().startsWith("id must") || e.getMessage().startsWith("id may"));
+            }
+        }
+    }
+
+    @Test
+    public void privateCandidatesAreFilteredLikeTheServerFiltersThem() {
+        List<Object> cases = list(vectors.get("private_candidates"));
+        assertTrue(cases.size() >= 10);
+        for (Object o : cases) {
+            Map<String, Object> c = map(o);
+            boolean allowed = Protocol.privateCandidateAllowed(HostTuple.parse(str(c, "candidate")), str(c, "seen_from"));
+            assertEquals(c.toString(), c.get("allowed"), allowed);
+        }
+    }
+
+    @Test
+    public void relayJoinsAreTheVectors() {
+        for (Object o : list(vectors.get("relay_join"))) {
+            Map<String, Object> c = map(o);
+            if (!"client".equals(c.get("role"))) continue; // this client joins as the client only
+            String query = "v=1&session=" + str(c, "session") + "&role=client&ticket=" + str(c, "ticket");
+            assertEquals(str(c, "query"), query);
+        }
+    }
+
     /** Agents' owner credential: the Java client does not expose, but checks the formula. */
     @Test
     public void ownerCredentials() {
