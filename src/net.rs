@@ -45,6 +45,10 @@ pub fn shared_port_socket(local: SocketAddr) -> io::Result<Socket> {
     socket.set_reuse_address(true)?;
     #[cfg(unix)]
     socket.set_reuse_port(true)?;
+    if local.is_ipv6() {
+        // Each family has its own punch port: an IPv6 one never takes IPv4 connections.
+        socket.set_only_v6(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.bind(&local.into())?;
@@ -58,11 +62,15 @@ pub fn shared_listener(local: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// A listener for the rendezvous server's ports, with a deep accept queue.
+/// A listener for the rendezvous server's ports, with a deep accept queue. On the unspecified
+/// IPv6 address it takes IPv4 connections too (dual stack), whatever the system's default.
 pub fn server_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
+    if let SocketAddr::V6(v6) = addr {
+        socket.set_only_v6(!v6.ip().is_unspecified())?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(SERVER_BACKLOG)?;

@@ -112,11 +112,23 @@ fn punch() -> impl Strategy<Value = PunchOrder> {
         mapping(),
         proptest::option::of(any::<u64>()),
         proptest::option::of(addr()),
+        proptest::option::of(addr()),
+        proptest::option::of(addr()),
     );
     (ends, extras).prop_map(
         |(
             (session, key, peer_public, peer_private, you, mode, auth),
-            (nonce, proof, strategy, your_mapping, peer_mapping, relay_after_ms, peer_mapped),
+            (
+                nonce,
+                proof,
+                strategy,
+                your_mapping,
+                peer_mapping,
+                relay_after_ms,
+                peer_mapped,
+                peer_public6,
+                you6,
+            ),
         )| PunchOrder {
             session,
             key,
@@ -132,6 +144,8 @@ fn punch() -> impl Strategy<Value = PunchOrder> {
             peer_mapping,
             relay_after_ms,
             peer_mapped,
+            peer_public6,
+            you6,
         },
     )
 }
@@ -203,15 +217,19 @@ fn expose_query() -> impl Strategy<Value = ExposeQuery> {
         proptest::option::of(probe_token()),
         proptest::option::of(hex_of(32)),
         proptest::option::of(addr()),
+        proptest::option::of(probe_token()),
     )
-        .prop_map(|(id, auth, private, probe, owner, mapped)| ExposeQuery {
-            id,
-            auth,
-            private,
-            probe,
-            owner,
-            mapped,
-        })
+        .prop_map(
+            |(id, auth, private, probe, owner, mapped, probe_other)| ExposeQuery {
+                id,
+                auth,
+                private,
+                probe,
+                probe_other,
+                owner,
+                mapped,
+            },
+        )
 }
 
 fn connect_query() -> impl Strategy<Value = ConnectQuery> {
@@ -222,15 +240,19 @@ fn connect_query() -> impl Strategy<Value = ConnectQuery> {
         proptest::collection::vec(addr(), 0..=MAX_PRIVATE_CANDIDATES),
         mode(),
         proptest::option::of(probe_token()),
+        proptest::option::of(probe_token()),
     )
-        .prop_map(|(peer, nonce, proof, private, mode, probe)| ConnectQuery {
-            peer,
-            nonce,
-            proof,
-            private,
-            mode,
-            probe,
-        })
+        .prop_map(
+            |(peer, nonce, proof, private, mode, probe, probe_other)| ConnectQuery {
+                peer,
+                nonce,
+                proof,
+                private,
+                mode,
+                probe,
+                probe_other,
+            },
+        )
 }
 
 fn host() -> impl Strategy<Value = String> {
@@ -355,6 +377,7 @@ proptest! {
             auth: Auth::Secret,
             private: vec![],
             probe: None,
+            probe_other: None,
             owner: Some(owner.clone()),
             mapped: None,
         };

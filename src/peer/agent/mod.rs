@@ -23,7 +23,8 @@ use tokio_util::task::TaskTracker;
 
 use self::inbound::Slots;
 use super::control::ServerUrl;
-use super::punch::{Endpoint, PunchOptions};
+use super::ports::PortsView;
+use super::punch::PunchOptions;
 use super::session::{ConnectionInfo, Established, Session};
 use crate::Error;
 use crate::protocol::{self, AgentToServer, ErrorCode, Mode, Nonce, PunchOrder, Role};
@@ -138,10 +139,10 @@ impl Agent {
     /// # Ok(()) }
     /// ```
     pub async fn start(opts: ExposeOptions) -> Result<Agent, Error> {
-        let server_addr = opts.server.resolve().await?;
+        let servers = opts.server.resolve_all().await?;
         let mut backoff = BACKOFF_MIN;
         let registration = loop {
-            match registration::register(&opts, server_addr, opts.punch_port).await {
+            match registration::register(&opts, &servers, opts.punch_port).await {
                 Ok(r) => break r,
                 Err(Error::ServerUnreachable(why)) => {
                     tracing::warn!("server unreachable ({why}); retrying in {backoff:?}");
@@ -160,7 +161,7 @@ impl Agent {
         let state = Arc::new(AgentState {
             stopped: stopped.clone(),
             opts,
-            server_addr,
+            servers,
             accepted: tx,
             replay: Mutex::new(HashMap::new()),
         });
@@ -220,7 +221,8 @@ struct AgentState {
     opts: ExposeOptions,
     /// Why the agent stopped by itself, if it did.
     stopped: Arc<Mutex<Option<String>>>,
-    server_addr: SocketAddr,
+    /// The server's addresses, every family.
+    servers: Vec<SocketAddr>,
     accepted: mpsc::Sender<Accepted>,
     replay: Mutex<HashMap<Nonce, Instant>>,
 }
@@ -297,12 +299,12 @@ impl AgentState {
     }
 }
 
-/// Carries out one punch order: checks the client, punches from the punch port at `local`, and
-/// hands the proven stream to the application.
+/// Carries out one punch order: checks the client, punches from the punch `ports`, and hands
+/// the proven stream to the application.
 async fn session(
     state: Arc<AgentState>,
     slots: Slots,
-    local: SocketAddr,
+    ports: PortsView,
     order: PunchOrder,
     msgs: mpsc::Sender<AgentToServer>,
 ) {
@@ -311,11 +313,7 @@ async fn session(
         let _ = msgs.send(reject).await;
         return;
     }
-    let at = Endpoint {
-        local,
-        server: state.opts.server.clone(),
-        server_addr: state.server_addr,
-    };
+    let at = ports.endpoint(&state.opts.server);
     let secret = state.opts.secret.as_deref();
     let session = Session::new(
         order,
