@@ -38,7 +38,7 @@ pub use self::early::EarlyData;
 pub(crate) use self::handshake::handshake;
 pub use self::handshake::{HandshakeError, read_hello};
 use self::plan::Birthday;
-pub(crate) use self::plan::{ByFamily, Endpoint, PunchPlan, plan};
+pub(crate) use self::plan::{ByFamily, Endpoint, PunchPlan, plan, strategy_used};
 pub use self::plan::{Proof, PunchOptions, PunchTtl};
 use crate::net;
 use crate::peer::relay;
@@ -91,6 +91,8 @@ pub struct PunchFailure {
     pub birthday: Option<String>,
     /// Why the relay failed, if it was tried.
     pub relay: Option<String>,
+    /// The public address both ends are behind, when they share one.
+    pub shared_public: Option<std::net::IpAddr>,
 }
 
 impl fmt::Display for PunchFailure {
@@ -110,6 +112,14 @@ impl fmt::Display for PunchFailure {
                 f,
                 "; {} streams failed the session handshake",
                 self.rejected_streams
+            )?;
+        }
+        if let Some(ip) = self.shared_public {
+            write!(
+                f,
+                "; both ends are behind the same public address {ip} (one NAT in front of both, \
+                 such as a carrier-grade NAT): their public endpoints meet only if that NAT \
+                 hairpins, and this one does not seem to"
             )?;
         }
         Ok(())
@@ -180,8 +190,11 @@ impl Race {
             .map(|(early, targets)| Arc::new(Commit::new(early, targets)));
         Race {
             deadline: plan.deadline(started),
+            failure: PunchFailure {
+                shared_public: plan.shared_public,
+                ..PunchFailure::default()
+            },
             plan,
-            failure: PunchFailure::default(),
             commit,
             standby: Vec::new(),
             handshakes: JoinSet::new(),
@@ -357,6 +370,7 @@ mod tests {
             targets,
             first_ttl: ByFamily::default(),
             v4_delay: Duration::ZERO,
+            shared_public: None,
             timeout: Duration::from_secs(3),
             proof,
             birthday: None,

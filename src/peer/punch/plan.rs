@@ -155,6 +155,9 @@ pub(crate) struct PunchPlan {
     /// Happy Eyeballs: how long after the IPv6 candidates the IPv4 ones (and an IPv4 birthday
     /// punch) start; zero unless there are both.
     pub v4_delay: Duration,
+    /// The public IPv4 address both ends are behind, when they share one (one NAT in front of
+    /// both): their public endpoints reach each other only if that NAT hairpins.
+    pub shared_public: Option<IpAddr>,
     /// Give up after this long.
     pub timeout: Duration,
     /// How streams are proven.
@@ -238,6 +241,7 @@ pub(crate) fn plan(
         } else {
             Duration::ZERO
         },
+        shared_public: shared_outer.then(|| order.you.ip()),
         timeout: if plain { PLAIN_WINDOW } else { punch.timeout },
         proof: if plain {
             Proof::Address
@@ -282,6 +286,16 @@ fn candidates(order: &PunchOrder, ttl: Option<u32>) -> (Vec<SocketAddr>, Option<
         _ => targets.push(order.peer_public),
     }
     (targets, birthday)
+}
+
+/// The strategy that made a stream to `peer`: the order's, but a stream over the IPv6 path
+/// beside an IPv4 one was made by simultaneous open.
+pub(crate) fn strategy_used(order: &PunchOrder, peer: SocketAddr, relayed: bool) -> Strategy {
+    if !relayed && order.peer_public6.is_some() && peer.is_ipv6() && order.peer_public.is_ipv4() {
+        Strategy::Simultaneous
+    } else {
+        order.strategy
+    }
 }
 
 impl Birthday {
@@ -493,6 +507,21 @@ mod tests {
             p.birthday,
             Some(Birthday::Hard { ttl: Some(3), .. })
         ));
+    }
+
+    #[test]
+    fn a_stream_over_the_ipv6_path_was_made_by_simultaneous_open() {
+        let order = PunchOrder {
+            strategy: Strategy::RelayOnly,
+            ..dual_order()
+        };
+        let v6 = order.peer_public6.unwrap();
+        assert_eq!(strategy_used(&order, v6, false), Strategy::Simultaneous);
+        assert_eq!(strategy_used(&order, v6, true), Strategy::RelayOnly);
+        assert_eq!(
+            strategy_used(&order, order.peer_public, false),
+            Strategy::RelayOnly
+        );
     }
 
     #[test]
