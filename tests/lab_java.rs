@@ -461,7 +461,10 @@ fn java_dual_stack(cfg: LabConfig, want: impl Fn(&Lab) -> String) {
             rdv < (PAYLOAD / 8) as u64,
             "round {round}: the rendezvous host moved {rdv} bytes: not direct"
         );
-        eprintln!("round {round}: {}", run.stdout.trim_end().replace('\n', " | "));
+        eprintln!(
+            "round {round}: {}",
+            run.stdout.trim_end().replace('\n', " | ")
+        );
     }
     assert_eq!(echo.connections(), 2, "the service saw every session once");
 }

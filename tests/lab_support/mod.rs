@@ -27,9 +27,17 @@ const POLL: Duration = Duration::from_millis(20);
 /// Time one HTTP request to the server may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Path of the p2pnc binary built by cargo for this test or bench.
+/// Path of the p2pnc binary built by cargo for this test or bench, or the one named by
+/// `P2PNC_LAB_BIN` (to run the same tests or benchmarks against another build, such as the
+/// previous release).
 pub fn p2pnc_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_p2pnc")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("P2PNC_LAB_BIN")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_p2pnc").to_string())
+    })
 }
 
 /// URL of the lab's rendezvous server, by its IPv4 address.
