@@ -31,6 +31,13 @@ const RTT_MS: f64 = 2.0 * DELAY_MS as f64;
 /// Measured runs per latency figure, after `LATENCY_WARMUP` unmeasured ones.
 const LATENCY_RUNS: usize = 21;
 const LATENCY_WARMUP: usize = 2;
+/// Least time between the starts of two measured connects from one host. Each `connect`
+/// process sweeps the routers in front of it once, and routers answer ICMP at about one
+/// message per second per destination (Linux: a burst of 6, then one a second): back-to-back
+/// connects several times a second silence the home router and the CGN, and each connect whose
+/// sweep finds nothing falls back to TTL 2, which a CGN swallows. One connect a second, a
+/// user's pace at most, keeps them answering.
+const LATENCY_PACE: Duration = Duration::from_secs(1);
 /// The 4-RTT bound (handshake to the server, request, simultaneous open, one echo) and the
 /// issue's target for the median.
 const BOUND_RTT: f64 = 4.0;
@@ -73,6 +80,8 @@ pub fn main() -> ExitCode {
     if selected.is_empty() {
         selected = BENCHES.to_vec();
     }
+    // Leaves out the cases with IPv6: for a build without IPv6 support (`P2PNC_LAB_BIN`).
+    let ipv4_only = args.iter().any(|a| a == "--ipv4-only");
     if !natlab::require_lab(&[]) {
         return ExitCode::SUCCESS;
     }
@@ -91,9 +100,9 @@ pub fn main() -> ExitCode {
         let t = Instant::now();
         let load = loadavg();
         match *b {
-            "latency" => latency(&mut out, &mut problems),
+            "latency" => latency(&mut out, &mut problems, ipv4_only),
             "throughput" => throughput(&mut out, &mut problems),
-            _ => grid(&mut out, &mut problems),
+            _ => grid(&mut out, &mut problems, ipv4_only),
         }
         out.line(format!(
             "({b}: {:.0} s; load average before {load}, after {})",
@@ -325,6 +334,8 @@ struct LatencyCase {
     want: fn(&Lab) -> IpAddr,
     /// Measure plain TCP through a port forward on B's home router too (B has one NAT).
     plain: bool,
+    /// The single-NAT row (index) with the same strategy, that this one is compared with.
+    base: usize,
 }
 
 fn latency_cases() -> Vec<LatencyCase> {
@@ -334,31 +345,50 @@ fn latency_cases() -> Vec<LatencyCase> {
             .second_hosts(false)
     };
     let (drop, rst) = (Nat::RestrictedDrop, Nat::RestrictedRst);
+    let symmetric = Nat::Symmetric { rst: false };
     let cone_cgn = Cgn::new(Nat::RestrictedDrop);
     let b_v4: fn(&Lab) -> IpAddr = |lab| lab.public_ip(Site::B).into();
     let b_v6: fn(&Lab) -> IpAddr = |lab| lab.host_ip6(Site::B).into();
-    let v4 = |name, cfg, plain| LatencyCase {
+    let v4 = |name, cfg, plain, base| LatencyCase {
         name,
         cfg,
         dual_stack: false,
         want: b_v4,
         plain,
+        base,
+    };
+    let v6 = |name, cfg, base| LatencyCase {
+        name,
+        cfg,
+        dual_stack: true,
+        want: b_v6,
+        plain: false,
+        base,
     };
     vec![
         v4(
             "port-restricted, drop ↔ port-restricted, drop",
             base(drop, drop),
             true,
+            0,
         ),
         v4(
             "port-restricted, RST ↔ port-restricted, RST",
             base(rst, rst),
             true,
+            0,
+        ),
+        v4(
+            "symmetric, drop ↔ port-restricted, drop (birthday)",
+            base(symmetric, drop),
+            false,
+            0,
         ),
         v4(
             "drop ↔ NAT444 (cone CGN in front of B's drop router)",
             base(drop, drop).cgn(Site::B, cone_cgn),
             false,
+            0,
         ),
         v4(
             "NAT444 ↔ NAT444 (cone CGNs in front of drop routers)",
@@ -366,37 +396,35 @@ fn latency_cases() -> Vec<LatencyCase> {
                 .cgn(Site::A, cone_cgn)
                 .cgn(Site::B, cone_cgn),
             false,
+            0,
         ),
         v4(
-            "NAT444 (symmetric CGN in front of A's drop router) ↔ drop",
-            base(drop, drop).cgn(Site::A, Cgn::new(Nat::Symmetric { rst: false })),
+            "NAT444 (symmetric CGN in front of A's drop router) ↔ drop (birthday)",
+            base(drop, drop).cgn(Site::A, Cgn::new(symmetric)),
             false,
+            2,
         ),
-        LatencyCase {
-            name: "IPv6 ↔ IPv6, drop firewalls (dual stack, IPv4 drop routers)",
-            cfg: base(drop, drop)
+        v6(
+            "IPv6 ↔ IPv6, drop firewalls (dual stack, IPv4 drop routers)",
+            base(drop, drop)
                 .ipv6(Site::A, Firewall::Drop)
                 .ipv6(Site::B, Firewall::Drop),
-            dual_stack: true,
-            want: b_v6,
-            plain: false,
-        },
-        LatencyCase {
-            name: "IPv6 ↔ IPv6, RST firewalls (dual stack, IPv4 RST routers)",
-            cfg: base(rst, rst)
+            0,
+        ),
+        v6(
+            "IPv6 ↔ IPv6, RST firewalls (dual stack, IPv4 RST routers)",
+            base(rst, rst)
                 .ipv6(Site::A, Firewall::Rst)
                 .ipv6(Site::B, Firewall::Rst),
-            dual_stack: true,
-            want: b_v6,
-            plain: false,
-        },
+            1,
+        ),
     ]
 }
 
 /// The medians of one latency case: (spawn to first echo, setup reported by connect), ms.
 type Medians = (f64, f64);
 
-fn latency(out: &mut Out, problems: &mut Vec<String>) {
+fn latency(out: &mut Out, problems: &mut Vec<String>, ipv4_only: bool) {
     out.line(format!(
         "## latency: spawn of the client process to the first echoed byte \
          ({DELAY_MS} ms one-way per site and for the server: RTT {RTT_MS:.0} ms between any two hosts)"
@@ -406,21 +434,25 @@ fn latency(out: &mut Out, problems: &mut Vec<String>) {
         "{LATENCY_RUNS} runs per row (after {LATENCY_WARMUP} warm-up runs), p2pnc and plain runs \
          interleaved. plain TCP = a minimal Rust client (this bench binary) through a port forward \
          on B's router to the same echo service: TCP handshake + echo = 2 RTT + process start. \
-         The NAT444 and IPv6 rows are compared with the single-NAT drop ↔ drop row of the same \
-         run (Δ median)."
+         One p2pnc connect a second at most (routers answer the TTL sweeps' ICMP at about one \
+         a second per destination). The NAT444 and IPv6 rows are compared with the single-NAT \
+         row of the same run with the same strategy (Δ median): drop ↔ drop, or for the \
+         symmetric CGN symmetric ↔ drop (birthday punching)."
     ));
     out.line("");
     out.line(
-        "| NATs (client A, agent B) | client | p10 ms | median ms | p90 ms | median RTT | Δ median vs single NAT |",
+        "| NATs (client A, agent B) | client | p10 ms | median ms | p90 ms | median RTT | Δ median vs single NAT, same strategy |",
     );
     out.line("|---|---|---:|---:|---:|---:|---:|");
     let mut notes = Vec::new();
-    let mut single: Option<Medians> = None;
-    for case in latency_cases() {
-        let medians = latency_case(out, problems, &mut notes, &case, single);
-        if single.is_none() {
-            single = medians;
+    let cases = latency_cases();
+    let mut medians: Vec<Option<Medians>> = vec![None; cases.len()];
+    for (i, case) in cases.iter().enumerate() {
+        if ipv4_only && case.dual_stack {
+            continue;
         }
+        let base = (case.base != i).then(|| (cases[case.base].name, medians[case.base]));
+        medians[i] = latency_case(out, problems, &mut notes, case, base);
         eprintln!("latency {}: done", case.name);
     }
     out.line("");
@@ -435,8 +467,9 @@ fn latency_case(
     problems: &mut Vec<String>,
     notes: &mut Vec<String>,
     case: &LatencyCase,
-    single: Option<Medians>,
+    base: Option<(&str, Option<Medians>)>,
 ) -> Option<Medians> {
+    let single = base.and_then(|(_, m)| m);
     let lab = Lab::new(case.cfg);
     let (url, _server) = if case.dual_stack {
         let server = lab.start_server_dual_stack(&[]);
@@ -478,6 +511,7 @@ fn latency_case(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..LATENCY_WARMUP + LATENCY_RUNS {
         let measured = i >= LATENCY_WARMUP;
+        let next = Instant::now() + LATENCY_PACE;
         match spawn_to_first_echo(&lab, Node::Host(Site::A), p2p_spec()) {
             Ok((t, stderr)) => match lab_support::reports(&stderr)
                 .iter()
@@ -508,6 +542,7 @@ fn latency_case(
                 Err(e) => problems.push(format!("latency {name} baseline: run {i}: {e}")),
             }
         }
+        thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     let (p2p, plain, setup, after) = (sorted(p2p), sorted(plain), sorted(setup), sorted(after));
     let delta = |v: f64, base: Option<f64>| match base {
@@ -575,11 +610,13 @@ fn latency_case(
             pct(&after, 0.5)
         ));
     }
-    if let Some((first_echo, setup_ms)) = single.filter(|_| !case.plain) {
+    if let (Some((base_name, _)), Some((first_echo, setup_ms))) = (base, single)
+        && !case.plain
+    {
         let d = (medians.0 - first_echo) / RTT_MS;
         notes.push(format!(
-            "- {name}: median to the first echo {:.0} ms, {d:+.2} RTT from the single-NAT drop ↔ \
-             drop row (target within {MAX_EXTRA_RTT} RTT: {}); setup median {:.0} ms ({:+.2} RTT)",
+            "- {name}: median to the first echo {:.0} ms, {d:+.2} RTT from the {base_name} row \
+             (target within {MAX_EXTRA_RTT} RTT: {}); setup median {:.0} ms ({:+.2} RTT)",
             medians.0,
             if d <= MAX_EXTRA_RTT { "met" } else { "NOT met" },
             medians.1,
@@ -922,8 +959,12 @@ fn grid_cell(attempts: &[Attempt]) -> String {
         .join(", ")
 }
 
-fn grid(out: &mut Out, problems: &mut Vec<String>) {
-    let n = GRID_KINDS.len();
+fn grid(out: &mut Out, problems: &mut Vec<String>, ipv4_only: bool) {
+    let kinds: Vec<GridKind> = GRID_KINDS
+        .into_iter()
+        .filter(|k| !(ipv4_only && k.has_v6()))
+        .collect();
+    let n = kinds.len();
     out.line(format!(
         "## grid: client NAT (rows) × agent NAT (columns), server with `--relay`, \
          RTT {RTT_MS:.0} ms between any two hosts"
@@ -941,7 +982,7 @@ fn grid(out: &mut Out, problems: &mut Vec<String>) {
     for i in 0..n {
         for j in i..n {
             let t = Instant::now();
-            let (ka, kb) = (GRID_KINDS[i], GRID_KINDS[j]);
+            let (ka, kb) = (kinds[i], kinds[j]);
             let cfg = LabConfig::new(ka.home_nat(), kb.home_nat())
                 .delays(DELAY_MS, DELAY_MS, DELAY_MS)
                 .second_hosts(false);
@@ -1000,7 +1041,7 @@ fn grid(out: &mut Out, problems: &mut Vec<String>) {
     }
     let mut header = "| client ↓ agent → |".to_string();
     let mut rule = "|---|".to_string();
-    for k in GRID_KINDS {
+    for &k in &kinds {
         header.push_str(&format!(" {} |", k.name()));
         rule.push_str("---|");
     }
@@ -1008,15 +1049,11 @@ fn grid(out: &mut Out, problems: &mut Vec<String>) {
     out.line(rule);
     let mut notes = Vec::new();
     for (i, row) in cells.iter().enumerate() {
-        let mut line = format!("| **{}** |", GRID_KINDS[i].name());
+        let mut line = format!("| **{}** |", kinds[i].name());
         for (j, cell) in row.iter().enumerate() {
             line.push_str(&format!(" {} |", grid_cell(cell)));
-            let pair = format!(
-                "client {} → agent {}",
-                GRID_KINDS[i].name(),
-                GRID_KINDS[j].name()
-            );
-            let expect_direct = grid_direct(GRID_KINDS[i], GRID_KINDS[j]);
+            let pair = format!("client {} → agent {}", kinds[i].name(), kinds[j].name());
+            let expect_direct = grid_direct(kinds[i], kinds[j]);
             for (k, a) in cell.iter().enumerate() {
                 match a {
                     Attempt::Failed(why) => {

@@ -76,29 +76,35 @@ impl NatDepth {
     /// `local` is the address the sweep was sent from, when it is a specific one: IPv6 routers
     /// of its /64 count as inside.
     ///
-    /// A silent hop followed by an inside one is inside; a silent hop followed by a public one
-    /// may be a NAT that sends no ICMP and counts as inside too, since passing a router too many
-    /// costs nothing while stopping one NAT short opens nothing. Silent hops with no answer after
-    /// them count for nothing: a TTL past them could reach the peer's router.
+    /// A hop that is silent (or has not answered yet) followed by an inside one is inside. One
+    /// followed by a public router may be a NAT that sends no ICMP (or a CGN whose answers are
+    /// rate-limited: one per second per subscriber is common) and counts as inside too, since
+    /// passing a router too many costs nothing while stopping one NAT short opens nothing. Such
+    /// hops with no router answer after them count for nothing: a TTL past them could reach the
+    /// peer's router, and the destination's own answer says nothing of the hops before it.
     pub(crate) fn from_hops(hops: &[Option<Hop>], local: Option<IpAddr>) -> NatDepth {
         let mut depth = NatDepth::default();
-        let mut silent = 0u8;
+        // Hops since the last inside one that did not answer, and whether some may still.
+        let (mut quiet, mut pending) = (0u8, false);
         for hop in hops {
             match hop {
-                None => break,
-                Some(Hop::Silent) => silent += 1,
+                None => {
+                    quiet += 1;
+                    pending = true;
+                }
+                Some(Hop::Silent) => quiet += 1,
                 Some(Hop::Router(a)) if is_inside(*a, local) => {
-                    depth.nats += silent + 1;
+                    depth.nats += quiet + 1;
                     depth.cgn |= matches!(a, IpAddr::V4(v4) if is_shared(*v4));
-                    silent = 0;
+                    (quiet, pending) = (0, false);
                 }
                 Some(Hop::Router(_)) => {
-                    depth.nats += silent;
+                    depth.nats += quiet;
                     depth.known = true;
                     break;
                 }
                 Some(Hop::Destination) => {
-                    depth.known = true;
+                    depth.known = !pending;
                     break;
                 }
             }
@@ -295,7 +301,7 @@ mod tests {
         );
         assert_eq!(d.low_ttl(false), 4);
         assert_eq!(d.low_ttl(true), 4, "not known to be the outermost");
-        let running = depth(&[r("10.0.0.1"), None, r("198.51.100.1")]);
+        let running = depth(&[r("10.0.0.1"), None, None, D]);
         assert_eq!(
             running,
             NatDepth {
@@ -305,6 +311,50 @@ mod tests {
             }
         );
         assert_eq!(running.to_string(), "at least 1");
+    }
+
+    #[test]
+    fn a_hop_yet_to_answer_before_a_public_one_counts_as_a_nat() {
+        // A CGN whose answer was rate-limited, or is still on its way, behind the home router.
+        let d = depth(&[r("192.168.1.1"), None, r("198.51.100.1"), None]);
+        assert_eq!(
+            d,
+            NatDepth {
+                nats: 2,
+                known: true,
+                cgn: false
+            }
+        );
+        assert_eq!(d.low_ttl(false), 3);
+        // Before an inside one: inside.
+        let d = depth(&[r("10.0.1.1"), None, r("100.64.0.1"), None]);
+        assert_eq!(
+            d,
+            NatDepth {
+                nats: 3,
+                known: false,
+                cgn: true
+            }
+        );
+        // Before the destination: not known, and not counted.
+        let d = depth(&[r("10.0.1.1"), None, D]);
+        assert_eq!(
+            d,
+            NatDepth {
+                nats: 1,
+                known: false,
+                cgn: false
+            }
+        );
+        let d = depth(&[r("10.0.1.1"), S, D]);
+        assert_eq!(
+            d,
+            NatDepth {
+                nats: 1,
+                known: true,
+                cgn: false
+            }
+        );
     }
 
     #[test]

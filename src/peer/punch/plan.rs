@@ -236,7 +236,8 @@ pub(crate) fn plan(
             },
             Role::Client => ByFamily::default(),
         },
-        v4_delay: if v4 && v6 {
+        // Plain mode fires its first SYNs, and then arms, at once.
+        v4_delay: if v4 && v6 && !plain {
             defaults::IPV6_HEAD_START
         } else {
             Duration::ZERO
@@ -645,6 +646,17 @@ mod tests {
             agent.targets,
             vec![order.peer_public, order.peer_private[0]]
         );
+        // Dual stack, an IPv6 LAN candidate: still every SYN at once, before the agent arms.
+        let dual = PunchOrder {
+            peer_private: vec![
+                order.peer_private[0],
+                "[2001:db8:1:1::2]:4006".parse().unwrap(),
+            ],
+            ..order.clone()
+        };
+        let agent = plan_at(&dual, Role::Agent, &dual_stack(), PunchTtl::Learned);
+        assert_eq!(agent.targets.len(), 3);
+        assert_eq!(agent.v4_delay, Duration::ZERO);
         let client = order_plan(&order, Role::Client);
         assert!(
             matches!(
