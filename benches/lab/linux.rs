@@ -378,11 +378,12 @@ fn latency_cases() -> Vec<LatencyCase> {
             true,
             0,
         ),
+        // The single-NAT row of birthday punching: compared with nothing.
         v4(
             "symmetric, drop ↔ port-restricted, drop (birthday)",
             base(symmetric, drop),
             false,
-            0,
+            2,
         ),
         v4(
             "drop ↔ NAT444 (cone CGN in front of B's drop router)",

@@ -49,7 +49,8 @@ const CACHE_FOR: Duration = Duration::from_secs(300);
 /// What answered one probe of a sweep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Hop {
-    /// A router on the way: its ICMP Time Exceeded came from this address.
+    /// A router on the way: its ICMP Time Exceeded (or another ICMP error, from a router that
+    /// filters the datagram) came from this address.
     Router(IpAddr),
     /// The destination itself answered (its port was closed): every hop before it is known.
     Destination,

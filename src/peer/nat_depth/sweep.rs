@@ -22,9 +22,6 @@ const PAYLOAD: &[u8] = b"p2pnc nat depth probe";
 /// Room for the control messages of one queued error (the extended error and the offender's
 /// address, with headers and padding).
 const CONTROL_LEN: usize = 256;
-/// ICMP Time Exceeded, and ICMPv6 Time Exceeded.
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP6_TIME_EXCEEDED: u8 = 3;
 
 /// Sweeps toward `server` from `local` (or any address), publishing what is known on `tx` after
 /// every answer; ends once the depth is known, or after [`SWEEP_TIMEOUT`].
@@ -155,13 +152,16 @@ fn parse_extended_error(p: &[u8], server: IpAddr) -> Option<Hop> {
     }
     // SAFETY: p holds at least one sock_extended_err; read_unaligned copes with alignment.
     let ee: libc::sock_extended_err = unsafe { std::ptr::read_unaligned(p.as_ptr().cast()) };
-    let time_exceeded = match ee.ee_origin {
-        libc::SO_EE_ORIGIN_ICMP => ee.ee_type == ICMP_TIME_EXCEEDED,
-        libc::SO_EE_ORIGIN_ICMP6 => ee.ee_type == ICMP6_TIME_EXCEEDED,
-        _ => return None,
-    };
+    if !matches!(
+        ee.ee_origin,
+        libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
+    ) {
+        return None;
+    }
+    // Time Exceeded names the router at that TTL; any other error (a router that filters the
+    // datagram) names where the datagram got to as well, unless it is the server itself.
     let from = offender(&p[ee_len..])?;
-    Some(if time_exceeded && from != server {
+    Some(if from != server {
         Hop::Router(from)
     } else {
         Hop::Destination
