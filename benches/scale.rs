@@ -625,6 +625,7 @@ async fn register(
         // What a real agent sends: its interface address with its punch port.
         private: vec![SocketAddr::new(src.into(), 50_302)],
         probe: None,
+        probe_other: None,
         owner: Some(protocol::owner_credential(SECRET, id)),
         mapped: None,
     }
@@ -652,6 +653,7 @@ async fn connect_once(
         private: vec![],
         mode: Mode::Punch,
         probe: None,
+        probe_other: None,
     }
     .to_query();
     let started = Instant::now();

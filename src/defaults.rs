@@ -7,17 +7,27 @@ use std::time::Duration;
 
 /// Default TCP port of the rendezvous server (HTTP and WebSocket); its probe port is the next.
 pub const SERVER_PORT: u16 = crate::protocol::DEFAULT_SERVER_PORT;
-/// Default address of `p2pnc server`: every IPv4 address, [`SERVER_PORT`].
-pub const SERVER_LISTEN: &str = "0.0.0.0:50300";
+/// Default address of `p2pnc server`: every IPv6 and IPv4 address (one dual-stack socket),
+/// [`SERVER_PORT`]; on a host without IPv6, every IPv4 address.
+pub const SERVER_LISTEN: &str = "[::]:50300";
 /// Time allowed for resolving, connecting to and upgrading with the server, each.
 pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a punch may take before the attempt is given up: several seconds of retries cover
 /// a lost SYN and the slowest path seen in the lab many times over.
 pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// TTL of SYNs meant to open our own NAT only: passes our router (hop 1) and dies at the next
-/// hop, so the peer's router never sees it.
+/// TTL of SYNs meant to open our own NAT only while the NATs in front are not known yet (see
+/// `PunchTtl::Learned`): passes our router (hop 1) and dies at the next hop, so the peer's
+/// router never sees it. Also the least TTL a learnt depth gives.
 pub const PUNCH_TTL: u32 = 2;
+/// Happy Eyeballs (in the spirit of RFC 8305): when both ends have IPv6 and IPv4 paths, the
+/// IPv4 punch starts this long after the IPv6 one, at both ends alike. Less than a round trip
+/// on nearly every path, so a broken IPv6 path costs a connect little; long enough that a
+/// working IPv6 path, whose stream is proven about a round trip after the punch starts, wins
+/// unless its round trip is this much longer than IPv4's. (RFC 8305's 250 ms guards a server
+/// from a second connection; here both punches are cheap and the delay is paid by every
+/// connect whose IPv6 path fails.)
+pub const IPV6_HEAD_START: Duration = Duration::from_millis(50);
 /// Shortest pause after a failed attempt (refused, unreachable) before the next SYN to that
 /// candidate: long enough that a router's RST does not turn the loop into a SYN flood.
 pub const RETRY_MIN: Duration = Duration::from_millis(60);

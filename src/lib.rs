@@ -34,9 +34,10 @@ pub use error::Error;
 pub use peer::agent::{Accepted, Agent, ExposeOptions};
 pub use peer::client::{ConnectOptions, Connection, connect, connect_early};
 pub use peer::control::ServerUrl;
+pub use peer::nat_depth::NatDepth;
 pub use peer::natcheck::{NatReport, nat_check};
 pub use peer::portmap::Survey as PortMappingSurvey;
-pub use peer::punch::{EarlyData, PunchOptions};
+pub use peer::punch::{EarlyData, PunchOptions, PunchTtl};
 pub use peer::session::{ConnectionInfo, Path};
 pub use tls::Trust;
 

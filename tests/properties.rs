@@ -147,6 +147,8 @@ fn punch() -> impl Strategy<Value = PunchOrder> {
         proptest::option::of(any::<u64>()),
         proptest::option::of(relay_ticket()),
         proptest::option::of(addr()),
+        proptest::option::of(addr()),
+        proptest::option::of(addr()),
     );
     (ends, extras).prop_map(
         |(
@@ -160,6 +162,8 @@ fn punch() -> impl Strategy<Value = PunchOrder> {
                 relay_after_ms,
                 relay_ticket,
                 peer_mapped,
+                peer_public6,
+                you6,
             ),
         )| PunchOrder {
             session,
@@ -177,6 +181,8 @@ fn punch() -> impl Strategy<Value = PunchOrder> {
             relay_after_ms,
             relay_ticket,
             peer_mapped,
+            peer_public6,
+            you6,
         },
     )
 }
@@ -248,15 +254,19 @@ fn expose_query() -> impl Strategy<Value = ExposeQuery> {
         proptest::option::of(probe_token()),
         proptest::option::of(hex_of(32)),
         proptest::option::of(addr()),
+        proptest::option::of(probe_token()),
     )
-        .prop_map(|(id, auth, private, probe, owner, mapped)| ExposeQuery {
-            id,
-            auth,
-            private,
-            probe,
-            owner,
-            mapped,
-        })
+        .prop_map(
+            |(id, auth, private, probe, owner, mapped, probe_other)| ExposeQuery {
+                id,
+                auth,
+                private,
+                probe,
+                probe_other,
+                owner,
+                mapped,
+            },
+        )
 }
 
 fn connect_query() -> impl Strategy<Value = ConnectQuery> {
@@ -267,15 +277,19 @@ fn connect_query() -> impl Strategy<Value = ConnectQuery> {
         proptest::collection::vec(addr(), 0..=MAX_PRIVATE_CANDIDATES),
         mode(),
         proptest::option::of(probe_token()),
+        proptest::option::of(probe_token()),
     )
-        .prop_map(|(peer, nonce, proof, private, mode, probe)| ConnectQuery {
-            peer,
-            nonce,
-            proof,
-            private,
-            mode,
-            probe,
-        })
+        .prop_map(
+            |(peer, nonce, proof, private, mode, probe, probe_other)| ConnectQuery {
+                peer,
+                nonce,
+                proof,
+                private,
+                mode,
+                probe,
+                probe_other,
+            },
+        )
 }
 
 fn host() -> impl Strategy<Value = String> {
@@ -400,6 +414,7 @@ proptest! {
             auth: Auth::Secret,
             private: vec![],
             probe: None,
+            probe_other: None,
             owner: Some(owner.clone()),
             mapped: None,
         };

@@ -138,6 +138,12 @@ fn query_strings_match() {
         assert_eq!(parsed.proof.as_deref(), c["proof"].as_str());
         assert_eq!(serde_json::to_value(parsed.mode).unwrap(), c["mode"]);
         assert_eq!(serde_json::to_value(&parsed.private).unwrap(), c["private"]);
+        let token = |t: Option<protocol::ProbeToken>| t.map(|t| t.to_hex());
+        assert_eq!(token(parsed.probe).as_deref(), c["probe"].as_str());
+        assert_eq!(
+            token(parsed.probe_other).as_deref(),
+            c["probe_other"].as_str()
+        );
         assert_eq!(parsed.to_query(), s(c, "query"));
     }
     for c in q["bad"].as_array().unwrap() {
@@ -192,7 +198,11 @@ fn defaults_match() {
     // The options a caller gets are the defaults.
     let opts = p2pnc::ConnectOptions::new("http://h", "x", None).unwrap();
     assert_eq!(n("punch_timeout_ms"), ms(opts.punch.timeout));
-    assert_eq!(n("punch_ttl"), u64::from(opts.punch.ttl.unwrap()));
+    // The punch TTL is learnt; until a sweep has found the NATs in front, it is the default.
+    assert_eq!(opts.punch.ttl, p2pnc::PunchTtl::Learned);
+    let unknown = p2pnc::NatDepth::default();
+    assert_eq!(n("punch_ttl"), u64::from(unknown.low_ttl(false)));
+    assert_eq!(n("ipv6_head_start_ms"), ms(defaults::IPV6_HEAD_START));
 }
 
 #[test]

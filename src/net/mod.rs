@@ -157,6 +157,18 @@ impl PunchPort {
         Ok(self.local)
     }
 
+    /// Polls for the next stream a peer opened toward the port; never ready where the port
+    /// does not listen.
+    pub fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<(TcpStream, SocketAddr)>> {
+        match &self.listener {
+            Some(l) => l.poll_accept(cx),
+            None => std::task::Poll::Pending,
+        }
+    }
+
     /// The next stream a peer opened toward the port; never ready where the port does not
     /// listen.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
@@ -176,6 +188,10 @@ fn shared_port_socket(local: SocketAddr) -> io::Result<Socket> {
         Some(Protocol::TCP),
     )?;
     sys::share_port(&socket)?;
+    if local.is_ipv6() {
+        // Each family has its own punch port: an IPv6 one never takes IPv4 connections.
+        socket.set_only_v6(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.bind(&local.into())?;
@@ -196,6 +212,11 @@ pub fn shared_listener(local: SocketAddr) -> io::Result<TcpListener> {
 pub fn server_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sys::server_port(&socket)?;
+    if let SocketAddr::V6(v6) = addr {
+        // On the unspecified IPv6 address it takes IPv4 connections too (dual stack),
+        // whatever the system's default.
+        socket.set_only_v6(!v6.ip().is_unspecified())?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(SERVER_BACKLOG)?;

@@ -137,7 +137,7 @@ impl Session {
             peer_addr: punched.peer,
             setup: self.started.elapsed(),
             session: self.order.session,
-            strategy: self.order.strategy,
+            strategy: punch::strategy_used(&self.order, punched.peer, punched.relayed),
         };
         Ok(Established {
             stream: punched.stream,

@@ -112,6 +112,8 @@ impl axum::serve::Listener for Accepting {
             };
             match accepted {
                 Ok((stream, addr)) => {
+                    // On a dual-stack port, IPv4 peers come as IPv4-mapped IPv6 addresses.
+                    let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
                     let slot = match self.conns.admit(addr.ip()) {
                         Ok(slot) => slot,
                         Err(refused) => {

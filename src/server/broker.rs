@@ -20,6 +20,8 @@ const MAX_HOLD: Duration = Duration::from_millis(500);
 pub(super) struct ClientView {
     /// Its public endpoint: where its control connection came from.
     pub public: SocketAddr,
+    /// Its public endpoint in the other address family, from its probe of that family.
+    pub public_other: Option<SocketAddr>,
     /// Its private candidates, from its request.
     pub private: Vec<SocketAddr>,
     /// Its NAT's mapping behaviour, from its probe.
@@ -37,6 +39,8 @@ pub(super) struct ClientView {
 pub(super) struct AgentView {
     /// Its public endpoint: where its control connection came from.
     pub public: SocketAddr,
+    /// Its public endpoint in the other address family, from its probe of that family.
+    pub public_other: Option<SocketAddr>,
     /// Its private candidates, from its registration.
     pub private: Vec<SocketAddr>,
     /// Whether it requires a secret.
@@ -108,8 +112,8 @@ pub(super) struct Orders {
 /// Why no order can be given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Refusal {
-    /// Both NATs are endpoint-dependent, the peers are not behind one NAT, and the server does
-    /// not relay.
+    /// Both NATs are endpoint-dependent, the peers are not behind one NAT, have no IPv6 path
+    /// either, and the server does not relay.
     NoDirectPath {
         /// The client's NAT mapping.
         client: Mapping,
@@ -119,6 +123,14 @@ pub(super) enum Refusal {
     /// Only a birthday punch could connect the two ends, the server does not relay, and the
     /// birthday budget is spent.
     BirthdayBusy(BirthdayBudget),
+    /// The two ends share no address family (one IPv4 only, the other IPv6 only), and the
+    /// server does not relay.
+    NoCommonFamily {
+        /// The client's family.
+        client: &'static str,
+        /// The agent's family.
+        agent: &'static str,
+    },
 }
 
 impl Refusal {
@@ -128,6 +140,10 @@ impl Refusal {
             Refusal::NoDirectPath { client, agent } => format!(
                 "no direct path: this client's NAT is {client} and peer '{peer}''s NAT is \
                  {agent} (both symmetric), and this server does not relay"
+            ),
+            Refusal::NoCommonFamily { client, agent } => format!(
+                "no direct path: this client has {client} only and peer '{peer}' has {agent} \
+                 only, and this server does not relay"
             ),
             Refusal::BirthdayBusy(BirthdayBudget::AgentBusy(limit)) => format!(
                 "peer '{peer}' is busy: too many birthday punches toward it at once (limit \
@@ -149,7 +165,9 @@ impl Refusal {
     /// The code to answer with.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Refusal::NoDirectPath { .. } => ErrorCode::NoDirectPath,
+            Refusal::NoDirectPath { .. } | Refusal::NoCommonFamily { .. } => {
+                ErrorCode::NoDirectPath
+            }
             Refusal::BirthdayBusy(_) => ErrorCode::Busy,
         }
     }
@@ -165,8 +183,44 @@ pub(super) fn birthday_needed(client: &ClientView, agent: &AgentView) -> bool {
         })
 }
 
+/// One end's public endpoint and NAT mapping in one address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    public: SocketAddr,
+    mapping: Mapping,
+}
+
+/// What the server saw of an end in each family: the control connection's family with its
+/// probed mapping, the other family from its probe alone (mapping unknown).
+fn families(
+    public: SocketAddr,
+    mapping: Mapping,
+    other: Option<SocketAddr>,
+) -> (Option<Seen>, Option<Seen>) {
+    let control = Seen { public, mapping };
+    let other = other
+        .filter(|o| o.is_ipv4() != public.is_ipv4())
+        .map(|public| Seen {
+            public,
+            mapping: Mapping::Unknown,
+        });
+    if public.is_ipv4() {
+        (Some(control), other)
+    } else {
+        (other, Some(control))
+    }
+}
+
+fn family_name(v4: Option<Seen>) -> &'static str {
+    if v4.is_some() { "IPv4" } else { "IPv6" }
+}
+
 /// Plans a session: the strategies of both ends, their candidates and the relay. A birthday
 /// punch is ordered only within `birthday`; without it, the session is relayed or refused.
+///
+/// The orders' main fields describe the IPv4 path when both ends have IPv4, else the IPv6 one;
+/// when both have both, `peer_public6` and `you6` add the IPv6 path, punched by simultaneous
+/// open (IPv6 has firewalls, not NATs) next to whatever IPv4 needs.
 pub(super) fn plan(
     session: SessionId,
     key: SessionKey,
@@ -175,14 +229,26 @@ pub(super) fn plan(
     relay: RelayPolicy,
     birthday: BirthdayBudget,
 ) -> Result<Orders, Refusal> {
+    let (c4, c6) = families(client.public, client.mapping, client.public_other);
+    let (a4, a6) = families(agent.public, agent.mapping, agent.public_other);
+    let both = |c: Option<Seen>, a: Option<Seen>| c.zip(a);
+    let (main, six) = match (both(c4, a4), both(c6, a6)) {
+        (Some(v4), six) => (Some(v4), six),
+        (None, Some(v6)) => (Some(v6), None),
+        (None, None) => (None, None),
+    };
     // Private candidates only help peers behind the same NAT; elsewhere they would send SYNs
     // into unrelated networks. Even then, only addresses that can lie inside that network.
-    let same_nat = agent.public.ip() == client.public.ip();
-    // Plain mode keeps to the seed's single connect toward the agent's public endpoint.
-    let agent_mapped = agent.mapped.filter(|_| client.mode == Mode::Punch);
-    let mut direct = match client.mode {
-        Mode::Punch => strategies(client.mapping, agent.mapping, agent_mapped.is_some()),
-        Mode::Plain => Some((Strategy::Simultaneous, Strategy::Simultaneous)),
+    let same_nat = both(c4, a4).is_some_and(|(c, a)| c.public.ip() == a.public.ip());
+    // Plain mode keeps to the seed's single connect toward the agent's public endpoint; a
+    // port mapping is on the address of the agent's control connection.
+    let agent_mapped = agent.mapped.filter(|m| {
+        client.mode == Mode::Punch && main.is_some_and(|(_, a)| a.public.ip() == m.ip())
+    });
+    let mut direct = match (client.mode, main) {
+        (_, None) => None,
+        (Mode::Punch, Some((c, a))) => strategies(c.mapping, a.mapping, agent_mapped.is_some()),
+        (Mode::Plain, Some(_)) => Some((Strategy::Simultaneous, Strategy::Simultaneous)),
     };
     let is_birthday = |s: Strategy| matches!(s, Strategy::BirthdayHard | Strategy::BirthdayEasy);
     let over_budget = birthday != BirthdayBudget::Allowed
@@ -190,18 +256,26 @@ pub(super) fn plan(
     if over_budget {
         direct = None;
     }
-    let relay_after = match (relay, direct, client.mode) {
+    let six = six.filter(|_| client.mode == Mode::Punch);
+    let direct_possible = direct.is_some() || six.is_some();
+    let relay_after = match (relay, direct_possible, client.mode) {
         (RelayPolicy::Off, _, _) | (_, _, Mode::Plain) => None,
-        (RelayPolicy::Relay(_), Some(_), _) => Some(RELAY_HEAD_START.as_millis() as u64),
-        (RelayPolicy::Relay(_), None, _) => Some(0),
+        (RelayPolicy::Relay(_), true, _) => Some(RELAY_HEAD_START.as_millis() as u64),
+        (RelayPolicy::Relay(_), false, _) => Some(0),
     };
-    if direct.is_none() && relay_after.is_none() && !same_nat {
+    if !direct_possible && relay_after.is_none() && !same_nat {
         if over_budget {
             return Err(Refusal::BirthdayBusy(birthday));
         }
-        return Err(Refusal::NoDirectPath {
-            client: client.mapping,
-            agent: agent.mapping,
+        return Err(match main {
+            Some((c, a)) => Refusal::NoDirectPath {
+                client: c.mapping,
+                agent: a.mapping,
+            },
+            None => Refusal::NoCommonFamily {
+                client: family_name(c4),
+                agent: family_name(a4),
+            },
         });
     }
     let tickets = match relay {
@@ -210,52 +284,83 @@ pub(super) fn plan(
     };
     let (client_strategy, agent_strategy) =
         direct.unwrap_or((Strategy::RelayOnly, Strategy::RelayOnly));
+    // Without a common family only the relay is left: each end is told the other's control
+    // endpoint, which it does not dial.
+    let (c, a) = main.unwrap_or((
+        Seen {
+            public: client.public,
+            mapping: client.mapping,
+        },
+        Seen {
+            public: agent.public,
+            mapping: agent.mapping,
+        },
+    ));
     let to_agent = PunchOrder {
         session,
         key,
-        peer_public: client.public,
+        peer_public: c.public,
         peer_private: if same_nat {
-            filter_private_candidates(&client.private, client.public.ip())
+            inside(&client.private, client.public, client.public_other)
         } else {
             vec![]
         },
-        you: agent.public,
+        you: a.public,
         mode: client.mode,
         auth: agent.auth,
         nonce: Some(client.nonce),
         proof: client.proof.clone(),
         strategy: agent_strategy,
-        your_mapping: agent.mapping,
-        peer_mapping: client.mapping,
+        your_mapping: a.mapping,
+        peer_mapping: c.mapping,
         relay_after_ms: relay_after,
         relay_ticket: tickets.map(|t| t.agent),
         peer_mapped: None,
+        peer_public6: six.map(|(c6, _)| c6.public),
+        you6: six.map(|(_, a6)| a6.public),
     };
     let to_client = PunchOrder {
         session,
         key,
-        peer_public: agent.public,
+        peer_public: a.public,
         peer_private: if same_nat {
-            filter_private_candidates(&agent.private, agent.public.ip())
+            inside(&agent.private, agent.public, agent.public_other)
         } else {
             vec![]
         },
-        you: client.public,
+        you: c.public,
         mode: client.mode,
         auth: agent.auth,
         nonce: None,
         proof: None,
         strategy: client_strategy,
-        your_mapping: client.mapping,
-        peer_mapping: agent.mapping,
+        your_mapping: c.mapping,
+        peer_mapping: a.mapping,
         relay_after_ms: relay_after,
         relay_ticket: tickets.map(|t| t.client),
         peer_mapped: agent_mapped,
+        peer_public6: six.map(|(_, a6)| a6.public),
+        you6: six.map(|(c6, _)| c6.public),
     };
     Ok(Orders {
         to_agent,
         to_client,
     })
+}
+
+/// The candidates of `list` that can lie inside the network of an end seen at `public` (and,
+/// dual-stack, at `other`): private ranges, or IPv6 addresses in the /64 it was seen from.
+fn inside(list: &[SocketAddr], public: SocketAddr, other: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let mut kept = filter_private_candidates(list, public.ip());
+    if let Some(other) = other {
+        let more = filter_private_candidates(list, other.ip());
+        kept = list
+            .iter()
+            .copied()
+            .filter(|c| kept.contains(c) || more.contains(c))
+            .collect();
+    }
+    kept
 }
 
 /// The strategies of (client, agent), or `None` when no direct path can exist. A port mapping
@@ -296,6 +401,7 @@ mod tests {
     fn client(public: &str, mapping: Mapping) -> ClientView {
         ClientView {
             public: public.parse().unwrap(),
+            public_other: None,
             private: vec![
                 "10.0.1.2:40000".parse().unwrap(),
                 "8.8.8.8:53".parse().unwrap(),
@@ -310,6 +416,7 @@ mod tests {
     fn agent(public: &str, mapping: Mapping, mapped: Option<&str>) -> AgentView {
         AgentView {
             public: public.parse().unwrap(),
+            public_other: None,
             private: vec![
                 "10.0.2.2:50000".parse().unwrap(),
                 "203.0.113.77:80".parse().unwrap(),
@@ -565,6 +672,181 @@ mod tests {
                 (case.agent.mapping, case.client.mapping)
             );
         }
+    }
+
+    const C6: &str = "[2001:db8:1:1::2]:51006";
+    const A6: &str = "[2001:db8:2:1::2]:40006";
+
+    fn with_other<T>(mut view: T, set: impl FnOnce(&mut T)) -> T {
+        set(&mut view);
+        view
+    }
+
+    #[test]
+    fn dual_stack_ends_get_the_ipv4_path_and_the_ipv6_one_beside_it() {
+        use Strategy::*;
+        let c = with_other(client(C, Easy), |c| {
+            c.public_other = Some(C6.parse().unwrap())
+        });
+        let a = with_other(agent(A, Hard, None), |a| {
+            a.public_other = Some(A6.parse().unwrap())
+        });
+        let o = plan(
+            SESSION,
+            KEY,
+            &c,
+            &a,
+            RelayPolicy::Off,
+            BirthdayBudget::Allowed,
+        )
+        .unwrap();
+        let (to_a, to_c) = (&o.to_agent, &o.to_client);
+        assert_eq!((to_c.strategy, to_a.strategy), (BirthdayEasy, BirthdayHard));
+        assert_eq!((to_c.peer_public, to_c.you), (a.public, c.public));
+        assert_eq!(
+            (to_c.peer_public6, to_c.you6),
+            (a.public_other, c.public_other)
+        );
+        assert_eq!(
+            (to_a.peer_public6, to_a.you6),
+            (c.public_other, a.public_other)
+        );
+        // Both symmetric: no IPv4 path, but IPv6 is direct, and the relay only backs it up.
+        let c = with_other(c, |c| c.mapping = Hard);
+        let o = plan(
+            SESSION,
+            KEY,
+            &c,
+            &a,
+            RelayPolicy::Off,
+            BirthdayBudget::Allowed,
+        )
+        .expect("direct over IPv6");
+        assert_eq!(
+            (o.to_client.strategy, o.to_agent.strategy),
+            (RelayOnly, RelayOnly)
+        );
+        assert_eq!(o.to_client.peer_public6, a.public_other);
+        let o = plan(
+            SESSION,
+            KEY,
+            &c,
+            &a,
+            RelayPolicy::Relay(TICKETS),
+            BirthdayBudget::Allowed,
+        )
+        .unwrap();
+        assert_eq!(
+            o.to_client.relay_after_ms,
+            Some(1500),
+            "a head start for IPv6"
+        );
+        // Plain mode stays one ordinary connect over the main path.
+        let plain = with_other(c, |c| c.mode = Mode::Plain);
+        let o = plan(
+            SESSION,
+            KEY,
+            &plain,
+            &a,
+            RelayPolicy::Off,
+            BirthdayBudget::Allowed,
+        )
+        .unwrap();
+        assert_eq!(
+            (o.to_client.peer_public6, o.to_agent.peer_public6),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn ends_meet_in_the_family_they_share() {
+        use Strategy::*;
+        // A dual-stack client whose control connection came over IPv6, to an IPv4-only agent:
+        // the IPv4 path from the client's probe (its mapping unknown, taken as cone).
+        let c = ClientView {
+            public: C6.parse().unwrap(),
+            public_other: Some(C.parse().unwrap()),
+            ..client(C, Easy)
+        };
+        let a = agent(A, Easy, None);
+        let o = plan(
+            SESSION,
+            KEY,
+            &c,
+            &a,
+            RelayPolicy::Off,
+            BirthdayBudget::Allowed,
+        )
+        .unwrap();
+        assert_eq!(o.to_agent.peer_public, C.parse().unwrap());
+        assert_eq!(o.to_agent.peer_mapping, Unknown);
+        assert_eq!(o.to_client.you, C.parse().unwrap());
+        assert_eq!(
+            (o.to_client.strategy, o.to_client.peer_public6),
+            (Simultaneous, None)
+        );
+        // An IPv6-only client to a dual-stack agent: the IPv6 path is the main one.
+        let c = ClientView {
+            public: C6.parse().unwrap(),
+            ..client(C, Easy)
+        };
+        let a = with_other(agent(A, Hard, None), |a| {
+            a.public_other = Some(A6.parse().unwrap())
+        });
+        let o = plan(
+            SESSION,
+            KEY,
+            &c,
+            &a,
+            RelayPolicy::Off,
+            BirthdayBudget::Allowed,
+        )
+        .unwrap();
+        assert_eq!(
+            (o.to_client.peer_public, o.to_client.you),
+            (a.public_other.unwrap(), c.public)
+        );
+        assert_eq!(
+            (o.to_client.strategy, o.to_agent.strategy),
+            (Simultaneous, Simultaneous)
+        );
+        assert_eq!(o.to_client.peer_public6, None);
+        // Nothing in common: the relay, or a refusal that says so.
+        let a = agent(A, Easy, None);
+        let o = plan(
+            SESSION,
+            KEY,
+            &c,
+            &a,
+            RelayPolicy::Relay(TICKETS),
+            BirthdayBudget::Allowed,
+        )
+        .unwrap();
+        assert_eq!(
+            (o.to_client.strategy, o.to_client.relay_after_ms),
+            (RelayOnly, Some(0))
+        );
+        let refusal = plan(
+            SESSION,
+            KEY,
+            &c,
+            &a,
+            RelayPolicy::Off,
+            BirthdayBudget::Allowed,
+        )
+        .unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::NoCommonFamily {
+                client: "IPv6",
+                agent: "IPv4"
+            }
+        );
+        assert_eq!(
+            refusal.message("svc"),
+            "no direct path: this client has IPv6 only and peer 'svc' has IPv4 only, and this \
+             server does not relay"
+        );
     }
 
     #[test]

@@ -39,17 +39,69 @@ const MAX_PROBE_CONNECTIONS_PER_IP: usize = 16;
 /// How long a control request waits for the probe it names (sent at the same moment from the
 /// same port, so it normally arrives first).
 const PROBE_WAIT: Duration = Duration::from_millis(300);
+/// How long a request waits for its probe of the other address family once its own family's
+/// probe is in, when the session does not depend on it (the agent has the client's family).
+/// The two probes leave at the same moment, so over a working path the other one arrives
+/// within a few milliseconds of the first (the difference of the two paths' delays); a family
+/// that is configured but broken costs a connect no more than this.
+const OTHER_FAMILY_GRACE: Duration = Duration::from_millis(50);
 
-/// The NAT mapping of a peer whose control connection came from `control` and whose request
-/// names the probe `token`: unknown without a probe port or a probe in time.
-pub(super) async fn probed_mapping(
+/// What the probes named by a control request tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Probed {
+    /// The NAT mapping in the control connection's family: unknown without a probe port or a
+    /// probe of that family in time.
+    pub mapping: Mapping,
+    /// The peer's public endpoint in the other family, if its probe of it arrived.
+    pub other: Option<SocketAddr>,
+}
+
+/// What the probes `tokens` (the request's `probe` and `probe_other`, in either order) of a
+/// peer whose control connection came from `control` tell. Both are awaited up to
+/// [`PROBE_WAIT`]; unless `other_needed`, the other family's only [`OTHER_FAMILY_GRACE`] longer
+/// than the control family's.
+pub(super) async fn probed(
     probes: Option<&ProbeTable>,
     control: SocketAddr,
-    token: Option<&ProbeToken>,
-) -> Mapping {
-    match (token, probes) {
-        (Some(t), Some(table)) => Mapping::classify(control, table.wait(t, PROBE_WAIT).await),
-        _ => Mapping::Unknown,
+    tokens: [Option<&ProbeToken>; 2],
+    other_needed: bool,
+) -> Probed {
+    let Some(table) = probes else {
+        return Probed::default();
+    };
+    let deadline = Instant::now() + PROBE_WAIT;
+    let wait = |t: Option<&ProbeToken>| {
+        let t = t.copied();
+        async move {
+            match t {
+                Some(t) => table.wait_until(&t, deadline).await,
+                None => None,
+            }
+        }
+    };
+    let (first, second) = (wait(tokens[0]), wait(tokens[1]));
+    tokio::pin!(first, second);
+    let mut seen: [Option<Option<SocketAddr>>; 2] = [None, None];
+    let mut grace_end = None;
+    let same_family = |a: &Option<Option<SocketAddr>>| matches!(a, Some(Some(a)) if a.is_ipv4() == control.is_ipv4());
+    while seen.iter().any(Option::is_none) {
+        tokio::select! {
+            got = &mut first, if seen[0].is_none() => seen[0] = Some(got),
+            got = &mut second, if seen[1].is_none() => seen[1] = Some(got),
+            _ = tokio::time::sleep_until(grace_end.unwrap_or(deadline)), if grace_end.is_some() => break,
+        }
+        if grace_end.is_none() && !other_needed && seen.iter().any(same_family) {
+            grace_end = Some((Instant::now() + OTHER_FAMILY_GRACE).min(deadline));
+        }
+    }
+    let arrived: Vec<SocketAddr> = seen.into_iter().flatten().flatten().collect();
+    let same = arrived.iter().find(|a| a.is_ipv4() == control.is_ipv4());
+    Probed {
+        mapping: Mapping::classify(control, same.copied()),
+        other: arrived
+            .iter()
+            .find(|a| a.is_ipv4() != control.is_ipv4())
+            .copied(),
     }
 }
 
@@ -123,8 +175,13 @@ impl ProbeTable {
     }
 
     /// The endpoint recorded under `token`, waiting up to `max` for it to arrive.
+    #[cfg(test)]
     async fn wait(&self, token: &ProbeToken, max: Duration) -> Option<SocketAddr> {
-        let deadline = Instant::now() + max;
+        self.wait_until(token, Instant::now() + max).await
+    }
+
+    /// The endpoint recorded under `token`, waiting until `deadline` for it to arrive.
+    async fn wait_until(&self, token: &ProbeToken, deadline: Instant) -> Option<SocketAddr> {
         loop {
             let arrived = self.arrived.notified();
             if let Some(addr) = self.seen.lock().expect("probe lock").remove(token) {
@@ -196,6 +253,8 @@ pub(super) async fn serve(
 }
 
 async fn answer(stream: TcpStream, from: SocketAddr, table: &ProbeTable) {
+    // On a dual-stack port, IPv4 peers come as IPv4-mapped IPv6 addresses.
+    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
     let mut reader = BufReader::new(stream).take(MAX_PROBE_LINE as u64);
     let mut line = String::new();
     if reader.read_line(&mut line).await.is_err() {
@@ -273,6 +332,61 @@ mod tests {
         assert_eq!(reply, "error malformed probe line\n");
         stop.cancel();
         server.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_other_familys_probe_is_awaited_briefly_unless_the_session_needs_it() {
+        let control: SocketAddr = "198.51.100.3:51000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8:1:1::2]:51006".parse().unwrap();
+        let (same, other) = (
+            ProbeToken::from_bytes([1; 16]),
+            ProbeToken::from_bytes([2; 16]),
+        );
+        let table = Arc::new(ProbeTable::default());
+        let late = |table: Arc<ProbeTable>, after: Duration| {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                table.record(ProbeToken::from_bytes([2; 16]), v6);
+            })
+        };
+        // Optional and late: the session goes on without it, a grace after the first.
+        table.record(same, control);
+        let first_late = late(table.clone(), Duration::from_millis(200));
+        let started = Instant::now();
+        let got = probed(Some(&table), control, [Some(&same), Some(&other)], false).await;
+        assert_eq!(
+            got,
+            Probed {
+                mapping: Mapping::EndpointIndependent,
+                other: None
+            }
+        );
+        assert_eq!(started.elapsed(), OTHER_FAMILY_GRACE);
+        first_late.await.unwrap();
+        // Needed: awaited until it comes (in either slot), within the probe wait.
+        *table.seen.lock().unwrap() = Seen::default();
+        table.record(same, control);
+        let _late = late(table.clone(), Duration::from_millis(200));
+        let started = Instant::now();
+        let got = probed(Some(&table), control, [Some(&other), Some(&same)], true).await;
+        assert_eq!(
+            got,
+            Probed {
+                mapping: Mapping::EndpointIndependent,
+                other: Some(v6)
+            }
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        // A symmetric NAT seen in the control family; nothing named, nothing awaited.
+        table.record(same, "198.51.100.3:52000".parse().unwrap());
+        let got = probed(Some(&table), control, [Some(&same), None], false).await;
+        assert_eq!(got.mapping, Mapping::EndpointDependent);
+        let started = Instant::now();
+        assert_eq!(
+            probed(Some(&table), control, [None, None], true).await,
+            Probed::default()
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test]

@@ -316,6 +316,7 @@ mod tests {
             id: ServiceId::new(id).unwrap(),
             view: AgentView {
                 public: "203.0.113.2:40000".parse().unwrap(),
+                public_other: None,
                 private: vec![],
                 auth: Auth::Secret,
                 mapping: Mapping::Unknown,

@@ -196,11 +196,17 @@ pub(super) async fn client_session(
     q: ConnectQuery,
     mut socket: WebSocket,
 ) {
-    // Waiting: the client's probe, then the agent as it is now.
+    // Waiting: the client's probes (the other family's only briefly, unless the agent can be
+    // reached in that family alone), then the agent as it is now.
     let tickets = state.relay.as_ref().map(|_| RelayTickets::random());
     let (session, mut events) = state.sessions.open(SessionId::random(), tickets);
-    let client_mapping =
-        probe::probed_mapping(state.probes.as_deref(), meta.remote, q.probe.as_ref()).await;
+    let other_needed = state.registry.lookup(&q.peer).is_some_and(|a| {
+        let family = |addr: &std::net::SocketAddr| addr.is_ipv4() == meta.remote.is_ipv4();
+        !family(&a.view.public) && !a.view.public_other.as_ref().is_some_and(family)
+    });
+    let tokens = [q.probe.as_ref(), q.probe_other.as_ref()];
+    let probed = probe::probed(state.probes.as_deref(), meta.remote, tokens, other_needed).await;
+    let client_mapping = probed.mapping;
     let online = state.registry.lookup(&q.peer);
     let agent_mapping = online.as_ref().map_or(Mapping::Unknown, |a| a.view.mapping);
     let mut tally = Tally {
@@ -217,6 +223,7 @@ pub(super) async fn client_session(
     };
     let client = ClientView {
         public: meta.remote,
+        public_other: probed.other,
         private: q.private.clone(),
         mapping: client_mapping,
         mode: q.mode,

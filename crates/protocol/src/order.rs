@@ -53,6 +53,13 @@ pub struct PunchOrder {
     /// (a port mapping); it takes connections from anywhere, so try it first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_mapped: Option<SocketAddr>,
+    /// When both ends have IPv6 too and the fields above are their IPv4 path: the other end's
+    /// IPv6 endpoint, punched by simultaneous open next to the IPv4 path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_public6: Option<SocketAddr>,
+    /// With [`PunchOrder::peer_public6`]: the receiver's own IPv6 endpoint as the server saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub you6: Option<SocketAddr>,
 }
 
 /// A NAT's mapping behaviour (RFC 4787), as seen through the server's two ports.
@@ -201,6 +208,8 @@ mod tests {
             relay_after_ms: None,
             relay_ticket: None,
             peer_mapped: Some("198.51.100.10:40001".parse().unwrap()),
+            peer_public6: None,
+            you6: None,
         }
     }
 
@@ -231,6 +240,28 @@ mod tests {
         let s = encode(&ServerToClient::Punch(agent));
         assert!(s.contains(r#""strategy":"mapped""#), "{s}");
         assert_eq!(Strategy::Mapped.to_string(), "mapped");
+    }
+
+    #[test]
+    fn punch_orders_carry_the_ipv6_path_only_when_there_is_one() {
+        let p = PunchOrder {
+            peer_public6: Some("[2001:db8:2:1::2]:40002".parse().unwrap()),
+            you6: Some("[2001:db8:1:1::2]:51002".parse().unwrap()),
+            ..order()
+        };
+        let s = encode(&ServerToClient::Punch(p.clone()));
+        assert!(
+            s.contains(
+                r#""peer_public6":"[2001:db8:2:1::2]:40002","you6":"[2001:db8:1:1::2]:51002""#
+            ),
+            "{s}"
+        );
+        assert_eq!(
+            decode::<ServerToClient>(&s).unwrap(),
+            ServerToClient::Punch(p)
+        );
+        let s = encode(&ServerToClient::Punch(order()));
+        assert!(!s.contains("peer_public6") && !s.contains("you6"), "{s}");
     }
 
     #[test]

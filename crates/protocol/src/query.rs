@@ -19,6 +19,9 @@ pub struct ExposeQuery {
     pub private: Vec<SocketAddr>,
     /// Token of the probe the agent sent from its punch port (see [`crate::probe_line`]).
     pub probe: Option<ProbeToken>,
+    /// Token of the probe the agent sent from its punch port of the other address family
+    /// (IPv6 when the control connection is IPv4, and the reverse), if it has one.
+    pub probe_other: Option<ProbeToken>,
     /// The owner credential (see [`crate::owner_credential`]), lowercase hex: proves a
     /// restarted agent is the id's owner. Absent for public agents.
     pub owner: Option<String>,
@@ -42,6 +45,9 @@ pub struct ConnectQuery {
     pub mode: Mode,
     /// Token of the probe the client sent from its punch port (see [`crate::probe_line`]).
     pub probe: Option<ProbeToken>,
+    /// Token of the probe the client sent from its punch port of the other address family,
+    /// if it has one.
+    pub probe_other: Option<ProbeToken>,
 }
 
 /// A query string that cannot be accepted, with the reason for a person.
@@ -217,10 +223,11 @@ impl ExposeQuery {
     /// Parses the query string of an expose request.
     pub fn parse(query: &str) -> Result<Self, QueryError> {
         let (mut v, mut id, mut auth, mut private) = (None, None, None, Vec::new());
-        let (mut probe, mut owner, mut mapped) = (None, None, None);
+        let (mut probe, mut owner, mut mapped, mut probe_other) = (None, None, None, None);
         for (k, val) in parse_pairs(query)? {
             match k.as_str() {
                 "probe" if !val.is_empty() => probe = Some(val),
+                "probe_other" if !val.is_empty() => probe_other = Some(val),
                 "owner" if !val.is_empty() => owner = Some(val),
                 "mapped" if !val.is_empty() => {
                     mapped = Some(
@@ -243,9 +250,8 @@ impl ExposeQuery {
         }
         check_version(v.as_deref())?;
         let id = ServiceId::new(&id.ok_or_else(|| bad("missing id"))?)?;
-        let probe = probe
-            .map(|p| parse_hex("probe", &p, ProbeToken::LEN))
-            .transpose()?;
+        let probe = parse_token("probe", probe)?;
+        let probe_other = parse_token("probe_other", probe_other)?;
         if let Some(o) = &owner {
             check_hex("owner", o, 32)?;
         }
@@ -254,6 +260,7 @@ impl ExposeQuery {
             auth: auth.ok_or_else(|| bad("missing auth ('secret' or 'public')"))?,
             private,
             probe,
+            probe_other,
             owner: owner.map(|o| o.to_ascii_lowercase()),
             mapped,
         })
@@ -267,10 +274,7 @@ impl ExposeQuery {
             self.auth.as_str(),
             percent_encode(&format_candidates(&self.private))
         );
-        if let Some(p) = &self.probe {
-            q.push_str("&probe=");
-            q.push_str(&p.to_hex());
-        }
+        push_tokens(&mut q, self.probe.as_ref(), self.probe_other.as_ref());
         if let Some(o) = &self.owner {
             q.push_str("&owner=");
             q.push_str(o);
@@ -287,10 +291,12 @@ impl ConnectQuery {
     /// Parses the query string of a connect request.
     pub fn parse(query: &str) -> Result<Self, QueryError> {
         let (mut v, mut peer, mut nonce, mut proof) = (None, None, None, None);
-        let (mut private, mut mode, mut probe) = (Vec::new(), Mode::Punch, None);
+        let (mut private, mut mode, mut probe, mut probe_other) =
+            (Vec::new(), Mode::Punch, None, None);
         for (k, val) in parse_pairs(query)? {
             match k.as_str() {
                 "probe" if !val.is_empty() => probe = Some(val),
+                "probe_other" if !val.is_empty() => probe_other = Some(val),
                 "v" => v = Some(val),
                 "peer" => peer = Some(val),
                 "nonce" => nonce = Some(val),
@@ -313,9 +319,8 @@ impl ConnectQuery {
         if let Some(p) = &proof {
             check_hex("proof", p, 32)?;
         }
-        let probe = probe
-            .map(|p| parse_hex("probe", &p, ProbeToken::LEN))
-            .transpose()?;
+        let probe = parse_token("probe", probe)?;
+        let probe_other = parse_token("probe_other", probe_other)?;
         Ok(ConnectQuery {
             peer,
             nonce,
@@ -323,6 +328,7 @@ impl ConnectQuery {
             private,
             mode,
             probe,
+            probe_other,
         })
     }
 
@@ -339,11 +345,22 @@ impl ConnectQuery {
             q.push_str("&proof=");
             q.push_str(p);
         }
-        if let Some(p) = &self.probe {
-            q.push_str("&probe=");
-            q.push_str(&p.to_hex());
-        }
+        push_tokens(&mut q, self.probe.as_ref(), self.probe_other.as_ref());
         q
+    }
+}
+
+/// Parses the probe token `name`, if given.
+fn parse_token(name: &str, v: Option<String>) -> Result<Option<ProbeToken>, QueryError> {
+    v.map(|p| parse_hex(name, &p, ProbeToken::LEN)).transpose()
+}
+
+/// Appends `&probe=` and `&probe_other=` for the tokens there are.
+fn push_tokens(q: &mut String, probe: Option<&ProbeToken>, other: Option<&ProbeToken>) {
+    for (key, token) in [("probe", probe), ("probe_other", other)] {
+        if let Some(t) = token {
+            q.push_str(&format!("&{key}={}", t.to_hex()));
+        }
     }
 }
 
@@ -363,6 +380,7 @@ mod tests {
                 "[fe80::1]:5".parse().unwrap(),
             ],
             probe: Some(ProbeToken::from_bytes([0x0a; 16])),
+            probe_other: Some(ProbeToken::from_bytes([0x0b; 16])),
             owner: Some(owner_credential("pw", id)),
             mapped: Some("198.51.100.2:40000".parse().unwrap()),
         };
@@ -401,8 +419,28 @@ mod tests {
             private: vec![],
             mode: Mode::Plain,
             probe: None,
+            probe_other: None,
         };
         assert_eq!(ConnectQuery::parse(&q.to_query()).unwrap(), q);
+        let both = ConnectQuery {
+            probe: Some(ProbeToken::from_bytes([1; 16])),
+            probe_other: Some(ProbeToken::from_bytes([2; 16])),
+            ..q.clone()
+        };
+        assert!(
+            both.to_query().ends_with(&format!(
+                "&probe={}&probe_other={}",
+                "01".repeat(16),
+                "02".repeat(16)
+            )),
+            "{}",
+            both.to_query()
+        );
+        assert_eq!(ConnectQuery::parse(&both.to_query()).unwrap(), both);
+        let err =
+            ConnectQuery::parse("v=1&peer=x&nonce=00112233445566778899aabbccddeeff&probe_other=ab")
+                .unwrap_err();
+        assert_eq!(err.message, "probe_other must be 16 bytes of hex");
         let err = ConnectQuery::parse("v=1&peer=x&nonce=zz").unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
         assert!(err.message.contains("nonce"), "{}", err.message);

@@ -16,7 +16,8 @@ const FD_HEADROOM: u64 = 1024;
 
 #[derive(Args)]
 pub struct ServerArgs {
-    /// Address to listen on (HTTP and WebSocket).
+    /// Address to listen on (HTTP and WebSocket); the default takes IPv6 and IPv4 (IPv4 only on a
+    /// host without IPv6).
     #[arg(long, default_value = p2pnc::defaults::SERVER_LISTEN)]
     listen: SocketAddr,
     /// Address of the NAT probe port [default: the --listen address, port + 1].
@@ -170,7 +171,7 @@ fn check_fd_limit(max_connections: usize) {
 
 /// Binds the control port and the probe port.
 fn bind(args: &ServerArgs) -> Result<(TcpListener, TcpListener)> {
-    let control = p2pnc::server::listen(args.listen)
+    let control = listen_dual_stack(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = control.local_addr()?;
     let probe_addr = args
@@ -184,6 +185,34 @@ fn bind(args: &ServerArgs) -> Result<(TcpListener, TcpListener)> {
         probe.local_addr()?
     );
     Ok((control, probe))
+}
+
+/// Listens on `addr`; the unspecified IPv6 address on a host without IPv6 falls back to the
+/// unspecified IPv4 address, with a warning.
+fn listen_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match p2pnc::server::listen(addr) {
+        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && no_ipv6(&e) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!("no IPv6 on this host ({e}): listening on {v4}, IPv4 only");
+            p2pnc::server::listen(v4)
+        }
+        r => r,
+    }
+}
+
+/// Whether a bind failed because the host has no IPv6.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    if matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EPROTONOSUPPORT)
+    ) {
+        return true;
+    }
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::Unsupported
+    )
 }
 
 /// The certificate and key of `--tls-cert` and `--tls-key`, reloaded on every SIGHUP (unix).

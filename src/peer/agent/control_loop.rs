@@ -1,10 +1,13 @@
 //! The agent's control loop: one registration's control channel (punch orders in, rejections
 //! and armings out, pings both ways), and registering again when it dies.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::SinkExt;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -25,6 +28,21 @@ const SERVER_SILENCE_LIMIT: Duration = Duration::from_secs(40);
 /// Pause after a failed accept on the punch port (descriptors exhausted, say): a retry at
 /// once would spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// The next connection accepted on any of `listeners`.
+async fn accept_any(
+    listeners: &[crate::net::PunchPort],
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        for l in listeners {
+            if let Poll::Ready(r) = l.poll_accept(cx) {
+                return Poll::Ready(r);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
 
 /// Serves registrations until `stop` is cancelled or the server says the agent must stop.
 pub(super) async fn control_loop(
@@ -71,7 +89,7 @@ pub(super) async fn control_loop(
             }
             // A new port each time: the old 4-tuple to the server may sit in TIME_WAIT.
             let port = state.opts.punch_port;
-            match registration::register(&state.opts, state.server_addr, port).await {
+            match registration::register(&state.opts, &state.servers, port).await {
                 Ok(r) => break r,
                 Err(e) => {
                     tracing::warn!("re-registration failed ({e}); retrying in {backoff:?}");
@@ -91,8 +109,8 @@ async fn serve_registration(
 ) -> Option<String> {
     let Registration {
         mut ws,
-        listener,
-        local,
+        listeners,
+        ports,
         ..
     } = reg;
     let slots = Slots::default();
@@ -112,7 +130,7 @@ async fn serve_registration(
                 last_heard = Instant::now();
                 match got {
                     Ok(Incoming::Message(ServerToAgent::Punch(p))) => {
-                        tasks.spawn(super::session(state.clone(), slots.clone(), local, p, msg_tx.clone()));
+                        tasks.spawn(super::session(state.clone(), slots.clone(), ports.clone(), p, msg_tx.clone()));
                     }
                     Ok(Incoming::Message(ServerToAgent::Error { code: ErrorCode::IdTaken, message })) => {
                         // Another instance with the same secret took over the id: two agents
@@ -139,7 +157,7 @@ async fn serve_registration(
                     return None;
                 }
             }
-            accepted = listener.accept() => match accepted {
+            accepted = accept_any(&listeners) => match accepted {
                 Ok((stream, from)) => {
                     tasks.spawn(inbound::dispatch(slots.clone(), strays.admit(), stream, from));
                 }

@@ -26,7 +26,8 @@ use tokio_util::task::TaskTracker;
 use self::budget::Budget;
 use self::inbound::Slots;
 use super::control::ServerUrl;
-use super::punch::{Endpoint, PunchOptions};
+use super::ports::PortsView;
+use super::punch::PunchOptions;
 use super::session::{ConnectionInfo, Established, Session};
 use crate::Error;
 use crate::protocol::{self, AgentToServer, ErrorCode, Mode, Nonce, PunchOrder, Role};
@@ -142,10 +143,10 @@ impl Agent {
     /// # Ok(()) }
     /// ```
     pub async fn start(opts: ExposeOptions) -> Result<Agent, Error> {
-        let server_addr = opts.server.resolve().await?;
+        let servers = opts.server.resolve_all().await?;
         let mut backoff = BACKOFF_MIN;
         let registration = loop {
-            match registration::register(&opts, server_addr, opts.punch_port).await {
+            match registration::register(&opts, &servers, opts.punch_port).await {
                 Ok(r) => break r,
                 Err(Error::ServerUnreachable(why) | Error::Busy(why)) => {
                     tracing::warn!("{why}; retrying in {backoff:?}");
@@ -165,7 +166,7 @@ impl Agent {
         let state = Arc::new(AgentState {
             stopped: stopped.clone(),
             opts,
-            server_addr,
+            servers,
             accepted: tx,
             replay: Mutex::new(HashMap::new()),
             budget: Budget::new(budget::Limits::for_fd_limit(fd_limit)),
@@ -226,7 +227,8 @@ struct AgentState {
     opts: ExposeOptions,
     /// Why the agent stopped by itself, if it did.
     stopped: Arc<Mutex<Option<String>>>,
-    server_addr: SocketAddr,
+    /// The server's addresses, every family.
+    servers: Vec<SocketAddr>,
     accepted: mpsc::Sender<Accepted>,
     replay: Mutex<HashMap<Nonce, Instant>>,
     /// What the sessions may hold together.
@@ -305,12 +307,12 @@ impl AgentState {
     }
 }
 
-/// Carries out one punch order: checks the client, punches from the punch port at `local`, and
-/// hands the proven stream to the application.
+/// Carries out one punch order: checks the client, punches from the punch `ports`, and hands
+/// the proven stream to the application.
 async fn session(
     state: Arc<AgentState>,
     slots: Slots,
-    local: SocketAddr,
+    ports: PortsView,
     order: PunchOrder,
     msgs: mpsc::Sender<AgentToServer>,
 ) {
@@ -319,11 +321,7 @@ async fn session(
         let _ = msgs.send(reject).await;
         return;
     }
-    let at = Endpoint {
-        local,
-        server: state.opts.server.clone(),
-        server_addr: state.server_addr,
-    };
+    let at = ports.endpoint(&state.opts.server);
     let secret = state.opts.secret.as_deref();
     let session = Session::new(
         order,

@@ -38,8 +38,8 @@ pub use self::early::EarlyData;
 pub(crate) use self::handshake::handshake;
 pub use self::handshake::{HandshakeError, read_hello};
 use self::plan::Birthday;
-pub(crate) use self::plan::{Endpoint, PunchPlan, plan};
-pub use self::plan::{Proof, PunchOptions};
+pub(crate) use self::plan::{ByFamily, Endpoint, PunchPlan, plan, strategy_used};
+pub use self::plan::{Proof, PunchOptions, PunchTtl};
 use crate::net;
 use crate::peer::relay;
 use crate::protocol::HELLO_LEN;
@@ -95,6 +95,8 @@ pub struct PunchFailure {
     pub birthday: Option<String>,
     /// Why the relay failed, if it was tried.
     pub relay: Option<String>,
+    /// The public address both ends are behind, when they share one.
+    pub shared_public: Option<std::net::IpAddr>,
 }
 
 impl fmt::Display for PunchFailure {
@@ -114,6 +116,14 @@ impl fmt::Display for PunchFailure {
                 f,
                 "; {} streams failed the session handshake",
                 self.rejected_streams
+            )?;
+        }
+        if let Some(ip) = self.shared_public {
+            write!(
+                f,
+                "; both ends are behind the same public address {ip} (one NAT in front of both, \
+                 such as a carrier-grade NAT): their public endpoints meet only if that NAT \
+                 hairpins, and this one does not seem to"
             )?;
         }
         Ok(())
@@ -187,8 +197,11 @@ impl Race {
             .map(|(early, targets)| Arc::new(Commit::new(early, targets)));
         Race {
             deadline: plan.deadline(started),
+            failure: PunchFailure {
+                shared_public: plan.shared_public,
+                ..PunchFailure::default()
+            },
             plan,
-            failure: PunchFailure::default(),
             commit,
             standby: Vec::new(),
             handshakes: JoinSet::new(),
@@ -197,11 +210,15 @@ impl Race {
     }
 
     /// Starts the birthday punch and a dialer per candidate on `dialers`, the first SYN to
-    /// every candidate leaving now; their connections arrive on the returned channel.
+    /// every candidate leaving now (IPv4 ones after the IPv6 head start, when there are both);
+    /// their connections arrive on the returned channel.
     fn fire(&mut self, dialers: &mut JoinSet<()>) -> mpsc::Receiver<Event> {
         let plan = &self.plan;
+        let deadline = self.deadline;
         let (event_tx, events) = mpsc::channel::<Event>(plan.targets.len().max(1) * 4 + 16);
-        if let Some(b) = plan.birthday.clone() {
+        if let Some(b) = plan.birthday.clone()
+            && let Some(local) = plan.local_for(&b.family())
+        {
             self.failure.birthday = Some(match &b {
                 Birthday::Hard {
                     target, sockets, ..
@@ -212,26 +229,38 @@ impl Race {
                     format!("birthday punch: {probes} probes to {ip}, none matched")
                 }
             });
-            dialers.spawn(birthday::birthday(
-                b,
-                plan.local,
-                self.deadline,
-                event_tx.clone(),
-            ));
+            let delay = plan.delay_for(&b.family());
+            let tx = event_tx.clone();
+            dialers.spawn(async move {
+                tokio::time::sleep(delay).await;
+                birthday::birthday(b, local, deadline, tx).await
+            });
         }
         for &target in &plan.targets {
-            // Fire the first SYN synchronously so every candidate is hit at the same moment.
-            let first = net::start_connect(plan.local, target, plan.first_ttl);
+            let Some(local) = plan.local_for(&target) else {
+                continue;
+            };
+            let ttl = *plan.first_ttl.of(&target);
             let tx = event_tx.clone();
-            let low_ttl = plan.first_ttl.is_some();
-            dialers.spawn(dial::dial(
-                plan.local,
-                target,
-                first,
-                low_ttl,
-                self.deadline,
-                tx,
-            ));
+            let delay = plan.delay_for(&target);
+            if delay.is_zero() {
+                // Fire the first SYN synchronously so every candidate is hit at the same moment.
+                let first = net::start_connect(local, target, ttl);
+                dialers.spawn(dial::dial(
+                    local,
+                    target,
+                    first,
+                    ttl.is_some(),
+                    deadline,
+                    tx,
+                ));
+            } else {
+                dialers.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let first = net::start_connect(local, target, ttl);
+                    dial::dial(local, target, first, ttl.is_some(), deadline, tx).await
+                });
+            }
         }
         events
     }
@@ -359,6 +388,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::defaults;
     use crate::net::shared_listener;
     use crate::protocol::{Role, SELECT, SessionId, SessionKey, SessionKeys};
 
@@ -367,6 +397,26 @@ mod tests {
 
     fn keys() -> SessionKeys {
         SessionKeys::derive(SESSION, &KEY, Some("pw"))
+    }
+
+    /// A plan from `local` (its family's only punch address) toward `targets`, 3 s long, with
+    /// normal TTLs and no birthday punch, relay or early data.
+    fn simple(local: SocketAddr, targets: Vec<SocketAddr>, proof: Proof) -> PunchPlan {
+        PunchPlan {
+            locals: ByFamily {
+                v4: Some(local).filter(SocketAddr::is_ipv4),
+                v6: Some(local).filter(SocketAddr::is_ipv6),
+            },
+            targets,
+            first_ttl: ByFamily::default(),
+            v4_delay: Duration::ZERO,
+            shared_public: None,
+            timeout: Duration::from_secs(3),
+            proof,
+            birthday: None,
+            relay: None,
+            early: None,
+        }
     }
 
     /// Two engines on loopback, each with its own listener feeding its inbound channel.
@@ -394,14 +444,8 @@ mod tests {
         let (ra, ta) = feed(la);
         let (rb, tb) = feed(lb);
         let plan = |local, target, role, keys| PunchPlan {
-            local,
-            targets: vec![target],
-            first_ttl: None,
             timeout: Duration::from_secs(2),
-            proof: Proof::Hello { role, keys },
-            birthday: None,
-            relay: None,
-            early: None,
+            ..simple(local, vec![target], Proof::Hello { role, keys })
         };
         let out = tokio::join!(
             run(plan(a, b, Role::Client, client_keys), ra, || {}),
@@ -435,6 +479,78 @@ mod tests {
         );
     }
 
+    /// An agent engine listening on a punch port on ::1 and one on 127.0.0.1 (or only the
+    /// IPv4 one), and a client engine racing toward both the way a dual-stack order has it.
+    /// Returns the client's winning peer address and how long its punch took.
+    async fn race(ipv6_listens: bool) -> (SocketAddr, Duration) {
+        let l4 = shared_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l6 = shared_listener("[::1]:0".parse().unwrap()).unwrap();
+        let (a4, a6) = (l4.local_addr().unwrap(), l6.local_addr().unwrap());
+        let listeners = if ipv6_listens { vec![l4, l6] } else { vec![l4] };
+        let (tx, rx) = mpsc::channel(8);
+        let mut feeders = JoinSet::new();
+        for l in listeners {
+            let tx = tx.clone();
+            feeders.spawn(async move {
+                while let Ok((stream, _)) = l.accept().await {
+                    let _ = tx
+                        .send(Inbound {
+                            stream,
+                            hello: None,
+                        })
+                        .await;
+                }
+            });
+        }
+        let client = PunchPlan {
+            locals: ByFamily {
+                v4: Some("127.0.0.1:0".parse().unwrap()),
+                v6: Some("[::1]:0".parse().unwrap()),
+            },
+            v4_delay: defaults::IPV6_HEAD_START,
+            ..simple(
+                "127.0.0.1:0".parse().unwrap(),
+                vec![a6, a4],
+                Proof::Hello {
+                    role: Role::Client,
+                    keys: keys(),
+                },
+            )
+        };
+        let agent = simple(
+            a4,
+            vec![],
+            Proof::Hello {
+                role: Role::Agent,
+                keys: keys(),
+            },
+        );
+        let (_none_tx, none) = mpsc::channel(1);
+        let started = Instant::now();
+        let (c, a) = tokio::join!(
+            async {
+                let c = run(client, none, || {}).await;
+                (c, started.elapsed())
+            },
+            run(agent, rx, || {})
+        );
+        feeders.shutdown().await;
+        let ((c, took), _a) = (c, a.unwrap());
+        (c.unwrap().peer, took)
+    }
+
+    #[tokio::test]
+    async fn ipv6_wins_the_race_when_it_works_and_ipv4_follows_its_head_start_when_not() {
+        let (peer, _) = race(true).await;
+        assert!(peer.is_ipv6(), "IPv6 leads: {peer}");
+        let (peer, took) = race(false).await;
+        assert!(peer.is_ipv4(), "{peer}");
+        assert!(
+            took >= defaults::IPV6_HEAD_START,
+            "IPv4 waited its turn: {took:?}"
+        );
+    }
+
     #[tokio::test]
     async fn unreachable_candidate_fails_with_its_error_by_the_deadline() {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -442,14 +558,8 @@ mod tests {
         drop(closed);
         let (_tx, rx) = mpsc::channel(1);
         let plan = PunchPlan {
-            local: "127.0.0.1:0".parse().unwrap(),
-            targets: vec![target],
-            first_ttl: None,
             timeout: Duration::from_millis(600),
-            proof: Proof::Address,
-            birthday: None,
-            relay: None,
-            early: None,
+            ..simple("127.0.0.1:0".parse().unwrap(), vec![target], Proof::Address)
         };
         let err = run(plan, rx, || {}).await.unwrap_err();
         let (why, n) = &err.attempts[&target];
@@ -478,33 +588,20 @@ mod tests {
         let early = EarlyData::new();
         early.push(b"early bytes");
         let targets: Vec<SocketAddr> = first.into_iter().chain([agent_addr]).collect();
+        let proof = Proof::Hello {
+            role: Role::Client,
+            keys: keys(),
+        };
         let client = PunchPlan {
-            local: "127.0.0.1:0".parse().unwrap(),
-            targets: targets.clone(),
-            first_ttl: None,
-            timeout: Duration::from_secs(3),
-            proof: Proof::Hello {
-                role: Role::Client,
-                keys: keys(),
-            },
-            birthday: None,
-            relay: None,
-            early: Some((early.clone(), targets)),
+            early: Some((early.clone(), targets.clone())),
+            ..simple("127.0.0.1:0".parse().unwrap(), targets, proof)
         };
         let (_none_tx, none) = mpsc::channel(1);
-        let agent = PunchPlan {
-            local: agent_addr,
-            targets: vec![],
-            first_ttl: None,
-            timeout: Duration::from_secs(3),
-            proof: Proof::Hello {
-                role: Role::Agent,
-                keys: keys(),
-            },
-            birthday: None,
-            relay: None,
-            early: None,
+        let proof = Proof::Hello {
+            role: Role::Agent,
+            keys: keys(),
         };
+        let agent = simple(agent_addr, vec![], proof);
         let (c, a) = tokio::join!(run(client, none, || {}), run(agent, rx, || {}));
         feeder.abort();
         let (mut c, mut a) = (c.unwrap(), a.unwrap());

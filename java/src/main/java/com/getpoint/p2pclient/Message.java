@@ -33,7 +33,7 @@ final class Message {
             "you:address", "mode:punch|plain", "auth:secret|public", "nonce:string?", "proof:string?",
             "strategy:simultaneous|birthday_hard|birthday_easy|relay_only|mapped?", "your_mapping:" + MAPPINGS + "?",
             "peer_mapping:" + MAPPINGS + "?", "relay_after_ms:milliseconds?", "relay_ticket:hex16?",
-            "peer_mapped:address?"},
+            "peer_mapped:address?", "peer_public6:address?", "you6:address?"},
         {"error", "code:code", "message:string"},
         {"reject", "session:string", "code:code", "message:string"},
         {"armed", "session:string"},

@@ -25,6 +25,12 @@ final class Protocol {
      * fresh socket's buffers, so that writing it never waits for the agent to read.
      */
     static final int EARLY_DATA_MAX = 64 * 1024;
+    /**
+     * Happy Eyeballs: when an order has IPv6 and IPv4 paths, the IPv4 punch starts this long
+     * after the IPv6 one (both ends alike; see the Rust client's {@code IPV6_HEAD_START} and the
+     * shared vectors' {@code ipv6_head_start_ms}).
+     */
+    static final int IPV6_HEAD_START_MS = 50;
     /** Longest line the NAT probe port answers, in bytes. */
     static final int MAX_PROBE_LINE = 128;
     private static final byte[] MAGIC = Codec.utf8("p2pnc/1\n");
@@ -164,18 +170,21 @@ final class Protocol {
 
     /** The query of {@code GET /v1/connect}; {@code proof} null when there is no secret. */
     static String connectQuery(String peer, String nonce, String proof, String mode, List<HostTuple> candidates) {
-        return connectQuery(peer, nonce, proof, mode, candidates, null);
+        return connectQuery(peer, nonce, proof, mode, candidates, null, null);
     }
 
     /**
      * The query of {@code GET /v1/connect}; {@code proof} null when there is no secret,
-     * {@code probe} the token of the NAT probe sent from the punch port, or null.
+     * {@code probe} the token of the NAT probe sent from the punch port, {@code probeOther} the
+     * token of the one sent from the punch port of the other address family (each null when
+     * there is none).
      */
     static String connectQuery(String peer, String nonce, String proof, String mode, List<HostTuple> candidates,
-            String probe) {
+            String probe, String probeOther) {
         String q = query("v", VERSION, "peer", peer, "nonce", nonce, "mode", mode, "private", candidates(candidates));
         if (proof != null) q += "&proof=" + proof;
-        return probe == null ? q : q + "&probe=" + probe;
+        if (probe != null) q += "&probe=" + probe;
+        return probeOther == null ? q : q + "&probe_other=" + probeOther;
     }
 
     /** The line a peer writes on the server's probe port: {@code p2pnc-probe TOKEN\n}. */

@@ -151,6 +151,7 @@ public class VectorsTest {
         ours.put("max_id_bytes", (long) Protocol.MAX_ID_BYTES);
         ours.put("max_private_candidates", (long) Protocol.MAX_CANDIDATES);
         ours.put("early_data_max", (long) Protocol.EARLY_DATA_MAX);
+        ours.put("ipv6_head_start_ms", (long) Protocol.IPV6_HEAD_START_MS);
         Map<String, Object> defaults = map(vectors.get("defaults"));
         Set<String> unaccounted = new LinkedHashSet<String>(defaults.keySet());
         for (Map.Entry<String, Long> e : ours.entrySet()) {
@@ -214,7 +215,7 @@ public class VectorsTest {
         for (Object o : list(map(vectors.get("queries")).get("connect"))) {
             Map<String, Object> c = map(o);
             String built = Protocol.connectQuery(str(c, "peer"), str(c, "nonce"), str(c, "proof"), str(c, "mode"),
-                    addresses(c.get("private")));
+                    addresses(c.get("private")), str(c, "probe"), str(c, "probe_other"));
             assertEquals(decode(str(c, "query")), decode(built));
         }
     }
