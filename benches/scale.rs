@@ -156,7 +156,7 @@ fn parse_args() -> Result<Opts, String> {
     Ok(o)
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {
@@ -651,6 +651,7 @@ async fn register(
         // What a real agent sends: its interface address with its punch port.
         private: vec![SocketAddr::new(src.into(), 50_302)],
         probe: None,
+        probe_other: None,
         verifier: Some(keys(i).verifier()),
         key: None,
         mapped: None,
@@ -691,6 +692,7 @@ async fn connect_once(
         private: vec![],
         mode: Mode::Punch,
         probe: None,
+        probe_other: None,
     }
     .to_query();
     let started = Instant::now();

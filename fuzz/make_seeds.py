@@ -33,6 +33,9 @@ for i, m in enumerate(V["bad_server_messages"]):
 for i, m in enumerate(V["agent_messages"]):
     seed("agent_msg", f"vector-{i}-{m['type']}.json", compact(m))
 seed("client_msg", "direct.json", '{"type":"result","outcome":"direct","setup_ms":180}')
+seed("client_msg", "lie-setup.json",
+     '{"type":"result","outcome":"direct","setup_ms":18446744073709551615}')
+seed("client_msg", "lie-outcome.json", '{"type":"result","outcome":"wormhole"}')
 seed("client_msg", "failed.json",
      '{"type":"result","outcome":"failed","reason":"no stream within 5.0 s"}')
 seed("error_body", "peer-offline.json",
@@ -47,6 +50,10 @@ for i, q in enumerate(V["queries"]["connect"]):
 for i, q in enumerate(V["queries"]["bad"]):
     seed(f"{q['endpoint']}_query", f"bad-{i}.txt", q["query"])
 verifier = V["keys"][0]["verifier"]
+for i, bad in enumerate(V["ids"]["invalid"]):
+    encoded = "".join(c if c.isascii() and (c.isalnum() or c in "-._~") else
+                      "".join(f"%{b:02X}" for b in c.encode()) for c in bad)
+    seed("expose_query", f"bad-id-{i}.txt", f"v=2&id={encoded}&auth=public")
 seed("expose_query", "full.txt",
      "v=2&id=streamserver&auth=secret&private=10.0.0.2%3A4000%2C%5Bfe80%3A%3A1%5D%3A5"
      f"&probe={'0a' * 16}&verifier={verifier}&key={V['noise'][2]['agent_public']}"
@@ -60,9 +67,11 @@ for i, m in enumerate(V["server_to_agent_only"]):
 for i, m in enumerate(V["server_to_client_only"]):
     seed("server_msg", f"client-only-{i}-{m['type']}.json", compact(m))
 
+for i, j in enumerate(V["relay_join"]):
+    seed("relay_join", f"vector-{i}-{j['role']}.txt", j["query"])
 session = V["noise"][0]["session"]
-seed("relay_join", "client.txt", f"v=1&session={session}&role=client")
-seed("relay_join", "agent.txt", f"v=1&session={session}&role=agent")
+seed("relay_join", "no-ticket.txt", f"v=1&session={session}&role=client")
+seed("relay_join", "bad-ticket.txt", f"v=1&session={session}&role=agent&ticket=zz")
 seed("relay_join", "answer-101.txt",
      "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: p2pnc-relay\r\n\r\n")
 seed("relay_join", "answer-400.txt",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of p2pnc: formatting and lints, the Rust suite (unit, loopback, CLI and the
-# NAT lab), a bounded run of every fuzz target, and the Java client's suite. Installs what is
+# Runs every test of p2pnc: formatting and lints (for Linux, and for Windows, macOS and Android
+# through scripts/cross-clippy.sh), the Rust suite (unit, loopback, CLI and the NAT lab), a
+# bounded run of every fuzz target, and the Java client's suite. Installs what is
 # missing on Debian when run as root. The NAT lab needs root; without it the lab tests say
 # they were skipped (and fail under CI).
 set -euo pipefail
@@ -34,6 +35,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo clippy for Windows, macOS and Android (compile-time guard; nothing runs)"
+scripts/cross-clippy.sh
 echo "== cargo test (unit, loopback, CLI, NAT lab)"
 cargo test --workspace --locked -- --test-threads=4
 echo "== fuzzing (every target of fuzz/, ${FUZZ_SECONDS:-20} s each)"

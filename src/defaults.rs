@@ -7,17 +7,27 @@ use std::time::Duration;
 
 /// Default TCP port of the rendezvous server (HTTP and WebSocket); its probe port is the next.
 pub const SERVER_PORT: u16 = crate::protocol::DEFAULT_SERVER_PORT;
-/// Default address of `p2pnc server`: every IPv4 address, [`SERVER_PORT`].
-pub const SERVER_LISTEN: &str = "0.0.0.0:50300";
+/// Default address of `p2pnc server`: every IPv6 and IPv4 address (one dual-stack socket),
+/// [`SERVER_PORT`]; on a host without IPv6, every IPv4 address.
+pub const SERVER_LISTEN: &str = "[::]:50300";
 /// Time allowed for resolving, connecting to and upgrading with the server, each.
 pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a punch may take before the attempt is given up: several seconds of retries cover
 /// a lost SYN and the slowest path seen in the lab many times over.
 pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// TTL of SYNs meant to open our own NAT only: passes our router (hop 1) and dies at the next
-/// hop, so the peer's router never sees it.
+/// TTL of SYNs meant to open our own NAT only while the NATs in front are not known yet (see
+/// `PunchTtl::Learned`): passes our router (hop 1) and dies at the next hop, so the peer's
+/// router never sees it. Also the least TTL a learnt depth gives.
 pub const PUNCH_TTL: u32 = 2;
+/// Happy Eyeballs (in the spirit of RFC 8305): when both ends have IPv6 and IPv4 paths, the
+/// IPv4 punch starts this long after the IPv6 one, at both ends alike. Less than a round trip
+/// on nearly every path, so a broken IPv6 path costs a connect little; long enough that a
+/// working IPv6 path, whose stream is proven about a round trip after the punch starts, wins
+/// unless its round trip is this much longer than IPv4's. (RFC 8305's 250 ms guards a server
+/// from a second connection; here both punches are cheap and the delay is paid by every
+/// connect whose IPv6 path fails.)
+pub const IPV6_HEAD_START: Duration = Duration::from_millis(50);
 /// Shortest pause after a failed attempt (refused, unreachable) before the next SYN to that
 /// candidate: long enough that a router's RST does not turn the loop into a SYN flood.
 pub const RETRY_MIN: Duration = Duration::from_millis(60);
@@ -65,3 +75,30 @@ pub const RELAY_MAX_PAIRS: usize = 16;
 /// Bytes per second per direction of one relayed pair: enough for video, small enough that a
 /// few pairs cannot fill a modest uplink.
 pub const RELAY_RATE: u64 = 4 * 1024 * 1024;
+/// Longest a relayed pair may live (`--relay-max-lifetime`): long enough for a film or a long
+/// shell session, short enough that relay slots come free again; a client that still needs
+/// the path connects again.
+pub const RELAY_MAX_LIFETIME: Duration = Duration::from_secs(3600);
+/// A relayed pair with no byte in either direction for this long is cut
+/// (`--relay-idle-timeout`): an interactive session rarely stays silent this long, and a held
+/// but unused slot is freed within minutes.
+pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Relayed sessions one address may take part in at once (`--relay-max-per-ip`): a quarter of
+/// the default 16 slots, so one address cannot hold them all, while a few users behind one
+/// carrier-grade NAT still get theirs.
+pub const RELAY_MAX_PER_IP: usize = 4;
+
+/// Punch sessions an agent runs at once; more are refused `busy`. Each costs a few sockets
+/// and tasks for at most the punch timeout; 256 at once is more than one service's clients
+/// connect at the same moment (the soak test runs 200), and their sockets fit the budget below.
+pub const AGENT_MAX_SESSIONS: usize = 256;
+/// Birthday punches an agent runs at once (1536 probes on the easy side, 256 sockets on the
+/// hard side, each held until the punch ends); more are refused `busy`.
+pub const AGENT_MAX_BIRTHDAYS: usize = 4;
+/// Sockets an agent's punch sessions may hold together, birthday probes included (further
+/// capped at half the open-file limit): room for the birthday punches above and every
+/// ordinary session, far below the descriptors that would starve the service's forwarding.
+pub const AGENT_PUNCH_SOCKETS: usize = 8192;
+/// Connections on the agent's punch port still waiting to show their hello; a newer one
+/// closes the oldest. Real peers send their hello at once, so only strays wait.
+pub const STRAY_CONNECTIONS: usize = 64;

@@ -42,6 +42,10 @@ pub enum Error {
         /// What was tried.
         detail: String,
     },
+    /// The server, or the peer, is at one of its limits; the message names it (for example
+    /// `server busy: too many connections from 203.0.113.70 (limit 256)`). Try again later.
+    #[error("{0}")]
+    Busy(String),
     /// The server refused the request.
     #[error("server refused ({0}): {1}")]
     Refused(ErrorCode, String),
@@ -71,6 +75,7 @@ impl Error {
             Error::NotTheService(_) => "not_the_service".into(),
             Error::PinMismatch { .. } => "pin_mismatch".into(),
             Error::NoDirectPath { .. } => ErrorCode::NoDirectPath.to_string(),
+            Error::Busy(_) => ErrorCode::Busy.to_string(),
             Error::Refused(code, _) => code.to_string(),
             Error::Tls(_) => "tls".into(),
             Error::Protocol(_) => "protocol".into(),

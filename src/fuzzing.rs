@@ -10,7 +10,7 @@ pub use crate::peer::punch::{HandshakeError, PunchOptions, read_head};
 pub use crate::server::limits::head_progress;
 pub use crate::server::metrics::{Metrics, Outcome};
 
-use crate::peer::punch::{self, Endpoint, Proof, PunchPlan, StreamKeys, StreamSettings};
+use crate::peer::punch::{self, ByFamily, Endpoint, Proof, PunchPlan, StreamKeys, StreamSettings};
 use crate::protocol::{PunchOrder, Role, ServiceKeys, SessionId};
 use crate::{EarlyData, ServerUrl};
 
@@ -37,11 +37,15 @@ pub async fn handshake(
         .map(|_| ())
 }
 
-/// What the punch engine would do with `order` as `role`, from the punch port 4000 toward a
-/// server at 203.0.113.10:50300, with early data for a client.
+/// What the punch engine would do with `order` as `role`, from the punch port 4000 (IPv4 and
+/// IPv6) toward a server at 203.0.113.10:50300, with early data for a client.
 pub fn plan(order: &PunchOrder, role: Role, options: &PunchOptions) -> Plan {
     let at = Endpoint {
-        local: "0.0.0.0:4000".parse().expect("an address"),
+        locals: ByFamily {
+            v4: Some("0.0.0.0:4000".parse().expect("an address")),
+            v6: Some("[2001:db8::4]:4000".parse().expect("an address")),
+        },
+        depths: ByFamily::default(),
         server: ServerUrl::parse("http://203.0.113.10:50300").expect("a URL"),
         server_addr: "203.0.113.10:50300".parse().expect("an address"),
     };

@@ -31,20 +31,23 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
     let server = TestServer::with_admin(Default::default()).await;
     let admin = server.admin.unwrap();
     let echo = Echo::start().await;
-    let _agent = expose(&server.url, "cam <1>", Some("pw"), echo.addr).await;
+    let _agent = expose(&server.url, "cam-1", Some("pw"), echo.addr).await;
 
-    let ok = ConnectOptions::new(&server.url, "cam <1>", Some("pw")).unwrap();
+    let ok = ConnectOptions::new(&server.url, "cam-1", Some("pw")).unwrap();
     tokio::time::timeout(T, p2pnc::connect(&ok))
         .await
         .unwrap()
         .unwrap();
-    let bad = ConnectOptions::new(&server.url, "cam <1>", Some("nope")).unwrap();
+    let bad = ConnectOptions::new(&server.url, "cam-1", Some("nope")).unwrap();
     assert!(p2pnc::connect(&bad).await.is_err());
     let gone = ConnectOptions::new(&server.url, "nobody", None).unwrap();
     assert!(p2pnc::connect(&gone).await.is_err());
+    // A client's report is free text: the page must show it, not run it.
+    report_failure(&server, "cam-1", "pw", "<script>alert(1)</script> & co").await;
 
     // A wrong secret is refused by the server before any session exists: it counts as a
     // refused request, never as a connect attempt (whose success rate is the NATs').
+    eventually(admin, "/metrics", "outcome=\"failed\"").await;
     let metrics = eventually(admin, "/metrics", "reason=\"secret_rejected\"} 1").await;
     assert!(!metrics.contains("outcome=\"rejected\""), "{metrics}");
     assert!(metrics.contains("p2pnc_agents_online 1"), "{metrics}");
@@ -60,7 +63,7 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
 
     let status: serde_json::Value =
         serde_json::from_str(&http_get(admin, "/status.json").await.1).unwrap();
-    assert_eq!(status["services"][0]["id"], "cam <1>");
+    assert_eq!(status["services"][0]["id"], "cam-1");
     assert_eq!(status["services"][0]["mapping"], "endpoint-independent");
     let outcomes: Vec<&str> = status["recent"]
         .as_array()
@@ -70,16 +73,55 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
         .collect();
     assert_eq!(
         outcomes,
-        ["direct"],
-        "only the connect that reached the punch"
+        ["failed", "direct"],
+        "only the connects that reached the punch, newest first"
     );
 
     let (status, page) = http_get(admin, "/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("cam &lt;1&gt;"), "ids are escaped: {page}");
+    assert!(page.contains("cam-1"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"),
+        "reported reasons are escaped: {page}"
+    );
+    assert!(!page.contains("<script>alert"), "{page}");
     assert!(page.contains("<table id=\"sessions\">"), "{page}");
     assert!(page.contains("secret_rejected"), "{page}");
     assert!(!page.contains("src=\"http"), "no external assets");
     // The control port does not serve the admin pages.
     assert_ne!(http_get(server.addr, "/metrics").await.0, 200);
+}
+
+/// Asks for `peer` as a client that proves `secret`, and reports a failure for `reason`.
+async fn report_failure(server: &TestServer, peer: &str, secret: &str, reason: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use p2pnc::protocol::{Mode, Nonce, ServiceKeys, connect_message};
+    use tokio_tungstenite::tungstenite::Message;
+    let nonce = Nonce::random();
+    let proof = ServiceKeys::derive(secret, peer).sign(&connect_message(peer, Mode::Punch, &nonce));
+    let url = format!(
+        "ws://{}/v1/connect?v=2&peer={peer}&nonce={nonce}&proof={}",
+        server.addr,
+        proof.to_hex()
+    );
+    let (mut ws, _) = tokio::time::timeout(T, tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap()
+        .unwrap();
+    loop {
+        let msg = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            assert!(t.contains("\"punch\""), "{t}");
+            break;
+        }
+    }
+    let report = serde_json::json!({"type": "result", "outcome": "failed", "reason": reason});
+    ws.send(Message::Text(report.to_string().into()))
+        .await
+        .unwrap();
+    let _ = ws.close(None).await;
 }

@@ -322,6 +322,12 @@ fn the_sample_configs_parse() {
             "--punch-timeout",
             "must be a positive number",
         ),
+        (
+            "expose",
+            "contrib/windows/expose.toml",
+            "--punch-timeout",
+            "must be a positive number",
+        ),
     ];
     for (cmd, file, flag, want) in cases {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + file;
@@ -447,4 +453,75 @@ async fn report_json_describes_each_connection_and_each_failure() {
             &serde_json::json!("peer 'nobody' is not online")
         )
     );
+}
+
+/// Sends `signal` to a child process.
+#[cfg(unix)]
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+/// Waits up to 10 s for a child to exit.
+#[cfg(unix)]
+async fn exited(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after the signal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_signals_end_expose_cleanly_and_sighup_reloads_the_server_instead() {
+    let (mut server, addr) = server().await;
+    let echo = Echo::start().await;
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let mut agent = expose(addr, "sig", echo.addr, &["--public"]);
+        wait_peer_status(addr, "sig", 200).await;
+        signal(&agent.0, sig);
+        let status = exited(&mut agent.0).await;
+        assert!(status.success(), "signal {sig}: {status}");
+        // It closed its control channel on the way out: the id is offline at once.
+        wait_peer_status(addr, "sig", 404).await;
+    }
+    // SIGHUP does not stop the server (it reloads the certificate, here there is none).
+    signal(&server.0, libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "the server still runs"
+    );
+    assert_eq!(common::http_get(addr, "/v1/health").await.0, 200);
+    signal(&server.0, libc::SIGTERM);
+    assert!(exited(&mut server.0).await.success());
+}
+
+#[test]
+fn log_file_takes_the_log_instead_of_stderr() {
+    let log = std::env::temp_dir().join(format!("p2pnc-cli-log-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    // A server that cannot start: its error is logged to the file and said on stderr.
+    let out = Command::new(BIN)
+        .args(["--log-file", log.to_str().unwrap(), "-v", "server"])
+        .args(["--listen", "127.0.0.1:0", "--connect-rate", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "error: --connect-rate and --expose-rate must be positive"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("must be positive"), "{logged}");
+    assert!(!logged.contains('\x1b'), "no terminal colours in a file");
+    let _ = std::fs::remove_file(&log);
 }

@@ -137,19 +137,24 @@ impl DemoRun {
 /// Runs the Demo on site A's host against `streamserver` with `extra` arguments (the server
 /// URL is plain, or `https://` with the pin of `tls`).
 fn run_demo(lab: &Lab, tls: Option<&ServerCert>, extra: &[&str]) -> DemoRun {
-    let (java, classes) = java_classes();
     let server = format!("{RDV_IP}:{SERVER_PORT}");
     let url = match tls {
         Some(_) => format!("https://{server}"),
         None => server.clone(),
     };
+    run_demo_at(lab, &url, tls, extra)
+}
+
+/// Runs the Demo on site A's host against the server at `url`.
+fn run_demo_at(lab: &Lab, url: &str, tls: Option<&ServerCert>, extra: &[&str]) -> DemoRun {
+    let (java, classes) = java_classes();
     let mut args = vec![
         "-Xmx64m",
         "-cp",
         classes.to_str().expect("UTF-8 path"),
         "com.getpoint.p2pclient.Demo",
         "--server",
-        &url,
+        url,
         "--id",
         "getpoint",
         "--peer",
@@ -411,6 +416,81 @@ fn java_relay_fallback_over_https() {
             tls: true,
         },
         &[Expect::Relayed],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A dual-stack Java client
+// ---------------------------------------------------------------------------------------------
+
+/// The server listens on IPv6 and IPv4 and is reached by name (`rdv.lab`, A and AAAA); B
+/// exposes the echo service by name too; the Java demo on A (dual-stack) connects twice with
+/// the one-call API and must report a direct stream to `want` (B's IPv6 address when B has
+/// IPv6, its public IPv4 address when it has not), byte-exact, not through the rendezvous host.
+fn java_dual_stack(cfg: LabConfig, want: impl Fn(&Lab) -> String) {
+    let lab = Lab::new(cfg);
+    let url = lab_support::server_url_by_name();
+    let _server = lab.start_server_dual_stack(&[]);
+    let echo = EchoServer::start(
+        &lab,
+        Node::Host(Site::B),
+        SocketAddr::from(([127, 0, 0, 1], SVC_PORT)),
+    );
+    let agent = lab.start_agent_at(
+        &url,
+        Node::Host(Site::B),
+        "streamserver",
+        SVC_PORT,
+        Auth::Secret(SECRET),
+        &[],
+    );
+    let report = format!("connected direct via {}:", want(&lab));
+    let payload = PAYLOAD.to_string();
+    let server = url.trim_start_matches("http://");
+    for round in 0..2 {
+        let before = lab.rdv_bytes();
+        let run = run_demo_at(&lab, server, None, &["--echo", &payload]);
+        let rdv = lab.rdv_bytes() - before;
+        assert!(
+            run.success() && run.stdout.contains(&report),
+            "round {round}: the demo did not report `{report}`\n{}\n--- agent stderr:\n{}",
+            run.describe(),
+            agent.stderr()
+        );
+        assert!(
+            rdv < (PAYLOAD / 8) as u64,
+            "round {round}: the rendezvous host moved {rdv} bytes: not direct"
+        );
+        eprintln!(
+            "round {round}: {}",
+            run.stdout.trim_end().replace('\n', " | ")
+        );
+    }
+    assert_eq!(echo.connections(), 2, "the service saw every session once");
+}
+
+/// Both ends dual-stack behind RFC 6092 firewalls: the Java client races IPv6 first and wins
+/// over it (simultaneous open through both firewalls).
+#[natlab::lab_test("javac", "java")]
+fn java_dual_stack_meets_a_dual_stack_agent_over_ipv6() {
+    java_dual_stack(
+        LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedRst)
+            .ipv6(Site::A, natlab::Firewall::Drop)
+            .ipv6(Site::B, natlab::Firewall::Rst)
+            .second_hosts(false),
+        |lab| format!("[{}]", lab.host_ip6(Site::B)),
+    );
+}
+
+/// A dual-stack Java client and an IPv4-only agent: they meet over IPv4, the family the agent
+/// has (the client's control connection is IPv4 for that reason).
+#[natlab::lab_test("javac", "java")]
+fn java_dual_stack_meets_an_ipv4_only_agent_over_ipv4() {
+    java_dual_stack(
+        LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedDrop)
+            .ipv6(Site::A, natlab::Firewall::Drop)
+            .second_hosts(false),
+        |lab| lab.public_ip(Site::B).to_string(),
     );
 }
 

@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use p2pnc::ServerUrl;
 use p2pnc_protocol::{
     self as protocol, AgentToServer, Auth, ClientToServer, ConnectQuery, ErrorBody, ErrorCode,
-    ExposeQuery, MAX_PRIVATE_CANDIDATES, Mapping, Mode, Nonce, ProbeToken, PunchOrder, Role,
-    ServerToAgent, ServerToClient, ServiceId, ServiceKeys, SessionId, SessionKey, SessionRef,
+    ExposeQuery, MAX_PRIVATE_CANDIDATES, Mapping, Mode, Nonce, ProbeToken, PunchOrder, RelayTicket,
+    Role, ServerToAgent, ServerToClient, ServiceId, ServiceKeys, SessionId, SessionKey, SessionRef,
     Signature, Verifier,
 };
 use proptest::prelude::*;
@@ -26,9 +26,42 @@ fn text() -> impl Strategy<Value = String> {
     ".{0,40}"
 }
 
-/// A valid id: 1 to 16 characters (at most 64 bytes), none of them a control character.
+/// A valid id: 1 to 16 characters (at most 64 bytes) from the id character set.
 fn id() -> impl Strategy<Value = String> {
-    "[^\\p{Cc}]{1,16}"
+    "[\\p{L}\\p{Nd}][\\p{L}\\p{Nd}\\p{Mn}\\p{Mc}._~-]{0,15}"
+        .prop_filter("a valid id (NFC, nothing default-ignorable)", |s| {
+            protocol::validate_id(s).is_ok()
+        })
+}
+
+/// Characters an id must never contain: controls, spaces, format characters (zero-width and
+/// bidirectional controls among them), and letters or marks that show nothing.
+fn never_in_an_id() -> impl Strategy<Value = char> {
+    prop_oneof![
+        "[\\p{Cc}\\p{Cf}\\p{Z}\\p{Co}]".prop_map(|s| s.chars().next().unwrap()),
+        prop::sample::select(vec![
+            '\u{34F}',
+            '\u{115F}',
+            '\u{1160}',
+            '\u{17B4}',
+            '\u{180B}',
+            '\u{3164}',
+            '\u{FE00}',
+            '\u{FE0F}',
+            '\u{FFA0}',
+            '\u{E0100}',
+            '/',
+            ' ',
+            '@',
+            '%',
+            '?',
+            '#',
+        ]),
+    ]
+}
+
+fn relay_ticket() -> impl Strategy<Value = RelayTicket> {
+    any::<[u8; 16]>().prop_map(RelayTicket::from_bytes)
 }
 
 fn service_id() -> impl Strategy<Value = ServiceId> {
@@ -108,12 +141,26 @@ fn punch() -> impl Strategy<Value = PunchOrder> {
         mapping(),
         mapping(),
         proptest::option::of(any::<u64>()),
+        proptest::option::of(relay_ticket()),
+        proptest::option::of(addr()),
+        proptest::option::of(addr()),
         proptest::option::of(addr()),
     );
     (ends, extras).prop_map(
         |(
             (session, key, peer_public, peer_private, you, mode, auth),
-            (nonce, proof, strategy, your_mapping, peer_mapping, relay_after_ms, peer_mapped),
+            (
+                nonce,
+                proof,
+                strategy,
+                your_mapping,
+                peer_mapping,
+                relay_after_ms,
+                relay_ticket,
+                peer_mapped,
+                peer_public6,
+                you6,
+            ),
         )| PunchOrder {
             session,
             key,
@@ -128,7 +175,10 @@ fn punch() -> impl Strategy<Value = PunchOrder> {
             your_mapping,
             peer_mapping,
             relay_after_ms,
+            relay_ticket,
             peer_mapped,
+            peer_public6,
+            you6,
             peer_key: None,
         },
     )
@@ -201,19 +251,23 @@ fn expose_query() -> impl Strategy<Value = ExposeQuery> {
         proptest::option::of(probe_token()),
         proptest::option::of(addr()),
         any::<bool>(),
+        proptest::option::of(probe_token()),
     )
-        .prop_map(|(id, auth, private, probe, mapped, takeover)| ExposeQuery {
-            // A secret agent names its verifier (one valid point: deriving one per case would
-            // cost a PBKDF2 each); a public one none.
-            verifier: (auth == Auth::Secret).then(verifier),
-            key: None,
-            id,
-            auth,
-            private,
-            probe,
-            mapped,
-            takeover,
-        })
+        .prop_map(
+            |(id, auth, private, probe, mapped, takeover, probe_other)| ExposeQuery {
+                // A secret agent names its verifier (one valid point: deriving one per case
+                // would cost a PBKDF2 each); a public one none.
+                verifier: (auth == Auth::Secret).then(verifier),
+                key: None,
+                id,
+                auth,
+                private,
+                probe,
+                probe_other,
+                mapped,
+                takeover,
+            },
+        )
 }
 
 fn connect_query() -> impl Strategy<Value = ConnectQuery> {
@@ -224,15 +278,19 @@ fn connect_query() -> impl Strategy<Value = ConnectQuery> {
         proptest::collection::vec(addr(), 0..=MAX_PRIVATE_CANDIDATES),
         mode(),
         proptest::option::of(probe_token()),
+        proptest::option::of(probe_token()),
     )
-        .prop_map(|(peer, nonce, proof, private, mode, probe)| ConnectQuery {
-            peer,
-            nonce,
-            proof,
-            private,
-            mode,
-            probe,
-        })
+        .prop_map(
+            |(peer, nonce, proof, private, mode, probe, probe_other)| ConnectQuery {
+                peer,
+                nonce,
+                proof,
+                private,
+                mode,
+                probe,
+                probe_other,
+            },
+        )
 }
 
 fn host() -> impl Strategy<Value = String> {
@@ -372,6 +430,7 @@ proptest! {
             private: vec![],
             mode,
             probe: None,
+            probe_other: None,
         };
         prop_assert_eq!(ConnectQuery::parse(&q.to_query()).unwrap().proof, Some(proof));
     }
@@ -417,10 +476,48 @@ proptest! {
     }
 
     #[test]
-    fn relay_join_queries_round_trip(session in session_id(), agent in any::<bool>()) {
+    fn relay_join_queries_round_trip(
+        session in session_id(),
+        agent in any::<bool>(),
+        ticket in relay_ticket(),
+    ) {
         let role = if agent { Role::Agent } else { Role::Client };
-        let query = protocol::join_query(&session, role);
-        prop_assert_eq!(protocol::parse_join_query(&query), Ok((session, role)));
+        let query = protocol::join_query(&session, role, &ticket);
+        let want = protocol::JoinQuery { session, role, ticket: Some(ticket) };
+        prop_assert_eq!(protocol::parse_join_query(&query), Ok(want));
+    }
+
+    /// A join whose ticket is anything but 16 bytes of hex carries no ticket (and is refused as
+    /// unauthorized); no query makes the parser panic.
+    #[test]
+    fn relay_join_tickets_are_16_bytes_of_hex_or_nothing(
+        session in session_id(),
+        ticket in "[0-9a-fA-FxX%&=]{0,40}",
+        junk in ".{0,60}",
+    ) {
+        let query = format!("v=1&session={session}&role=client&ticket={ticket}");
+        let parsed = protocol::parse_join_query(&query);
+        let is_ticket = ticket.len() == 32 && ticket.bytes().all(|b| b.is_ascii_hexdigit());
+        match parsed {
+            Ok(j) => prop_assert_eq!(j.ticket.is_some(), is_ticket, "{}", query),
+            Err(e) => prop_assert!(ticket.contains('&'), "{}: {}", query, e),
+        }
+        let _ = protocol::parse_join_query(&junk);
+    }
+
+    /// Every id in the character set is accepted; one with any character outside it, wherever
+    /// it stands, is refused.
+    #[test]
+    fn ids_outside_the_character_set_are_refused(
+        good in id(),
+        bad in never_in_an_id(),
+        at in any::<prop::sample::Index>(),
+    ) {
+        prop_assert!(ServiceId::new(&good).is_ok(), "{:?}", good);
+        let mut chars: Vec<char> = good.chars().collect();
+        chars.insert(at.index(chars.len() + 1), bad);
+        let spoiled: String = chars.into_iter().collect();
+        prop_assert!(protocol::validate_id(&spoiled).is_err(), "{:?}", spoiled);
     }
 
     #[test]

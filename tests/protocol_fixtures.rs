@@ -3,8 +3,9 @@
 
 use p2pnc_protocol::{
     self as protocol, AGENT_HEAD_LEN, AgentToServer, CLIENT_HEAD_LEN, ClientHandshake, ClientHead,
-    ConnectQuery, ExposeQuery, Flags, Mode, Nonce, RecordCipher, ServerToAgent, ServerToClient,
-    ServiceKeys, SessionId, SessionKey, StaticKey, agent_reply_with, record, seal_record,
+    ConnectQuery, ExposeQuery, Flags, Mode, Nonce, RecordCipher, Role, ServerToAgent,
+    ServerToClient, ServiceKeys, SessionId, SessionKey, StaticKey, agent_reply_with, record,
+    seal_record,
 };
 use serde_json::Value;
 
@@ -314,6 +315,12 @@ fn query_strings_match() {
         );
         assert_eq!(serde_json::to_value(parsed.mode).unwrap(), c["mode"]);
         assert_eq!(serde_json::to_value(&parsed.private).unwrap(), c["private"]);
+        let token = |t: Option<protocol::ProbeToken>| t.map(|t| t.to_hex());
+        assert_eq!(token(parsed.probe).as_deref(), c["probe"].as_str());
+        assert_eq!(
+            token(parsed.probe_other).as_deref(),
+            c["probe_other"].as_str()
+        );
         assert_eq!(parsed.to_query(), s(c, "query"));
     }
     for c in q["bad"].as_array().unwrap() {
@@ -368,5 +375,58 @@ fn defaults_match() {
     // The options a caller gets are the defaults.
     let opts = p2pnc::ConnectOptions::new("http://h", "x", None).unwrap();
     assert_eq!(n("punch_timeout_ms"), ms(opts.punch.timeout));
-    assert_eq!(n("punch_ttl"), u64::from(opts.punch.ttl.unwrap()));
+    // The punch TTL is learnt; until a sweep has found the NATs in front, it is the default.
+    assert_eq!(opts.punch.ttl, p2pnc::PunchTtl::Learned);
+    let unknown = p2pnc::NatDepth::default();
+    assert_eq!(n("punch_ttl"), u64::from(unknown.low_ttl(false)));
+    assert_eq!(n("ipv6_head_start_ms"), ms(defaults::IPV6_HEAD_START));
+}
+
+#[test]
+fn relay_joins_match() {
+    let v = vectors();
+    let cases = v["relay_join"].as_array().expect("relay_join");
+    assert!(cases.len() >= 2);
+    for c in cases {
+        let role = match s(c, "role") {
+            "client" => Role::Client,
+            _ => Role::Agent,
+        };
+        let (session, ticket) = (parsed(c, "session"), parsed(c, "ticket"));
+        let query = protocol::join_query(&session, role, &ticket);
+        assert_eq!(query, s(c, "query"), "{c}");
+        let join = protocol::parse_join_query(&query).unwrap();
+        assert_eq!(
+            (join.session, join.role, join.ticket),
+            (session, role, Some(ticket))
+        );
+    }
+}
+
+#[test]
+fn ids_match() {
+    let v = vectors();
+    let ids = &v["ids"];
+    for good in ids["valid"].as_array().expect("ids.valid") {
+        let id = good.as_str().unwrap();
+        assert_eq!(protocol::validate_id(id), Ok(()), "{id:?}");
+    }
+    for bad in ids["invalid"].as_array().expect("ids.invalid") {
+        let id = bad.as_str().unwrap();
+        assert!(protocol::validate_id(id).is_err(), "{id:?}");
+    }
+}
+
+#[test]
+fn private_candidates_match() {
+    let v = vectors();
+    let cases = v["private_candidates"]
+        .as_array()
+        .expect("private_candidates");
+    assert!(cases.len() >= 10);
+    for c in cases {
+        let allowed =
+            protocol::private_candidate_allowed(parsed(c, "candidate"), parsed(c, "seen_from"));
+        assert_eq!(allowed, c["allowed"].as_bool().unwrap(), "{c}");
+    }
 }

@@ -181,6 +181,26 @@ async fn every_trust_mismatch_is_refused_with_a_reason() {
     }
 }
 
+/// A plain client that asks a TLS server for an expose or connect is answered as soon as its
+/// request line shows the path, before it sends its headers (where the token travels).
+#[tokio::test]
+async fn a_plain_control_request_is_answered_at_its_request_line() {
+    let pki = Pki::new(&["127.0.0.1"]);
+    let server = tls_server(&pki, ServerConfig::default()).await;
+    for path in ["/v1/connect?v=2&peer=svc", "/v1/expose?v=2&id=svc"] {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(format!("GET {path}").as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(T, s.read_to_end(&mut answer))
+            .await
+            .expect("answered without the rest of the request")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("use an https:// server URL"), "{answer}");
+    }
+}
+
 #[tokio::test]
 async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
     use p2pnc::protocol::Role;
@@ -191,6 +211,7 @@ async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
         relay: Some(RelayConfig {
             max_pairs: 1,
             bytes_per_sec: 1 << 20,
+            ..Default::default()
         }),
         ..Default::default()
     };
@@ -229,9 +250,18 @@ async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
         .expect("a punch order")
         .parse()
         .unwrap();
+    let agent_order: serde_json::Value = p2pnc::testing::recv(&mut agent).await.unwrap().unwrap();
+    let ticket = |o: &serde_json::Value| -> p2pnc::protocol::RelayTicket {
+        o["relay_ticket"]
+            .as_str()
+            .expect("a relay ticket")
+            .parse()
+            .unwrap()
+    };
+    let (at, ct) = (ticket(&agent_order), ticket(&order));
     let (a, c) = tokio::join!(
-        relay::join(&url, server.addr, &session, Role::Agent),
-        relay::join(&url, server.addr, &session, Role::Client),
+        relay::join(&url, server.addr, &session, Role::Agent, &at),
+        relay::join(&url, server.addr, &session, Role::Client, &ct),
     );
     let (mut a, mut c) = (a.unwrap(), c.unwrap());
     c.write_all(b"from client").await.unwrap();
@@ -383,25 +413,28 @@ async fn the_cli_prints_the_pin_and_clients_connect_with_tls_flags() {
     let stderr = String::from_utf8_lossy(&bad_pin.stderr);
     assert!(stderr.contains("--tls-pin: bad TLS pin"), "{stderr}");
 
-    // SIGHUP reloads the certificate.
-    let renewed = Pki::new(&["127.0.0.1"]);
-    std::fs::copy(&renewed.cert, &pki.cert).unwrap();
-    std::fs::copy(&renewed.key, &pki.key).unwrap();
-    // SAFETY: kill(2) on our own child process.
-    assert_eq!(unsafe { libc::kill(server.id() as i32, libc::SIGHUP) }, 0);
-    let want = format!("pin is now {}", renewed.pin);
-    while !std::fs::read_to_string(&log).unwrap().contains(&want) {
-        assert!(std::time::Instant::now() < deadline + T, "no reload logged");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // SIGHUP reloads the certificate (unix; Windows has no SIGHUP).
+    #[cfg(unix)]
+    {
+        let renewed = Pki::new(&["127.0.0.1"]);
+        std::fs::copy(&renewed.cert, &pki.cert).unwrap();
+        std::fs::copy(&renewed.key, &pki.key).unwrap();
+        // SAFETY: kill(2) on our own child process.
+        assert_eq!(unsafe { libc::kill(server.id() as i32, libc::SIGHUP) }, 0);
+        let want = format!("pin is now {}", renewed.pin);
+        while !std::fs::read_to_string(&log).unwrap().contains(&want) {
+            assert!(std::time::Instant::now() < deadline + T, "no reload logged");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pinned = run(vec!["--tls-pin".into(), renewed.pin.clone()])
+            .await
+            .unwrap();
+        assert!(
+            pinned.status.success(),
+            "{}",
+            String::from_utf8_lossy(&pinned.stderr)
+        );
     }
-    let pinned = run(vec!["--tls-pin".into(), renewed.pin.clone()])
-        .await
-        .unwrap();
-    assert!(
-        pinned.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pinned.stderr)
-    );
 
     let _ = agent.kill();
     let _ = server.kill();

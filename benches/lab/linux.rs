@@ -1,9 +1,11 @@
 //! The benchmarks (Linux only: the NAT lab is made of network namespaces).
 
 use crate::lab_support::{self, Auth, P2pncLab, Report};
-use natlab::{EchoServer, Lab, LabConfig, Nat, Node, Proc, SinkServer, Site, Spawn, in_netns};
+use natlab::{
+    Cgn, EchoServer, Firewall, Lab, LabConfig, Nat, Node, Proc, SinkServer, Site, Spawn, in_netns,
+};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::sync::mpsc;
@@ -29,10 +31,20 @@ const RTT_MS: f64 = 2.0 * DELAY_MS as f64;
 /// Measured runs per latency figure, after `LATENCY_WARMUP` unmeasured ones.
 const LATENCY_RUNS: usize = 21;
 const LATENCY_WARMUP: usize = 2;
+/// Least time between the starts of two measured connects from one host. Each `connect`
+/// process sweeps the routers in front of it once, and routers answer ICMP at about one
+/// message per second per destination (Linux: a burst of 6, then one a second): back-to-back
+/// connects several times a second silence the home router and the CGN, and each connect whose
+/// sweep finds nothing falls back to TTL 2, which a CGN swallows. One connect a second, a
+/// user's pace at most, keeps them answering.
+const LATENCY_PACE: Duration = Duration::from_secs(1);
 /// The 4-RTT bound (handshake to the server, request, simultaneous open, one echo) and the
 /// issue's target for the median.
 const BOUND_RTT: f64 = 4.0;
 const TARGET_RTT: f64 = 4.5;
+/// How much longer than the single-NAT case a NAT444 or IPv6 connect may take to its first
+/// echo, in RTTs (the target for carrier-grade NAT).
+const MAX_EXTRA_RTT: f64 = 0.5;
 
 /// Bytes per throughput transfer (with the 20 ms delay, and without: large enough that a
 /// transfer lasts about a second or more), and transfers per path and delay.
@@ -68,6 +80,8 @@ pub fn main() -> ExitCode {
     if selected.is_empty() {
         selected = BENCHES.to_vec();
     }
+    // Leaves out the cases with IPv6: for a build without IPv6 support (`P2PNC_LAB_BIN`).
+    let ipv4_only = args.iter().any(|a| a == "--ipv4-only");
     if !natlab::require_lab(&[]) {
         return ExitCode::SUCCESS;
     }
@@ -86,9 +100,9 @@ pub fn main() -> ExitCode {
         let t = Instant::now();
         let load = loadavg();
         match *b {
-            "latency" => latency(&mut out, &mut problems),
+            "latency" => latency(&mut out, &mut problems, ipv4_only),
             "throughput" => throughput(&mut out, &mut problems),
-            _ => grid(&mut out, &mut problems),
+            _ => grid(&mut out, &mut problems, ipv4_only),
         }
         out.line(format!(
             "({b}: {:.0} s; load average before {load}, after {})",
@@ -309,7 +323,109 @@ fn spawn_to_first_echo(lab: &Lab, node: Node, spec: Spawn) -> Result<(Duration, 
     Ok((t1 - t0, stderr))
 }
 
-fn latency(out: &mut Out, problems: &mut Vec<String>) {
+/// One row of the latency table.
+struct LatencyCase {
+    /// What stands in front of the client (A) and the agent (B).
+    name: &'static str,
+    cfg: LabConfig,
+    /// The server on IPv6 and IPv4, reached by name (else on IPv4, by address).
+    dual_stack: bool,
+    /// The address a direct session must reach.
+    want: fn(&Lab) -> IpAddr,
+    /// Measure plain TCP through a port forward on B's home router too (B has one NAT).
+    plain: bool,
+    /// The single-NAT row (index) with the same strategy, that this one is compared with.
+    base: usize,
+}
+
+fn latency_cases() -> Vec<LatencyCase> {
+    let base = |a: Nat, b: Nat| {
+        LabConfig::new(a, b)
+            .delays(DELAY_MS, DELAY_MS, DELAY_MS)
+            .second_hosts(false)
+    };
+    let (drop, rst) = (Nat::RestrictedDrop, Nat::RestrictedRst);
+    let symmetric = Nat::Symmetric { rst: false };
+    let cone_cgn = Cgn::new(Nat::RestrictedDrop);
+    let b_v4: fn(&Lab) -> IpAddr = |lab| lab.public_ip(Site::B).into();
+    let b_v6: fn(&Lab) -> IpAddr = |lab| lab.host_ip6(Site::B).into();
+    let v4 = |name, cfg, plain, base| LatencyCase {
+        name,
+        cfg,
+        dual_stack: false,
+        want: b_v4,
+        plain,
+        base,
+    };
+    let v6 = |name, cfg, base| LatencyCase {
+        name,
+        cfg,
+        dual_stack: true,
+        want: b_v6,
+        plain: false,
+        base,
+    };
+    vec![
+        v4(
+            "port-restricted, drop ↔ port-restricted, drop",
+            base(drop, drop),
+            true,
+            0,
+        ),
+        v4(
+            "port-restricted, RST ↔ port-restricted, RST",
+            base(rst, rst),
+            true,
+            0,
+        ),
+        // The single-NAT row of birthday punching: compared with nothing.
+        v4(
+            "symmetric, drop ↔ port-restricted, drop (birthday)",
+            base(symmetric, drop),
+            false,
+            2,
+        ),
+        v4(
+            "drop ↔ NAT444 (cone CGN in front of B's drop router)",
+            base(drop, drop).cgn(Site::B, cone_cgn),
+            false,
+            0,
+        ),
+        v4(
+            "NAT444 ↔ NAT444 (cone CGNs in front of drop routers)",
+            base(drop, drop)
+                .cgn(Site::A, cone_cgn)
+                .cgn(Site::B, cone_cgn),
+            false,
+            0,
+        ),
+        v4(
+            "NAT444 (symmetric CGN in front of A's drop router) ↔ drop (birthday)",
+            base(drop, drop).cgn(Site::A, Cgn::new(symmetric)),
+            false,
+            2,
+        ),
+        v6(
+            "IPv6 ↔ IPv6, drop firewalls (dual stack, IPv4 drop routers)",
+            base(drop, drop)
+                .ipv6(Site::A, Firewall::Drop)
+                .ipv6(Site::B, Firewall::Drop),
+            0,
+        ),
+        v6(
+            "IPv6 ↔ IPv6, RST firewalls (dual stack, IPv4 RST routers)",
+            base(rst, rst)
+                .ipv6(Site::A, Firewall::Rst)
+                .ipv6(Site::B, Firewall::Rst),
+            1,
+        ),
+    ]
+}
+
+/// The medians of one latency case: (spawn to first echo, setup reported by connect), ms.
+type Medians = (f64, f64);
+
+fn latency(out: &mut Out, problems: &mut Vec<String>, ipv4_only: bool) {
     out.line(format!(
         "## latency: spawn of the client process to the first echoed byte \
          ({DELAY_MS} ms one-way per site and for the server: RTT {RTT_MS:.0} ms between any two hosts)"
@@ -318,138 +434,197 @@ fn latency(out: &mut Out, problems: &mut Vec<String>) {
     out.line(format!(
         "{LATENCY_RUNS} runs per row (after {LATENCY_WARMUP} warm-up runs), p2pnc and plain runs \
          interleaved. plain TCP = a minimal Rust client (this bench binary) through a port forward \
-         on B's router to the same echo service: TCP handshake + echo = 2 RTT + process start."
+         on B's router to the same echo service: TCP handshake + echo = 2 RTT + process start. \
+         One p2pnc connect a second at most (routers answer the TTL sweeps' ICMP at about one \
+         a second per destination). The NAT444 and IPv6 rows are compared with the single-NAT \
+         row of the same run with the same strategy (Δ median): drop ↔ drop, or for the \
+         symmetric CGN symmetric ↔ drop (birthday punching)."
     ));
     out.line("");
-    out.line("| NATs (client A, agent B) | client | p10 ms | median ms | p90 ms | median RTT |");
-    out.line("|---|---|---:|---:|---:|---:|");
+    out.line(
+        "| NATs (client A, agent B) | client | p10 ms | median ms | p90 ms | median RTT | Δ median vs single NAT, same strategy |",
+    );
+    out.line("|---|---|---:|---:|---:|---:|---:|");
     let mut notes = Vec::new();
-    for nat in [Nat::RestrictedDrop, Nat::RestrictedRst] {
-        let lab = Lab::new(
-            LabConfig::new(nat, nat)
-                .delays(DELAY_MS, DELAY_MS, DELAY_MS)
-                .second_hosts(false),
-        );
-        let _server = lab.start_server();
-        let _echo = EchoServer::start(
-            &lab,
-            Node::Host(Site::B),
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, ECHO_PORT)),
-        );
-        let agent = lab.start_agent(
-            Node::Host(Site::B),
-            "svc-b",
-            ECHO_PORT,
-            Auth::Secret(SECRET),
-        );
-        let fwd = lab.port_forward(
-            Site::B,
-            FWD_ECHO_PORT,
-            SocketAddrV4::new(lab.host_ip(Site::B), ECHO_PORT),
-        );
-        let url = lab_support::server_url();
-        let p2p_spec = || {
-            lab.p2pnc("connect")
-                .args(["connect", "--report", "json", "--server", &url])
-                .args(["--peer", "svc-b", "--secret", SECRET, "--stdio"])
-        };
-        let helper = std::env::current_exe().expect("current_exe");
-        let helper = helper.to_str().expect("UTF-8 path of the bench binary");
-        let fwd_s = fwd.to_string();
-        let plain_args = [HELPER_ARG, fwd_s.as_str()];
-        let wan_b = lab.wan_ip(Site::B);
-
-        let (mut p2p, mut plain, mut setup, mut after) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for i in 0..LATENCY_WARMUP + LATENCY_RUNS {
-            let measured = i >= LATENCY_WARMUP;
-            match spawn_to_first_echo(&lab, Node::Host(Site::A), p2p_spec()) {
-                Ok((t, stderr)) => match lab_support::reports(&stderr)
-                    .iter()
-                    .find_map(Report::connected)
-                {
-                    Some(c) if c.path == "direct" && c.addr.ip() == wan_b => {
-                        if measured {
-                            p2p.push(t.as_secs_f64() * 1e3);
-                            setup.push(c.ms as f64);
-                            after.push(t.as_secs_f64() * 1e3 - c.ms as f64);
-                        }
-                    }
-                    c => problems.push(format!(
-                        "latency {}: run {i}: not a direct session to {wan_b} ({c:?}); \
-                         connect stderr:\n{}\nagent stderr:\n{}",
-                        nat_name(nat),
-                        stderr.trim_end(),
-                        agent.stderr().trim_end()
-                    )),
-                },
-                Err(e) => problems.push(format!("latency {}: run {i}: {e}", nat_name(nat))),
-            }
-            let plain_spec = Spawn::new(helper).args(plain_args).name("plain");
-            match spawn_to_first_echo(&lab, Node::Host(Site::A), plain_spec) {
-                Ok((t, _)) if measured => plain.push(t.as_secs_f64() * 1e3),
-                Ok(_) => {}
-                Err(e) => {
-                    problems.push(format!("latency {} baseline: run {i}: {e}", nat_name(nat)))
-                }
-            }
+    let cases = latency_cases();
+    let mut medians: Vec<Option<Medians>> = vec![None; cases.len()];
+    for (i, case) in cases.iter().enumerate() {
+        if ipv4_only && case.dual_stack {
+            continue;
         }
-        let pair = format!("{0} ↔ {0}", nat_name(nat));
-        let row = |out: &mut Out, first: &str, what: &str, v: &[f64]| {
-            if v.is_empty() {
-                out.line(format!("| {first} | {what} | – | – | – | – |"));
-                return;
-            }
-            out.line(format!(
-                "| {first} | {what} ({} runs) | {:.0} | {:.0} | {:.0} | {:.2} |",
-                v.len(),
-                pct(v, 0.1),
-                pct(v, 0.5),
-                pct(v, 0.9),
-                pct(v, 0.5) / RTT_MS
-            ));
-        };
-        let (p2p, plain, setup, after) = (sorted(p2p), sorted(plain), sorted(setup), sorted(after));
-        row(out, &pair, "`p2pnc connect --stdio`, direct", &p2p);
-        row(out, "", "plain TCP via port forward", &plain);
-        if !p2p.is_empty() && !plain.is_empty() {
-            let start = pct(&plain, 0.5) - 2.0 * RTT_MS;
-            let net = pct(&p2p, 0.5) - start;
-            out.line(format!(
-                "| | p2pnc minus process start (plain median − 2 RTT = {start:.0} ms) | | {net:.0} | | {:.2} |",
-                net / RTT_MS
-            ));
-            notes.push(format!(
-                "- {pair}: p2pnc median {:.2} RTT raw, {:.2} RTT net of process start \
-                 (bound {BOUND_RTT} RTT = {:.0} ms; target median ≤ {TARGET_RTT} RTT = {:.0} ms: {}); \
-                 setup time reported by connect (`setup_ms`): median {:.0} ms ({:.2} RTT), \
-                 p10 {:.0}, p90 {:.0}; spawn-to-echo minus that, per run: median {:.0} ms \
-                 (process start, and the echo when it does not come with the agent's hello)",
-                pct(&p2p, 0.5) / RTT_MS,
-                net / RTT_MS,
-                BOUND_RTT * RTT_MS,
-                TARGET_RTT * RTT_MS,
-                match (
-                    pct(&p2p, 0.5) <= TARGET_RTT * RTT_MS,
-                    net <= TARGET_RTT * RTT_MS
-                ) {
-                    (true, _) => "met",
-                    (false, true) => "met net of process start, not raw",
-                    (false, false) => "NOT met",
-                },
-                pct(&setup, 0.5),
-                pct(&setup, 0.5) / RTT_MS,
-                pct(&setup, 0.1),
-                pct(&setup, 0.9),
-                pct(&after, 0.5)
-            ));
-        }
-        eprintln!("latency {pair}: done");
+        let base = (case.base != i).then(|| (cases[case.base].name, medians[case.base]));
+        medians[i] = latency_case(out, problems, &mut notes, case, base);
+        eprintln!("latency {}: done", case.name);
     }
     out.line("");
     for n in notes {
         out.line(n);
     }
+}
+
+/// Measures one case, writes its rows and notes; returns its medians.
+fn latency_case(
+    out: &mut Out,
+    problems: &mut Vec<String>,
+    notes: &mut Vec<String>,
+    case: &LatencyCase,
+    base: Option<(&str, Option<Medians>)>,
+) -> Option<Medians> {
+    let single = base.and_then(|(_, m)| m);
+    let lab = Lab::new(case.cfg);
+    let (url, _server) = if case.dual_stack {
+        let server = lab.start_server_dual_stack(&[]);
+        (lab_support::server_url_by_name(), server)
+    } else {
+        (lab_support::server_url(), lab.start_server())
+    };
+    let _echo = EchoServer::start(
+        &lab,
+        Node::Host(Site::B),
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, ECHO_PORT)),
+    );
+    let agent = lab.start_agent_at(
+        &url,
+        Node::Host(Site::B),
+        "svc-b",
+        ECHO_PORT,
+        Auth::Secret(SECRET),
+        &[],
+    );
+    let fwd = case.plain.then(|| {
+        lab.port_forward(
+            Site::B,
+            FWD_ECHO_PORT,
+            SocketAddrV4::new(lab.host_ip(Site::B), ECHO_PORT),
+        )
+    });
+    let p2p_spec = || {
+        lab.p2pnc("connect")
+            .args(["connect", "--report", "json", "--server", &url])
+            .args(["--peer", "svc-b", "--secret", SECRET, "--stdio"])
+    };
+    let helper = std::env::current_exe().expect("current_exe");
+    let helper = helper.to_str().expect("UTF-8 path of the bench binary");
+    let want = (case.want)(&lab);
+    let name = case.name;
+
+    let (mut p2p, mut plain, mut setup, mut after) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..LATENCY_WARMUP + LATENCY_RUNS {
+        let measured = i >= LATENCY_WARMUP;
+        let next = Instant::now() + LATENCY_PACE;
+        match spawn_to_first_echo(&lab, Node::Host(Site::A), p2p_spec()) {
+            Ok((t, stderr)) => match lab_support::reports(&stderr)
+                .iter()
+                .find_map(Report::connected)
+            {
+                Some(c) if c.path == "direct" && c.addr.ip() == want => {
+                    if measured {
+                        p2p.push(t.as_secs_f64() * 1e3);
+                        setup.push(c.ms as f64);
+                        after.push(t.as_secs_f64() * 1e3 - c.ms as f64);
+                    }
+                }
+                c => problems.push(format!(
+                    "latency {name}: run {i}: not a direct session to {want} ({c:?}); \
+                     connect stderr:\n{}\nagent stderr:\n{}",
+                    stderr.trim_end(),
+                    agent.stderr().trim_end()
+                )),
+            },
+            Err(e) => problems.push(format!("latency {name}: run {i}: {e}")),
+        }
+        if let Some(fwd) = fwd {
+            let fwd_s = fwd.to_string();
+            let plain_spec = Spawn::new(helper).args([HELPER_ARG, &fwd_s]).name("plain");
+            match spawn_to_first_echo(&lab, Node::Host(Site::A), plain_spec) {
+                Ok((t, _)) if measured => plain.push(t.as_secs_f64() * 1e3),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("latency {name} baseline: run {i}: {e}")),
+            }
+        }
+        thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let (p2p, plain, setup, after) = (sorted(p2p), sorted(plain), sorted(setup), sorted(after));
+    let delta = |v: f64, base: Option<f64>| match base {
+        Some(b) => format!("{:+.0} ms = {:+.2} RTT", v - b, (v - b) / RTT_MS),
+        None => String::new(),
+    };
+    let row = |out: &mut Out, first: &str, what: &str, v: &[f64], base: Option<f64>| {
+        if v.is_empty() {
+            out.line(format!("| {first} | {what} | – | – | – | – | |"));
+            return;
+        }
+        out.line(format!(
+            "| {first} | {what} ({} runs) | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
+            v.len(),
+            pct(v, 0.1),
+            pct(v, 0.5),
+            pct(v, 0.9),
+            pct(v, 0.5) / RTT_MS,
+            delta(pct(v, 0.5), base)
+        ));
+    };
+    row(
+        out,
+        name,
+        "`p2pnc connect --stdio`, direct",
+        &p2p,
+        single.map(|s| s.0),
+    );
+    if case.plain {
+        row(out, "", "plain TCP via port forward", &plain, None);
+    }
+    if p2p.is_empty() {
+        return None;
+    }
+    let medians = (pct(&p2p, 0.5), pct(&setup, 0.5));
+    if !plain.is_empty() {
+        let start = pct(&plain, 0.5) - 2.0 * RTT_MS;
+        let net = pct(&p2p, 0.5) - start;
+        out.line(format!(
+            "| | p2pnc minus process start (plain median − 2 RTT = {start:.0} ms) | | {net:.0} | | {:.2} | |",
+            net / RTT_MS
+        ));
+        notes.push(format!(
+            "- {name}: p2pnc median {:.2} RTT raw, {:.2} RTT net of process start \
+             (bound {BOUND_RTT} RTT = {:.0} ms; target median ≤ {TARGET_RTT} RTT = {:.0} ms: {}); \
+             setup time reported by connect (`setup_ms`): median {:.0} ms ({:.2} RTT), \
+             p10 {:.0}, p90 {:.0}; spawn-to-echo minus that, per run: median {:.0} ms \
+             (process start, and the echo when it does not come with the agent's hello)",
+            pct(&p2p, 0.5) / RTT_MS,
+            net / RTT_MS,
+            BOUND_RTT * RTT_MS,
+            TARGET_RTT * RTT_MS,
+            match (
+                pct(&p2p, 0.5) <= TARGET_RTT * RTT_MS,
+                net <= TARGET_RTT * RTT_MS
+            ) {
+                (true, _) => "met",
+                (false, true) => "met net of process start, not raw",
+                (false, false) => "NOT met",
+            },
+            pct(&setup, 0.5),
+            pct(&setup, 0.5) / RTT_MS,
+            pct(&setup, 0.1),
+            pct(&setup, 0.9),
+            pct(&after, 0.5)
+        ));
+    }
+    if let (Some((base_name, _)), Some((first_echo, setup_ms))) = (base, single)
+        && !case.plain
+    {
+        let d = (medians.0 - first_echo) / RTT_MS;
+        notes.push(format!(
+            "- {name}: median to the first echo {:.0} ms, {d:+.2} RTT from the {base_name} row \
+             (target within {MAX_EXTRA_RTT} RTT: {}); setup median {:.0} ms ({:+.2} RTT)",
+            medians.0,
+            if d <= MAX_EXTRA_RTT { "met" } else { "NOT met" },
+            medians.1,
+            (medians.1 - setup_ms) / RTT_MS
+        ));
+    }
+    Some(medians)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -604,14 +779,88 @@ fn throughput(out: &mut Out, problems: &mut Vec<String>) {
 // Grid
 // ---------------------------------------------------------------------------------------------
 
-const GRID_KINDS: [Nat; 6] = [
-    Nat::None,
-    Nat::FullCone,
-    Nat::RestrictedRst,
-    Nat::RestrictedDrop,
-    Nat::Symmetric { rst: false },
-    Nat::Symmetric { rst: true },
+/// What stands in front of a site's host in the grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GridKind {
+    /// A home router of this kind; IPv4 only.
+    Home(Nat),
+    /// A port-restricted (drop) home router behind a carrier-grade NAT of this kind (NAT444);
+    /// IPv4 only.
+    Cgn(Nat),
+    /// Dual stack: IPv6 behind this firewall (RFC 6092), IPv4 behind a port-restricted home
+    /// router that drops (firewall drop) or answers with RST (firewall RST) alike.
+    Dual(Firewall),
+    /// IPv6 only, behind a firewall that drops.
+    V6Only,
+}
+
+const GRID_KINDS: [GridKind; 11] = [
+    GridKind::Home(Nat::None),
+    GridKind::Home(Nat::FullCone),
+    GridKind::Home(Nat::RestrictedRst),
+    GridKind::Home(Nat::RestrictedDrop),
+    GridKind::Home(Nat::Symmetric { rst: false }),
+    GridKind::Home(Nat::Symmetric { rst: true }),
+    GridKind::Cgn(Nat::RestrictedDrop),
+    GridKind::Cgn(Nat::Symmetric { rst: false }),
+    GridKind::Dual(Firewall::Drop),
+    GridKind::Dual(Firewall::Rst),
+    GridKind::V6Only,
 ];
+
+impl GridKind {
+    fn name(self) -> String {
+        match self {
+            GridKind::Home(n) => nat_name(n).to_string(),
+            GridKind::Cgn(Nat::Symmetric { .. }) => "NAT444, symmetric CGN".into(),
+            GridKind::Cgn(_) => "NAT444, cone CGN".into(),
+            GridKind::Dual(Firewall::Rst) => "IPv6 (RST) + IPv4 (RST)".into(),
+            GridKind::Dual(_) => "IPv6 (drop) + IPv4 (drop)".into(),
+            GridKind::V6Only => "IPv6 only (drop)".into(),
+        }
+    }
+
+    /// The home router's IPv4 NAT.
+    fn home_nat(self) -> Nat {
+        match self {
+            GridKind::Home(n) => n,
+            GridKind::Dual(Firewall::Rst) => Nat::RestrictedRst,
+            GridKind::Cgn(_) | GridKind::Dual(_) | GridKind::V6Only => Nat::RestrictedDrop,
+        }
+    }
+
+    fn has_v6(self) -> bool {
+        matches!(self, GridKind::Dual(_) | GridKind::V6Only)
+    }
+
+    fn has_v4(self) -> bool {
+        self != GridKind::V6Only
+    }
+
+    /// Whether its IPv4 mapping is endpoint-dependent.
+    fn symmetric_v4(self) -> bool {
+        matches!(self, GridKind::Home(n) | GridKind::Cgn(n) if n.is_symmetric())
+    }
+
+    /// `cfg` with this kind at `site` (its home router's NAT already set).
+    fn apply(self, cfg: LabConfig, site: Site) -> LabConfig {
+        match self {
+            GridKind::Home(_) => cfg,
+            GridKind::Cgn(n) => cfg.cgn(site, Cgn::new(n)),
+            GridKind::Dual(fw) => cfg.ipv6(site, fw),
+            GridKind::V6Only => cfg
+                .ipv6(site, Firewall::Drop)
+                .host_stack(Node::Host(site), natlab::Stack::V6),
+        }
+    }
+}
+
+/// Whether a pair has a direct path: over IPv6 when both have it, else over IPv4 unless both
+/// map endpoint-dependently.
+fn grid_direct(a: GridKind, b: GridKind) -> bool {
+    (a.has_v6() && b.has_v6())
+        || (a.has_v4() && b.has_v4() && !(a.symmetric_v4() && b.symmetric_v4()))
+}
 
 enum Attempt {
     Ok { path: String, ms: u64 },
@@ -625,12 +874,20 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// One `connect --stdio` session from `client`'s host to `peer` (served by `agent`), echoing
-/// a small payload.
-fn grid_attempt(lab: &Lab, client: Site, peer: &str, agent: &Proc, seed: u64) -> Attempt {
+/// One `connect --stdio` session from `client`'s host to `peer` (served by `agent`) through
+/// the server at `url`, echoing a small payload; a direct one must reach `want`.
+fn grid_attempt(
+    lab: &Lab,
+    url: &str,
+    (client, want): (Site, IpAddr),
+    peer: &str,
+    agent: &Proc,
+    seed: u64,
+) -> Attempt {
     let payload = natlab::pattern(seed, GRID_PAYLOAD);
     let timeout = Duration::from_secs(20);
-    let run = lab.connect_stdio(Node::Host(client), peer, Some(SECRET), &payload, timeout);
+    let node = Node::Host(client);
+    let run = lab.connect_stdio_at(url, node, peer, Some(SECRET), &payload, timeout, &[]);
     let fail = |why: String| {
         Attempt::Failed(format!(
             "{why}\nconnect stderr:\n{}\nagent stderr (tail):\n{}",
@@ -652,7 +909,6 @@ fn grid_attempt(lab: &Lab, client: Site, peer: &str, agent: &Proc, seed: u64) ->
     let Some(c) = run.connected() else {
         return fail("no `ok` connect report".into());
     };
-    let want = lab.public_ip(client.other());
     if c.path == "direct" && c.addr.ip() != want {
         return fail(format!("direct to {}, expected {want}", c.addr));
     }
@@ -660,10 +916,6 @@ fn grid_attempt(lab: &Lab, client: Site, peer: &str, agent: &Proc, seed: u64) ->
         path: c.path,
         ms: c.ms,
     }
-}
-
-fn is_symmetric(n: Nat) -> bool {
-    matches!(n, Nat::Symmetric { .. })
 }
 
 /// `direct 183 ms`, or for mixed outcomes `direct×2 183 ms, relayed×1 960 ms, failed×1`.
@@ -708,8 +960,12 @@ fn grid_cell(attempts: &[Attempt]) -> String {
         .join(", ")
 }
 
-fn grid(out: &mut Out, problems: &mut Vec<String>) {
-    let n = GRID_KINDS.len();
+fn grid(out: &mut Out, problems: &mut Vec<String>, ipv4_only: bool) {
+    let kinds: Vec<GridKind> = GRID_KINDS
+        .into_iter()
+        .filter(|k| !(ipv4_only && k.has_v6()))
+        .collect();
+    let n = kinds.len();
     out.line(format!(
         "## grid: client NAT (rows) × agent NAT (columns), server with `--relay`, \
          RTT {RTT_MS:.0} ms between any two hosts"
@@ -727,42 +983,57 @@ fn grid(out: &mut Out, problems: &mut Vec<String>) {
     for i in 0..n {
         for j in i..n {
             let t = Instant::now();
-            let (ka, kb) = (GRID_KINDS[i], GRID_KINDS[j]);
-            let lab = Lab::new(
-                LabConfig::new(ka, kb)
-                    .delays(DELAY_MS, DELAY_MS, DELAY_MS)
-                    .second_hosts(false),
-            );
-            let _server = lab.start_server_with(&["--relay"]);
+            let (ka, kb) = (kinds[i], kinds[j]);
+            let cfg = LabConfig::new(ka.home_nat(), kb.home_nat())
+                .delays(DELAY_MS, DELAY_MS, DELAY_MS)
+                .second_hosts(false);
+            let lab = Lab::new(kb.apply(ka.apply(cfg, Site::A), Site::B));
+            // IPv4-only pairs as before: the server on IPv4, by address. With IPv6 anywhere,
+            // the server on both families, by name.
+            let dual = ka.has_v6() || kb.has_v6();
+            let (url, _server) = if dual {
+                let server = lab.start_server_dual_stack(&["--relay"]);
+                (lab_support::server_url_by_name(), server)
+            } else {
+                (
+                    lab_support::server_url(),
+                    lab.start_server_with(&["--relay"]),
+                )
+            };
+            // A direct stream reaches the agent's IPv6 address when both have IPv6.
+            let want = |site: Site| -> IpAddr {
+                if ka.has_v6() && kb.has_v6() {
+                    lab.host_ip6(site).into()
+                } else {
+                    lab.public_ip(site).into()
+                }
+            };
             let svc = SocketAddr::from((Ipv4Addr::LOCALHOST, ECHO_PORT));
             let _echo_b = EchoServer::start(&lab, Node::Host(Site::B), svc);
-            let agent_b = lab.start_agent(
-                Node::Host(Site::B),
-                "svc-b",
-                ECHO_PORT,
-                Auth::Secret(SECRET),
-            );
+            let expose = |site: Site, id: &str| {
+                let auth = Auth::Secret(SECRET);
+                lab.start_agent_at(&url, Node::Host(site), id, ECHO_PORT, auth, &[])
+            };
+            let agent_b = expose(Site::B, "svc-b");
             let a_side = (i != j).then(|| {
                 (
                     EchoServer::start(&lab, Node::Host(Site::A), svc),
-                    lab.start_agent(
-                        Node::Host(Site::A),
-                        "svc-a",
-                        ECHO_PORT,
-                        Auth::Secret(SECRET),
-                    ),
+                    expose(Site::A, "svc-a"),
                 )
             });
             for k in 0..GRID_ATTEMPTS as u64 {
-                cells[i][j].push(grid_attempt(&lab, Site::A, "svc-b", &agent_b, 2 * k));
+                let to_b = (Site::A, want(Site::B));
+                cells[i][j].push(grid_attempt(&lab, &url, to_b, "svc-b", &agent_b, 2 * k));
                 if let Some((_, agent_a)) = &a_side {
-                    cells[j][i].push(grid_attempt(&lab, Site::B, "svc-a", agent_a, 2 * k + 1));
+                    let to_a = (Site::B, want(Site::A));
+                    let attempt = grid_attempt(&lab, &url, to_a, "svc-a", agent_a, 2 * k + 1);
+                    cells[j][i].push(attempt);
                 }
             }
             eprintln!(
                 "grid {} / {}: {} | {} ({:.1} s)",
-                nat_name(ka),
-                nat_name(kb),
+                ka.name(),
+                kb.name(),
                 grid_cell(&cells[i][j]),
                 grid_cell(&cells[j][i]),
                 t.elapsed().as_secs_f64()
@@ -771,23 +1042,19 @@ fn grid(out: &mut Out, problems: &mut Vec<String>) {
     }
     let mut header = "| client ↓ agent → |".to_string();
     let mut rule = "|---|".to_string();
-    for k in GRID_KINDS {
-        header.push_str(&format!(" {} |", nat_name(k)));
+    for &k in &kinds {
+        header.push_str(&format!(" {} |", k.name()));
         rule.push_str("---|");
     }
     out.line(header);
     out.line(rule);
     let mut notes = Vec::new();
     for (i, row) in cells.iter().enumerate() {
-        let mut line = format!("| **{}** |", nat_name(GRID_KINDS[i]));
+        let mut line = format!("| **{}** |", kinds[i].name());
         for (j, cell) in row.iter().enumerate() {
             line.push_str(&format!(" {} |", grid_cell(cell)));
-            let pair = format!(
-                "client {} → agent {}",
-                nat_name(GRID_KINDS[i]),
-                nat_name(GRID_KINDS[j])
-            );
-            let expect_direct = !(is_symmetric(GRID_KINDS[i]) && is_symmetric(GRID_KINDS[j]));
+            let pair = format!("client {} → agent {}", kinds[i].name(), kinds[j].name());
+            let expect_direct = grid_direct(kinds[i], kinds[j]);
             for (k, a) in cell.iter().enumerate() {
                 match a {
                     Attempt::Failed(why) => {
@@ -806,8 +1073,11 @@ fn grid(out: &mut Out, problems: &mut Vec<String>) {
     }
     out.line("");
     out.line(
-        "Expected: direct everywhere except symmetric ↔ symmetric (relayed); \
-         symmetric ↔ anything else uses birthday punching.",
+        "Expected: direct everywhere except where no direct path exists: symmetric (home router \
+         or CGN) ↔ symmetric without IPv6 on both ends, and IPv6-only ↔ IPv4-only (relayed); \
+         symmetric ↔ anything else uses birthday punching; ends that both have IPv6 connect \
+         over it. NAT444: a port-restricted (drop) home router behind the CGN. Dual-stack \
+         kinds: IPv4 behind a port-restricted router of the firewall's kind.",
     );
     for n in notes {
         out.line(n);

@@ -12,8 +12,13 @@ fuzz_target!(|data: &[u8]| {
     let Ok(query) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok((session, role)) = parse_join_query(query) {
-        let again = join_query(&session, role);
-        assert_eq!(parse_join_query(&again), Ok((session, role)), "{again}");
+    if let Ok(join) = parse_join_query(query) {
+        // Whatever the query, a join carries a ticket only if it wrote 16 bytes of hex.
+        if let Some(ticket) = join.ticket {
+            let hex = ticket.to_hex();
+            assert!(query.to_ascii_lowercase().contains(&hex), "{query}");
+            let again = join_query(&join.session, join.role, &ticket);
+            assert_eq!(parse_join_query(&again), Ok(join), "{again}");
+        }
     }
 });

@@ -71,7 +71,10 @@ fuzz_target!(|data: &[u8]| {
         // Every target comes from the order.
         for t in plan.targets() {
             assert!(
-                *t == p.peer_public || p.peer_private.contains(t) || p.peer_mapped == Some(*t),
+                *t == p.peer_public
+                    || p.peer_private.contains(t)
+                    || p.peer_mapped == Some(*t)
+                    || p.peer_public6 == Some(*t),
                 "{t} is not in the order"
             );
         }
@@ -80,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(role, Role::Client, "only the client sends early data");
             for t in commit_to {
                 assert!(
-                    *t == p.peer_public || p.peer_mapped == Some(*t),
+                    *t == p.peer_public || p.peer_mapped == Some(*t) || p.peer_public6 == Some(*t),
                     "early data may go to {t}"
                 );
             }

@@ -3,14 +3,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::control::{self, ControlSocket, ServerUrl};
+use super::ports::PunchPorts;
 use super::probe;
-use super::punch::{EarlyData, Endpoint, Inbound, PunchFailure, PunchOptions, StreamSettings};
+use super::punch::{EarlyData, Inbound, PunchFailure, PunchOptions, StreamSettings};
 use super::session::{ConnectionInfo, Established, Session};
 use super::stream::PeerStream;
 use crate::protocol::{
@@ -152,8 +152,8 @@ pub struct Connection {
 /// ```
 pub async fn connect(opts: &ConnectOptions) -> Result<Connection, Error> {
     let started = Instant::now();
-    let server_addr = opts.server.resolve().await?;
-    connect_with(opts, server_addr, Nonce::random(), started).await
+    let servers = opts.server.resolve_all().await?;
+    connect_with(opts, &servers, Nonce::random(), started).await
 }
 
 /// Connects like [`connect`] while reading what `local` already sends (up to
@@ -201,32 +201,36 @@ where
 
 async fn connect_with(
     opts: &ConnectOptions,
-    server_addr: SocketAddr,
+    servers: &[SocketAddr],
     nonce: Nonce,
     started: Instant,
 ) -> Result<Connection, Error> {
     let peer = ServiceId::new(&opts.peer).map_err(|e| Error::Refused(e.code, e.message))?;
-    // The control connection and the punch share one local port, so the server sees the NAT
-    // mapping the peer must aim at. The listener catches SYNs that beat ours out.
-    let listener = net::shared_listener(net::any_addr(&server_addr, 0))?;
-    let port = listener.local_addr()?.port();
+    // The control connection and the punch share one local port per family, so the server
+    // sees the NAT mapping the peer must aim at. The listeners catch SYNs that beat ours out.
+    let mut ports = PunchPorts::bind(servers, 0, false)?;
     let mut tasks = JoinSet::new();
-    let probe = spawn_probe(&mut tasks, server_addr, port);
     let keys = opts.secret.as_deref().map(|s| service_keys(s, &opts.peer));
+    let primary = ports.primary();
+    let probe = spawn_probe(&mut tasks, primary.local, primary.server);
+    let probe_other = ports
+        .other()
+        .map(|o| spawn_probe(&mut tasks, o.local, o.server));
     let query = ConnectQuery {
         proof: keys
             .as_ref()
             .map(|k| k.sign(&connect_message(&opts.peer, Mode::Punch, &nonce))),
         peer,
         nonce,
-        private: net::local_candidates(port, &server_addr),
+        private: ports.candidates(),
         mode: Mode::Punch,
         probe: Some(probe),
+        probe_other,
     };
-    let (mut ws, local) = control::open(
+    let (mut ws, _) = control::open(
         &opts.server,
-        server_addr,
-        net::any_addr(&server_addr, port),
+        primary.server,
+        primary.local,
         protocol::CONNECT_PATH,
         &query.to_query(),
         opts.token.as_deref(),
@@ -238,15 +242,12 @@ async fn connect_with(
     })?;
     let order = punch_order(&mut ws, &opts.peer).await?;
     let stream = stream_settings(opts, keys, &order)?;
+    let at = ports.view().endpoint(&opts.server);
     tracing::debug!(
         strategy = %order.strategy, mine = %order.your_mapping, peer = %order.peer_mapping,
-        relay = ?order.relay_after_ms, "punch order"
+        relay = ?order.relay_after_ms, ipv6 = ?order.peer_public6, nats = %at.depths.v4,
+        "punch order"
     );
-    let at = Endpoint {
-        local: net::any_addr(&server_addr, local.port()),
-        server: opts.server.clone(),
-        server_addr,
-    };
     let early = opts.early_data.clone();
     let session = Session::new(
         order,
@@ -257,7 +258,7 @@ async fn connect_with(
         early,
         started,
     );
-    let inbound = forward_accepts(&mut tasks, listener);
+    let inbound = forward_accepts(&mut tasks, ports.take_listeners());
     let (outcome, ctrl_open) = punch_watching(session, inbound, &mut ws, &opts.peer).await?;
     tasks.shutdown().await;
     if ctrl_open {
@@ -321,12 +322,12 @@ fn stream_settings(
     })
 }
 
-/// Sends the NAT probe from the punch port, at the same moment as the control connection: the
-/// server compares the two mappings. Returns its token.
-fn spawn_probe(tasks: &mut JoinSet<()>, server_addr: SocketAddr, port: u16) -> ProbeToken {
+/// Sends a NAT probe from the punch address `local` to the probe port of `server`, at the same
+/// moment as the control connection: the server compares the mappings (or, for the other
+/// family, learns the endpoint). Returns its token.
+fn spawn_probe(tasks: &mut JoinSet<()>, local: SocketAddr, server: SocketAddr) -> ProbeToken {
     let probe_token = ProbeToken::random();
-    let local = net::any_addr(&server_addr, port);
-    let probe_addr = protocol::probe_addr(server_addr);
+    let probe_addr = protocol::probe_addr(server);
     tasks.spawn(async move {
         if let Err(e) = probe::probe(local, probe_addr, &probe_token).await {
             tracing::debug!("NAT probe to {probe_addr}: {e}");
@@ -355,17 +356,23 @@ async fn punch_order(ws: &mut ControlSocket, peer: &str) -> Result<PunchOrder, E
     }
 }
 
-/// Hands every connection accepted on the punch port to the punch.
-fn forward_accepts(tasks: &mut JoinSet<()>, listener: TcpListener) -> mpsc::Receiver<Inbound> {
+/// Hands every connection accepted on the punch ports to the punch.
+fn forward_accepts(
+    tasks: &mut JoinSet<()>,
+    listeners: Vec<net::PunchPort>,
+) -> mpsc::Receiver<Inbound> {
     let (inbound_tx, inbound) = mpsc::channel(8);
-    tasks.spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let inbound = Inbound { stream, head: None };
-            if inbound_tx.send(inbound).await.is_err() {
-                return;
+    for listener in listeners {
+        let inbound_tx = inbound_tx.clone();
+        tasks.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let inbound = Inbound { stream, head: None };
+                if inbound_tx.send(inbound).await.is_err() {
+                    return;
+                }
             }
-        }
-    });
+        });
+    }
     inbound
 }
 

@@ -88,15 +88,29 @@ impl ServerUrl {
 
     /// Resolves the server's address (first result), within [`SERVER_TIMEOUT`].
     pub async fn resolve(&self) -> Result<SocketAddr, Error> {
+        Ok(self.resolve_all().await?[0])
+    }
+
+    /// Resolves every address of the server (A and AAAA records, in the resolver's order, each
+    /// once), within [`SERVER_TIMEOUT`]; never empty.
+    pub async fn resolve_all(&self) -> Result<Vec<SocketAddr>, Error> {
         let unreachable = |why: String| Error::ServerUnreachable(format!("{self}: {why}"));
         let lookup = tokio::net::lookup_host((self.host.as_str(), self.port));
-        let mut addrs = tokio::time::timeout(SERVER_TIMEOUT, lookup)
+        let found = tokio::time::timeout(SERVER_TIMEOUT, lookup)
             .await
             .map_err(|_| unreachable("name lookup timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
-        addrs
-            .next()
-            .ok_or_else(|| unreachable("name has no address".into()))
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for a in found {
+            let a = SocketAddr::new(a.ip().to_canonical(), a.port());
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        if addrs.is_empty() {
+            return Err(unreachable("name has no address".into()));
+        }
+        Ok(addrs)
     }
 
     /// `HOST:PORT`, with IPv6 literals in brackets.
@@ -166,6 +180,7 @@ pub async fn open(
                 .as_deref()
                 .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
             Err(match body {
+                Some(b) if b.error == ErrorCode::Busy => Error::Busy(b.message),
                 Some(b) => Error::Refused(b.error, b.message),
                 None => Error::Protocol(format!(
                     "server answered HTTP {} to the upgrade",
@@ -229,6 +244,7 @@ pub fn server_error(code: ErrorCode, message: String, peer: &str) -> Error {
         ErrorCode::PeerOffline => Error::PeerOffline(peer.to_string()),
         ErrorCode::SecretRejected => Error::SecretRejected(peer.to_string()),
         ErrorCode::SecretRequired => Error::SecretRequired(peer.to_string()),
+        ErrorCode::Busy => Error::Busy(message),
         _ => Error::Refused(code, message),
     }
 }

@@ -9,14 +9,18 @@
 //!   early data);
 //! - [`control`]: server URLs and the control WebSocket;
 //! - [`probe`], [`relay`]: the peer's halves of the NAT probe and the relay;
+//! - [`ports`]: a punch port per address family, the candidates it announces;
+//! - [`nat_depth`]: how many NATs stand in front, learnt by a TTL sweep toward the server;
 //! - [`portmap`]: PCP, NAT-PMP and UPnP-IGD on the local router;
 //! - [`natcheck`]: `p2pnc nat-check`.
 
 pub(crate) mod agent;
 pub(crate) mod client;
 pub(crate) mod control;
+pub(crate) mod nat_depth;
 pub(crate) mod natcheck;
 pub(crate) mod portmap;
+pub(crate) mod ports;
 pub(crate) mod probe;
 pub(crate) mod punch;
 pub(crate) mod relay;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::control::ServerUrl;
+use super::nat_depth::{self, NatDepth};
 use super::portmap::{self, Survey};
 use super::probe;
 use crate::defaults::SERVER_TIMEOUT;
@@ -35,10 +36,18 @@ pub struct NatReport {
     pub behind_nat: bool,
     /// `endpoint-independent` or `endpoint-dependent` (RFC 4787).
     pub mapping: Mapping,
+    /// How many NATs stand in front of this host, from a TTL sweep toward the server (absent
+    /// when the routers beyond them did not answer): SYNs meant to open only this host's NATs
+    /// leave with a TTL one higher.
+    pub nat_depth: Option<u8>,
+    /// Whether a router in front of this host answered from the shared address space
+    /// 100.64.0.0/10 (RFC 6598): a carrier-grade NAT.
+    pub cgn: bool,
     /// Whether the NAT kept the local port number.
     pub port_preserved: bool,
     /// `endpoint-independent` when a connection from a port this host never contacted got
-    /// through; `endpoint-dependent` when it did not.
+    /// through; `endpoint-dependent` when it did not; `unknown` on Windows, where nothing
+    /// listens on the port to take it.
     pub filtering: &'static str,
     /// Which port mapping protocols the default gateway answered: UPnP-IGD, NAT-PMP, PCP
     /// (absent when not asked: the server is on a loopback or private address).
@@ -62,6 +71,19 @@ impl fmt::Display for NatReport {
             if self.behind_nat { "yes" } else { "no" }
         )?;
         writeln!(f, "mapping:         {}", self.mapping)?;
+        match self.nat_depth {
+            Some(n) => writeln!(f, "NATs in front:   {n}")?,
+            None => writeln!(f, "NATs in front:   unknown (routers sent no ICMP answers)")?,
+        }
+        writeln!(
+            f,
+            "carrier NAT:     {}",
+            if self.cgn {
+                "yes (a router answered from the shared address space 100.64.0.0/10)"
+            } else {
+                "none seen"
+            }
+        )?;
         writeln!(
             f,
             "port preserved:  {}",
@@ -82,7 +104,9 @@ impl fmt::Display for NatReport {
 /// Runs the checks against `server`, and asks the default gateway which port mapping
 /// protocols it speaks meanwhile (only when the server is on a public address).
 pub async fn nat_check(server: &ServerUrl) -> Result<NatReport, Error> {
-    let server_addr = server.resolve().await?;
+    // IPv4 when the server has it: that is where NATs are.
+    let servers = server.resolve_all().await?;
+    let server_addr = *servers.iter().find(|a| a.is_ipv4()).unwrap_or(&servers[0]);
     let survey = async {
         if portmap::worth_trying(server_addr.ip()) {
             Some(portmap::survey(SURVEY_TIMEOUT).await)
@@ -90,8 +114,17 @@ pub async fn nat_check(server: &ServerUrl) -> Result<NatReport, Error> {
             None
         }
     };
-    let (report, survey) = tokio::join!(measure(server, server_addr), survey);
+    let depth = sweep(server_addr);
+    let (report, survey, depth) = tokio::join!(measure(server, server_addr), survey, depth);
     let mut report = report?;
+    report.nat_depth = depth.known.then_some(depth.nats);
+    report.cgn = depth.cgn;
+    if depth.cgn {
+        report.verdict.push_str(
+            "; behind a carrier-grade NAT: a port mapping on the home router leads nowhere, and \
+             SYNs that open this host's NATs pass it",
+        );
+    }
     if let Some(s) = &survey {
         let answered = s.answered();
         if !answered.is_empty() {
@@ -107,9 +140,17 @@ pub async fn nat_check(server: &ServerUrl) -> Result<NatReport, Error> {
     Ok(report)
 }
 
+/// A fresh TTL sweep toward the server, to its end.
+async fn sweep(server: SocketAddr) -> NatDepth {
+    let mut depth = nat_depth::relearn(server.ip(), None);
+    // The sweep ends by itself (its sender dropped) within its timeout.
+    while depth.changed().await.is_ok() {}
+    *depth.borrow_and_update()
+}
+
 /// The checks against the server.
 async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<NatReport, Error> {
-    let listener = net::shared_listener(net::any_addr(&server_addr, 0))?;
+    let listener = net::PunchPort::bind(net::any_addr(&server_addr, 0))?;
     let port = listener.local_addr()?.port();
     let shared = net::any_addr(&server_addr, port);
     let unreachable = |why: String| Error::ServerUnreachable(format!("{server}: {why}"));
@@ -135,9 +176,10 @@ async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<NatRepor
             }
         }
     };
-    let open = tokio::time::timeout(DIALBACK_WAIT, dialback)
-        .await
-        .unwrap_or(false);
+    let open = net::PUNCH_PORT_LISTENS
+        && tokio::time::timeout(DIALBACK_WAIT, dialback)
+            .await
+            .unwrap_or(false);
 
     let mapping = Mapping::classify(public, Some(public_probe));
     let behind_nat = public.ip() != local.ip();
@@ -156,8 +198,12 @@ async fn measure(server: &ServerUrl, server_addr: SocketAddr) -> Result<NatRepor
         public_probe,
         behind_nat,
         mapping,
+        nat_depth: None,
+        cgn: false,
         port_preserved: public.port() == port,
-        filtering: if open {
+        filtering: if !net::PUNCH_PORT_LISTENS {
+            "unknown"
+        } else if open {
             "endpoint-independent"
         } else {
             "endpoint-dependent"

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 
 use super::control::ServerUrl;
 use crate::defaults::SERVER_TIMEOUT;
-use crate::protocol::{self, Role, SessionId};
+use crate::protocol::{self, RelayTicket, Role, SessionId};
 
 /// Longest HTTP response head accepted when joining.
 const MAX_HEAD: usize = 4096;
@@ -29,17 +29,19 @@ pub enum RelayError {
     Io(#[from] std::io::Error),
 }
 
-/// Joins the relay of `session` as `role`; returns the raw stream to the other end.
+/// Joins the relay of `session` as `role` with the ticket of its punch order; returns the raw
+/// stream to the other end.
 pub async fn join(
     server: &ServerUrl,
     server_addr: SocketAddr,
     session: &SessionId,
     role: Role,
+    ticket: &RelayTicket,
 ) -> Result<TcpStream, RelayError> {
     let work = async {
         let mut tcp = TcpStream::connect(server_addr).await?;
         tcp.set_nodelay(true)?;
-        let request = protocol::join_request(session, role, &server.authority());
+        let request = protocol::join_request(session, role, ticket, &server.authority());
         tcp.write_all(request.as_bytes()).await?;
         // Read the head byte by byte: the peer's bytes may follow it at once.
         let mut head = Vec::with_capacity(256);

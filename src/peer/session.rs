@@ -142,7 +142,7 @@ impl Session {
             peer_addr: chosen.peer,
             setup: self.started.elapsed(),
             session: self.order.session,
-            strategy: self.order.strategy,
+            strategy: punch::strategy_used(&self.order, chosen.peer, chosen.relayed),
             encrypted: chosen.stream.is_encrypted(),
         };
         Ok(Established {

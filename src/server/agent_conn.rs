@@ -35,8 +35,10 @@ pub(super) async fn agent_connection(
     q: ExposeQuery,
     mut socket: WebSocket,
 ) {
-    let mapping =
-        probe::probed_mapping(state.probes.as_deref(), meta.remote, q.probe.as_ref()).await;
+    // The agent probed both families before it asked: no wait in practice.
+    let tokens = [q.probe.as_ref(), q.probe_other.as_ref()];
+    let probed = probe::probed(state.probes.as_deref(), meta.remote, tokens, true).await;
+    let mapping = probed.mapping;
     // A mapping on another address than the one we see leads nowhere: the router that made
     // it sits behind another NAT.
     let mapped = q.mapped.filter(|m| {
@@ -62,6 +64,7 @@ pub(super) async fn agent_connection(
         id: q.id.clone(),
         view: AgentView {
             public: meta.remote,
+            public_other: probed.other,
             private: q.private.clone(),
             auth: q.auth,
             mapping,
@@ -84,8 +87,8 @@ pub(super) async fn agent_connection(
         }
     };
     tracing::info!(
-        id = %q.id, public = %meta.remote, auth = ?q.auth, %mapping, mapped = ?mapped,
-        "agent registered"
+        id = %q.id, public = %meta.remote, other = ?probed.other, auth = ?q.auth, %mapping,
+        mapped = ?mapped, "agent registered"
     );
     let registered = ServerToAgent::Registered {
         id: q.id.clone(),

@@ -12,10 +12,11 @@ use axum::{Json, Router};
 use super::accept::ConnMeta;
 use super::limits::RateLimiter;
 use super::relay::JoinRefused;
+use super::session::TicketRefusal;
 use super::{AppState, Shared, agent_conn, session};
 use crate::protocol::{
-    self, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, JoinQueryError, MAX_MESSAGE_BYTES, Role,
-    connect_message,
+    self, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, JoinQuery, JoinQueryError,
+    MAX_MESSAGE_BYTES, connect_message,
 };
 
 /// Read buffer of a control WebSocket. What agents and clients send is a few hundred bytes at
@@ -42,7 +43,20 @@ pub(super) fn router(state: AppState) -> Router {
                 "method not allowed: every endpoint takes GET".into(),
             )
         })
+        .layer(axum::middleware::map_response(one_request_per_connection))
         .with_state(state)
+}
+
+/// Every answer but an upgrade closes its connection: one request head per connection, so
+/// the head limits of `accept` (deadline, size) cover every request a connection makes.
+async fn one_request_per_connection(mut response: Response) -> Response {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 impl Shared {
@@ -218,16 +232,23 @@ async fn connect(
         return state.reject(code, message);
     }
     if state.sessions.is_full() {
-        return state.reject(ErrorCode::Busy, "server has too many open sessions".into());
+        return state.reject(
+            ErrorCode::Busy,
+            format!(
+                "server busy: too many connect attempts at once (limit {})",
+                state.config.max_pending_connects
+            ),
+        );
     }
     upgrade(ws, |ws| {
         ws.on_upgrade(move |socket| session::client_session(state, meta, q, socket))
     })
 }
 
-/// `GET /v1/relay?v=1&session=S&role=client|agent` with `Upgrade: p2pnc-relay`.
+/// `GET /v1/relay?v=1&session=S&role=client|agent&ticket=T` with `Upgrade: p2pnc-relay`.
 async fn relay_join(
     State(state): State<AppState>,
+    ConnectInfo(meta): ConnectInfo<ConnMeta>,
     RawQuery(query): RawQuery,
     mut req: axum::extract::Request,
 ) -> Response {
@@ -237,10 +258,10 @@ async fn relay_join(
             "this server does not relay (start it with --relay)".into(),
         );
     };
-    let (session, role) = match protocol::parse_join_query(query.as_deref().unwrap_or("")) {
-        Ok((session, role)) => (Some(session), role),
+    let join = match protocol::parse_join_query(query.as_deref().unwrap_or("")) {
+        Ok(join) => Some(join),
         // Not a session id: it names no live session, as the check below tells.
-        Err(JoinQueryError::UnknownSession) => (None, Role::Client),
+        Err(JoinQueryError::UnknownSession) => None,
         Err(e @ JoinQueryError::Malformed) => {
             return state.reject(ErrorCode::BadRequest, e.to_string());
         }
@@ -256,17 +277,36 @@ async fn relay_join(
             format!("relay needs 'Upgrade: {}'", protocol::UPGRADE_TOKEN),
         );
     }
-    let Some(session) = session.filter(|s| state.sessions.is_live(s)) else {
+    let unauthorized = || {
+        state.reject(
+            ErrorCode::Unauthorized,
+            "relay join without the ticket of this end's punch order".into(),
+        )
+    };
+    if join.as_ref().is_some_and(|j| j.ticket.is_none()) {
+        return unauthorized();
+    }
+    let Some(JoinQuery {
+        session,
+        role,
+        ticket: Some(ticket),
+    }) = join
+    else {
         return state.reject(ErrorCode::PeerGone, "no such live session".into());
     };
-    let joined = match hub.join(session, role) {
-        Ok(j) => j,
-        Err(JoinRefused::Busy) => {
-            return state.reject(ErrorCode::Busy, "every relay slot is taken".into());
+    match state.sessions.check_ticket(&session, role, &ticket) {
+        Ok(()) => {}
+        Err(TicketRefusal::NotLive) => {
+            return state.reject(ErrorCode::PeerGone, "no such live session".into());
         }
+        Err(TicketRefusal::Wrong) => return unauthorized(),
+    }
+    let joined = match hub.join(session, role, meta.remote.ip()) {
+        Ok(j) => j,
         Err(JoinRefused::Duplicate) => {
             return state.reject(ErrorCode::BadRequest, "this end already joined".into());
         }
+        Err(busy) => return state.reject(ErrorCode::Busy, busy.to_string()),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_state = state.clone();
@@ -291,7 +331,7 @@ async fn relay_join(
 }
 
 /// Compares a credential in constant time (for equal lengths).
-fn constant_time_eq(a: &str, b: &str) -> bool {
+pub(super) fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

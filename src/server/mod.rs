@@ -31,7 +31,7 @@ mod registry;
 mod relay;
 mod session;
 
-use self::limits::RateLimiter;
+use self::limits::{Concurrency, RateLimiter};
 use self::metrics::Metrics;
 use self::probe::ProbeTable;
 use self::registry::Registry;
@@ -89,11 +89,27 @@ impl Default for ServerConfig {
     }
 }
 
+/// Birthday punches at once from one client address, and toward one agent: the easy side of
+/// each sends 1536 connection attempts, so a client that fakes a symmetric NAT (its probe from
+/// another port) must not make an agent spray without bound. Two at once per agent matches
+/// what real users need (a birthday punch takes a few hundred milliseconds) with room to spare.
+const BIRTHDAYS_AT_ONCE: usize = 2;
+/// How long a birthday punch counts against those bounds at most, however long its session
+/// stays open: the punch itself is over by the 5 s punch timeout.
+const BIRTHDAY_WINDOW: Duration = Duration::from_secs(6);
+
+/// Birthday punches under way, per client address and per agent.
+struct Birthdays {
+    per_client: Concurrency<std::net::IpAddr>,
+    per_agent: Concurrency<protocol::ServiceId>,
+}
+
 /// What every handler shares.
 struct Shared {
     config: ServerConfig,
     connect_rate: RateLimiter,
     expose_rate: RateLimiter,
+    birthdays: Birthdays,
     registry: Arc<Registry>,
     sessions: Arc<SessionTable>,
     /// `None` when the server has no probe port: mappings are then unknown at once.
@@ -189,6 +205,10 @@ pub async fn serve(
         relay: config.relay.map(RelayHub::new),
         connect_rate: RateLimiter::new(config.connect_rate, config.connect_rate * 3.0),
         expose_rate: RateLimiter::new(config.expose_rate, config.expose_rate * 5.0),
+        birthdays: Birthdays {
+            per_client: Concurrency::new(BIRTHDAYS_AT_ONCE, BIRTHDAY_WINDOW),
+            per_agent: Concurrency::new(BIRTHDAYS_AT_ONCE, BIRTHDAY_WINDOW),
+        },
         registry: Arc::new(Registry::new(config.id_grace, config.max_agents)),
         sessions: Arc::new(SessionTable::new(config.max_pending_connects)),
         config,

@@ -4,18 +4,19 @@
 //! two mappings of one local port toward two destinations: equal means endpoint-independent
 //! mapping (cone NAT or no NAT), different means endpoint-dependent ("symmetric").
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::limits::ConnTable;
 use crate::protocol::{self, MAX_PROBE_LINE, Mapping, ProbeToken};
 
 /// Time a probe connection gets to send its line and to be answered.
@@ -26,54 +27,164 @@ const DIALBACK_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_TTL: Duration = Duration::from_secs(30);
 /// Most probes remembered at once.
 const MAX_PROBES: usize = 65_536;
+/// Most probes remembered for one source address: a host's probe is taken by its control
+/// request within a few hundred milliseconds, so even the hosts behind one carrier-grade NAT
+/// rarely have more outstanding; an address with more loses its oldest first.
+const MAX_PROBES_PER_IP: usize = 64;
 /// Most probe connections served at once.
 const MAX_PROBE_CONNECTIONS: usize = 1024;
+/// Most probe connections from one address at once; a newer one closes the address's oldest
+/// (a real probe is answered within one round trip, so only idle ones are that old).
+const MAX_PROBE_CONNECTIONS_PER_IP: usize = 16;
 /// How long a control request waits for the probe it names (sent at the same moment from the
 /// same port, so it normally arrives first).
 const PROBE_WAIT: Duration = Duration::from_millis(300);
+/// How long a request waits for its probe of the other address family once its own family's
+/// probe is in, when the session does not depend on it (the agent has the client's family).
+/// The two probes leave at the same moment, so over a working path the other one arrives
+/// within a few milliseconds of the first (the difference of the two paths' delays); a family
+/// that is configured but broken costs a connect no more than this.
+const OTHER_FAMILY_GRACE: Duration = Duration::from_millis(50);
 
-/// The NAT mapping of a peer whose control connection came from `control` and whose request
-/// names the probe `token`: unknown without a probe port or a probe in time.
-pub(super) async fn probed_mapping(
+/// What the probes named by a control request tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Probed {
+    /// The NAT mapping in the control connection's family: unknown without a probe port or a
+    /// probe of that family in time.
+    pub mapping: Mapping,
+    /// The peer's public endpoint in the other family, if its probe of it arrived.
+    pub other: Option<SocketAddr>,
+}
+
+/// What the probes `tokens` (the request's `probe` and `probe_other`, in either order) of a
+/// peer whose control connection came from `control` tell. Both are awaited up to
+/// [`PROBE_WAIT`]; unless `other_needed`, the other family's only [`OTHER_FAMILY_GRACE`] longer
+/// than the control family's.
+pub(super) async fn probed(
     probes: Option<&ProbeTable>,
     control: SocketAddr,
-    token: Option<&ProbeToken>,
-) -> Mapping {
-    match (token, probes) {
-        (Some(t), Some(table)) => Mapping::classify(control, table.wait(t, PROBE_WAIT).await),
-        _ => Mapping::Unknown,
+    tokens: [Option<&ProbeToken>; 2],
+    other_needed: bool,
+) -> Probed {
+    let Some(table) = probes else {
+        return Probed::default();
+    };
+    let deadline = Instant::now() + PROBE_WAIT;
+    let wait = |t: Option<&ProbeToken>| {
+        let t = t.copied();
+        async move {
+            match t {
+                Some(t) => table.wait_until(&t, deadline).await,
+                None => None,
+            }
+        }
+    };
+    let (first, second) = (wait(tokens[0]), wait(tokens[1]));
+    tokio::pin!(first, second);
+    let mut seen: [Option<Option<SocketAddr>>; 2] = [None, None];
+    let mut grace_end = None;
+    let same_family = |a: &Option<Option<SocketAddr>>| matches!(a, Some(Some(a)) if a.is_ipv4() == control.is_ipv4());
+    while seen.iter().any(Option::is_none) {
+        tokio::select! {
+            got = &mut first, if seen[0].is_none() => seen[0] = Some(got),
+            got = &mut second, if seen[1].is_none() => seen[1] = Some(got),
+            _ = tokio::time::sleep_until(grace_end.unwrap_or(deadline)), if grace_end.is_some() => break,
+        }
+        if grace_end.is_none() && !other_needed && seen.iter().any(same_family) {
+            grace_end = Some((Instant::now() + OTHER_FAMILY_GRACE).min(deadline));
+        }
+    }
+    let arrived: Vec<SocketAddr> = seen.into_iter().flatten().flatten().collect();
+    let same = arrived.iter().find(|a| a.is_ipv4() == control.is_ipv4());
+    Probed {
+        mapping: Mapping::classify(control, same.copied()),
+        other: arrived
+            .iter()
+            .find(|a| a.is_ipv4() != control.is_ipv4())
+            .copied(),
+    }
+}
+
+/// Recorded probes: by token, and each source address's tokens oldest first.
+#[derive(Default)]
+struct Seen {
+    by_token: HashMap<ProbeToken, (SocketAddr, Instant)>,
+    by_ip: HashMap<IpAddr, VecDeque<ProbeToken>>,
+}
+
+impl Seen {
+    fn remove(&mut self, token: &ProbeToken) -> Option<SocketAddr> {
+        let (addr, _) = self.by_token.remove(token)?;
+        if let Some(q) = self.by_ip.get_mut(&addr.ip()) {
+            q.retain(|t| t != token);
+            if q.is_empty() {
+                self.by_ip.remove(&addr.ip());
+            }
+        }
+        Some(addr)
+    }
+
+    /// Drops the oldest probe of `ip`.
+    fn drop_oldest_of(&mut self, ip: IpAddr) {
+        let oldest = self.by_ip.get(&ip).and_then(|q| q.front().copied());
+        if let Some(t) = oldest {
+            self.remove(&t);
+        }
     }
 }
 
 /// Probes recorded by the server, by token.
 #[derive(Default)]
 pub(super) struct ProbeTable {
-    seen: Mutex<HashMap<ProbeToken, (SocketAddr, Instant)>>,
+    seen: Mutex<Seen>,
     arrived: Notify,
 }
 
 impl ProbeTable {
-    fn record(&self, token: ProbeToken, addr: SocketAddr) -> bool {
+    /// Records that the probe `token` came from `addr`. An address at its share loses its
+    /// oldest probe; a full table first forgets expired probes, then the oldest probe of the
+    /// address with the most.
+    fn record(&self, token: ProbeToken, addr: SocketAddr) {
         let mut seen = self.seen.lock().expect("probe lock");
         let now = Instant::now();
-        if seen.len() >= MAX_PROBES {
-            seen.retain(|_, (_, t)| now.duration_since(*t) < PROBE_TTL);
-            if seen.len() >= MAX_PROBES {
-                return false;
+        seen.remove(&token);
+        if seen.by_ip.get(&addr.ip()).map_or(0, |q| q.len()) >= MAX_PROBES_PER_IP {
+            seen.drop_oldest_of(addr.ip());
+        }
+        if seen.by_token.len() >= MAX_PROBES {
+            let expired: Vec<ProbeToken> = (seen.by_token.iter())
+                .filter(|(_, (_, t))| now.duration_since(*t) >= PROBE_TTL)
+                .map(|(k, _)| *k)
+                .collect();
+            for t in &expired {
+                seen.remove(t);
             }
         }
-        seen.insert(token, (addr, now));
+        if seen.by_token.len() >= MAX_PROBES {
+            let most = (seen.by_ip.iter())
+                .max_by_key(|(_, q)| q.len())
+                .map(|(ip, _)| *ip);
+            if let Some(ip) = most {
+                seen.drop_oldest_of(ip);
+            }
+        }
+        seen.by_token.insert(token, (addr, now));
+        seen.by_ip.entry(addr.ip()).or_default().push_back(token);
         drop(seen);
         self.arrived.notify_waiters();
-        true
     }
 
     /// The endpoint recorded under `token`, waiting up to `max` for it to arrive.
+    #[cfg(test)]
     async fn wait(&self, token: &ProbeToken, max: Duration) -> Option<SocketAddr> {
-        let deadline = Instant::now() + max;
+        self.wait_until(token, Instant::now() + max).await
+    }
+
+    /// The endpoint recorded under `token`, waiting until `deadline` for it to arrive.
+    async fn wait_until(&self, token: &ProbeToken, deadline: Instant) -> Option<SocketAddr> {
         loop {
             let arrived = self.arrived.notified();
-            if let Some((addr, _)) = self.seen.lock().expect("probe lock").remove(token) {
+            if let Some(addr) = self.seen.lock().expect("probe lock").remove(token) {
                 return Some(addr);
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
@@ -81,15 +192,28 @@ impl ProbeTable {
             }
         }
     }
+
+    /// Probes remembered now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.seen.lock().expect("probe lock").by_token.len()
+    }
 }
 
-/// Serves probe connections on `listener` until `shutdown`.
+/// Serves probe connections on `listener` until `shutdown`, at most
+/// [`MAX_PROBE_CONNECTIONS_PER_IP`] from one address and [`MAX_PROBE_CONNECTIONS`] in all, a
+/// newer connection closing the oldest.
 pub(super) async fn serve(
     listener: TcpListener,
     table: Arc<ProbeTable>,
     shutdown: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_PROBE_CONNECTIONS));
+    let conns = ConnTable::new(
+        "probe connections",
+        MAX_PROBE_CONNECTIONS,
+        MAX_PROBE_CONNECTIONS_PER_IP,
+        0,
+    );
     let mut tasks = JoinSet::new();
     loop {
         let (stream, from) = tokio::select! {
@@ -104,21 +228,33 @@ pub(super) async fn serve(
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            continue; // Dropping the stream refuses it.
+        let slot = match conns.admit(from.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                // Every connection is finished or new: say why without waiting, and close.
+                let _ = stream.try_write(format!("error {refused}\n").as_bytes());
+                continue;
+            }
         };
         let table = table.clone();
         tasks.spawn(async move {
-            let _permit = permit;
-            if let Err(e) = tokio::time::timeout(PROBE_TIMEOUT, answer(stream, from, &table)).await
-            {
-                tracing::debug!("probe from {from} timed out: {e}");
+            tokio::select! {
+                done = tokio::time::timeout(PROBE_TIMEOUT, answer(stream, from, &table)) => {
+                    if let Err(e) = done {
+                        tracing::debug!("probe from {from} timed out: {e}");
+                    }
+                }
+                _ = slot.evicted() => {
+                    tracing::debug!("probe from {from} closed to make room for a newer one");
+                }
             }
         });
     }
 }
 
 async fn answer(stream: TcpStream, from: SocketAddr, table: &ProbeTable) {
+    // On a dual-stack port, IPv4 peers come as IPv4-mapped IPv6 addresses.
+    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
     let mut reader = BufReader::new(stream).take(MAX_PROBE_LINE as u64);
     let mut line = String::new();
     if reader.read_line(&mut line).await.is_err() {
@@ -128,8 +264,10 @@ async fn answer(stream: TcpStream, from: SocketAddr, table: &ProbeTable) {
     let parsed = protocol::parse_probe_line(line.trim_end());
     let reply = match &parsed {
         // Whatever case the peer wrote, the token is the same 16 bytes its control request names.
-        Some(req) if table.record(req.token, from) => format!("{from}\n"),
-        Some(_) => "error busy\n".to_string(),
+        Some(req) => {
+            table.record(req.token, from);
+            format!("{from}\n")
+        }
         None => "error malformed probe line\n".to_string(),
     };
     let _ = stream.write_all(reply.as_bytes()).await;
@@ -196,6 +334,61 @@ mod tests {
         server.await.unwrap();
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_other_familys_probe_is_awaited_briefly_unless_the_session_needs_it() {
+        let control: SocketAddr = "198.51.100.3:51000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8:1:1::2]:51006".parse().unwrap();
+        let (same, other) = (
+            ProbeToken::from_bytes([1; 16]),
+            ProbeToken::from_bytes([2; 16]),
+        );
+        let table = Arc::new(ProbeTable::default());
+        let late = |table: Arc<ProbeTable>, after: Duration| {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                table.record(ProbeToken::from_bytes([2; 16]), v6);
+            })
+        };
+        // Optional and late: the session goes on without it, a grace after the first.
+        table.record(same, control);
+        let first_late = late(table.clone(), Duration::from_millis(200));
+        let started = Instant::now();
+        let got = probed(Some(&table), control, [Some(&same), Some(&other)], false).await;
+        assert_eq!(
+            got,
+            Probed {
+                mapping: Mapping::EndpointIndependent,
+                other: None
+            }
+        );
+        assert_eq!(started.elapsed(), OTHER_FAMILY_GRACE);
+        first_late.await.unwrap();
+        // Needed: awaited until it comes (in either slot), within the probe wait.
+        *table.seen.lock().unwrap() = Seen::default();
+        table.record(same, control);
+        let _late = late(table.clone(), Duration::from_millis(200));
+        let started = Instant::now();
+        let got = probed(Some(&table), control, [Some(&other), Some(&same)], true).await;
+        assert_eq!(
+            got,
+            Probed {
+                mapping: Mapping::EndpointIndependent,
+                other: Some(v6)
+            }
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        // A symmetric NAT seen in the control family; nothing named, nothing awaited.
+        table.record(same, "198.51.100.3:52000".parse().unwrap());
+        let got = probed(Some(&table), control, [Some(&same), None], false).await;
+        assert_eq!(got.mapping, Mapping::EndpointDependent);
+        let started = Instant::now();
+        assert_eq!(
+            probed(Some(&table), control, [None, None], true).await,
+            Probed::default()
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
     #[tokio::test]
     async fn waiting_for_a_late_probe_sees_it_arrive() {
         let table = Arc::new(ProbeTable::default());
@@ -212,5 +405,22 @@ mod tests {
             .await;
         assert_eq!(got, Some("192.0.2.1:5".parse().unwrap()));
         late.await.unwrap();
+    }
+
+    #[test]
+    fn one_address_cannot_fill_the_probe_table_for_others() {
+        let table = ProbeToken::from_bytes;
+        let probes = ProbeTable::default();
+        let abuser: SocketAddr = "192.0.2.66:1000".parse().unwrap();
+        for i in 0..(MAX_PROBES_PER_IP as u32 * 3) {
+            let mut t = [0u8; 16];
+            t[..4].copy_from_slice(&i.to_be_bytes());
+            probes.record(table(t), abuser);
+        }
+        assert_eq!(probes.len(), MAX_PROBES_PER_IP, "only its newest stay");
+        let honest: SocketAddr = "198.51.100.1:2000".parse().unwrap();
+        probes.record(table([0xee; 16]), honest);
+        let seen = probes.seen.lock().unwrap().remove(&table([0xee; 16]));
+        assert_eq!(seen, Some(honest));
     }
 }

@@ -105,7 +105,7 @@ pub(super) enum Refused {
     #[error("{0}")]
     IdTaken(String),
     /// The registry is full.
-    #[error("server has too many agents")]
+    #[error("server busy: too many agents registered")]
     Full,
 }
 
@@ -312,6 +312,7 @@ mod tests {
             id: ServiceId::new(id).unwrap(),
             view: AgentView {
                 public: "203.0.113.2:40000".parse().unwrap(),
+                public_other: None,
                 private: vec![],
                 auth: Auth::Secret,
                 mapping: Mapping::Unknown,

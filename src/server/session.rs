@@ -3,22 +3,25 @@
 //! together), reported (the client's outcome, until it closes or the session expires).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use axum::extract::ws::{Message, WebSocket};
+use tokio::sync::mpsc;
+
 use super::accept::ConnMeta;
-use super::broker::{self, ClientView, Orders, RelayPolicy};
+use super::broker::{self, BirthdayBudget, ClientView, Orders, RelayPolicy, RelayTickets};
 use super::http::send;
+use super::limits::Use;
 use super::metrics::{Metrics, Outcome};
 use super::registry::Online;
 use super::{AppState, probe};
 use crate::protocol::{
-    self, ClientToServer, ConnectQuery, DecodeError, ErrorCode, Mapping, Mode, Nonce,
-    ServerToAgent, ServerToClient, SessionId, SessionKey, Strategy,
+    self, ClientToServer, ConnectQuery, ErrorCode, Mapping, Mode, Nonce, RelayTicket, Role,
+    ServerToAgent, ServerToClient, ServiceId, SessionId, SessionKey, Strategy,
 };
 
 /// How long a plain-mode session waits for the agent to arm before failing.
@@ -27,6 +30,11 @@ const ARM_TIMEOUT: Duration = Duration::from_secs(8);
 const SESSION_LIFETIME: Duration = Duration::from_secs(30);
 /// Events queued toward one session: a rejection and an arming at most.
 const SESSION_EVENTS: usize = 4;
+/// How much later than the server a client may count the start of its attempt: it starts its
+/// clock before it connects to the server (name lookup, TCP and TLS handshakes).
+const SETUP_CLOCK_SLACK: Duration = Duration::from_secs(10);
+/// Longest failure reason kept from a client's report, in characters.
+const MAX_REASON_CHARS: usize = 256;
 
 /// What the agent's side tells a session.
 pub(super) enum SessionEvent {
@@ -38,10 +46,26 @@ pub(super) enum SessionEvent {
     Challenge(Nonce),
 }
 
-/// Open sessions by id: where the agent connections route a session's events. The only owner
-/// of that map.
+/// An open session as the table keeps it.
+struct Entry {
+    events: mpsc::Sender<SessionEvent>,
+    /// The ends' relay tickets, when the server relays.
+    tickets: Option<RelayTickets>,
+}
+
+/// Why a relay join does not get in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TicketRefusal {
+    /// The session is not open (or never was).
+    NotLive,
+    /// The ticket is not the one of this end's order.
+    Wrong,
+}
+
+/// Open sessions by id: where the agent connections route a session's events, and the relay
+/// tickets of each. The only owner of that map.
 pub(super) struct SessionTable {
-    open: Mutex<HashMap<SessionId, mpsc::Sender<SessionEvent>>>,
+    open: Mutex<HashMap<SessionId, Entry>>,
     /// Most sessions open at once (client control connections).
     max: usize,
 }
@@ -82,15 +106,36 @@ impl SessionTable {
         self.open.lock().expect("sessions lock").len()
     }
 
-    /// Whether `id` is open.
-    pub fn is_live(&self, id: &SessionId) -> bool {
-        self.open.lock().expect("sessions lock").contains_key(id)
+    /// Whether `ticket` lets `role`'s end of session `id` into the relay.
+    pub fn check_ticket(
+        &self,
+        id: &SessionId,
+        role: Role,
+        ticket: &RelayTicket,
+    ) -> Result<(), TicketRefusal> {
+        let open = self.open.lock().expect("sessions lock");
+        let entry = open.get(id).ok_or(TicketRefusal::NotLive)?;
+        match &entry.tickets {
+            Some(t) if super::http::constant_time_eq(&t.of(role).to_hex(), &ticket.to_hex()) => {
+                Ok(())
+            }
+            _ => Err(TicketRefusal::Wrong),
+        }
     }
 
-    /// Opens the session `id`; its events arrive on the receiver.
-    pub fn open(self: &Arc<Self>, id: SessionId) -> (OpenSession, mpsc::Receiver<SessionEvent>) {
+    /// Opens the session `id` with the relay tickets of its ends; its events arrive on the
+    /// receiver.
+    pub fn open(
+        self: &Arc<Self>,
+        id: SessionId,
+        tickets: Option<RelayTickets>,
+    ) -> (OpenSession, mpsc::Receiver<SessionEvent>) {
         let (tx, rx) = mpsc::channel(SESSION_EVENTS);
-        self.open.lock().expect("sessions lock").insert(id, tx);
+        let entry = Entry {
+            events: tx,
+            tickets,
+        };
+        self.open.lock().expect("sessions lock").insert(id, entry);
         let session = OpenSession {
             table: self.clone(),
             id,
@@ -100,7 +145,9 @@ impl SessionTable {
 
     /// Hands `event` to session `id`, if it is open; drops it otherwise.
     pub fn deliver(&self, id: SessionId, event: SessionEvent) {
-        let tx = self.open.lock().expect("sessions lock").get(&id).cloned();
+        let tx = (self.open.lock().expect("sessions lock"))
+            .get(&id)
+            .map(|e| e.events.clone());
         if let Some(tx) = tx {
             let _ = tx.try_send(event);
         }
@@ -114,6 +161,8 @@ struct Tally<'a> {
     peer: String,
     pair: (Mapping, Mapping),
     strategy: Strategy,
+    /// When the server took the request: no setup can have taken longer than since.
+    opened: Instant,
     done: bool,
 }
 
@@ -151,10 +200,17 @@ pub(super) async fn client_session(
     q: ConnectQuery,
     mut socket: WebSocket,
 ) {
-    // Waiting: the client's probe, then the agent as it is now.
-    let (session, mut events) = state.sessions.open(SessionId::random());
-    let client_mapping =
-        probe::probed_mapping(state.probes.as_deref(), meta.remote, q.probe.as_ref()).await;
+    // Waiting: the client's probes (the other family's only briefly, unless the agent can be
+    // reached in that family alone), then the agent as it is now.
+    let tickets = state.relay.as_ref().map(|_| RelayTickets::random());
+    let (session, mut events) = state.sessions.open(SessionId::random(), tickets);
+    let other_needed = state.registry.lookup(&q.peer).is_some_and(|a| {
+        let family = |addr: &std::net::SocketAddr| addr.is_ipv4() == meta.remote.is_ipv4();
+        !family(&a.view.public) && !a.view.public_other.as_ref().is_some_and(family)
+    });
+    let tokens = [q.probe.as_ref(), q.probe_other.as_ref()];
+    let probed = probe::probed(state.probes.as_deref(), meta.remote, tokens, other_needed).await;
+    let client_mapping = probed.mapping;
     let online = state.registry.lookup(&q.peer);
     let agent_mapping = online.as_ref().map_or(Mapping::Unknown, |a| a.view.mapping);
     let mut tally = Tally {
@@ -162,6 +218,7 @@ pub(super) async fn client_session(
         peer: q.peer.to_string(),
         pair: (client_mapping, agent_mapping),
         strategy: Strategy::Simultaneous,
+        opened: Instant::now(),
         done: false,
     };
     let Some(agent) = online else {
@@ -170,28 +227,32 @@ pub(super) async fn client_session(
     };
     let client = ClientView {
         public: meta.remote,
+        public_other: probed.other,
         private: q.private.clone(),
         mapping: client_mapping,
         mode: q.mode,
         nonce: q.nonce,
         proof: q.proof,
     };
-    let relay = match state.relay {
-        Some(_) => RelayPolicy::Relay,
+    let relay = match tickets {
+        Some(t) => RelayPolicy::Relay(t),
         None => RelayPolicy::Off,
     };
+    // Held until the session ends (at most the budget's window).
+    let (birthday, _birthday_uses) = birthday_budget(&state, &client, &agent, &q.peer);
     let orders = match broker::plan(
         session.id,
         SessionKey::random(),
         &client,
         &agent.view,
         relay,
+        birthday,
     ) {
         Ok(orders) => orders,
         Err(refusal) => {
             tally.strategy = Strategy::RelayOnly;
             let message = refusal.message(&q.peer);
-            return refuse(&mut socket, &mut tally, ErrorCode::NoDirectPath, message).await;
+            return refuse(&mut socket, &mut tally, refusal.code(), message).await;
         }
     };
     tally.strategy = orders.to_client.strategy;
@@ -211,6 +272,31 @@ pub(super) async fn client_session(
     if ordered.send_orders(&agent, orders, &meta).await {
         report(&state, &mut socket, &mut tally, &mut events).await;
     }
+}
+
+/// A birthday punch counted against the client's address and against the agent.
+type BirthdayUses = (Use<IpAddr>, Use<ServiceId>);
+
+/// Counts a birthday punch against the client's address and the agent, when the session
+/// would be one: the budget and the counted uses (released when the session ends).
+fn birthday_budget(
+    state: &AppState,
+    client: &ClientView,
+    agent: &Online,
+    peer: &ServiceId,
+) -> (BirthdayBudget, Option<BirthdayUses>) {
+    if !broker::birthday_needed(client, &agent.view) {
+        return (BirthdayBudget::Allowed, None);
+    }
+    let per_client = &state.birthdays.per_client;
+    let Some(by_client) = per_client.try_use(client.public.ip()) else {
+        return (BirthdayBudget::ClientBusy(per_client.max()), None);
+    };
+    let per_agent = &state.birthdays.per_agent;
+    let Some(by_agent) = per_agent.try_use(peer.clone()) else {
+        return (BirthdayBudget::AgentBusy(per_agent.max()), None);
+    };
+    (BirthdayBudget::Allowed, Some((by_client, by_agent)))
 }
 
 /// A session whose orders are being sent.
@@ -331,10 +417,11 @@ async fn report(
             },
             got = socket.recv() => match got {
                 Some(Ok(Message::Text(text))) => {
-                    if let Err(e) = client_message(tally, &text) {
+                    if let Err(message) = client_message(tally, &text) {
+                        tally.forget();
                         let reply = ServerToClient::Error {
                             code: ErrorCode::BadRequest,
-                            message: e.to_string(),
+                            message,
                         };
                         send(socket, &reply).await;
                         return;
@@ -355,26 +442,49 @@ async fn report(
     }
 }
 
-/// Records the outcome a client reports.
-fn client_message(tally: &mut Tally<'_>, text: &str) -> Result<(), DecodeError> {
-    match protocol::decode::<ClientToServer>(text) {
-        Ok(ClientToServer::Result {
-            outcome,
-            setup_ms,
-            reason,
-        }) => {
-            let outcome = match outcome.as_str() {
-                "direct" => Outcome::Direct,
-                "lan" => Outcome::Lan,
-                "relayed" => Outcome::Relayed,
-                _ => Outcome::Failed,
-            };
-            tally.end(outcome, setup_ms.map(Duration::from_millis), reason);
-            Ok(())
+/// Records the outcome a client reports, once it passed the checks: a known outcome, a setup
+/// time no longer than the session has existed (plus the client's head start), a reason
+/// trimmed to one short line. A report that fails them is refused and touches no metric.
+fn client_message(tally: &mut Tally<'_>, text: &str) -> Result<(), String> {
+    let ClientToServer::Result {
+        outcome,
+        setup_ms,
+        reason,
+    } = (match protocol::decode::<ClientToServer>(text) {
+        Ok(m) => m,
+        Err(e) => return Err(e.to_string()),
+    })
+    else {
+        return Ok(());
+    };
+    let outcome = match outcome.as_str() {
+        "direct" => Outcome::Direct,
+        "lan" => Outcome::Lan,
+        "relayed" => Outcome::Relayed,
+        "failed" => Outcome::Failed,
+        other => {
+            let other: String = other.chars().take(32).collect();
+            return Err(format!("unknown outcome '{}'", other.escape_default()));
         }
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
-    }
+    };
+    let most = tally.opened.elapsed() + SETUP_CLOCK_SLACK;
+    let setup = match setup_ms.map(Duration::from_millis) {
+        Some(d) if d > most => {
+            return Err(format!(
+                "setup_ms {} is longer than this session has existed",
+                d.as_millis()
+            ));
+        }
+        d => d.filter(|_| outcome.connected()),
+    };
+    let reason = reason.map(|r| {
+        r.chars()
+            .take(MAX_REASON_CHARS)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    });
+    tally.end(outcome, setup, reason);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -385,14 +495,52 @@ mod tests {
     fn a_session_is_open_until_it_is_dropped_and_gets_its_events() {
         let table = Arc::new(SessionTable::new(1));
         let id = SessionId::from_bytes([9; 16]);
-        let (session, mut events) = table.open(id);
-        assert!(table.is_live(&id) && table.is_full());
+        let tickets = RelayTickets::random();
+        let (session, mut events) = table.open(id, Some(tickets));
+        assert!(table.is_full());
+        assert_eq!(table.check_ticket(&id, Role::Agent, &tickets.agent), Ok(()));
+        assert_eq!(
+            table.check_ticket(&id, Role::Client, &tickets.agent),
+            Err(TicketRefusal::Wrong),
+            "each end has its own ticket"
+        );
         table.deliver(id, SessionEvent::Armed);
         table.deliver(SessionId::from_bytes([8; 16]), SessionEvent::Armed);
         assert!(matches!(events.try_recv(), Ok(SessionEvent::Armed)));
         assert!(events.try_recv().is_err(), "only its own events");
         drop(session);
-        assert!(!table.is_live(&id));
+        assert_eq!(
+            table.check_ticket(&id, Role::Client, &tickets.client),
+            Err(TicketRefusal::NotLive)
+        );
         assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn an_outcome_report_is_checked_before_it_touches_the_metrics() {
+        let metrics = Metrics::default();
+        let mut tally = Tally {
+            metrics: &metrics,
+            peer: "svc".into(),
+            pair: (Mapping::Unknown, Mapping::Unknown),
+            strategy: Strategy::Simultaneous,
+            opened: Instant::now(),
+            done: false,
+        };
+        for bad in [
+            r#"{"type":"result","outcome":"direct","setup_ms":18446744073709551615}"#,
+            r#"{"type":"result","outcome":"direct","setup_ms":600000}"#,
+            r#"{"type":"result","outcome":"teleported"}"#,
+        ] {
+            assert!(client_message(&mut tally, bad).is_err(), "{bad}");
+        }
+        assert!(!tally.done);
+        let ok = r#"{"type":"result","outcome":"failed","setup_ms":5,"reason":"a\nb"}"#;
+        client_message(&mut tally, ok).unwrap();
+        tally.forget();
+        let recent = metrics.recent();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].setup_ms, None, "no setup time for a failure");
+        assert_eq!(recent[0].reason.as_deref(), Some("a b"));
     }
 }

@@ -219,3 +219,8 @@ pub fn free_port() -> u16 {
     }
     panic!("no pair of free consecutive ports on 127.0.0.1");
 }
+
+/// Raises this process's open-file limit for tests that hold many sockets.
+pub fn raise_fd_limit() {
+    p2pnc::testing::raise_fd_limit_to(65_536);
+}

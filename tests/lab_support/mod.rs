@@ -13,7 +13,7 @@ use std::process::ExitStatus;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use natlab::{Lab, Node, Proc, RDV_IP, Spawn};
+use natlab::{Lab, Node, Proc, RDV_IP, RDV_NAME, Spawn};
 use serde::Deserialize;
 
 /// Port of the rendezvous server on the rendezvous host.
@@ -27,14 +27,29 @@ const POLL: Duration = Duration::from_millis(20);
 /// Time one HTTP request to the server may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Path of the p2pnc binary built by cargo for this test or bench.
+/// Path of the p2pnc binary built by cargo for this test or bench, or the one named by
+/// `P2PNC_LAB_BIN` (to run the same tests or benchmarks against another build, such as the
+/// previous release).
 pub fn p2pnc_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_p2pnc")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("P2PNC_LAB_BIN")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_p2pnc").to_string())
+    })
 }
 
-/// URL of the lab's rendezvous server.
+/// URL of the lab's rendezvous server, by its IPv4 address.
 pub fn server_url() -> String {
     format!("http://{RDV_IP}:{SERVER_PORT}")
+}
+
+/// URL of the lab's rendezvous server by name: `rdv.lab`, with an A record and, in labs with
+/// IPv6, an AAAA record (reached in both families by a server started with
+/// [`P2pncLab::start_server_dual_stack`]).
+pub fn server_url_by_name() -> String {
+    format!("http://{RDV_NAME}:{SERVER_PORT}")
 }
 
 /// The server's control port, from the rendezvous host itself.
@@ -159,6 +174,9 @@ pub trait P2pncLab {
     fn start_server(&self) -> Proc;
     /// Like [`P2pncLab::start_server`], with extra arguments (e.g. `--relay`).
     fn start_server_with(&self, extra: &[&str]) -> Proc;
+    /// Starts `p2pnc server` with its default listen address (IPv6 and IPv4 on one socket),
+    /// with extra arguments, and waits until `/v1/health` answers.
+    fn start_server_dual_stack(&self, extra: &[&str]) -> Proc;
     /// Status of `GET /v1/peers/ID` on the server.
     fn peer_status(&self, id: &str) -> io::Result<u16>;
     /// The server's `/status.json` (its admin listener).
@@ -169,6 +187,16 @@ pub trait P2pncLab {
     /// [`P2pncLab::start_agent`] with extra `expose` arguments.
     fn start_agent_with(
         &self,
+        node: Node,
+        id: &str,
+        service_port: u16,
+        auth: Auth,
+        extra: &[&str],
+    ) -> Proc;
+    /// [`P2pncLab::start_agent_with`] toward the server at `url`.
+    fn start_agent_at(
+        &self,
+        url: &str,
         node: Node,
         id: &str,
         service_port: u16,
@@ -195,6 +223,18 @@ pub trait P2pncLab {
         timeout: Duration,
         extra: &[&str],
     ) -> ConnectRun;
+    /// [`P2pncLab::connect_stdio_with`] toward the server at `url`.
+    #[allow(clippy::too_many_arguments)]
+    fn connect_stdio_at(
+        &self,
+        url: &str,
+        node: Node,
+        peer: &str,
+        secret: Option<&str>,
+        payload: &[u8],
+        timeout: Duration,
+        extra: &[&str],
+    ) -> ConnectRun;
     /// Starts `p2pnc connect --listen LISTEN` on `node` and waits until it listens.
     fn start_connect_listen(
         &self,
@@ -205,6 +245,30 @@ pub trait P2pncLab {
     ) -> Proc;
     /// `p2pnc nat-check --json` on `node`.
     fn nat_check(&self, node: Node) -> Result<serde_json::Value, String>;
+}
+
+/// Waits until the server answers `/v1/health` on the rendezvous host, or panics with its
+/// stderr.
+fn wait_server_ready(lab: &Lab, p: &mut Proc) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok((200, _)) = lab.http_get(Node::Rdv, local_server(), "/v1/health", HTTP_TIMEOUT) {
+            return;
+        }
+        if let Some(s) = p.try_status() {
+            panic!(
+                "p2pnc server exited ({s}) before it was ready; stderr:\n{}",
+                p.stderr()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timeout: p2pnc server: GET /v1/health did not answer 200 within \
+             {START_TIMEOUT:?}; stderr:\n{}",
+            p.stderr()
+        );
+        thread::sleep(POLL);
+    }
 }
 
 impl P2pncLab for Lab {
@@ -226,27 +290,19 @@ impl P2pncLab for Lab {
             .args(["server", "--listen", &listen, "--admin", &admin])
             .args(extra);
         let mut p = self.spawn_cmd(Node::Rdv, spec);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok((200, _)) =
-                self.http_get(Node::Rdv, local_server(), "/v1/health", HTTP_TIMEOUT)
-            {
-                return p;
-            }
-            if let Some(s) = p.try_status() {
-                panic!(
-                    "p2pnc server exited ({s}) before it was ready; stderr:\n{}",
-                    p.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timeout: p2pnc server: GET /v1/health did not answer 200 within \
-                 {START_TIMEOUT:?}; stderr:\n{}",
-                p.stderr()
-            );
-            thread::sleep(POLL);
-        }
+        wait_server_ready(self, &mut p);
+        p
+    }
+
+    fn start_server_dual_stack(&self, extra: &[&str]) -> Proc {
+        let admin = format!("127.0.0.1:{ADMIN_PORT}");
+        let spec = self
+            .p2pnc("server")
+            .args(["server", "--admin", &admin])
+            .args(extra);
+        let mut p = self.spawn_cmd(Node::Rdv, spec);
+        wait_server_ready(self, &mut p);
+        p
     }
 
     fn peer_status(&self, id: &str) -> io::Result<u16> {
@@ -280,11 +336,22 @@ impl P2pncLab for Lab {
         auth: Auth,
         extra: &[&str],
     ) -> Proc {
-        let url = server_url();
+        self.start_agent_at(&server_url(), node, id, service_port, auth, extra)
+    }
+
+    fn start_agent_at(
+        &self,
+        url: &str,
+        node: Node,
+        id: &str,
+        service_port: u16,
+        auth: Auth,
+        extra: &[&str],
+    ) -> Proc {
         let to = format!("127.0.0.1:{service_port}");
         let mut spec = self
             .p2pnc(&format!("expose-{id}"))
-            .args(["expose", "--report", "json", "--server", &url])
+            .args(["expose", "--report", "json", "--server", url])
             .args(["--id", id, "--to", &to]);
         spec = match auth {
             Auth::Secret(s) => spec.args(["--secret", s]),
@@ -332,11 +399,23 @@ impl P2pncLab for Lab {
         timeout: Duration,
         extra: &[&str],
     ) -> ConnectRun {
-        let url = server_url();
+        self.connect_stdio_at(&server_url(), node, peer, secret, payload, timeout, extra)
+    }
+
+    fn connect_stdio_at(
+        &self,
+        url: &str,
+        node: Node,
+        peer: &str,
+        secret: Option<&str>,
+        payload: &[u8],
+        timeout: Duration,
+        extra: &[&str],
+    ) -> ConnectRun {
         let mut spec = self
             .p2pnc(&format!("connect-{peer}"))
             .args(extra)
-            .args(["connect", "--report", "json", "--server", &url])
+            .args(["connect", "--report", "json", "--server", url])
             .args(["--peer", peer, "--stdio"])
             .pipe_stdin()
             .pipe_stdout();

@@ -120,6 +120,13 @@ hex_bytes!(
     ProbeToken,
     16
 );
+hex_bytes!(
+    /// One end's credential to join the relay of a session (16 random bytes): the server puts
+    /// a different one in each end's punch order and lets a join through only with the ticket
+    /// of its role.
+    RelayTicket,
+    16
+);
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -181,6 +188,12 @@ impl fmt::Debug for ProbeToken {
     }
 }
 
+impl fmt::Debug for RelayTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RelayTicket(<hidden>)")
+    }
+}
+
 /// The session an agent's message is about, as the agent wrote it: normally a [`SessionId`];
 /// other text names no session, and the server ignores such a message as it ignores one about
 /// a session it does not know.
@@ -227,7 +240,8 @@ impl<'de> Deserialize<'de> for SessionRef {
     }
 }
 
-/// The id a service is exposed under: 1 to 64 bytes of UTF-8 with no control characters.
+/// The id a service is exposed under: 1 to 64 bytes of UTF-8 from a safe character set (see
+/// [`validate_id`]).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceId(String);
 
@@ -332,9 +346,11 @@ mod tests {
     }
 
     #[test]
-    fn a_session_key_never_shows_in_debug_output() {
+    fn a_session_key_and_a_relay_ticket_never_show_in_debug_output() {
         let key = SessionKey::from_bytes([0xa5; 32]);
         assert_eq!(format!("{key:?}"), "SessionKey(<hidden>)");
+        let ticket = RelayTicket::from_bytes([0xa5; 16]);
+        assert_eq!(format!("{ticket:?}"), "RelayTicket(<hidden>)");
     }
 
     #[test]
@@ -343,7 +359,8 @@ mod tests {
         assert!(ServiceId::new("").is_err());
         assert!(ServiceId::new(&"x".repeat(65)).is_err());
         assert!(serde_json::from_str::<ServiceId>("\"a\\nb\"").is_err());
-        let id: ServiceId = serde_json::from_str("\"stream server\"").unwrap();
-        assert_eq!(serde_json::to_string(&id).unwrap(), "\"stream server\"");
+        let id: ServiceId = serde_json::from_str("\"stream-server\"").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"stream-server\"");
+        assert!(serde_json::from_str::<ServiceId>("\"svc\\u200b\"").is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! This crate does no I/O. `docs/protocol.md` is the normative description; the JSON fixtures
 //! in `tests/fixtures/protocol/` are parsed and produced by both the Rust and the Java tests.
 
+mod candidates;
 mod credentials;
 mod error;
 mod ids;
@@ -15,13 +16,14 @@ mod query;
 mod relay;
 mod stream;
 
+pub use candidates::{filter_private_candidates, private_candidate_allowed};
 pub use credentials::{
     ROOT_ITERATIONS, ServiceKeys, connect_message, plain_message, public_psk, register_message,
 };
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{
-    AgentKey, HexError, Nonce, ProbeToken, ServiceId, SessionId, SessionKey, SessionRef, Signature,
-    Verifier,
+    AgentKey, HexError, Nonce, ProbeToken, RelayTicket, ServiceId, SessionId, SessionKey,
+    SessionRef, Signature, Verifier,
 };
 pub use messages::{AgentToServer, ClientToServer, ServerToAgent, ServerToClient};
 pub use order::{Auth, Mapping, Mode, PunchOrder, Strategy};
@@ -30,11 +32,12 @@ pub use probe::{
     probe_line, probe_line_dialback, whoami_addr,
 };
 pub use query::{
-    ConnectQuery, ExposeQuery, QueryError, format_candidates, percent_encode, validate_id,
+    ConnectQuery, ExposeQuery, ID_PUNCTUATION, QueryError, format_candidates, percent_encode,
+    validate_id,
 };
 pub use relay::{
-    JoinQueryError, JoinRefused, RELAY_PATH, UPGRADE_TOKEN, check_join_answer, join_query,
-    join_request, parse_join_query,
+    JoinQuery, JoinQueryError, JoinRefused, RELAY_PATH, UPGRADE_TOKEN, check_join_answer,
+    join_query, join_request, parse_join_query,
 };
 pub use stream::{
     AGENT_HEAD_LEN, AgentReply, CLIENT_HEAD_LEN, ClientHandshake, ClientHead, DH_PUBLIC_LEN, Flags,

@@ -10,6 +10,7 @@ use crate::ids::{Nonce, ServiceId, SessionRef, Signature};
 use crate::order::{Mapping, PunchOrder};
 
 /// Messages the rendezvous server sends to an agent.
+// The server queues them boxed already; boxing the order inside would save nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AgentKey, Nonce, SessionId, SessionKey, Signature};
+use crate::ids::{AgentKey, Nonce, RelayTicket, SessionId, SessionKey, Signature};
 
 /// The punch order, as sent to each end of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,10 +49,20 @@ pub struct PunchOrder {
     /// milliseconds unless a direct stream has been proven by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_after_ms: Option<u64>,
+    /// With `relay_after_ms`: this end's ticket for joining the relay (each end gets its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_ticket: Option<RelayTicket>,
     /// Client only: the public endpoint the agent's router forwards to the agent's punch port
     /// (a port mapping); it takes connections from anywhere, so try it first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_mapped: Option<SocketAddr>,
+    /// When both ends have IPv6 too and the fields above are their IPv4 path: the other end's
+    /// IPv6 endpoint, punched by simultaneous open next to the IPv4 path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_public6: Option<SocketAddr>,
+    /// With [`PunchOrder::peer_public6`]: the receiver's own IPv6 endpoint as the server saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub you6: Option<SocketAddr>,
     /// Client only: the agent's static Noise key, when it registered one (`expose --key`);
     /// a client that pins the agent's key checks it and uses it in the handshake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,11 +86,16 @@ pub enum Mapping {
 
 impl Mapping {
     /// Classifies from the public endpoints seen on the control port and on the probe port.
+    /// Only consistent evidence counts: endpoint-dependent needs the probe to come from the
+    /// control connection's IP on another port. A probe from another IP (a NAT with an address
+    /// pool, a multi-homed host, or a peer that sent it from elsewhere to look symmetric)
+    /// leaves the mapping unknown, which is punched like a cone.
     pub fn classify(control: SocketAddr, probe: Option<SocketAddr>) -> Mapping {
         match probe {
             None => Mapping::Unknown,
             Some(p) if p == control => Mapping::EndpointIndependent,
-            Some(_) => Mapping::EndpointDependent,
+            Some(p) if p.ip() == control.ip() => Mapping::EndpointDependent,
+            Some(_) => Mapping::Unknown,
         }
     }
 
@@ -198,7 +213,10 @@ mod tests {
             your_mapping: Mapping::EndpointDependent,
             peer_mapping: Mapping::EndpointDependent,
             relay_after_ms: None,
+            relay_ticket: None,
             peer_mapped: Some("198.51.100.10:40001".parse().unwrap()),
+            peer_public6: None,
+            you6: None,
             peer_key: None,
         }
     }
@@ -233,12 +251,40 @@ mod tests {
     }
 
     #[test]
+    fn punch_orders_carry_the_ipv6_path_only_when_there_is_one() {
+        let p = PunchOrder {
+            peer_public6: Some("[2001:db8:2:1::2]:40002".parse().unwrap()),
+            you6: Some("[2001:db8:1:1::2]:51002".parse().unwrap()),
+            ..order()
+        };
+        let s = encode(&ServerToClient::Punch(p.clone()));
+        assert!(
+            s.contains(
+                r#""peer_public6":"[2001:db8:2:1::2]:40002","you6":"[2001:db8:1:1::2]:51002""#
+            ),
+            "{s}"
+        );
+        assert_eq!(
+            decode::<ServerToClient>(&s).unwrap(),
+            ServerToClient::Punch(p)
+        );
+        let s = encode(&ServerToClient::Punch(order()));
+        assert!(!s.contains("peer_public6") && !s.contains("you6"), "{s}");
+    }
+
+    #[test]
     fn mappings_classify_and_print() {
         let a: SocketAddr = "198.51.100.2:4000".parse().unwrap();
         let b: SocketAddr = "198.51.100.2:4001".parse().unwrap();
         assert_eq!(Mapping::classify(a, Some(a)), Mapping::EndpointIndependent);
         assert_eq!(Mapping::classify(a, Some(b)), Mapping::EndpointDependent);
         assert_eq!(Mapping::classify(a, None), Mapping::Unknown);
+        let elsewhere: SocketAddr = "198.51.100.9:4001".parse().unwrap();
+        assert_eq!(
+            Mapping::classify(a, Some(elsewhere)),
+            Mapping::Unknown,
+            "a probe from another IP is no evidence"
+        );
         assert_eq!(
             serde_json::to_value(Mapping::EndpointDependent).unwrap(),
             "endpoint-dependent"

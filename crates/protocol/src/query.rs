@@ -19,6 +19,9 @@ pub struct ExposeQuery {
     pub private: Vec<SocketAddr>,
     /// Token of the probe the agent sent from its punch port (see [`crate::probe_line`]).
     pub probe: Option<ProbeToken>,
+    /// Token of the probe the agent sent from its punch port of the other address family
+    /// (IPv6 when the control connection is IPv4, and the reverse), if it has one.
+    pub probe_other: Option<ProbeToken>,
     /// The service's verifier (see [`crate::ServiceKeys`]): the key the server checks the
     /// registration challenge and every connect proof with, and the id's owner identity.
     /// Required with `auth=secret`, absent with `auth=public`.
@@ -50,6 +53,9 @@ pub struct ConnectQuery {
     pub mode: Mode,
     /// Token of the probe the client sent from its punch port (see [`crate::probe_line`]).
     pub probe: Option<ProbeToken>,
+    /// Token of the probe the client sent from its punch port of the other address family,
+    /// if it has one.
+    pub probe_other: Option<ProbeToken>,
 }
 
 /// A query string that cannot be accepted, with the reason for a person.
@@ -125,15 +131,48 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Checks an id: 1 to 64 bytes of UTF-8, no control characters.
+/// Punctuation an id may contain besides letters, digits and combining marks: the unreserved
+/// characters of URLs (RFC 3986), so an id needs no escaping in a URL path.
+pub const ID_PUNCTUATION: [char; 4] = ['-', '_', '.', '~'];
+
+/// Checks an id: 1 to 64 bytes of UTF-8 in Unicode NFC, starting with a letter or a decimal
+/// digit, then letters (L*), decimal digits (Nd), combining marks (Mn, Mc) and `-` `_` `.` `~`;
+/// nothing default-ignorable (zero-width joiners, variation selectors, Hangul fillers). So no
+/// spaces, control, format or bidirectional characters, and one spelling per id: ids that
+/// look alike by invisible characters cannot be registered.
 pub fn validate_id(id: &str) -> Result<(), QueryError> {
+    use icu_normalizer::ComposingNormalizerBorrowed;
+    use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory as Gc};
+    use icu_properties::{CodePointMapData, CodePointSetData};
     if id.is_empty() || id.len() > MAX_ID_BYTES {
         return Err(bad(format!(
             "id must be 1 to {MAX_ID_BYTES} bytes of UTF-8"
         )));
     }
-    if id.chars().any(char::is_control) {
-        return Err(bad("id must not contain control characters"));
+    let category = CodePointMapData::<Gc>::new();
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+    for (i, c) in id.chars().enumerate() {
+        let letter_or_digit = matches!(
+            category.get(c),
+            Gc::Lu | Gc::Ll | Gc::Lt | Gc::Lm | Gc::Lo | Gc::Nd
+        );
+        let mark = matches!(category.get(c), Gc::Mn | Gc::Mc);
+        let ok = if i == 0 {
+            letter_or_digit
+        } else {
+            letter_or_digit || mark || ID_PUNCTUATION.contains(&c)
+        };
+        if !ok || ignorable.contains(c) {
+            let what = if i == 0 {
+                "must start with a letter or digit"
+            } else {
+                "may only contain letters, digits, combining marks and - _ . ~"
+            };
+            return Err(bad(format!("id {what} (found U+{:04X})", u32::from(c))));
+        }
+    }
+    if !ComposingNormalizerBorrowed::new_nfc().is_normalized(id) {
+        return Err(bad("id must be in Unicode normalization form C (NFC)"));
     }
     Ok(())
 }
@@ -188,10 +227,12 @@ impl ExposeQuery {
     pub fn parse(query: &str) -> Result<Self, QueryError> {
         let (mut v, mut id, mut auth, mut private) = (None, None, None, Vec::new());
         let (mut probe, mut verifier, mut key, mut mapped) = (None, None, None, None);
+        let mut probe_other = None;
         let mut takeover = true;
         for (k, val) in parse_pairs(query)? {
             match k.as_str() {
                 "probe" if !val.is_empty() => probe = Some(val),
+                "probe_other" if !val.is_empty() => probe_other = Some(val),
                 "verifier" if !val.is_empty() => verifier = Some(val),
                 "key" if !val.is_empty() => key = Some(val),
                 "takeover" => {
@@ -222,9 +263,8 @@ impl ExposeQuery {
         }
         check_version(v.as_deref())?;
         let id = ServiceId::new(&id.ok_or_else(|| bad("missing id"))?)?;
-        let probe = probe
-            .map(|p| parse_hex("probe", &p, ProbeToken::LEN))
-            .transpose()?;
+        let probe = parse_token("probe", probe)?;
+        let probe_other = parse_token("probe_other", probe_other)?;
         let verifier: Option<Verifier> = verifier
             .map(|p| parse_hex("verifier", &p, Verifier::LEN))
             .transpose()?;
@@ -245,6 +285,7 @@ impl ExposeQuery {
             auth,
             private,
             probe,
+            probe_other,
             verifier,
             key,
             mapped,
@@ -260,10 +301,7 @@ impl ExposeQuery {
             self.auth.as_str(),
             percent_encode(&format_candidates(&self.private))
         );
-        if let Some(p) = &self.probe {
-            q.push_str("&probe=");
-            q.push_str(&p.to_hex());
-        }
+        push_tokens(&mut q, self.probe.as_ref(), self.probe_other.as_ref());
         if let Some(v) = &self.verifier {
             q.push_str("&verifier=");
             q.push_str(&v.to_hex());
@@ -287,10 +325,12 @@ impl ConnectQuery {
     /// Parses the query string of a connect request.
     pub fn parse(query: &str) -> Result<Self, QueryError> {
         let (mut v, mut peer, mut nonce, mut proof) = (None, None, None, None);
-        let (mut private, mut mode, mut probe) = (Vec::new(), Mode::Punch, None);
+        let (mut private, mut mode, mut probe, mut probe_other) =
+            (Vec::new(), Mode::Punch, None, None);
         for (k, val) in parse_pairs(query)? {
             match k.as_str() {
                 "probe" if !val.is_empty() => probe = Some(val),
+                "probe_other" if !val.is_empty() => probe_other = Some(val),
                 "v" => v = Some(val),
                 "peer" => peer = Some(val),
                 "nonce" => nonce = Some(val),
@@ -313,9 +353,8 @@ impl ConnectQuery {
         let proof = proof
             .map(|p| parse_hex("proof", &p, Signature::LEN))
             .transpose()?;
-        let probe = probe
-            .map(|p| parse_hex("probe", &p, ProbeToken::LEN))
-            .transpose()?;
+        let probe = parse_token("probe", probe)?;
+        let probe_other = parse_token("probe_other", probe_other)?;
         Ok(ConnectQuery {
             peer,
             nonce,
@@ -323,6 +362,7 @@ impl ConnectQuery {
             private,
             mode,
             probe,
+            probe_other,
         })
     }
 
@@ -339,11 +379,22 @@ impl ConnectQuery {
             q.push_str("&proof=");
             q.push_str(&p.to_hex());
         }
-        if let Some(p) = &self.probe {
-            q.push_str("&probe=");
-            q.push_str(&p.to_hex());
-        }
+        push_tokens(&mut q, self.probe.as_ref(), self.probe_other.as_ref());
         q
+    }
+}
+
+/// Parses the probe token `name`, if given.
+fn parse_token(name: &str, v: Option<String>) -> Result<Option<ProbeToken>, QueryError> {
+    v.map(|p| parse_hex(name, &p, ProbeToken::LEN)).transpose()
+}
+
+/// Appends `&probe=` and `&probe_other=` for the tokens there are.
+fn push_tokens(q: &mut String, probe: Option<&ProbeToken>, other: Option<&ProbeToken>) {
+    for (key, token) in [("probe", probe), ("probe_other", other)] {
+        if let Some(t) = token {
+            q.push_str(&format!("&{key}={}", t.to_hex()));
+        }
     }
 }
 
@@ -354,7 +405,7 @@ mod tests {
 
     #[test]
     fn expose_query_round_trips() {
-        let id = "stream server/é";
+        let id = "stream-server.é";
         let q = ExposeQuery {
             id: ServiceId::new(id).unwrap(),
             auth: Auth::Secret,
@@ -363,6 +414,7 @@ mod tests {
                 "[fe80::1]:5".parse().unwrap(),
             ],
             probe: Some(ProbeToken::from_bytes([0x0a; 16])),
+            probe_other: Some(ProbeToken::from_bytes([0x0b; 16])),
             verifier: Some(ServiceKeys::derive("pw", id).verifier()),
             key: None,
             takeover: false,
@@ -403,8 +455,28 @@ mod tests {
             private: vec![],
             mode: Mode::Plain,
             probe: None,
+            probe_other: None,
         };
         assert_eq!(ConnectQuery::parse(&q.to_query()).unwrap(), q);
+        let both = ConnectQuery {
+            probe: Some(ProbeToken::from_bytes([1; 16])),
+            probe_other: Some(ProbeToken::from_bytes([2; 16])),
+            ..q.clone()
+        };
+        assert!(
+            both.to_query().ends_with(&format!(
+                "&probe={}&probe_other={}",
+                "01".repeat(16),
+                "02".repeat(16)
+            )),
+            "{}",
+            both.to_query()
+        );
+        assert_eq!(ConnectQuery::parse(&both.to_query()).unwrap(), both);
+        let err =
+            ConnectQuery::parse("v=2&peer=x&nonce=00112233445566778899aabbccddeeff&probe_other=ab")
+                .unwrap_err();
+        assert_eq!(err.message, "probe_other must be 16 bytes of hex");
         let err = ConnectQuery::parse("v=2&peer=x&nonce=zz").unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
         assert!(err.message.contains("nonce"), "{}", err.message);
@@ -415,6 +487,41 @@ mod tests {
         assert!(ConnectQuery::parse("v=2&peer=%ZZ").is_err());
         assert!(ConnectQuery::parse("v=2&peer=%FF%FE&nonce=00").is_err());
         assert!(ConnectQuery::parse("v=2&peer=a%0Ab&nonce=00").is_err());
+    }
+
+    #[test]
+    fn ids_are_letters_digits_marks_and_four_punctuation_characters_in_nfc() {
+        for good in [
+            "svc",
+            "stream-server_2.home~",
+            "流媒体",
+            "é",
+            "हिंदी",
+            "9lives",
+            "Ωmega",
+        ] {
+            assert_eq!(validate_id(good), Ok(()), "{good}");
+        }
+        let bad_ids = [
+            ("stream server", "U+0020"),
+            ("svc\u{200B}", "U+200B"), // zero-width space (format)
+            ("s\u{200D}vc", "U+200D"), // zero-width joiner
+            ("svc\u{202E}", "U+202E"), // right-to-left override
+            ("svc\u{FE0F}", "U+FE0F"), // variation selector (a mark, default-ignorable)
+            ("svc\u{3164}", "U+3164"), // Hangul filler (a letter, default-ignorable)
+            ("\u{301}e", "U+0301"),    // a mark first
+            ("-svc", "U+002D"),
+            ("a/b", "U+002F"),
+            ("a\tb", "U+0009"),
+        ];
+        for (id, found) in bad_ids {
+            let err = validate_id(id).unwrap_err();
+            assert!(err.message.contains(found), "{id:?}: {}", err.message);
+        }
+        let decomposed = "e\u{301}";
+        let err = validate_id(decomposed).unwrap_err();
+        assert!(err.message.contains("NFC"), "{}", err.message);
+        assert_eq!(validate_id("\u{e9}"), Ok(()), "the composed form");
     }
 
     #[test]

@@ -104,10 +104,11 @@ pub struct PunchArgs {
     /// Seconds a punch may take before it is given up.
     #[arg(long, default_value_t = p2pnc::defaults::PUNCH_TIMEOUT.as_secs_f64())]
     punch_timeout: f64,
-    /// TTL of SYNs meant to open only this host's NAT (the agent's first SYN, the symmetric
-    /// side's birthday sockets); 0 sends them with the normal TTL.
-    #[arg(long, default_value_t = p2pnc::defaults::PUNCH_TTL)]
-    punch_ttl: u32,
+    /// TTL of SYNs meant to open only this host's NATs (the agent's first SYN, the symmetric
+    /// side's birthday sockets); 0 sends them with the normal TTL [default: just past the NATs
+    /// in front of this host, as a TTL sweep toward the server finds them; 2 until it has]
+    #[arg(long)]
+    punch_ttl: Option<u32>,
 }
 
 impl PunchArgs {
@@ -119,7 +120,11 @@ impl PunchArgs {
             .ok_or_else(|| anyhow!("--punch-timeout must be a positive number of seconds"))?;
         Ok(p2pnc::PunchOptions {
             timeout,
-            ttl: (self.punch_ttl > 0).then_some(self.punch_ttl),
+            ttl: match self.punch_ttl {
+                None => p2pnc::PunchTtl::Learned,
+                Some(0) => p2pnc::PunchTtl::Normal,
+                Some(n) => p2pnc::PunchTtl::Fixed(n),
+            },
         })
     }
 }

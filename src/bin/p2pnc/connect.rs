@@ -87,7 +87,7 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("listening on {}", listener.local_addr()?);
-    let stop = crate::stop_on_signals();
+    let stop = crate::signals::shutdown_token(crate::signals::Hangup::Stops)?;
     let tasks = TaskTracker::new();
     loop {
         let (mut local, from) = tokio::select! {

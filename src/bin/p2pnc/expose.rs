@@ -94,7 +94,7 @@ fn load_or_create_key(path: &std::path::Path) -> Result<p2pnc::protocol::StaticK
     }
 }
 
-/// Exposes the service until Ctrl-C or SIGTERM.
+/// Exposes the service until a stop signal (see `signals`).
 pub async fn run(args: ExposeArgs) -> Result<()> {
     if args.public {
         tracing::warn!(
@@ -128,7 +128,7 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
             key.fingerprint()
         );
     }
-    let stop = crate::stop_on_signals();
+    let stop = crate::signals::shutdown_token(crate::signals::Hangup::Stops)?;
     let mut agent = Agent::start(opts).await?;
     let tasks = TaskTracker::new();
     loop {

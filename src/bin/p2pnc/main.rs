@@ -1,6 +1,7 @@
 //! `p2pnc`: the command line. Parses the flags (and `--config FILE`), sets up logging, wires
-//! Ctrl-C and SIGTERM to a cancellation token, and runs one command; each command is one
-//! call into the library.
+//! the platform's stop signals to a cancellation token (`signals`), and runs one command; each
+//! command is one call into the library. On Windows a command can run as a service
+//! (`--service`, see `service`).
 
 mod args;
 mod config;
@@ -9,16 +10,18 @@ mod demo;
 mod expose;
 mod nat_check;
 mod server;
+mod service;
+mod signals;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Direct TCP connections between hosts behind NATs.
 #[derive(Parser)]
@@ -44,6 +47,15 @@ struct Cli {
     /// environment variables override it.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Append the log to this file instead of writing it to stderr.
+    #[arg(long, global = true, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Run as a Windows service (installed with contrib/windows/install-service.ps1): needs
+    /// --config FILE; the log goes next to it (p2pnc-COMMAND.log) unless --log-file says
+    /// otherwise.
+    #[cfg(windows)]
+    #[arg(long, global = true)]
+    service: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,6 +74,8 @@ const NOT_IN_CONFIG: &[&str] = &[
     "verbose",
     "quiet",
     "log-format",
+    "log-file",
+    "service",
 ];
 
 /// Parses the command line, filling in settings from `--config FILE` that were given neither
@@ -131,6 +145,20 @@ enum Command {
     NatCheck(nat_check::NatCheckArgs),
 }
 
+impl Command {
+    /// The command's name on the command line (names a service's log file).
+    #[cfg_attr(not(windows), allow(dead_code))]
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Server(_) => "server",
+            Command::Expose(_) => "expose",
+            Command::Connect(_) => "connect",
+            Command::Demo => "demo",
+            Command::NatCheck(_) => "nat-check",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match parse_cli(std::env::args_os().collect()) {
         Ok(cli) => cli,
@@ -139,6 +167,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    #[cfg(windows)]
+    if cli.service {
+        return service::run(cli);
+    }
+    if let Err(e) = init_logging(&cli, cli.log_file.as_deref()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let logs_to_file = cli.log_file.is_some();
+    match run_command(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if logs_to_file {
+                tracing::error!("{e:#}");
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets up logging as the flags say: on stderr, or appended to `file`.
+fn init_logging(cli: &Cli, file: Option<&Path>) -> Result<()> {
     let demo = matches!(cli.command, Command::Demo);
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
@@ -149,47 +200,38 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("P2PNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("p2pnc={level}")));
+    let (writer, ansi) = match file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?;
+            (BoxMakeWriter::new(std::sync::Mutex::new(f)), false)
+        }
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        ),
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false);
     match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => logs.with_ansi(ansi).init(),
         LogFormat::Json => logs.json().with_current_span(false).init(),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(run(cli.command));
-    // stdin is read on a blocking thread that cannot be interrupted; do not wait for it.
-    runtime.shutdown_background();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok(())
 }
 
-/// A token cancelled on Ctrl-C or SIGTERM.
-fn stop_on_signals() -> CancellationToken {
-    let stop = CancellationToken::new();
-    let t = stop.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        t.cancel();
-    });
-    stop
+/// Runs one command on a fresh runtime until it ends.
+fn run_command(command: Command) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = runtime.block_on(run(command));
+    // stdin is read on a blocking thread that cannot be interrupted; do not wait for it.
+    runtime.shutdown_background();
+    result
 }
 
 async fn run(command: Command) -> Result<()> {

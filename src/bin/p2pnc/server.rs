@@ -8,13 +8,16 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use tokio::net::TcpListener;
 
+use crate::signals::{self, Hangup, Reloads};
+
 /// File descriptors the server needs besides its control connections: listeners, probe and
 /// admin connections, log files.
 const FD_HEADROOM: u64 = 1024;
 
 #[derive(Args)]
 pub struct ServerArgs {
-    /// Address to listen on (HTTP and WebSocket).
+    /// Address to listen on (HTTP and WebSocket); the default takes IPv6 and IPv4 (IPv4 only on a
+    /// host without IPv6).
     #[arg(long, default_value = p2pnc::defaults::SERVER_LISTEN)]
     listen: SocketAddr,
     /// Address of the NAT probe port [default: the --listen address, port + 1].
@@ -56,6 +59,25 @@ pub struct ServerArgs {
     /// Relay rate cap per session and direction, in bytes per second.
     #[arg(long, default_value_t = p2pnc::defaults::RELAY_RATE, requires = "relay")]
     relay_rate: u64,
+    /// Seconds a relayed session may last at most.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = p2pnc::defaults::RELAY_MAX_LIFETIME.as_secs(),
+        requires = "relay"
+    )]
+    relay_max_lifetime: u64,
+    /// Seconds without a byte either way after which a relayed session is cut.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = p2pnc::defaults::RELAY_IDLE_TIMEOUT.as_secs(),
+        requires = "relay"
+    )]
+    relay_idle_timeout: u64,
+    /// Most relayed sessions one address may take part in at once.
+    #[arg(long, default_value_t = p2pnc::defaults::RELAY_MAX_PER_IP, requires = "relay")]
+    relay_max_per_ip: usize,
     /// Speak TLS on the control port with this PEM certificate chain (leaf first); clients
     /// then use https:// URLs. The log names the certificate's pin for --tls-pin.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -65,22 +87,32 @@ pub struct ServerArgs {
     tls_key: Option<PathBuf>,
 }
 
-/// Runs the server until Ctrl-C or SIGTERM.
+/// Runs the server until a stop signal (see `signals`; SIGHUP reloads the certificate).
 pub async fn run(args: ServerArgs) -> Result<()> {
     if !(args.connect_rate > 0.0 && args.expose_rate > 0.0) {
         bail!("--connect-rate and --expose-rate must be positive");
+    }
+    if args.relay_max_lifetime == 0 || args.relay_idle_timeout == 0 || args.relay_max_per_ip == 0 {
+        bail!("--relay-max-lifetime, --relay-idle-timeout and --relay-max-per-ip must be positive");
     }
     check_fd_limit(args.max_connections);
     let (control, probe) = bind(&args)?;
     let relay = args.relay.then_some(p2pnc::server::RelayConfig {
         max_pairs: args.relay_max_pairs,
         bytes_per_sec: args.relay_rate,
+        max_lifetime: Duration::from_secs(args.relay_max_lifetime),
+        idle_timeout: Duration::from_secs(args.relay_idle_timeout),
+        max_per_ip: args.relay_max_per_ip,
     });
     if let Some(r) = &relay {
         tracing::info!(
-            "relay on: at most {} sessions at {} bytes/s each way",
+            "relay on: at most {} sessions ({} per address) at {} bytes/s each way, each for \
+             at most {:?} and {:?} idle",
             r.max_pairs,
-            r.bytes_per_sec
+            r.max_per_ip,
+            r.bytes_per_sec,
+            r.max_lifetime,
+            r.idle_timeout
         );
     }
     if args.token.is_none() {
@@ -113,7 +145,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         probe: Some(probe),
         admin,
     };
-    p2pnc::server::serve(listeners, config, crate::stop_on_signals()).await?;
+    let stop = signals::shutdown_token(Hangup::Reloads)?;
+    p2pnc::server::serve(listeners, config, stop).await?;
     Ok(())
 }
 
@@ -123,16 +156,22 @@ fn check_fd_limit(max_connections: usize) {
     let want_fds = max_connections as u64 + FD_HEADROOM;
     let fds = p2pnc::server::raise_open_file_limit(want_fds);
     if fds < want_fds {
+        let how = if cfg!(target_vendor = "apple") {
+            "ulimit -n, or NumberOfFiles in the launchd plist; macOS caps it at \
+             kern.maxfilesperproc"
+        } else {
+            "ulimit -n, or LimitNOFILE= in the systemd unit"
+        };
         tracing::warn!(
             "the open-file limit is {fds}, too low for --max-connections {max_connections}: \
-             raise it (ulimit -n, or LimitNOFILE= in the systemd unit) to at least {want_fds}"
+             raise it ({how}) to at least {want_fds}"
         );
     }
 }
 
 /// Binds the control port and the probe port.
 fn bind(args: &ServerArgs) -> Result<(TcpListener, TcpListener)> {
-    let control = p2pnc::server::listen(args.listen)
+    let control = listen_dual_stack(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = control.local_addr()?;
     let probe_addr = args
@@ -148,29 +187,64 @@ fn bind(args: &ServerArgs) -> Result<(TcpListener, TcpListener)> {
     Ok((control, probe))
 }
 
-/// The certificate and key of `--tls-cert` and `--tls-key`, reloaded on every SIGHUP.
+/// Listens on `addr`; the unspecified IPv6 address on a host without IPv6 falls back to the
+/// unspecified IPv4 address, with a warning.
+fn listen_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match p2pnc::server::listen(addr) {
+        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && no_ipv6(&e) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!("no IPv6 on this host ({e}): listening on {v4}, IPv4 only");
+            p2pnc::server::listen(v4)
+        }
+        r => r,
+    }
+}
+
+/// Whether a bind failed because the host has no IPv6.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    if matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EPROTONOSUPPORT)
+    ) {
+        return true;
+    }
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::Unsupported
+    )
+}
+
+/// The certificate and key of `--tls-cert` and `--tls-key`, reloaded on every SIGHUP (unix).
+/// SIGHUP never stops the server, with or without TLS.
 fn load_tls(args: &ServerArgs) -> Result<Option<p2pnc::tls::ServerTls>> {
+    let reloads = Reloads::register()?;
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        tokio::spawn(reload_on_hangup(reloads, None));
         return Ok(None);
     };
     let tls = p2pnc::tls::ServerTls::load(cert, key).map_err(|e| anyhow!("{e}"))?;
     tracing::info!(
-        "TLS on the control port; clients may pin the certificate with --tls-pin {} \
-         (SIGHUP reloads the certificate and key)",
-        tls.fingerprint()
+        "TLS on the control port; clients may pin the certificate with --tls-pin {}{}",
+        tls.fingerprint(),
+        if cfg!(unix) {
+            " (SIGHUP reloads the certificate and key)"
+        } else {
+            " (a restart loads a renewed certificate)"
+        }
     );
-    tokio::spawn(reload_on_sighup(tls.clone()));
+    tokio::spawn(reload_on_hangup(reloads, Some(tls.clone())));
     Ok(Some(tls))
 }
 
-/// Reloads the TLS certificate and key on every SIGHUP (after a renewal); runs for the life of
-/// the process.
-async fn reload_on_sighup(tls: p2pnc::tls::ServerTls) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return tracing::warn!("cannot watch SIGHUP: the TLS certificate is not reloadable");
-    };
-    while hup.recv().await.is_some() {
+/// Reloads the TLS certificate and key on every reload request (SIGHUP, after a renewal);
+/// runs for the life of the process.
+async fn reload_on_hangup(mut reloads: Reloads, tls: Option<p2pnc::tls::ServerTls>) {
+    while reloads.recv().await.is_some() {
+        let Some(tls) = &tls else {
+            tracing::info!("SIGHUP: nothing to reload (no --tls-cert)");
+            continue;
+        };
         match tls.reload() {
             Ok(pin) => tracing::info!("TLS certificate reloaded; its pin is now {pin}"),
             Err(e) => tracing::error!("TLS certificate not reloaded, the old one stays: {e}"),

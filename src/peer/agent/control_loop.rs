@@ -1,10 +1,13 @@
 //! The agent's control loop: one registration's control channel (punch orders in, rejections
 //! and armings out, pings both ways), and registering again when it dies.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::SinkExt;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -12,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::inbound::{self, Slots};
+use super::inbound::{self, Slots, Strays};
 use super::registration::{self, Registration};
 use super::{AgentState, BACKOFF_MAX, BACKOFF_MIN};
 
@@ -29,6 +32,21 @@ const SERVER_SILENCE_LIMIT: Duration = Duration::from_secs(40);
 /// Pause after a failed accept on the punch port (descriptors exhausted, say): a retry at
 /// once would spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// The next connection accepted on any of `listeners`.
+async fn accept_any(
+    listeners: &[crate::net::PunchPort],
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        for l in listeners {
+            if let Poll::Ready(r) = l.poll_accept(cx) {
+                return Poll::Ready(r);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
 
 /// Serves registrations until `stop` is cancelled or the server says the agent must stop.
 pub(super) async fn control_loop(
@@ -78,13 +96,8 @@ pub(super) async fn control_loop(
             }
             // A new port each time: the old 4-tuple to the server may sit in TIME_WAIT.
             let port = state.opts.punch_port;
-            let attempt = registration::register(
-                &state.opts,
-                &state.stream,
-                state.server_addr,
-                port,
-                takeover,
-            );
+            let attempt =
+                registration::register(&state.opts, &state.stream, &state.servers, port, takeover);
             match attempt.await {
                 Ok(r) => break r,
                 Err(e) => {
@@ -115,11 +128,12 @@ async fn serve_registration(
 ) -> Ended {
     let Registration {
         mut ws,
-        listener,
-        local,
+        listeners,
+        ports,
         ..
     } = reg;
     let slots = Slots::default();
+    let strays = Strays::new(crate::defaults::STRAY_CONNECTIONS);
     let mut tasks = JoinSet::new();
     let (msg_tx, mut msg_rx) = mpsc::channel::<AgentToServer>(64);
     let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -135,7 +149,7 @@ async fn serve_registration(
                 last_heard = Instant::now();
                 match got {
                     Ok(Incoming::Message(ServerToAgent::Punch(p))) => {
-                        tasks.spawn(super::session(state.clone(), slots.clone(), local, p, msg_tx.clone()));
+                        tasks.spawn(super::session(state.clone(), slots.clone(), ports.clone(), p, msg_tx.clone()));
                     }
                     Ok(Incoming::Message(ServerToAgent::PlainProof { session, signature })) => {
                         state.plain_proof(session.id(), signature);
@@ -167,9 +181,9 @@ async fn serve_registration(
                     return Ended::Lost;
                 }
             }
-            accepted = listener.accept() => match accepted {
+            accepted = accept_any(&listeners) => match accepted {
                 Ok((stream, from)) => {
-                    tasks.spawn(inbound::dispatch(slots.clone(), stream, from));
+                    tasks.spawn(inbound::dispatch(slots.clone(), strays.admit(), stream, from));
                 }
                 Err(e) => {
                     tracing::warn!("punch port accept failed: {e}");

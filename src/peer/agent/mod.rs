@@ -2,10 +2,12 @@
 //! caller (the `expose` command forwards it to the service).
 //!
 //! - `registration`: the punch port, the NAT probe, the port mapping and the expose request;
+//! - `budget`: how many sessions, birthday punches and sockets the sessions may hold;
 //! - `control_loop`: one registration's control channel, re-registering when it dies;
 //! - `inbound`: connections accepted on the punch port, routed to their session;
 //! - here: the options, [`Agent`], and what the agent does with one punch order.
 
+mod budget;
 mod control_loop;
 mod inbound;
 mod registration;
@@ -20,9 +22,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::budget::Budget;
 use self::inbound::Slots;
 use super::control::ServerUrl;
-use super::punch::{Endpoint, PunchOptions, StreamSettings};
+use super::ports::PortsView;
+use super::punch::{PunchOptions, StreamSettings};
 use super::session::{ConnectionInfo, Established, Session};
 use super::stream::PeerStream;
 use crate::Error;
@@ -149,7 +153,8 @@ pub struct Agent {
 
 impl Agent {
     /// Registers with the server and starts serving punch orders. Retries while the server is
-    /// unreachable; fails at once if the server refuses the registration (e.g. id taken).
+    /// unreachable or busy; fails at once if the server refuses the registration (e.g. id
+    /// taken).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -173,16 +178,15 @@ impl Agent {
     /// # Ok(()) }
     /// ```
     pub async fn start(opts: ExposeOptions) -> Result<Agent, Error> {
-        let server_addr = opts.server.resolve().await?;
+        let servers = opts.server.resolve_all().await?;
         let stream = opts.stream_settings();
         let mut backoff = BACKOFF_MIN;
         let registration = loop {
-            let attempt =
-                registration::register(&opts, &stream, server_addr, opts.punch_port, true);
+            let attempt = registration::register(&opts, &stream, &servers, opts.punch_port, true);
             match attempt.await {
                 Ok(r) => break r,
-                Err(Error::ServerUnreachable(why)) => {
-                    tracing::warn!("server unreachable ({why}); retrying in {backoff:?}");
+                Err(Error::ServerUnreachable(why) | Error::Busy(why)) => {
+                    tracing::warn!("{why}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -194,13 +198,15 @@ impl Agent {
         let (tx, incoming) = mpsc::channel(ACCEPT_QUEUE);
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let fd_limit = crate::net::raise_fd_limit_to(65_536);
         let state = Arc::new(AgentState {
             opts,
             stream,
-            server_addr,
+            servers,
             accepted: tx,
             replay: ReplayCache::new(REPLAY_WINDOW, REPLAY_CACHE),
             plain_proofs: Mutex::new(HashMap::new()),
+            budget: Budget::new(budget::Limits::for_fd_limit(fd_limit)),
         });
         tracker.spawn(control_loop::control_loop(
             state,
@@ -253,11 +259,14 @@ struct AgentState {
     opts: ExposeOptions,
     /// The keys and settings of every stream handshake.
     stream: StreamSettings,
-    server_addr: SocketAddr,
+    /// The server's addresses, every family.
+    servers: Vec<SocketAddr>,
     accepted: mpsc::Sender<Accepted>,
     replay: ReplayCache,
     /// Plain-mode sessions waiting for the client's answer to their challenge.
     plain_proofs: Mutex<HashMap<SessionId, oneshot::Sender<Signature>>>,
+    /// What the sessions may hold together.
+    budget: Budget,
 }
 
 impl AgentState {
@@ -385,12 +394,12 @@ impl AgentState {
     }
 }
 
-/// Carries out one punch order: checks the client, punches from the punch port at `local`, and
-/// hands the proven stream to the application.
+/// Carries out one punch order: checks the client, punches from the punch `ports`, and hands
+/// the proven stream to the application.
 async fn session(
     state: Arc<AgentState>,
     slots: Slots,
-    local: SocketAddr,
+    ports: PortsView,
     order: PunchOrder,
     msgs: mpsc::Sender<AgentToServer>,
 ) {
@@ -414,11 +423,7 @@ async fn session(
         let _ = msgs.send(reject).await;
         return;
     }
-    let at = Endpoint {
-        local,
-        server: state.opts.server.clone(),
-        server_addr: state.server_addr,
-    };
+    let at = ports.endpoint(&state.opts.server);
     let session = Session::new(
         order,
         Role::Agent,
@@ -428,6 +433,24 @@ async fn session(
         None,
         started,
     );
+    let client = session.order().peer_public;
+    let strategy = session.order().strategy;
+    let _share = match state.budget.reserve(strategy, session.targets().len()) {
+        Ok(share) => share,
+        Err(over) => {
+            tracing::warn!(%client, %strategy, "refusing a session, this agent is busy: {over}");
+            let reject = AgentToServer::Reject {
+                session: session.id().into(),
+                code: ErrorCode::Busy,
+                message: format!(
+                    "peer '{}' is busy: {over}; try again in a few seconds",
+                    state.opts.id
+                ),
+            };
+            let _ = msgs.send(reject).await;
+            return;
+        }
+    };
     let plain = session.order().mode == Mode::Plain;
     let (inbound_tx, inbound) = mpsc::channel(8);
     // Plain mode: the client connects from one of the addresses aimed at, without a handshake.
@@ -441,7 +464,6 @@ async fn session(
             let _ = msgs.try_send(armed);
         }
     };
-    let client = session.order().peer_public;
     match session.run(inbound, on_fired).await {
         Ok(established) => state.deliver(established).await,
         Err(failure) => tracing::warn!(%client, "punch failed: {failure}"),

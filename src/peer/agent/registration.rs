@@ -1,13 +1,14 @@
-//! One registration: a punch port, the NAT probe and the router's port mapping made from it,
-//! and the expose request on a control connection from that same port.
+//! One registration: a punch port per address family, the NAT probes and the router's port
+//! mapping made from them, and the expose request on a control connection from the primary
+//! family's port.
 
 use std::net::SocketAddr;
-
-use tokio::net::TcpListener;
+use std::time::Duration;
 
 use super::ExposeOptions;
 use crate::peer::control::{self, ControlSocket};
 use crate::peer::portmap::{self, PortMap};
+use crate::peer::ports::{PortsView, PunchPorts};
 use crate::peer::probe;
 use crate::peer::punch::StreamSettings;
 use crate::protocol::{
@@ -16,15 +17,22 @@ use crate::protocol::{
 };
 use crate::{Error, defaults, net};
 
+/// How long the registration waits for the probe of the other address family once the
+/// primary one is done: a working path answers within a round trip, and a family that is
+/// configured but broken should delay the registration (which no connect waits for) little.
+const OTHER_PROBE_WAIT: Duration = Duration::from_secs(1);
+
 /// A registration in force, with what it was made from.
 pub(super) struct Registration {
     /// The NAT's mapping behaviour, as the server measured it.
     pub mapping: Mapping,
     /// The control channel: the registration lives as long as it does.
     pub ws: ControlSocket,
-    /// The punch port's listener.
-    pub listener: TcpListener,
-    /// The control connection's local address (the punch port).
+    /// The punch ports' listeners.
+    pub listeners: Vec<net::PunchPort>,
+    /// The punch ports, as sessions need them.
+    pub ports: PortsView,
+    /// The control connection's local address (the primary punch port).
     pub local: SocketAddr,
     /// The punch port's public endpoint, as the server sees it.
     pub public: SocketAddr,
@@ -32,29 +40,32 @@ pub(super) struct Registration {
     pub portmap: Option<PortMap>,
 }
 
-/// Binds a punch port, probes the NAT, maps the port on the router if it can, and registers.
-/// A mapping made for a registration that fails is deleted again.
-/// `takeover`: replace an online registration of the same service (an owner's restart); an
-/// agent that was itself replaced registers without it, and waits while the other holds the
-/// id.
+/// Binds the punch ports, probes the NAT, maps the port on the router if it can, and
+/// registers. A mapping made for a registration that fails is deleted again. `takeover`:
+/// replace an online registration of the same service (an owner's restart); an agent that was
+/// itself replaced registers without it, and waits while the other holds the id.
 pub(super) async fn register(
     opts: &ExposeOptions,
     stream: &StreamSettings,
-    server_addr: SocketAddr,
+    servers: &[SocketAddr],
     port: u16,
     takeover: bool,
 ) -> Result<Registration, Error> {
-    let listener = net::shared_listener(net::any_addr(&server_addr, port))?;
-    let port = listener.local_addr()?.port();
-    let (probe, portmap) = probe_and_map(opts, server_addr, port).await;
+    // A fresh sweep of the NATs in front with every registration: the network may have changed.
+    let mut ports = PunchPorts::bind(servers, port, true)?;
+    let (probes, portmap) = probe_and_map(opts, &ports).await;
     let mapped = portmap.as_ref().map(|m| m.external);
     let wanted = Wanted {
-        probe,
+        probes,
         mapped,
         takeover,
     };
-    match register_with(opts, stream, server_addr, listener, wanted).await {
-        Ok(reg) => Ok(Registration { portmap, ..reg }),
+    match register_with(opts, stream, &ports, wanted).await {
+        Ok(reg) => Ok(Registration {
+            portmap,
+            listeners: ports.take_listeners(),
+            ..reg
+        }),
         Err(e) => {
             if let Some(m) = portmap {
                 m.remove_quietly().await;
@@ -64,19 +75,42 @@ pub(super) async fn register(
     }
 }
 
-/// The NAT probe from the punch port and, at the same time, a port mapping of it on the
-/// router (bounded by [`portmap::REQUEST_TIMEOUT`]). A probe showing that this host is not
-/// behind a NAT ends the mapping attempt. Returns the probe token (if the probe went through)
-/// and the mapping.
-async fn probe_and_map(
-    opts: &ExposeOptions,
-    server_addr: SocketAddr,
-    port: u16,
-) -> (Option<ProbeToken>, Option<PortMap>) {
-    let shared = net::any_addr(&server_addr, port);
+/// The tokens of the probes that went through: the primary family's and the other's.
+#[derive(Default)]
+struct Probes {
+    primary: Option<ProbeToken>,
+    other: Option<ProbeToken>,
+}
+
+/// The NAT probe from each punch port and, at the same time, a port mapping of the primary
+/// one on the router (bounded by [`portmap::REQUEST_TIMEOUT`]). A probe showing that this host
+/// is not behind a NAT ends the mapping attempt.
+async fn probe_and_map(opts: &ExposeOptions, ports: &PunchPorts) -> (Probes, Option<PortMap>) {
+    let primary = ports.primary();
+    let (shared, server_addr, port) = (primary.local, primary.server, primary.local.port());
     let probe_token = ProbeToken::random();
     let probe_addr = protocol::probe_addr(server_addr);
     let probed = probe::probe(shared, probe_addr, &probe_token);
+    let other_token = ProbeToken::random();
+    let other = ports
+        .other()
+        .map(|o| (o.local, protocol::probe_addr(o.server)));
+    let other_probed = async move {
+        let (local, addr) = other?;
+        match probe::probe(local, addr, &other_token).await {
+            Ok(seen) => {
+                tracing::debug!("NAT probe: {local} is {seen} toward {addr}");
+                Some(other_token)
+            }
+            Err(e) => {
+                tracing::info!(
+                    "no {} endpoint: probe to {addr} failed ({e})",
+                    family(&addr)
+                );
+                None
+            }
+        }
+    };
     let want = opts.port_mapping && portmap::worth_trying(server_addr.ip());
     let mapping = async move {
         if !want {
@@ -99,15 +133,17 @@ async fn probe_and_map(
             }
         }
     };
-    tokio::pin!(probed, mapping);
+    tokio::pin!(probed, mapping, other_probed);
     let mut mapped = None;
+    let mut other_done = None;
     let seen = loop {
         tokio::select! {
             r = &mut probed => break r,
             m = &mut mapping, if mapped.is_none() => mapped = Some(m),
+            o = &mut other_probed, if other_done.is_none() => other_done = Some(o),
         }
     };
-    let (probe, not_behind_nat) = match seen {
+    let (primary, not_behind_nat) = match seen {
         Ok(seen) => {
             tracing::debug!("NAT probe: {shared} is {seen} toward {probe_addr}");
             let here = net::local_candidates(port, &server_addr)
@@ -120,17 +156,27 @@ async fn probe_and_map(
             (None, false)
         }
     };
+    let other = match other_done {
+        Some(o) => o,
+        None => tokio::time::timeout(OTHER_PROBE_WAIT, other_probed)
+            .await
+            .unwrap_or(None),
+    };
     let portmap = match mapped {
         Some(m) => m,
         None if not_behind_nat => None,
         None => mapping.await,
     };
-    (probe, portmap)
+    (Probes { primary, other }, portmap)
+}
+
+fn family(a: &SocketAddr) -> &'static str {
+    if a.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
 /// What a registration asks for besides the options.
 struct Wanted {
-    probe: Option<ProbeToken>,
+    probes: Probes,
     mapped: Option<SocketAddr>,
     takeover: bool,
 }
@@ -141,12 +187,10 @@ struct Wanted {
 async fn register_with(
     opts: &ExposeOptions,
     stream: &StreamSettings,
-    server_addr: SocketAddr,
-    listener: TcpListener,
+    ports: &PunchPorts,
     wanted: Wanted,
 ) -> Result<Registration, Error> {
-    let port = listener.local_addr()?.port();
-    let shared = net::any_addr(&server_addr, port);
+    let primary = ports.primary();
     let query = ExposeQuery {
         id: ServiceId::new(&opts.id).map_err(|e| Error::Refused(e.code, e.message))?,
         auth: if opts.secret.is_some() {
@@ -154,8 +198,9 @@ async fn register_with(
         } else {
             Auth::Public
         },
-        private: net::local_candidates(port, &server_addr),
-        probe: wanted.probe,
+        private: ports.candidates(),
+        probe: wanted.probes.primary,
+        probe_other: wanted.probes.other,
         verifier: stream.keys.as_ref().map(|k| k.verifier()),
         key: stream
             .static_key
@@ -166,8 +211,8 @@ async fn register_with(
     };
     let (mut ws, local) = control::open(
         &opts.server,
-        server_addr,
-        shared,
+        primary.server,
+        primary.local,
         protocol::EXPOSE_PATH,
         &query.to_query(),
         opts.token.as_deref(),
@@ -185,7 +230,8 @@ async fn register_with(
         }) => Ok(Registration {
             mapping,
             ws,
-            listener,
+            listeners: Vec::new(),
+            ports: ports.view(),
             local,
             public,
             portmap: None,

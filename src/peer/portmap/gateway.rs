@@ -29,9 +29,32 @@ pub fn parse_default_gateway(route_table: &str) -> Option<Ipv4Addr> {
         .map(|(_, gw)| gw)
 }
 
-/// This host's IPv4 default gateway, from `/proc/net/route`.
+/// This host's IPv4 default gateway, from the routing table through `netdev` (netlink on Linux
+/// and Android, the routing sysctl on macOS and the BSDs, IP Helper on Windows); on Linux and
+/// Android from `/proc/net/route` when that gives none (a sandbox that refuses netlink).
 pub fn default_gateway() -> Option<Ipv4Addr> {
-    parse_default_gateway(&std::fs::read_to_string("/proc/net/route").ok()?)
+    let from_table = netdev::get_default_gateway()
+        .ok()
+        .and_then(|gw| first_usable_gateway(&gw.ipv4));
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let from_table = from_table
+        .or_else(|| parse_default_gateway(&std::fs::read_to_string("/proc/net/route").ok()?));
+    from_table
+}
+
+/// The first address of a gateway's that a request can be sent to.
+fn first_usable_gateway(addrs: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+    addrs
+        .iter()
+        .copied()
+        .find(|a| !(a.is_unspecified() || a.is_broadcast() || a.is_multicast()))
+}
+
+/// Whether a router's port mapping of the punch port can be used on this platform: not on
+/// Windows, where the punch port does not listen (see [`crate::net::PunchPort`]), so a
+/// mapping would forward connections to nothing.
+pub fn mapping_reaches_punch_port() -> bool {
+    crate::net::PUNCH_PORT_LISTENS
 }
 
 /// Whether port mapping can matter toward a server at `server`: not when it is on this host
@@ -98,6 +121,34 @@ mod tests {
         assert_eq!(parse_default_gateway(none), None);
         assert_eq!(parse_default_gateway(""), None);
         assert_eq!(parse_default_gateway("garbage\nx y z\n"), None);
+    }
+
+    #[test]
+    fn a_gateway_is_its_first_unicast_address() {
+        let gw = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            first_usable_gateway(&[gw("0.0.0.0"), gw("192.168.1.1"), gw("10.0.0.1")]),
+            Some(gw("192.168.1.1"))
+        );
+        assert_eq!(first_usable_gateway(&[gw("255.255.255.255")]), None);
+        assert_eq!(first_usable_gateway(&[]), None);
+    }
+
+    #[test]
+    fn this_host_has_the_gateway_its_routing_table_names() {
+        // Whatever the machine, the crate and /proc/net/route agree where both answer.
+        #[cfg(target_os = "linux")]
+        if let (Ok(gw), Some(proc)) = (
+            netdev::get_default_gateway(),
+            std::fs::read_to_string("/proc/net/route")
+                .ok()
+                .and_then(|t| parse_default_gateway(&t)),
+        ) {
+            assert!(gw.ipv4.contains(&proc), "{:?} vs {proc}", gw.ipv4);
+        }
+        if let Some(gw) = default_gateway() {
+            assert!(!gw.is_unspecified() && !gw.is_loopback(), "{gw}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod survey;
 mod upnp;
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use igd_next::PortMappingProtocol;
@@ -29,7 +29,9 @@ use tokio_util::task::TaskTracker;
 
 pub use self::gateway::parse_default_gateway;
 pub(crate) use self::gateway::worth_trying;
-use self::gateway::{default_gateway, local_ip_toward, usable_external};
+use self::gateway::{
+    default_gateway, local_ip_toward, mapping_reaches_punch_port, usable_external,
+};
 pub(crate) use self::survey::survey;
 pub use self::survey::{Survey, is_pcp_announce_reply};
 use self::upnp::UpnpGateway;
@@ -112,15 +114,34 @@ impl fmt::Debug for PortMap {
 
 impl PortMap {
     /// Asks the default gateway to forward a TCP port of its public address to `port` on this
-    /// host: PCP, then NAT-PMP, and UPnP-IGD if neither answered. Gives up within `timeout`
-    /// (a mapping made in the last moment may then stay until its lease runs out).
+    /// host: PCP, then NAT-PMP, and UPnP-IGD if neither answered; UPnP-IGD alone when no
+    /// default gateway is known (its search is a multicast on the LAN, which needs none).
+    /// Gives up within `timeout` (a mapping made in the last moment may then stay until its
+    /// lease runs out). Asks nothing where the punch port takes no connections (Windows).
     pub async fn request(port: u16, timeout: Duration) -> Result<PortMap, String> {
-        let gateway = default_gateway().ok_or("no IPv4 default gateway")?;
-        let local = local_ip_toward(gateway).map_err(|e| format!("gateway {gateway}: {e}"))?;
-        match tokio::time::timeout(timeout, request_from(gateway, local, port)).await {
+        if !mapping_reaches_punch_port() {
+            return Err(
+                "the punch port takes no inbound connections on this platform, so a \
+                        mapping to it would lead nowhere"
+                    .into(),
+            );
+        }
+        let work = async {
+            match default_gateway() {
+                Some(gateway) => {
+                    let local =
+                        local_ip_toward(gateway).map_err(|e| format!("gateway {gateway}: {e}"))?;
+                    request_from(gateway, local, port).await
+                }
+                None => upnp_only(port)
+                    .await
+                    .map_err(|e| format!("no IPv4 default gateway; UPnP-IGD: {e}")),
+            }
+        };
+        match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(format!(
-                "no mapping from gateway {gateway} within {} ms",
+                "no mapping from the router within {} ms",
                 timeout.as_millis()
             )),
         }
@@ -287,6 +308,21 @@ async fn request_from(gateway: Ipv4Addr, local: Ipv4Addr, port: u16) -> Result<P
     Err(format!(
         "gateway {gateway}: PCP/NAT-PMP: {pmp_failed}; UPnP-IGD: {upnp_failed}"
     ))
+}
+
+/// UPnP-IGD alone, from the address that routes to the device the search found.
+async fn upnp_only(port: u16) -> Result<PortMap, String> {
+    let found = upnp::search(UPNP_SEARCH_TIMEOUT).await?;
+    let IpAddr::V4(router) = found.addr.ip() else {
+        return Err(format!("the device at {} is not IPv4", found.addr));
+    };
+    let local = local_ip_toward(router).map_err(|e| format!("device {router}: {e}"))?;
+    upnp::map(
+        found,
+        SocketAddrV4::new(local, port),
+        LEASE.as_secs() as u32,
+    )
+    .await
 }
 
 /// Keeps a fresh mapping only if its external address is usable; deletes it otherwise.

@@ -45,7 +45,11 @@ impl Survey {
 impl fmt::Display for Survey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(gw) = self.gateway else {
-            return f.write_str("no IPv4 default gateway");
+            return f.write_str(if self.upnp {
+                "UPnP-IGD answered (no IPv4 default gateway to ask for NAT-PMP and PCP)"
+            } else {
+                "no IPv4 default gateway, and no UPnP-IGD answered"
+            });
         };
         let answered = self.answered();
         if answered.is_empty() {
@@ -65,14 +69,16 @@ impl fmt::Display for Survey {
 /// second more); NAT-PMP and PCP get 250 ms and a retry after 500 ms.
 pub async fn survey(timeout: Duration) -> Survey {
     let Some(gateway) = default_gateway() else {
-        return Survey::default();
+        // No gateway to ask for PCP or NAT-PMP; the UPnP search needs none.
+        let upnp = upnp_survey(timeout).await;
+        return Survey {
+            upnp: upnp.is_some(),
+            external_ip: upnp.flatten(),
+            ..Survey::default()
+        };
     };
     let local = local_ip_toward(gateway).ok();
-    let upnp = async {
-        let g = upnp::search(timeout).await.ok()?;
-        let ip = tokio::time::timeout(Duration::from_millis(500), g.get_external_ip()).await;
-        Some(ip.ok().and_then(Result::ok))
-    };
+    let upnp = upnp_survey(timeout);
     let natpmp = async {
         let config = TimeoutConfig {
             max_retries: 1,
@@ -106,6 +112,14 @@ pub async fn survey(timeout: Duration) -> Survey {
         pcp,
         external_ip: natpmp.flatten().or(upnp.flatten()),
     }
+}
+
+/// Whether a UPnP Internet Gateway Device answers the search within `timeout` (`None` if
+/// not), and the external address it reports within half a second more.
+async fn upnp_survey(timeout: Duration) -> Option<Option<IpAddr>> {
+    let g = upnp::search(timeout).await.ok()?;
+    let ip = tokio::time::timeout(Duration::from_millis(500), g.get_external_ip()).await;
+    Some(ip.ok().and_then(Result::ok))
 }
 
 /// A PCP ANNOUNCE request (RFC 6887 §14.1): version 2, opcode 0, lifetime 0, our address as
@@ -196,6 +210,17 @@ mod tests {
             ..Survey::default()
         };
         assert!(none.to_string().starts_with("none of"), "{none}");
-        assert_eq!(Survey::default().to_string(), "no IPv4 default gateway");
+        assert_eq!(
+            Survey::default().to_string(),
+            "no IPv4 default gateway, and no UPnP-IGD answered"
+        );
+        let upnp_only = Survey {
+            upnp: true,
+            ..Survey::default()
+        };
+        assert!(
+            upnp_only.to_string().starts_with("UPnP-IGD answered"),
+            "{upnp_only}"
+        );
     }
 }

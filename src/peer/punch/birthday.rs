@@ -28,7 +28,7 @@ pub(super) async fn birthday(
     deadline: Instant,
     events: mpsc::Sender<Event>,
 ) {
-    net::raise_fd_limit();
+    let budget = net::socket_budget();
     let mut waits = JoinSet::new();
     let wait = |stream: TcpStream, target: SocketAddr, events: mpsc::Sender<Event>| async move {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -42,7 +42,7 @@ pub(super) async fn birthday(
             sockets,
             ttl,
         } => {
-            for _ in 0..sockets {
+            for _ in 0..fit(sockets, budget) {
                 match net::start_connect(net::any_addr(&target, 0), target, ttl) {
                     Ok(s) => {
                         waits.spawn(wait(s, target, events.clone()));
@@ -55,8 +55,8 @@ pub(super) async fn birthday(
             }
         }
         Birthday::Easy { ip, probes } => {
-            let ports =
-                rand::seq::index::sample(&mut rand::rng(), 65536 - 1024, probes.min(64_000));
+            let probes = fit(probes.min(64_000), budget);
+            let ports = rand::seq::index::sample(&mut rand::rng(), 65536 - 1024, probes);
             let ports: Vec<u16> = ports.into_iter().map(|p| (p + 1024) as u16).collect();
             for batch in ports.chunks(PROBE_BATCH) {
                 for &port in batch {
@@ -76,4 +76,29 @@ pub(super) async fn birthday(
         }
     }
     while waits.join_next().await.is_some() {}
+}
+
+/// How many of `wanted` sockets to open with `budget` left under the open-file limit (see
+/// [`net::socket_budget`]): fewer sockets lower the odds of a match, but a punch that runs out
+/// of descriptors halfway fails every other connection of the process too.
+fn fit(wanted: usize, budget: usize) -> usize {
+    if wanted > budget {
+        tracing::warn!(
+            "birthday punch: {budget} of {wanted} sockets fit under the open-file limit \
+             (raise it: ulimit -n)"
+        );
+    }
+    wanted.min(budget)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_punch_never_opens_more_sockets_than_the_budget() {
+        assert_eq!(fit(256, 10_000), 256);
+        assert_eq!(fit(1536, 180), 180);
+        assert_eq!(fit(256, 0), 0);
+    }
 }

@@ -22,7 +22,7 @@ mod early;
 mod handshake;
 mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::Instant;
 
 use self::early::Commit;
@@ -39,12 +39,18 @@ use self::handshake::Proven;
 pub(crate) use self::handshake::handshake;
 pub use self::handshake::{HandshakeError, read_head};
 use self::plan::Birthday;
-pub use self::plan::PunchOptions;
-pub(crate) use self::plan::{Endpoint, Proof, PunchPlan, StreamKeys, StreamSettings, plan};
+pub(crate) use self::plan::{
+    ByFamily, Endpoint, Proof, PunchPlan, StreamKeys, StreamSettings, plan, strategy_used,
+};
+pub use self::plan::{PunchOptions, PunchTtl};
 use crate::net;
 use crate::peer::relay;
 use crate::peer::stream::PeerStream;
 use crate::protocol::ClientHead;
+
+/// Streams taken from the punch port whose handshake may run at once in one session; a newer
+/// one closes the oldest still unproven. Real peers open a few; more are strays or a flood.
+pub(crate) const MAX_INBOUND_HANDSHAKES: usize = 16;
 
 /// A stream that reached the engine from outside: accepted on the punch port.
 pub(crate) struct Inbound {
@@ -107,6 +113,8 @@ pub struct PunchFailure {
     pub birthday: Option<String>,
     /// Why the relay failed, if it was tried.
     pub relay: Option<String>,
+    /// The public address both ends are behind, when they share one.
+    pub shared_public: Option<std::net::IpAddr>,
 }
 
 impl fmt::Display for PunchFailure {
@@ -128,6 +136,14 @@ impl fmt::Display for PunchFailure {
                 self.rejected_streams
             )?;
         }
+        if let Some(ip) = self.shared_public {
+            write!(
+                f,
+                "; both ends are behind the same public address {ip} (one NAT in front of both, \
+                 such as a carrier-grade NAT): their public endpoints meet only if that NAT \
+                 hairpins, and this one does not seem to"
+            )?;
+        }
         Ok(())
     }
 }
@@ -146,6 +162,8 @@ struct Race {
     /// Streams proven while a committed one waits for the agent's hello.
     standby: Vec<Punched>,
     handshakes: JoinSet<Result<Punched, HandshakeError>>,
+    /// Handshakes of streams taken from the punch port, oldest first.
+    inbound: VecDeque<AbortHandle>,
 }
 
 /// Runs the punch described by `plan`, taking extra streams from `inbound`, until one stream
@@ -174,10 +192,11 @@ pub(crate) async fn run(
             }
             Some(ev) = events.recv() => race.event(ev),
             got = inbound.recv(), if inbound_open => match got {
-                Some(i) => race.prove(i.stream, i.head),
+                Some(i) => race.prove_inbound(i.stream, i.head),
                 None => inbound_open = false,
             },
-            Some(done) = race.handshakes.join_next() => {
+            Some(done) = race.handshakes.join_next_with_id() => {
+                let done = race.finished(done);
                 if let Some(winner) = race.proven(done).await {
                     return Ok(live(winner));
                 }
@@ -196,20 +215,28 @@ impl Race {
             .map(|(early, targets)| Arc::new(Commit::new(early, targets)));
         Race {
             deadline: plan.deadline(started),
+            failure: PunchFailure {
+                shared_public: plan.shared_public,
+                ..PunchFailure::default()
+            },
             plan,
-            failure: PunchFailure::default(),
             commit,
             standby: Vec::new(),
             handshakes: JoinSet::new(),
+            inbound: VecDeque::new(),
         }
     }
 
     /// Starts the birthday punch and a dialer per candidate on `dialers`, the first SYN to
-    /// every candidate leaving now; their connections arrive on the returned channel.
+    /// every candidate leaving now (IPv4 ones after the IPv6 head start, when there are both);
+    /// their connections arrive on the returned channel.
     fn fire(&mut self, dialers: &mut JoinSet<()>) -> mpsc::Receiver<Event> {
         let plan = &self.plan;
+        let deadline = self.deadline;
         let (event_tx, events) = mpsc::channel::<Event>(plan.targets.len().max(1) * 4 + 16);
-        if let Some(b) = plan.birthday.clone() {
+        if let Some(b) = plan.birthday.clone()
+            && let Some(local) = plan.local_for(&b.family())
+        {
             self.failure.birthday = Some(match &b {
                 Birthday::Hard {
                     target, sockets, ..
@@ -220,26 +247,38 @@ impl Race {
                     format!("birthday punch: {probes} probes to {ip}, none matched")
                 }
             });
-            dialers.spawn(birthday::birthday(
-                b,
-                plan.local,
-                self.deadline,
-                event_tx.clone(),
-            ));
+            let delay = plan.delay_for(&b.family());
+            let tx = event_tx.clone();
+            dialers.spawn(async move {
+                tokio::time::sleep(delay).await;
+                birthday::birthday(b, local, deadline, tx).await
+            });
         }
         for &target in &plan.targets {
-            // Fire the first SYN synchronously so every candidate is hit at the same moment.
-            let first = net::start_connect(plan.local, target, plan.first_ttl);
+            let Some(local) = plan.local_for(&target) else {
+                continue;
+            };
+            let ttl = *plan.first_ttl.of(&target);
             let tx = event_tx.clone();
-            let low_ttl = plan.first_ttl.is_some();
-            dialers.spawn(dial::dial(
-                plan.local,
-                target,
-                first,
-                low_ttl,
-                self.deadline,
-                tx,
-            ));
+            let delay = plan.delay_for(&target);
+            if delay.is_zero() {
+                // Fire the first SYN synchronously so every candidate is hit at the same moment.
+                let first = net::start_connect(local, target, ttl);
+                dialers.spawn(dial::dial(
+                    local,
+                    target,
+                    first,
+                    ttl.is_some(),
+                    deadline,
+                    tx,
+                ));
+            } else {
+                dialers.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let first = net::start_connect(local, target, ttl);
+                    dial::dial(local, target, first, ttl.is_some(), deadline, tx).await
+                });
+            }
         }
         events
     }
@@ -249,7 +288,8 @@ impl Race {
         let r = self.plan.relay.clone().expect("relay planned");
         let (proof, deadline) = (self.plan.proof.clone(), self.deadline);
         self.handshakes.spawn(async move {
-            let stream = relay::join(&r.server, r.server_addr, &r.session, r.role).await?;
+            let stream =
+                relay::join(&r.server, r.server_addr, &r.session, r.role, &r.ticket).await?;
             let mut p = handshake(stream, None, proof, deadline, None).await?;
             p.relayed = true;
             Ok(p)
@@ -283,11 +323,41 @@ impl Race {
             .spawn(handshake(stream, head, proof, self.deadline, commit));
     }
 
+    /// Runs the handshake on a stream taken from the punch port, closing the oldest such
+    /// stream still unproven when [`MAX_INBOUND_HANDSHAKES`] are under way: a flood of
+    /// connections to the punch port holds a bounded number of sockets.
+    fn prove_inbound(&mut self, stream: TcpStream, head: Option<ClientHead>) {
+        let (proof, commit) = (self.plan.proof.clone(), self.commit.clone());
+        let handle = self
+            .handshakes
+            .spawn(handshake(stream, head, proof, self.deadline, commit));
+        self.inbound.push_back(handle);
+        if self.inbound.len() > MAX_INBOUND_HANDSHAKES
+            && let Some(oldest) = self.inbound.pop_front()
+        {
+            tracing::debug!("too many streams from the punch port at once: closing the oldest");
+            oldest.abort();
+        }
+    }
+
+    /// A handshake task ended: it is no longer under way.
+    fn finished(
+        &mut self,
+        done: Result<(tokio::task::Id, Result<Punched, HandshakeError>), JoinError>,
+    ) -> Result<Result<Punched, HandshakeError>, JoinError> {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        self.inbound.retain(|h| h.id() != id);
+        done.map(|(_, r)| r)
+    }
+
     /// A handshake ended; returns the winning stream if there is one now. A proven stream is
     /// used unless a committed one may still win.
     async fn proven(
         &mut self,
-        done: Result<Result<Punched, HandshakeError>, tokio::task::JoinError>,
+        done: Result<Result<Punched, HandshakeError>, JoinError>,
     ) -> Option<Chosen> {
         match done {
             Ok(Ok(punched)) if punched.selected => match handshake::select(punched, &[]).await {
@@ -306,6 +376,7 @@ impl Race {
                     self.failure.unproven += 1;
                 }
             }
+            Err(e) if e.is_cancelled() => {}
             Err(e) => tracing::warn!("handshake task failed: {e}"),
         }
         while !self.standby.is_empty() {
@@ -345,6 +416,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::defaults;
     use crate::net::shared_listener;
     use crate::protocol::{Role, SessionId};
 
@@ -360,6 +432,26 @@ mod tests {
             static_key: None,
             unencrypted: false,
         }))
+    }
+
+    /// A plan from `local` (its family's only punch address) toward `targets`, 3 s long, with
+    /// normal TTLs and no birthday punch, relay or early data.
+    fn simple(local: SocketAddr, targets: Vec<SocketAddr>, proof: Proof) -> PunchPlan {
+        PunchPlan {
+            locals: ByFamily {
+                v4: Some(local).filter(SocketAddr::is_ipv4),
+                v6: Some(local).filter(SocketAddr::is_ipv6),
+            },
+            targets,
+            first_ttl: ByFamily::default(),
+            v4_delay: Duration::ZERO,
+            shared_public: None,
+            timeout: Duration::from_secs(3),
+            proof,
+            birthday: None,
+            relay: None,
+            early: None,
+        }
     }
 
     /// Two engines on loopback, each with its own listener feeding its inbound channel.
@@ -382,14 +474,8 @@ mod tests {
         let (ra, ta) = feed(la);
         let (rb, tb) = feed(lb);
         let plan = |local, target, role, psk| PunchPlan {
-            local,
-            targets: vec![target],
-            first_ttl: None,
             timeout: Duration::from_secs(2),
-            proof: keys(role, psk),
-            birthday: None,
-            relay: None,
-            early: None,
+            ..simple(local, vec![target], keys(role, psk))
         };
         let out = tokio::join!(
             run(plan(a, b, Role::Client, client_psk), ra, || {}),
@@ -428,6 +514,63 @@ mod tests {
         );
     }
 
+    /// An agent engine listening on a punch port on ::1 and one on 127.0.0.1 (or only the
+    /// IPv4 one), and a client engine racing toward both the way a dual-stack order has it.
+    /// Returns the client's winning peer address and how long its punch took.
+    async fn race(ipv6_listens: bool) -> (SocketAddr, Duration) {
+        let l4 = shared_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l6 = shared_listener("[::1]:0".parse().unwrap()).unwrap();
+        let (a4, a6) = (l4.local_addr().unwrap(), l6.local_addr().unwrap());
+        let listeners = if ipv6_listens { vec![l4, l6] } else { vec![l4] };
+        let (tx, rx) = mpsc::channel(8);
+        let mut feeders = JoinSet::new();
+        for l in listeners {
+            let tx = tx.clone();
+            feeders.spawn(async move {
+                while let Ok((stream, _)) = l.accept().await {
+                    let _ = tx.send(Inbound { stream, head: None }).await;
+                }
+            });
+        }
+        let client = PunchPlan {
+            locals: ByFamily {
+                v4: Some("127.0.0.1:0".parse().unwrap()),
+                v6: Some("[::1]:0".parse().unwrap()),
+            },
+            v4_delay: defaults::IPV6_HEAD_START,
+            ..simple(
+                "127.0.0.1:0".parse().unwrap(),
+                vec![a6, a4],
+                keys(Role::Client, PSK),
+            )
+        };
+        let agent = simple(a4, vec![], keys(Role::Agent, PSK));
+        let (_none_tx, none) = mpsc::channel(1);
+        let started = Instant::now();
+        let (c, a) = tokio::join!(
+            async {
+                let c = run(client, none, || {}).await;
+                (c, started.elapsed())
+            },
+            run(agent, rx, || {})
+        );
+        feeders.shutdown().await;
+        let ((c, took), _a) = (c, a.unwrap());
+        (c.unwrap().peer, took)
+    }
+
+    #[tokio::test]
+    async fn ipv6_wins_the_race_when_it_works_and_ipv4_follows_its_head_start_when_not() {
+        let (peer, _) = race(true).await;
+        assert!(peer.is_ipv6(), "IPv6 leads: {peer}");
+        let (peer, took) = race(false).await;
+        assert!(peer.is_ipv4(), "{peer}");
+        assert!(
+            took >= defaults::IPV6_HEAD_START,
+            "IPv4 waited its turn: {took:?}"
+        );
+    }
+
     #[tokio::test]
     async fn unreachable_candidate_fails_with_its_error_by_the_deadline() {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -435,14 +578,8 @@ mod tests {
         drop(closed);
         let (_tx, rx) = mpsc::channel(1);
         let plan = PunchPlan {
-            local: "127.0.0.1:0".parse().unwrap(),
-            targets: vec![target],
-            first_ttl: None,
             timeout: Duration::from_millis(600),
-            proof: Proof::Address,
-            birthday: None,
-            relay: None,
-            early: None,
+            ..simple("127.0.0.1:0".parse().unwrap(), vec![target], Proof::Address)
         };
         let err = run(plan, rx, || {}).await.unwrap_err();
         let (why, n) = &err.attempts[&target];
@@ -466,27 +603,14 @@ mod tests {
         let early = EarlyData::new();
         early.push(b"early bytes");
         let targets: Vec<SocketAddr> = first.into_iter().chain([agent_addr]).collect();
+        let proof = keys(Role::Client, PSK);
         let client = PunchPlan {
-            local: "127.0.0.1:0".parse().unwrap(),
-            targets: targets.clone(),
-            first_ttl: None,
-            timeout: Duration::from_secs(3),
-            proof: keys(Role::Client, PSK),
-            birthday: None,
-            relay: None,
-            early: Some((early.clone(), targets)),
+            early: Some((early.clone(), targets.clone())),
+            ..simple("127.0.0.1:0".parse().unwrap(), targets, proof)
         };
         let (_none_tx, none) = mpsc::channel(1);
-        let agent = PunchPlan {
-            local: agent_addr,
-            targets: vec![],
-            first_ttl: None,
-            timeout: Duration::from_secs(3),
-            proof: keys(Role::Agent, PSK),
-            birthday: None,
-            relay: None,
-            early: None,
-        };
+        let proof = keys(Role::Agent, PSK);
+        let agent = simple(agent_addr, vec![], proof);
         let (c, a) = tokio::join!(run(client, none, || {}), run(agent, rx, || {}));
         feeder.abort();
         let (mut c, mut a) = (c.unwrap(), a.unwrap());

@@ -1,7 +1,9 @@
 package com.getpoint.p2pclient;
 
 import java.io.IOException;
+import java.net.DatagramSocket;
 import java.net.Inet4Address;
+import java.net.Inet6Address;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.NetworkInterface;
@@ -43,13 +45,19 @@ final class Control {
     final String peer;
     /** The NAT probe sent with the request (punch mode), or null. */
     final Probe probe;
+    /**
+     * The NAT probe of the other address family (IPv6 beside an IPv4 control connection), or
+     * null: its local address is this client's punch address in that family.
+     */
+    final Probe probeOther;
     private final WebSocket ws;
 
-    private Control(Socket socket, WebSocket ws, Probe probe, ServerUrl url, Tls tls,
+    private Control(Socket socket, WebSocket ws, Probe probe, Probe probeOther, ServerUrl url, Tls tls,
             InetSocketAddress serverAddress, String peer, int timeoutMs) {
         this.socket = socket;
         this.ws = ws;
         this.probe = probe;
+        this.probeOther = probeOther;
         this.url = url;
         this.tls = tls;
         this.server = url.authority();
@@ -72,16 +80,22 @@ final class Control {
             int timeoutMs) throws P2pException {
         String host = url.host;
         String server = url.authority();
-        InetSocketAddress address = new InetSocketAddress(resolve(host, server, timeoutMs), url.port);
+        Families families = Families.of(resolve(host, server, timeoutMs));
+        InetSocketAddress address = new InetSocketAddress(families.primary, url.port);
         Socket socket = new Socket();
         Probe probe = null;
+        Probe probeOther = null;
         try {
             try {
                 socket.setReuseAddress(true);
                 socket.setTcpNoDelay(true);
                 socket.bind(new InetSocketAddress(0));
                 if (mode.equals("punch")) {
-                    probe = Probe.start(socket.getLocalPort(), address);
+                    probe = Probe.start(new InetSocketAddress(socket.getLocalPort()), address);
+                    if (families.other != null) {
+                        probeOther = Probe.start(new InetSocketAddress(families.otherSource, 0),
+                                new InetSocketAddress(families.other, url.port));
+                    }
                     Birthday.warmUp();
                 }
                 socket.connect(address, timeoutMs);
@@ -96,8 +110,13 @@ final class Control {
             for (InetAddress a : localAddresses(address.getAddress() instanceof Inet4Address)) {
                 candidates.add(HostTuple.of(a, socket.getLocalPort()));
             }
-            String target = Protocol.CONNECT_PATH + "?"
-                    + Protocol.connectQuery(peer, nonce, proof, mode, candidates, probe == null ? null : probe.token);
+            if (probeOther != null) {
+                // The other family's one punch address (IPv6: no NAT, it is the endpoint).
+                if (candidates.size() >= Protocol.MAX_CANDIDATES) candidates.remove(candidates.size() - 1);
+                candidates.add(HostTuple.of(families.otherSource, probeOther.local().getPort()));
+            }
+            String target = Protocol.CONNECT_PATH + "?" + Protocol.connectQuery(peer, nonce, proof, mode, candidates,
+                    probe == null ? null : probe.token, probeOther == null ? null : probeOther.token);
             Socket channel = socket;
             if (tls != null) {
                 channel = tls.handshake(socket, url, System.nanoTime() + timeoutMs * 1000000L);
@@ -111,7 +130,7 @@ final class Control {
             } catch (IOException e) {
                 throw failure(e, server, "the WebSocket handshake", timeoutMs);
             }
-            Control control = new Control(socket, ws, probe, url, tls, address, peer, timeoutMs);
+            Control control = new Control(socket, ws, probe, probeOther, url, tls, address, peer, timeoutMs);
             Message order = control.receive(System.nanoTime() + timeoutMs * 1000000L, "the punch order");
             if (order == null) {
                 throw new P2pException(null, "the server closed the control channel before sending the punch order");
@@ -129,8 +148,77 @@ final class Control {
             return control;
         } catch (P2pException e) {
             if (probe != null) probe.close();
+            if (probeOther != null) probeOther.close();
             WebSocket.closeQuietly(socket);
             throw e;
+        }
+    }
+
+    /**
+     * This client's punch address in the other address family (the IPv6 one beside an IPv4
+     * control connection), or null if it has none.
+     */
+    InetSocketAddress otherLocal() {
+        return probeOther == null ? null : probeOther.local();
+    }
+
+    /**
+     * The server's addresses this host can use: the control connection goes over IPv4 when both
+     * have it (that is the NAT whose mapping the server must see from two destinations), else
+     * over IPv6; the other family, when both have it too, is learnt by one more probe.
+     */
+    static final class Families {
+        /** The server's address for the control connection. */
+        final InetAddress primary;
+        /** The server's address in the other family, or null. */
+        final InetAddress other;
+        /** This host's source address toward {@link #other}, or null. */
+        final InetAddress otherSource;
+
+        private Families(InetAddress primary, InetAddress other, InetAddress otherSource) {
+            this.primary = primary;
+            this.other = other;
+            this.otherSource = otherSource;
+        }
+
+        /** From the server's resolved addresses (at least one). */
+        static Families of(InetAddress[] all) {
+            InetAddress v4 = null, v6 = null, source6 = null;
+            for (InetAddress a : all) {
+                if (a instanceof Inet4Address && v4 == null && source(a) != null) v4 = a;
+                if (a instanceof Inet6Address && v6 == null) {
+                    source6 = source(a);
+                    if (source6 != null) v6 = a;
+                }
+            }
+            if (v4 != null) {
+                return new Families(v4, v6, v6 == null ? null : source6);
+            }
+            return new Families(v6 != null ? v6 : all[0], null, null);
+        }
+
+        /**
+         * The source address this host would use toward {@code server} (a UDP socket's connect
+         * picks it; nothing is sent), or null if it has no route there, or only a loopback one
+         * toward a server that is not on the loopback.
+         */
+        static InetAddress source(InetAddress server) {
+            DatagramSocket probe = null;
+            try {
+                probe = new DatagramSocket();
+                probe.connect(new InetSocketAddress(server, 9));
+                InetAddress local = probe.getLocalAddress();
+                if (local == null || local.isAnyLocalAddress()
+                        || (local.isLoopbackAddress() && !server.isLoopbackAddress())
+                        || (local instanceof Inet4Address) != (server instanceof Inet4Address)) {
+                    return null;
+                }
+                return local;
+            } catch (IOException | RuntimeException e) {
+                return null;
+            } finally {
+                if (probe != null) probe.close();
+            }
         }
     }
 
@@ -154,9 +242,10 @@ final class Control {
         return refusal(error.text("code"), error.text("message"), peer);
     }
 
-    /** Closes the channel politely (close frame, then FIN), and ends the probe if it still runs. */
+    /** Closes the channel politely (close frame, then FIN), and ends the probes if they still run. */
     void close() {
         if (probe != null) probe.close();
+        if (probeOther != null) probeOther.close();
         ws.close();
     }
 
@@ -165,6 +254,7 @@ final class Control {
      */
     void abort() {
         if (probe != null) probe.close();
+        if (probeOther != null) probeOther.close();
         try {
             socket.setSoLinger(true, 0);
         } catch (IOException ignored) {
@@ -242,7 +332,9 @@ final class Control {
             case "peer_gone":
                 return refused + "; peer " + peer + " was lost while the connection was set up: try again";
             case "busy":
-                return refused + "; the server is at capacity: try again later";
+                // The server's words name the limit (e.g. "server busy: too many connections
+                // from 203.0.113.70 (limit 256)").
+                return message + "; try again later";
             case "no_direct_path":
                 return refused + "; a server started with --relay would carry the connection";
             case "unauthorized":
@@ -257,17 +349,17 @@ final class Control {
     }
 
     /**
-     * Resolves the server's host within {@code timeoutMs}: IP literals directly, names on a
-     * helper thread (InetAddress has no lookup timeout).
+     * Resolves the server's host within {@code timeoutMs}, to all its addresses (A and AAAA):
+     * IP literals directly, names on a helper thread (InetAddress has no lookup timeout).
      */
-    private static InetAddress resolve(final String host, String server, int timeoutMs) throws P2pException {
+    private static InetAddress[] resolve(final String host, String server, int timeoutMs) throws P2pException {
         if (host == null || host.isEmpty()) {
             throw new P2pException(null, "no server address given");
         }
-        FutureTask<InetAddress> lookup = new FutureTask<InetAddress>(new Callable<InetAddress>() {
+        FutureTask<InetAddress[]> lookup = new FutureTask<InetAddress[]>(new Callable<InetAddress[]>() {
             @Override
-            public InetAddress call() throws IOException {
-                return InetAddress.getByName(host);
+            public InetAddress[] call() throws IOException {
+                return InetAddress.getAllByName(host);
             }
         });
         if (HostTuple.isIpv4(host) || host.indexOf(':') >= 0) {

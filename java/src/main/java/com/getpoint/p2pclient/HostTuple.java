@@ -42,11 +42,48 @@ public class HostTuple {
         return ip.hashCode() * 31 + port;
     }
 
-    /** The tuple of an IP address (scope id dropped) and port. */
+    /**
+     * The tuple of an IP address (scope id dropped; IPv6 in the RFC 5952 form, as the server
+     * and the Rust peers write it) and port.
+     */
     static HostTuple of(InetAddress address, int port) {
-        String ip = address.getHostAddress();
-        int scope = ip.indexOf('%');
-        return new HostTuple(scope >= 0 ? ip.substring(0, scope) : ip, port);
+        if (address instanceof Inet6Address) {
+            return new HostTuple(ipv6Text(address.getAddress()), port);
+        }
+        return new HostTuple(address.getHostAddress(), port);
+    }
+
+    /**
+     * The 16 bytes of an IPv6 address in the form of RFC 5952, section 4: lowercase hex groups
+     * without leading zeros, the longest run of two or more zero groups (the first of equal
+     * ones) as {@code ::}.
+     */
+    static String ipv6Text(byte[] a) {
+        int[] g = new int[8];
+        for (int i = 0; i < 8; i++) {
+            g[i] = ((a[2 * i] & 0xff) << 8) | (a[2 * i + 1] & 0xff);
+        }
+        int bestAt = -1, bestLen = 1;
+        for (int i = 0; i < 8; ) {
+            int j = i;
+            while (j < 8 && g[j] == 0) j++;
+            if (j - i > bestLen) {
+                bestAt = i;
+                bestLen = j - i;
+            }
+            i = j == i ? i + 1 : j;
+        }
+        StringBuilder sb = new StringBuilder();
+        for (int i = 0; i < 8; i++) {
+            if (i == bestAt) {
+                sb.append(i == 0 ? "::" : ":");
+                i += bestLen - 1;
+                continue;
+            }
+            sb.append(Integer.toHexString(g[i]));
+            if (i < 7) sb.append(':');
+        }
+        return sb.toString();
     }
 
     /**

@@ -26,32 +26,48 @@ final class Probe implements Runnable {
 
     /** The token named in the connect request. */
     final String token;
-    private final int localPort;
+    /** The address the probe left from, once bound. */
+    private InetSocketAddress local;
     private final InetSocketAddress probeAddress;
     private final Socket socket = new Socket();
     private final Object lock = new Object();
     private boolean done;
     private String answer;
 
-    private Probe(int localPort, InetSocketAddress probeAddress) {
+    private Probe(InetSocketAddress probeAddress) {
         this.token = Protocol.newNonce();
-        this.localPort = localPort;
         this.probeAddress = probeAddress;
     }
 
     /**
-     * Starts a probe from {@code localPort} to the probe port of the server at {@code server}, or
-     * returns null when the server's port has no neighbour (65535).
+     * Starts a probe from {@code local} (a shared punch port, or port 0 for a fresh one) to the
+     * probe port of the server at {@code server}, or returns null when the server's port has no
+     * neighbour (65535) or {@code local} cannot be bound.
      */
-    static Probe start(int localPort, InetSocketAddress server) {
+    static Probe start(InetSocketAddress local, InetSocketAddress server) {
         if (server.getPort() >= 65535) {
             return null;
         }
-        Probe p = new Probe(localPort, new InetSocketAddress(server.getAddress(), server.getPort() + 1));
+        Probe p = new Probe(new InetSocketAddress(server.getAddress(), server.getPort() + 1));
+        try {
+            p.socket.setReuseAddress(true);
+            p.socket.setTcpNoDelay(true);
+            p.socket.bind(local);
+            p.local = new InetSocketAddress(p.socket.getLocalAddress(), p.socket.getLocalPort());
+        } catch (IOException e) {
+            LOG.log(Level.FINE, "NAT probe from " + local + " not sent: " + e);
+            p.close();
+            return null;
+        }
         Thread t = new Thread(p, "p2pnc-probe");
         t.setDaemon(true);
         t.start();
         return p;
+    }
+
+    /** The address the probe left from: its punch port (and, for IPv6, its source address). */
+    InetSocketAddress local() {
+        return local;
     }
 
     @Override
@@ -59,9 +75,6 @@ final class Probe implements Runnable {
         String result;
         long deadline = System.nanoTime() + TIMEOUT_MS * 1000000L;
         try {
-            socket.setReuseAddress(true);
-            socket.setTcpNoDelay(true);
-            socket.bind(new InetSocketAddress(localPort));
             socket.connect(probeAddress, TIMEOUT_MS);
             socket.getOutputStream().write(Codec.utf8(Protocol.probeLine(token)));
             InputStream in = socket.getInputStream();

@@ -3,12 +3,14 @@ package com.getpoint.p2pclient;
 import java.io.IOException;
 import java.io.InputStream;
 import java.net.ConnectException;
+import java.net.Inet4Address;
 import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.HashSet;
+import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -34,6 +36,11 @@ import java.util.Set;
  * selected the ordinary way and gets the same bytes after its select byte. No byte from the
  * peer is handed out before its hello verified.
  *
+ * <p>An order with an IPv6 path beside the IPv4 one ({@code peer_public6}) is raced Happy
+ * Eyeballs style: the IPv6 candidates first, from this client's IPv6 punch address (the one its
+ * IPv6 probe left from), the IPv4 ones and an IPv4 birthday punch {@link
+ * Protocol#IPV6_HEAD_START_MS} later, as the agent does; the first proven stream wins.
+ *
  * <p>Java has no SO_REUSEPORT: every socket on the punch port sets SO_REUSEADDR and none
  * listens, which Linux and Android allow (connect-only simultaneous open).
  */
@@ -52,6 +59,12 @@ final class Punch {
 
     private final Control control;
     private final int port;
+    /** Whether the control connection (and the punch port {@link #port}) is IPv6. */
+    private final boolean primaryV6;
+    /** The punch address in the other family (IPv6 beside IPv4), or null. */
+    private final InetSocketAddress otherLocal;
+    /** How long after the IPv6 candidates the IPv4 ones start (0 unless there are both). */
+    private int v4DelayMs;
     private final int timeoutMs;
     /** When the punch ends: the punch timeout, extended while a relay offered by the order may still work. */
     private final long deadline;
@@ -100,8 +113,14 @@ final class Punch {
         }
     }
 
-    /** The order's relay start in ms (-1: no relay), capped so a huge value cannot overflow. */
+    /**
+     * The order's relay start in ms (-1: no relay, also when the order carries no ticket to join
+     * it with), capped so a huge value cannot overflow.
+     */
     static long relayAfter(Message order) {
+        if (order.text("relay_ticket") == null) {
+            return -1;
+        }
         return capRelayAfter(order.number("relay_after_ms", -1));
     }
 
@@ -113,6 +132,8 @@ final class Punch {
         this.control = control;
         this.early = early == null || early.length == 0 ? null : early.clone();
         this.port = control.socket.getLocalPort();
+        this.primaryV6 = !(control.serverAddress.getAddress() instanceof Inet4Address);
+        this.otherLocal = control.otherLocal();
         Message order = control.order;
         long relayAfter = relayAfter(order);
         long now = System.nanoTime();
@@ -177,9 +198,13 @@ final class Punch {
         Message order = control.order;
         final HostTuple peerPublic = order.address("peer_public");
         String strategy = order.text("strategy") == null ? "simultaneous" : order.text("strategy");
-        // A port mapping on the agent's router takes connections from anywhere: first.
+        // A port mapping on the agent's router takes connections from anywhere: first. The
+        // IPv6 path, when there is one beside the IPv4 one, next.
         if (order.text("peer_mapped") != null) {
             targets.add(order.address("peer_mapped"));
+        }
+        if (order.text("peer_public6") != null && !targets.contains(order.address("peer_public6"))) {
+            targets.add(order.address("peer_public6"));
         }
         if (strategy.equals("simultaneous") && !targets.contains(peerPublic)) {
             targets.add(peerPublic);
@@ -187,9 +212,24 @@ final class Punch {
         // Before the private candidates: only the agent's public and mapped endpoints are
         // trusted with early data (a private address may belong to another host).
         commitTargets.addAll(targets);
+        // Only candidates that can lie inside the agent's network: the server checks them too,
+        // but a client does not let anyone aim its SYNs at the internet.
         for (HostTuple a : order.addresses("peer_private")) {
-            if (!targets.contains(a)) targets.add(a);
+            if (!targets.contains(a) && Protocol.privateCandidateAllowed(a, peerPublic.ip)) targets.add(a);
         }
+        // Only the families this client has a punch address in.
+        boolean v6 = false, v4 = strategy.startsWith("birthday_") && !isV6(peerPublic);
+        for (Iterator<HostTuple> it = targets.iterator(); it.hasNext(); ) {
+            HostTuple t = it.next();
+            if (localFor(t) == null) {
+                it.remove();
+            } else if (isV6(t)) {
+                v6 = true;
+            } else {
+                v4 = true;
+            }
+        }
+        v4DelayMs = v4 && v6 ? Protocol.IPV6_HEAD_START_MS : 0;
         for (final HostTuple target : targets) {
             startWorker("p2pnc-punch-" + target, new Runnable() {
                 @Override
@@ -198,11 +238,12 @@ final class Punch {
                 }
             });
         }
-        if (strategy.startsWith("birthday_")) {
+        if (strategy.startsWith("birthday_") && localFor(peerPublic) != null) {
             final boolean easy = strategy.equals("birthday_easy");
             startWorker("p2pnc-birthday", new Runnable() {
                 @Override
                 public void run() {
+                    if (!waitTurn(peerPublic)) return;
                     InetSocketAddress peer = peerPublic.toSocketAddress();
                     if (easy) {
                         Birthday.easy(Punch.this, Birthday.randomPorts(peer.getAddress(), Birthday.EASY_PROBES, random),
@@ -290,9 +331,48 @@ final class Punch {
         t.start();
     }
 
+    private static boolean isV6(HostTuple t) {
+        return t.ip.indexOf(':') >= 0;
+    }
+
+    /**
+     * The punch address toward {@code target}: the control connection's port in its family,
+     * the other family's punch address in the other, or null when this client has none there.
+     */
+    private InetSocketAddress localFor(HostTuple target) {
+        if (isV6(target) == primaryV6) {
+            return new InetSocketAddress(port);
+        }
+        return otherLocal;
+    }
+
+    /**
+     * Waits out the IPv6 head start before an IPv4 attempt toward {@code target}; false if the
+     * punch ended meanwhile.
+     */
+    private boolean waitTurn(HostTuple target) {
+        if (isV6(target) || v4DelayMs == 0) {
+            return true;
+        }
+        long until = System.nanoTime() + v4DelayMs * 1000000L;
+        synchronized (lock) {
+            try {
+                long left;
+                while (!finished && winner == null && (left = (until - System.nanoTime()) / 1000000) > 0) {
+                    lock.wait(left);
+                }
+            } catch (InterruptedException e) {
+                return false;
+            }
+            return !finished && winner == null;
+        }
+    }
+
     /** Keeps one connect in flight toward {@code target} until one connects or the punch ends. */
     private void dial(HostTuple target) {
         InetSocketAddress address = target.toSocketAddress();
+        InetSocketAddress local = localFor(target);
+        if (!waitTurn(target)) return;
         while (true) {
             Socket s = new Socket();
             if (!register(s)) return;
@@ -303,7 +383,7 @@ final class Punch {
             try {
                 s.setReuseAddress(true);
                 s.setTcpNoDelay(true);
-                s.bind(new InetSocketAddress(port));
+                s.bind(local);
                 int left = remainingMs();
                 if (left <= 0) {
                     throw new SocketTimeoutException("punch timeout");
@@ -403,7 +483,7 @@ final class Punch {
             // (docs/security.md): the session id was learnt over TLS and the stream handshake
             // authenticates the ends.
             s.setSoTimeout(Math.max(1, Math.min(control.timeoutMs, remainingMs())));
-            Relay.join(s, control.server, control.order.text("session"));
+            Relay.join(s, control.server, control.order.text("session"), control.order.text("relay_ticket"));
             handshake(s, server, true);
         } catch (IOException e) {
             WebSocket.closeQuietly(s);

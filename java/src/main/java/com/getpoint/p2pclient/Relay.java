@@ -16,14 +16,16 @@ final class Relay {
     private Relay() {}
 
     /**
-     * Upgrades {@code socket}, already connected to the server, to the relay of {@code session}.
-     * Reads the answer head byte by byte: the agent's bytes may follow it at once.
+     * Upgrades {@code socket}, already connected to the server, to the relay of {@code session},
+     * presenting the {@code ticket} of this client's punch order. Reads the answer head byte by
+     * byte: the agent's bytes may follow it at once.
      *
      * @throws IOException if the server refuses (e.g. {@code 404} for a session no longer live,
-     *     {@code 503} when every relay slot is taken) or does not answer within the socket timeout
+     *     {@code 401} for a wrong ticket, {@code 503} when every relay slot is taken) or does not
+     *     answer within the socket timeout
      */
-    static void join(Socket socket, String host, String session) throws IOException {
-        String request = "GET /v1/relay?v=1&session=" + session + "&role=client HTTP/1.1\r\n"
+    static void join(Socket socket, String host, String session, String ticket) throws IOException {
+        String request = "GET /v1/relay?v=1&session=" + session + "&role=client&ticket=" + ticket + " HTTP/1.1\r\n"
                 + "Host: " + host + "\r\nConnection: Upgrade\r\nUpgrade: p2pnc-relay\r\n\r\n";
         socket.getOutputStream().write(Codec.utf8(request));
         InputStream in = socket.getInputStream();

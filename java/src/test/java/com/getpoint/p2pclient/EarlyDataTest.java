@@ -284,7 +284,7 @@ public class EarlyDataTest {
         final AtomicReference<byte[]> got = new AtomicReference<byte[]>();
         FakeControl server = new FakeControl();
         try {
-            server.start(withFields(order("punch", "192.0.2.1:9"), "\"strategy\":\"relay_only\",\"relay_after_ms\":0"),
+            server.start(withFields(order("punch", "192.0.2.1:9"), "\"strategy\":\"relay_only\",\"relay_ticket\":\"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1\",\"relay_after_ms\":0"),
                     new FakeControl.Peer() {
                         @Override
                         public void serve(Socket s) throws Exception {

@@ -210,6 +210,22 @@ public class FakeServerTest {
         assertEquals("peer 'streamserver' is not online", e.getMessage());
     }
 
+    /** A server at a connection limit says which one: the client passes its words on. */
+    @Test
+    public void http503BusyNamesTheLimit() throws IOException {
+        final String why = "server busy: too many connections from 203.0.113.70 (limit 256)";
+        int port = fake(new Script() {
+            @Override
+            public void serve(Socket s, String head, String key) throws IOException {
+                http(s, "503 Service Unavailable", "application/json",
+                        "{\"error\":\"busy\",\"message\":\"" + why + "\"}");
+            }
+        });
+        P2pException e = plainFailure(port);
+        assertEquals("busy", e.getCode());
+        assertEquals(why + "; try again later", e.getMessage());
+    }
+
     @Test
     public void http401SecretRequiredWithChunkedBody() throws IOException {
         int port = fake(new Script() {
@@ -620,7 +636,7 @@ public class FakeServerTest {
         String unreachable = "127.0.0.1:" + closed.getLocalPort();
         closed.close();
         AtomicReference<String> request = new AtomicReference<String>();
-        String o = withFields(order("punch", unreachable), "\"relay_after_ms\":300");
+        String o = withFields(order("punch", unreachable), "\"relay_ticket\":\"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1\",\"relay_after_ms\":300");
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))), relayAgent(request));
         long t = System.nanoTime();
         P2pConnection c = new P2pClient(2000, 2000).connectDetailed("127.0.0.1", port, "me", PEER, "s3cret");
@@ -637,7 +653,7 @@ public class FakeServerTest {
             c.socket.close();
         }
         String head = request.get();
-        assertTrue(head, head.startsWith("GET /v1/relay?v=1&session=" + SESSION + "&role=client HTTP/1.1\r\n"));
+        assertTrue(head, head.startsWith("GET /v1/relay?v=1&session=" + SESSION + "&role=client&ticket=a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1 HTTP/1.1\r\n"));
         assertTrue(head, head.contains("Upgrade: p2pnc-relay\r\n"));
         assertTrue(head, head.contains("Host: 127.0.0.1:" + port + "\r\n"));
     }
@@ -647,7 +663,7 @@ public class FakeServerTest {
         AtomicReference<byte[]> got = new AtomicReference<byte[]>();
         ServerSocket agent = fakeAgent(hello("s3cret", "agent"), got);
         String o = withFields(order("punch", "127.0.0.1:" + agent.getLocalPort()),
-                "\"strategy\":\"relay_only\",\"relay_after_ms\":0");
+                "\"strategy\":\"relay_only\",\"relay_ticket\":\"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1\",\"relay_after_ms\":0");
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))), relayAgent(new AtomicReference<String>()));
         P2pConnection c = new P2pClient(2000, 2000).connectDetailed("127.0.0.1", port, "me", PEER, "s3cret");
         try {
@@ -665,7 +681,7 @@ public class FakeServerTest {
         ServerSocket closed = listen();
         String unreachable = "127.0.0.1:" + closed.getLocalPort();
         closed.close();
-        String o = withFields(order("punch", unreachable), "\"relay_after_ms\":0");
+        String o = withFields(order("punch", unreachable), "\"relay_ticket\":\"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1\",\"relay_after_ms\":0");
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))), new Script() {
             @Override
             public void serve(Socket s, String head, String key) throws IOException {
@@ -679,6 +695,21 @@ public class FakeServerTest {
             assertMessage(e, "no direct path to peer 'streamserver'", unreachable + ": connection refused",
                     "relay: relay refused: HTTP/1.1 503 Service Unavailable");
         }
+    }
+
+    /** An order that offers the relay without a ticket to join it with offers nothing. */
+    @Test
+    public void aRelayWithoutATicketIsNotJoined() throws Exception {
+        String o = withFields(order("punch", "192.0.2.1:5000"), "\"strategy\":\"relay_only\",\"relay_after_ms\":0");
+        AtomicReference<String> request = new AtomicReference<String>();
+        int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))), relayAgent(request));
+        try {
+            new P2pClient(2000, 1000).connect("127.0.0.1", port, "me", PEER, "s3cret");
+            fail("connected without a path");
+        } catch (P2pException e) {
+            assertMessage(e, "no way to reach peer 'streamserver': strategy relay_only");
+        }
+        assertNull("joined the relay", request.get());
     }
 
     @Test

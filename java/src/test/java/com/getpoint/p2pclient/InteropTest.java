@@ -363,8 +363,8 @@ public class InteropTest {
 
     @Test
     public void seedSnippetWithAPublicAgent() throws Exception {
-        expose("流媒体 public", null);
-        seedSnippet(new P2pClient().getP2PLocalPeerAddress("127.0.0.1", serverPort, "getpoint", "流媒体 public"), 0);
+        expose("流媒体-public", null);
+        seedSnippet(new P2pClient().getP2PLocalPeerAddress("127.0.0.1", serverPort, "getpoint", "流媒体-public"), 0);
     }
 
     @Test

@@ -180,15 +180,16 @@ public class ProbeTest {
         Socket local = new Socket();
         local.setReuseAddress(true);
         local.bind(new InetSocketAddress(0));
-        Probe p = Probe.start(local.getLocalPort(),
+        Probe p = Probe.start(new InetSocketAddress(local.getLocalPort()),
                 new InetSocketAddress(InetAddress.getByName("127.0.0.1"), server.control.getLocalPort()));
         try {
+            assertEquals("the probe's own port", local.getLocalPort(), p.local().getPort());
             assertEquals("198.51.100.7:40000", p.answer(Probe.TIMEOUT_MS + 1000));
         } finally {
             p.close();
             local.close();
         }
-        assertNull("no neighbour of port 65535",
-                Probe.start(1234, new InetSocketAddress(InetAddress.getByName("127.0.0.1"), 65535)));
+        assertNull("no neighbour of port 65535", Probe.start(new InetSocketAddress(1234),
+                new InetSocketAddress(InetAddress.getByName("127.0.0.1"), 65535)));
     }
 }

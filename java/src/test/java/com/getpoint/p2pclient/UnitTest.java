@@ -51,7 +51,20 @@ public class UnitTest {
         assertEquals("10.0.0.2:4000", HostTuple.parse("10.0.0.2:4000").toString());
         HostTuple v6 = HostTuple.parse("[2001:db8::1]:5");
         assertEquals(5, v6.port);
-        assertEquals("[" + v6.ip + "]:5", v6.toString());
+        assertEquals("[2001:db8::1]:5", v6.toString());
+        // IPv6 as RFC 5952 writes it, as the server and the Rust peers do.
+        String[][] forms = {
+            {"[2001:0DB8:0001:0001:0000:0000:0000:0002]:1", "[2001:db8:1:1::2]:1"},
+            {"[0:0:0:0:0:0:0:1]:1", "[::1]:1"},
+            {"[1:0:0:0:0:0:0:0]:1", "[1::]:1"},
+            {"[::]:1", "[::]:1"},
+            {"[1:0:2:0:0:3:0:4]:1", "[1:0:2::3:0:4]:1"},
+            {"[1:0:0:2:0:0:3:4]:1", "[1::2:0:0:3:4]:1"},
+            {"[1:2:3:4:5:6:7:0]:1", "[1:2:3:4:5:6:7:0]:1"},
+        };
+        for (String[] f : forms) {
+            assertEquals(f[0], f[1], HostTuple.parse(f[0]).toString());
+        }
         for (String bad : new String[] {"not an address", "1.2.3:4", "1.2.3.4", "1.2.3.4:", "1.2.3.4:70000",
                 "example.com:80", "01.2.3.4:1", "256.1.1.1:1", "[1.2.3.4]:5", "[::1]", "::1:5", "[zz::1]:5"}) {
             try {
@@ -61,6 +74,23 @@ public class UnitTest {
                 // fine
             }
         }
+    }
+
+    /**
+     * The control connection goes over IPv4 when the server and this host both have it, and the
+     * other family is kept for the IPv6 probe and punch (loopback addresses: no name lookup).
+     */
+    @Test
+    public void theControlFamilyIsIpv4WhenBothHaveItAndIpv6IsKeptBeside() throws Exception {
+        java.net.InetAddress v4 = java.net.InetAddress.getByName("127.0.0.1");
+        java.net.InetAddress v6 = java.net.InetAddress.getByName("::1");
+        Control.Families both = Control.Families.of(new java.net.InetAddress[] {v6, v4});
+        assertEquals(v4, both.primary);
+        assertEquals(v6, both.other);
+        assertEquals(v6, both.otherSource);
+        Control.Families only6 = Control.Families.of(new java.net.InetAddress[] {v6});
+        assertEquals(v6, only6.primary);
+        assertEquals(null, only6.other);
     }
 
     @Test
@@ -82,12 +112,14 @@ public class UnitTest {
     public void idsAreCountedInUtf8Bytes() throws P2pException {
         Protocol.checkId("peer id", repeat("a", 64));
         Protocol.checkId("peer id", repeat("流", 21)); // 63 bytes
-        for (String bad : new String[] {"", repeat("a", 65), repeat("流", 22), "a\nb", "a\u0085b"}) {
+        for (String bad : new String[] {"", repeat("a", 65), repeat("流", 22), "a\nb", "a\u0085b", "a b", "a\u200bb",
+                "e\u0301"}) {
             try {
                 Protocol.checkId("peer id", bad);
                 fail("accepted id '" + bad + "'");
             } catch (P2pException e) {
-                assertTrue(e.getMessage(), e.getMessage().startsWith("peer id must"));
+                assertTrue(e.getMessage(),
+                        e.getMessage().startsWith("peer id must") || e.getMessage().startsWith("peer id may"));
             }
         }
         try {

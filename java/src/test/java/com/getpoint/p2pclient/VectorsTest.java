@@ -151,6 +151,7 @@ public class VectorsTest {
         ours.put("max_id_bytes", (long) Protocol.MAX_ID_BYTES);
         ours.put("max_private_candidates", (long) Protocol.MAX_CANDIDATES);
         ours.put("early_data_max", (long) Protocol.EARLY_DATA_MAX);
+        ours.put("ipv6_head_start_ms", (long) Protocol.IPV6_HEAD_START_MS);
         Map<String, Object> defaults = map(vectors.get("defaults"));
         Set<String> unaccounted = new LinkedHashSet<String>(defaults.keySet());
         for (Map.Entry<String, Long> e : ours.entrySet()) {
@@ -214,7 +215,7 @@ public class VectorsTest {
         for (Object o : list(map(vectors.get("queries")).get("connect"))) {
             Map<String, Object> c = map(o);
             String built = Protocol.connectQuery(str(c, "peer"), str(c, "nonce"), str(c, "proof"), str(c, "mode"),
-                    addresses(c.get("private")));
+                    addresses(c.get("private")), str(c, "probe"), str(c, "probe_other"));
             assertEquals(decode(str(c, "query")), decode(built));
         }
     }
@@ -253,6 +254,47 @@ public class VectorsTest {
             }
         }
         return out;
+    }
+
+    @Test
+    public void idsAreCheckedLikeTheServerChecksThem() {
+        Map<String, Object> ids = map(vectors.get("ids"));
+        for (Object o : list(ids.get("valid"))) {
+            try {
+                Protocol.checkId("id", (String) o);
+            } catch (P2pException e) {
+                fail("refused the valid id '" + o + "': " + e.getMessage());
+            }
+        }
+        for (Object o : list(ids.get("invalid"))) {
+            try {
+                Protocol.checkId("id", (String) o);
+                fail("accepted the invalid id '" + o + "'");
+            } catch (P2pException e) {
+                assertTrue(e.getMessage(), e.getMessage().startsWith("id must") || e.getMessage().startsWith("id may"));
+            }
+        }
+    }
+
+    @Test
+    public void privateCandidatesAreFilteredLikeTheServerFiltersThem() {
+        List<Object> cases = list(vectors.get("private_candidates"));
+        assertTrue(cases.size() >= 10);
+        for (Object o : cases) {
+            Map<String, Object> c = map(o);
+            boolean allowed = Protocol.privateCandidateAllowed(HostTuple.parse(str(c, "candidate")), str(c, "seen_from"));
+            assertEquals(c.toString(), c.get("allowed"), allowed);
+        }
+    }
+
+    @Test
+    public void relayJoinsAreTheVectors() {
+        for (Object o : list(vectors.get("relay_join"))) {
+            Map<String, Object> c = map(o);
+            if (!"client".equals(c.get("role"))) continue; // this client joins as the client only
+            String query = "v=1&session=" + str(c, "session") + "&role=client&ticket=" + str(c, "ticket");
+            assertEquals(str(c, "query"), query);
+        }
     }
 
     /** Agents' owner credential: the Java client does not expose, but checks the formula. */
