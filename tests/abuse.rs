@@ -490,6 +490,8 @@ async fn a_client_whose_address_holds_all_its_connections_is_told_the_limit() {
 /// Finding (low): 1100 idle probe connections from one address, or 66 000 junk tokens, broke
 /// NAT detection for everyone. Now an address gets its share of probe connections (a newer
 /// one closes its oldest) and of recorded tokens, and a real client's probe still counts.
+// SO_REUSEPORT (a probe and a control connection from one local port) is Unix-only.
+#[cfg(unix)]
 #[tokio::test]
 async fn one_address_cannot_break_nat_detection_for_others() {
     common::raise_fd_limit();
