@@ -9,68 +9,19 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{Echo, TestServer, expose};
-use futures_util::{SinkExt, StreamExt};
+use common::{Echo, TestServer, Ws, expose, ip, next_json, tcp_from, ws_from};
+use futures_util::SinkExt;
 use p2pnc::ConnectOptions;
 use p2pnc::protocol::{self, RelayTicket, Role, SessionId};
 use p2pnc::server::{RelayConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(10);
 /// What a real client's connect on loopback may take while an attack runs: it takes a few
 /// milliseconds unloaded; a second leaves room for a loaded test machine.
 const NORMAL: Duration = Duration::from_secs(1);
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// A TCP connection to `to` from the address `from` (any port).
-async fn tcp_from(from: IpAddr, to: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(from, 0)).unwrap();
-    tokio::time::timeout(T, socket.connect(to))
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-type Ws = WebSocketStream<TcpStream>;
-
-/// A control WebSocket to `server` at `path_query`, from the address `from`; the refusal's
-/// status and body when the server answers without upgrading.
-async fn ws_from(from: IpAddr, server: SocketAddr, path_query: &str) -> Result<Ws, (u16, String)> {
-    let tcp = tcp_from(from, server).await;
-    let url = format!("ws://{server}{path_query}");
-    match tokio::time::timeout(T, tokio_tungstenite::client_async(url, tcp))
-        .await
-        .unwrap()
-    {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp.body().as_deref().unwrap_or_default();
-            Err((resp.status().as_u16(), String::from_utf8_lossy(body).into()))
-        }
-        Err(e) => panic!("{path_query}: {e}"),
-    }
-}
-
-/// The next JSON message on `ws`.
-async fn next_json(ws: &mut Ws) -> serde_json::Value {
-    loop {
-        let msg = tokio::time::timeout(T, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("the socket is open")
-            .unwrap();
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
 
 /// A connect request for `peer` (a public agent), from `from`, with the probe token `probe`.
 fn connect_query(peer: &str, probe: Option<&protocol::ProbeToken>) -> String {
@@ -532,7 +483,9 @@ async fn one_address_cannot_break_nat_detection_for_others() {
     let tcp = control.connect(server.addr).await.unwrap();
     let nonce = protocol::Nonce::random();
     let message = protocol::connect_message("svc", protocol::Mode::Punch, &nonce);
-    let proof = protocol::ServiceKeys::derive("pw", "svc").sign(&message).to_hex();
+    let proof = protocol::ServiceKeys::derive("pw", "svc")
+        .sign(&message)
+        .to_hex();
     let url = format!(
         "ws://{}/v1/connect?v=2&peer=svc&nonce={nonce}&proof={proof}&probe={token}",
         server.addr

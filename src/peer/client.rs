@@ -135,7 +135,7 @@ pub struct Connection {
 /// # let mut agent = p2pnc::Agent::start(p2pnc::ExposeOptions::new(&server, "streamserver", Some("s3cret"))?).await?;
 /// # tokio::spawn(async move {
 /// #     while let Some(mut a) = agent.accept().await {
-/// #         let (mut r, mut w) = a.stream.split();
+/// #         let (mut r, mut w) = tokio::io::split(&mut a.stream);
 /// #         let _ = tokio::io::copy(&mut r, &mut w).await; // an echo service
 /// #     }
 /// # });
