@@ -74,8 +74,7 @@ async fn a_client_with_the_secret_never_talks_to_a_squatter_on_the_id() {
     let query = "/v1/expose?v=2&id=real&auth=public";
     let (status, body) = ws_from(ip("127.0.0.1"), server.addr, query)
         .await
-        .err()
-        .expect("the squatter is refused");
+        .expect_err("the squatter is refused");
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("id_taken"), "{body}");
     legit_connect(&server, "real", "pw").await;
@@ -114,8 +113,7 @@ async fn a_captured_connect_request_opens_nothing_when_replayed() {
     for from in ["127.0.0.77", "127.0.0.1"] {
         let (status, body) = ws_from(ip(from), server.addr, &captured)
             .await
-            .err()
-            .expect("a replay is refused");
+            .expect_err("a replay is refused");
         assert_eq!(status, 401, "{body}");
         assert!(body.contains("secret_rejected"), "{body}");
         assert!(body.contains("replayed request"), "{body}");
@@ -199,6 +197,8 @@ impl Rogue {
             .unwrap()
             .unwrap();
         let (query_tx, query_rx) = std::sync::mpsc::channel();
+        // The shape of tungstenite's handshake callback, not ours to change.
+        #[allow(clippy::result_large_err)]
         let callback = move |req: &Request, resp: Response| {
             let _ = query_tx.send(req.uri().query().unwrap_or_default().to_string());
             Ok(resp)
