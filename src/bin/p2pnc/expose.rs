@@ -96,6 +96,7 @@ fn load_or_create_key(path: &std::path::Path) -> Result<p2pnc::protocol::StaticK
 
 /// Exposes the service until a stop signal (see `signals`).
 pub async fn run(args: ExposeArgs) -> Result<()> {
+    check_service_address(&args.to)?;
     if args.public {
         tracing::warn!(
             "--public: anyone who knows the id '{}' can reach {}",
@@ -129,8 +130,13 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
         );
     }
     let stop = crate::signals::shutdown_token(crate::signals::Hangup::Stops)?;
-    let mut agent = Agent::start(opts).await?;
     let tasks = TaskTracker::new();
+    tasks.spawn(probe_service(args.to.clone()));
+    // Start-up retries an unreachable server for as long as it takes: a stop signal ends it.
+    let mut agent = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        agent = Agent::start(opts) => agent?,
+    };
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -172,4 +178,42 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
     tasks.close();
     agent.shutdown().await;
     Ok(())
+}
+
+/// Refuses a `--to` that is not `HOST:PORT` (an IP address or a name, and a port) before
+/// anything registers: otherwise every client would meet the mistake as a refused service.
+fn check_service_address(to: &str) -> Result<()> {
+    let bad = |why: &str| anyhow!("--to {to}: {why} (expected HOST:PORT, e.g. 127.0.0.1:8080)");
+    let Some((host, port)) = to.rsplit_once(':') else {
+        return Err(bad("no port"));
+    };
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err(bad("not a port number")),
+        Ok(_) => {}
+    }
+    let v6 = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if v6.is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok()) {
+        return Ok(());
+    }
+    let name_ok = !host.is_empty()
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if name_ok {
+        Ok(())
+    } else {
+        Err(bad("not an address or host name"))
+    }
+}
+
+/// Tries the service once at start: a service that is down is worth a warning now rather than
+/// at the first client (it may well start later, so this is no error).
+async fn probe_service(to: String) {
+    match tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&to)).await {
+        Ok(Ok(_)) => tracing::debug!("the service at {to} accepts connections"),
+        Ok(Err(e)) => tracing::warn!(
+            "the service at {to} refused a test connection ({e}): clients will be told so until it runs"
+        ),
+        Err(_) => tracing::warn!("the service at {to} did not accept a test connection in time"),
+    }
 }
