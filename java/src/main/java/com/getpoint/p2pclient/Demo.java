@@ -24,7 +24,9 @@ import java.util.Random;
  *
  * {@code --plain} runs the seed's snippet (the address pair of {@code getP2PLocalPeerAddress},
  * then a plain socket bound to LocalAddress); without it the one-call {@code connectDetailed}
- * is used, and with {@code --early} the greeting is given to it as the first bytes (early data).
+ * is used, and with {@code --early} the greeting is given to it as the first bytes (early data);
+ * {@code --no-encrypt} asks the agent for raw bytes after the handshake and {@code --peer-pin}
+ * accepts only an agent holding that static key.
  * {@code --echo BYTES} then sends that many more bytes (0 allowed), expects an echo service to
  * return the greeting and them unchanged and nothing more (it half-closes and reads to the
  * end), and prints {@code first echoed byte after N ms} (counted from the start of the call).
@@ -37,7 +39,7 @@ public final class Demo {
     /** The command line; its defaults are {@link #DEFAULT_ID} and the server's default port. */
     static final String USAGE = "usage: java -jar p2pclient.jar --server URL --peer PEER_ID [--id LOCAL_ID]"
             + " [--secret SECRET] [--token TOKEN] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain | --early]"
-            + " [--echo BYTES] [--warm-up] [--help]";
+            + " [--no-encrypt] [--peer-pin sha256:HEX] [--echo BYTES] [--warm-up] [--help]";
     /** What each option does, after {@link #USAGE}, for {@code --help}. */
     static final String OPTIONS = ""
             + "  --server URL     the rendezvous server: HOST[:PORT] or http://HOST[:PORT] (plain),\n"
@@ -53,6 +55,9 @@ public final class Demo {
             + "                   logs it at start (https://; repeatable)\n"
             + "  --plain          the seed's snippet: getP2PLocalPeerAddress, then a plain socket\n"
             + "  --early          send the greeting as the call's first bytes (early data)\n"
+            + "  --no-encrypt     ask the agent for raw bytes after the handshake (it must run with\n"
+            + "                   --no-encrypt too, else the stream stays encrypted)\n"
+            + "  --peer-pin sha256:HEX  accept only an agent holding this static key (expose --key)\n"
             + "  --echo BYTES     with an echo service behind the peer: send BYTES more bytes, check\n"
             + "                   that exactly what was sent comes back, time the first echoed byte\n"
             + "  --warm-up        connect once, unreported, before the reported run\n"
@@ -74,9 +79,9 @@ public final class Demo {
 
     /** The demo with its output streams; returns the exit status (0, 1, or 2 for bad arguments). */
     static int run(String[] args, PrintStream out, PrintStream err) {
-        String server = null, peer = null, secret = null, token = null, ca = null;
+        String server = null, peer = null, secret = null, token = null, ca = null, peerPin = null;
         java.util.List<String> pins = new java.util.ArrayList<String>();
-        boolean plain = false, early = false, warmUp = false;
+        boolean plain = false, early = false, warmUp = false, encrypt = true;
         int echo = -1;
         try {
             for (int i = 0; i < args.length; i++) {
@@ -91,6 +96,10 @@ public final class Demo {
                     early = true;
                 } else if (a.equals("--warm-up")) {
                     warmUp = true;
+                } else if (a.equals("--no-encrypt")) {
+                    encrypt = false;
+                } else if (i + 1 < args.length && a.equals("--peer-pin")) {
+                    peerPin = args[++i];
                 } else if (i + 1 < args.length && a.equals("--server")) {
                     server = args[++i];
                 } else if (i + 1 < args.length && a.equals("--id")) {
@@ -115,8 +124,8 @@ public final class Demo {
             if (server == null || peer == null) {
                 throw new IllegalArgumentException("--server URL and --peer are required");
             }
-            if (plain && early) {
-                throw new IllegalArgumentException("--plain and --early exclude each other");
+            if (plain && (early || peerPin != null)) {
+                throw new IllegalArgumentException("--plain excludes --early and --peer-pin");
             }
         } catch (IllegalArgumentException e) {
             err.println(e.getMessage());
@@ -126,7 +135,7 @@ public final class Demo {
         ConnectOptions options;
         try {
             ConnectOptions.Builder builder = new ConnectOptions.Builder().server(server).peer(peer).secret(secret)
-                    .token(token);
+                    .token(token).encrypt(encrypt).peerPin(peerPin);
             for (String pin : pins) {
                 builder.tlsPin(pin);
             }
@@ -193,7 +202,8 @@ public final class Demo {
                 c.socket.getOutputStream().write(GREETING);
             }
             String echoed = exchange(c.socket, echo, started);
-            return "connected " + c + (c.firstBytesEarly ? " (first bytes early)" : "") + echoed;
+            return "connected " + c + (c.firstBytesEarly ? " (first bytes early)" : "")
+                    + (c.encrypted ? "" : " (unencrypted)") + echoed;
         } finally {
             c.socket.close();
         }
