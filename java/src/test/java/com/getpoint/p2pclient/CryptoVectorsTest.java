@@ -7,10 +7,8 @@ import static org.junit.Assert.assertNotNull;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
-import java.io.ByteArrayOutputStream;
 import java.io.File;
 import java.io.IOException;
-import java.io.InputStream;
 import java.net.InetAddress;
 import java.net.ServerSocket;
 import java.net.Socket;
@@ -308,13 +306,5 @@ public class CryptoVectorsTest {
             b.setSoTimeout(5000);
             return new Socket[] {a, b};
         }
-    }
-
-    /** Everything from {@code in} until its end. */
-    static byte[] drain(InputStream in) throws IOException {
-        ByteArrayOutputStream out = new ByteArrayOutputStream();
-        byte[] buf = new byte[8192];
-        for (int n; (n = in.read(buf)) >= 0; ) out.write(buf, 0, n);
-        return out.toByteArray();
     }
 }

@@ -29,8 +29,11 @@ final class TestAgent {
         final Noise.Transport transport;
         /** Raw bytes after the selection: asked for and granted. */
         final boolean unencrypted;
+        /** The client pinned this agent's static key (NKpsk0). */
+        final boolean nk;
 
-        Answer(byte[] reply, int flags, byte[] early, Noise.Transport transport, boolean unencrypted) {
+        Answer(byte[] reply, int flags, byte[] early, Noise.Transport transport, boolean unencrypted, boolean nk) {
+            this.nk = nk;
             this.reply = reply;
             this.flags = flags;
             this.early = early;
@@ -79,7 +82,7 @@ final class TestAgent {
         reply[9] = (byte) msg2.length;
         System.arraycopy(msg2, 0, reply, StreamHandshake.AGENT_HEAD_LEN, msg2.length);
         byte[] early = (flags & StreamHandshake.SELECT) != 0 ? Arrays.copyOfRange(payload, 1, payload.length) : new byte[0];
-        return new Answer(reply, flags, early, hs.split(), unencrypted);
+        return new Answer(reply, flags, early, hs.split(), unencrypted, nk);
     }
 
     /** A fake agent's stream once the client selected it. */
@@ -135,13 +138,32 @@ final class TestAgent {
 
     /** {@link #accept(Socket, String)} with a PSK, a static key (NK) and whether raw bytes are allowed. */
     static Stream accept(Socket s, byte[] psk, KeyPair staticKey, boolean allowUnencrypted) throws Exception {
+        return accept(s, psk, staticKey, allowUnencrypted, null);
+    }
+
+    /** {@link #accept(Socket, byte[], KeyPair, boolean)}, running {@code answered} once message 2 is out. */
+    static Stream accept(Socket s, byte[] psk, KeyPair staticKey, boolean allowUnencrypted, Runnable answered)
+            throws Exception {
         Answer a = answer(readHello(s.getInputStream()), psk, staticKey, allowUnencrypted, null);
         s.getOutputStream().write(a.reply);
+        if (answered != null) answered.run();
         if ((a.flags & StreamHandshake.SELECT) == 0) {
             awaitSelect(s.getInputStream(), a.transport.recv);
         }
         Socket records = a.unencrypted ? s : new SecureSocket(s, a.transport, "client");
         return new Stream(s, a, records);
+    }
+
+    /** One record of {@code type} with {@code body}, sealed with {@code send}: length and ciphertext. */
+    static byte[] seal(Noise.CipherState send, int type, byte[] body) throws GeneralSecurityException {
+        byte[] plain = new byte[1 + body.length];
+        plain[0] = (byte) type;
+        System.arraycopy(body, 0, plain, 1, body.length);
+        byte[] out = new byte[2 + plain.length + Noise.TAG_LEN];
+        int n = send.encrypt(null, plain, 0, plain.length, out, 2);
+        out[0] = (byte) (n >> 8);
+        out[1] = (byte) n;
+        return out;
     }
 
     /** Reads one record and checks that it is the client's {@code select}. */
