@@ -5,6 +5,7 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.net.InetAddress;
 import java.net.Socket;
+import java.security.GeneralSecurityException;
 import java.util.List;
 import java.util.logging.Level;
 import java.util.logging.Logger;
@@ -440,12 +441,24 @@ public class P2pClient {
             why = "expected " + pin + ", but the agent registered no key (start it with --key)";
         } else {
             String got = "sha256:" + Codec.hex(Codec.sha256(key));
-            if (got.equals(pin)) {
+            if (!got.equals(pin)) {
+                why = "expected " + pin + ", got " + got;
+            } else if (!isPoint(key)) {
+                why = "the key " + pin + " is not a P-256 point";
+            } else {
                 return key;
             }
-            why = "expected " + pin + ", got " + got;
         }
         throw new P2pException(PIN_MISMATCH, "peer '" + peerId + "' did not present the pinned key: " + why);
+    }
+
+    private static boolean isPoint(byte[] key) {
+        try {
+            P256.decode(key);
+            return true;
+        } catch (GeneralSecurityException e) {
+            return false;
+        }
     }
 
     /**

@@ -581,12 +581,12 @@ final class Punch {
             throw e;
         }
         if (proven != null) {
-            Stream p = new Stream(s, target, relayed, proven);
-            if (!committed) {
-                select(p);
-                return;
-            }
             try {
+                Stream p = new Stream(s, target, relayed, proven);
+                if (!committed) {
+                    select(p);
+                    return;
+                }
                 // Committed: what did not fit into message 1 follows at once.
                 p.sendAfterSelection(inHello);
                 synchronized (lock) {

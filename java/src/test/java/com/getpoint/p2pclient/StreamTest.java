@@ -100,6 +100,25 @@ public class StreamTest {
         }
     }
 
+    /** A registered key whose fingerprint matches but which is no P-256 point is refused too. */
+    @Test
+    public void aPinnedKeyOffTheCurveIsRefused() throws Exception {
+        byte[] key = new byte[65];
+        key[0] = 4;
+        String hex = Codec.hex(key);
+        String pin = "sha256:" + Codec.hex(Codec.sha256(key));
+        Message o = Message.parse(publicOrder("192.0.2.1:5000", hex));
+        try {
+            P2pClient.pinnedKey(o, pin, "streamserver");
+            fail("accepted a key off the curve");
+        } catch (P2pException e) {
+            assertEquals(P2pClient.PIN_MISMATCH, e.getCode());
+            assertEquals("peer 'streamserver' did not present the pinned key: the key " + pin + " is not a P-256 point",
+                    e.getMessage());
+        }
+        assertEquals(null, P2pClient.pinnedKey(o, null, "streamserver"));
+    }
+
     /**
      * The order names the pinned key but whoever answers does not hold it: message 1 (NKpsk0)
      * does not decrypt there, so nothing connects.
