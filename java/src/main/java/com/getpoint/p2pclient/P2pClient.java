@@ -32,7 +32,8 @@ import java.util.logging.Logger;
  *       {@code LocalAddress}, connects it to {@code PeerAddress} at once, and its bytes reach
  *       the service, <em>unencrypted</em>: the agent accepts the first connection from the
  *       address the server saw, within 10 s, after it checked this client's signed answer to
- *       its challenge.</li>
+ *       its challenge. {@link #requestEncryptedPeerAddress} gives the same kind of pair in
+ *       front of an encrypted stream, through a forwarder on the loopback interface.</li>
  * </ul>
  *
  * <p>A client given a secret talks only to an agent that proves it: an agent registered without
@@ -294,6 +295,43 @@ public class P2pClient {
         HostTuple peer = lan.isEmpty() ? control.order.address("peer_public") : lan.get(0);
         control.abort();
         return new LocalPeerAddress(local, peer);
+    }
+
+    /**
+     * The seed's address pair in front of an <em>encrypted</em> stream: connects as
+     * {@link #connectDetailed(ConnectOptions)} does (punch mode, the stream handshake, every
+     * check of {@code connect}), then returns a pair on the loopback interface that the seed's
+     * snippet uses unchanged: bind a plain {@code Socket} to {@code LocalAddress}, connect it to
+     * {@code PeerAddress} within 10 s, and a forwarder in this client carries its bytes through
+     * the stream's records, half-close included. Only a connection from {@code LocalAddress}'s
+     * port is served; without one in time the stream is closed. When the stream fails
+     * (tampered, cut short, or the agent could not reach its service), the caller's connection
+     * is reset and the reason logged. The forwarder's two threads end with the connection.
+     *
+     * <p>Another program on the same host that connects from that port first would get the
+     * stream: a phone's other apps share its loopback interface. Where that matters, use
+     * {@link #connect} and the socket it returns.
+     *
+     * @throws IllegalArgumentException if the options carry first bytes (the caller's socket
+     *     writes them)
+     * @throws P2pException why no stream was made
+     */
+    public LocalPeerAddress requestEncryptedPeerAddress(ConnectOptions options) throws P2pException {
+        if (options.firstBytes() != null) {
+            throw new IllegalArgumentException("first bytes have no place here: the caller's socket sends them");
+        }
+        P2pConnection c = connectDetailed(options);
+        return LocalForward.start(c.socket, options.getPeer(), LocalForward.ACCEPT_TIMEOUT_MS);
+    }
+
+    /**
+     * {@link #requestEncryptedPeerAddress(ConnectOptions)} with the server as a URL.
+     *
+     * @throws P2pException why no stream was made
+     */
+    public LocalPeerAddress requestEncryptedPeerAddress(String serverUrl, String peerId, String secret)
+            throws P2pException {
+        return requestEncryptedPeerAddress(options().server(serverUrl).peer(peerId).secret(secret).build());
     }
 
     /**

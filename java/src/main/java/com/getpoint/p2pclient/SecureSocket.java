@@ -330,6 +330,19 @@ final class SecureSocket extends Socket {
         }
     }
 
+    /**
+     * Closes without the {@code close} record, with an RST: the peer sees the stream end in an
+     * error (cut short), not as a finished stream.
+     */
+    void abort() {
+        try {
+            tcp.setSoLinger(true, 0);
+        } catch (IOException ignored) {
+            // Already closed.
+        }
+        WebSocket.closeQuietly(tcp);
+    }
+
     @Override
     public void connect(SocketAddress endpoint) throws IOException {
         throw new SocketException("already connected");

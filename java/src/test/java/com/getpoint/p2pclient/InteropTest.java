@@ -2,6 +2,7 @@ package com.getpoint.p2pclient;
 
 import static org.junit.Assert.assertArrayEquals;
 import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertFalse;
 import static org.junit.Assert.assertNotNull;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
@@ -373,6 +374,16 @@ public class InteropTest {
                 SECRET), 0);
         seedSnippet(new P2pClient().getP2PLocalPeerAddress("127.0.0.1", serverPort, "getpoint", "streamserver",
                 SECRET), 1);
+    }
+
+    /** The seed's snippet in front of an encrypted stream to the Rust agent. */
+    @Test
+    public void seedSnippetThroughTheEncryptedForwarder() throws Exception {
+        P2pClient client = new P2pClient();
+        seedSnippet(client.requestEncryptedPeerAddress("http://127.0.0.1:" + serverPort, "streamserver", SECRET), 0);
+        String log = logText();
+        assertTrue("a punch-mode session\n" + log, log.contains("mode=Punch"));
+        assertFalse("no plain-mode session\n" + log, log.contains("mode=Plain"));
     }
 
     @Test

@@ -220,4 +220,92 @@ public class StreamTest {
             server.close();
         }
     }
+    /** The seed's snippet, on a pair from {@link P2pClient#requestEncryptedPeerAddress}: sends {@code data}, returns the echo. */
+    static byte[] seedSnippet(LocalPeerAddress a, byte[] data) throws Exception {
+        Socket socket = new Socket();
+        try {
+            socket.bind(new java.net.InetSocketAddress(a.LocalAddress.ip, a.LocalAddress.port));
+            socket.connect(new java.net.InetSocketAddress(a.PeerAddress.ip, a.PeerAddress.port), 5000);
+            return EarlyDataTest.finishWith(socket, data);
+        } finally {
+            socket.close();
+        }
+    }
+
+    /**
+     * The seed's snippet in front of an encrypted stream: the agent gets the bytes through the
+     * records and its echo comes back; a connection from another port is not served.
+     */
+    @Test
+    public void theSeedsSnippetThroughTheLocalForwarder() throws Exception {
+        AtomicReference<byte[]> got = new AtomicReference<byte[]>();
+        FakeControl server = new FakeControl();
+        try {
+            String agent = server.peer("agent", EarlyDataTest.echoAgent(false, got));
+            server.start(order("punch", agent));
+            LocalPeerAddress a = new P2pClient(2000, 3000).requestEncryptedPeerAddress(server.url(), "streamserver",
+                    "s3cret");
+            assertEquals("127.0.0.1", a.LocalAddress.ip);
+            assertEquals("127.0.0.1", a.PeerAddress.ip);
+            Socket stranger = new Socket("127.0.0.1", a.PeerAddress.port);
+            stranger.setSoTimeout(2000);
+            assertEquals("a stranger is closed unserved", -1, stranger.getInputStream().read());
+            stranger.close();
+            byte[] data = new byte[300000];
+            new java.util.Random(3).nextBytes(data);
+            assertArrayEquals(data, seedSnippet(a, data));
+        } finally {
+            server.close();
+        }
+        assertEquals(300000, got.get().length);
+    }
+
+    /** Nobody connects in time: the stream is closed, cleanly (its close record). */
+    @Test
+    public void theLocalForwarderClosesTheStreamWithoutACaller() throws Exception {
+        Socket[] pair = CryptoVectorsTest.socketPair();
+        try {
+            StreamHandshake hs = StreamHandshake.start(new byte[16], new byte[32], null, 0, null, 0, null);
+            TestAgent.Answer a = TestAgent.answer(hs.wire, new byte[32], null, false, null);
+            SecureSocket client = new SecureSocket(pair[0], hs.finish(new java.io.ByteArrayInputStream(a.reply)).transport,
+                    "p");
+            SecureSocket agent = new SecureSocket(pair[1], a.transport, "client");
+            long t = System.nanoTime();
+            LocalForward.start(client, "p", 300);
+            assertEquals(-1, agent.getInputStream().read());
+            long ms = (System.nanoTime() - t) / 1000000;
+            assertTrue("closed after " + ms + " ms", ms >= 250 && ms < 3000);
+        } finally {
+            pair[0].close();
+            pair[1].close();
+        }
+    }
+
+    /** The agent's refusal resets the caller's connection (the reason goes to the log). */
+    @Test
+    public void aRefusedStreamResetsTheForwardedConnection() throws Exception {
+        FakeControl server = new FakeControl();
+        try {
+            String agent = server.peer("agent", new FakeControl.Peer() {
+                @Override
+                public void serve(Socket s) throws Exception {
+                    TestAgent.Stream a = TestAgent.accept(s, "s3cret");
+                    s.getOutputStream().write(TestAgent.seal(a.answer.transport.send, SecureSocket.REFUSED,
+                            Codec.utf8("its service is down")));
+                    s.getInputStream().read();
+                }
+            });
+            server.start(order("punch", agent));
+            LocalPeerAddress a = new P2pClient(2000, 3000).requestEncryptedPeerAddress(server.url(), "streamserver",
+                    "s3cret");
+            try {
+                seedSnippet(a, Codec.utf8("x"));
+                fail("read through a refused stream");
+            } catch (java.net.SocketException reset) {
+                assertTrue(reset.getMessage(), reset.getMessage().toLowerCase(java.util.Locale.ROOT).contains("reset"));
+            }
+        } finally {
+            server.close();
+        }
+    }
 }
