@@ -3,7 +3,6 @@ package com.getpoint.p2pclient;
 import java.io.ByteArrayOutputStream;
 import java.security.GeneralSecurityException;
 import java.security.KeyPair;
-import java.security.MessageDigest;
 import java.security.PublicKey;
 import java.util.Arrays;
 import javax.crypto.AEADBadTagException;
@@ -20,7 +19,7 @@ import javax.crypto.spec.SecretKeySpec;
  * {@code Noise_NKpsk0_P256_AESGCM_SHA256} ({@code <- s} known beforehand, {@code -> psk, e, es}
  * then {@code <- e, ee}). {@code P256} is ECDH on P-256 with 65-byte uncompressed public keys
  * and the 32-byte x coordinate as the DH output. Every primitive comes from the platform
- * ({@link P256}, {@link Cipher}, {@code Mac}, {@link MessageDigest}).
+ * ({@link P256}, {@link Cipher}, {@code Mac}, {@code MessageDigest}).
  */
 final class Noise {
     /** The protocol name of a stream keyed by the PSK alone. */
@@ -157,7 +156,7 @@ final class Noise {
             this.e = ephemeral;
             byte[] name = Codec.utf8(nk ? NK : NN);
             // A name of at most HASHLEN bytes is h itself, zero-padded.
-            h = name.length <= HASH_LEN ? Arrays.copyOf(name, HASH_LEN) : sha256(name);
+            h = name.length <= HASH_LEN ? Arrays.copyOf(name, HASH_LEN) : Codec.sha256(name);
             ck = h.clone();
             mixHash(prologue);
             if (nk) {
@@ -266,7 +265,7 @@ final class Noise {
         }
 
         private void mixHash(byte[] data) {
-            h = sha256(h, data);
+            h = Codec.sha256(h, data);
         }
 
         private void mixKey(byte[] ikm) throws GeneralSecurityException {
@@ -324,18 +323,5 @@ final class Noise {
             out[i] = prev;
         }
         return out;
-    }
-
-    /** SHA-256 of the concatenated parts. */
-    static byte[] sha256(byte[]... parts) {
-        try {
-            MessageDigest md = MessageDigest.getInstance("SHA-256");
-            for (byte[] p : parts) {
-                md.update(p);
-            }
-            return md.digest();
-        } catch (GeneralSecurityException e) {
-            throw new IllegalStateException("SHA-256 is not available", e);
-        }
     }
 }

@@ -47,7 +47,7 @@ final class ServiceKeys {
      */
     static ServiceKeys of(String secret, String id) throws P2pException {
         byte[] s = Codec.utf8(secret);
-        String digest = Codec.hex(Noise.sha256(Codec.utf8(Integer.toString(s.length) + ":"), s, Codec.utf8(id)));
+        String digest = Codec.hex(Codec.sha256(Codec.utf8(Integer.toString(s.length) + ":"), s, Codec.utf8(id)));
         synchronized (CACHE) {
             ServiceKeys k = CACHE.get(digest);
             if (k != null) return k;
