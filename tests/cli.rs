@@ -532,11 +532,6 @@ async fn expose_stops_on_a_signal_while_its_server_is_unreachable() {
         std::io::Read::read_to_string(agent.stderr.as_mut().unwrap(), &mut stderr).unwrap();
         assert!(stderr.contains("retrying in"), "{stderr}");
         assert!(stderr.contains(": stopping"), "{stderr}");
-        // The service was checked at start and found down.
-        assert!(
-            stderr.contains("the service at 127.0.0.1:9 refused a test connection"),
-            "{stderr}"
-        );
     }
 }
 

@@ -344,19 +344,8 @@ pub fn echo_roundtrip(stream: TcpStream, payload: &[u8]) -> io::Result<Vec<u8>> 
 /// connection. Stopped on drop.
 struct Service {
     stop: Arc<AtomicBool>,
-    /// Connections counted so far (see [`Counting`]).
     accepted: Arc<AtomicU64>,
     handle: Option<JoinHandle<()>>,
-}
-
-/// Which connections a service counts.
-#[derive(Clone, Copy)]
-enum Counting {
-    /// Every accepted one.
-    Accepted,
-    /// Those that carried at least one byte: an agent's start-up check of its service (a
-    /// connection closed at once) is no session.
-    CarriedData,
 }
 
 impl Service {
@@ -365,7 +354,6 @@ impl Service {
         node: crate::Node,
         addr: SocketAddr,
         what: &str,
-        counting: Counting,
         serve: impl Fn(TcpStream) + Send + Sync + Clone + 'static,
     ) -> Service {
         let ns = lab.ns(node);
@@ -379,23 +367,9 @@ impl Service {
                 let Ok((conn, _)) = accept_timeout(&listener, ACCEPT_POLL) else {
                     continue;
                 };
+                ac.fetch_add(1, Ordering::SeqCst);
                 let serve = serve.clone();
-                match counting {
-                    Counting::Accepted => {
-                        ac.fetch_add(1, Ordering::SeqCst);
-                        thread::spawn(move || serve(conn));
-                    }
-                    Counting::CarriedData => {
-                        let ac = ac.clone();
-                        thread::spawn(move || {
-                            let _ = conn.set_read_timeout(Some(SERVICE_IO_TIMEOUT));
-                            if matches!(conn.peek(&mut [0u8; 1]), Ok(n) if n > 0) {
-                                ac.fetch_add(1, Ordering::SeqCst);
-                            }
-                            serve(conn)
-                        });
-                    }
-                }
+                thread::spawn(move || serve(conn));
             }
         });
         Service {
@@ -428,14 +402,7 @@ impl EchoServer {
     pub fn start(lab: &Lab, node: crate::Node, addr: SocketAddr) -> EchoServer {
         let bytes = Arc::new(AtomicU64::new(0));
         let by = bytes.clone();
-        let service = Service::start(
-            lab,
-            node,
-            addr,
-            "echo server",
-            Counting::CarriedData,
-            move |c| echo_conn(c, &by),
-        );
+        let service = Service::start(lab, node, addr, "echo server", move |c| echo_conn(c, &by));
         EchoServer {
             addr,
             bytes,
@@ -443,13 +410,12 @@ impl EchoServer {
         }
     }
 
-    /// Connections that carried data so far (one closed without a byte, such as an agent's
-    /// start-up check of its service, does not count).
+    /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.service.accepted.load(Ordering::SeqCst)
     }
 
-    /// Polls until at least `n` connections were counted or `timeout` passed; returns the
+    /// Polls until at least `n` connections were accepted or `timeout` passed; returns the
     /// count then.
     pub fn wait_connections(&self, n: u64, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
@@ -498,7 +464,7 @@ pub struct SinkServer {
 
 impl SinkServer {
     pub fn start(lab: &Lab, node: crate::Node, addr: SocketAddr) -> SinkServer {
-        let service = Service::start(lab, node, addr, "sink", Counting::Accepted, sink_conn);
+        let service = Service::start(lab, node, addr, "sink", sink_conn);
         SinkServer { addr, service }
     }
 

@@ -131,7 +131,6 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
     }
     let stop = crate::signals::shutdown_token(crate::signals::Hangup::Stops)?;
     let tasks = TaskTracker::new();
-    tasks.spawn(probe_service(args.to.clone()));
     // Start-up retries an unreachable server for as long as it takes: a stop signal ends it.
     let mut agent = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
@@ -203,17 +202,5 @@ fn check_service_address(to: &str) -> Result<()> {
         Ok(())
     } else {
         Err(bad("not an address or host name"))
-    }
-}
-
-/// Tries the service once at start: a service that is down is worth a warning now rather than
-/// at the first client (it may well start later, so this is no error).
-async fn probe_service(to: String) {
-    match tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&to)).await {
-        Ok(Ok(_)) => tracing::debug!("the service at {to} accepts connections"),
-        Ok(Err(e)) => tracing::warn!(
-            "the service at {to} refused a test connection ({e}): clients will be told so until it runs"
-        ),
-        Err(_) => tracing::warn!("the service at {to} did not accept a test connection in time"),
     }
 }
