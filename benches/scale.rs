@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use p2pnc_protocol::{
     self as protocol, AgentToServer, Auth, ConnectQuery, ErrorCode, ExposeQuery, Mode, Nonce,
-    ServerToAgent, ServerToClient, ServiceId,
+    ServerToAgent, ServerToClient, ServiceId, ServiceKeys,
 };
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -515,6 +515,31 @@ fn agent_id(i: usize) -> String {
     format!("scale-agent-{i}")
 }
 
+/// Every agent's keys (its secret is the same, its id not): derived once, before the run, on
+/// every core (each is a PBKDF2 of a few milliseconds).
+static KEYS: std::sync::OnceLock<Vec<ServiceKeys>> = std::sync::OnceLock::new();
+
+fn derive_keys(agents: usize) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut keys: Vec<Option<ServiceKeys>> = vec![None; agents];
+    std::thread::scope(|scope| {
+        for (t, chunk) in keys.chunks_mut(agents.div_ceil(threads).max(1)).enumerate() {
+            let base = t * agents.div_ceil(threads).max(1);
+            scope.spawn(move || {
+                for (j, slot) in chunk.iter_mut().enumerate() {
+                    *slot = Some(ServiceKeys::derive(SECRET, &agent_id(base + j)));
+                }
+            });
+        }
+    });
+    let _ = KEYS.set(keys.into_iter().map(|k| k.expect("derived")).collect());
+}
+
+/// The keys of agent `i`.
+fn keys(i: usize) -> &'static ServiceKeys {
+    &KEYS.get().expect("keys derived before the run")[i]
+}
+
 /// Registers agent `i` and keeps it online until `stop`.
 async fn agent(
     i: usize,
@@ -527,7 +552,7 @@ async fn agent(
     let id = agent_id(i);
     let registered = {
         let _permit = permits.acquire().await;
-        register(&id, src, server).await
+        register(i, src, server).await
     };
     let mut ws = match registered {
         Ok(ws) => {
@@ -562,10 +587,10 @@ async fn agent(
             Event::Ping => Some(Message::Ping(Default::default())),
             Event::Msg(Some(Ok(Message::Text(t)))) => match protocol::decode::<ServerToAgent>(&t) {
                 Ok(ServerToAgent::Punch(p)) => {
-                    let proven = match (p.nonce, p.proof.as_deref()) {
-                        (Some(nonce), Some(proof)) => {
-                            protocol::verify_connect_proof(SECRET, &id, &nonce, proof)
-                        }
+                    let proven = match (p.nonce, p.proof) {
+                        (Some(nonce), Some(proof)) => keys(i)
+                            .verifier()
+                            .verifies(&protocol::connect_message(&id, p.mode, &nonce), &proof),
                         _ => false,
                     };
                     if proven {
@@ -615,22 +640,34 @@ async fn agent(
 }
 
 async fn register(
-    id: &str,
+    i: usize,
     src: Ipv4Addr,
     server: SocketAddr,
 ) -> Result<WebSocketStream<TcpStream>, String> {
+    let id = agent_id(i);
     let query = ExposeQuery {
-        id: ServiceId::new(id).map_err(|e| e.to_string())?,
+        id: ServiceId::new(&id).map_err(|e| e.to_string())?,
         auth: Auth::Secret,
         // What a real agent sends: its interface address with its punch port.
         private: vec![SocketAddr::new(src.into(), 50_302)],
         probe: None,
         probe_other: None,
-        owner: Some(protocol::owner_credential(SECRET, id)),
+        verifier: Some(keys(i).verifier()),
+        key: None,
         mapped: None,
+        takeover: true,
     }
     .to_query();
     let mut ws = open_ws(src, server, protocol::EXPOSE_PATH, &query).await?;
+    let ServerToAgent::Challenge { nonce } = next_msg::<ServerToAgent>(&mut ws).await? else {
+        return Err("expected the registration challenge".into());
+    };
+    let signature = keys(i).sign(&protocol::register_message(&id, &nonce));
+    let prove = protocol::encode(&AgentToServer::Prove { signature });
+    tokio::time::timeout(STEP_TIMEOUT, ws.send(Message::Text(prove.into())))
+        .await
+        .map_err(|_| "timed out answering the challenge".to_string())?
+        .map_err(|e| e.to_string())?;
     match next_msg::<ServerToAgent>(&mut ws).await? {
         ServerToAgent::Registered { .. } => Ok(ws),
         other => Err(format!("expected 'registered', got {other:?}")),
@@ -644,10 +681,12 @@ async fn connect_once(
     server: SocketAddr,
     agents: usize,
 ) -> Result<Duration, String> {
-    let peer = agent_id(rand::random_range(0..agents));
+    let which = rand::random_range(0..agents);
+    let peer = agent_id(which);
     let nonce = Nonce::random();
+    let message = protocol::connect_message(&peer, Mode::Punch, &nonce);
     let query = ConnectQuery {
-        proof: Some(protocol::connect_proof(SECRET, &peer, &nonce)),
+        proof: Some(keys(which).sign(&message)),
         peer: ServiceId::new(&peer).map_err(|e| e.to_string())?,
         nonce,
         private: vec![],
@@ -778,6 +817,7 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
         ));
         opts.agents = fit;
     }
+    derive_keys(opts.agents);
     let sources = opts
         .sources
         .unwrap_or_else(|| (opts.agents + opts.concurrency).div_ceil(per_source))

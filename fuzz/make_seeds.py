@@ -49,22 +49,27 @@ for i, q in enumerate(V["queries"]["connect"]):
     seed("connect_query", f"vector-{i}.txt", q["query"])
 for i, q in enumerate(V["queries"]["bad"]):
     seed(f"{q['endpoint']}_query", f"bad-{i}.txt", q["query"])
-owner = V["owner_credential"][0]["owner"]
+verifier = V["keys"][0]["verifier"]
 for i, bad in enumerate(V["ids"]["invalid"]):
     encoded = "".join(c if c.isascii() and (c.isalnum() or c in "-._~") else
                       "".join(f"%{b:02X}" for b in c.encode()) for c in bad)
-    seed("expose_query", f"bad-id-{i}.txt", f"v=1&id={encoded}&auth=public")
+    seed("expose_query", f"bad-id-{i}.txt", f"v=2&id={encoded}&auth=public")
 seed("expose_query", "full.txt",
-     "v=1&id=streamserver&auth=secret&private=10.0.0.2%3A4000%2C%5Bfe80%3A%3A1%5D%3A5"
-     f"&probe={'0a' * 16}&owner={owner}&mapped=198.51.100.2%3A40000")
-proof = V["connect_proof"][0]
+     "v=2&id=streamserver&auth=secret&private=10.0.0.2%3A4000%2C%5Bfe80%3A%3A1%5D%3A5"
+     f"&probe={'0a' * 16}&verifier={verifier}&key={V['noise'][2]['agent_public']}"
+     "&mapped=198.51.100.2%3A40000&takeover=0")
+signature = V["signatures"][0]["signature"]
 seed("connect_query", "full.txt",
-     f"v=1&peer={proof['peer']}&nonce={proof['nonce']}&mode=plain&private=10.0.1.2%3A5000"
-     f"&proof={proof['proof']}&probe={'0b' * 16}")
+     "v=2&peer=streamserver&nonce=00112233445566778899aabbccddeeff&mode=plain"
+     f"&private=10.0.1.2%3A5000&proof={signature}&probe={'0b' * 16}")
+for i, m in enumerate(V["server_to_agent_only"]):
+    seed("server_msg", f"agent-only-{i}-{m['type']}.json", compact(m))
+for i, m in enumerate(V["server_to_client_only"]):
+    seed("server_msg", f"client-only-{i}-{m['type']}.json", compact(m))
 
 for i, j in enumerate(V["relay_join"]):
     seed("relay_join", f"vector-{i}-{j['role']}.txt", j["query"])
-session = V["hello"][0]["session"]
+session = V["noise"][0]["session"]
 seed("relay_join", "no-ticket.txt", f"v=1&session={session}&role=client")
 seed("relay_join", "bad-ticket.txt", f"v=1&session={session}&role=agent&ticket=zz")
 seed("relay_join", "answer-101.txt",
@@ -78,20 +83,19 @@ seed("probe_line", "dialback.txt", f"p2pnc-probe {token} dialback\n")
 seed("probe_line", "answer.txt", "198.51.100.2:40000\n")
 seed("probe_line", "answer-v6.txt", "[2001:db8::1]:40000\n")
 
-for i, h in enumerate(V["hello"]):
-    client, agent = bytes.fromhex(h["client_hello"]), bytes.fromhex(h["agent_hello"])
-    seed("hello", f"vector-{i}-client.bin", client + b"\x01")
-    seed("hello", f"vector-{i}-agent.bin", agent)
-    if i == 0:  # the keys the stream handshake target uses
-        seed("stream_handshake", "agent-reads-client-hello.bin", b"\x00" + client + b"\x01")
-        seed("stream_handshake", "agent-hello-read-first.bin", b"\x02" + client + b"\x01")
-        seed("stream_handshake", "client-reads-agent-hello.bin", b"\x01" + agent)
-        seed("stream_handshake", "agent-without-selection.bin", b"\x00" + client)
+for i, n in enumerate(V["noise"]):
+    m1, m2 = bytes.fromhex(n["message1"]), bytes.fromhex(n["message2"])
+    seed("hello", f"vector-{i}-client.bin", m1)
+    seed("hello", f"vector-{i}-agent.bin", m2)
+    if n["agent_static"] is None:  # the stream handshake target has no static key
+        records = bytes.fromhex(n["client_records"])
+        seed("stream_handshake", f"vector-{i}-agent-reads-message-1.bin", b"\x00" + m1 + records)
+        seed("stream_handshake", f"vector-{i}-client-reads-message-2.bin", b"\x01" + m2)
 
-for i, c in enumerate(V["connect_proof"]):
-    h = V["hello"][i % len(V["hello"])]
+for i, c in enumerate(V["signatures"][:4]):
     seed("credentials", f"vector-{i}.txt",
-         "\n".join([c["secret"], c["peer"], c["nonce"], c["proof"], h["session"], h["key"]]))
+         "\n".join(["streamserver", "punch", "00112233445566778899aabbccddeeff",
+                    c["signature"], c["verifier"], V["noise"][0]["session"], "a5" * 32]))
 
 for name in ["server.toml", "expose.toml"]:
     seed("config", name, (ROOT / "contrib" / name).read_text())
@@ -107,7 +111,7 @@ seed("whoami", "answer.txt",
      f"content-length: {len(body)}\r\n\r\n{body}")
 
 seed("request_head", "connect.bin",
-     b"\x07GET /v1/connect?v=1&peer=x HTTP/1.1\r\nHost: p2pnc\r\nUpgrade: websocket\r\n\r\n")
+     b"\x07GET /v1/connect?v=2&peer=x HTTP/1.1\r\nHost: p2pnc\r\nUpgrade: websocket\r\n\r\n")
 seed("request_head", "partial.bin", b"\x01GET / HTTP/1.1\r\nHost: p2pnc\r\n\r")
 
 seed("portmap", "route.txt",

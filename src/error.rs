@@ -21,6 +21,19 @@ pub enum Error {
     /// The agent requires a secret and none was given.
     #[error("peer '{0}' requires a secret (--secret)")]
     SecretRequired(String),
+    /// The peer could not prove the secret the client holds: an agent registered without it
+    /// (`--public`) under the id, or a stream handshake that never verified. Nothing was
+    /// sent to it.
+    #[error("peer '{0}' did not prove the secret: not the service you expect")]
+    NotTheService(String),
+    /// The client pins the agent's key and the agent did not present that key.
+    #[error("peer '{peer}' did not present the pinned key: {detail}")]
+    PinMismatch {
+        /// The peer id.
+        peer: String,
+        /// What was expected and what was found.
+        detail: String,
+    },
     /// Punching found no path in time.
     #[error("no direct path to '{peer}': {detail}")]
     NoDirectPath {
@@ -50,7 +63,8 @@ pub enum Error {
 impl Error {
     /// A stable machine-readable code for this error: the server's code when the server
     /// refused, otherwise one of `bad_server_url`, `server_unreachable`, `peer_offline`,
-    /// `secret_rejected`, `secret_required`, `no_direct_path`, `tls`, `protocol`, `io`.
+    /// `secret_rejected`, `secret_required`, `not_the_service`, `pin_mismatch`,
+    /// `no_direct_path`, `tls`, `protocol`, `io`.
     pub fn code(&self) -> String {
         match self {
             Error::BadServerUrl(..) => "bad_server_url".into(),
@@ -58,6 +72,8 @@ impl Error {
             Error::PeerOffline(_) => ErrorCode::PeerOffline.to_string(),
             Error::SecretRejected(_) => ErrorCode::SecretRejected.to_string(),
             Error::SecretRequired(_) => ErrorCode::SecretRequired.to_string(),
+            Error::NotTheService(_) => "not_the_service".into(),
+            Error::PinMismatch { .. } => "pin_mismatch".into(),
             Error::NoDirectPath { .. } => ErrorCode::NoDirectPath.to_string(),
             Error::Busy(_) => ErrorCode::Busy.to_string(),
             Error::Refused(code, _) => code.to_string(),

@@ -6,24 +6,33 @@ use tokio::time::Instant;
 
 pub use crate::peer::control::server_error;
 pub use crate::peer::portmap::{is_pcp_announce_reply, parse_default_gateway};
-pub use crate::peer::punch::{HandshakeError, Proof, PunchOptions, read_hello};
+pub use crate::peer::punch::{HandshakeError, PunchOptions, read_head};
 pub use crate::server::limits::head_progress;
 pub use crate::server::metrics::{Metrics, Outcome};
 
-use crate::peer::punch::{self, ByFamily, Endpoint, PunchPlan};
-use crate::protocol::{HELLO_LEN, PunchOrder, Role};
+use crate::peer::punch::{self, ByFamily, Endpoint, Proof, PunchPlan, StreamKeys, StreamSettings};
+use crate::protocol::{PunchOrder, Role, ServiceKeys, SessionId};
 use crate::{EarlyData, ServerUrl};
 
-/// The stream handshake of a punch: writes our hello, reads and checks the peer's (unless
-/// `peer_hello` was read already), and as the agent the selection byte. True when the stream
-/// is proven.
+/// The stream handshake of a punch as `role` in `session` keyed with `psk`: the client's
+/// message 1 out and the agent's message 2 in, or as the agent message 1 in, message 2 out and
+/// the client's selection. Ok when the stream is proven.
 pub async fn handshake(
     stream: TcpStream,
-    peer_hello: Option<[u8; HELLO_LEN]>,
-    proof: Proof,
+    role: Role,
+    session: SessionId,
+    psk: [u8; 32],
     deadline: Instant,
 ) -> Result<(), HandshakeError> {
-    punch::handshake(stream, peer_hello, proof, deadline, None)
+    let keys = StreamKeys {
+        role,
+        session,
+        psk,
+        pin: None,
+        static_key: None,
+        unencrypted: false,
+    };
+    punch::handshake(stream, None, Proof::Noise(Box::new(keys)), deadline, None)
         .await
         .map(|_| ())
 }
@@ -40,10 +49,14 @@ pub fn plan(order: &PunchOrder, role: Role, options: &PunchOptions) -> Plan {
         server: ServerUrl::parse("http://203.0.113.10:50300").expect("a URL"),
         server_addr: "203.0.113.10:50300".parse().expect("an address"),
     };
+    let stream = StreamSettings {
+        keys: Some(ServiceKeys::derive("pw", "svc")),
+        ..Default::default()
+    };
     Plan(punch::plan(
         order,
         role,
-        Some("pw"),
+        &stream,
         &at,
         options,
         Some(EarlyData::new()),

@@ -3,7 +3,7 @@
 //!
 //! - [`server::run`] serves the rendezvous protocol.
 //! - [`Agent`] registers an id next to a service and yields each client's proven stream.
-//! - [`connect`] reaches an agent by id and returns a direct [`tokio::net::TcpStream`].
+//! - [`connect`] reaches an agent by id and returns a direct, encrypted [`PeerStream`].
 //! - [`nat_check`] reports what this host's NAT does.
 //! - [`defaults`] holds every default, shared with the command line.
 //!
@@ -18,6 +18,7 @@ pub struct ReadmeDoctests;
 mod error;
 mod net;
 mod peer;
+mod replay;
 
 pub mod defaults;
 #[doc(hidden)]
@@ -39,6 +40,7 @@ pub use peer::natcheck::{NatReport, nat_check};
 pub use peer::portmap::Survey as PortMappingSurvey;
 pub use peer::punch::{EarlyData, PunchOptions, PunchTtl};
 pub use peer::session::{ConnectionInfo, Path};
+pub use peer::stream::{PeerStream, RecordError};
 pub use tls::Trust;
 
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -9,14 +9,13 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{Echo, TestServer, expose};
-use futures_util::{SinkExt, StreamExt};
+use common::{Echo, TestServer, Ws, expose, ip, next_json, tcp_from, ws_from};
+use futures_util::SinkExt;
 use p2pnc::ConnectOptions;
 use p2pnc::protocol::{self, RelayTicket, Role, SessionId};
 use p2pnc::server::{RelayConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(10);
@@ -24,59 +23,11 @@ const T: Duration = Duration::from_secs(10);
 /// milliseconds unloaded; a second leaves room for a loaded test machine.
 const NORMAL: Duration = Duration::from_secs(1);
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// A TCP connection to `to` from the address `from` (any port).
-async fn tcp_from(from: IpAddr, to: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(from, 0)).unwrap();
-    tokio::time::timeout(T, socket.connect(to))
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-type Ws = WebSocketStream<TcpStream>;
-
-/// A control WebSocket to `server` at `path_query`, from the address `from`; the refusal's
-/// status and body when the server answers without upgrading.
-async fn ws_from(from: IpAddr, server: SocketAddr, path_query: &str) -> Result<Ws, (u16, String)> {
-    let tcp = tcp_from(from, server).await;
-    let url = format!("ws://{server}{path_query}");
-    match tokio::time::timeout(T, tokio_tungstenite::client_async(url, tcp))
-        .await
-        .unwrap()
-    {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp.body().as_deref().unwrap_or_default();
-            Err((resp.status().as_u16(), String::from_utf8_lossy(body).into()))
-        }
-        Err(e) => panic!("{path_query}: {e}"),
-    }
-}
-
-/// The next JSON message on `ws`.
-async fn next_json(ws: &mut Ws) -> serde_json::Value {
-    loop {
-        let msg = tokio::time::timeout(T, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("the socket is open")
-            .unwrap();
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
-
 /// A connect request for `peer` (a public agent), from `from`, with the probe token `probe`.
 fn connect_query(peer: &str, probe: Option<&protocol::ProbeToken>) -> String {
     let nonce = protocol::Nonce::random();
     let probe = probe.map(|p| format!("&probe={p}")).unwrap_or_default();
-    format!("/v1/connect?v=1&peer={peer}&nonce={nonce}{probe}")
+    format!("/v1/connect?v=2&peer={peer}&nonce={nonce}{probe}")
 }
 
 /// Sends a NAT probe with `token` to the probe port from `from`; returns the answer line.
@@ -227,7 +178,7 @@ fn relay_server(relay: RelayConfig) -> ServerConfig {
 async fn a_relay_join_without_its_own_ticket_is_refused() {
     let server = TestServer::with_config(relay_server(RelayConfig::default())).await;
     let (attacker, honest) = (ip("127.0.0.66"), ip("127.0.0.1"));
-    let mut agent = ws_from(honest, server.addr, "/v1/expose?v=1&id=svc&auth=public")
+    let mut agent = ws_from(honest, server.addr, "/v1/expose?v=2&id=svc&auth=public")
         .await
         .unwrap();
     assert_eq!(next_json(&mut agent).await["type"], "registered");
@@ -290,7 +241,7 @@ async fn one_address_cannot_hold_the_relay_nor_keep_a_pipe_forever() {
     };
     let server = TestServer::with_config(relay_server(relay)).await;
     let (attacker, honest) = (ip("127.0.0.66"), ip("127.0.0.1"));
-    let mut bait = ws_from(attacker, server.addr, "/v1/expose?v=1&id=bait&auth=public")
+    let mut bait = ws_from(attacker, server.addr, "/v1/expose?v=2&id=bait&auth=public")
         .await
         .unwrap();
     assert_eq!(next_json(&mut bait).await["type"], "registered");
@@ -320,7 +271,7 @@ async fn one_address_cannot_hold_the_relay_nor_keep_a_pipe_forever() {
     );
 
     // Meanwhile an honest pair from another address gets a slot.
-    let mut svc = ws_from(honest, server.addr, "/v1/expose?v=1&id=svc&auth=public")
+    let mut svc = ws_from(honest, server.addr, "/v1/expose?v=2&id=svc&auth=public")
         .await
         .unwrap();
     assert_eq!(next_json(&mut svc).await["type"], "registered");
@@ -481,7 +432,7 @@ async fn a_client_whose_address_holds_all_its_connections_is_told_the_limit() {
     let other = ws_from(
         ip("127.0.0.2"),
         server.addr,
-        "/v1/expose?v=1&id=b&auth=public",
+        "/v1/expose?v=2&id=b&auth=public",
     )
     .await;
     assert!(other.is_ok());
@@ -531,9 +482,12 @@ async fn one_address_cannot_break_nat_detection_for_others() {
     control.bind(local).unwrap();
     let tcp = control.connect(server.addr).await.unwrap();
     let nonce = protocol::Nonce::random();
-    let proof = protocol::connect_proof("pw", "svc", &nonce);
+    let message = protocol::connect_message("svc", protocol::Mode::Punch, &nonce);
+    let proof = protocol::ServiceKeys::derive("pw", "svc")
+        .sign(&message)
+        .to_hex();
     let url = format!(
-        "ws://{}/v1/connect?v=1&peer=svc&nonce={nonce}&proof={proof}&probe={token}",
+        "ws://{}/v1/connect?v=2&peer=svc&nonce={nonce}&proof={proof}&probe={token}",
         server.addr
     );
     let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
@@ -591,7 +545,7 @@ async fn private_candidates_outside_private_ranges_are_never_forwarded() {
     let mut agent = ws_from(
         from,
         server.addr,
-        &format!("/v1/expose?v=1&id=evil&auth=public&private={private}"),
+        &format!("/v1/expose?v=2&id=evil&auth=public&private={private}"),
     )
     .await
     .unwrap();
@@ -641,7 +595,7 @@ async fn outcome_reports_that_lie_are_refused_and_touch_no_metric() {
     let server = TestServer::with_admin(Default::default()).await;
     let admin = server.admin.unwrap();
     let from = ip("127.0.0.1");
-    let mut agent = ws_from(from, server.addr, "/v1/expose?v=1&id=svc&auth=public")
+    let mut agent = ws_from(from, server.addr, "/v1/expose?v=2&id=svc&auth=public")
         .await
         .unwrap();
     assert_eq!(next_json(&mut agent).await["type"], "registered");
@@ -685,7 +639,7 @@ async fn look_alike_ids_with_invisible_characters_are_refused() {
             .expect_err("refused by the library");
         assert_eq!(err.code(), "bad_request", "{look_alike:?}");
         let q = format!(
-            "/v1/expose?v=1&id={}&auth=public",
+            "/v1/expose?v=2&id={}&auth=public",
             protocol::percent_encode(look_alike)
         );
         let refused = ws_from(ip("127.0.0.1"), server.addr, &q)

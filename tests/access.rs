@@ -59,13 +59,26 @@ async fn a_server_token_is_required_from_agents_and_clients() {
     serving.abort();
 }
 
+/// When the server registered `id` (its status page's `since_unix_ms`).
+async fn registered_at(admin: std::net::SocketAddr, id: &str) -> Option<u64> {
+    let status: serde_json::Value =
+        serde_json::from_str(&common::http_get(admin, "/status.json").await.1).unwrap();
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .and_then(|s| s["since_unix_ms"].as_u64())
+}
+
 #[tokio::test]
 async fn an_id_belongs_to_its_owner_who_may_restart_but_nobody_else_may_take_it() {
-    let server = TestServer::with_config(ServerConfig {
+    let server = TestServer::with_admin(ServerConfig {
         id_grace: Duration::from_millis(800),
         ..Default::default()
     })
     .await;
+    let admin = server.admin.unwrap();
     let echo = Echo::start().await;
     let (_, first) = expose(&server.url, "cam", Some("owner-secret"), echo.addr).await;
 
@@ -84,14 +97,36 @@ async fn an_id_belongs_to_its_owner_who_may_restart_but_nobody_else_may_take_it(
         .await
         .unwrap()
         .unwrap();
-    // The replaced instance stops instead of taking the id back.
-    tokio::time::timeout(T, first)
+    // The replaced instance neither stops nor takes the id back: it waits as a standby.
+    let held_since = registered_at(admin, "cam").await.expect("online");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        registered_at(admin, "cam").await,
+        Some(held_since),
+        "no ping-pong"
+    );
+    assert!(!first.is_finished(), "the replaced agent keeps waiting");
+
+    // The instance in charge goes away: the standby takes the id over within seconds.
+    second.abort();
+    let deadline = tokio::time::Instant::now() + T;
+    while registered_at(admin, "cam")
         .await
-        .expect("the replaced agent stops")
+        .is_none_or(|t| t == held_since)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the standby took over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::timeout(T, p2pnc::connect(&opts))
+        .await
+        .unwrap()
         .unwrap();
 
     // The owner goes away: its id stays reserved for the grace period, then is free.
-    second.abort();
+    first.abort();
     wait_peer_status(server.addr, "cam", 404).await;
     let err = Agent::start(thief.clone()).await.err().unwrap().to_string();
     assert!(err.contains("reserved"), "{err}");

@@ -45,7 +45,11 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
     // A client's report is free text: the page must show it, not run it.
     report_failure(&server, "cam-1", "pw", "<script>alert(1)</script> & co").await;
 
-    let metrics = eventually(admin, "/metrics", "outcome=\"failed\"").await;
+    // A wrong secret is refused by the server before any session exists: it counts as a
+    // refused request, never as a connect attempt (whose success rate is the NATs').
+    eventually(admin, "/metrics", "outcome=\"failed\"").await;
+    let metrics = eventually(admin, "/metrics", "reason=\"secret_rejected\"} 1").await;
+    assert!(!metrics.contains("outcome=\"rejected\""), "{metrics}");
     assert!(metrics.contains("p2pnc_agents_online 1"), "{metrics}");
     assert!(
         metrics.contains("p2pnc_connect_attempts_total{outcome=\"direct\",strategy=\"simultaneous\",client_mapping=\"endpoint-independent\",agent_mapping=\"endpoint-independent\"} 1"),
@@ -67,9 +71,10 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
         .iter()
         .map(|r| r["outcome"].as_str().unwrap())
         .collect();
-    assert!(
-        outcomes.contains(&"direct") && outcomes.contains(&"rejected"),
-        "{outcomes:?}"
+    assert_eq!(
+        outcomes,
+        ["failed", "direct"],
+        "only the connects that reached the punch, newest first"
     );
 
     let (status, page) = http_get(admin, "/").await;
@@ -81,7 +86,7 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
     );
     assert!(!page.contains("<script>alert"), "{page}");
     assert!(page.contains("<table id=\"sessions\">"), "{page}");
-    assert!(page.contains("secret rejected"), "{page}");
+    assert!(page.contains("secret_rejected"), "{page}");
     assert!(!page.contains("src=\"http"), "no external assets");
     // The control port does not serve the admin pages.
     assert_ne!(http_get(server.addr, "/metrics").await.0, 200);
@@ -90,12 +95,14 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
 /// Asks for `peer` as a client that proves `secret`, and reports a failure for `reason`.
 async fn report_failure(server: &TestServer, peer: &str, secret: &str, reason: &str) {
     use futures_util::{SinkExt, StreamExt};
+    use p2pnc::protocol::{Mode, Nonce, ServiceKeys, connect_message};
     use tokio_tungstenite::tungstenite::Message;
-    let nonce = p2pnc::protocol::Nonce::random();
-    let proof = p2pnc::protocol::connect_proof(secret, peer, &nonce);
+    let nonce = Nonce::random();
+    let proof = ServiceKeys::derive(secret, peer).sign(&connect_message(peer, Mode::Punch, &nonce));
     let url = format!(
-        "ws://{}/v1/connect?v=1&peer={peer}&nonce={nonce}&proof={proof}",
-        server.addr
+        "ws://{}/v1/connect?v=2&peer={peer}&nonce={nonce}&proof={}",
+        server.addr,
+        proof.to_hex()
     );
     let (mut ws, _) = tokio::time::timeout(T, tokio_tungstenite::connect_async(url))
         .await

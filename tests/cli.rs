@@ -504,6 +504,60 @@ async fn stop_signals_end_expose_cleanly_and_sighup_reloads_the_server_instead()
     assert!(exited(&mut server.0).await.success());
 }
 
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn expose_stops_on_a_signal_while_its_server_is_unreachable() {
+    // A server that is not there: start-up retries it with backoff until stopped.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut agent = Command::new(BIN)
+            .args(["expose", "--server", &format!("http://{nowhere}")])
+            .args(["--id", "svc", "--public", "--to", "127.0.0.1:9"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Let it reach its retries.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(agent.try_wait().unwrap().is_none(), "still retrying");
+        let asked = Instant::now();
+        signal(&agent, sig);
+        let status = exited(&mut agent).await;
+        assert!(status.success(), "signal {sig}: {status}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(agent.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("retrying in"), "{stderr}");
+        assert!(stderr.contains(": stopping"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_bad_service_address_is_refused_before_registering() {
+    for (to, why) in [
+        ("notanaddr", "no port"),
+        ("127.0.0.1:http", "not a port number"),
+        ("127.0.0.1:0", "not a port number"),
+        ("bad host:80", "not an address or host name"),
+        ("::1:80", "not an address or host name"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["expose", "--server", "http://127.0.0.1:9", "--id", "svc"])
+            .args(["--public", "--to", to])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{to}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.trim_end(),
+            format!("error: --to {to}: {why} (expected HOST:PORT, e.g. 127.0.0.1:8080)"),
+        );
+    }
+}
+
 #[test]
 fn log_file_takes_the_log_instead_of_stderr() {
     let log = std::env::temp_dir().join(format!("p2pnc-cli-log-{}.log", std::process::id()));

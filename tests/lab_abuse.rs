@@ -68,7 +68,7 @@ fn faked_request(from: Ipv4Addr, peer: &str) -> Result<(serde_json::Value, Ws), 
     let tcp = tcp_from(from, control).map_err(|e| format!("control: {e}"))?;
     tcp.set_read_timeout(Some(T)).map_err(|e| e.to_string())?;
     let nonce = protocol::Nonce::random();
-    let url = format!("ws://{control}/v1/connect?v=1&peer={peer}&nonce={nonce}&probe={token}");
+    let url = format!("ws://{control}/v1/connect?v=2&peer={peer}&nonce={nonce}&probe={token}");
     let (mut ws, _) = tungstenite::client(url, tcp).map_err(|e| format!("upgrade: {e}"))?;
     loop {
         match ws.read().map_err(|e| format!("read: {e}"))? {

@@ -877,7 +877,7 @@ fn hostile_requests() -> Vec<(&'static str, Vec<u8>)> {
     }
     many_headers.extend_from_slice(b"\r\n");
     let huge_query = format!(
-        "GET /v1/connect?v=1&peer=svc&nonce=00112233445566778899aabbccddeeff&pad={} \
+        "GET /v1/connect?v=2&peer=svc&nonce=00112233445566778899aabbccddeeff&pad={} \
          HTTP/1.1\r\nHost: x\r\n\r\n",
         "a".repeat(1 << 20)
     )
@@ -924,7 +924,7 @@ fn oversized_ws(id: &str, frames: &[u8]) -> Result<Duration, String> {
     s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
     write!(
         s,
-        "GET /v1/expose?v=1&id={id}&auth=public HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
+        "GET /v1/expose?v=2&id={id}&auth=public HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         rdv_control()

@@ -1,7 +1,9 @@
 //! The Java client (java/) in the NAT lab (crates/natlab): `p2pnc server` on the
 //! rendezvous host, `p2pnc expose` next to an echo service on site B's host, and the Java
 //! `Demo` on site A's host, through the seed's API (`--plain`: `getP2PLocalPeerAddress`, then a
-//! plain socket bound to LocalAddress) and through the one-call `connectDetailed`. Each run
+//! plain socket bound to LocalAddress), through the same snippet on the pair of
+//! `requestEncryptedPeerAddress` (`--forward`: an encrypted stream behind a loopback
+//! forwarder) and through the one-call `connectDetailed`. Each run
 //! echoes 1 MiB; it counts only if the demo succeeds and reports the expected path and address,
 //! the echo is exact with nothing more (the demo half-closes and reads to the end), and the
 //! rendezvous host's interface moved far less than the payload (far more, for the relay).
@@ -66,6 +68,8 @@ fn java_classes() -> &'static (PathBuf, PathBuf) {
 enum Expect {
     /// `--plain`: the seed's API; the peer address must be B's public IP.
     Plain,
+    /// `--forward`: the seed's snippet on the encrypted forwarder's loopback pair.
+    Forwarded,
     /// One call, a direct stream to B's public IP.
     Direct,
     /// One call, through the server's relay.
@@ -202,6 +206,13 @@ fn demo(
         Expect::Plain => {
             args.push("--plain");
             ("seed API (--plain)", format!("-> peer {b}:"))
+        }
+        Expect::Forwarded => {
+            args.push("--forward");
+            (
+                "seed API (--forward)",
+                "forwarded: local 127.0.0.1:".to_string(),
+            )
         }
         Expect::Direct => ("one-call API", format!("connected direct via {b}:")),
         Expect::Relayed => ("one-call API", format!("connected relayed via {server} ")),
@@ -342,7 +353,7 @@ fn java_through_restricted_drop_routers() {
             relay: false,
             tls: false,
         },
-        &[Expect::Plain, Expect::Direct],
+        &[Expect::Plain, Expect::Forwarded, Expect::Direct],
     );
 }
 

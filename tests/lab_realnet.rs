@@ -220,14 +220,19 @@ fn a_symmetric_cgn_in_front_of_the_clients_home_router_is_punched_by_birthday() 
     let results = (0..3)
         .map(|i| session(&lab, &url, Node::Host(Site::A), &svc, want, i))
         .collect();
+    let mut ms = Vec::new();
     for c in all_ok(results) {
         assert_eq!(c.strategy, "birthday_hard");
-        assert!(
-            c.ms < GRACE_MS,
-            "{} ms: the hard side's SYNs opened nothing",
-            c.ms
-        );
+        ms.push(c.ms);
     }
+    // A birthday punch is a race of random ports: one in a few takes an extra round of SYNs
+    // (up to about the grace itself). Low-TTL SYNs that opened nothing would make every one
+    // wait out the grace, the median too.
+    ms.sort_unstable();
+    assert!(
+        ms[1] < GRACE_MS,
+        "{ms:?} ms: the hard side's SYNs opened nothing"
+    );
 }
 
 #[natlab::lab_test]

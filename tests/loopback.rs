@@ -5,27 +5,11 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Echo, TestServer, expose, http_get, wait_peer_status};
+use common::{Echo, TestServer, echo_roundtrip, expose, http_get, wait_peer_status};
 use p2pnc::{ConnectOptions, Error, Path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
-
-async fn echo_roundtrip(stream: &mut tokio::net::TcpStream, len: usize) {
-    let payload: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
-    let (mut r, mut w) = stream.split();
-    let send = async {
-        w.write_all(&payload).await.unwrap();
-        w.shutdown().await.unwrap();
-    };
-    let mut back = Vec::new();
-    let recv = async { r.read_to_end(&mut back).await.unwrap() };
-    tokio::time::timeout(T, async { tokio::join!(send, recv) })
-        .await
-        .expect("echo in time");
-    assert_eq!(back.len(), payload.len());
-    assert!(back == payload, "echo differs");
-}
 
 #[tokio::test]
 async fn connect_reaches_the_service_byte_exact_with_half_close() {
@@ -69,18 +53,23 @@ async fn wrong_or_missing_secret_is_refused_fast_and_nothing_reaches_the_service
 }
 
 #[tokio::test]
-async fn public_service_needs_no_secret_and_ignores_one() {
+async fn public_service_needs_no_secret_and_a_client_with_one_refuses_it() {
     let server = TestServer::start().await;
     let echo = Echo::start().await;
     let _agent = expose(&server.url, "open", None, echo.addr).await;
-    for secret in [None, Some("anything")] {
-        let opts = ConnectOptions::new(&server.url, "open", secret).unwrap();
-        let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts))
-            .await
-            .unwrap()
-            .unwrap();
-        echo_roundtrip(&mut conn.stream, 1000).await;
-    }
+    let opts = ConnectOptions::new(&server.url, "open", None).unwrap();
+    let mut conn = tokio::time::timeout(T, p2pnc::connect(&opts))
+        .await
+        .unwrap()
+        .unwrap();
+    echo_roundtrip(&mut conn.stream, 1000).await;
+    // A client given a secret expects a service that proves it: a public one cannot.
+    let opts = ConnectOptions::new(&server.url, "open", Some("anything")).unwrap();
+    let err = tokio::time::timeout(T, p2pnc::connect(&opts))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::NotTheService(_)), "{err}");
 }
 
 #[tokio::test]
@@ -236,13 +225,13 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
     let server = TestServer::with_config(config).await;
     let base = format!("ws://{}", server.addr);
     let (mut agent, _) =
-        tokio_tungstenite::connect_async(format!("{base}/v1/expose?v=1&id=r&auth=public"))
+        tokio_tungstenite::connect_async(format!("{base}/v1/expose?v=2&id=r&auth=public"))
             .await
             .unwrap();
     assert_eq!(next_json(&mut agent).await["type"], "registered");
     let nonce = "00112233445566778899aabbccddeeff";
     let (mut client, _) =
-        tokio_tungstenite::connect_async(format!("{base}/v1/connect?v=1&peer=r&nonce={nonce}"))
+        tokio_tungstenite::connect_async(format!("{base}/v1/connect?v=2&peer=r&nonce={nonce}"))
             .await
             .unwrap();
     let order = next_json(&mut client).await;

@@ -6,9 +6,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use p2pnc::ServerUrl;
 use p2pnc_protocol::{
     self as protocol, AgentToServer, Auth, ClientToServer, ConnectQuery, ErrorBody, ErrorCode,
-    ExposeQuery, HELLO_LEN, MAX_PRIVATE_CANDIDATES, Mapping, Mode, Nonce, ProbeToken, PunchOrder,
-    RelayTicket, Role, ServerToAgent, ServerToClient, ServiceId, SessionId, SessionKey,
-    SessionKeys, SessionRef,
+    ExposeQuery, MAX_PRIVATE_CANDIDATES, Mapping, Mode, Nonce, ProbeToken, PunchOrder, RelayTicket,
+    Role, ServerToAgent, ServerToClient, ServiceId, ServiceKeys, SessionId, SessionKey, SessionRef,
+    Signature, Verifier,
 };
 use proptest::prelude::*;
 
@@ -19,10 +19,6 @@ fn addr() -> impl Strategy<Value = SocketAddr> {
         (any::<[u8; 16]>(), any::<u16>())
             .prop_map(|(ip, port)| SocketAddr::new(Ipv6Addr::from(ip).into(), port)),
     ]
-}
-
-fn hex_of(bytes: usize) -> impl Strategy<Value = String> {
-    proptest::collection::vec(any::<u8>(), bytes).prop_map(hex::encode)
 }
 
 /// Any text, short enough that every message stays under the size cap.
@@ -140,7 +136,7 @@ fn punch() -> impl Strategy<Value = PunchOrder> {
     );
     let extras = (
         proptest::option::of(nonce()),
-        proptest::option::of(hex_of(32)),
+        proptest::option::of(any::<[u8; 64]>().prop_map(Signature::from_bytes)),
         strategy(),
         mapping(),
         mapping(),
@@ -183,6 +179,7 @@ fn punch() -> impl Strategy<Value = PunchOrder> {
             peer_mapped,
             peer_public6,
             you6,
+            peer_key: None,
         },
     )
 }
@@ -252,19 +249,23 @@ fn expose_query() -> impl Strategy<Value = ExposeQuery> {
         auth(),
         proptest::collection::vec(addr(), 0..=MAX_PRIVATE_CANDIDATES),
         proptest::option::of(probe_token()),
-        proptest::option::of(hex_of(32)),
         proptest::option::of(addr()),
+        any::<bool>(),
         proptest::option::of(probe_token()),
     )
         .prop_map(
-            |(id, auth, private, probe, owner, mapped, probe_other)| ExposeQuery {
+            |(id, auth, private, probe, mapped, takeover, probe_other)| ExposeQuery {
+                // A secret agent names its verifier (one valid point: deriving one per case
+                // would cost a PBKDF2 each); a public one none.
+                verifier: (auth == Auth::Secret).then(verifier),
+                key: None,
                 id,
                 auth,
                 private,
                 probe,
                 probe_other,
-                owner,
                 mapped,
+                takeover,
             },
         )
 }
@@ -273,7 +274,7 @@ fn connect_query() -> impl Strategy<Value = ConnectQuery> {
     (
         service_id(),
         nonce(),
-        proptest::option::of(hex_of(32)),
+        proptest::option::of(any::<[u8; 64]>().prop_map(Signature::from_bytes)),
         proptest::collection::vec(addr(), 0..=MAX_PRIVATE_CANDIDATES),
         mode(),
         proptest::option::of(probe_token()),
@@ -301,6 +302,20 @@ fn host() -> impl Strategy<Value = String> {
 }
 
 /// `bytes` with bit `bit` (counted over the whole slice) flipped.
+/// One valid verifier, derived once.
+fn verifier() -> Verifier {
+    static V: std::sync::LazyLock<Verifier> =
+        std::sync::LazyLock::new(|| ServiceKeys::derive("pw", "svc").verifier());
+    *V
+}
+
+/// The keys of one secret, derived once (a PBKDF2 per case would make these tests slow).
+fn service_keys() -> &'static ServiceKeys {
+    static K: std::sync::LazyLock<ServiceKeys> =
+        std::sync::LazyLock::new(|| ServiceKeys::derive("s3cret", "svc"));
+    &K
+}
+
 fn flipped(bytes: &[u8], bit: usize) -> Vec<u8> {
     let mut out = bytes.to_vec();
     out[bit / 8] ^= 1 << (bit % 8);
@@ -359,73 +374,65 @@ proptest! {
     }
 
     #[test]
-    fn hellos_verify_and_refuse_any_flipped_bit(
+    fn stream_handshakes_verify_and_refuse_any_flipped_bit(
         session in any::<[u8; 16]>(),
         key in any::<[u8; 32]>(),
-        secret in proptest::option::of(text()),
-        bit in 0..HELLO_LEN * 8,
+        early in proptest::collection::vec(any::<u8>(), 0..64),
+        bit in any::<prop::sample::Index>(),
     ) {
-        let derive = || {
-            let (session, key) = (SessionId::from_bytes(session), SessionKey::from_bytes(key));
-            SessionKeys::derive(session, &key, secret.as_deref())
+        use protocol::{
+            AGENT_HEAD_LEN, CLIENT_HEAD_LEN, ClientHandshake, ClientHead, Flags, agent_reply,
         };
-        let (ours, theirs) = (derive(), derive());
-        for role in [Role::Client, Role::Agent] {
-            let hello = ours.hello(role);
-            prop_assert!(theirs.verify_hello(role, &hello));
-            prop_assert!(!theirs.verify_hello(role.peer(), &hello), "the role is bound");
-            let bad: [u8; HELLO_LEN] = flipped(&hello, bit).try_into().unwrap();
-            prop_assert!(!theirs.verify_hello(role, &bad), "bit {} flipped", bit);
-        }
+        let (session, key) = (SessionId::from_bytes(session), SessionKey::from_bytes(key));
+        let psk = service_keys().psk(&session, &key);
+        let flags = Flags { select: true, unencrypted: false };
+        let (hs, wire) = ClientHandshake::start(&session, &psk, None, flags, &early).unwrap();
+        let head = ClientHead::parse(wire[..CLIENT_HEAD_LEN].try_into().unwrap()).unwrap();
+        let msg1 = &wire[CLIENT_HEAD_LEN..];
+        let reply = agent_reply(&head, msg1, &psk, None, false).unwrap();
+        prop_assert_eq!(&reply.early, &early);
+        // Any flipped bit of message 1 is refused by the agent...
+        let bad1 = flipped(msg1, bit.index(msg1.len() * 8));
+        prop_assert!(agent_reply(&head, &bad1, &psk, None, false).is_err());
+        // ...and of message 2 by the client.
+        let msg2 = &reply.reply[AGENT_HEAD_LEN..];
+        let bad2 = flipped(msg2, bit.index(msg2.len() * 8));
+        let (hs2, _) = ClientHandshake::start(&session, &psk, None, flags, &early).unwrap();
+        prop_assert!(hs2.finish(&bad2).is_err());
+        prop_assert!(hs.finish(msg2).is_ok());
+        // Another session key: another PSK, nothing verifies.
+        let other = service_keys().psk(&session, &SessionKey::from_bytes([0; 32]));
+        prop_assume!(other != psk);
+        prop_assert!(agent_reply(&head, msg1, &other, None, false).is_err());
     }
 
     #[test]
     fn connect_proofs_verify_and_refuse_any_flipped_bit(
-        secret in text(),
         peer in id(),
         nonce in nonce(),
-        bit in 0..256usize,
+        plain in any::<bool>(),
+        bit in 0..512usize,
     ) {
-        let proof = protocol::connect_proof(&secret, &peer, &nonce);
-        prop_assert!(protocol::verify_connect_proof(&secret, &peer, &nonce, &proof));
-        prop_assert!(protocol::verify_connect_proof(
-            &secret, &peer, &nonce, &proof.to_ascii_uppercase()
-        ));
-        let bytes = hex::decode(&proof).unwrap();
-        let bad = hex::encode(flipped(&bytes, bit));
-        prop_assert!(!protocol::verify_connect_proof(&secret, &peer, &nonce, &bad));
-        let other = format!("{secret}.");
-        prop_assert!(!protocol::verify_connect_proof(&other, &peer, &nonce, &proof));
-    }
-
-    /// The owner credential is carried unchanged by the expose query, and a secret or id that
-    /// differs in one bit gives another credential.
-    #[test]
-    fn owner_credentials_round_trip_and_change_with_any_bit(
-        secret in "[ -~]{1,24}",
-        id in "[0-9A-Za-z][0-9A-Za-z._~-]{0,23}",
-        byte in any::<prop::sample::Index>(),
-        bit in 0..7usize,
-    ) {
-        let owner = protocol::owner_credential(&secret, &id);
-        prop_assert_eq!(owner.len(), 64);
-        let q = ExposeQuery {
-            id: ServiceId::new(&id).unwrap(),
-            auth: Auth::Secret,
+        let mode = if plain { Mode::Plain } else { Mode::Punch };
+        let keys = service_keys();
+        let message = protocol::connect_message(&peer, mode, &nonce);
+        let proof = keys.sign(&message);
+        prop_assert!(keys.verifier().verifies(&message, &proof));
+        let bad = Signature::from_bytes(flipped(proof.as_bytes(), bit).try_into().unwrap());
+        prop_assert!(!keys.verifier().verifies(&message, &bad));
+        let other_mode = if plain { Mode::Punch } else { Mode::Plain };
+        let other = protocol::connect_message(&peer, other_mode, &nonce);
+        prop_assert!(!keys.verifier().verifies(&other, &proof), "the mode is bound");
+        let q = ConnectQuery {
+            peer: ServiceId::new(&peer).unwrap(),
+            nonce,
+            proof: Some(proof),
             private: vec![],
+            mode,
             probe: None,
             probe_other: None,
-            owner: Some(owner.clone()),
-            mapped: None,
         };
-        prop_assert_eq!(ExposeQuery::parse(&q.to_query()).unwrap().owner, Some(owner.clone()));
-        // Flipping one of the seven low bits of an ASCII byte keeps it ASCII.
-        let in_secret = byte.index(secret.len()) * 8 + bit;
-        let secret2 = String::from_utf8(flipped(secret.as_bytes(), in_secret)).unwrap();
-        prop_assert_ne!(&protocol::owner_credential(&secret2, &id), &owner);
-        let in_id = byte.index(id.len()) * 8 + bit;
-        let id2 = String::from_utf8(flipped(id.as_bytes(), in_id)).unwrap();
-        prop_assert_ne!(&protocol::owner_credential(&secret, &id2), &owner);
+        prop_assert_eq!(ConnectQuery::parse(&q.to_query()).unwrap().proof, Some(proof));
     }
 
     #[test]

@@ -55,10 +55,10 @@ async fn bad_queries_are_refused_before_any_upgrade_with_a_json_reason() {
     let cases = [
         ("/v1/expose", 400, "missing v"),
         ("/v1/expose?v=9&id=a&auth=public", 400, "not supported"),
-        ("/v1/expose?v=1&id=a", 400, "missing auth"),
-        ("/v1/connect?v=1&peer=a&nonce=xyz", 400, "nonce"),
+        ("/v1/expose?v=2&id=a", 400, "missing auth"),
+        ("/v1/connect?v=2&peer=a&nonce=xyz", 400, "nonce"),
         (
-            "/v1/connect?v=1&peer=ghost&nonce=00112233445566778899aabbccddeeff",
+            "/v1/connect?v=2&peer=ghost&nonce=00112233445566778899aabbccddeeff",
             404,
             "not online",
         ),
@@ -73,14 +73,14 @@ async fn bad_queries_are_refused_before_any_upgrade_with_a_json_reason() {
         );
         assert!(json["error"].is_string());
     }
-    let long = format!("/v1/expose?v=1&auth=public&id={}", "a".repeat(65));
+    let long = format!("/v1/expose?v=2&auth=public&id={}", "a".repeat(65));
     assert_eq!(http_get(server.addr, &long).await.0, 400);
     // A valid query without the WebSocket upgrade.
     let echo = Echo::start().await;
     let _agent = expose(&server.url, "svc", None, echo.addr).await;
     let (got, body) = http_get(
         server.addr,
-        "/v1/connect?v=1&peer=svc&nonce=00112233445566778899aabbccddeeff",
+        "/v1/connect?v=2&peer=svc&nonce=00112233445566778899aabbccddeeff",
     )
     .await;
     assert_eq!(got, 400, "{body}");
@@ -92,7 +92,7 @@ async fn agent_ws(
     server: &TestServer,
     id: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let url = format!("ws://{}/v1/expose?v=1&id={id}&auth=public", server.addr);
+    let url = format!("ws://{}/v1/expose?v=2&id={id}&auth=public", server.addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let first = ws.next().await.unwrap().unwrap();
     assert!(
@@ -189,7 +189,7 @@ async fn a_malformed_message_on_a_client_channel_is_answered_and_closed() {
     let server = TestServer::start().await;
     let _agent = agent_ws(&server, "target").await;
     let url = format!(
-        "ws://{}/v1/connect?v=1&peer=target&nonce=00112233445566778899aabbccddeeff",
+        "ws://{}/v1/connect?v=2&peer=target&nonce=00112233445566778899aabbccddeeff",
         server.addr
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();

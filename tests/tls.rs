@@ -187,7 +187,7 @@ async fn every_trust_mismatch_is_refused_with_a_reason() {
 async fn a_plain_control_request_is_answered_at_its_request_line() {
     let pki = Pki::new(&["127.0.0.1"]);
     let server = tls_server(&pki, ServerConfig::default()).await;
-    for path in ["/v1/connect?v=1&peer=svc", "/v1/expose?v=1&id=svc"] {
+    for path in ["/v1/connect?v=2&peer=svc", "/v1/expose?v=2&id=svc"] {
         let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         s.write_all(format!("GET {path}").as_bytes()).await.unwrap();
         let mut answer = Vec::new();
@@ -234,13 +234,13 @@ async fn plain_diagnostics_and_relays_still_work_on_a_tls_server() {
     let open = |path: &'static str, query: &'static str| {
         p2pnc::testing::open(&url, server.addr, any, path, query, None)
     };
-    let (mut agent, _) = open("/v1/expose", "v=1&id=r&auth=public").await.unwrap();
+    let (mut agent, _) = open("/v1/expose", "v=2&id=r&auth=public").await.unwrap();
     assert!(agent.get_ref().is_tls());
     let registered: serde_json::Value = p2pnc::testing::recv(&mut agent).await.unwrap().unwrap();
     assert_eq!(registered["type"], "registered", "{registered}");
     let (mut client, _) = open(
         "/v1/connect",
-        "v=1&peer=r&nonce=00112233445566778899aabbccddeeff",
+        "v=2&peer=r&nonce=00112233445566778899aabbccddeeff",
     )
     .await
     .unwrap();

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(validate_id(&q.peer).is_ok(), "{:?}", q.peer);
             assert!(q.private.len() <= MAX_PRIVATE_CANDIDATES);
             assert!(lower_hex(&q.nonce.to_string(), 16), "{q:?}");
-            assert!(q.proof.as_deref().is_none_or(|p| lower_hex(p, 32)), "{q:?}");
+            assert!(q.proof.is_none_or(|p| lower_hex(&p.to_hex(), 64)), "{q:?}");
             assert!(
                 q.probe.is_none_or(|p| lower_hex(&p.to_string(), 16)),
                 "{q:?}"

@@ -1,11 +1,19 @@
-//! The secrets' proofs as an agent checks them: the connect proof from a punch order
-//! (`verify_connect_proof`), and the session keys derived from the order's session id and key
-//! (`SessionKeys::derive`). Input: lines `secret`, `peer`, `nonce`, `proof`, `session`, `key`.
-//! A nonce, session or key line that is not hex of the right length is read as all zeros.
+//! The secrets' proofs as the server and an agent check them: a connect proof (an ECDSA
+//! signature) against a verifier, and the PSK a session's stream handshake is keyed with.
+//! Input: lines `id`, `mode`, `nonce`, `signature`, `verifier`, `session`, `key`; a value that
+//! is not hex of the right length is read as all zeros. The service keys are those of the
+//! secret `pw` for the id `svc`.
 #![no_main]
 
+use std::sync::LazyLock;
+
 use libfuzzer_sys::fuzz_target;
-use p2pnc_protocol::{self as protocol, Nonce, Role, SessionId, SessionKey, SessionKeys};
+use p2pnc_protocol::{
+    self as protocol, Mode, Nonce, ServiceKeys, SessionId, SessionKey, Signature, Verifier,
+};
+
+/// Derived once: a PBKDF2 per input would make the target crawl.
+static KEYS: LazyLock<ServiceKeys> = LazyLock::new(|| ServiceKeys::derive("pw", "svc"));
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -13,35 +21,52 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut lines = text.split('\n');
     let mut next = || lines.next().unwrap_or("");
-    let (secret, peer, nonce, proof, session, key) =
-        (next(), next(), next(), next(), next(), next());
-
+    let (id, mode, nonce, signature, verifier, session, key) =
+        (next(), next(), next(), next(), next(), next(), next());
+    let mode = if mode == "plain" {
+        Mode::Plain
+    } else {
+        Mode::Punch
+    };
     let nonce: Nonce = nonce.parse().unwrap_or(Nonce::from_bytes([0; 16]));
-    let genuine = protocol::connect_proof(secret, peer, &nonce);
-    assert_eq!(genuine.len(), 64);
-    assert!(protocol::verify_connect_proof(
-        secret, peer, &nonce, &genuine
-    ));
-    let accepted = protocol::verify_connect_proof(secret, peer, &nonce, proof);
-    let same = hex::decode(proof).ok() == hex::decode(&genuine).ok();
-    assert_eq!(accepted, same, "{proof:?} vs {genuine}");
+    let message = protocol::connect_message(id, mode, &nonce);
 
-    let owner = protocol::owner_credential(secret, peer);
-    assert_eq!(owner.len(), 64);
-    assert_eq!(owner, protocol::owner_credential(secret, peer));
+    // Our own signature verifies, and only for its message.
+    let genuine = KEYS.sign(&message);
+    assert!(KEYS.verifier().verifies(&message, &genuine));
+    let other_mode = if mode == Mode::Plain {
+        Mode::Punch
+    } else {
+        Mode::Plain
+    };
+    let other = protocol::connect_message(id, other_mode, &nonce);
+    assert!(
+        !KEYS.verifier().verifies(&other, &genuine),
+        "the mode is bound"
+    );
 
-    let parsed = (session.parse::<SessionId>(), key.parse::<SessionKey>());
-    let session_ok = hex::decode(session).is_ok_and(|s| s.len() == 16);
-    let key_ok = hex::decode(key).is_ok_and(|k| k.len() == 32);
-    assert_eq!(parsed.0.is_ok(), session_ok, "{session:?}");
-    assert_eq!(parsed.1.is_ok(), key_ok, "{key:?}");
-    let session_id = parsed.0.unwrap_or(SessionId::from_bytes([0; 16]));
-    let key = parsed.1.unwrap_or(SessionKey::from_bytes([0; 32]));
-    let keys = SessionKeys::derive(session_id, &key, Some(secret));
-    if session_ok {
-        assert_eq!(keys.session_id().to_string(), session.to_ascii_lowercase());
+    // Whatever a client sends as its proof, and whatever an agent registered as its verifier:
+    // an answer, never a panic.
+    let sig = signature
+        .parse::<Signature>()
+        .unwrap_or(Signature::from_bytes([0; 64]));
+    let _ = KEYS.verifier().verifies(&message, &sig);
+    if let Ok(v) = verifier.parse::<Verifier>() {
+        let valid = v.is_valid();
+        if !valid {
+            assert!(
+                !v.verifies(&message, &genuine),
+                "no signature verifies off the curve"
+            );
+        }
+        let _ = v.verifies(&message, &sig);
     }
-    let hello = keys.hello(Role::Agent);
-    assert!(keys.verify_hello(Role::Agent, &hello));
-    assert!(!keys.verify_hello(Role::Client, &hello));
+
+    let session: SessionId = session.parse().unwrap_or(SessionId::from_bytes([0; 16]));
+    let key: SessionKey = key.parse().unwrap_or(SessionKey::from_bytes([0; 32]));
+    assert_eq!(KEYS.psk(&session, &key), KEYS.psk(&session, &key));
+    assert_ne!(
+        KEYS.psk(&session, &key),
+        protocol::public_psk(&session, &key)
+    );
 });

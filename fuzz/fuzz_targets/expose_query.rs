@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
                 q.probe.is_none_or(|p| lower_hex(&p.to_string(), 16)),
                 "{q:?}"
             );
-            assert!(q.owner.as_deref().is_none_or(|o| lower_hex(o, 32)), "{q:?}");
+            assert!(q.verifier.is_none_or(|v| v.is_valid()), "{q:?}");
             let again = q.to_query();
             assert_eq!(ExposeQuery::parse(&again), Ok(q), "{again}");
         }

@@ -9,8 +9,12 @@ use libfuzzer_sys::fuzz_target;
 use p2pnc::defaults::{MAX_RELAY_AFTER, PUNCH_TIMEOUT};
 use p2pnc::fuzzing::{self, PunchOptions};
 use p2pnc_protocol::{
-    self as protocol, MAX_MESSAGE_BYTES, Role, ServerToAgent, ServerToClient, SessionKeys,
+    self as protocol, MAX_MESSAGE_BYTES, Role, ServerToAgent, ServerToClient, ServiceKeys,
 };
+
+/// Derived once: a PBKDF2 per input would make the target crawl.
+static KEYS: std::sync::LazyLock<ServiceKeys> =
+    std::sync::LazyLock::new(|| ServiceKeys::derive("pw", "svc"));
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -32,7 +36,17 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(protocol::encode(&back), again, "encoding is stable");
     }
     match (&msg, &to_client) {
-        (ServerToAgent::Registered { .. }, client) => assert!(client.is_err(), "{text}"),
+        (ServerToAgent::Registered { .. } | ServerToAgent::PlainProof { .. }, client) => {
+            assert!(client.is_err(), "{text}")
+        }
+        // A client's challenge names its endpoint too; an agent's does not need it.
+        (ServerToAgent::Challenge { nonce }, client) => {
+            if let Ok(ServerToClient::Challenge { nonce: n, .. }) = client {
+                assert_eq!(nonce, n);
+            } else {
+                assert!(client.is_err(), "{text}");
+            }
+        }
         (ServerToAgent::Punch(p), Ok(ServerToClient::Punch(q))) => assert_eq!(p, q),
         (
             ServerToAgent::Error { code, message },
@@ -48,9 +62,8 @@ fuzz_target!(|data: &[u8]| {
     let ServerToAgent::Punch(p) = &msg else {
         return;
     };
-    let keys = SessionKeys::derive(p.session, &p.key, Some("pw"));
-    assert_eq!(keys.session_id(), p.session);
-    assert!(keys.verify_hello(Role::Client, &keys.hello(Role::Client)));
+    let psk = KEYS.psk(&p.session, &p.key);
+    assert_ne!(psk, protocol::public_psk(&p.session, &p.key));
     let started = tokio::time::Instant::now();
     let options = PunchOptions::default();
     for role in [Role::Client, Role::Agent] {

@@ -1,9 +1,8 @@
-//! The connecting side: one call from a peer id to a proven, direct `TcpStream`.
+//! The connecting side: one call from a peer id to a proven, direct, encrypted stream.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -11,11 +10,12 @@ use tokio::time::Instant;
 use super::control::{self, ControlSocket, ServerUrl};
 use super::ports::PunchPorts;
 use super::probe;
-use super::punch::{EarlyData, Inbound, PunchFailure, PunchOptions};
+use super::punch::{EarlyData, Inbound, PunchFailure, PunchOptions, StreamSettings};
 use super::session::{ConnectionInfo, Established, Session};
+use super::stream::PeerStream;
 use crate::protocol::{
-    self, ClientToServer, ConnectQuery, Mode, Nonce, ProbeToken, PunchOrder, Role, ServerToClient,
-    ServiceId,
+    self, Auth, ClientToServer, ConnectQuery, Mode, Nonce, ProbeToken, PunchOrder, Role,
+    ServerToClient, ServiceId, ServiceKeys, connect_message, fingerprint,
 };
 use crate::{Error, defaults, net};
 
@@ -41,6 +41,13 @@ pub struct ConnectOptions {
     /// a round trip on the first byte (see [`EarlyData`]). `None` waits for the agent's hello
     /// before anything is sent.
     pub early_data: Option<EarlyData>,
+    /// Encrypt the stream (the default). `false` asks the agent for raw bytes after the
+    /// handshake (`--no-encrypt`); an agent that does not allow it keeps the stream encrypted.
+    pub encrypt: bool,
+    /// The agent's static key as `sha256:<64 hex>` (what `expose --key` logs): the client
+    /// accepts only an agent that proves it holds that key. This authenticates a `--public`
+    /// service, which has no secret.
+    pub peer_pin: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -52,6 +59,8 @@ impl std::fmt::Debug for ConnectOptions {
             .field("punch", &self.punch)
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
             .field("early_data", &self.early_data)
+            .field("encrypt", &self.encrypt)
+            .field("peer_pin", &self.peer_pin)
             .finish()
     }
 }
@@ -66,15 +75,47 @@ impl ConnectOptions {
             punch: PunchOptions::default(),
             token: None,
             early_data: None,
+            encrypt: true,
+            peer_pin: None,
         })
     }
+}
+
+/// The keys of `secret` for the service `id`, derived once per process (each derivation
+/// costs a PBKDF2 of [`protocol::ROOT_ITERATIONS`] rounds, about 3 ms).
+fn service_keys(secret: &str, id: &str) -> ServiceKeys {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    /// Derived keys by a digest of (secret, id); a handful of services per process at most.
+    static CACHE: LazyLock<Mutex<HashMap<[u8; 32], ServiceKeys>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    const MAX_CACHED: usize = 64;
+    let digest: [u8; 32] = {
+        use sha2::Digest;
+        let mut ctx = sha2::Sha256::new();
+        ctx.update((secret.len() as u64).to_be_bytes());
+        ctx.update(secret.as_bytes());
+        ctx.update(id.as_bytes());
+        ctx.finalize().into()
+    };
+    if let Some(keys) = CACHE.lock().expect("keys cache").get(&digest) {
+        return keys.clone();
+    }
+    let keys = ServiceKeys::derive(secret, id);
+    let mut cache = CACHE.lock().expect("keys cache");
+    if cache.len() >= MAX_CACHED {
+        cache.clear();
+    }
+    cache.insert(digest, keys.clone());
+    keys
 }
 
 /// A connected stream to the service and how it was reached.
 #[derive(Debug)]
 pub struct Connection {
-    /// The stream; bytes written here reach the service.
-    pub stream: TcpStream,
+    /// The stream; bytes written here reach the service (encrypted, unless both ends agreed
+    /// otherwise: see [`PeerStream::is_encrypted`]).
+    pub stream: PeerStream,
     /// How the stream was reached.
     pub info: ConnectionInfo,
     /// Bytes [`connect_early`] read from the local side and already wrote to the stream.
@@ -94,7 +135,7 @@ pub struct Connection {
 /// # let mut agent = p2pnc::Agent::start(p2pnc::ExposeOptions::new(&server, "streamserver", Some("s3cret"))?).await?;
 /// # tokio::spawn(async move {
 /// #     while let Some(mut a) = agent.accept().await {
-/// #         let (mut r, mut w) = a.stream.split();
+/// #         let (mut r, mut w) = tokio::io::split(&mut a.stream);
 /// #         let _ = tokio::io::copy(&mut r, &mut w).await; // an echo service
 /// #     }
 /// # });
@@ -119,7 +160,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, Error> {
 /// [`defaults::EARLY_DATA_MAX`] bytes), so that those bytes leave with the stream's selection instead of
 /// a round trip later (see [`EarlyData`]). Every byte read from `local` is written to the
 /// returned stream, in order; a byte from the peer reaches the caller only after the agent's
-/// hello was checked. For forwarding a local connection or stdin: carry on with
+/// handshake was checked. For forwarding a local connection or stdin: carry on with
 /// [`crate::forward`] on the same `local`.
 pub async fn connect_early<R>(opts: &ConnectOptions, local: &mut R) -> Result<Connection, Error>
 where
@@ -169,16 +210,16 @@ async fn connect_with(
     // sees the NAT mapping the peer must aim at. The listeners catch SYNs that beat ours out.
     let mut ports = PunchPorts::bind(servers, 0, false)?;
     let mut tasks = JoinSet::new();
+    let keys = opts.secret.as_deref().map(|s| service_keys(s, &opts.peer));
     let primary = ports.primary();
     let probe = spawn_probe(&mut tasks, primary.local, primary.server);
     let probe_other = ports
         .other()
         .map(|o| spawn_probe(&mut tasks, o.local, o.server));
     let query = ConnectQuery {
-        proof: opts
-            .secret
-            .as_deref()
-            .map(|s| protocol::connect_proof(s, &opts.peer, &nonce)),
+        proof: keys
+            .as_ref()
+            .map(|k| k.sign(&connect_message(&opts.peer, Mode::Punch, &nonce))),
         peer,
         nonce,
         private: ports.candidates(),
@@ -200,18 +241,18 @@ async fn connect_with(
         e => e,
     })?;
     let order = punch_order(&mut ws, &opts.peer).await?;
+    let stream = stream_settings(opts, keys, &order)?;
     let at = ports.view().endpoint(&opts.server);
     tracing::debug!(
         strategy = %order.strategy, mine = %order.your_mapping, peer = %order.peer_mapping,
         relay = ?order.relay_after_ms, ipv6 = ?order.peer_public6, nats = %at.depths.v4,
         "punch order"
     );
-    let secret = opts.secret.as_deref();
     let early = opts.early_data.clone();
     let session = Session::new(
         order,
         Role::Client,
-        secret,
+        &stream,
         &at,
         &opts.punch,
         early,
@@ -229,11 +270,56 @@ async fn connect_with(
             stream,
             info,
         }),
+        // Streams connected and every one failed to prove the session: whoever answered
+        // does not hold the secret (or the pinned key).
+        Err(failure) if failure.unproven > 0 && opts.secret.is_some() => {
+            Err(Error::NotTheService(opts.peer.clone()))
+        }
         Err(failure) => Err(Error::NoDirectPath {
             peer: opts.peer.clone(),
             detail: failure.to_string(),
         }),
     }
+}
+
+/// What the client brings to the stream handshake, once it has checked that the order comes
+/// from the service it means: with a secret, never an agent registered without one; with a
+/// pin, only an agent that registered the pinned key.
+fn stream_settings(
+    opts: &ConnectOptions,
+    keys: Option<ServiceKeys>,
+    order: &PunchOrder,
+) -> Result<StreamSettings, Error> {
+    if keys.is_some() && order.auth == Auth::Public {
+        // Someone registered the id without the secret (while the real agent was away):
+        // nothing goes to it, not even a handshake message it could guess the secret from.
+        return Err(Error::NotTheService(opts.peer.clone()));
+    }
+    let pin = match &opts.peer_pin {
+        None => None,
+        Some(pin) => {
+            let mismatch = |detail: String| Error::PinMismatch {
+                peer: opts.peer.clone(),
+                detail,
+            };
+            let Some(key) = order.peer_key else {
+                return Err(mismatch(format!(
+                    "expected {pin}, but the agent registered no key (start it with --key)"
+                )));
+            };
+            let got = fingerprint(key.as_bytes());
+            if !got.eq_ignore_ascii_case(pin) {
+                return Err(mismatch(format!("expected {pin}, got {got}")));
+            }
+            Some(key)
+        }
+    };
+    Ok(StreamSettings {
+        keys,
+        pin,
+        static_key: None,
+        unencrypted: !opts.encrypt,
+    })
 }
 
 /// Sends a NAT probe from the punch address `local` to the probe port of `server`, at the same
@@ -280,10 +366,7 @@ fn forward_accepts(
         let inbound_tx = inbound_tx.clone();
         tasks.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let inbound = Inbound {
-                    stream,
-                    hello: None,
-                };
+                let inbound = Inbound { stream, head: None };
                 if inbound_tx.send(inbound).await.is_err() {
                     return;
                 }

@@ -25,3 +25,4 @@ pub(crate) mod probe;
 pub(crate) mod punch;
 pub(crate) mod relay;
 pub(crate) mod session;
+pub(crate) mod stream;

@@ -5,11 +5,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::punch::{self, EarlyData, Endpoint, Inbound, PunchFailure, PunchOptions, PunchPlan};
+use super::punch::{
+    self, EarlyData, Endpoint, Inbound, PunchFailure, PunchOptions, PunchPlan, StreamSettings,
+};
+use super::stream::PeerStream;
 use crate::protocol::{PunchOrder, Role, SessionId, Strategy};
 
 /// How a stream reached its peer.
@@ -54,6 +56,8 @@ pub struct ConnectionInfo {
     pub session: SessionId,
     /// How the punch was made (`simultaneous`, `birthday_hard`, `mapped`, ...).
     pub strategy: Strategy,
+    /// Whether the stream's bytes are encrypted (see [`PeerStream::is_encrypted`]).
+    pub encrypted: bool,
 }
 
 impl ConnectionInfo {
@@ -68,6 +72,7 @@ impl ConnectionInfo {
             "strategy": self.strategy.to_string(),
             "setup_ms": self.setup.as_millis() as u64,
             "session": self.session.to_string(),
+            "encrypted": self.encrypted,
         })
     }
 }
@@ -75,8 +80,8 @@ impl ConnectionInfo {
 /// A proven stream and how it was set up.
 #[derive(Debug)]
 pub(crate) struct Established {
-    /// The stream, its handshake consumed.
-    pub stream: TcpStream,
+    /// The stream, its handshake done.
+    pub stream: PeerStream,
     /// How it was set up.
     pub info: ConnectionInfo,
 }
@@ -90,18 +95,18 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// The session `order` gives `role`: its stream keys (with `secret`) and its punch plan.
+    /// The session `order` gives `role`: its stream keys (from `stream`) and its punch plan.
     /// Early data is the client's only.
     pub fn new(
         order: PunchOrder,
         role: Role,
-        secret: Option<&str>,
+        stream: &StreamSettings,
         at: &Endpoint,
         options: &PunchOptions,
         early: Option<EarlyData>,
         started: Instant,
     ) -> Self {
-        let plan = punch::plan(&order, role, secret, at, options, early);
+        let plan = punch::plan(&order, role, stream, at, options, early);
         Session {
             order,
             plan,
@@ -131,16 +136,17 @@ impl Session {
         inbound: mpsc::Receiver<Inbound>,
         on_fired: impl FnOnce(),
     ) -> Result<Established, PunchFailure> {
-        let punched = punch::run(self.plan, inbound, on_fired).await?;
+        let chosen = punch::run(self.plan, inbound, on_fired).await?;
         let info = ConnectionInfo {
-            path: punched.path(&self.order.peer_private),
-            peer_addr: punched.peer,
+            path: chosen.path(&self.order.peer_private),
+            peer_addr: chosen.peer,
             setup: self.started.elapsed(),
             session: self.order.session,
-            strategy: punch::strategy_used(&self.order, punched.peer, punched.relayed),
+            strategy: punch::strategy_used(&self.order, chosen.peer, chosen.relayed),
+            encrypted: chosen.stream.is_encrypted(),
         };
         Ok(Established {
-            stream: punched.stream,
+            stream: chosen.stream,
             info,
         })
     }

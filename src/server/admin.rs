@@ -275,7 +275,11 @@ fn refused(h: &mut String, refused: &BTreeMap<String, u64>) {
     } else {
         h.push_str("<table id=\"refused\"><tr><th>reason</th><th>requests</th></tr>");
         for (reason, n) in refused {
-            let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(reason));
+            let _ = write!(
+                h,
+                "<tr><td class=\"bad\">{}</td><td>{n}</td></tr>",
+                esc(reason)
+            );
         }
         h.push_str("</table>");
     }

@@ -15,7 +15,10 @@ use super::http::send;
 use super::registry::NewAgent;
 use super::session::SessionEvent;
 use super::{AppState, Shared, probe};
-use crate::protocol::{self, AgentToServer, ErrorCode, ExposeQuery, ServerToAgent};
+use crate::defaults;
+use crate::protocol::{
+    self, AgentToServer, ErrorCode, ExposeQuery, Nonce, ServerToAgent, register_message,
+};
 
 /// How often the server pings an agent; also how often the agent's NAT mapping is refreshed
 /// from this side. Well under the 2 hours of a typical TCP NAT timeout, and often enough to
@@ -48,6 +51,15 @@ pub(super) async fn agent_connection(
         }
         usable
     });
+    if let Err(why) = prove_secret(&q, &mut socket).await {
+        tracing::info!(id = %q.id, public = %meta.remote, "registration refused: {why}");
+        let msg = ServerToAgent::Error {
+            code: ErrorCode::SecretRejected,
+            message: why,
+        };
+        send(&mut socket, &msg).await;
+        return;
+    }
     let new = NewAgent {
         id: q.id.clone(),
         view: AgentView {
@@ -57,8 +69,10 @@ pub(super) async fn agent_connection(
             auth: q.auth,
             mapping,
             mapped,
+            verifier: q.verifier,
+            key: q.key,
         },
-        owner: q.owner.clone(),
+        takeover: q.takeover,
         rtt: meta.rtt,
     };
     let mut registration = match state.registry.register(new) {
@@ -96,6 +110,33 @@ pub(super) async fn agent_connection(
     }
     drop(registration);
     tracing::info!(id = %q.id, "agent offline");
+}
+
+/// An agent with a verifier proves it holds the secret: it signs a nonce fresh for this
+/// connection, so nothing it sent before, and nothing an observer saw, can be replayed.
+async fn prove_secret(q: &ExposeQuery, socket: &mut WebSocket) -> Result<(), String> {
+    let Some(verifier) = q.verifier else {
+        return Ok(());
+    };
+    let nonce = Nonce::random();
+    if !send(socket, &ServerToAgent::Challenge { nonce }).await {
+        return Err("the agent went away".into());
+    }
+    let answer = tokio::time::timeout(defaults::SERVER_TIMEOUT, socket.recv()).await;
+    let signature = match answer {
+        Ok(Some(Ok(Message::Text(text)))) => match protocol::decode::<AgentToServer>(&text) {
+            Ok(AgentToServer::Prove { signature }) => signature,
+            Ok(_) => return Err("expected the answer to the registration challenge".into()),
+            Err(e) => return Err(e.to_string()),
+        },
+        Ok(_) => return Err("the agent closed during the registration challenge".into()),
+        Err(_) => return Err("no answer to the registration challenge in time".into()),
+    };
+    if verifier.verifies(&register_message(&q.id, &nonce), &signature) {
+        Ok(())
+    } else {
+        Err("the registration proof does not verify: not the secret of this verifier".into())
+    }
 }
 
 async fn agent_loop(
@@ -200,6 +241,7 @@ fn route_agent_msg(state: &Shared, msg: AgentToServer) {
             message,
         } => (session, SessionEvent::Rejected(code, message)),
         AgentToServer::Armed { session } => (session, SessionEvent::Armed),
+        AgentToServer::Challenge { session, nonce } => (session, SessionEvent::Challenge(nonce)),
         _ => return,
     };
     // Text that is no session id names no session, like an id the server does not know.

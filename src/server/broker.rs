@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::protocol::{
-    Auth, ErrorCode, Mapping, Mode, Nonce, PunchOrder, RelayTicket, SessionId, SessionKey,
-    Strategy, filter_private_candidates,
+    AgentKey, Auth, ErrorCode, Mapping, Mode, Nonce, PunchOrder, RelayTicket, SessionId,
+    SessionKey, Signature, Strategy, Verifier, filter_private_candidates,
 };
 
 /// Head start of the direct path before the relay is joined, when a direct path is possible.
@@ -31,7 +31,7 @@ pub(super) struct ClientView {
     /// Its request's nonce, for the agent's replay check.
     pub nonce: Nonce,
     /// Its proof of the secret, for the agent to check.
-    pub proof: Option<String>,
+    pub proof: Option<Signature>,
 }
 
 /// The agent of a session, as the registry knows it.
@@ -49,6 +49,11 @@ pub(super) struct AgentView {
     pub mapping: Mapping,
     /// The port mapping on its router, when that is on its public address.
     pub mapped: Option<SocketAddr>,
+    /// The verifier it registered (its secret's public key), checked by the server against
+    /// every connect proof; `None` for a public agent.
+    pub verifier: Option<Verifier>,
+    /// Its static Noise key, when it registered one (for clients that pin it).
+    pub key: Option<AgentKey>,
 }
 
 /// Each end's ticket for joining the relay of one session.
@@ -309,7 +314,7 @@ pub(super) fn plan(
         mode: client.mode,
         auth: agent.auth,
         nonce: Some(client.nonce),
-        proof: client.proof.clone(),
+        proof: client.proof,
         strategy: agent_strategy,
         your_mapping: a.mapping,
         peer_mapping: c.mapping,
@@ -318,6 +323,7 @@ pub(super) fn plan(
         peer_mapped: None,
         peer_public6: six.map(|(c6, _)| c6.public),
         you6: six.map(|(_, a6)| a6.public),
+        peer_key: None,
     };
     let to_client = PunchOrder {
         session,
@@ -341,6 +347,7 @@ pub(super) fn plan(
         peer_mapped: agent_mapped,
         peer_public6: six.map(|(_, a6)| a6.public),
         you6: six.map(|(c6, _)| c6.public),
+        peer_key: agent.key,
     };
     Ok(Orders {
         to_agent,
@@ -409,7 +416,7 @@ mod tests {
             mapping,
             mode: Mode::Punch,
             nonce: Nonce::from_bytes([3; 16]),
-            proof: Some("ab".repeat(32)),
+            proof: Some(crate::protocol::Signature::from_bytes([0xab; 64])),
         }
     }
 
@@ -424,6 +431,8 @@ mod tests {
             auth: Auth::Secret,
             mapping,
             mapped: mapped.map(|m| m.parse().unwrap()),
+            verifier: None,
+            key: None,
         }
     }
 

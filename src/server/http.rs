@@ -11,13 +11,12 @@ use axum::{Json, Router};
 
 use super::accept::ConnMeta;
 use super::limits::RateLimiter;
-use super::registry::constant_time_eq;
 use super::relay::JoinRefused;
 use super::session::TicketRefusal;
 use super::{AppState, Shared, agent_conn, session};
 use crate::protocol::{
-    self, Auth, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, JoinQuery, JoinQueryError,
-    MAX_MESSAGE_BYTES,
+    self, ConnectQuery, ErrorBody, ErrorCode, ExposeQuery, JoinQuery, JoinQueryError,
+    MAX_MESSAGE_BYTES, connect_message,
 };
 
 /// Read buffer of a control WebSocket. What agents and clients send is a few hundred bytes at
@@ -204,7 +203,7 @@ async fn expose(
         Ok(q) => q,
         Err(e) => return state.reject(e.code, e.message),
     };
-    if let Err(refused) = state.registry.admit(&q.id, q.owner.as_deref()) {
+    if let Err(refused) = state.registry.admit(&q.id, q.verifier.as_ref(), q.takeover) {
         return state.reject(refused.code(), refused.to_string());
     }
     upgrade(ws, |ws| {
@@ -229,20 +228,8 @@ async fn connect(
         Ok(q) => q,
         Err(e) => return state.reject(e.code, e.message),
     };
-    match state.registry.auth_of(&q.peer) {
-        None => {
-            return state.reject(
-                ErrorCode::PeerOffline,
-                format!("peer '{}' is not online", q.peer),
-            );
-        }
-        Some(Auth::Secret) if q.proof.is_none() => {
-            return state.reject(
-                ErrorCode::SecretRequired,
-                format!("peer '{}' requires a secret", q.peer),
-            );
-        }
-        Some(_) => {}
+    if let Err((code, message)) = state.check_proof(&q) {
+        return state.reject(code, message);
     }
     if state.sessions.is_full() {
         return state.reject(
@@ -341,4 +328,37 @@ async fn relay_join(
         .header(header::UPGRADE, protocol::UPGRADE_TOKEN)
         .body(axum::body::Body::empty())
         .expect("static response")
+}
+
+/// Compares a credential in constant time (for equal lengths).
+pub(super) fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Shared {
+    /// Checks a connect request against its agent before anything about the agent is used:
+    /// online; with a verifier, a proof that verifies and a nonce not seen before. A client
+    /// that cannot prove the secret learns nothing but that.
+    fn check_proof(&self, q: &ConnectQuery) -> Result<(), (ErrorCode, String)> {
+        let Some(verifier) = self.registry.verifier_of(&q.peer) else {
+            let message = format!("peer '{}' is not online", q.peer);
+            return Err((ErrorCode::PeerOffline, message));
+        };
+        let Some(verifier) = verifier else {
+            return Ok(()); // A public agent: anyone may ask.
+        };
+        let Some(proof) = &q.proof else {
+            let message = format!("peer '{}' requires a secret", q.peer);
+            return Err((ErrorCode::SecretRequired, message));
+        };
+        let message = connect_message(&q.peer, q.mode, &q.nonce);
+        if !verifier.verifies(&message, proof) {
+            return Err((ErrorCode::SecretRejected, "secret rejected".into()));
+        }
+        if !self.replay.fresh(q.nonce) {
+            return Err((ErrorCode::SecretRejected, "replayed request".into()));
+        }
+        Ok(())
+    }
 }

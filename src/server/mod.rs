@@ -116,9 +116,17 @@ struct Shared {
     probes: Option<Arc<ProbeTable>>,
     relay: Option<RelayHub>,
     metrics: Metrics,
+    /// Connect nonces seen lately: a replayed request is refused before it reaches an agent.
+    replay: crate::replay::ReplayCache,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
+
+/// How long the server remembers connect nonces, and how many at most: ten minutes of
+/// requests at several hundred per second.
+const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+/// See [`REPLAY_WINDOW`].
+const REPLAY_CACHE: usize = 262_144;
 
 type AppState = Arc<Shared>;
 
@@ -206,6 +214,7 @@ pub async fn serve(
         config,
         probes: probes.clone(),
         metrics: Metrics::default(),
+        replay: crate::replay::ReplayCache::new(REPLAY_WINDOW, REPLAY_CACHE),
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
     });

@@ -320,7 +320,7 @@ mod tests {
         let upper = ProbeToken::random().to_hex().to_ascii_uppercase();
         let reply = ask(addr, &format!("p2pnc-probe {upper}\n")).await;
         let seen: SocketAddr = reply.trim_end().parse().unwrap();
-        let lower = ExposeQuery::parse(&format!("v=1&id=a&auth=public&probe={upper}"))
+        let lower = ExposeQuery::parse(&format!("v=2&id=a&auth=public&probe={upper}"))
             .unwrap()
             .probe
             .unwrap();

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::broker::AgentView;
 use super::metrics::now_unix_ms;
-use crate::protocol::{Auth, ErrorCode, Mapping, ServerToAgent, ServiceId};
+use crate::protocol::{Auth, ErrorCode, Mapping, ServerToAgent, ServiceId, Verifier};
 
 /// Messages queued toward one agent before new sessions to it are refused as busy.
 const AGENT_QUEUE: usize = 256;
@@ -23,8 +23,9 @@ struct AgentEntry {
     /// Boxed: a channel allocates its first 32 slots up front, and every online agent has one.
     tx: mpsc::Sender<Box<ServerToAgent>>,
     view: AgentView,
-    /// The owner credential the agent presented, if any.
-    owner: Option<String>,
+    /// The verifier the agent registered (and proved it holds the secret of), if any: the
+    /// id's owner identity.
+    owner: Option<Verifier>,
     /// Cancelled when the owner's restart replaces this registration.
     replaced: CancellationToken,
     /// When it registered (Unix milliseconds).
@@ -57,7 +58,8 @@ pub(super) struct Listing {
 pub(super) struct NewAgent {
     pub id: ServiceId,
     pub view: AgentView,
-    pub owner: Option<String>,
+    /// Whether it replaces an online registration of the same owner (else it waits).
+    pub takeover: bool,
     /// The RTT of its TCP handshake.
     pub rtt: Option<Duration>,
 }
@@ -67,7 +69,7 @@ pub(super) struct NewAgent {
 pub(super) struct Registration {
     registry: Arc<Registry>,
     id: ServiceId,
-    owner: Option<String>,
+    owner: Option<Verifier>,
     generation: u64,
     /// Cancelled when the owner's restart replaces this registration.
     pub replaced: CancellationToken,
@@ -84,7 +86,7 @@ impl Drop for Registration {
                 .reserved
                 .lock()
                 .expect("reserved lock")
-                .insert(self.id.clone(), (owner.clone(), Instant::now()));
+                .insert(self.id.clone(), (*owner, Instant::now()));
         }
         let mut agents = self.registry.agents.lock().expect("agents lock");
         if agents
@@ -131,7 +133,7 @@ enum Claim {
 pub(super) struct Registry {
     agents: Mutex<HashMap<ServiceId, AgentEntry>>,
     /// Ids whose owner went offline recently: id → (owner, when).
-    reserved: Mutex<HashMap<ServiceId, (String, Instant)>>,
+    reserved: Mutex<HashMap<ServiceId, (Verifier, Instant)>>,
     generation: AtomicU64,
     /// How long an id stays reserved for its owner.
     id_grace: Duration,
@@ -151,10 +153,16 @@ impl Registry {
         }
     }
 
-    /// Whether `owner` may register `id` now, before the upgrade.
-    pub fn admit(&self, id: &ServiceId, owner: Option<&str>) -> Result<(), Refused> {
+    /// Whether `owner` may register `id` now, before the upgrade (and before it proved it
+    /// holds the secret of `owner`: the registration checks again after the proof).
+    pub fn admit(
+        &self,
+        id: &ServiceId,
+        owner: Option<&Verifier>,
+        takeover: bool,
+    ) -> Result<(), Refused> {
         let agents = self.agents.lock().expect("agents lock");
-        if let Claim::Refused(why) = self.claim(&agents, id, owner) {
+        if let Claim::Refused(why) = self.claim(&agents, id, owner, takeover) {
             return Err(Refused::IdTaken(why));
         }
         if agents.len() >= self.max_agents {
@@ -163,14 +171,16 @@ impl Registry {
         Ok(())
     }
 
-    /// Registers an agent, replacing its owner's previous registration.
+    /// Registers an agent that proved it holds the secret of its verifier, replacing its
+    /// owner's previous registration when it asks to.
     pub fn register(self: &Arc<Self>, new: NewAgent) -> Result<Registration, Refused> {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         let rtt_us = Arc::new(AtomicU64::new(new.rtt.map_or(0, |d| d.as_micros() as u64)));
         let replaced = CancellationToken::new();
         let mut agents = self.agents.lock().expect("agents lock");
-        let claim = self.claim(&agents, &new.id, new.owner.as_deref());
+        let owner = new.view.verifier;
+        let claim = self.claim(&agents, &new.id, owner.as_ref(), new.takeover);
         if let Claim::Refused(why) = claim {
             return Err(Refused::IdTaken(why));
         }
@@ -186,7 +196,7 @@ impl Registry {
                 generation,
                 tx,
                 view: new.view,
-                owner: new.owner.clone(),
+                owner,
                 replaced: replaced.clone(),
                 since_unix_ms: now_unix_ms(),
                 rtt_us: rtt_us.clone(),
@@ -195,7 +205,7 @@ impl Registry {
         Ok(Registration {
             registry: self.clone(),
             id: new.id,
-            owner: new.owner,
+            owner,
             generation,
             replaced,
             rtt_us,
@@ -208,11 +218,16 @@ impl Registry {
         &self,
         agents: &HashMap<ServiceId, AgentEntry>,
         id: &ServiceId,
-        owner: Option<&str>,
+        owner: Option<&Verifier>,
+        takeover: bool,
     ) -> Claim {
         if let Some(entry) = agents.get(id) {
-            return match (entry.owner.as_deref(), owner) {
-                (Some(a), Some(b)) if constant_time_eq(a, b) => Claim::Replace,
+            return match (entry.owner.as_ref(), owner) {
+                (Some(a), Some(b)) if a == b && takeover => Claim::Replace,
+                (Some(a), Some(b)) if a == b => Claim::Refused(format!(
+                    "id '{id}' is held by another instance of this service; this one waits \
+                     until it goes offline"
+                )),
                 _ => Claim::Refused(id_taken(id)),
             };
         }
@@ -221,7 +236,7 @@ impl Registry {
         reserved.retain(|_, (_, at)| at.elapsed() < grace);
         match (reserved.get(id), owner) {
             (None, _) => Claim::Free,
-            (Some((a, _)), Some(b)) if constant_time_eq(a, b) => Claim::Free,
+            (Some((a, _)), Some(b)) if a == b => Claim::Free,
             (Some((_, at)), _) => Claim::Refused(format!(
                 "id '{id}' belongs to another agent that went offline {} s ago; it stays \
                  reserved for {} s",
@@ -231,10 +246,10 @@ impl Registry {
         }
     }
 
-    /// Whether `id` requires a secret, if it is online.
-    pub fn auth_of(&self, id: &str) -> Option<Auth> {
+    /// The verifier of `id` if it is online: `Some(None)` for a public agent.
+    pub fn verifier_of(&self, id: &str) -> Option<Option<Verifier>> {
         let agents = self.agents.lock().expect("agents lock");
-        agents.get(id).map(|a| a.view.auth)
+        agents.get(id).map(|a| a.view.verifier)
     }
 
     /// The online agent `id`, for a connect to it.
@@ -283,32 +298,13 @@ fn id_taken(id: &str) -> String {
     format!("id '{id}' is already registered by another agent")
 }
 
-/// Compares two credentials in constant time (for equal lengths).
-pub(super) fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::owner_credential;
+    use crate::protocol::ServiceKeys;
 
-    #[test]
-    fn an_owner_credential_differing_in_any_bit_is_not_the_owner() {
-        let owner = owner_credential("s3cret", "svc");
-        assert!(constant_time_eq(&owner, &owner.clone()));
-        for i in 0..owner.len() {
-            // The seven low bits: flipping them keeps the text ASCII.
-            for bit in 0..7 {
-                let mut other = owner.clone().into_bytes();
-                other[i] ^= 1 << bit;
-                let other = String::from_utf8(other).unwrap();
-                assert!(!constant_time_eq(&owner, &other), "byte {i} bit {bit}");
-            }
-        }
-        assert!(!constant_time_eq(&owner, &owner[..63]));
-        assert!(!constant_time_eq(&owner, &format!("{owner}0")));
+    fn verifier(secret: &str, id: &str) -> Verifier {
+        ServiceKeys::derive(secret, id).verifier()
     }
 
     fn agent(id: &str, owner: Option<&str>) -> NewAgent {
@@ -321,8 +317,10 @@ mod tests {
                 auth: Auth::Secret,
                 mapping: Mapping::Unknown,
                 mapped: None,
+                verifier: owner.map(|o| verifier(o, id)),
+                key: None,
             },
-            owner: owner.map(|o| owner_credential(o, id)),
+            takeover: true,
             rtt: None,
         }
     }
@@ -336,12 +334,18 @@ mod tests {
         // Another secret is refused, online and, once offline, during the grace period.
         assert_eq!(
             registry
-                .admit(&id, Some(&owner_credential("other", "svc")))
+                .admit(&id, Some(&verifier("other", "svc")), true)
                 .unwrap_err()
                 .code(),
             ErrorCode::IdTaken
         );
         assert!(registry.register(agent("svc", None)).is_err());
+        // Without takeover, another instance of the owner waits.
+        let standby = NewAgent {
+            takeover: false,
+            ..agent("svc", Some("pw"))
+        };
+        assert!(registry.register(standby).is_err());
         // The owner's restart replaces the old registration, whose connection is told.
         let second = registry.register(agent("svc", Some("pw"))).unwrap();
         assert!(first.replaced.is_cancelled());
@@ -367,9 +371,9 @@ mod tests {
         let registry = Arc::new(Registry::new(Duration::from_secs(60), 1));
         let public = registry.register(agent("pub", None)).unwrap();
         let other = ServiceId::new("other").unwrap();
-        assert_eq!(registry.admit(&other, None), Err(Refused::Full));
+        assert_eq!(registry.admit(&other, None, true), Err(Refused::Full));
         assert_eq!(registry.snapshot().len(), 1);
-        assert_eq!(registry.auth_of("pub"), Some(Auth::Secret));
+        assert_eq!(registry.verifier_of("pub"), Some(None));
         drop(public);
         assert_eq!(registry.len(), 0);
         assert!(registry.register(agent("pub", Some("pw"))).is_ok());

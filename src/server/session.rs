@@ -17,15 +17,15 @@ use super::broker::{self, BirthdayBudget, ClientView, Orders, RelayPolicy, Relay
 use super::http::send;
 use super::limits::Use;
 use super::metrics::{Metrics, Outcome};
-use super::registry::{Online, constant_time_eq};
+use super::registry::Online;
 use super::{AppState, probe};
 use crate::protocol::{
-    self, ClientToServer, ConnectQuery, ErrorCode, Mapping, Mode, RelayTicket, Role, ServerToAgent,
-    ServerToClient, ServiceId, SessionId, SessionKey, Strategy,
+    self, ClientToServer, ConnectQuery, ErrorCode, Mapping, Mode, Nonce, RelayTicket, Role,
+    ServerToAgent, ServerToClient, ServiceId, SessionId, SessionKey, Strategy,
 };
 
 /// How long a plain-mode session waits for the agent to arm before failing.
-const ARM_TIMEOUT: Duration = Duration::from_secs(3);
+const ARM_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long a client control connection may stay open after its punch order.
 const SESSION_LIFETIME: Duration = Duration::from_secs(30);
 /// Events queued toward one session: a rejection and an arming at most.
@@ -42,6 +42,8 @@ pub(super) enum SessionEvent {
     Rejected(ErrorCode, String),
     /// Plain mode: the agent has opened its NAT toward the client.
     Armed,
+    /// Plain mode: the agent's challenge for the client.
+    Challenge(Nonce),
 }
 
 /// An open session as the table keeps it.
@@ -114,7 +116,9 @@ impl SessionTable {
         let open = self.open.lock().expect("sessions lock");
         let entry = open.get(id).ok_or(TicketRefusal::NotLive)?;
         match &entry.tickets {
-            Some(t) if constant_time_eq(&t.of(role).to_hex(), &ticket.to_hex()) => Ok(()),
+            Some(t) if super::http::constant_time_eq(&t.of(role).to_hex(), &ticket.to_hex()) => {
+                Ok(())
+            }
             _ => Err(TicketRefusal::Wrong),
         }
     }
@@ -228,7 +232,7 @@ pub(super) async fn client_session(
         mapping: client_mapping,
         mode: q.mode,
         nonce: q.nonce,
-        proof: q.proof.clone(),
+        proof: q.proof,
     };
     let relay = match tickets {
         Some(t) => RelayPolicy::Relay(t),
@@ -311,6 +315,7 @@ impl Ordered<'_, '_> {
             to_agent,
             to_client,
         } = orders;
+        let session = to_agent.session;
         if agent
             .tx
             .try_send(Box::new(ServerToAgent::Punch(to_agent)))
@@ -330,23 +335,61 @@ impl Ordered<'_, '_> {
                 }
                 send(self.socket, &to_client).await
             }
-            Mode::Plain => match tokio::time::timeout(ARM_TIMEOUT, self.events.recv()).await {
-                Ok(Some(SessionEvent::Armed)) => {
-                    // The seed's caller connects after it got its addresses; the server never
-                    // learns how that went.
-                    self.tally.forget();
-                    send(self.socket, &to_client).await
-                }
-                Ok(Some(SessionEvent::Rejected(code, message))) => {
-                    refuse(self.socket, self.tally, code, message).await;
-                    false
-                }
-                Ok(None) | Err(_) => {
-                    let message = format!("peer '{}' did not answer in time", self.peer);
-                    refuse(self.socket, self.tally, ErrorCode::PeerGone, message).await;
-                    false
-                }
-            },
+            Mode::Plain => self.plain(agent, session, to_client, meta).await,
+        }
+    }
+
+    /// Plain mode: passes the agent's challenge to the client and the client's answer back,
+    /// then sends the client its order once the agent has armed.
+    async fn plain(
+        self,
+        agent: &Online,
+        session: SessionId,
+        to_client: ServerToClient,
+        meta: &ConnMeta,
+    ) -> bool {
+        let deadline = Instant::now() + ARM_TIMEOUT;
+        loop {
+            tokio::select! {
+                ev = tokio::time::timeout_at(deadline, self.events.recv()) => match ev {
+                    Ok(Some(SessionEvent::Armed)) => {
+                        // The seed's caller connects after it got its addresses; the server
+                        // never learns how that went.
+                        self.tally.forget();
+                        return send(self.socket, &to_client).await;
+                    }
+                    Ok(Some(SessionEvent::Challenge(nonce))) => {
+                        let challenge = ServerToClient::Challenge { nonce, you: meta.remote };
+                        if !send(self.socket, &challenge).await {
+                            return false;
+                        }
+                    }
+                    Ok(Some(SessionEvent::Rejected(code, message))) => {
+                        refuse(self.socket, self.tally, code, message).await;
+                        return false;
+                    }
+                    Ok(None) | Err(_) => {
+                        let message = format!("peer '{}' did not answer in time", self.peer);
+                        refuse(self.socket, self.tally, ErrorCode::PeerGone, message).await;
+                        return false;
+                    }
+                },
+                got = self.socket.recv() => match got {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Ok(ClientToServer::Prove { signature }) =
+                            protocol::decode::<ClientToServer>(&text)
+                        {
+                            let proof = ServerToAgent::PlainProof {
+                                session: session.into(),
+                                signature,
+                            };
+                            let _ = agent.tx.try_send(Box::new(proof));
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return false,
+                    Some(Ok(_)) => {}
+                },
+            }
         }
     }
 }
@@ -369,7 +412,7 @@ async fn report(
                 Some(SessionEvent::Rejected(code, message)) => {
                     return refuse(socket, tally, code, message).await;
                 }
-                Some(SessionEvent::Armed) => {}
+                Some(SessionEvent::Armed | SessionEvent::Challenge(_)) => {}
                 None => return,
             },
             got = socket.recv() => match got {

@@ -1,10 +1,16 @@
 //! In-process fixtures: a rendezvous server, an echo service and agents on loopback.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 
 use p2pnc::server::ServerConfig;
 use p2pnc::{Agent, ExposeOptions};
@@ -223,4 +229,77 @@ pub fn free_port() -> u16 {
 /// Raises this process's open-file limit for tests that hold many sockets.
 pub fn raise_fd_limit() {
     p2pnc::testing::raise_fd_limit_to(65_536);
+}
+
+/// How long the raw-protocol helpers below wait for one step.
+const WAIT: Duration = Duration::from_secs(10);
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A TCP connection to `to` from the address `from` (any port).
+pub async fn tcp_from(from: IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    tokio::time::timeout(WAIT, socket.connect(to))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// A control WebSocket to `server` at `path_query`, from the address `from`; the refusal's
+/// status and body when the server answers without upgrading.
+pub async fn ws_from(
+    from: IpAddr,
+    server: SocketAddr,
+    path_query: &str,
+) -> Result<Ws, (u16, String)> {
+    let tcp = tcp_from(from, server).await;
+    let url = format!("ws://{server}{path_query}");
+    match tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, tcp))
+        .await
+        .unwrap()
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            Err((resp.status().as_u16(), String::from_utf8_lossy(body).into()))
+        }
+        Err(e) => panic!("{path_query}: {e}"),
+    }
+}
+
+/// The next JSON message on `ws`.
+pub async fn next_json(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .unwrap();
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// Writes `len` bytes to an echo service through `stream`, half-closes, and checks they all
+/// come back unchanged.
+pub async fn echo_roundtrip(stream: &mut p2pnc::PeerStream, len: usize) {
+    let payload: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    let (mut r, mut w) = tokio::io::split(stream);
+    let send = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = async { r.read_to_end(&mut back).await.unwrap() };
+    tokio::time::timeout(WAIT, async { tokio::join!(send, recv) })
+        .await
+        .expect("echo in time");
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "echo differs");
 }

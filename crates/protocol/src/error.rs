@@ -35,12 +35,14 @@ pub enum ErrorCode {
     RateLimited,
     /// Anything else.
     Internal,
+    /// The agent refuses plain mode (`expose --no-plain`).
+    PlainRefused,
 }
 
 impl ErrorCode {
     /// Every code, in the order of `docs/protocol.md`; the shared vectors list them for the
     /// Java client.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::UnsupportedVersion,
@@ -54,6 +56,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
+        ErrorCode::PlainRefused,
     ];
 
     /// The HTTP status used when this error refuses an upgrade request.
@@ -67,6 +70,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::NoDirectPath => 502,
             ErrorCode::Internal => 500,
+            ErrorCode::PlainRefused => 403,
         }
     }
 }
@@ -108,7 +112,8 @@ mod tests {
                 | ErrorCode::NoDirectPath
                 | ErrorCode::Unauthorized
                 | ErrorCode::RateLimited
-                | ErrorCode::Internal => {}
+                | ErrorCode::Internal
+                | ErrorCode::PlainRefused => {}
             }
         }
         let mut names: Vec<String> = ErrorCode::ALL.iter().map(|c| c.to_string()).collect();

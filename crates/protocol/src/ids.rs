@@ -88,7 +88,7 @@ hex_bytes!(
 );
 hex_bytes!(
     /// The key of a session: 32 random bytes the server sends both ends, mixed with the
-    /// service secret to key the stream hello.
+    /// service's stream key into the stream handshake's PSK.
     SessionKey,
     32
 );
@@ -97,6 +97,22 @@ hex_bytes!(
     /// it, and the agent refuses one it has seen before.
     Nonce,
     16
+);
+hex_bytes!(
+    /// A service's verifier: the public half (SEC1 uncompressed P-256 point, 65 bytes) of the
+    /// signing key derived from its secret (see [`crate::ServiceKeys`]).
+    Verifier,
+    65
+);
+hex_bytes!(
+    /// An agent's static Noise public key (`expose --key`): a SEC1 uncompressed P-256 point.
+    AgentKey,
+    65
+);
+hex_bytes!(
+    /// An ECDSA P-256 SHA-256 signature, `r || s` (64 bytes).
+    Signature,
+    64
 );
 hex_bytes!(
     /// The token of a NAT probe (16 bytes): the probe line and the control request that
@@ -121,6 +137,24 @@ impl fmt::Display for SessionId {
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SessionId({})", self.to_hex())
+    }
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Verifier({})", self.to_hex())
+    }
+}
+
+impl fmt::Debug for AgentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AgentKey({})", crate::fingerprint(self.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({})", self.to_hex())
     }
 }
 

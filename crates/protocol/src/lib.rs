@@ -17,10 +17,13 @@ mod relay;
 mod stream;
 
 pub use candidates::{filter_private_candidates, private_candidate_allowed};
-pub use credentials::{connect_proof, owner_credential, verify_connect_proof};
+pub use credentials::{
+    ROOT_ITERATIONS, ServiceKeys, connect_message, plain_message, public_psk, register_message,
+};
 pub use error::{ErrorBody, ErrorCode};
 pub use ids::{
-    HexError, Nonce, ProbeToken, RelayTicket, ServiceId, SessionId, SessionKey, SessionRef,
+    AgentKey, HexError, Nonce, ProbeToken, RelayTicket, ServiceId, SessionId, SessionKey,
+    SessionRef, Signature, Verifier,
 };
 pub use messages::{AgentToServer, ClientToServer, ServerToAgent, ServerToClient};
 pub use order::{Auth, Mapping, Mode, PunchOrder, Strategy};
@@ -36,13 +39,18 @@ pub use relay::{
     JoinQuery, JoinQueryError, JoinRefused, RELAY_PATH, UPGRADE_TOKEN, check_join_answer,
     join_query, join_request, parse_join_query,
 };
-pub use stream::{HELLO_LEN, HELLO_MAGIC, Role, SELECT, SessionKeys, hello_session};
+pub use stream::{
+    AGENT_HEAD_LEN, AgentReply, CLIENT_HEAD_LEN, ClientHandshake, ClientHead, DH_PUBLIC_LEN, Flags,
+    MAX_EARLY_IN_HELLO, MAX_NOISE_MESSAGE, MAX_RECORD_BODY, NOISE_NK, NOISE_NN, Pattern,
+    RecordCipher, Role, STREAM_MAGIC, StaticKey, StreamError, TAG_LEN, TransportKeys, agent_reply,
+    agent_reply_with, fingerprint, parse_agent_head, record, seal_record,
+};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Protocol version carried by every control request (`v=1`).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version carried by every control request (`v=2`).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Default TCP port of the rendezvous server (HTTP and WebSocket).
 pub const DEFAULT_SERVER_PORT: u16 = 50300;
 /// Largest control message, in bytes, either direction. Real messages are below 2 KiB.

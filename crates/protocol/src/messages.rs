@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
-use crate::ids::{ServiceId, SessionRef};
+use crate::ids::{Nonce, ServiceId, SessionRef, Signature};
 use crate::order::{Mapping, PunchOrder};
 
 /// Messages the rendezvous server sends to an agent.
@@ -16,6 +16,19 @@ use crate::order::{Mapping, PunchOrder};
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ServerToAgent {
+    /// The first message of a registration: sign [`crate::register_message`] with this nonce
+    /// to prove the secret (agents with a verifier only).
+    Challenge {
+        /// 16 fresh random bytes.
+        nonce: Nonce,
+    },
+    /// Plain mode: the client's answer to the agent's challenge.
+    PlainProof {
+        /// The session.
+        session: SessionRef,
+        /// A signature of [`crate::plain_message`].
+        signature: Signature,
+    },
     /// The agent's id is now online; `public` is the agent's address as the server sees it.
     Registered {
         /// The registered id.
@@ -44,6 +57,14 @@ pub enum ServerToAgent {
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ServerToClient {
+    /// Plain mode: the agent's challenge; answer with [`ClientToServer::Prove`].
+    Challenge {
+        /// The agent's fresh nonce.
+        nonce: Nonce,
+        /// The client's public endpoint as the server saw the control connection: the one
+        /// endpoint the agent will accept the plain connection from.
+        you: SocketAddr,
+    },
     /// Start punching now (see [`ServerToAgent::Punch`]).
     Punch(PunchOrder),
     /// The request failed; the connection is closed after this message.
@@ -60,6 +81,18 @@ pub enum ServerToClient {
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum AgentToServer {
+    /// The answer to the registration challenge: a signature of [`crate::register_message`].
+    Prove {
+        /// The signature.
+        signature: Signature,
+    },
+    /// Plain mode: the agent's challenge to the client of `session`.
+    Challenge {
+        /// The session.
+        session: SessionRef,
+        /// 16 fresh random bytes.
+        nonce: Nonce,
+    },
     /// The agent refuses a session (for example a wrong secret); the server tells the client.
     Reject {
         /// The session refused.
@@ -82,6 +115,12 @@ pub enum AgentToServer {
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ClientToServer {
+    /// Plain mode: the answer to the agent's challenge, a signature of
+    /// [`crate::plain_message`].
+    Prove {
+        /// The signature.
+        signature: Signature,
+    },
     /// How the attempt ended, for the server's outcome records; sent before closing.
     Result {
         /// `direct`, `lan`, `relayed`, or `failed`.

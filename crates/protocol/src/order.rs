@@ -6,14 +6,15 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Nonce, RelayTicket, SessionId, SessionKey};
+use crate::ids::{AgentKey, Nonce, RelayTicket, SessionId, SessionKey, Signature};
 
 /// The punch order, as sent to each end of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PunchOrder {
     /// Session id: 16 random bytes, hex.
     pub session: SessionId,
-    /// Session key: 32 random bytes, hex; mixed with the service secret to key the stream hello.
+    /// Session key: 32 random bytes, hex; mixed with the service's stream key into the PSK of
+    /// the stream handshake.
     pub key: SessionKey,
     /// The other end's public endpoint as the server sees it.
     pub peer_public: SocketAddr,
@@ -23,16 +24,18 @@ pub struct PunchOrder {
     /// The receiver's own public endpoint as the server sees it.
     pub you: SocketAddr,
     /// `punch`: both ends connect at once (simultaneous open). `plain`: the client will make a
-    /// single ordinary connect from its control port, and sends no hello (the seed's Java API).
+    /// single ordinary connect from its control port, with no stream handshake (the seed's Java
+    /// API).
     pub mode: Mode,
     /// Whether the agent requires a secret (`secret`) or is exposed with `--public` (`public`).
     pub auth: Auth,
     /// Agent only: the client's nonce from its connect request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<Nonce>,
-    /// Agent only: the client's proof of the secret (hex), absent for public agents.
+    /// Agent only: the client's proof of the secret (a signature of
+    /// [`crate::connect_message`]), absent for public agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proof: Option<String>,
+    pub proof: Option<Signature>,
     /// How the receiver punches (see [`Strategy`]).
     #[serde(default, skip_serializing_if = "Strategy::is_simultaneous")]
     pub strategy: Strategy,
@@ -60,6 +63,10 @@ pub struct PunchOrder {
     /// With [`PunchOrder::peer_public6`]: the receiver's own IPv6 endpoint as the server saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub you6: Option<SocketAddr>,
+    /// Client only: the agent's static Noise key, when it registered one (`expose --key`);
+    /// a client that pins the agent's key checks it and uses it in the handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_key: Option<AgentKey>,
 }
 
 /// A NAT's mapping behaviour (RFC 4787), as seen through the server's two ports.
@@ -210,6 +217,7 @@ mod tests {
             peer_mapped: Some("198.51.100.10:40001".parse().unwrap()),
             peer_public6: None,
             you6: None,
+            peer_key: None,
         }
     }
 

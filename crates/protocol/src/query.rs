@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use crate::error::ErrorCode;
-use crate::ids::{Nonce, ProbeToken, ServiceId};
+use crate::ids::{AgentKey, Nonce, ProbeToken, ServiceId, Signature, Verifier};
 use crate::order::{Auth, Mode};
 use crate::{MAX_ID_BYTES, MAX_MESSAGE_BYTES, MAX_PRIVATE_CANDIDATES, PROTOCOL_VERSION};
 
@@ -22,9 +22,16 @@ pub struct ExposeQuery {
     /// Token of the probe the agent sent from its punch port of the other address family
     /// (IPv6 when the control connection is IPv4, and the reverse), if it has one.
     pub probe_other: Option<ProbeToken>,
-    /// The owner credential (see [`crate::owner_credential`]), lowercase hex: proves a
-    /// restarted agent is the id's owner. Absent for public agents.
-    pub owner: Option<String>,
+    /// The service's verifier (see [`crate::ServiceKeys`]): the key the server checks the
+    /// registration challenge and every connect proof with, and the id's owner identity.
+    /// Required with `auth=secret`, absent with `auth=public`.
+    pub verifier: Option<Verifier>,
+    /// The agent's static Noise key (`expose --key`), for clients that pin it.
+    pub key: Option<AgentKey>,
+    /// Whether this registration replaces an online one with the same verifier (an owner's
+    /// restart: the default). `takeover=0`: wait while the other is online (an agent that
+    /// was itself replaced, or a standby).
+    pub takeover: bool,
     /// The public endpoint the agent's router forwards to its punch port (PCP, NAT-PMP or
     /// UPnP-IGD), if it got one.
     pub mapped: Option<SocketAddr>,
@@ -37,8 +44,9 @@ pub struct ConnectQuery {
     pub peer: ServiceId,
     /// 16 random bytes, fresh for every request.
     pub nonce: Nonce,
-    /// Proof of the secret, lowercase hex; absent when the client has no secret.
-    pub proof: Option<String>,
+    /// Proof of the secret: a signature of [`crate::connect_message`] with the service's key;
+    /// absent when the client has no secret.
+    pub proof: Option<Signature>,
     /// The client's private candidates.
     pub private: Vec<SocketAddr>,
     /// Punch (default) or plain.
@@ -171,10 +179,13 @@ pub fn validate_id(id: &str) -> Result<(), QueryError> {
 
 fn check_version(v: Option<&str>) -> Result<(), QueryError> {
     match v {
-        Some("1") => Ok(()),
+        Some(v) if v == PROTOCOL_VERSION.to_string() => Ok(()),
         Some(other) => Err(QueryError {
             code: ErrorCode::UnsupportedVersion,
-            message: format!("protocol version {other} is not supported (this server speaks 1)"),
+            message: format!(
+                "protocol version {other} is not supported: this server speaks \
+                 {PROTOCOL_VERSION}; upgrade the client or agent"
+            ),
         }),
         None => Err(bad("missing v (protocol version)")),
     }
@@ -197,14 +208,6 @@ fn parse_candidates(v: &str) -> Result<Vec<SocketAddr>, QueryError> {
     Ok(list)
 }
 
-fn check_hex(name: &str, v: &str, bytes: usize) -> Result<(), QueryError> {
-    if v.len() == bytes * 2 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(bad(format!("{name} must be {bytes} bytes of hex")))
-    }
-}
-
 /// Parses the hex value `name` into one of the protocol's byte types.
 fn parse_hex<T: std::str::FromStr>(name: &str, v: &str, bytes: usize) -> Result<T, QueryError> {
     v.parse()
@@ -223,12 +226,22 @@ impl ExposeQuery {
     /// Parses the query string of an expose request.
     pub fn parse(query: &str) -> Result<Self, QueryError> {
         let (mut v, mut id, mut auth, mut private) = (None, None, None, Vec::new());
-        let (mut probe, mut owner, mut mapped, mut probe_other) = (None, None, None, None);
+        let (mut probe, mut verifier, mut key, mut mapped) = (None, None, None, None);
+        let mut probe_other = None;
+        let mut takeover = true;
         for (k, val) in parse_pairs(query)? {
             match k.as_str() {
                 "probe" if !val.is_empty() => probe = Some(val),
                 "probe_other" if !val.is_empty() => probe_other = Some(val),
-                "owner" if !val.is_empty() => owner = Some(val),
+                "verifier" if !val.is_empty() => verifier = Some(val),
+                "key" if !val.is_empty() => key = Some(val),
+                "takeover" => {
+                    takeover = match val.as_str() {
+                        "1" => true,
+                        "0" => false,
+                        _ => return Err(bad("takeover must be 0 or 1")),
+                    }
+                }
                 "mapped" if !val.is_empty() => {
                     mapped = Some(
                         val.parse::<SocketAddr>()
@@ -252,17 +265,31 @@ impl ExposeQuery {
         let id = ServiceId::new(&id.ok_or_else(|| bad("missing id"))?)?;
         let probe = parse_token("probe", probe)?;
         let probe_other = parse_token("probe_other", probe_other)?;
-        if let Some(o) = &owner {
-            check_hex("owner", o, 32)?;
+        let verifier: Option<Verifier> = verifier
+            .map(|p| parse_hex("verifier", &p, Verifier::LEN))
+            .transpose()?;
+        let key = key
+            .map(|p| parse_hex("key", &p, AgentKey::LEN))
+            .transpose()?;
+        let auth = auth.ok_or_else(|| bad("missing auth ('secret' or 'public')"))?;
+        match (auth, &verifier) {
+            (Auth::Secret, None) => return Err(bad("auth=secret needs a verifier")),
+            (Auth::Public, Some(_)) => return Err(bad("auth=public takes no verifier")),
+            (_, Some(v)) if !v.is_valid() => {
+                return Err(bad("verifier is not a P-256 point"));
+            }
+            _ => {}
         }
         Ok(ExposeQuery {
             id,
-            auth: auth.ok_or_else(|| bad("missing auth ('secret' or 'public')"))?,
+            auth,
             private,
             probe,
             probe_other,
-            owner: owner.map(|o| o.to_ascii_lowercase()),
+            verifier,
+            key,
             mapped,
+            takeover,
         })
     }
 
@@ -275,9 +302,16 @@ impl ExposeQuery {
             percent_encode(&format_candidates(&self.private))
         );
         push_tokens(&mut q, self.probe.as_ref(), self.probe_other.as_ref());
-        if let Some(o) = &self.owner {
-            q.push_str("&owner=");
-            q.push_str(o);
+        if let Some(v) = &self.verifier {
+            q.push_str("&verifier=");
+            q.push_str(&v.to_hex());
+        }
+        if let Some(k) = &self.key {
+            q.push_str("&key=");
+            q.push_str(&k.to_hex());
+        }
+        if !self.takeover {
+            q.push_str("&takeover=0");
         }
         if let Some(m) = &self.mapped {
             q.push_str("&mapped=");
@@ -316,15 +350,15 @@ impl ConnectQuery {
         let peer = ServiceId::new(&peer.ok_or_else(|| bad("missing peer"))?)?;
         let nonce = nonce.ok_or_else(|| bad("missing nonce"))?;
         let nonce = parse_hex("nonce", &nonce, Nonce::LEN)?;
-        if let Some(p) = &proof {
-            check_hex("proof", p, 32)?;
-        }
+        let proof = proof
+            .map(|p| parse_hex("proof", &p, Signature::LEN))
+            .transpose()?;
         let probe = parse_token("probe", probe)?;
         let probe_other = parse_token("probe_other", probe_other)?;
         Ok(ConnectQuery {
             peer,
             nonce,
-            proof: proof.map(|p| p.to_ascii_lowercase()),
+            proof,
             private,
             mode,
             probe,
@@ -343,7 +377,7 @@ impl ConnectQuery {
         );
         if let Some(p) = &self.proof {
             q.push_str("&proof=");
-            q.push_str(p);
+            q.push_str(&p.to_hex());
         }
         push_tokens(&mut q, self.probe.as_ref(), self.probe_other.as_ref());
         q
@@ -367,7 +401,7 @@ fn push_tokens(q: &mut String, probe: Option<&ProbeToken>, other: Option<&ProbeT
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::owner_credential;
+    use crate::ServiceKeys;
 
     #[test]
     fn expose_query_round_trips() {
@@ -381,7 +415,9 @@ mod tests {
             ],
             probe: Some(ProbeToken::from_bytes([0x0a; 16])),
             probe_other: Some(ProbeToken::from_bytes([0x0b; 16])),
-            owner: Some(owner_credential("pw", id)),
+            verifier: Some(ServiceKeys::derive("pw", id).verifier()),
+            key: None,
+            takeover: false,
             mapped: Some("198.51.100.2:40000".parse().unwrap()),
         };
         assert_eq!(ExposeQuery::parse(&q.to_query()).unwrap(), q);
@@ -394,7 +430,7 @@ mod tests {
         assert!(!without.to_query().contains("mapped"));
         assert_eq!(ExposeQuery::parse(&without.to_query()).unwrap(), without);
         // Empty means none; anything else must be one IP:PORT.
-        let base = "v=1&id=a&auth=public&private=";
+        let base = "v=2&id=a&auth=public&private=";
         assert_eq!(
             ExposeQuery::parse(&format!("{base}&mapped="))
                 .unwrap()
@@ -415,7 +451,7 @@ mod tests {
         let q = ConnectQuery {
             peer: ServiceId::new("streamserver").unwrap(),
             nonce: "00112233445566778899aabbccddeeff".parse().unwrap(),
-            proof: Some("ab".repeat(32)),
+            proof: Some(Signature::from_bytes([0xab; 64])),
             private: vec![],
             mode: Mode::Plain,
             probe: None,
@@ -438,18 +474,19 @@ mod tests {
         );
         assert_eq!(ConnectQuery::parse(&both.to_query()).unwrap(), both);
         let err =
-            ConnectQuery::parse("v=1&peer=x&nonce=00112233445566778899aabbccddeeff&probe_other=ab")
+            ConnectQuery::parse("v=2&peer=x&nonce=00112233445566778899aabbccddeeff&probe_other=ab")
                 .unwrap_err();
         assert_eq!(err.message, "probe_other must be 16 bytes of hex");
-        let err = ConnectQuery::parse("v=1&peer=x&nonce=zz").unwrap_err();
+        let err = ConnectQuery::parse("v=2&peer=x&nonce=zz").unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
         assert!(err.message.contains("nonce"), "{}", err.message);
-        let err = ConnectQuery::parse("v=2&peer=x&nonce=00").unwrap_err();
+        let err = ConnectQuery::parse("v=1&peer=x&nonce=00").unwrap_err();
         assert_eq!(err.code, ErrorCode::UnsupportedVersion);
-        assert!(ConnectQuery::parse("v=1&peer=&nonce=00").is_err());
-        assert!(ConnectQuery::parse("v=1&peer=%ZZ").is_err());
-        assert!(ConnectQuery::parse("v=1&peer=%FF%FE&nonce=00").is_err());
-        assert!(ConnectQuery::parse("v=1&peer=a%0Ab&nonce=00").is_err());
+        assert!(err.message.contains("upgrade"), "{}", err.message);
+        assert!(ConnectQuery::parse("v=2&peer=&nonce=00").is_err());
+        assert!(ConnectQuery::parse("v=2&peer=%ZZ").is_err());
+        assert!(ConnectQuery::parse("v=2&peer=%FF%FE&nonce=00").is_err());
+        assert!(ConnectQuery::parse("v=2&peer=a%0Ab&nonce=00").is_err());
     }
 
     #[test]
@@ -490,20 +527,34 @@ mod tests {
     #[test]
     fn hex_values_are_read_in_either_case_and_written_in_lowercase() {
         let upper = "AB".repeat(16);
-        let q = ConnectQuery::parse(&format!("v=1&peer=x&nonce={upper}&probe={upper}")).unwrap();
+        let q = ConnectQuery::parse(&format!("v=2&peer=x&nonce={upper}&probe={upper}")).unwrap();
         assert_eq!(q.nonce.to_string(), "ab".repeat(16));
         assert!(
             q.to_query()
                 .contains(&format!("&probe={}", "ab".repeat(16)))
         );
-        let err = ExposeQuery::parse("v=1&id=a&auth=public&probe=abc").unwrap_err();
+        let err = ExposeQuery::parse("v=2&id=a&auth=public&probe=abc").unwrap_err();
         assert_eq!(err.message, "probe must be 16 bytes of hex");
+    }
+
+    #[test]
+    fn a_secret_agent_registers_a_valid_verifier_and_a_public_one_none() {
+        let v = ServiceKeys::derive("pw", "a").verifier().to_hex();
+        assert!(ExposeQuery::parse(&format!("v=2&id=a&auth=secret&verifier={v}")).is_ok());
+        let err = ExposeQuery::parse("v=2&id=a&auth=secret").unwrap_err();
+        assert!(err.message.contains("verifier"), "{}", err.message);
+        let err = ExposeQuery::parse(&format!("v=2&id=a&auth=public&verifier={v}")).unwrap_err();
+        assert!(err.message.contains("verifier"), "{}", err.message);
+        let off_curve = format!("04{}", "00".repeat(64));
+        let err =
+            ExposeQuery::parse(&format!("v=2&id=a&auth=secret&verifier={off_curve}")).unwrap_err();
+        assert!(err.message.contains("P-256"), "{}", err.message);
     }
 
     #[test]
     fn too_many_candidates_are_refused() {
         let many = ["10.0.0.1:1"; MAX_PRIVATE_CANDIDATES + 1].join(",");
-        let err = ExposeQuery::parse(&format!("v=1&id=a&auth=public&private={many}")).unwrap_err();
+        let err = ExposeQuery::parse(&format!("v=2&id=a&auth=public&private={many}")).unwrap_err();
         assert!(err.message.contains("at most"), "{}", err.message);
     }
 }

@@ -37,6 +37,14 @@ pub struct ConnectArgs {
     punch: PunchArgs,
     #[command(flatten)]
     tls: TlsArgs,
+    /// Ask the agent for an unencrypted stream (for applications that run TLS themselves);
+    /// an agent without --no-encrypt keeps it encrypted.
+    #[arg(long)]
+    no_encrypt: bool,
+    /// Accept only an agent holding the static key with this fingerprint, sha256:<64 hex>
+    /// (expose --key logs it): authenticates a --public service.
+    #[arg(long, value_name = "PIN")]
+    peer_pin: Option<String>,
     #[command(flatten)]
     report: ReportArgs,
 }
@@ -51,6 +59,8 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
         punch: args.punch.options()?,
         token: args.punch.token.clone(),
         early_data: None,
+        encrypt: !args.no_encrypt,
+        peer_pin: args.peer_pin.clone(),
     };
     if args.stdio {
         // What is already on stdin leaves with the stream's first packet.

@@ -137,7 +137,7 @@ async fn connect(server_url: &str, t0: Instant) -> Result<Connection> {
 async fn echo(conn: &mut Connection, t0: Instant) -> Result<()> {
     let t = Instant::now();
     let payload: Vec<u8> = (0..PAYLOAD).map(|i| (i * 31 % 251) as u8).collect();
-    let (mut r, mut w) = conn.stream.split();
+    let (mut r, mut w) = tokio::io::split(&mut conn.stream);
     let send = async {
         w.write_all(&payload).await?;
         w.shutdown().await

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use p2pnc::{Agent, ExposeOptions};
 use tokio::net::TcpStream;
@@ -42,13 +42,61 @@ pub struct ExposeArgs {
     /// UPnP-IGD).
     #[arg(long)]
     no_port_mapping: bool,
+    /// Let clients that ask for it (connect --no-encrypt) have unencrypted streams; without
+    /// this flag every stream is encrypted.
+    #[arg(long)]
+    no_encrypt: bool,
+    /// Refuse the seed's plain mode (a raw, unencrypted connection for clients that call
+    /// getP2PLocalPeerAddress).
+    #[arg(long)]
+    no_plain: bool,
+    /// This agent's static key (created if missing): clients pin it with
+    /// --peer-pin sha256:..., as the log shows at start. The way to authenticate a --public
+    /// service.
+    #[arg(long, value_name = "FILE")]
+    key: Option<std::path::PathBuf>,
     #[command(flatten)]
     report: ReportArgs,
 }
 
-/// Exposes the service until a stop signal (see `signals`), or until the server says the agent
-/// must stop.
+/// Loads the agent's static key from `path`, or creates it there (readable by the owner only).
+fn load_or_create_key(path: &std::path::Path) -> Result<p2pnc::protocol::StaticKey> {
+    use p2pnc::protocol::StaticKey;
+    const HEAD: &str = "p2pnc static key v1";
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mut lines = text.lines();
+            let (head, hex) = (lines.next(), lines.next().map(str::trim));
+            let private: Option<[u8; 32]> = hex
+                .filter(|_| head == Some(HEAD))
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|b| b.try_into().ok());
+            private
+                .and_then(|p| StaticKey::from_private(&p))
+                .ok_or_else(|| anyhow!("--key {}: not a p2pnc static key file", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = StaticKey::generate();
+            let text = format!("{HEAD}\n{}\n", hex::encode(key.private()));
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options
+                .open(path)
+                .with_context(|| format!("cannot create --key {}", path.display()))?;
+            std::io::Write::write_all(&mut file, text.as_bytes())
+                .with_context(|| format!("cannot write --key {}", path.display()))?;
+            tracing::info!("created a static key in {}", path.display());
+            Ok(key)
+        }
+        Err(e) => Err(anyhow!("cannot read --key {}: {e}", path.display())),
+    }
+}
+
+/// Exposes the service until a stop signal (see `signals`).
 pub async fn run(args: ExposeArgs) -> Result<()> {
+    check_service_address(&args.to)?;
     if args.public {
         tracing::warn!(
             "--public: anyone who knows the id '{}' can reach {}",
@@ -62,6 +110,9 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
         punch_port: args.punch_port,
         token: args.punch.token.clone(),
         port_mapping: !args.no_port_mapping,
+        allow_unencrypted: args.no_encrypt,
+        allow_plain: !args.no_plain,
+        key: args.key.as_deref().map(load_or_create_key).transpose()?,
         ..ExposeOptions::new(
             &args.server,
             &args.id,
@@ -72,28 +123,44 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
             },
         )?
     };
+    if let Some(key) = &opts.key {
+        tracing::info!(
+            "static key: clients may pin this agent with --peer-pin {}",
+            key.fingerprint()
+        );
+    }
     let stop = crate::signals::shutdown_token(crate::signals::Hangup::Stops)?;
-    let mut agent = Agent::start(opts).await?;
     let tasks = TaskTracker::new();
+    // Start-up retries an unreachable server for as long as it takes: a stop signal ends it.
+    let mut agent = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        agent = Agent::start(opts) => agent?,
+    };
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             a = agent.accept() => a,
         };
         let Some(mut accepted) = accepted else {
-            if let Some(reason) = agent.stop_reason() {
-                bail!("{reason}");
-            }
             break;
         };
         let (to, id, reports) = (args.to.clone(), args.id.clone(), args.report);
         tasks.spawn(async move {
             let service =
                 tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&to)).await;
-            let mut service = match service {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::error!("service {to} refused: {e}"),
-                Err(_) => return tracing::error!("service {to} did not accept in time"),
+            let why = match service {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(e)) => Err(format!("its service at {to} refused the connection ({e})")),
+                Err(_) => Err(format!("its service at {to} did not accept in time")),
+            };
+            let mut service = match why {
+                Ok(s) => s,
+                Err(why) => {
+                    tracing::error!("{why}");
+                    // The client learns why in one line instead of a reset stream.
+                    accepted.stream.refuse(&why).await;
+                    return;
+                }
             };
             let _ = service.set_nodelay(true);
             let carried = p2pnc::forward(&mut accepted.stream, &mut service).await;
@@ -110,4 +177,30 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
     tasks.close();
     agent.shutdown().await;
     Ok(())
+}
+
+/// Refuses a `--to` that is not `HOST:PORT` (an IP address or a name, and a port) before
+/// anything registers: otherwise every client would meet the mistake as a refused service.
+fn check_service_address(to: &str) -> Result<()> {
+    let bad = |why: &str| anyhow!("--to {to}: {why} (expected HOST:PORT, e.g. 127.0.0.1:8080)");
+    let Some((host, port)) = to.rsplit_once(':') else {
+        return Err(bad("no port"));
+    };
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err(bad("not a port number")),
+        Ok(_) => {}
+    }
+    let v6 = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if v6.is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok()) {
+        return Ok(());
+    }
+    let name_ok = !host.is_empty()
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if name_ok {
+        Ok(())
+    } else {
+        Err(bad("not an address or host name"))
+    }
 }

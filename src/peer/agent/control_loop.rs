@@ -18,6 +18,10 @@ use tokio_util::task::TaskTracker;
 use super::inbound::{self, Slots, Strays};
 use super::registration::{self, Registration};
 use super::{AgentState, BACKOFF_MAX, BACKOFF_MIN};
+
+/// How often an agent replaced by another instance of its service asks for the id again:
+/// it takes over within this long once the other instance has gone.
+const STANDBY_RETRY: Duration = Duration::from_secs(5);
 use crate::peer::control::{self, Incoming};
 use crate::protocol::{AgentToServer, ErrorCode, ServerToAgent};
 
@@ -76,11 +80,14 @@ pub(super) async fn control_loop(
         if let Some(keeper) = keeper {
             keeper.release().await;
         }
-        if let Some(reason) = ended {
-            tracing::error!("stopping: {reason}");
-            *state.stopped.lock().expect("stopped lock") = Some(reason);
-            return;
-        }
+        let takeover = match ended {
+            Ended::Stopped => return,
+            Ended::Lost => true,
+            // Replaced by another instance of the same service: wait while it holds the id
+            // instead of taking turns replacing each other.
+            Ended::Replaced => false,
+        };
+        let cap = if takeover { BACKOFF_MAX } else { STANDBY_RETRY };
         let mut backoff = BACKOFF_MIN;
         reg = loop {
             tokio::select! {
@@ -89,11 +96,13 @@ pub(super) async fn control_loop(
             }
             // A new port each time: the old 4-tuple to the server may sit in TIME_WAIT.
             let port = state.opts.punch_port;
-            match registration::register(&state.opts, &state.servers, port).await {
+            let attempt =
+                registration::register(&state.opts, &state.stream, &state.servers, port, takeover);
+            match attempt.await {
                 Ok(r) => break r,
                 Err(e) => {
                     tracing::warn!("re-registration failed ({e}); retrying in {backoff:?}");
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    backoff = (backoff * 2).min(cap);
                 }
             }
         };
@@ -102,11 +111,21 @@ pub(super) async fn control_loop(
 
 /// One registration: serves punch orders and the punch port until the control channel dies.
 /// Returns a reason when the agent must stop rather than reconnect.
+/// How a registration ended.
+enum Ended {
+    /// The agent is stopping.
+    Stopped,
+    /// The control channel died: register again.
+    Lost,
+    /// Another registration of the same service replaced this one.
+    Replaced,
+}
+
 async fn serve_registration(
     state: &Arc<AgentState>,
     reg: Registration,
     stop: &CancellationToken,
-) -> Option<String> {
+) -> Ended {
     let Registration {
         mut ws,
         listeners,
@@ -123,7 +142,7 @@ async fn serve_registration(
         tokio::select! {
             _ = stop.cancelled() => {
                 let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
-                return None;
+                return Ended::Stopped;
             }
             // Every frame counts as a sign of life, pings and pongs included.
             got = control::recv_frame::<ServerToAgent>(&mut ws) => {
@@ -132,29 +151,34 @@ async fn serve_registration(
                     Ok(Incoming::Message(ServerToAgent::Punch(p))) => {
                         tasks.spawn(super::session(state.clone(), slots.clone(), ports.clone(), p, msg_tx.clone()));
                     }
+                    Ok(Incoming::Message(ServerToAgent::PlainProof { session, signature })) => {
+                        state.plain_proof(session.id(), signature);
+                    }
                     Ok(Incoming::Message(ServerToAgent::Error { code: ErrorCode::IdTaken, message })) => {
-                        // Another instance with the same secret took over the id: two agents
-                        // must not take turns replacing each other.
-                        return Some(message);
+                        // Another registration with the same secret replaced this one: an
+                        // instance started twice, or someone who knows the secret. Keep
+                        // trying (with backoff) rather than give the id up for good.
+                        tracing::warn!("{message}; registering again once it is free");
+                        return Ended::Replaced;
                     }
                     Ok(Incoming::Message(ServerToAgent::Error { code, message })) => {
                         tracing::warn!("server error {code}: {message}");
-                        return None;
+                        return Ended::Lost;
                     }
                     Ok(Incoming::Message(_) | Incoming::Alive) => {}
                     Ok(Incoming::Closed) => {
                         tracing::warn!("server closed the control channel");
-                        return None;
+                        return Ended::Lost;
                     }
                     Err(e) => {
                         tracing::warn!("{e}");
-                        return None;
+                        return Ended::Lost;
                     }
                 }
             }
             Some(msg) = msg_rx.recv() => {
                 if control::send(&mut ws, &msg).await.is_err() {
-                    return None;
+                    return Ended::Lost;
                 }
             }
             accepted = accept_any(&listeners) => match accepted {
@@ -169,10 +193,10 @@ async fn serve_registration(
             _ = ping.tick() => {
                 if last_heard.elapsed() > SERVER_SILENCE_LIMIT {
                     tracing::warn!("server silent for {:?}; reconnecting", last_heard.elapsed());
-                    return None;
+                    return Ended::Lost;
                 }
                 if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    return None;
+                    return Ended::Lost;
                 }
             }
             Some(_) = tasks.join_next() => {}

@@ -11,10 +11,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::peer::punch::{self, Inbound};
-use crate::protocol::{self, SessionId};
+use crate::protocol::SessionId;
 
-/// Time a stray connection to the punch port gets to present its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time a stray connection to the punch port gets to present its stream handshake.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connections on the punch port still waiting to show their hello (strays until they do),
 /// oldest first. At most [`crate::defaults::STRAY_CONNECTIONS`]: a newer one closes the oldest,
@@ -135,37 +135,36 @@ impl Slots {
 }
 
 /// Hands a stream accepted on the punch port to its session: a plain-mode session expecting
-/// its address, or the session its hello names (a stream without one is closed, as is one
-/// whose place among the strays a newer connection took).
+/// its address, or the session its stream handshake names (a stream without one is closed, as
+/// is one whose place among the strays a newer connection took).
 pub(super) async fn dispatch(slots: Slots, stray: Stray, mut stream: TcpStream, from: SocketAddr) {
     if let Some(tx) = slots.plain(from) {
         drop(stray);
-        let _ = tx
-            .send(Inbound {
-                stream,
-                hello: None,
-            })
-            .await;
+        let _ = tx.send(Inbound { stream, head: None }).await;
         return;
     }
     let read = tokio::select! {
-        read = punch::read_hello(&mut stream, HELLO_TIMEOUT) => read,
+        read = punch::read_head(&mut stream, HEAD_TIMEOUT) => read,
         _ = stray.closed.cancelled() => return,
     };
     drop(stray);
-    let hello = match read {
-        Ok(h) => h,
+    let head = match read {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::debug!("stray connection from {from}: {e}");
+            return;
+        }
         Err(e) => {
             tracing::debug!("stray connection from {from}: {e}");
             return;
         }
     };
-    match protocol::hello_session(&hello).and_then(|id| slots.get(&id)) {
+    match slots.get(&head.session) {
         Some(tx) => {
             let _ = tx
                 .send(Inbound {
                     stream,
-                    hello: Some(hello),
+                    head: Some(head),
                 })
                 .await;
         }

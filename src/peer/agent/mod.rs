@@ -17,8 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,10 +26,15 @@ use self::budget::Budget;
 use self::inbound::Slots;
 use super::control::ServerUrl;
 use super::ports::PortsView;
-use super::punch::PunchOptions;
+use super::punch::{PunchOptions, StreamSettings};
 use super::session::{ConnectionInfo, Established, Session};
+use super::stream::PeerStream;
 use crate::Error;
-use crate::protocol::{self, AgentToServer, ErrorCode, Mode, Nonce, PunchOrder, Role};
+use crate::protocol::{
+    self, AgentToServer, ErrorCode, Mode, Nonce, PunchOrder, Role, ServiceKeys, SessionId,
+    Signature, StaticKey, connect_message, plain_message,
+};
+use crate::replay::ReplayCache;
 
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -44,6 +48,9 @@ const REPLAY_WINDOW: Duration = Duration::from_secs(600);
 const ACCEPT_QUEUE: usize = 64;
 /// How long a proven stream waits for room in a full accept queue before it is dropped.
 const ACCEPT_WAIT: Duration = Duration::from_secs(10);
+/// How long a plain-mode session waits for the client's answer to its challenge: a round
+/// trip through the server to the client and back, on a slow phone network.
+const PLAIN_PROOF_WAIT: Duration = Duration::from_secs(5);
 
 /// How to expose a service.
 #[derive(Clone)]
@@ -64,6 +71,15 @@ pub struct ExposeOptions {
     /// UPnP-IGD) and announce it to the server. Never tried toward a server on a loopback or
     /// private address.
     pub port_mapping: bool,
+    /// Let clients that ask for it (`connect --no-encrypt`) have raw bytes after the
+    /// handshake. Off by default: streams are encrypted.
+    pub allow_unencrypted: bool,
+    /// Serve the seed's plain mode (one raw connect from the client, no stream handshake):
+    /// on by default for the seed's Java API; its streams are never encrypted.
+    pub allow_plain: bool,
+    /// The agent's static Noise key (`expose --key FILE`): clients that pin it
+    /// (`connect --peer-pin`) know they reach this agent even without a secret.
+    pub key: Option<StaticKey>,
 }
 
 impl std::fmt::Debug for ExposeOptions {
@@ -76,6 +92,9 @@ impl std::fmt::Debug for ExposeOptions {
             .field("punch_port", &self.punch_port)
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
             .field("port_mapping", &self.port_mapping)
+            .field("allow_unencrypted", &self.allow_unencrypted)
+            .field("allow_plain", &self.allow_plain)
+            .field("key", &self.key)
             .finish()
     }
 }
@@ -92,15 +111,32 @@ impl ExposeOptions {
             punch_port: 0,
             token: None,
             port_mapping: true,
+            allow_unencrypted: false,
+            allow_plain: true,
+            key: None,
         })
+    }
+
+    /// What the agent brings to every stream handshake: the keys of its secret (derived
+    /// here, about 3 ms), its static key, whether it grants raw bytes.
+    pub(crate) fn stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            keys: self
+                .secret
+                .as_deref()
+                .map(|s| ServiceKeys::derive(s, &self.id)),
+            pin: None,
+            static_key: self.key.clone(),
+            unencrypted: self.allow_unencrypted,
+        }
     }
 }
 
 /// A proven stream from a client.
 #[derive(Debug)]
 pub struct Accepted {
-    /// The stream; bytes read here come from the client.
-    pub stream: TcpStream,
+    /// The stream; bytes read here come from the client (decrypted).
+    pub stream: PeerStream,
     /// How it was reached.
     pub info: ConnectionInfo,
 }
@@ -113,7 +149,6 @@ pub struct Agent {
     tracker: TaskTracker,
     public: SocketAddr,
     mapped: Option<SocketAddr>,
-    stopped: Arc<Mutex<Option<String>>>,
 }
 
 impl Agent {
@@ -136,7 +171,7 @@ impl Agent {
     /// # let client = tokio::spawn(async move { p2pnc::connect(&client).await });
     /// if let Some(mut conn) = agent.accept().await {
     ///     println!("client via {} in {:?}", conn.info.peer_addr, conn.info.setup);
-    ///     conn.stream.write_all(b"welcome").await?; // a tokio TcpStream to the client
+    ///     conn.stream.write_all(b"welcome").await?; // encrypted, to the client
     /// }
     /// # client.await??;
     /// # stop.cancel();
@@ -144,9 +179,11 @@ impl Agent {
     /// ```
     pub async fn start(opts: ExposeOptions) -> Result<Agent, Error> {
         let servers = opts.server.resolve_all().await?;
+        let stream = opts.stream_settings();
         let mut backoff = BACKOFF_MIN;
         let registration = loop {
-            match registration::register(&opts, &servers, opts.punch_port).await {
+            let attempt = registration::register(&opts, &stream, &servers, opts.punch_port, true);
+            match attempt.await {
                 Ok(r) => break r,
                 Err(Error::ServerUnreachable(why) | Error::Busy(why)) => {
                     tracing::warn!("{why}; retrying in {backoff:?}");
@@ -161,14 +198,14 @@ impl Agent {
         let (tx, incoming) = mpsc::channel(ACCEPT_QUEUE);
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let stopped = Arc::new(Mutex::new(None));
         let fd_limit = crate::net::raise_fd_limit_to(65_536);
         let state = Arc::new(AgentState {
-            stopped: stopped.clone(),
             opts,
+            stream,
             servers,
             accepted: tx,
-            replay: Mutex::new(HashMap::new()),
+            replay: ReplayCache::new(REPLAY_WINDOW, REPLAY_CACHE),
+            plain_proofs: Mutex::new(HashMap::new()),
             budget: Budget::new(budget::Limits::for_fd_limit(fd_limit)),
         });
         tracker.spawn(control_loop::control_loop(
@@ -184,19 +221,14 @@ impl Agent {
             tracker,
             public,
             mapped,
-            stopped,
         })
     }
 
-    /// The next proven stream; `None` once the agent has stopped.
+    /// The next proven stream; `None` once the agent has stopped. An agent replaced by
+    /// another instance of its service (same secret) does not stop: it waits, registering
+    /// again once the id is free.
     pub async fn accept(&mut self) -> Option<Accepted> {
         self.incoming.recv().await
-    }
-
-    /// Why the agent stopped by itself (for example: another instance with the same secret
-    /// took over its id), once [`Agent::accept`] has returned `None`.
-    pub fn stop_reason(&self) -> Option<String> {
-        self.stopped.lock().expect("stopped lock").clone()
     }
 
     /// The agent's public endpoint as the server saw it at the first registration.
@@ -225,32 +257,16 @@ impl Drop for Agent {
 
 struct AgentState {
     opts: ExposeOptions,
-    /// Why the agent stopped by itself, if it did.
-    stopped: Arc<Mutex<Option<String>>>,
+    /// The keys and settings of every stream handshake.
+    stream: StreamSettings,
     /// The server's addresses, every family.
     servers: Vec<SocketAddr>,
     accepted: mpsc::Sender<Accepted>,
-    replay: Mutex<HashMap<Nonce, Instant>>,
+    replay: ReplayCache,
+    /// Plain-mode sessions waiting for the client's answer to their challenge.
+    plain_proofs: Mutex<HashMap<SessionId, oneshot::Sender<Signature>>>,
     /// What the sessions may hold together.
     budget: Budget,
-}
-
-impl AgentState {
-    /// Records a nonce; false if it was seen before (a replayed request).
-    fn fresh_nonce(&self, nonce: Nonce) -> bool {
-        let mut seen = self.replay.lock().expect("replay lock");
-        let now = Instant::now();
-        if seen.len() >= REPLAY_CACHE {
-            seen.retain(|_, t| now.duration_since(*t) < REPLAY_WINDOW);
-        }
-        if seen.len() >= REPLAY_CACHE {
-            // Still full of fresh nonces: forget the oldest.
-            if let Some(oldest) = seen.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
-                seen.remove(&oldest);
-            }
-        }
-        seen.insert(nonce, now).is_none()
-    }
 }
 
 impl AgentState {
@@ -267,16 +283,25 @@ impl AgentState {
             tracing::warn!(client = %order.peer_public, "punch order without a nonce refused");
             return Err(reject(ErrorCode::SecretRejected, "no nonce"));
         };
-        if let Some(secret) = &self.opts.secret {
-            let ok = order.proof.as_deref().is_some_and(|proof| {
-                protocol::verify_connect_proof(secret, &self.opts.id, &nonce, proof)
-            });
+        if order.mode == Mode::Plain && !self.opts.allow_plain {
+            tracing::warn!(client = %order.peer_public, "plain mode refused (--no-plain)");
+            return Err(reject(
+                ErrorCode::PlainRefused,
+                "this service refuses plain mode (it runs with --no-plain)",
+            ));
+        }
+        if let Some(keys) = &self.stream.keys {
+            // The server checked it too; it is not trusted to have done so.
+            let message = connect_message(&self.opts.id, order.mode, &nonce);
+            let ok = order
+                .proof
+                .is_some_and(|proof| keys.verifier().verifies(&message, &proof));
             if !ok {
                 tracing::warn!(client = %order.peer_public, "secret rejected");
                 return Err(reject(ErrorCode::SecretRejected, "secret rejected"));
             }
         }
-        if !self.fresh_nonce(nonce) {
+        if !self.replay.fresh(nonce) {
             tracing::warn!(client = %order.peer_public, "replayed connect request refused");
             return Err(reject(ErrorCode::SecretRejected, "replayed request"));
         }
@@ -307,6 +332,68 @@ impl AgentState {
     }
 }
 
+impl AgentState {
+    /// Plain mode with a secret: challenges the client (through the server) to sign the
+    /// agent's fresh nonce together with the endpoint the server saw it at, the one endpoint
+    /// the raw connection will be accepted from. A captured proof opens nothing.
+    async fn challenge_plain(
+        &self,
+        order: &PunchOrder,
+        nonce: Nonce,
+        msgs: &mpsc::Sender<AgentToServer>,
+    ) -> Result<(), String> {
+        let Some(keys) = &self.stream.keys else {
+            return Ok(()); // A public service lets anyone connect.
+        };
+        let challenge = Nonce::random();
+        let (tx, rx) = oneshot::channel();
+        self.plain_proofs
+            .lock()
+            .expect("plain proofs lock")
+            .insert(order.session, tx);
+        let sent = msgs
+            .send(AgentToServer::Challenge {
+                session: order.session.into(),
+                nonce: challenge,
+            })
+            .await;
+        let answer = match sent {
+            Ok(()) => tokio::time::timeout(PLAIN_PROOF_WAIT, rx).await,
+            Err(_) => return Err("the control channel closed".into()),
+        };
+        self.plain_proofs
+            .lock()
+            .expect("plain proofs lock")
+            .remove(&order.session);
+        let signature = match answer {
+            Ok(Ok(sig)) => sig,
+            _ => return Err("no answer to the plain-mode challenge in time".into()),
+        };
+        let message = plain_message(&self.opts.id, &nonce, &challenge, &order.peer_public);
+        if keys.verifier().verifies(&message, &signature) {
+            Ok(())
+        } else {
+            Err("the plain-mode answer does not verify".into())
+        }
+    }
+
+    /// Passes a client's answer to the plain-mode session waiting for it.
+    fn plain_proof(&self, session: Option<SessionId>, signature: Signature) {
+        let waiting = session.and_then(|s| {
+            self.plain_proofs
+                .lock()
+                .expect("plain proofs lock")
+                .remove(&s)
+        });
+        match waiting {
+            Some(tx) => {
+                let _ = tx.send(signature);
+            }
+            None => tracing::debug!("a plain-mode answer for no waiting session"),
+        }
+    }
+}
+
 /// Carries out one punch order: checks the client, punches from the punch `ports`, and hands
 /// the proven stream to the application.
 async fn session(
@@ -317,16 +404,30 @@ async fn session(
     msgs: mpsc::Sender<AgentToServer>,
 ) {
     let started = Instant::now();
-    if let Err(reject) = state.admit(&order) {
+    let nonce = match state.admit(&order) {
+        Ok(nonce) => nonce,
+        Err(reject) => {
+            let _ = msgs.send(reject).await;
+            return;
+        }
+    };
+    if order.mode == Mode::Plain
+        && let Err(why) = state.challenge_plain(&order, nonce, &msgs).await
+    {
+        tracing::warn!(client = %order.peer_public, "plain mode refused: {why}");
+        let reject = AgentToServer::Reject {
+            session: order.session.into(),
+            code: ErrorCode::SecretRejected,
+            message: why,
+        };
         let _ = msgs.send(reject).await;
         return;
     }
     let at = ports.endpoint(&state.opts.server);
-    let secret = state.opts.secret.as_deref();
     let session = Session::new(
         order,
         Role::Agent,
-        secret,
+        &state.stream,
         &at,
         &state.opts.punch,
         None,
@@ -352,7 +453,7 @@ async fn session(
     };
     let plain = session.order().mode == Mode::Plain;
     let (inbound_tx, inbound) = mpsc::channel(8);
-    // Plain mode: the client connects from one of the addresses aimed at, without a hello.
+    // Plain mode: the client connects from one of the addresses aimed at, without a handshake.
     let plain_from = plain.then(|| session.targets().to_vec());
     let _slot = slots.open(session.id(), inbound_tx, plain_from);
     let armed = AgentToServer::Armed {

@@ -10,7 +10,11 @@ use crate::peer::control::{self, ControlSocket};
 use crate::peer::portmap::{self, PortMap};
 use crate::peer::ports::{PortsView, PunchPorts};
 use crate::peer::probe;
-use crate::protocol::{self, Auth, ExposeQuery, Mapping, ProbeToken, ServerToAgent, ServiceId};
+use crate::peer::punch::StreamSettings;
+use crate::protocol::{
+    self, AgentKey, AgentToServer, Auth, ExposeQuery, Mapping, ProbeToken, ServerToAgent,
+    ServiceId, register_message,
+};
 use crate::{Error, defaults, net};
 
 /// How long the registration waits for the probe of the other address family once the
@@ -37,17 +41,26 @@ pub(super) struct Registration {
 }
 
 /// Binds the punch ports, probes the NAT, maps the port on the router if it can, and
-/// registers. A mapping made for a registration that fails is deleted again.
+/// registers. A mapping made for a registration that fails is deleted again. `takeover`:
+/// replace an online registration of the same service (an owner's restart); an agent that was
+/// itself replaced registers without it, and waits while the other holds the id.
 pub(super) async fn register(
     opts: &ExposeOptions,
+    stream: &StreamSettings,
     servers: &[SocketAddr],
     port: u16,
+    takeover: bool,
 ) -> Result<Registration, Error> {
     // A fresh sweep of the NATs in front with every registration: the network may have changed.
     let mut ports = PunchPorts::bind(servers, port, true)?;
     let (probes, portmap) = probe_and_map(opts, &ports).await;
     let mapped = portmap.as_ref().map(|m| m.external);
-    match register_with(opts, &ports, probes, mapped).await {
+    let wanted = Wanted {
+        probes,
+        mapped,
+        takeover,
+    };
+    match register_with(opts, stream, &ports, wanted).await {
         Ok(reg) => Ok(Registration {
             portmap,
             listeners: ports.take_listeners(),
@@ -161,12 +174,21 @@ fn family(a: &SocketAddr) -> &'static str {
     if a.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
-/// The control connection from the primary punch port and its first answer.
-async fn register_with(
-    opts: &ExposeOptions,
-    ports: &PunchPorts,
+/// What a registration asks for besides the options.
+struct Wanted {
     probes: Probes,
     mapped: Option<SocketAddr>,
+    takeover: bool,
+}
+
+/// The control connection from the punch port, the answer to the server's challenge (a
+/// signature only the secret can make, over a nonce fresh for this connection), and the
+/// registration.
+async fn register_with(
+    opts: &ExposeOptions,
+    stream: &StreamSettings,
+    ports: &PunchPorts,
+    wanted: Wanted,
 ) -> Result<Registration, Error> {
     let primary = ports.primary();
     let query = ExposeQuery {
@@ -177,13 +199,15 @@ async fn register_with(
             Auth::Public
         },
         private: ports.candidates(),
-        probe: probes.primary,
-        probe_other: probes.other,
-        owner: opts
-            .secret
-            .as_deref()
-            .map(|s| protocol::owner_credential(s, &opts.id)),
-        mapped,
+        probe: wanted.probes.primary,
+        probe_other: wanted.probes.other,
+        verifier: stream.keys.as_ref().map(|k| k.verifier()),
+        key: stream
+            .static_key
+            .as_ref()
+            .map(|k| AgentKey::from_bytes(*k.public())),
+        mapped: wanted.mapped,
+        takeover: wanted.takeover,
     };
     let (mut ws, local) = control::open(
         &opts.server,
@@ -194,9 +218,12 @@ async fn register_with(
         opts.token.as_deref(),
     )
     .await?;
-    let first = tokio::time::timeout(defaults::SERVER_TIMEOUT, control::recv(&mut ws))
-        .await
-        .map_err(|_| Error::ServerUnreachable("no registration answer in time".into()))??;
+    let mut first = answer(&mut ws).await?;
+    if let (Some(ServerToAgent::Challenge { nonce }), Some(keys)) = (&first, &stream.keys) {
+        let signature = keys.sign(&register_message(&opts.id, nonce));
+        control::send(&mut ws, &AgentToServer::Prove { signature }).await?;
+        first = answer(&mut ws).await?;
+    }
     match first {
         Some(ServerToAgent::Registered {
             public, mapping, ..
@@ -215,4 +242,11 @@ async fn register_with(
             "server closed the connection during registration".into(),
         )),
     }
+}
+
+/// The server's next answer during registration, within [`defaults::SERVER_TIMEOUT`].
+async fn answer(ws: &mut ControlSocket) -> Result<Option<ServerToAgent>, Error> {
+    tokio::time::timeout(defaults::SERVER_TIMEOUT, control::recv(ws))
+        .await
+        .map_err(|_| Error::ServerUnreachable("no registration answer in time".into()))?
 }

@@ -24,7 +24,8 @@ const PAYLOAD: &[u8] = b"p2pnc nat depth probe";
 const CONTROL_LEN: usize = 256;
 
 /// Sweeps toward `server` from `local` (or any address), publishing what is known on `tx` after
-/// every answer; ends once the depth is known, or after [`SWEEP_TIMEOUT`].
+/// every answer; ends once the depth is known and every nearer hop has answered, or after
+/// [`SWEEP_TIMEOUT`].
 pub(super) async fn sweep(server: IpAddr, local: Option<IpAddr>, tx: watch::Sender<NatDepth>) {
     let mut probes = JoinSet::new();
     for ttl in 1..=MAX_HOPS {
@@ -52,7 +53,15 @@ pub(super) async fn sweep(server: IpAddr, local: Option<IpAddr>, tx: watch::Send
         }));
         let depth = NatDepth::from_hops(&hops, local);
         tx.send_replace(depth);
-        if depth.known {
+        // Known, and every nearer hop has answered (or timed out): answers arrive together and
+        // are read in any order, so a far one can come first; the nearer ones still say
+        // whether a carrier-grade NAT is among them.
+        let decided = hops.iter().position(|h| match h {
+            Some(Hop::Router(a)) => !super::is_inside(*a, local),
+            Some(Hop::Destination) => true,
+            _ => false,
+        });
+        if depth.known && decided.is_some_and(|i| hops[..i].iter().all(Option::is_some)) {
             break;
         }
     }

@@ -1,5 +1,6 @@
-//! The stream handshake on one stream: our hello out, the peer's in and checked, the
-//! selection byte (see the engine's module docs).
+//! The stream handshake on one stream (`docs/protocol.md`, "The stream handshake"): the
+//! client's Noise message 1 (with its selection and early data when it commits), the agent's
+//! message 2, and the client's `select` record when it did not commit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,20 +10,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::Punched;
 use super::early::Commit;
-use super::plan::Proof;
+use super::plan::{Proof, StreamKeys};
+use super::{Chosen, Punched};
 use crate::peer::relay::RelayError;
-use crate::protocol::{HELLO_LEN, Role, SELECT};
+use crate::peer::stream::PeerStream;
+use crate::protocol::{
+    AGENT_HEAD_LEN, CLIENT_HEAD_LEN, ClientHandshake, ClientHead, Flags, MAX_EARLY_IN_HELLO,
+    MAX_NOISE_MESSAGE, RecordCipher, Role, StreamError, TAG_LEN, agent_reply, parse_agent_head,
+    record, seal_record,
+};
 
 /// Why a stream was not proven.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    /// The peer's hello did not verify: another session, another secret, or not a peer.
-    #[error("bad hello from {0}")]
-    BadHello(SocketAddr),
-    /// The client's hello verified but the next byte was not [`SELECT`].
-    #[error("bad selection byte from {0}")]
+    /// The peer's handshake did not verify: another session, another secret, an impostor, or
+    /// not a p2pnc peer at all.
+    #[error("{peer}: {source}")]
+    Unproven {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// What did not verify.
+        source: StreamError,
+    },
+    /// The client's first record was not its selection.
+    #[error("bad selection from {0}")]
     BadSelection(SocketAddr),
     /// Reading or writing the stream failed.
     #[error("{peer}: {source}")]
@@ -46,106 +58,279 @@ pub enum HandshakeError {
     Relay(#[from] RelayError),
 }
 
+/// A stream whose handshake completed, waiting to be selected (client) or selected (agent).
+pub(crate) struct Handshaken {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    send: RecordCipher,
+    recv: RecordCipher,
+    /// Whether both ends agreed on raw bytes after the selection.
+    unencrypted: bool,
+    /// Agent: the client's early data; client: bytes still to send after the selection.
+    pending: Vec<u8>,
+}
+
+impl std::fmt::Debug for Handshaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshaken")
+            .field("peer", &self.peer)
+            .field("unencrypted", &self.unencrypted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handshaken {
+    /// The stream the application gets. The agent's gets the early data first; the client's
+    /// pending bytes must have been written before.
+    fn into_stream(self) -> PeerStream {
+        if self.unencrypted {
+            PeerStream::raw(self.tcp, self.peer, self.pending)
+        } else {
+            PeerStream::secure(self.tcp, self.peer, self.send, self.recv, self.pending)
+        }
+    }
+}
+
+/// Where a proven stream stands.
+#[derive(Debug)]
+pub(crate) enum Proven {
+    /// Plain mode: a raw stream from the expected address.
+    Raw(TcpStream),
+    /// The handshake completed.
+    Noise(Box<Handshaken>),
+}
+
 /// Proves one stream. The deadline bounds every read. A client with early data commits to the
 /// stream at once when it leads to one of the commit's targets and no other commitment is
-/// pending.
+/// pending. `head` is the client's clear head when the agent's listener already read it.
 pub(crate) async fn handshake(
-    mut stream: TcpStream,
-    peer_hello: Option<[u8; HELLO_LEN]>,
+    stream: TcpStream,
+    head: Option<ClientHead>,
     proof: Proof,
     deadline: Instant,
     commit: Option<Arc<Commit>>,
 ) -> Result<Punched, HandshakeError> {
     let peer = stream.peer_addr().map_err(HandshakeError::NoPeer)?;
-    let (role, keys) = match proof {
+    let keys = match proof {
         Proof::Address => {
             return Ok(Punched {
-                stream,
+                proven: Proven::Raw(stream),
                 peer,
                 relayed: false,
                 selected: false,
             });
         }
-        Proof::Hello { role, keys } => (role, keys),
+        Proof::Noise(keys) => keys,
     };
-    let commit = commit.filter(|c| role == Role::Client && c.leads_to(&peer));
-    let mut committed: Option<Vec<u8>> = None;
-    let work = async {
-        let mut first = keys.hello(role).to_vec();
-        if let Some(bytes) = commit.as_ref().and_then(|c| c.try_claim()) {
-            first.push(SELECT);
-            first.extend_from_slice(&bytes);
-            committed = Some(bytes);
-        }
-        stream.write_all(&first).await?;
-        let hello = match peer_hello {
-            Some(h) => h,
-            None => {
-                let mut h = [0u8; HELLO_LEN];
-                stream.read_exact(&mut h).await?;
-                h
+    match keys.role {
+        Role::Client => {
+            let commit = commit.filter(|c| c.leads_to(&peer));
+            let claimed = commit.as_ref().and_then(|c| c.try_claim());
+            let committed = claimed.is_some();
+            let result = within(deadline, peer, client(stream, peer, &keys, claimed.clone())).await;
+            if let (Err(_), Some(c), Some(bytes)) = (&result, &commit, claimed) {
+                c.fail(bytes);
             }
-        };
-        if !keys.verify_hello(role.peer(), &hello) {
-            return Ok(Err(HandshakeError::BadHello(peer)));
+            result.map(|h| Punched {
+                proven: Proven::Noise(Box::new(h)),
+                peer,
+                relayed: false,
+                selected: committed,
+            })
         }
-        // The agent waits for the client's choice; the client makes it in `run`.
-        if role == Role::Agent && stream.read_u8().await? != SELECT {
-            return Ok(Err(HandshakeError::BadSelection(peer)));
-        }
-        Ok::<_, std::io::Error>(Ok(()))
-    };
-    let result = match tokio::time::timeout_at(deadline, work).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(why))) => Err(why),
-        Ok(Err(source)) => Err(HandshakeError::Io { peer, source }),
-        Err(_) => Err(HandshakeError::TimedOut(peer)),
-    };
-    let selected = committed.is_some();
-    if let (Err(_), Some(c), Some(sent)) = (&result, &commit, committed) {
-        c.fail(sent);
+        Role::Agent => within(deadline, peer, agent(stream, peer, &keys, head))
+            .await
+            .map(|h| Punched {
+                proven: Proven::Noise(Box::new(h)),
+                peer,
+                relayed: false,
+                selected: true,
+            }),
     }
-    result.map(|()| Punched {
-        stream,
-        peer,
-        relayed: false,
-        selected,
-    })
 }
 
-/// Reads a hello from a freshly accepted stream, within `timeout`.
-pub async fn read_hello(
+/// Runs `work` until `deadline`.
+async fn within<T>(
+    deadline: Instant,
+    peer: SocketAddr,
+    work: impl Future<Output = Result<T, HandshakeError>>,
+) -> Result<T, HandshakeError> {
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(r) => r,
+        Err(_) => Err(HandshakeError::TimedOut(peer)),
+    }
+}
+
+fn io(peer: SocketAddr) -> impl Fn(std::io::Error) -> HandshakeError {
+    move |source| HandshakeError::Io { peer, source }
+}
+
+fn unproven(peer: SocketAddr) -> impl Fn(StreamError) -> HandshakeError {
+    move |source| HandshakeError::Unproven { peer, source }
+}
+
+/// The client's side: message 1 out (selecting the stream when `early` is claimed), message 2
+/// in and checked.
+async fn client(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    keys: &StreamKeys,
+    early: Option<Vec<u8>>,
+) -> Result<Handshaken, HandshakeError> {
+    let flags = Flags {
+        select: early.is_some(),
+        unencrypted: keys.unencrypted,
+    };
+    let early = early.unwrap_or_default();
+    let (now, later) = early.split_at(early.len().min(MAX_EARLY_IN_HELLO));
+    let pin = keys.pin.as_ref().map(|k| k.as_bytes());
+    let (hs, msg1) = ClientHandshake::start(&keys.session, &keys.psk, pin, flags, now)
+        .map_err(unproven(peer))?;
+    tcp.write_all(&msg1).await.map_err(io(peer))?;
+    let mut head = [0u8; AGENT_HEAD_LEN];
+    tcp.read_exact(&mut head).await.map_err(io(peer))?;
+    let len = parse_agent_head(&head).map_err(unproven(peer))?;
+    let mut msg2 = vec![0u8; len];
+    tcp.read_exact(&mut msg2).await.map_err(io(peer))?;
+    let (transport, granted) = hs.finish(&msg2).map_err(unproven(peer))?;
+    let mut h = Handshaken {
+        tcp,
+        peer,
+        send: RecordCipher::new(&transport.send),
+        recv: RecordCipher::new(&transport.recv),
+        unencrypted: keys.unencrypted && granted.unencrypted,
+        pending: later.to_vec(),
+    };
+    if keys.unencrypted && !granted.unencrypted {
+        tracing::info!("the agent refuses unencrypted streams: this one stays encrypted");
+    }
+    if flags.select {
+        // Committed: what did not fit into message 1 follows at once.
+        let rest = std::mem::take(&mut h.pending);
+        send_after_selection(&mut h, &rest)
+            .await
+            .map_err(HandshakeError::Select)?;
+    }
+    Ok(h)
+}
+
+/// The agent's side: message 1 in (its head already read by the listener, or read here) and
+/// checked, message 2 out, then the client's selection — in message 1, or as its first record.
+async fn agent(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    keys: &StreamKeys,
+    head: Option<ClientHead>,
+) -> Result<Handshaken, HandshakeError> {
+    let head = match head {
+        Some(h) => h,
+        None => {
+            let mut raw = [0u8; CLIENT_HEAD_LEN];
+            tcp.read_exact(&mut raw).await.map_err(io(peer))?;
+            ClientHead::parse(&raw).map_err(unproven(peer))?
+        }
+    };
+    if head.session != keys.session {
+        return Err(HandshakeError::Unproven {
+            peer,
+            source: StreamError::Unproven,
+        });
+    }
+    let mut msg1 = vec![0u8; head.len];
+    tcp.read_exact(&mut msg1).await.map_err(io(peer))?;
+    let reply = agent_reply(
+        &head,
+        &msg1,
+        &keys.psk,
+        keys.static_key.as_ref(),
+        keys.unencrypted,
+    )
+    .map_err(unproven(peer))?;
+    tcp.write_all(&reply.reply).await.map_err(io(peer))?;
+    let mut h = Handshaken {
+        tcp,
+        peer,
+        send: RecordCipher::new(&reply.keys.send),
+        recv: RecordCipher::new(&reply.keys.recv),
+        unencrypted: reply.unencrypted,
+        pending: reply.early,
+    };
+    if !reply.flags.select {
+        // Wait for the client's choice: a `select` record.
+        let mut len = [0u8; 2];
+        h.tcp.read_exact(&mut len).await.map_err(io(peer))?;
+        let len = u16::from_be_bytes(len) as usize;
+        if !(1 + TAG_LEN..=MAX_NOISE_MESSAGE).contains(&len) {
+            return Err(HandshakeError::BadSelection(peer));
+        }
+        let mut sealed = vec![0u8; len];
+        h.tcp.read_exact(&mut sealed).await.map_err(io(peer))?;
+        match h.recv.open(&mut sealed) {
+            Some(n) if n >= 1 && sealed[0] == record::SELECT => {}
+            _ => return Err(HandshakeError::BadSelection(peer)),
+        }
+    }
+    Ok(h)
+}
+
+/// Writes bytes that follow the selection: data records, or raw bytes on an unencrypted
+/// stream.
+async fn send_after_selection(h: &mut Handshaken, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    if h.unencrypted {
+        return h.tcp.write_all(bytes).await;
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    for chunk in bytes.chunks(crate::protocol::MAX_RECORD_BODY) {
+        seal_record(&mut h.send, record::DATA, chunk, &mut out);
+    }
+    h.tcp.write_all(&out).await
+}
+
+/// Reads a client's clear head from a freshly accepted stream, within `timeout`.
+pub async fn read_head(
     stream: &mut TcpStream,
     timeout: Duration,
-) -> std::io::Result<[u8; HELLO_LEN]> {
-    let mut h = [0u8; HELLO_LEN];
+) -> std::io::Result<Result<ClientHead, StreamError>> {
+    let mut h = [0u8; CLIENT_HEAD_LEN];
     match tokio::time::timeout(timeout, stream.read_exact(&mut h)).await {
-        Ok(r) => r.map(|_| h),
+        Ok(r) => r.map(|_| ClientHead::parse(&h)),
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            "no hello in time",
+            "no stream handshake in time",
         )),
     }
 }
 
 /// The client selects exactly one stream: the first proven one, unless it committed to one
-/// before (see [`EarlyData`]).
-pub(super) async fn select(
-    mut punched: Punched,
-    proof: &Proof,
-    early: &[u8],
-) -> Result<Punched, HandshakeError> {
-    if let Proof::Hello {
-        role: Role::Client, ..
-    } = proof
-    {
-        let mut msg = vec![SELECT];
-        msg.extend_from_slice(early);
-        punched
-            .stream
-            .write_all(&msg)
-            .await
-            .map_err(HandshakeError::Select)?;
+/// before (see [`super::EarlyData`]); `early` follows the selection.
+pub(super) async fn select(punched: Punched, early: &[u8]) -> Result<Chosen, HandshakeError> {
+    let (peer, relayed) = (punched.peer, punched.relayed);
+    match punched.proven {
+        Proven::Raw(tcp) => Ok(Chosen {
+            stream: PeerStream::raw(tcp, peer, Vec::new()),
+            peer,
+            relayed,
+        }),
+        Proven::Noise(mut h) => {
+            if !punched.selected {
+                let mut out = Vec::new();
+                seal_record(&mut h.send, record::SELECT, &[], &mut out);
+                h.tcp
+                    .write_all(&out)
+                    .await
+                    .map_err(HandshakeError::Select)?;
+                send_after_selection(&mut h, early)
+                    .await
+                    .map_err(HandshakeError::Select)?;
+            }
+            Ok(Chosen {
+                stream: h.into_stream(),
+                peer,
+                relayed,
+            })
+        }
     }
-    Ok(punched)
 }

@@ -35,14 +35,18 @@ use tokio::time::Instant;
 
 use self::early::Commit;
 pub use self::early::EarlyData;
+use self::handshake::Proven;
 pub(crate) use self::handshake::handshake;
-pub use self::handshake::{HandshakeError, read_hello};
+pub use self::handshake::{HandshakeError, read_head};
 use self::plan::Birthday;
-pub(crate) use self::plan::{ByFamily, Endpoint, PunchPlan, plan, strategy_used};
-pub use self::plan::{Proof, PunchOptions, PunchTtl};
+pub(crate) use self::plan::{
+    ByFamily, Endpoint, Proof, PunchPlan, StreamKeys, StreamSettings, plan, strategy_used,
+};
+pub use self::plan::{PunchOptions, PunchTtl};
 use crate::net;
 use crate::peer::relay;
-use crate::protocol::HELLO_LEN;
+use crate::peer::stream::PeerStream;
+use crate::protocol::ClientHead;
 
 /// Streams taken from the punch port whose handshake may run at once in one session; a newer
 /// one closes the oldest still unproven. Real peers open a few; more are strays or a flood.
@@ -52,26 +56,37 @@ pub(crate) const MAX_INBOUND_HANDSHAKES: usize = 16;
 pub(crate) struct Inbound {
     /// The accepted stream.
     pub stream: TcpStream,
-    /// The peer hello, when the listener already read it to find the session.
-    pub hello: Option<[u8; HELLO_LEN]>,
+    /// The client's clear head, when the listener already read it to find the session.
+    pub head: Option<ClientHead>,
 }
 
-/// A stream that won the race.
+/// A stream whose handshake completed.
 #[derive(Debug)]
-pub struct Punched {
-    /// The stream, with any handshake consumed.
-    pub stream: TcpStream,
+pub(crate) struct Punched {
+    proven: Proven,
+    /// The peer's address on it (the server's, when relayed).
+    peer: SocketAddr,
+    /// Whether the stream runs through the server's relay.
+    relayed: bool,
+    /// Whether the stream is selected: the agent's always are (it saw the client's choice);
+    /// a client's when it committed its early data to it.
+    selected: bool,
+}
+
+/// The stream that won the race.
+#[derive(Debug)]
+pub(crate) struct Chosen {
+    /// The stream, its handshake done.
+    pub stream: PeerStream,
     /// The peer's address on it (the server's, when relayed).
     pub peer: SocketAddr,
     /// Whether the stream runs through the server's relay.
     pub relayed: bool,
-    /// Whether the client already wrote its selection byte (and early data) on it.
-    selected: bool,
 }
 
-impl Punched {
+impl Chosen {
     /// Which path the stream takes, given the peer's private candidates.
-    pub fn path(&self, peer_private: &[SocketAddr]) -> crate::Path {
+    pub(crate) fn path(&self, peer_private: &[SocketAddr]) -> crate::Path {
         if self.relayed {
             crate::Path::Relayed
         } else if peer_private.contains(&self.peer) {
@@ -89,6 +104,9 @@ pub struct PunchFailure {
     pub attempts: BTreeMap<SocketAddr, (String, u32)>,
     /// Streams that connected but failed the handshake.
     pub rejected_streams: u32,
+    /// Of those, streams whose peer answered but could not prove the session (another
+    /// secret, another key, an impostor).
+    pub unproven: u32,
     /// How long was tried.
     pub waited: Duration,
     /// What birthday punching did, if it ran.
@@ -156,7 +174,7 @@ pub(crate) async fn run(
     plan: PunchPlan,
     mut inbound: mpsc::Receiver<Inbound>,
     on_fired: impl FnOnce(),
-) -> Result<Punched, PunchFailure> {
+) -> Result<Chosen, PunchFailure> {
     let started = Instant::now();
     let relay_at = started + plan.relay.as_ref().map_or(Duration::ZERO, |r| r.after);
     let mut relay_pending = plan.relay.is_some();
@@ -174,7 +192,7 @@ pub(crate) async fn run(
             }
             Some(ev) = events.recv() => race.event(ev),
             got = inbound.recv(), if inbound_open => match got {
-                Some(i) => race.prove_inbound(i.stream, i.hello),
+                Some(i) => race.prove_inbound(i.stream, i.head),
                 None => inbound_open = false,
             },
             Some(done) = race.handshakes.join_next_with_id() => {
@@ -297,21 +315,22 @@ impl Race {
         }
     }
 
-    /// Runs the handshake on a stream (its peer's hello already read, for some accepted ones).
-    fn prove(&mut self, stream: TcpStream, hello: Option<[u8; HELLO_LEN]>) {
+    /// Runs the handshake on a stream (the client's head already read, for some accepted
+    /// ones).
+    fn prove(&mut self, stream: TcpStream, head: Option<ClientHead>) {
         let (proof, commit) = (self.plan.proof.clone(), self.commit.clone());
         self.handshakes
-            .spawn(handshake(stream, hello, proof, self.deadline, commit));
+            .spawn(handshake(stream, head, proof, self.deadline, commit));
     }
 
     /// Runs the handshake on a stream taken from the punch port, closing the oldest such
     /// stream still unproven when [`MAX_INBOUND_HANDSHAKES`] are under way: a flood of
     /// connections to the punch port holds a bounded number of sockets.
-    fn prove_inbound(&mut self, stream: TcpStream, hello: Option<[u8; HELLO_LEN]>) {
+    fn prove_inbound(&mut self, stream: TcpStream, head: Option<ClientHead>) {
         let (proof, commit) = (self.plan.proof.clone(), self.commit.clone());
         let handle = self
             .handshakes
-            .spawn(handshake(stream, hello, proof, self.deadline, commit));
+            .spawn(handshake(stream, head, proof, self.deadline, commit));
         self.inbound.push_back(handle);
         if self.inbound.len() > MAX_INBOUND_HANDSHAKES
             && let Some(oldest) = self.inbound.pop_front()
@@ -339,14 +358,23 @@ impl Race {
     async fn proven(
         &mut self,
         done: Result<Result<Punched, HandshakeError>, JoinError>,
-    ) -> Option<Punched> {
+    ) -> Option<Chosen> {
         match done {
-            Ok(Ok(punched)) if punched.selected => return Some(punched),
+            Ok(Ok(punched)) if punched.selected => match handshake::select(punched, &[]).await {
+                Ok(chosen) => return Some(chosen),
+                Err(why) => {
+                    tracing::debug!("selected stream failed: {why}");
+                    self.failure.rejected_streams += 1;
+                }
+            },
             Ok(Ok(punched)) => self.standby.push(punched),
             Ok(Err(why @ HandshakeError::Relay(_))) => self.failure.relay = Some(why.to_string()),
             Ok(Err(why)) => {
                 tracing::debug!("punched stream rejected: {why}");
                 self.failure.rejected_streams += 1;
+                if matches!(why, HandshakeError::Unproven { .. }) {
+                    self.failure.unproven += 1;
+                }
             }
             Err(e) if e.is_cancelled() => {}
             Err(e) => tracing::warn!("handshake task failed: {e}"),
@@ -360,8 +388,8 @@ impl Race {
                 },
             };
             let punched = self.standby.remove(0);
-            match handshake::select(punched, &self.plan.proof, &bytes).await {
-                Ok(p) => return Some(p),
+            match handshake::select(punched, &bytes).await {
+                Ok(chosen) => return Some(chosen),
                 Err(why) => {
                     tracing::debug!("selected stream failed: {why}");
                     self.failure.rejected_streams += 1;
@@ -376,11 +404,11 @@ impl Race {
 }
 
 /// The winning stream, watched for a dead path (see [`net::watch_liveness`]).
-fn live(punched: Punched) -> Punched {
-    if let Err(e) = net::watch_liveness(&punched.stream) {
+fn live(chosen: Chosen) -> Chosen {
+    if let Err(e) = net::watch_liveness(chosen.stream.tcp()) {
         tracing::debug!("keepalive on the stream: {e}");
     }
-    punched
+    chosen
 }
 
 #[cfg(test)]
@@ -390,13 +418,20 @@ mod tests {
     use super::*;
     use crate::defaults;
     use crate::net::shared_listener;
-    use crate::protocol::{Role, SELECT, SessionId, SessionKey, SessionKeys};
+    use crate::protocol::{Role, SessionId};
 
     const SESSION: SessionId = SessionId::from_bytes([0x11; 16]);
-    const KEY: SessionKey = SessionKey::from_bytes([0x22; 32]);
+    const PSK: [u8; 32] = [0x22; 32];
 
-    fn keys() -> SessionKeys {
-        SessionKeys::derive(SESSION, &KEY, Some("pw"))
+    fn keys(role: Role, psk: [u8; 32]) -> Proof {
+        Proof::Noise(Box::new(StreamKeys {
+            role,
+            session: SESSION,
+            psk,
+            pin: None,
+            static_key: None,
+            unencrypted: false,
+        }))
     }
 
     /// A plan from `local` (its family's only punch address) toward `targets`, 3 s long, with
@@ -421,9 +456,9 @@ mod tests {
 
     /// Two engines on loopback, each with its own listener feeding its inbound channel.
     async fn pair(
-        client_keys: SessionKeys,
-        agent_keys: SessionKeys,
-    ) -> (Result<Punched, PunchFailure>, Result<Punched, PunchFailure>) {
+        client_psk: [u8; 32],
+        agent_psk: [u8; 32],
+    ) -> (Result<Chosen, PunchFailure>, Result<Chosen, PunchFailure>) {
         let la = shared_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let lb = shared_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let (a, b) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
@@ -431,25 +466,20 @@ mod tests {
             let (tx, rx) = mpsc::channel(8);
             let task = tokio::spawn(async move {
                 while let Ok((stream, _)) = l.accept().await {
-                    let _ = tx
-                        .send(Inbound {
-                            stream,
-                            hello: None,
-                        })
-                        .await;
+                    let _ = tx.send(Inbound { stream, head: None }).await;
                 }
             });
             (rx, task)
         };
         let (ra, ta) = feed(la);
         let (rb, tb) = feed(lb);
-        let plan = |local, target, role, keys| PunchPlan {
+        let plan = |local, target, role, psk| PunchPlan {
             timeout: Duration::from_secs(2),
-            ..simple(local, vec![target], Proof::Hello { role, keys })
+            ..simple(local, vec![target], keys(role, psk))
         };
         let out = tokio::join!(
-            run(plan(a, b, Role::Client, client_keys), ra, || {}),
-            run(plan(b, a, Role::Agent, agent_keys), rb, || {}),
+            run(plan(a, b, Role::Client, client_psk), ra, || {}),
+            run(plan(b, a, Role::Agent, agent_psk), rb, || {}),
         );
         ta.abort();
         tb.abort();
@@ -458,21 +488,26 @@ mod tests {
 
     #[tokio::test]
     async fn both_ends_agree_on_one_proven_stream() {
-        let (c, a) = pair(keys(), keys()).await;
+        let (c, a) = pair(PSK, PSK).await;
         let (mut c, mut a) = (c.unwrap(), a.unwrap());
+        assert!(c.stream.is_encrypted() && a.stream.is_encrypted());
         c.stream.write_all(b"ping").await.unwrap();
+        c.stream.flush().await.unwrap();
         let mut buf = [0u8; 4];
         a.stream.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
-        assert_eq!(c.peer, a.stream.local_addr().unwrap());
+        assert_eq!(c.peer, a.stream.tcp().local_addr().unwrap());
     }
 
     #[tokio::test]
     async fn a_wrong_secret_never_yields_a_stream() {
-        let wrong = SessionKeys::derive(SESSION, &KEY, Some("x"));
-        let (c, a) = pair(wrong, keys()).await;
+        let (c, a) = pair([0x33; 32], PSK).await;
         let (c, a) = (c.unwrap_err(), a.unwrap_err());
         assert!(c.rejected_streams >= 1, "{c}");
+        assert!(
+            a.unproven >= 1,
+            "the agent saw a handshake it could not verify: {a}"
+        );
         assert!(
             a.rejected_streams >= 1 || a.waited >= Duration::from_secs(2),
             "{a}"
@@ -493,12 +528,7 @@ mod tests {
             let tx = tx.clone();
             feeders.spawn(async move {
                 while let Ok((stream, _)) = l.accept().await {
-                    let _ = tx
-                        .send(Inbound {
-                            stream,
-                            hello: None,
-                        })
-                        .await;
+                    let _ = tx.send(Inbound { stream, head: None }).await;
                 }
             });
         }
@@ -511,20 +541,10 @@ mod tests {
             ..simple(
                 "127.0.0.1:0".parse().unwrap(),
                 vec![a6, a4],
-                Proof::Hello {
-                    role: Role::Client,
-                    keys: keys(),
-                },
+                keys(Role::Client, PSK),
             )
         };
-        let agent = simple(
-            a4,
-            vec![],
-            Proof::Hello {
-                role: Role::Agent,
-                keys: keys(),
-            },
-        );
+        let agent = simple(a4, vec![], keys(Role::Agent, PSK));
         let (_none_tx, none) = mpsc::channel(1);
         let started = Instant::now();
         let (c, a) = tokio::join!(
@@ -571,36 +591,25 @@ mod tests {
     /// A client with early data and two commit targets: `first` (tried first) and the real
     /// agent's punch port. Returns the client's stream and what the agent read after the
     /// punch: the early bytes, then "+late".
-    async fn early_to(first: Option<SocketAddr>) -> (Punched, Vec<u8>) {
+    async fn early_to(first: Option<SocketAddr>) -> (Chosen, Vec<u8>) {
         let la = shared_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let agent_addr = la.local_addr().unwrap();
         let (tx, rx) = mpsc::channel(8);
         let feeder = tokio::spawn(async move {
             while let Ok((stream, _)) = la.accept().await {
-                let _ = tx
-                    .send(Inbound {
-                        stream,
-                        hello: None,
-                    })
-                    .await;
+                let _ = tx.send(Inbound { stream, head: None }).await;
             }
         });
         let early = EarlyData::new();
         early.push(b"early bytes");
         let targets: Vec<SocketAddr> = first.into_iter().chain([agent_addr]).collect();
-        let proof = Proof::Hello {
-            role: Role::Client,
-            keys: keys(),
-        };
+        let proof = keys(Role::Client, PSK);
         let client = PunchPlan {
             early: Some((early.clone(), targets.clone())),
             ..simple("127.0.0.1:0".parse().unwrap(), targets, proof)
         };
         let (_none_tx, none) = mpsc::channel(1);
-        let proof = Proof::Hello {
-            role: Role::Agent,
-            keys: keys(),
-        };
+        let proof = keys(Role::Agent, PSK);
         let agent = simple(agent_addr, vec![], proof);
         let (c, a) = tokio::join!(run(client, none, || {}), run(agent, rx, || {}));
         feeder.abort();
@@ -618,22 +627,24 @@ mod tests {
 
     #[tokio::test]
     async fn early_data_leaves_with_the_selection_and_arrives_once_in_order() {
-        let (c, got) = early_to(None).await;
-        assert!(c.selected, "committed before the agent's hello");
+        let (_, got) = early_to(None).await;
         assert_eq!(got, b"early bytes+late");
     }
 
     #[tokio::test]
     async fn early_data_sent_to_an_impostor_is_sent_again_to_the_real_agent() {
         // Something else answers at the first target: it reads whatever comes and answers
-        // with a hello that is not the agent's.
+        // with bytes that are no handshake.
         let impostor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let impostor_addr = impostor.local_addr().unwrap();
         let seen = tokio::spawn(async move {
             let (mut s, _) = impostor.accept().await.unwrap();
-            s.write_all(&[0x42; HELLO_LEN]).await.unwrap();
-            let mut got = vec![0u8; HELLO_LEN + 1 + 11];
-            let _ = s.read_exact(&mut got).await;
+            s.write_all(&[0x42; 64]).await.unwrap();
+            let mut got = vec![0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut got))
+                .await
+                .map_or(0, |r| r.unwrap_or(0));
+            got.truncate(n);
             got
         });
         let (c, got) = early_to(Some(impostor_addr)).await;
@@ -645,11 +656,12 @@ mod tests {
             got, b"early bytes+late",
             "the agent gets every byte exactly once"
         );
-        // Whether the impostor got the early bytes depends on which stream connected first;
-        // if it did, they followed a selection byte and the client's hello only.
+        // Whether the impostor got the client's first message depends on which stream
+        // connected first; if it did, the early bytes were sealed under the session's key.
         let impostor_got = seen.await.unwrap();
-        if impostor_got[HELLO_LEN] == SELECT {
-            assert_eq!(&impostor_got[HELLO_LEN + 1..], b"early bytes");
-        }
+        assert!(
+            !impostor_got.windows(11).any(|w| w == b"early bytes"),
+            "the early data never travels in clear"
+        );
     }
 }

@@ -11,8 +11,8 @@ use crate::defaults;
 use crate::peer::control::ServerUrl;
 use crate::peer::nat_depth::NatDepth;
 use crate::protocol::{
-    Auth, Mode, PunchOrder, RelayTicket, Role, SessionId, SessionKeys, Strategy,
-    private_candidate_allowed,
+    AgentKey, Mode, PunchOrder, RelayTicket, Role, ServiceKeys, SessionId, StaticKey, Strategy,
+    private_candidate_allowed, public_psk,
 };
 
 /// Time the relay gets, after it is joined, to carry the handshake.
@@ -133,18 +133,54 @@ pub(crate) struct RelayPlan {
     pub after: Duration,
 }
 
+/// What keys and settles one stream's handshake (see `p2pnc_protocol::stream`).
+#[derive(Clone)]
+pub(crate) struct StreamKeys {
+    /// Which end we are.
+    pub role: Role,
+    /// The session the streams belong to.
+    pub session: SessionId,
+    /// The Noise PSK: from the service secret, or the public PSK for a public agent.
+    pub psk: [u8; 32],
+    /// Client: the agent's static key it pins (`NKpsk0`).
+    pub pin: Option<AgentKey>,
+    /// Agent: its static key, for clients that pin it.
+    pub static_key: Option<StaticKey>,
+    /// Client: ask for raw bytes after the handshake. Agent: grant such a request.
+    pub unencrypted: bool,
+}
+
+impl std::fmt::Debug for StreamKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamKeys")
+            .field("role", &self.role)
+            .field("session", &self.session)
+            .field("pin", &self.pin)
+            .field("unencrypted", &self.unencrypted)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How streams are proven to belong to the session.
 #[derive(Debug, Clone)]
-pub enum Proof {
-    /// Hello exchange and selection byte (see the module docs), as `role`.
-    Hello {
-        /// Which end we are.
-        role: Role,
-        /// The session's keys.
-        keys: SessionKeys,
-    },
+pub(crate) enum Proof {
+    /// The Noise stream handshake and the client's selection.
+    Noise(Box<StreamKeys>),
     /// No handshake (plain mode): the first stream from an expected address wins.
     Address,
+}
+
+/// What an end brings to the stream handshake besides the order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StreamSettings {
+    /// The keys of the service secret; `None` for a public agent (and its clients).
+    pub keys: Option<ServiceKeys>,
+    /// Client: the agent key it pins. Agent: its static key.
+    pub pin: Option<AgentKey>,
+    /// Agent: its static key.
+    pub static_key: Option<StaticKey>,
+    /// Client: ask for raw bytes. Agent: allow them.
+    pub unencrypted: bool,
 }
 
 /// What to punch.
@@ -175,24 +211,31 @@ pub(crate) struct PunchPlan {
     pub early: Option<(EarlyData, Vec<SocketAddr>)>,
 }
 
-/// The plan that carries out `order` as `role`, by its strategy. The stream keys mix the
-/// session key with `secret`, the client's only when the agent requires one. A plain-mode
-/// order makes the agent wait for one ordinary connect from the client (a client always
-/// proves its streams).
+/// The plan that carries out `order` as `role`, by its strategy. The stream PSK mixes the
+/// session key with the service's keys (the public PSK without them). A plain-mode order makes
+/// the agent wait for one ordinary connect from the client (a client always proves its
+/// streams).
 pub(crate) fn plan(
     order: &PunchOrder,
     role: Role,
-    secret: Option<&str>,
+    stream: &StreamSettings,
     at: &Endpoint,
     punch: &PunchOptions,
     early: Option<EarlyData>,
 ) -> PunchPlan {
     let plain = role == Role::Agent && order.mode == Mode::Plain;
-    let secret = match (role, order.auth) {
-        (Role::Client, Auth::Public) => None,
-        _ => secret,
+    let psk = match &stream.keys {
+        Some(keys) => keys.psk(&order.session, &order.key),
+        None => public_psk(&order.session, &order.key),
     };
-    let keys = SessionKeys::derive(order.session, &order.key, secret);
+    let keys = StreamKeys {
+        role,
+        session: order.session,
+        psk,
+        pin: stream.pin,
+        static_key: stream.static_key.clone(),
+        unencrypted: stream.unencrypted,
+    };
     // Behind the same public IPv4 address, the SYNs die at the shared NAT (see
     // `NatDepth::low_ttl`).
     let shared_outer = order.peer_public.is_ipv4() && order.peer_public.ip() == order.you.ip();
@@ -264,7 +307,7 @@ pub(crate) fn plan(
         proof: if plain {
             Proof::Address
         } else {
-            Proof::Hello { role, keys }
+            Proof::Noise(Box::new(keys))
         },
         birthday: birthday.filter(|b| at.locals.of(&b.family()).is_some()),
         relay: order
@@ -359,7 +402,7 @@ impl PunchPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Mapping, SessionKey};
+    use crate::protocol::{Auth, Mapping, SessionKey};
 
     /// A dual-stack end with one NAT in front (IPv4) and its IPv6 router on its link.
     fn dual_stack() -> Endpoint {
@@ -384,7 +427,11 @@ mod tests {
             timeout: Duration::from_secs(1),
             ttl,
         };
-        plan(p, role, Some("pw"), at, &punch, Some(EarlyData::new()))
+        let stream = StreamSettings {
+            keys: Some(ServiceKeys::derive("pw", "svc")),
+            ..Default::default()
+        };
+        plan(p, role, &stream, at, &punch, Some(EarlyData::new()))
     }
 
     fn order_plan(p: &PunchOrder, role: Role) -> PunchPlan {
@@ -417,6 +464,7 @@ mod tests {
             peer_mapped: Some("198.51.100.10:40001".parse().unwrap()),
             peer_public6: None,
             you6: None,
+            peer_key: None,
         }
     }
 
@@ -686,31 +734,24 @@ mod tests {
         assert!(
             matches!(
                 client.proof,
-                Proof::Hello {
-                    role: Role::Client,
-                    ..
-                }
+                Proof::Noise(ref k) if k.role == Role::Client
             ),
             "a client never takes a stream it cannot prove"
         );
     }
 
     #[test]
-    fn the_client_keys_its_hello_with_the_secret_only_when_the_agent_requires_one() {
+    fn the_psk_comes_from_the_service_keys_or_is_the_public_one() {
         let order = to_client();
-        let keys_of = |plan: PunchPlan| match plan.proof {
-            Proof::Hello { keys, .. } => keys,
-            Proof::Address => panic!("a hello"),
+        let psk_of = |plan: PunchPlan| match plan.proof {
+            Proof::Noise(keys) => keys.psk,
+            Proof::Address => panic!("a handshake"),
         };
-        let with = keys_of(order_plan(&order, Role::Client));
-        let public = PunchOrder {
-            auth: Auth::Public,
-            ..order.clone()
-        };
-        let without = keys_of(order_plan(&public, Role::Client));
-        let unkeyed = SessionKeys::derive(order.session, &order.key, None);
-        let hello = unkeyed.hello(Role::Agent);
-        assert!(without.verify_hello(Role::Agent, &hello));
-        assert!(!with.verify_hello(Role::Agent, &hello));
+        let with = psk_of(order_plan(&order, Role::Client));
+        assert_eq!(
+            with,
+            ServiceKeys::derive("pw", "svc").psk(&order.session, &order.key)
+        );
+        assert_ne!(with, public_psk(&order.session, &order.key));
     }
 }

@@ -150,10 +150,14 @@ final class Codec {
         }
     }
 
-    /** SHA-256. */
-    static byte[] sha256(byte[] data) {
+    /** SHA-256 of the concatenated parts. */
+    static byte[] sha256(byte[]... parts) {
         try {
-            return MessageDigest.getInstance("SHA-256").digest(data);
+            MessageDigest md = MessageDigest.getInstance("SHA-256");
+            for (byte[] p : parts) {
+                md.update(p);
+            }
+            return md.digest();
         } catch (GeneralSecurityException e) {
             throw new IllegalStateException("SHA-256 is not available", e);
         }
@@ -166,10 +170,5 @@ final class Codec {
         } catch (GeneralSecurityException e) {
             throw new IllegalStateException("SHA-1 is not available", e);
         }
-    }
-
-    /** Compares in time independent of where the arrays differ. */
-    static boolean constantTimeEquals(byte[] a, byte[] b) {
-        return MessageDigest.isEqual(a, b);
     }
 }

@@ -10,8 +10,8 @@ import java.util.List;
 
 /**
  * Everything one call of {@link P2pClient} needs: the server, the peer, the secret, the
- * timeouts, the server's token, the first bytes (early data) and how an {@code https://} server
- * is trusted. Immutable; made with {@link Builder}, or from a client's settings with
+ * timeouts, the server's token, the first bytes (early data), whether the stream is encrypted,
+ * the agent's pinned key and how an {@code https://} server is trusted. Immutable; made with {@link Builder}, or from a client's settings with
  * {@link P2pClient#options()}. Every {@code connect}, {@code connectDetailed} and
  * {@code requestLocalPeerAddress} overload of {@link P2pClient} builds one of these and takes
  * the same path.
@@ -29,7 +29,7 @@ import java.util.List;
  * <p>The server and the peer are checked when the options are used, like everything else a call
  * can fail on: a malformed server URL or peer id makes the call throw a {@link P2pException}
  * saying so. Settings that can only be a programming error (a timeout that is not positive, a
- * token with spaces, more first bytes than fit, both pins and a CA file) are refused by
+ * token with spaces, more first bytes than fit, both pins and a CA file, a malformed peer pin) are refused by
  * {@link Builder#build} with an {@link IllegalArgumentException}. {@link #toString} shows no
  * secret and no token.
  */
@@ -63,6 +63,8 @@ public final class ConnectOptions {
     private final int punchTimeoutMs;
     private final String token;
     private final byte[] firstBytes;
+    private final boolean encrypt;
+    private final String peerPin;
     private final Trust trust;
 
     private ConnectOptions(Builder b, Trust trust) {
@@ -75,6 +77,8 @@ public final class ConnectOptions {
         this.punchTimeoutMs = b.punchTimeoutMs;
         this.token = b.token;
         this.firstBytes = b.firstBytes == null || b.firstBytes.length == 0 ? null : b.firstBytes.clone();
+        this.encrypt = b.encrypt;
+        this.peerPin = b.peerPin;
         this.trust = trust;
     }
 
@@ -90,6 +94,8 @@ public final class ConnectOptions {
         b.punchTimeoutMs = punchTimeoutMs;
         b.token = token;
         b.firstBytes = firstBytes;
+        b.encrypt = encrypt;
+        b.peerPin = peerPin;
         b.trust = trust;
         return b;
     }
@@ -132,6 +138,19 @@ public final class ConnectOptions {
     /** A copy of the first bytes sent with the stream's selection, or null for none. */
     public byte[] getFirstBytes() {
         return firstBytes == null ? null : firstBytes.clone();
+    }
+
+    /**
+     * Whether the stream is encrypted (the default); false asks the agent for raw bytes after the
+     * handshake, which only an agent started with {@code --no-encrypt} grants.
+     */
+    public boolean getEncrypt() {
+        return encrypt;
+    }
+
+    /** The agent's pinned static key, {@code sha256:} and 64 lowercase hex digits, or null. */
+    public String getPeerPin() {
+        return peerPin;
     }
 
     /** The first bytes themselves (not copied), or null; for the client's own use. */
@@ -186,16 +205,28 @@ public final class ConnectOptions {
                 + ", serverTimeoutMs=" + serverTimeoutMs + ", punchTimeoutMs=" + punchTimeoutMs
                 + ", token=" + (token == null ? "none" : "set")
                 + ", firstBytes=" + (firstBytes == null ? 0 : firstBytes.length)
+                + ", encrypt=" + encrypt + ", peerPin=" + (peerPin == null ? "none" : peerPin)
                 + ", trust=" + (trust.pins != null ? trust.pins.size() + " pins"
                         : trust.cas != null ? "the CAs of " + trust.casSource : "the platform's trust store")
                 + "}";
+    }
+
+    /** The 32 bytes of a peer pin, {@code sha256:} and 64 hex digits (colons allowed). */
+    private static byte[] parsePeerPin(String pin) {
+        String p = pin.trim();
+        byte[] hash = p.startsWith("sha256:") ? Codec.unhex(p.substring(7).replace(":", ""), 32) : null;
+        if (hash == null) {
+            throw new IllegalArgumentException("bad peer pin '" + pin + "': expected sha256: and 64 hex digits"
+                    + " (the fingerprint p2pnc expose --key logs at start)");
+        }
+        return hash;
     }
 
     /**
      * Builds {@link ConnectOptions}. Every setting is optional here; a call needs a server and a
      * peer. Defaults: {@value ConnectOptions#DEFAULT_SERVER_TIMEOUT_MS} ms per step with the
      * server, {@value ConnectOptions#DEFAULT_PUNCH_TIMEOUT_MS} ms for the punch, no secret, no
-     * token, no first bytes, the platform's trust store.
+     * token, no first bytes, an encrypted stream, no peer pin, the platform's trust store.
      */
     public static final class Builder {
         private String server;
@@ -207,6 +238,8 @@ public final class ConnectOptions {
         private int punchTimeoutMs = DEFAULT_PUNCH_TIMEOUT_MS;
         private String token;
         private byte[] firstBytes;
+        private boolean encrypt = true;
+        private String peerPin;
         /** The trust of the options this builder came from (until pins or a CA file are given). */
         private Trust trust = Trust.PLATFORM;
         private final List<byte[]> pins = new ArrayList<byte[]>();
@@ -277,6 +310,32 @@ public final class ConnectOptions {
          */
         public Builder firstBytes(byte[] bytes) {
             this.firstBytes = bytes == null ? null : bytes.clone();
+            return this;
+        }
+
+        /**
+         * Whether the stream is encrypted: true by default. False asks the agent for raw bytes
+         * after the handshake (for applications that run TLS themselves, like {@code p2pnc
+         * connect --no-encrypt}); an agent not started with {@code --no-encrypt} keeps the stream
+         * encrypted, and {@link P2pConnection#encrypted} tells which it is. The handshake that
+         * proves the secret (or the pinned key) runs either way.
+         */
+        public Builder encrypt(boolean encrypt) {
+            this.encrypt = encrypt;
+            return this;
+        }
+
+        /**
+         * Accepts only an agent that proves it holds the static key with this fingerprint (what
+         * {@code p2pnc expose --key FILE} logs at start; {@code p2pnc connect --peer-pin}): the
+         * way to authenticate a service exposed with {@code --public}, which has no secret. The
+         * stream handshake is then {@code NKpsk0} with that key. Null for none.
+         *
+         * @param pin {@code sha256:} and 64 hex digits, either case, colons allowed
+         * @throws IllegalArgumentException if {@code pin} is not of that form
+         */
+        public Builder peerPin(String pin) {
+            this.peerPin = pin == null ? null : "sha256:" + Codec.hex(parsePeerPin(pin));
             return this;
         }
 

@@ -74,9 +74,14 @@ final class Control {
      * token, or null. In {@code punch} mode the NAT probe leaves from the same port at the same
      * moment as the control connection, and the request names its token.
      *
-     * @throws P2pException why no order came: the server's refusal, or what went wrong
+     * <p>With {@code keys} (a secret) the request carries the signed proof; in {@code plain} mode
+     * the client answers the agent's challenge on the way; and only an order for an agent
+     * registered with a secret is accepted: an agent registered {@code public} under the id is
+     * an impostor, and this client sends nothing toward it.
+     *
+     * @throws P2pException why no order came: the server's refusal, an impostor, or what went wrong
      */
-    static Control request(ServerUrl url, Tls tls, String token, String peer, String secret, String mode,
+    static Control request(ServerUrl url, Tls tls, String token, String peer, ServiceKeys keys, String mode,
             int timeoutMs) throws P2pException {
         String host = url.host;
         String server = url.authority();
@@ -105,7 +110,7 @@ final class Control {
                 throw new P2pException("server " + server + " unreachable: " + e.getMessage(), e);
             }
             String nonce = Protocol.newNonce();
-            String proof = secret == null ? null : Protocol.connectProof(secret, peer, nonce);
+            String proof = keys == null ? null : keys.sign(ServiceKeys.connectMessage(peer, mode, nonce));
             List<HostTuple> candidates = new ArrayList<HostTuple>();
             for (InetAddress a : localAddresses(address.getAddress() instanceof Inet4Address)) {
                 candidates.add(HostTuple.of(a, socket.getLocalPort()));
@@ -131,9 +136,15 @@ final class Control {
                 throw failure(e, server, "the WebSocket handshake", timeoutMs);
             }
             Control control = new Control(socket, ws, probe, probeOther, url, tls, address, peer, timeoutMs);
-            Message order = control.receive(System.nanoTime() + timeoutMs * 1000000L, "the punch order");
-            if (order == null) {
-                throw new P2pException(null, "the server closed the control channel before sending the punch order");
+            long orderDeadline = System.nanoTime() + timeoutMs * 1000000L;
+            Message order;
+            while (true) {
+                order = control.receive(orderDeadline, "the punch order");
+                if (order == null) {
+                    throw new P2pException(null, "the server closed the control channel before sending the punch order");
+                }
+                if (!order.type.equals("challenge")) break;
+                control.answer(order, keys, mode, nonce);
             }
             if (order.type.equals("error")) {
                 throw refusal(order.text("code"), order.text("message"), peer);
@@ -144,6 +155,11 @@ final class Control {
             if (!order.text("mode").equals(mode)) {
                 throw new P2pException(null, "the server sent a '" + order.text("mode") + "' order to a '" + mode + "' request");
             }
+            if (keys != null && !order.text("auth").equals("secret")) {
+                // Someone registered the id without the secret (while the real agent was away):
+                // nothing goes to it, not even a handshake message it could guess the secret from.
+                throw notTheService(peer);
+            }
             control.order = order;
             return control;
         } catch (P2pException e) {
@@ -152,6 +168,30 @@ final class Control {
             WebSocket.closeQuietly(socket);
             throw e;
         }
+    }
+
+    /**
+     * Answers the agent's plain-mode challenge: signs the plain message over this request's
+     * nonce, the challenge and this client's endpoint as the server saw it ({@code you}), which
+     * the agent checks against the endpoint it is about to accept.
+     */
+    private void answer(Message challenge, ServiceKeys keys, String mode, String nonce) throws P2pException {
+        String you = challenge.text("you");
+        if (!mode.equals("plain") || keys == null || you == null) {
+            throw new P2pException(null, "the server sent a challenge to a request that cannot answer one ("
+                    + mode + " mode" + (keys == null ? ", no secret" : "") + ")");
+        }
+        String signature = keys.sign(ServiceKeys.plainMessage(peer, nonce, challenge.text("nonce"), you));
+        try {
+            ws.send("{\"type\":\"prove\",\"signature\":\"" + signature + "\"}");
+        } catch (IOException e) {
+            throw failure(e, server, "the answer to the agent's challenge", timeoutMs);
+        }
+    }
+
+    /** A peer that could not prove the secret this client holds. */
+    static P2pException notTheService(String peer) {
+        return new P2pException(P2pClient.NOT_THE_SERVICE, "peer '" + peer + "' did not prove the secret: not the service you expect");
     }
 
     /**
@@ -343,6 +383,9 @@ final class Control {
                 return refused + "; wait a moment before trying again";
             case "internal":
                 return refused + "; the server failed: try again, or see its log";
+            case "plain_refused":
+                return "peer " + peer + " refuses the seed's plain mode (its agent runs with --no-plain): use"
+                        + " connect(...), whose stream is encrypted";
             default:
                 return null;
         }

@@ -23,8 +23,12 @@ import java.util.Random;
  * {@code --id} is the seed API's local id: accepted, not sent (p2pnc clients do not register).
  *
  * {@code --plain} runs the seed's snippet (the address pair of {@code getP2PLocalPeerAddress},
- * then a plain socket bound to LocalAddress); without it the one-call {@code connectDetailed}
- * is used, and with {@code --early} the greeting is given to it as the first bytes (early data).
+ * then a plain socket bound to LocalAddress); {@code --forward} runs the same snippet on the
+ * pair of {@code requestEncryptedPeerAddress} (an encrypted stream behind a loopback
+ * forwarder); without either the one-call {@code connectDetailed}
+ * is used, and with {@code --early} the greeting is given to it as the first bytes (early data);
+ * {@code --no-encrypt} asks the agent for raw bytes after the handshake and {@code --peer-pin}
+ * accepts only an agent holding that static key.
  * {@code --echo BYTES} then sends that many more bytes (0 allowed), expects an echo service to
  * return the greeting and them unchanged and nothing more (it half-closes and reads to the
  * end), and prints {@code first echoed byte after N ms} (counted from the start of the call).
@@ -36,8 +40,8 @@ public final class Demo {
     static final String DEFAULT_ID = "getpoint";
     /** The command line; its defaults are {@link #DEFAULT_ID} and the server's default port. */
     static final String USAGE = "usage: java -jar p2pclient.jar --server URL --peer PEER_ID [--id LOCAL_ID]"
-            + " [--secret SECRET] [--token TOKEN] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain | --early]"
-            + " [--echo BYTES] [--warm-up] [--help]";
+            + " [--secret SECRET] [--token TOKEN] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain | --forward | --early]"
+            + " [--no-encrypt] [--peer-pin sha256:HEX] [--echo BYTES] [--warm-up] [--help]";
     /** What each option does, after {@link #USAGE}, for {@code --help}. */
     static final String OPTIONS = ""
             + "  --server URL     the rendezvous server: HOST[:PORT] or http://HOST[:PORT] (plain),\n"
@@ -52,7 +56,13 @@ public final class Demo {
             + "  --tls-pin sha256:HEX  trust only the certificate with this fingerprint, as the server\n"
             + "                   logs it at start (https://; repeatable)\n"
             + "  --plain          the seed's snippet: getP2PLocalPeerAddress, then a plain socket\n"
+            + "  --forward        the seed's snippet on requestEncryptedPeerAddress's pair: an\n"
+            + "                   encrypted stream behind a forwarder on the loopback interface\n"
             + "  --early          send the greeting as the call's first bytes (early data)\n"
+            + "  --no-encrypt     ask the agent for raw bytes after the handshake (it must run with\n"
+            + "                   --no-encrypt too, else the stream stays encrypted)\n"
+            + "  --peer-pin sha256:HEX  accept only an agent holding the static key with this\n"
+            + "                   fingerprint, as the agent logs it at start\n"
             + "  --echo BYTES     with an echo service behind the peer: send BYTES more bytes, check\n"
             + "                   that exactly what was sent comes back, time the first echoed byte\n"
             + "  --warm-up        connect once, unreported, before the reported run\n"
@@ -74,9 +84,9 @@ public final class Demo {
 
     /** The demo with its output streams; returns the exit status (0, 1, or 2 for bad arguments). */
     static int run(String[] args, PrintStream out, PrintStream err) {
-        String server = null, peer = null, secret = null, token = null, ca = null;
+        String server = null, peer = null, secret = null, token = null, ca = null, peerPin = null;
         java.util.List<String> pins = new java.util.ArrayList<String>();
-        boolean plain = false, early = false, warmUp = false;
+        boolean plain = false, forward = false, early = false, warmUp = false, encrypt = true;
         int echo = -1;
         try {
             for (int i = 0; i < args.length; i++) {
@@ -87,10 +97,16 @@ public final class Demo {
                     return 0;
                 } else if (a.equals("--plain")) {
                     plain = true;
+                } else if (a.equals("--forward")) {
+                    forward = true;
                 } else if (a.equals("--early")) {
                     early = true;
                 } else if (a.equals("--warm-up")) {
                     warmUp = true;
+                } else if (a.equals("--no-encrypt")) {
+                    encrypt = false;
+                } else if (i + 1 < args.length && a.equals("--peer-pin")) {
+                    peerPin = args[++i];
                 } else if (i + 1 < args.length && a.equals("--server")) {
                     server = args[++i];
                 } else if (i + 1 < args.length && a.equals("--id")) {
@@ -115,8 +131,11 @@ public final class Demo {
             if (server == null || peer == null) {
                 throw new IllegalArgumentException("--server URL and --peer are required");
             }
-            if (plain && early) {
-                throw new IllegalArgumentException("--plain and --early exclude each other");
+            if (plain && (early || peerPin != null || forward)) {
+                throw new IllegalArgumentException("--plain excludes --forward, --early and --peer-pin");
+            }
+            if (forward && early) {
+                throw new IllegalArgumentException("--forward excludes --early");
             }
         } catch (IllegalArgumentException e) {
             err.println(e.getMessage());
@@ -126,7 +145,7 @@ public final class Demo {
         ConnectOptions options;
         try {
             ConnectOptions.Builder builder = new ConnectOptions.Builder().server(server).peer(peer).secret(secret)
-                    .token(token);
+                    .token(token).encrypt(encrypt).peerPin(peerPin);
             for (String pin : pins) {
                 builder.tlsPin(pin);
             }
@@ -142,8 +161,8 @@ public final class Demo {
         try {
             if (warmUp) {
                 long t = System.nanoTime();
-                if (plain) {
-                    runPlain(client, options, echo, t);
+                if (plain || forward) {
+                    runPlain(client, options, forward, echo, t);
                 } else {
                     runPunch(client, options, echo, early, t);
                 }
@@ -154,7 +173,7 @@ public final class Demo {
         }
         long started = System.nanoTime();
         try {
-            String how = plain ? runPlain(client, options, echo, started)
+            String how = plain || forward ? runPlain(client, options, forward, echo, started)
                     : runPunch(client, options, echo, early, started);
             out.println("p2p test success in " + (System.nanoTime() - started) / 1000000 + " ms");
             out.println(how);
@@ -165,10 +184,14 @@ public final class Demo {
         }
     }
 
-    /** The seed README's snippet, with the reason kept when it fails. */
-    private static String runPlain(P2pClient client, ConnectOptions options, int echo, long started)
-            throws IOException {
-        LocalPeerAddress addresses = client.requestLocalPeerAddress(options);
+    /**
+     * The seed README's snippet, with the reason kept when it fails, on the pair of plain mode
+     * or, with {@code forward}, of the encrypted forwarder.
+     */
+    private static String runPlain(P2pClient client, ConnectOptions options, boolean forward, int echo,
+            long started) throws IOException {
+        LocalPeerAddress addresses = forward ? client.requestEncryptedPeerAddress(options)
+                : client.requestLocalPeerAddress(options);
         Socket socket = new Socket();
         try {
             socket.bind(new InetSocketAddress(addresses.LocalAddress.ip, addresses.LocalAddress.port));
@@ -177,7 +200,7 @@ public final class Demo {
             OutputStreamWriter out = new OutputStreamWriter(socket.getOutputStream(), Codec.UTF8);
             out.write("test p2p is success");
             out.flush();
-            return "plain: local " + addresses.LocalAddress + " -> peer " + addresses.PeerAddress
+            return (forward ? "forwarded" : "plain") + ": local " + addresses.LocalAddress + " -> peer " + addresses.PeerAddress
                     + exchange(socket, echo, started);
         } finally {
             socket.close();
@@ -193,7 +216,8 @@ public final class Demo {
                 c.socket.getOutputStream().write(GREETING);
             }
             String echoed = exchange(c.socket, echo, started);
-            return "connected " + c + (c.firstBytesEarly ? " (first bytes early)" : "") + echoed;
+            return "connected " + c + (c.firstBytesEarly ? " (first bytes early)" : "")
+                    + (c.encrypted ? "" : " (unencrypted)") + echoed;
         } finally {
             c.socket.close();
         }

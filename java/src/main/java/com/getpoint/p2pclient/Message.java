@@ -23,20 +23,30 @@ final class Message {
      */
     static final List<String> ERROR_CODES = Collections.unmodifiableList(Arrays.asList(
             "bad_request", "not_found", "unsupported_version", "peer_offline", "id_taken", "secret_required",
-            "secret_rejected", "peer_gone", "busy", "no_direct_path", "unauthorized", "rate_limited", "internal"));
+            "secret_rejected", "peer_gone", "busy", "no_direct_path", "unauthorized", "rate_limited", "internal",
+            "plain_refused"));
 
     private static final String MAPPINGS = "endpoint-independent|endpoint-dependent";
-    /** Per type: its fields as {@code name:kind}, a trailing {@code ?} marks optional ones. */
+    /**
+     * Per type: its fields as {@code name:kind}, a trailing {@code ?} marks optional ones. Every
+     * message of the protocol is here, whoever sends it, so that the shared vectors check the
+     * whole schema; the client acts on {@code punch}, {@code challenge} and {@code error}.
+     */
     private static final String[][] FIELDS = {
         {"registered", "id:string", "public:address", "mapping:" + MAPPINGS + "?"},
         {"punch", "session:hex16", "key:hex32", "peer_public:address", "peer_private:addresses?",
             "you:address", "mode:punch|plain", "auth:secret|public", "nonce:string?", "proof:string?",
             "strategy:simultaneous|birthday_hard|birthday_easy|relay_only|mapped?", "your_mapping:" + MAPPINGS + "?",
             "peer_mapping:" + MAPPINGS + "?", "relay_after_ms:milliseconds?", "relay_ticket:hex16?",
-            "peer_mapped:address?", "peer_public6:address?", "you6:address?"},
+            "peer_mapped:address?", "peer_public6:address?", "you6:address?", "peer_key:hex65?"},
         {"error", "code:code", "message:string"},
         {"reject", "session:string", "code:code", "message:string"},
         {"armed", "session:string"},
+        // To an agent: nonce; to a client (plain mode): nonce and you; from an agent: session and nonce.
+        {"challenge", "nonce:hex16", "you:address?", "session:string?"},
+        {"prove", "signature:hex64"},
+        {"plain_proof", "session:string", "signature:hex64"},
+        {"result", "outcome:direct|lan|relayed|failed", "setup_ms:milliseconds?", "reason:string?"},
     };
 
     /** Per message type, the names of its fields (besides {@code type}), in the order of {@link #FIELDS}. */

@@ -5,6 +5,7 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.net.InetAddress;
 import java.net.Socket;
+import java.security.GeneralSecurityException;
 import java.util.List;
 import java.util.logging.Level;
 import java.util.logging.Logger;
@@ -21,16 +22,25 @@ import java.util.logging.Logger;
  *
  * <p>Two ways in:
  * <ul>
- *   <li>{@link #connect} / {@link #connectDetailed}: one call, returns a connected, proven
- *       socket (the protocol's {@code punch} mode); the overloads with {@code firstBytes} send
- *       the caller's first bytes with the stream's selection, a round trip sooner (early
- *       data).</li>
+ *   <li>{@link #connect} / {@link #connectDetailed}: one call, returns a connected socket
+ *       whose stream is encrypted and authenticated end to end (the protocol's {@code punch}
+ *       mode: a Noise handshake keyed by the service secret proves the agent holds it); the
+ *       overloads with {@code firstBytes} send the caller's first bytes with the stream's
+ *       selection, a round trip sooner (early data).</li>
  *   <li>{@link #getP2PLocalPeerAddress} / {@link #requestLocalPeerAddress}: the seed's API
  *       ({@code plain} mode). The caller then binds a plain {@code Socket} to
  *       {@code LocalAddress}, connects it to {@code PeerAddress} at once, and its bytes reach
- *       the service. No cryptographic check of the stream: the agent accepts the first
- *       connection from the address the server saw, within 10 s.</li>
+ *       the service, <em>unencrypted</em>: the agent accepts the first connection from the
+ *       address the server saw, within 10 s, after it checked this client's signed answer to
+ *       its challenge. {@link #requestEncryptedPeerAddress} gives the same kind of pair in
+ *       front of an encrypted stream, through a forwarder on the loopback interface.</li>
  * </ul>
+ *
+ * <p>A client given a secret talks only to an agent that proves it: an agent registered without
+ * a secret under the id, or streams whose handshake does not verify, end the call with
+ * {@code peer 'ID' did not prove the secret: not the service you expect} (code
+ * {@code not_the_service}) before anything is sent toward them. A {@code --public} service is
+ * authenticated by pinning its key ({@link ConnectOptions.Builder#peerPin}).
  *
  * <p>The server is named by a URL ({@code https://HOST[:PORT]}, {@code http://HOST[:PORT]}, or
  * {@code HOST[:PORT]} for plain HTTP; port 50300 by default), or, in the seed's calls, by host and
@@ -61,6 +71,16 @@ public class P2pClient {
     public static final int DEFAULT_SERVER_TIMEOUT_MS = ConnectOptions.DEFAULT_SERVER_TIMEOUT_MS;
     /** Default time the punch may take. */
     public static final int DEFAULT_PUNCH_TIMEOUT_MS = ConnectOptions.DEFAULT_PUNCH_TIMEOUT_MS;
+    /**
+     * {@link P2pException#getCode()} when the client pins the agent's key
+     * ({@link ConnectOptions.Builder#peerPin}) and the agent did not present that key.
+     */
+    public static final String PIN_MISMATCH = "pin_mismatch";
+    /**
+     * {@link P2pException#getCode()} when the peer did not prove the secret this client holds: an
+     * agent registered without one under the id, or streams whose handshake never verified.
+     */
+    public static final String NOT_THE_SERVICE = "not_the_service";
     private static final Logger LOG = Logger.getLogger(P2pClient.class.getName());
 
     /** This client's settings (no server, no peer): every call starts from them. */
@@ -250,8 +270,8 @@ public class P2pClient {
      * every other {@code requestLocalPeerAddress} and {@code getP2PLocalPeerAddress} comes here.
      * The options' timeouts, token and TLS trust apply, not this client's.
      *
-     * @throws IllegalArgumentException if the options carry first bytes (only {@link #connect}
-     *     can send them)
+     * @throws IllegalArgumentException if the options carry first bytes or a peer pin (only
+     *     {@link #connect} can send the one or check the other)
      * @throws P2pException why no address pair was obtained
      */
     public LocalPeerAddress requestLocalPeerAddress(ConnectOptions options) throws P2pException {
@@ -259,10 +279,15 @@ public class P2pClient {
             throw new IllegalArgumentException("first bytes need connect(...): the seed's plain mode has no"
                     + " stream handshake to send them with");
         }
+        if (options.getPeerPin() != null) {
+            throw new IllegalArgumentException("a peer pin needs connect(...): the seed's plain mode has no"
+                    + " stream handshake to check it with");
+        }
         ServerUrl url = options.serverUrl();
         String peerId = options.getPeer();
         Protocol.checkId("peer id", peerId);
-        Control control = Control.request(url, options.tlsFor(url), options.getToken(), peerId, options.getSecret(),
+        ServiceKeys keys = options.getSecret() == null ? null : ServiceKeys.of(options.getSecret(), peerId);
+        Control control = Control.request(url, options.tlsFor(url), options.getToken(), peerId, keys,
                 "plain", options.getServerTimeoutMs());
         Socket socket = control.socket;
         HostTuple local = HostTuple.of(socket.getLocalAddress(), socket.getLocalPort());
@@ -273,10 +298,47 @@ public class P2pClient {
     }
 
     /**
+     * The seed's address pair in front of an <em>encrypted</em> stream: connects as
+     * {@link #connectDetailed(ConnectOptions)} does (punch mode, the stream handshake, every
+     * check of {@code connect}), then returns a pair on the loopback interface that the seed's
+     * snippet uses unchanged: bind a plain {@code Socket} to {@code LocalAddress}, connect it to
+     * {@code PeerAddress} within 10 s, and a forwarder in this client carries its bytes through
+     * the stream's records, half-close included. Only a connection from {@code LocalAddress}'s
+     * port is served; without one in time the stream is closed. When the stream fails
+     * (tampered, cut short, or the agent could not reach its service), the caller's connection
+     * is reset and the reason logged. The forwarder's two threads end with the connection.
+     *
+     * <p>Another program on the same host that connects from that port first would get the
+     * stream: a phone's other apps share its loopback interface. Where that matters, use
+     * {@link #connect} and the socket it returns.
+     *
+     * @throws IllegalArgumentException if the options carry first bytes (the caller's socket
+     *     writes them)
+     * @throws P2pException why no stream was made
+     */
+    public LocalPeerAddress requestEncryptedPeerAddress(ConnectOptions options) throws P2pException {
+        if (options.firstBytes() != null) {
+            throw new IllegalArgumentException("first bytes have no place here: the caller's socket sends them");
+        }
+        P2pConnection c = connectDetailed(options);
+        return LocalForward.start(c.socket, options.getPeer(), LocalForward.ACCEPT_TIMEOUT_MS);
+    }
+
+    /**
+     * {@link #requestEncryptedPeerAddress(ConnectOptions)} with the server as a URL.
+     *
+     * @throws P2pException why no stream was made
+     */
+    public LocalPeerAddress requestEncryptedPeerAddress(String serverUrl, String peerId, String secret)
+            throws P2pException {
+        return requestEncryptedPeerAddress(options().server(serverUrl).peer(peerId).secret(secret).build());
+    }
+
+    /**
      * Connects to the service exposed as {@code peerClientId}: punches a direct TCP connection
      * (or, when the server offers it, falls back to its relay), proves both ends know the
-     * session (and the secret), and returns the socket. Bytes written
-     * to it reach the service. TCP_NODELAY is set on it.
+     * session (and the secret) in a Noise handshake, and returns the socket. Bytes written to it
+     * reach the service, encrypted. TCP_NODELAY is set on it.
      *
      * @param p2pServerIp the rendezvous server's IP or host name (plain HTTP), or its URL, e.g.
      *     {@code https://rdv.example.net} (a port in the URL must equal {@code p2pServerPort})
@@ -379,16 +441,62 @@ public class P2pClient {
         String peerId = options.getPeer();
         String secret = options.getSecret();
         Protocol.checkId("peer id", peerId);
-        Control control = Control.request(url, options.tlsFor(url), options.getToken(), peerId, secret, "punch",
+        ServiceKeys keys = secret == null ? null : ServiceKeys.of(secret, peerId);
+        Control control = Control.request(url, options.tlsFor(url), options.getToken(), peerId, keys, "punch",
                 options.getServerTimeoutMs());
-        Punch punch = Punch.run(control, secret, options.getPunchTimeoutMs(), options.firstBytes());
+        byte[] pin;
+        try {
+            pin = pinnedKey(control.order, options.getPeerPin(), peerId);
+        } catch (P2pException e) {
+            control.close();
+            throw e;
+        }
+        Punch punch = Punch.run(control, keys, pin, options.getEncrypt(), options.getPunchTimeoutMs(),
+                options.firstBytes());
         HostTuple peer = punch.target();
         P2pConnection.Path path = punch.relayed() ? P2pConnection.Path.RELAYED
                 : control.order.addresses("peer_private").contains(peer)
                         && !control.order.address("peer_public").equals(peer) ? P2pConnection.Path.LAN
                 : P2pConnection.Path.DIRECT;
         return new P2pConnection(punch.socket(), path, peer, (System.nanoTime() - started) / 1000000,
-                control.order.text("session"), punch.committed());
+                control.order.text("session"), punch.committed(), punch.encrypted());
+    }
+
+    /**
+     * The agent's static key of the order when the client pins one ({@code pin} non-null): it
+     * must be the key with that fingerprint, else nothing is sent toward the agent.
+     *
+     * @return the 65-byte key, or null without a pin
+     * @throws P2pException (code {@code pin_mismatch}) if the order names no key or another one
+     */
+    static byte[] pinnedKey(Message order, String pin, String peerId) throws P2pException {
+        if (pin == null) {
+            return null;
+        }
+        String why;
+        byte[] key = order.text("peer_key") == null ? null : order.bytes("peer_key");
+        if (key == null) {
+            why = "expected " + pin + ", but the agent registered no key (start it with --key)";
+        } else {
+            String got = "sha256:" + Codec.hex(Codec.sha256(key));
+            if (!got.equals(pin)) {
+                why = "expected " + pin + ", got " + got;
+            } else if (!isPoint(key)) {
+                why = "the key " + pin + " is not a P-256 point";
+            } else {
+                return key;
+            }
+        }
+        throw new P2pException(PIN_MISMATCH, "peer '" + peerId + "' did not present the pinned key: " + why);
+    }
+
+    private static boolean isPoint(byte[] key) {
+        try {
+            P256.decode(key);
+            return true;
+        } catch (GeneralSecurityException e) {
+            return false;
+        }
     }
 
     /**

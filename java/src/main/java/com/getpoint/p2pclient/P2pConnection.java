@@ -14,7 +14,13 @@ public final class P2pConnection {
         RELAYED
     }
 
-    /** The socket; bytes written to it reach the service. */
+    /**
+     * The socket; bytes written to it reach the service. Unless {@link #encrypted} is false it
+     * carries them in sealed records: use its streams, options and addresses as usual; its
+     * {@code shutdownOutput} and {@code close} end the stream properly (a {@code close} record,
+     * then the FIN), and a read fails with a {@link P2pException} when the stream was tampered
+     * with, cut short, or refused by the agent (its service unreachable).
+     */
     public final Socket socket;
     /** Which way the bytes travel. */
     public final Path path;
@@ -26,19 +32,25 @@ public final class P2pConnection {
     public final String session;
     /**
      * Whether the first bytes given to the call left with the stream's selection, before the
-     * agent's hello arrived (saving a round trip); false without first bytes, or when they were
-     * sent after the hello.
+     * agent's handshake answer arrived (saving a round trip); false without first bytes, or when
+     * they were sent after it.
      */
     public final boolean firstBytesEarly;
+    /**
+     * Whether the bytes travel encrypted and authenticated (the default); false only when the
+     * call asked for raw bytes ({@link ConnectOptions.Builder#encrypt}) and the agent allowed it.
+     */
+    public final boolean encrypted;
 
     P2pConnection(Socket socket, Path path, HostTuple peerAddress, long setupMillis, String session,
-            boolean firstBytesEarly) {
+            boolean firstBytesEarly, boolean encrypted) {
         this.socket = socket;
         this.path = path;
         this.peerAddress = peerAddress;
         this.setupMillis = setupMillis;
         this.session = session;
         this.firstBytesEarly = firstBytesEarly;
+        this.encrypted = encrypted;
     }
 
     /** E.g. {@code direct via 192.0.2.20:40000 in 120 ms}; the path is lowercase. */

@@ -5,8 +5,10 @@ import java.io.IOException;
 /**
  * Why a p2pnc call failed. The message is one line for a person; {@link #getCode()} is the
  * protocol's error code when the server or the agent refused (e.g. {@code peer_offline},
- * {@code secret_rejected}), and null for failures found locally (server unreachable or silent,
- * malformed reply, no path found in time).
+ * {@code secret_rejected}), {@link P2pClient#NOT_THE_SERVICE} or {@link P2pClient#PIN_MISMATCH}
+ * when the peer did not prove what the client expects (as the Rust client's error codes name
+ * them), and null for other failures found locally (server unreachable or silent, malformed
+ * reply, no path found in time, a stream cut short or tampered with).
  */
 public class P2pException extends IOException {
     private static final long serialVersionUID = 1L;
@@ -31,7 +33,7 @@ public class P2pException extends IOException {
         this.code = null;
     }
 
-    /** The protocol error code given by the server or the agent, or null. */
+    /** The protocol error code given by the server or the agent, one of the client's own above, or null. */
     public String getCode() {
         return code;
     }

@@ -18,7 +18,8 @@ final class Platform {
     /**
      * The lowest Android API level supported: 21 (Android 5.0), the oldest that current Android
      * libraries (AndroidX) and build tools still target. Everything the client uses outside
-     * {@link Tls} exists there (the newest of it is API level 9, e.g. {@code String.isEmpty},
+     * {@link Tls} exists there (the newest of it is API level 19, AES-GCM's {@code GCMParameterSpec}
+     * and {@code Cipher.updateAAD}; then level 9, e.g. {@code String.isEmpty},
      * {@code NetworkInterface.isUp}); 21 also covers what javac and the Android build may add
      * for Java 7 code ({@code Closeable} sockets, {@code addSuppressed}, {@code Objects}: level
      * 19).

@@ -6,23 +6,21 @@ import java.security.SecureRandom;
 import java.text.Normalizer;
 import java.util.List;
 
-/** The computations of docs/protocol.md: ids, query strings, the proof of the secret, hellos. */
+/** The computations of docs/protocol.md: ids, query strings, candidates, nonces. */
 final class Protocol {
     /** Protocol version sent as {@code v}. */
-    static final String VERSION = "1";
+    static final String VERSION = "2";
     /** Path of the client's control WebSocket. */
     static final String CONNECT_PATH = "/v1/connect";
     /** Longest id, in bytes of UTF-8. */
     static final int MAX_ID_BYTES = 64;
     /** Most private candidates a peer announces. */
     static final int MAX_CANDIDATES = 8;
-    /** Length of a stream hello: magic, session id, tag. */
-    static final int HELLO_LEN = 56;
-    /** The byte a client writes on the one stream it selects. */
-    static final int SELECT = 1;
     /**
-     * Most early data (bytes sent with the selection, before the agent's hello): what fits in a
-     * fresh socket's buffers, so that writing it never waits for the agent to read.
+     * Most early data (bytes sent with the selection, before the agent's handshake message
+     * arrived): what fits in a fresh socket's buffers, so that writing it never waits for the
+     * agent to read. Message 1 carries up to {@link StreamHandshake#MAX_EARLY_IN_HELLO} of them,
+     * the rest follows in data records.
      */
     static final int EARLY_DATA_MAX = 64 * 1024;
     /**
@@ -33,7 +31,6 @@ final class Protocol {
     static final int IPV6_HEAD_START_MS = 50;
     /** Longest line the NAT probe port answers, in bytes. */
     static final int MAX_PROBE_LINE = 128;
-    private static final byte[] MAGIC = Codec.utf8("p2pnc/1\n");
     private static final SecureRandom RANDOM = new SecureRandom();
 
     private Protocol() {}
@@ -136,26 +133,6 @@ final class Protocol {
     /** Fills {@code b} with random bytes (WebSocket keys and masks). */
     static void randomBytes(byte[] b) {
         RANDOM.nextBytes(b);
-    }
-
-    /** {@code hex(HMAC-SHA256(secret, "p2pnc/1 connect\n" + peer + "\n" + nonce))}. */
-    static String connectProof(String secret, String peer, String nonceHex) {
-        return Codec.hex(Codec.hmacSha256(Codec.utf8(secret),
-                Codec.utf8("p2pnc/1 connect\n"), Codec.utf8(peer), Codec.utf8("\n"), Codec.utf8(nonceHex)));
-    }
-
-    /** {@code HMAC-SHA256(secret or "", "p2pnc/1 stream\n" + key)}. */
-    static byte[] streamKey(String secret, byte[] key) {
-        return Codec.hmacSha256(Codec.utf8(secret == null ? "" : secret), Codec.utf8("p2pnc/1 stream\n"), key);
-    }
-
-    /** The 56-byte hello written by {@code role} ({@code client} or {@code agent}). */
-    static byte[] hello(byte[] session, byte[] streamKey, String role) {
-        byte[] out = new byte[HELLO_LEN];
-        System.arraycopy(MAGIC, 0, out, 0, 8);
-        System.arraycopy(session, 0, out, 8, 16);
-        System.arraycopy(Codec.hmacSha256(streamKey, Codec.utf8(role)), 0, out, 24, 32);
-        return out;
     }
 
     /** A query string from key/value pairs, values percent-encoded. */

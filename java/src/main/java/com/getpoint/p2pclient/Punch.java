@@ -7,6 +7,7 @@ import java.net.Inet4Address;
 import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
+import java.security.GeneralSecurityException;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.HashSet;
@@ -23,18 +24,18 @@ import java.util.Set;
  * handshake"). By the order's strategy: from the punch port, one connect in flight per candidate
  * of the agent, retried 60 to 160 ms after each failure ({@code simultaneous}; the private
  * candidates in every strategy), or birthday punching ({@link Birthday}); and, when the order
- * says so, the server's relay after {@code relay_after_ms}. On every stream the 56-byte hellos
- * are exchanged; the first stream whose agent hello verifies gets the select byte and wins,
- * every other socket is closed. The control channel is read meanwhile, so an {@code error}
- * (e.g. a rejected secret) ends the punch at once.
+ * says so, the server's relay after {@code relay_after_ms}. Every stream opens with the Noise
+ * handshake ({@link StreamHandshake}); the first stream whose message 2 verifies gets a
+ * {@code select} record and wins, every other socket is closed. The control channel is read
+ * meanwhile, so an {@code error} (e.g. a rejected secret) ends the punch at once.
  *
  * <p>With early data (the caller's first bytes), the first stream to the agent's public or
- * port-mapped endpoint gets the hello, the select byte and those bytes in one write, before the
- * agent's hello is read: the stream is <em>committed</em>. It wins if the agent's hello then
+ * port-mapped endpoint gets message 1 with the <em>select</em> flag and those bytes, before the
+ * agent's message 2 is read: the stream is <em>committed</em>. It wins if message 2 then
  * verifies. Only one commitment is pending at a time; streams proven meanwhile wait on standby.
- * If the committed stream fails (a wrong hello, a dead stream), the next proven stream is
- * selected the ordinary way and gets the same bytes after its select byte. No byte from the
- * peer is handed out before its hello verified.
+ * If the committed stream fails (an answer that does not verify, a dead stream), the next
+ * proven stream is selected the ordinary way and gets the same bytes after its {@code select}
+ * record. No byte from the peer is handed out before its message 2 verified.
  *
  * <p>An order with an IPv6 path beside the IPv4 one ({@code peer_public6}) is raced Happy
  * Eyeballs style: the IPv6 candidates first, from this client's IPv6 punch address (the one its
@@ -69,11 +70,17 @@ final class Punch {
     /** When the punch ends: the punch timeout, extended while a relay offered by the order may still work. */
     private final long deadline;
     private final long directDeadline;
-    private final byte[] clientHello;
-    private final byte[] agentHello;
+    /** The session id, the stream handshakes' PSK and the pinned agent key (or null). */
+    private final byte[] session;
+    private final byte[] psk;
+    private final byte[] pin;
+    /** {@link StreamHandshake#UNENCRYPTED} when the caller asks for raw bytes, else 0. */
+    private final int unencryptedFlag;
+    /** Whether the client holds the secret: then streams that fail the handshake are an impostor's. */
+    private final boolean secretHeld;
     /** The caller's first bytes, sent with the selection; null for none. */
     private final byte[] early;
-    /** Where early data may go before the agent's hello: its public or port-mapped endpoint. */
+    /** Where early data may go before the agent's message 2: its public or port-mapped endpoint. */
     private final List<HostTuple> commitTargets = new ArrayList<HostTuple>();
     private final Random random = new Random();
 
@@ -87,12 +94,10 @@ final class Punch {
     private int rejectedStreams;
     private int brokenStreams;
     private boolean finished;
-    private Socket winner;
-    private HostTuple winnerTarget;
-    private boolean winnerRelayed;
+    private Stream winner;
     private boolean winnerCommitted;
     /**
-     * The stream that holds the selection: committed and awaiting the agent's hello, or being
+     * The stream that holds the selection: committed and awaiting the agent's message 2, or being
      * selected; null when none. While it is set, other proven streams wait in {@link #standby}.
      */
     private Socket claim;
@@ -100,16 +105,38 @@ final class Punch {
     private boolean relayFailed;
     private P2pException fatal;
 
-    /** A connected stream and where it leads. */
-    private static final class Stream {
+    /** A proven stream and where it leads. */
+    private final class Stream {
         final Socket socket;
         final HostTuple target;
         final boolean relayed;
+        /** Raw bytes after the selection: the caller asked and the agent granted it. */
+        final boolean unencrypted;
+        /** The stream with its records (the selection is a record even on a raw stream). */
+        final SecureSocket secure;
 
-        Stream(Socket socket, HostTuple target, boolean relayed) {
+        Stream(Socket socket, HostTuple target, boolean relayed, StreamHandshake.Result proven) throws IOException {
             this.socket = socket;
             this.target = target;
             this.relayed = relayed;
+            this.unencrypted = unencryptedFlag != 0 && proven.unencrypted;
+            this.secure = new SecureSocket(socket, proven.transport, control.peer);
+        }
+
+        /** Writes {@code early[from...]} after the selection: data records, or raw bytes. */
+        void sendAfterSelection(int from) throws IOException {
+            int n = early == null ? 0 : early.length - from;
+            if (n <= 0) return;
+            if (unencrypted) {
+                socket.getOutputStream().write(early, from, n);
+            } else {
+                secure.getOutputStream().write(early, from, n);
+            }
+        }
+
+        /** What the caller gets. */
+        Socket forCaller() {
+            return unencrypted ? socket : secure;
         }
     }
 
@@ -128,7 +155,7 @@ final class Punch {
         return ms < 0 ? -1 : Math.min(ms, MAX_RELAY_AFTER_MS);
     }
 
-    private Punch(Control control, String secret, int timeoutMs, byte[] early) {
+    private Punch(Control control, ServiceKeys keys, byte[] pin, boolean encrypt, int timeoutMs, byte[] early) {
         this.control = control;
         this.early = early == null || early.length == 0 ? null : early.clone();
         this.port = control.socket.getLocalPort();
@@ -141,24 +168,32 @@ final class Punch {
         this.directDeadline = now + timeoutMs * 1000000L;
         this.deadline = relayAfter < 0 ? directDeadline
                 : Math.max(directDeadline, now + (relayAfter + RELAY_GRACE_MS) * 1000000L);
-        byte[] session = order.bytes("session");
-        byte[] key = Protocol.streamKey(order.text("auth").equals("secret") ? secret : null, order.bytes("key"));
-        this.clientHello = Protocol.hello(session, key, "client");
-        this.agentHello = Protocol.hello(session, key, "agent");
+        this.session = order.bytes("session");
+        byte[] key = order.bytes("key");
+        // Control.request let a client with a secret accept only an agent with one; an agent
+        // with a secret refuses a client without (secret_required) before any order.
+        this.psk = keys != null ? keys.psk(session, key) : ServiceKeys.publicPsk(session, key);
+        this.pin = pin;
+        this.unencryptedFlag = encrypt ? 0 : StreamHandshake.UNENCRYPTED;
+        this.secretHeld = keys != null;
     }
 
     /**
      * Carries out {@code control}'s punch order within {@code timeoutMs} (extended to give a
      * relay offered by the order its chance). Closes the control channel when done.
      *
+     * @param keys the service secret's keys, or null for a public agent
+     * @param pin the agent's static key (65 bytes) when the client pins it, else null
+     * @param encrypt false to ask the agent for raw bytes after the selection
      * @param early the caller's first bytes (at most {@link Protocol#EARLY_DATA_MAX}), sent with
      *     the selection of the stream; null or empty for none
      * @return the finished punch: {@link #socket()} is the selected stream, on which the early
      *     bytes have been written
      * @throws P2pException why no stream was selected
      */
-    static Punch run(Control control, String secret, int timeoutMs, byte[] early) throws P2pException {
-        Punch p = new Punch(control, secret, timeoutMs, early);
+    static Punch run(Control control, ServiceKeys keys, byte[] pin, boolean encrypt, int timeoutMs, byte[] early)
+            throws P2pException {
+        Punch p = new Punch(control, keys, pin, encrypt, timeoutMs, early);
         try {
             p.punch();
         } finally {
@@ -167,22 +202,27 @@ final class Punch {
         return p;
     }
 
-    /** The selected stream. */
+    /** The selected stream: records over TCP, or the TCP socket itself when unencrypted. */
     Socket socket() {
-        return winner;
+        return winner.forCaller();
+    }
+
+    /** Whether the selected stream's bytes travel in sealed records. */
+    boolean encrypted() {
+        return !winner.unencrypted;
     }
 
     /** The candidate the selected stream was made to (the server, when relayed). */
     HostTuple target() {
-        return winnerTarget;
+        return winner.target;
     }
 
     /** Whether the selected stream runs through the server's relay. */
     boolean relayed() {
-        return winnerRelayed;
+        return winner.relayed;
     }
 
-    /** Whether the early bytes left on the selected stream before the agent's hello arrived. */
+    /** Whether the early bytes left on the selected stream before the agent's message 2 arrived. */
     boolean committed() {
         return winnerCommitted;
     }
@@ -282,13 +322,13 @@ final class Punch {
             } finally {
                 finished = true;
                 for (Socket s : sockets) {
-                    if (s != winner) WebSocket.closeQuietly(s);
+                    if (winner == null || s != winner.socket) WebSocket.closeQuietly(s);
                 }
                 lock.notifyAll();
             }
             if (winner != null) {
                 try {
-                    winner.setSoTimeout(0);
+                    winner.socket.setSoTimeout(0);
                 } catch (IOException ignored) {
                     // A broken socket shows itself at its first use.
                 }
@@ -296,6 +336,11 @@ final class Punch {
             }
             if (fatal != null) {
                 throw fatal;
+            }
+            if (rejectedStreams > 0 && secretHeld) {
+                // Streams connected and every one failed to prove the session: whoever answered
+                // does not hold the secret.
+                throw Control.notTheService(control.peer);
             }
             if (workers == 0 && targets.isEmpty() && notes.isEmpty()) {
                 throw new P2pException(null, "no way to reach peer '" + control.peer + "': strategy " + strategy
@@ -398,7 +443,7 @@ final class Punch {
                 handshake(s, target, false);
                 return;
             } catch (IOException e) {
-                // The agent closed the stream before its hello: it may not know the session
+                // The agent closed the stream before its message 2: it may not know the session
                 // yet, or has refused it (the control channel will say). Retry.
                 WebSocket.closeQuietly(s);
                 if (!failed(target, s, e)) return;
@@ -499,11 +544,11 @@ final class Punch {
     }
 
     /**
-     * Exchanges hellos on a connected stream and selects it if it is the first proven one. With
-     * early data, a stream to a commit target commits to it first (see the class documentation).
-     * A stream that fails the handshake, or is not needed, is closed.
+     * Runs the stream handshake on a connected stream and selects it if it is the first proven
+     * one. With early data, a stream to a commit target commits to it first (see the class
+     * documentation). A stream that fails the handshake, or is not needed, is closed.
      *
-     * @throws IOException if the agent closed the stream (or it broke) before its hello
+     * @throws IOException if the agent closed the stream (or it broke) before its message 2
      */
     private void handshake(Socket s, HostTuple target, boolean relayed) throws IOException {
         boolean committed = false;
@@ -514,52 +559,65 @@ final class Punch {
                 committed = true;
             }
         }
-        byte[] hello = new byte[Protocol.HELLO_LEN];
+        int inHello = committed ? Math.min(early.length, StreamHandshake.MAX_EARLY_IN_HELLO) : 0;
+        StreamHandshake.Result proven = null;
+        boolean unproven = false;
         try {
-            s.getOutputStream().write(committed ? selection(clientHello) : clientHello);
+            StreamHandshake hs = StreamHandshake.start(session, psk, pin,
+                    (committed ? StreamHandshake.SELECT : 0) | unencryptedFlag, early, inHello, null);
+            s.getOutputStream().write(hs.wire);
             s.setSoTimeout(Math.max(1, remainingMs()));
-            InputStream in = s.getInputStream();
-            for (int off = 0; off < hello.length; ) {
-                int n = in.read(hello, off, hello.length - off);
-                if (n < 0) throw new IOException("stream closed before the agent's hello");
-                off += n;
-            }
+            proven = hs.finish(s.getInputStream());
         } catch (SocketTimeoutException e) {
-            hello = null; // silent until the deadline
+            // Silent until the deadline.
+        } catch (Noise.Unproven e) {
+            unproven = true;
+            note("unproven", "last unproven stream: " + target + ": " + e.getMessage());
+        } catch (GeneralSecurityException e) {
+            // The platform cannot run the handshake at all: no stream ever will.
+            giveUp(new P2pException("cannot run the stream handshake on this platform: " + e, e));
         } catch (IOException e) {
             if (committed) release();
             throw e;
         }
-        boolean proven = hello != null && Codec.constantTimeEquals(hello, agentHello);
-        if (proven && committed) {
-            synchronized (lock) {
-                if (!finished) {
-                    claim = null;
-                    win(new Stream(s, target, relayed), true);
+        if (proven != null) {
+            try {
+                Stream p = new Stream(s, target, relayed, proven);
+                if (!committed) {
+                    select(p);
                     return;
                 }
+                // Committed: what did not fit into message 1 follows at once.
+                p.sendAfterSelection(inHello);
+                synchronized (lock) {
+                    if (!finished) {
+                        claim = null;
+                        win(p, true);
+                        return;
+                    }
+                }
+            } catch (IOException e) {
+                synchronized (lock) {
+                    if (!finished) brokenStreams++;
+                }
             }
-        }
-        if (proven && !committed) {
-            select(new Stream(s, target, relayed));
-            return;
         }
         WebSocket.closeQuietly(s);
         synchronized (lock) {
             sockets.remove(s);
-            if (!finished && hello != null && !proven) rejectedStreams++;
+            if (!finished && unproven) rejectedStreams++;
         }
         if (committed) release();
     }
 
-    /** {@code prefix}, the select byte and the early bytes (if any), in one array. */
-    private byte[] selection(byte[] prefix) {
-        int n = early == null ? 0 : early.length;
-        byte[] out = new byte[prefix.length + 1 + n];
-        System.arraycopy(prefix, 0, out, 0, prefix.length);
-        out[prefix.length] = Protocol.SELECT;
-        if (n > 0) System.arraycopy(early, 0, out, prefix.length + 1, n);
-        return out;
+    /** Ends the punch with {@code why}, unless it has ended already. */
+    private void giveUp(P2pException why) {
+        synchronized (lock) {
+            if (!finished && fatal == null) {
+                fatal = why;
+                lock.notifyAll();
+            }
+        }
     }
 
     /** Selects a proven stream, or puts it on standby while another stream holds the selection. */
@@ -600,13 +658,14 @@ final class Punch {
     }
 
     /**
-     * Writes the select byte and the early bytes on {@code p}, which holds the claim, and makes
-     * it the winner; if the write fails, the next stream on standby is tried.
+     * Writes the {@code select} record and the early bytes on {@code p}, which holds the claim,
+     * and makes it the winner; if the write fails, the next stream on standby is tried.
      */
     private void selectClaimed(Stream p) {
         while (p != null) {
             try {
-                p.socket.getOutputStream().write(selection(new byte[0]));
+                p.secure.sendRecord(SecureSocket.SELECT);
+                p.sendAfterSelection(0);
                 synchronized (lock) {
                     claim = null;
                     if (!finished) {
@@ -629,9 +688,7 @@ final class Punch {
 
     /** Makes {@code p} the selected stream; the caller holds the lock. */
     private void win(Stream p, boolean committed) {
-        winner = p.socket;
-        winnerTarget = p.target;
-        winnerRelayed = p.relayed;
+        winner = p;
         winnerCommitted = committed;
         lock.notifyAll();
     }
@@ -685,7 +742,7 @@ final class Punch {
             sb.append("; ").append(note);
         }
         if (brokenStreams > 0) {
-            sb.append("; ").append(brokenStreams).append(" streams closed before the agent's hello");
+            sb.append("; ").append(brokenStreams).append(" streams closed before the agent's handshake");
         }
         if (rejectedStreams > 0) {
             sb.append("; ").append(rejectedStreams).append(" streams failed the session handshake");

@@ -30,6 +30,8 @@ public class ConnectOptionsTest {
         assertNull(o.getSecret());
         assertNull(o.getToken());
         assertNull(o.getFirstBytes());
+        assertTrue("encrypted by default", o.getEncrypt());
+        assertNull(o.getPeerPin());
         assertTrue(o.trust().isPlatform());
         ConnectOptions fromClient = new P2pClient().options().build();
         assertEquals(o.getServerTimeoutMs(), fromClient.getServerTimeoutMs());
@@ -56,7 +58,8 @@ public class ConnectOptionsTest {
     @Test
     public void toBuilderCopiesAndChangesOnlyWhatIsSet() {
         ConnectOptions a = new ConnectOptions.Builder().server("http://h:1").peer("p").secret("s")
-                .serverTimeoutMs(7).punchTimeoutMs(8).token("t").firstBytes(new byte[] {1, 2}).build();
+                .serverTimeoutMs(7).punchTimeoutMs(8).token("t").firstBytes(new byte[] {1, 2}).encrypt(false)
+                .peerPin(PIN).build();
         ConnectOptions b = a.toBuilder().peer("q").build();
         assertEquals("q", b.getPeer());
         assertEquals("p", a.getPeer());
@@ -66,6 +69,26 @@ public class ConnectOptionsTest {
         assertEquals(8, b.getPunchTimeoutMs());
         assertEquals("t", b.getToken());
         assertArrayEquals(new byte[] {1, 2}, b.getFirstBytes());
+        assertFalse(b.getEncrypt());
+        assertEquals(PIN, b.getPeerPin());
+    }
+
+    /** A peer pin is kept as sha256: and lowercase hex, whatever case and colons it came in. */
+    @Test
+    public void peerPinsAreNormalisedOrRefusedAtOnce() {
+        StringBuilder colons = new StringBuilder("sha256:");
+        for (int i = 0; i < 32; i++) colons.append(i == 0 ? "" : ":").append("AB");
+        assertEquals(PIN, new ConnectOptions.Builder().peerPin(" " + colons + " ").build().getPeerPin());
+        assertNull(new ConnectOptions.Builder().peerPin(PIN).peerPin(null).build().getPeerPin());
+        for (String bad : new String[] {"", "sha256:", "sha256:" + repeat("ab", 31), "md5:" + repeat("ab", 32),
+                repeat("ab", 32), "sha256:" + repeat("zz", 32)}) {
+            try {
+                new ConnectOptions.Builder().peerPin(bad);
+                fail("accepted the peer pin '" + bad + "'");
+            } catch (IllegalArgumentException e) {
+                assertTrue(e.getMessage(), e.getMessage().startsWith("bad peer pin '" + bad + "': expected sha256: and 64"));
+            }
+        }
     }
 
     @Test
@@ -105,6 +128,7 @@ public class ConnectOptionsTest {
         assertFalse(s, s.contains("tok-9"));
         assertTrue(s, s.contains("secret=set") && s.contains("token=set") && s.contains("peer=cam"));
         assertTrue(s, s.contains("1 pins"));
+        assertTrue(s, s.contains("encrypt=true") && s.contains("peerPin=none"));
     }
 
     /** The server and the peer are checked by the call, which says what is wrong. */
@@ -174,6 +198,12 @@ public class ConnectOptionsTest {
             fail("plain mode took first bytes");
         } catch (IllegalArgumentException e) {
             assertTrue(e.getMessage(), e.getMessage().startsWith("first bytes need connect(...)"));
+        }
+        try {
+            client.requestLocalPeerAddress(client.options().server("http://127.0.0.1:9").peer("p").peerPin(PIN).build());
+            fail("plain mode took a peer pin");
+        } catch (IllegalArgumentException e) {
+            assertTrue(e.getMessage(), e.getMessage().startsWith("a peer pin needs connect(...)"));
         }
     }
 

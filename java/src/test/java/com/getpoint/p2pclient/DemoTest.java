@@ -51,7 +51,13 @@ public class DemoTest {
         assertEquals(2, run("--server", "h", "--peer", "p", "--bogus"));
         assertTrue(err, err.startsWith("unknown argument '--bogus'"));
         assertEquals(2, run("--server", "h", "--peer", "p", "--plain", "--early"));
-        assertTrue(err, err.startsWith("--plain and --early exclude each other"));
+        assertTrue(err, err.startsWith("--plain excludes --forward, --early and --peer-pin"));
+        assertEquals(2, run("--server", "h", "--peer", "p", "--plain", "--peer-pin", "sha256:" + new String(new char[64]).replace('\0', 'a')));
+        assertTrue(err, err.startsWith("--plain excludes --forward, --early and --peer-pin"));
+        assertEquals(2, run("--server", "h", "--peer", "p", "--forward", "--early"));
+        assertTrue(err, err.startsWith("--forward excludes --early"));
+        assertEquals(2, run("--server", "h", "--peer", "p", "--peer-pin", "sha256:12"));
+        assertTrue(err, err.startsWith("bad peer pin 'sha256:12': expected sha256: and 64 hex digits"));
         assertEquals(2, run("--server", "h", "--peer", "p", "--tls-pin", "nope"));
         assertTrue(err, err.startsWith("bad TLS pin 'nope'"));
         assertEquals("", out);

@@ -480,13 +480,14 @@ public class FakeServerTest {
         try (Socket s = new Socket()) {
             s.bind(new InetSocketAddress(a.LocalAddress.ip, a.LocalAddress.port));
         }
-        // The request: plain mode, a fresh nonce, the right proof.
+        // The request: plain mode, a fresh nonce, the proof signed for plain mode.
         Map<String, String> q = VectorsTest.decode(request.get().split(" ")[1].split("\\?", 2)[1]);
-        assertEquals("1", q.get("v"));
+        assertEquals("2", q.get("v"));
         assertEquals(PEER, q.get("peer"));
         assertEquals("plain", q.get("mode"));
         assertTrue(q.get("nonce").matches("[0-9a-f]{32}"));
-        assertEquals(Protocol.connectProof("s3cret", PEER, q.get("nonce")), q.get("proof"));
+        assertTrue("the proof signs the plain-mode request", TestCrypto.verify(Codec.unhex(TestCrypto.VERIFIER, 65),
+                ServiceKeys.connectMessage(PEER, "plain", q.get("nonce")), Codec.unhex(q.get("proof"), 64)));
         for (String c : q.get("private").isEmpty() ? new String[0] : q.get("private").split(",")) {
             assertEquals(a.LocalAddress.port, HostTuple.parse(c).port);
         }
@@ -500,21 +501,98 @@ public class FakeServerTest {
         assertEquals("127.0.0.1:" + a.LocalAddress.port + ",192.0.2.1:5000", a.toString());
     }
 
-    /** A fake agent on 127.0.0.1 that answers one stream with {@code hello}, then echoes. */
-    private ServerSocket fakeAgent(final byte[] hello, final AtomicReference<byte[]> got) throws IOException {
+    /** Reads one text frame from the client (masked, as clients must send them) and returns its text. */
+    static String readClientText(InputStream in) throws IOException {
+        DataInputStream d = new DataInputStream(in);
+        int first = d.readUnsignedByte();
+        int second = d.readUnsignedByte();
+        assertEquals("a final text frame", 0x81, first);
+        assertTrue("client frames are masked", (second & 0x80) != 0);
+        int len = second & 0x7f;
+        if (len == 126) len = d.readUnsignedShort();
+        byte[] mask = new byte[4];
+        d.readFully(mask);
+        byte[] payload = new byte[len];
+        d.readFully(payload);
+        for (int i = 0; i < len; i++) payload[i] ^= mask[i % 4];
+        return new String(payload, Codec.UTF8);
+    }
+
+    /**
+     * Plain mode toward an agent with a secret: the agent's challenge reaches the client with
+     * its endpoint as the server saw it; the client signs the plain message over its request's
+     * nonce, the challenge and that endpoint, which the agent's verifier accepts; then the order.
+     */
+    @Test
+    public void plainModeAnswersTheAgentsChallenge() throws Exception {
+        final AtomicReference<String> request = new AtomicReference<String>();
+        final AtomicReference<String> answer = new AtomicReference<String>();
+        final String challenge = "ffeeddccbbaa99887766554433221100";
+        final String you = "[2001:db8::7]:40000";
+        int port = fake(new Script() {
+            @Override
+            public void serve(Socket s, String head, String key) throws IOException {
+                request.set(head.split("\r\n")[0]);
+                upgrade(s, key);
+                text(s, "{\"type\":\"challenge\",\"nonce\":\"" + challenge + "\",\"you\":\"" + you + "\"}");
+                answer.set(readClientText(s.getInputStream()));
+                text(s, order("plain", "192.0.2.1:5000"));
+                s.getInputStream().read();
+            }
+        });
+        LocalPeerAddress a = new P2pClient(2000, 2000).requestLocalPeerAddress("127.0.0.1", port, "me", PEER, "s3cret");
+        assertEquals(new HostTuple("192.0.2.1", 5000), a.PeerAddress);
+        Map<String, String> q = VectorsTest.decode(request.get().split(" ")[1].split("\\?", 2)[1]);
+        Map<?, ?> prove = (Map<?, ?>) Json.parse(answer.get());
+        assertEquals("prove", prove.get("type"));
+        byte[] signed = ServiceKeys.plainMessage(PEER, q.get("nonce"), challenge, you);
+        assertTrue(answer.get(), TestCrypto.verify(Codec.unhex(TestCrypto.VERIFIER, 65), signed,
+                Codec.unhex((String) prove.get("signature"), 64)));
+    }
+
+    /** A challenge to a client without a secret (or in punch mode) cannot be answered: it fails saying so. */
+    @Test
+    public void aChallengeWithoutASecretIsAnError() throws IOException {
+        byte[] challenge = Codec.utf8("{\"type\":\"challenge\",\"nonce\":\"ffeeddccbbaa99887766554433221100\","
+                + "\"you\":\"192.0.2.9:4000\"}");
+        int port = fake(upgradeThen(frame(1, true, challenge)));
+        try {
+            new P2pClient(2000, 2000).requestLocalPeerAddress("127.0.0.1", port, "me", PEER, null);
+            fail("answered a challenge without a secret");
+        } catch (P2pException e) {
+            assertMessage(e, "the server sent a challenge to a request that cannot answer one (plain mode, no secret)");
+        }
+    }
+
+    /** An agent that refuses plain mode: the client says so and what to use instead. */
+    @Test
+    public void plainRefusedSaysToUseConnect() throws IOException {
+        byte[] error = Codec.utf8("{\"type\":\"error\",\"code\":\"plain_refused\",\"message\":\"no plain mode\"}");
+        int port = fake(upgradeThen(frame(1, true, error)));
+        P2pException e = plainFailure(port);
+        assertEquals("plain_refused", e.getCode());
+        assertMessage(e, "peer 'streamserver' refuses the seed's plain mode", "use connect(...)");
+    }
+
+    /**
+     * A fake agent on 127.0.0.1 that plays the agent of {@code secret} on one stream: answers the
+     * handshake, records what the client sends after its selection, echoes the first 4 bytes and
+     * closes.
+     */
+    private ServerSocket fakeAgent(final String secret, final AtomicReference<byte[]> got) throws IOException {
         final ServerSocket agent = listen();
         Thread t = new Thread(new Runnable() {
             @Override
             public void run() {
                 try (Socket s = agent.accept()) {
-                    s.getOutputStream().write(hello);
-                    byte[] in = new byte[Protocol.HELLO_LEN + 1 + 4];
-                    new DataInputStream(s.getInputStream()).readFully(in);
+                    TestAgent.Stream a = TestAgent.accept(s, secret);
+                    byte[] in = new byte[4];
+                    new DataInputStream(a.socket.getInputStream()).readFully(in);
                     got.set(in);
-                    s.getOutputStream().write(in, Protocol.HELLO_LEN + 1, 4);
+                    a.sendAndClose(in);
                     s.getInputStream().read();
-                } catch (IOException e) {
-                    // The client may close first.
+                } catch (Exception e) {
+                    // The client may close first, or refuse this agent.
                 }
             }
         }, "fake-agent");
@@ -523,14 +601,10 @@ public class FakeServerTest {
         return agent;
     }
 
-    static byte[] hello(String secret, String role) {
-        return Protocol.hello(Codec.unhex(SESSION, 16), Protocol.streamKey(secret, Codec.unhex(KEY, 32)), role);
-    }
-
     @Test
-    public void punchModeExchangesHellosAndSelectsTheStream() throws Exception {
+    public void punchModeRunsTheHandshakeAndSelectsTheStream() throws Exception {
         AtomicReference<byte[]> got = new AtomicReference<byte[]>();
-        ServerSocket agent = fakeAgent(hello("s3cret", "agent"), got);
+        ServerSocket agent = fakeAgent("s3cret", got);
         String agentAddr = "127.0.0.1:" + agent.getLocalPort();
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(order("punch", agentAddr)))));
         P2pConnection c = new P2pClient(2000, 2000).connectDetailed("127.0.0.1", port, "me", PEER, "s3cret");
@@ -538,35 +612,83 @@ public class FakeServerTest {
             assertEquals(P2pConnection.Path.DIRECT, c.path);
             assertEquals(HostTuple.parse(agentAddr), c.peerAddress);
             assertEquals(SESSION, c.session);
+            assertTrue(c.encrypted);
+            assertTrue(c.socket.toString(), c.socket.toString().startsWith("encrypted "));
             c.socket.getOutputStream().write(Codec.utf8("ping"));
             byte[] echo = new byte[4];
             new DataInputStream(c.socket.getInputStream()).readFully(echo);
             assertEquals("ping", new String(echo, Codec.UTF8));
-            byte[] in = got.get();
-            assertArrayEquals(hello("s3cret", "client"), java.util.Arrays.copyOf(in, Protocol.HELLO_LEN));
-            assertEquals(Protocol.SELECT, in[Protocol.HELLO_LEN]);
+            assertEquals("the agent's close record ends the stream", -1, c.socket.getInputStream().read());
+            assertArrayEquals(Codec.utf8("ping"), got.get());
         } finally {
             c.socket.close();
         }
     }
 
+    /**
+     * An agent that answers with another secret's handshake: the client holds a secret, so the
+     * stream that did not verify is an impostor's, and the call says so at once.
+     */
     @Test
-    public void punchModeRejectsAWrongAgentHelloAtOnce() throws Exception {
-        ServerSocket agent = fakeAgent(hello("other secret", "agent"), new AtomicReference<byte[]>());
+    public void punchModeRefusesAnAgentWithAnotherSecretAtOnce() throws Exception {
+        final ServerSocket agent = listen();
+        Thread t = new Thread(new Runnable() {
+            @Override
+            public void run() {
+                try (Socket s = agent.accept()) {
+                    // Takes message 1 (which it cannot read) and answers with a handshake of its own.
+                    TestAgent.readHello(s.getInputStream());
+                    StreamHandshake other = StreamHandshake.start(Codec.unhex(SESSION, 16), TestAgent.psk("other"),
+                            null, 0, null, 0, null);
+                    s.getOutputStream().write(TestAgent.answer(other.wire, TestAgent.psk("other"), null, false, null).reply);
+                    s.getInputStream().read();
+                } catch (Exception closed) {
+                    // The client closes it.
+                }
+            }
+        }, "other-agent");
+        t.setDaemon(true);
+        t.start();
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(order("punch", "127.0.0.1:" + agent.getLocalPort())))));
-        long t = System.nanoTime();
+        long start = System.nanoTime();
         try {
             new P2pClient(2000, 3000).connect("127.0.0.1", port, "me", PEER, "s3cret");
-            fail("connected with a wrong agent hello");
+            fail("connected to an agent with another secret");
         } catch (P2pException e) {
-            assertMessage(e, "no direct path to peer 'streamserver'", "1 streams failed the session handshake");
+            assertEquals(P2pClient.NOT_THE_SERVICE, e.getCode());
+            assertEquals("peer 'streamserver' did not prove the secret: not the service you expect", e.getMessage());
         }
-        assertTrue("the failure waited for the punch timeout", (System.nanoTime() - t) / 1000000 < 2000);
+        assertTrue("the failure waited for the punch timeout", (System.nanoTime() - start) / 1000000 < 2000);
+    }
+
+    /**
+     * An order for an agent registered without a secret, to a client that holds one: an
+     * impostor. The call fails before a single connection toward it.
+     */
+    @Test
+    public void anOrderForAPublicAgentIsRefusedByAClientWithASecret() throws Exception {
+        ServerSocket agent = listen();
+        agent.setSoTimeout(300);
+        String o = order("punch", "127.0.0.1:" + agent.getLocalPort()).replace("\"auth\":\"secret\"", "\"auth\":\"public\"");
+        int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))));
+        try {
+            new P2pClient(2000, 2000).connect("127.0.0.1", port, "me", PEER, "s3cret");
+            fail("connected to a public agent with a secret");
+        } catch (P2pException e) {
+            assertEquals(P2pClient.NOT_THE_SERVICE, e.getCode());
+            assertEquals("peer 'streamserver' did not prove the secret: not the service you expect", e.getMessage());
+        }
+        try {
+            agent.accept().close();
+            fail("the client connected to the impostor");
+        } catch (java.net.SocketTimeoutException expected) {
+            // nothing was sent toward it
+        }
     }
 
     @Test
     public void errorDuringThePunchEndsItAtOnce() throws Exception {
-        ServerSocket silentAgent = listen(); // accepts (backlog), never says hello
+        ServerSocket silentAgent = listen(); // accepts (backlog), never answers the handshake
         final String o = order("punch", "127.0.0.1:" + silentAgent.getLocalPort());
         int port = fake(new Script() {
             @Override
@@ -621,10 +743,15 @@ public class FakeServerTest {
             public void serve(Socket s, String head, String key) throws IOException {
                 request.set(head);
                 write(s, "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: p2pnc-relay\r\n\r\n");
-                s.getOutputStream().write(hello("s3cret", "agent"));
-                byte[] in = new byte[Protocol.HELLO_LEN + 1 + 4];
-                new DataInputStream(s.getInputStream()).readFully(in);
-                s.getOutputStream().write(in, Protocol.HELLO_LEN + 1, 4);
+                TestAgent.Stream a;
+                try {
+                    a = TestAgent.accept(s, "s3cret");
+                } catch (Exception e) {
+                    throw new IOException(e);
+                }
+                byte[] in = new byte[4];
+                new DataInputStream(a.socket.getInputStream()).readFully(in);
+                a.sendAndClose(in);
                 s.getInputStream().read();
             }
         };
@@ -661,7 +788,7 @@ public class FakeServerTest {
     @Test
     public void relayOnlySkipsThePublicEndpoint() throws Exception {
         AtomicReference<byte[]> got = new AtomicReference<byte[]>();
-        ServerSocket agent = fakeAgent(hello("s3cret", "agent"), got);
+        ServerSocket agent = fakeAgent("s3cret", got);
         String o = withFields(order("punch", "127.0.0.1:" + agent.getLocalPort()),
                 "\"strategy\":\"relay_only\",\"relay_ticket\":\"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1\",\"relay_after_ms\":0");
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))), relayAgent(new AtomicReference<String>()));
@@ -745,12 +872,12 @@ public class FakeServerTest {
                         @Override
                         public void run() {
                             try {
-                                s.getOutputStream().write(hello("s3cret", "agent"));
-                                byte[] in = new byte[Protocol.HELLO_LEN + 1 + 2];
-                                new DataInputStream(s.getInputStream()).readFully(in);
-                                s.getOutputStream().write(in, Protocol.HELLO_LEN + 1, 2);
+                                TestAgent.Stream a = TestAgent.accept(s, "s3cret");
+                                byte[] in = new byte[2];
+                                new DataInputStream(a.socket.getInputStream()).readFully(in);
+                                a.sendAndClose(in);
                                 s.getInputStream().read();
-                            } catch (IOException closedByTheClient) {
+                            } catch (Exception closedByTheClient) {
                                 // not selected
                             } finally {
                                 try {

@@ -2,6 +2,7 @@ package com.getpoint.p2pclient;
 
 import static org.junit.Assert.assertArrayEquals;
 import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertFalse;
 import static org.junit.Assert.assertNotNull;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
@@ -375,12 +376,118 @@ public class InteropTest {
                 SECRET), 1);
     }
 
+    /** The seed's snippet in front of an encrypted stream to the Rust agent. */
+    @Test
+    public void seedSnippetThroughTheEncryptedForwarder() throws Exception {
+        P2pClient client = new P2pClient();
+        seedSnippet(client.requestEncryptedPeerAddress("http://127.0.0.1:" + serverPort, "streamserver", SECRET), 0);
+        String log = logText();
+        assertTrue("a punch-mode session\n" + log, log.contains("mode=Punch"));
+        assertFalse("no plain-mode session\n" + log, log.contains("mode=Plain"));
+    }
+
     @Test
     public void publicAgentWithTheOneCallApi() throws Exception {
         expose("open", null);
         Socket s = new P2pClient().connect("127.0.0.1", serverPort, "getpoint", "open", null);
         try {
             assertArrayEquals(Codec.utf8("hello"), roundTrip(s, Codec.utf8("hello")));
+        } finally {
+            s.close();
+        }
+    }
+
+    /**
+     * Someone registered the id without a secret: a client that holds the secret refuses the
+     * order, and nothing reaches that agent's service.
+     */
+    @Test
+    public void aClientWithASecretRefusesAPublicAgentUnderTheId() throws Exception {
+        expose("imp", null);
+        try {
+            new P2pClient().connect("http://127.0.0.1:" + serverPort, "imp", SECRET);
+            fail("connected to a public agent with a secret");
+        } catch (P2pException e) {
+            assertEquals(P2pClient.NOT_THE_SERVICE, e.getCode());
+            assertEquals("peer 'imp' did not prove the secret: not the service you expect", e.getMessage());
+        }
+        synchronized (service.received) {
+            assertEquals("the impostor's service saw nothing", 0, service.received.size());
+        }
+    }
+
+    /**
+     * A public agent with a static key ({@code expose --key}, the vectors' key 0x5a...): a
+     * client pinning it connects (NKpsk0), a client pinning another key fails before any SYN.
+     */
+    @Test
+    public void aPinnedPublicAgent() throws Exception {
+        File key = File.createTempFile("p2pnc-static-", ".key");
+        key.deleteOnExit();
+        java.nio.file.Files.write(key.toPath(), Codec.utf8("p2pnc static key v1\n"
+                + ConnectOptionsTest.repeat("5a", 32) + "\n"));
+        spawn("expose", "--server", "http://127.0.0.1:" + serverPort, "--id", "pinned", "--to",
+                "127.0.0.1:" + service.socket.getLocalPort(), "--public", "--key", key.getPath());
+        waitFor("agent 'pinned'", "/v1/peers/pinned");
+        String pin = "sha256:" + Codec.hex(Codec.sha256(Codec.unhex("04f68b1de0f5ce686192f4bd0fd34163863f2e89d385f8bcfb"
+                + "85979533a57ac9b04f022ab6b096c8bf42804d8e67d38b3f88866980cc903f68fde9d2e143d93267", 65)));
+        assertTrue("the agent logs the pin\n" + logText(), logText().contains(pin));
+        P2pClient client = new P2pClient();
+        Socket s = client.connect(client.options().server("http://127.0.0.1:" + serverPort).peer("pinned")
+                .peerPin(pin).build());
+        try {
+            assertArrayEquals(Codec.utf8("pinned"), roundTrip(s, Codec.utf8("pinned")));
+        } finally {
+            s.close();
+        }
+        String other = "sha256:" + ConnectOptionsTest.repeat("00", 32);
+        try {
+            client.connect(client.options().server("http://127.0.0.1:" + serverPort).peer("pinned").peerPin(other)
+                    .build());
+            fail("connected with another pin");
+        } catch (P2pException e) {
+            assertEquals(P2pClient.PIN_MISMATCH, e.getCode());
+            assertEquals("peer 'pinned' did not present the pinned key: expected " + other + ", got " + pin,
+                    e.getMessage());
+        }
+    }
+
+    /** Raw bytes after the handshake only from an agent started with --no-encrypt. */
+    @Test
+    public void rawBytesOnlyWhenTheAgentAllowsThem() throws Exception {
+        spawn("expose", "--server", "http://127.0.0.1:" + serverPort, "--id", "raw", "--to",
+                "127.0.0.1:" + service.socket.getLocalPort(), "--secret", SECRET, "--no-encrypt");
+        waitFor("agent 'raw'", "/v1/peers/raw");
+        P2pClient client = new P2pClient();
+        for (String peer : new String[] {"raw", "streamserver"}) {
+            P2pConnection c = client.connectDetailed(client.options().server("http://127.0.0.1:" + serverPort)
+                    .peer(peer).secret(SECRET).encrypt(false).build());
+            try {
+                assertEquals(peer, peer.equals("streamserver"), c.encrypted);
+                assertArrayEquals(Codec.utf8(peer), roundTrip(c.socket, Codec.utf8(peer)));
+            } finally {
+                c.socket.close();
+            }
+        }
+    }
+
+    /** The agent cannot reach its service: the caller's read says so, in the agent's words. */
+    @Test
+    public void anUnreachableServiceIsReportedByTheAgent() throws Exception {
+        ServerSocket closed = new ServerSocket(0, 1, InetAddress.getByName("127.0.0.1"));
+        int port = closed.getLocalPort();
+        closed.close();
+        spawn("expose", "--server", "http://127.0.0.1:" + serverPort, "--id", "down", "--to", "127.0.0.1:" + port,
+                "--secret", SECRET);
+        waitFor("agent 'down'", "/v1/peers/down");
+        Socket s = new P2pClient().connect("http://127.0.0.1:" + serverPort, "down", SECRET);
+        try {
+            s.setSoTimeout(10000);
+            s.getInputStream().read();
+            fail("read from a stream whose service is down");
+        } catch (P2pException e) {
+            assertTrue(e.getMessage(), e.getMessage().startsWith("peer 'down': its service at 127.0.0.1:" + port
+                    + " refused the connection"));
         } finally {
             s.close();
         }

@@ -2,14 +2,12 @@ package com.getpoint.p2pclient;
 
 import static com.getpoint.p2pclient.EarlyDataTest.read;
 import static com.getpoint.p2pclient.EarlyDataTest.readAll;
-import static com.getpoint.p2pclient.FakeServerTest.hello;
 import static com.getpoint.p2pclient.FakeServerTest.order;
 import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertNull;
 import static org.junit.Assert.assertTrue;
 
 import java.io.IOException;
-import java.io.InputStream;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.ServerSocket;
@@ -54,16 +52,13 @@ public class ProbeTest {
         assertTrue("no pair of free consecutive ports on 127.0.0.1", probePort != null);
     }
 
-    /** A fake agent: correct hello, then echoes what follows the select byte. */
+    /** A fake agent: answers the handshake, then echoes what follows the selection. */
     private static FakeControl.Peer echoAgent() {
         return new FakeControl.Peer() {
             @Override
             public void serve(Socket s) throws Exception {
-                InputStream in = s.getInputStream();
-                s.getOutputStream().write(hello("s3cret", "agent"));
-                read(in, Protocol.HELLO_LEN + 1);
-                s.getOutputStream().write(readAll(in));
-                s.shutdownOutput();
+                TestAgent.Stream a = TestAgent.accept(s, "s3cret");
+                a.sendAndClose(a.readAll());
             }
         };
     }

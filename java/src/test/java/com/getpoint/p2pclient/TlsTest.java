@@ -171,7 +171,7 @@ public class TlsTest {
                 .requestLocalPeerAddress("https://127.0.0.1:" + port, PEER, "s3cret");
         assertEquals(new HostTuple("192.0.2.7", 4000), a.PeerAddress);
         String head = heads.get(0);
-        assertTrue(head, head.startsWith("GET /v1/connect?v=1&peer=streamserver&"));
+        assertTrue(head, head.startsWith("GET /v1/connect?v=2&peer=streamserver&"));
         assertTrue(head, head.contains("\r\nHost: 127.0.0.1:" + port + "\r\n"));
         assertEquals("no SNI for an IP address", "", sni.get());
     }
