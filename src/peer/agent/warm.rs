@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
@@ -17,13 +17,13 @@ use super::budget::WarmShare;
 use crate::defaults;
 use crate::peer::session::{ConnectionInfo, Established};
 use crate::peer::stream::PeerStream;
-use crate::peer::warm::{AGENT_SILENCE, Meter, MuxStream, PathSocket, PathState, yamux_config};
+use crate::peer::warm::{
+    AGENT_SILENCE, Meter, MuxStream, PathSocket, PathState, echo_pings, yamux_config,
+};
 use crate::protocol::warm::{KIND_KEEPALIVE, KIND_SERVICE};
 
 /// Time a new stream has to show its kind byte: the client writes it as it opens the stream.
 const KIND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes of pings read (and echoed) at a time on the keepalive stream.
-const PING_CHUNK: usize = 64;
 
 /// Serves one warm path until it ends. `share` is its place among the agent's kept warm paths
 /// (`None`: the agent declined to keep it, and it only carries the client's first streams).
@@ -153,19 +153,7 @@ async fn serve_stream(
             tracing::debug!(session = %info.session, "warm stream from {}", info.peer_addr);
             state.hand_over(PeerStream::mux(stream), info).await;
         }
-        KIND_KEEPALIVE => {
-            let mut buf = [0u8; PING_CHUNK];
-            loop {
-                match io.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if io.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
+        KIND_KEEPALIVE => echo_pings(io).await,
         other => {
             tracing::debug!("warm stream of unknown kind {other:#04x}: reset");
         }

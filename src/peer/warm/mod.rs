@@ -52,6 +52,8 @@ const GATHER: usize = 64 * 1024;
 /// keeps up), while a peer that sends into streams nobody reads cannot make a path buffer more
 /// than this plus 256 KiB a stream.
 const WINDOW_GROWTH: usize = 32 * 1024 * 1024;
+/// Bytes of pings read (and echoed) at a time on the keepalive stream.
+const PING_CHUNK: usize = 64;
 /// How long a refusal may take to reach the client before the stream is dropped anyway.
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -268,6 +270,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PathSocket<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The agent's side of the keepalive stream (its kind byte read): sends back every byte, until
+/// the stream or the path ends.
+pub(crate) async fn echo_pings<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; PING_CHUNK];
+    loop {
+        match io.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 

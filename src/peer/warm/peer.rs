@@ -718,7 +718,7 @@ impl Driver {
             if up.is_some() {
                 let t = self.meter.get();
                 if let Some(sent) = self.ping_sent {
-                    if t.last_rx > sent {
+                    if t.last_rx >= sent {
                         self.ping_sent = None;
                     } else if now >= sent + PING_TIMEOUT {
                         return Poll::Ready(format!(
@@ -731,8 +731,10 @@ impl Driver {
                 if self.ping_sent.is_none() && self.ping_bytes.is_empty() && now >= keepalive_due {
                     self.ping_bytes.push(PING);
                 }
-                if let Err(why) = self.poll_keepalive(cx, now) {
-                    return Poll::Ready(why);
+                match self.poll_keepalive(cx, now) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(why) => return Poll::Ready(why),
                 }
                 wake = Some(match self.ping_sent {
                     Some(sent) => sent + PING_TIMEOUT,
@@ -754,8 +756,9 @@ impl Driver {
     }
 
     /// Writes pending pings on the keepalive stream (opening it with the first one) and
-    /// reads the agent's answers. `Err` when the path cannot go on.
-    fn poll_keepalive(&mut self, cx: &mut Context<'_>, now: Instant) -> Result<(), String> {
+    /// reads the agent's answers. `Ok(true)` when it wrote: the connection must be driven
+    /// again to send it. `Err` when the path cannot go on.
+    fn poll_keepalive(&mut self, cx: &mut Context<'_>, now: Instant) -> Result<bool, String> {
         if !self.ping_bytes.is_empty() && self.keepalive.is_none() {
             match self.conn.poll_new_outbound(cx) {
                 Poll::Ready(Ok(stream)) => {
@@ -767,14 +770,16 @@ impl Driver {
             }
         }
         let Some(ka) = self.keepalive.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
+        let mut wrote = false;
         use futures_util::{AsyncRead as _, AsyncWrite as _};
         while !self.ping_bytes.is_empty() {
             match Pin::new(&mut *ka).poll_write(cx, &self.ping_bytes) {
                 Poll::Ready(Ok(n)) => {
                     self.ping_bytes.drain(..n);
                     self.ping_sent.get_or_insert(now);
+                    wrote = true;
                 }
                 Poll::Ready(Err(e)) => return Err(format!("its keepalive stream failed: {e}")),
                 Poll::Pending => break,
@@ -786,8 +791,242 @@ impl Driver {
                 Poll::Ready(Ok(0)) => return Err("the agent closed its keepalive stream".into()),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Err(format!("its keepalive stream failed: {e}")),
-                Poll::Pending => return Ok(()),
+                Poll::Pending => return Ok(wrote),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use tokio::io::DuplexStream;
+    use tokio::task::JoinSet;
+
+    use super::*;
+    use crate::peer::warm::echo_pings;
+    use crate::protocol::{SessionId, Strategy};
+
+    /// The agent's end, reduced to what a path needs: pings echoed, service streams echoed
+    /// after their status byte. Ends with the connection.
+    async fn fake_agent(io: DuplexStream) {
+        let path = Arc::new(PathState::default());
+        let mut conn = yamux::Connection::new(io.compat(), yamux_config(), yamux::Mode::Server);
+        let mut streams = JoinSet::new();
+        while let Some(Ok(stream)) = std::future::poll_fn(|cx| conn.poll_next_inbound(cx)).await {
+            let path = path.clone();
+            streams.spawn(async move {
+                let mut io = stream.compat();
+                let mut kind = [0u8; 1];
+                if io.read_exact(&mut kind).await.is_err() {
+                    return;
+                }
+                if kind[0] == KIND_KEEPALIVE {
+                    return echo_pings(io).await;
+                }
+                let stream = MuxStream::agent(io, &path);
+                let (mut r, mut w) = tokio::io::split(stream);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    }
+
+    /// A link between the two ends that can be cut (from then on it swallows every byte, as
+    /// a dead route does) and counts what the client sends.
+    #[derive(Clone, Default)]
+    struct Link {
+        cut: Arc<AtomicBool>,
+        upstream: Arc<AtomicU64>,
+    }
+
+    impl Link {
+        fn start(&self, client: DuplexStream, agent: DuplexStream) {
+            let (cr, cw) = tokio::io::split(client);
+            let (ar, aw) = tokio::io::split(agent);
+            tokio::spawn(self.clone().pass(cr, aw, true));
+            tokio::spawn(self.clone().pass(ar, cw, false));
+        }
+
+        async fn pass(
+            self,
+            mut from: impl AsyncRead + Unpin,
+            mut to: impl AsyncWrite + Unpin,
+            upstream: bool,
+        ) {
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n) = from.read(&mut buf).await {
+                if n == 0 {
+                    let _ = to.shutdown().await;
+                    return;
+                }
+                if self.cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                if upstream {
+                    self.upstream.fetch_add(n as u64, Ordering::SeqCst);
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A path that is up over `link` to a fake agent, closed after `idle` without streams.
+    fn path(
+        link: &Link,
+        idle: Duration,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> WarmPath {
+        let (client, a) = tokio::io::duplex(1 << 20);
+        let (b, agent) = tokio::io::duplex(1 << 20);
+        link.start(a, b);
+        tokio::spawn(fake_agent(agent));
+        let state = Arc::new(PathState::default());
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        state.set_up(peer, true, true);
+        let io = PathIo {
+            early: EarlyData::new(),
+            state: IoState::Up(Box::new(client)),
+        };
+        let opens = spawn_driver(tasks, &state, io, idle, stop);
+        let info = ConnectionInfo {
+            path: Path::Direct,
+            peer_addr: peer,
+            setup: Duration::ZERO,
+            session: SessionId::from_bytes([7; 16]),
+            strategy: Strategy::Simultaneous,
+            encrypted: true,
+            warm: false,
+        };
+        let (_tx, build) = watch::channel(Build::Up {
+            info,
+            kept: true,
+            at: Instant::now(),
+        });
+        WarmPath {
+            state,
+            opens,
+            build,
+        }
+    }
+
+    use std::net::SocketAddr;
+
+    async fn roundtrip(stream: &mut MuxStream, bytes: &[u8]) {
+        stream.write_all(bytes).await.unwrap();
+        let mut back = vec![0u8; bytes.len()];
+        stream.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, bytes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_path_is_kept_alive_by_a_ping_every_keepalive_interval() {
+        let (link, tasks, stop) = (
+            Link::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let path = path(&link, Duration::from_secs(3600), &tasks, &stop);
+        let mut stream = path.open().await.unwrap();
+        roundtrip(&mut stream, b"hello").await;
+        let before = link.upstream.load(Ordering::SeqCst);
+        // Three keepalive intervals of silence, each ended by one ping (and its answer).
+        tokio::time::sleep(3 * KEEPALIVE_INTERVAL + Duration::from_secs(1)).await;
+        let idle_bytes = link.upstream.load(Ordering::SeqCst) - before;
+        assert!(path.state.ended().is_none(), "{:?}", path.state.ended());
+        // Each ping is a 12-byte yamux header and one byte, the first one also the keepalive
+        // stream's kind byte; yamux may add a 12-byte ping of its own when it is polled.
+        assert!(
+            (3 * 13 + 1..=3 * 13 + 1 + 3 * 12).contains(&idle_bytes),
+            "{idle_bytes} bytes sent in three idle intervals"
+        );
+        roundtrip(&mut stream, b"still there").await;
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_path_that_stops_answering_fails_its_streams_within_the_ping_timeout() {
+        let (link, tasks, stop) = (
+            Link::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let path = path(&link, Duration::from_secs(3600), &tasks, &stop);
+        let mut stream = path.open().await.unwrap();
+        roundtrip(&mut stream, b"hello").await;
+        let cut = Instant::now();
+        link.cut.store(true, Ordering::SeqCst);
+        let err = stream.read(&mut [0u8; 8]).await.unwrap_err();
+        let took = cut.elapsed();
+        assert_eq!(
+            err.to_string(),
+            "the warm path ended: no answer from the agent within 5 s"
+        );
+        // Found at the next keepalive, one ping timeout later.
+        assert!(
+            took <= KEEPALIVE_INTERVAL + PING_TIMEOUT + Duration::from_secs(1),
+            "{took:?}"
+        );
+        assert!(matches!(path.usable(), Usable::Replace));
+        assert!(path.open().await.is_err(), "no stream on a dead path");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_opened_on_a_quiet_path_finds_it_dead_within_the_ping_timeout() {
+        let (link, tasks, stop) = (
+            Link::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let path = path(&link, Duration::from_secs(3600), &tasks, &stop);
+        let mut first = path.open().await.unwrap();
+        roundtrip(&mut first, b"hello").await;
+        drop(first);
+        tokio::time::sleep(KEEPALIVE_INTERVAL / 2).await;
+        link.cut.store(true, Ordering::SeqCst);
+        let opened = Instant::now();
+        let mut stream = path.open().await.unwrap();
+        stream.write_all(b"request").await.unwrap();
+        let err = stream.read(&mut [0u8; 8]).await.unwrap_err();
+        assert!(
+            err.to_string().contains("no answer from the agent"),
+            "{err}"
+        );
+        assert!(
+            opened.elapsed() <= PING_TIMEOUT + Duration::from_secs(1),
+            "{:?}",
+            opened.elapsed()
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_path_without_streams_closes_after_its_idle_time() {
+        let (link, tasks, stop) = (
+            Link::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let idle = Duration::from_secs(60);
+        let path = path(&link, idle, &tasks, &stop);
+        let mut stream = path.open().await.unwrap();
+        roundtrip(&mut stream, b"hello").await;
+        tokio::time::sleep(2 * idle).await;
+        assert!(path.state.ended().is_none(), "a stream is open: not idle");
+        let last = Instant::now();
+        drop(stream);
+        while path.state.ended().is_none() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(path.state.ended(), Some("idle for 60 s"));
+        let after = last.elapsed();
+        assert!(
+            after >= idle && after <= idle + Duration::from_secs(2),
+            "{after:?}"
+        );
     }
 }
