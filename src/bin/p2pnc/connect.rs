@@ -38,11 +38,11 @@ pub struct ConnectArgs {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// With --listen: build the warm path at start instead of at the first local connection.
-    #[arg(long, requires = "listen")]
+    #[arg(long, conflicts_with = "stdio")]
     warm: bool,
     /// With --listen: close a warm path that carried no connection for this many seconds;
     /// 0: no warm paths (every local connection gets its own punched connection).
-    #[arg(long, value_name = "SECS", requires = "listen",
+    #[arg(long, value_name = "SECS", conflicts_with = "stdio",
           default_value_t = p2pnc::defaults::WARM_IDLE.as_secs_f64())]
     warm_idle: f64,
     #[command(flatten)]
