@@ -37,6 +37,7 @@ pub(super) async fn serve(
     let client = info.peer_addr;
     let path = Arc::new(PathState::default());
     path.set_up(client, info.encrypted, kept);
+    crate::peer::warm::quiet_keepalive(&stream);
     let meter = Meter::new();
     let mut conn = yamux::Connection::new(
         PathSocket::new(stream, meter.clone()).compat(),

@@ -44,6 +44,20 @@ pub(crate) const PROBE_AFTER: Duration = Duration::from_secs(2);
 /// keepalives and a ping timeout.
 pub(crate) const AGENT_SILENCE: Duration =
     Duration::from_secs(2 * KEEPALIVE_INTERVAL.as_secs() + PING_TIMEOUT.as_secs());
+/// Idle time before the kernel's keepalive probes on a warm path's TCP connection: past the
+/// pings, which keep it busier, so the probes add no traffic while the pings flow.
+const TCP_KEEPALIVE_IDLE: Duration = AGENT_SILENCE;
+
+/// Lets the pings, not the kernel's keepalive probes, keep a warm path's TCP connection alive
+/// (the probes stay as a backstop; see [`crate::net::watch_liveness_after`]).
+pub(crate) fn quiet_keepalive(stream: &crate::PeerStream) {
+    if let Some(tcp) = stream.tcp()
+        && let Err(e) = crate::net::watch_liveness_after(tcp, TCP_KEEPALIVE_IDLE)
+    {
+        tracing::debug!("keepalive on the warm path: {e}");
+    }
+}
+
 /// Plaintext the socket under yamux gathers before it writes: a frame's header and body go
 /// out as one record; a larger write passes straight through.
 const GATHER: usize = 64 * 1024;

@@ -390,6 +390,7 @@ impl Peer {
                     let info = conn.info;
                     let kept = kept && info.path != Path::Relayed;
                     builder_state.set_up(info.peer_addr, info.encrypted, kept);
+                    super::quiet_keepalive(&conn.stream);
                     let _ = stream_tx.send(Box::new(conn.stream));
                     tracing::info!(
                         "warm path to '{}' up ({}, {}) in {} ms{}",
