@@ -18,7 +18,11 @@ const T: Duration = Duration::from_secs(10);
 /// An agent for `id` that forwards every accepted stream to `service`, as `expose` does
 /// (a refused service is refused with its reason); its warm-path counts.
 async fn agent(server: &str, id: &str, service: SocketAddr) -> (WarmPaths, JoinHandle<()>) {
-    let opts = ExposeOptions::new(server, id, Some("pw")).unwrap();
+    agent_with(ExposeOptions::new(server, id, Some("pw")).unwrap(), service).await
+}
+
+/// [`agent`] with `opts`.
+async fn agent_with(opts: ExposeOptions, service: SocketAddr) -> (WarmPaths, JoinHandle<()>) {
     let mut agent = tokio::time::timeout(T, Agent::start(opts))
         .await
         .expect("agent registers in time")
@@ -61,7 +65,7 @@ async fn echo(stream: &mut p2pnc::PeerStream, len: usize, seed: u8) {
     assert!(back == payload, "echo differs");
 }
 
-fn opts(server: &TestServer, id: &str) -> ConnectOptions {
+fn opts_for(server: &TestServer, id: &str) -> ConnectOptions {
     ConnectOptions::new(&server.url, id, Some("pw")).unwrap()
 }
 
@@ -70,7 +74,7 @@ async fn sequential_streams_share_one_path_byte_exact() {
     let server = TestServer::start().await;
     let service = Echo::start().await;
     let (warm, _agent) = agent(&server.url, "svc", service.addr).await;
-    let peer = Peer::new(opts(&server, "svc"), WarmOptions::default());
+    let peer = Peer::new(opts_for(&server, "svc"), WarmOptions::default());
     let mut sessions = Vec::new();
     for i in 0..10u8 {
         let mut conn = tokio::time::timeout(T, peer.open()).await.unwrap().unwrap();
@@ -95,7 +99,7 @@ async fn concurrent_streams_keep_their_bytes_apart_and_half_close_each() {
     let server = TestServer::start().await;
     let service = Echo::start().await;
     let (warm, _agent) = agent(&server.url, "svc", service.addr).await;
-    let peer = Peer::connect(opts(&server, "svc"), WarmOptions::default())
+    let peer = Peer::connect(opts_for(&server, "svc"), WarmOptions::default())
         .await
         .unwrap();
     // One stream stays open, idle, while the others send, half-close and read to the end.
@@ -128,7 +132,7 @@ async fn first_bytes_ride_the_handshake_of_a_new_path() {
     let server = TestServer::start().await;
     let service = Echo::start().await;
     let (_warm, _agent) = agent(&server.url, "svc", service.addr).await;
-    let peer = Peer::new(opts(&server, "svc"), WarmOptions::default());
+    let peer = Peer::new(opts_for(&server, "svc"), WarmOptions::default());
     let request = b"GET / HTTP/1.1\r\n\r\n".to_vec();
     let mut local = &request[..];
     let mut conn = tokio::time::timeout(T, peer.open_early(&mut local))
@@ -150,7 +154,7 @@ async fn a_refused_service_fails_its_stream_with_the_reason_and_the_path_stays()
     let nowhere = closed.local_addr().unwrap();
     drop(closed);
     let (warm, _agent) = agent(&server.url, "svc", nowhere).await;
-    let peer = Peer::new(opts(&server, "svc"), WarmOptions::default());
+    let peer = Peer::new(opts_for(&server, "svc"), WarmOptions::default());
     for _ in 0..2 {
         let mut conn = tokio::time::timeout(T, peer.open()).await.unwrap().unwrap();
         let err = conn.stream.read(&mut [0u8; 8]).await.unwrap_err();
@@ -166,7 +170,7 @@ async fn when_the_agent_goes_open_streams_fail_and_the_next_open_builds_a_new_pa
     let server = TestServer::start().await;
     let service = Echo::start().await;
     let (_warm, first) = agent(&server.url, "svc", service.addr).await;
-    let peer = Peer::new(opts(&server, "svc"), WarmOptions::default());
+    let peer = Peer::new(opts_for(&server, "svc"), WarmOptions::default());
     let mut before = peer.open().await.unwrap();
     before.stream.write_all(b"x").await.unwrap();
     let mut one = [0u8; 1];
@@ -195,7 +199,7 @@ async fn an_idle_path_closes_and_the_next_open_builds_another() {
     let service = Echo::start().await;
     let (warm, _agent) = agent(&server.url, "svc", service.addr).await;
     let idle = Duration::from_millis(300);
-    let peer = Peer::new(opts(&server, "svc"), WarmOptions { idle });
+    let peer = Peer::new(opts_for(&server, "svc"), WarmOptions { idle });
     let mut first = peer.open().await.unwrap();
     echo(&mut first.stream, 1000, 1).await;
     drop(first);
@@ -220,7 +224,7 @@ async fn without_warm_paths_every_open_is_its_own_connection() {
     let service = Echo::start().await;
     let (warm, _agent) = agent(&server.url, "svc", service.addr).await;
     let peer = Peer::new(
-        opts(&server, "svc"),
+        opts_for(&server, "svc"),
         WarmOptions {
             idle: Duration::ZERO,
         },
@@ -231,4 +235,77 @@ async fn without_warm_paths_every_open_is_its_own_connection() {
         echo(&mut conn.stream, 5000, i).await;
     }
     assert_eq!(warm.counts().paths, 0);
+}
+
+#[tokio::test]
+async fn an_agent_at_its_limit_serves_the_first_stream_and_the_client_then_goes_without() {
+    let server = TestServer::start().await;
+    let service = Echo::start().await;
+    let opts = ExposeOptions {
+        max_warm_paths: 1,
+        ..ExposeOptions::new(&server.url, "svc", Some("pw")).unwrap()
+    };
+    let (warm, _agent) = agent_with(opts, service.addr).await;
+    let kept = Peer::new(opts_for(&server, "svc"), WarmOptions::default());
+    let mut first = kept.open().await.unwrap();
+    echo(&mut first.stream, 1000, 1).await;
+    // The agent's one place is taken: the next client's path is not kept.
+    let declined = Peer::new(opts_for(&server, "svc"), WarmOptions::default());
+    let mut conn = tokio::time::timeout(T, declined.open())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        conn.stream.is_warm(),
+        "its first stream rides the path it opened with"
+    );
+    echo(&mut conn.stream, 1000, 2).await;
+    drop(conn);
+    let mut next = tokio::time::timeout(T, declined.open())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !next.stream.is_warm(),
+        "then connections go without a warm path"
+    );
+    echo(&mut next.stream, 1000, 3).await;
+    let deadline = tokio::time::Instant::now() + T;
+    while warm.counts().paths < 2 || warm.counts().open != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            warm.counts()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The kept path still serves.
+    let mut again = kept.open().await.unwrap();
+    assert!(again.info.warm);
+    echo(&mut again.stream, 1000, 4).await;
+    kept.close().await;
+    declined.close().await;
+}
+
+#[tokio::test]
+async fn a_warm_path_runs_unencrypted_when_both_ends_agree() {
+    let server = TestServer::start().await;
+    let service = Echo::start().await;
+    let opts = ExposeOptions {
+        allow_unencrypted: true,
+        ..ExposeOptions::new(&server.url, "svc", Some("pw")).unwrap()
+    };
+    let (warm, _agent) = agent_with(opts, service.addr).await;
+    let client = ConnectOptions {
+        encrypt: false,
+        ..opts_for(&server, "svc")
+    };
+    let peer = Peer::new(client, WarmOptions::default());
+    for i in 0..3 {
+        let mut conn = tokio::time::timeout(T, peer.open()).await.unwrap().unwrap();
+        assert!(conn.stream.is_warm() && !conn.stream.is_encrypted());
+        echo(&mut conn.stream, 200_000, i).await;
+    }
+    assert_eq!(warm.counts().paths, 1);
+    peer.close().await;
 }

@@ -84,6 +84,9 @@ pub struct ExposeOptions {
     /// The agent's static Noise key (`expose --key FILE`): clients that pin it
     /// (`connect --peer-pin`) know they reach this agent even without a secret.
     pub key: Option<StaticKey>,
+    /// Warm paths (see [`crate::Peer`]) kept open at once; past that, a client's path
+    /// carries the streams it opened with it and closes. 0 keeps none.
+    pub max_warm_paths: usize,
 }
 
 impl std::fmt::Debug for ExposeOptions {
@@ -99,6 +102,7 @@ impl std::fmt::Debug for ExposeOptions {
             .field("allow_unencrypted", &self.allow_unencrypted)
             .field("allow_plain", &self.allow_plain)
             .field("key", &self.key)
+            .field("max_warm_paths", &self.max_warm_paths)
             .finish()
     }
 }
@@ -118,6 +122,7 @@ impl ExposeOptions {
             allow_unencrypted: false,
             allow_plain: true,
             key: None,
+            max_warm_paths: crate::defaults::AGENT_MAX_WARM_PATHS,
         })
     }
 
@@ -205,6 +210,7 @@ impl Agent {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let fd_limit = crate::net::raise_fd_limit_to(65_536);
+        let warm_budget = WarmBudget::new(opts.max_warm_paths);
         let state = Arc::new(AgentState {
             opts,
             stream,
@@ -213,7 +219,7 @@ impl Agent {
             replay: ReplayCache::new(REPLAY_WINDOW, REPLAY_CACHE),
             plain_proofs: Mutex::new(HashMap::new()),
             budget: Budget::new(budget::Limits::for_fd_limit(fd_limit)),
-            warm: WarmBudget::new(crate::defaults::AGENT_MAX_WARM_PATHS),
+            warm: warm_budget,
             tracker: tracker.clone(),
             stop: stop.clone(),
         });
