@@ -155,8 +155,9 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
 
 fn report(peer: &str, info: &p2pnc::ConnectionInfo) {
     eprintln!(
-        "connected to '{peer}' ({}, {}) in {} ms",
+        "connected to '{peer}' ({}{}, {}) in {} ms",
         info.path,
+        if info.warm { ", warm path" } else { "" },
         info.peer_addr,
         info.setup.as_millis()
     );

@@ -223,8 +223,8 @@ impl Peer {
     }
 
     /// A handle whose first path is built now (`connect --warm`); fails as [`crate::connect`]
-    /// does. With [`WarmOptions::idle`] zero there is nothing to build: it only checks
-    /// nothing.
+    /// does. With [`WarmOptions::idle`] zero no path is built (each open connects on its
+    /// own).
     pub async fn connect(opts: ConnectOptions, warm: WarmOptions) -> Result<Peer, Error> {
         let peer = Peer::new(opts, warm);
         peer.warm_up().await?;
