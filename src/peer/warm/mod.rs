@@ -68,6 +68,8 @@ const GATHER: usize = 64 * 1024;
 const WINDOW_GROWTH: usize = 32 * 1024 * 1024;
 /// Bytes of pings read (and echoed) at a time on the keepalive stream.
 const PING_CHUNK: usize = 64;
+/// Largest body of a yamux data frame: with its 12-byte header, one record.
+const FRAME_BODY: usize = crate::protocol::MAX_RECORD_BODY - 12;
 /// How long a refusal may take to reach the client before the stream is dropped anyway.
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -77,6 +79,7 @@ const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) fn yamux_config() -> yamux::Config {
     let streams = 2 * defaults::WARM_STREAMS_PER_PATH + 2;
     let mut config = yamux::Config::default();
+    config.set_split_send_size(FRAME_BODY);
     config.set_max_num_streams(streams);
     config.set_max_connection_receive_window(Some(
         streams * yamux::DEFAULT_CREDIT as usize + WINDOW_GROWTH,
