@@ -29,9 +29,9 @@ use crate::protocol::warm::{MAX_REFUSAL, STATUS_CONNECTED, STATUS_REFUSED};
 pub use self::peer::{Peer, WarmOptions};
 
 /// Silence after which the client pings its agent: traffic every 25 s keeps the NAT mappings
-/// of the path alive (the shortest idle timeouts of home and carrier NATs are around 30 s for
-/// UDP-like state; RFC 5382 asks for two hours on established TCP, which many devices do not
-/// give), and the agent hears from its client at least that often.
+/// of the path alive under the 30 s idle timeout that some NATs and stateful firewalls apply
+/// (RFC 5382 asks for two hours on established TCP, which not every device honours), and the
+/// agent hears from its client at least that often.
 pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(25);
 /// How long a ping may wait for any byte from the other end before the path counts as dead:
 /// many round trips of a slow mobile network, and a retransmitted segment or two.
