@@ -1,5 +1,5 @@
-//! NAT-lab benchmarks of the p2pnc binary: `cargo bench --bench lab [-- latency|throughput|grid]`
-//! (all three when none is named).
+//! NAT-lab benchmarks of the p2pnc binary: `cargo bench --bench lab [-- latency|throughput|grid|warm]`
+//! (all when none is named).
 //!
 //! - **latency**: time from spawning `p2pnc connect --stdio` (1 byte already on its stdin) to the
 //!   first echoed byte on its stdout over a direct path, RTT 40 ms between any two hosts, against
@@ -10,6 +10,10 @@
 //!   and without.
 //! - **grid**: every pair of lab NAT kinds (client site × agent site), server with `--relay`:
 //!   which path each session took and its setup time (the connect report's `setup_ms`).
+//! - **warm**: local connections through `connect --listen`, from their TCP connect to the
+//!   first echoed byte: on a warm path (the first one builds it, the later ones ride it) next
+//!   to `--warm-idle 0` (each punches its own), RTT 40 ms; and the bytes a warm path sends
+//!   while idle, next to an idle plain connection's.
 //!
 //! Results are printed as plain-text (markdown) tables and written to `target/lab-bench.txt`.
 //! Benchmarks print figures and exit 0; they exit 1 when something is broken (a session failed,

@@ -102,3 +102,18 @@ pub const AGENT_PUNCH_SOCKETS: usize = 8192;
 /// Connections on the agent's punch port still waiting to show their hello; a newer one
 /// closes the oldest. Real peers send their hello at once, so only strays wait.
 pub const STRAY_CONNECTIONS: usize = 64;
+
+/// A warm path that carries no stream for this long is closed (`connect --warm-idle`): long
+/// enough for the pauses between the bursts of connections an application makes (a page and
+/// its resources, a user reading before the next click, a poll every minute or two), short
+/// enough that an unused path soon stops costing its keepalives (about 1 KB a minute) and its
+/// slot at the agent.
+pub const WARM_IDLE: Duration = Duration::from_secs(300);
+/// Streams one warm path carries at once; more are refused by the agent, and the client
+/// makes such connections without the path. A browser opens about six per host; a path is one
+/// TCP connection whose window all its streams share.
+pub const WARM_STREAMS_PER_PATH: usize = 64;
+/// Warm paths an agent keeps open at once; past that it declines to keep new ones (their
+/// first streams are still served) and clients connect without one for a while. Each costs a
+/// socket, a task and yamux's buffers: far fewer than the punch sockets' budget.
+pub const AGENT_MAX_WARM_PATHS: usize = 128;

@@ -83,6 +83,32 @@ impl Error {
         }
     }
 
+    /// The same error again, for each of several callers waiting on one attempt (an I/O
+    /// error keeps its kind and message).
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::BadServerUrl(a, b) => Error::BadServerUrl(a.clone(), b.clone()),
+            Error::ServerUnreachable(a) => Error::ServerUnreachable(a.clone()),
+            Error::PeerOffline(a) => Error::PeerOffline(a.clone()),
+            Error::SecretRejected(a) => Error::SecretRejected(a.clone()),
+            Error::SecretRequired(a) => Error::SecretRequired(a.clone()),
+            Error::NotTheService(a) => Error::NotTheService(a.clone()),
+            Error::PinMismatch { peer, detail } => Error::PinMismatch {
+                peer: peer.clone(),
+                detail: detail.clone(),
+            },
+            Error::NoDirectPath { peer, detail } => Error::NoDirectPath {
+                peer: peer.clone(),
+                detail: detail.clone(),
+            },
+            Error::Busy(a) => Error::Busy(a.clone()),
+            Error::Refused(code, a) => Error::Refused(*code, a.clone()),
+            Error::Tls(a) => Error::Tls(a.clone()),
+            Error::Protocol(a) => Error::Protocol(a.clone()),
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+
     /// The one-line JSON report of a failed connection (`--report json`).
     pub fn report(&self) -> serde_json::Value {
         serde_json::json!({ "ok": false, "code": self.code(), "message": self.to_string() })

@@ -31,6 +31,7 @@ pub async fn handshake(
         pin: None,
         static_key: None,
         unencrypted: false,
+        warm: false,
     };
     punch::handshake(stream, None, Proof::Noise(Box::new(keys)), deadline, None)
         .await

@@ -4,6 +4,7 @@
 //! - [`server::run`] serves the rendezvous protocol.
 //! - [`Agent`] registers an id next to a service and yields each client's proven stream.
 //! - [`connect`] reaches an agent by id and returns a direct, encrypted [`PeerStream`].
+//! - [`Peer`] keeps a warm path to an agent and opens a stream on it per connection.
 //! - [`nat_check`] reports what this host's NAT does.
 //! - [`defaults`] holds every default, shared with the command line.
 //!
@@ -32,7 +33,7 @@ pub mod tls;
 pub use p2pnc_protocol as protocol;
 
 pub use error::Error;
-pub use peer::agent::{Accepted, Agent, ExposeOptions};
+pub use peer::agent::{Accepted, Agent, ExposeOptions, WarmCounts, WarmPaths};
 pub use peer::client::{ConnectOptions, Connection, connect, connect_early};
 pub use peer::control::ServerUrl;
 pub use peer::nat_depth::NatDepth;
@@ -41,6 +42,7 @@ pub use peer::portmap::Survey as PortMappingSurvey;
 pub use peer::punch::{EarlyData, PunchOptions, PunchTtl};
 pub use peer::session::{ConnectionInfo, Path};
 pub use peer::stream::{PeerStream, RecordError};
+pub use peer::warm::{Peer, WarmOptions};
 pub use tls::Trust;
 
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -168,7 +168,7 @@ fn expose_requires_a_secret_or_an_explicit_public() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn listen_mode_gives_each_connection_its_own_path_and_survives_failures() {
+async fn listen_mode_carries_each_connection_on_a_warm_path_and_survives_failures() {
     let (_server, addr) = server().await;
     let echo = Echo::start().await;
     let mut child = Command::new(BIN)
@@ -180,12 +180,22 @@ async fn listen_mode_gives_each_connection_its_own_path_and_survives_failures() 
             "late",
         ])
         .args(["--listen", "127.0.0.1:0", "--punch-timeout", "2"])
+        .args(["--report", "json"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let _guard = Proc(child);
     let first = lines.next().unwrap().unwrap();
+    // The rest of stderr, line by line, for the reports.
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let local: std::net::SocketAddr = first
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("{first}"))
@@ -220,6 +230,58 @@ async fn listen_mode_gives_each_connection_its_own_path_and_survives_failures() 
         echo.connections.load(std::sync::atomic::Ordering::SeqCst),
         3
     );
+    // One failure, then one punched path that the two later connections rode.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut connects = Vec::new();
+    while connects.len() < 4 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = line_rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("reports so far: {connects:?}"));
+        if let Ok(r) = serde_json::from_str::<serde_json::Value>(&line)
+            && r["report"] == "connect"
+        {
+            connects.push(r);
+        }
+    }
+    assert_eq!(connects[0]["ok"], false, "{connects:?}");
+    let warm: Vec<_> = connects[1..].iter().map(|r| r["warm"].clone()).collect();
+    assert_eq!(warm, [false, true, true], "{connects:?}");
+    assert!(
+        connects[1..]
+            .iter()
+            .all(|r| r["session"] == connects[1]["session"]),
+        "{connects:?}"
+    );
+}
+
+#[test]
+fn warm_path_flags_belong_to_listen_mode() {
+    for flag in [&["--warm"][..], &["--warm-idle", "30"]] {
+        let out = Command::new(BIN)
+            .args([
+                "connect",
+                "--server",
+                "http://127.0.0.1:1",
+                "--peer",
+                "x",
+                "--stdio",
+            ])
+            .args(flag)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("cannot be used with"), "{stderr}");
+    }
+    let out = Command::new(BIN)
+        .args(["connect", "--server", "http://127.0.0.1:1", "--peer", "x"])
+        .args(["--listen", "127.0.0.1:0", "--warm-idle", "soon"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--warm-idle"), "{stderr}");
 }
 
 #[test]

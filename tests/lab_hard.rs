@@ -457,10 +457,38 @@ fn birthday_punches_leave_no_file_descriptors_behind() {
     let svc_a = Service::start(&lab, Node::Host(Site::A), "sym-a");
     let svc_b = Service::start(&lab, Node::Host(Site::B), "cone-b");
     // Each host also runs a `connect --listen` forwarder to the other's service, so both the
-    // hard and the easy side are seen once as agent and once as client.
+    // hard and the easy side are seen once as agent and once as client; without warm paths,
+    // so that every local connection punches.
     let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9000);
-    let fwd_a = lab.start_connect_listen(Node::Host(Site::A), "cone-b", Some(SECRET), listen);
-    let fwd_b = lab.start_connect_listen(Node::Host(Site::B), "sym-a", Some(SECRET), listen);
+    let forwarder = |node: Node, peer: &str| {
+        let spec = lab
+            .p2pnc(&format!("connect-listen-{peer}"))
+            .args([
+                "connect",
+                "--report",
+                "json",
+                "--server",
+                &lab_support::server_url(),
+            ])
+            .args([
+                "--peer",
+                peer,
+                "--secret",
+                SECRET,
+                "--listen",
+                &listen.to_string(),
+            ])
+            .args(["--warm-idle", "0"]);
+        let p = lab.spawn_cmd(node, spec);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !lab.listening(node, listen.port()) {
+            assert!(Instant::now() < deadline, "connect --listen did not listen");
+            thread::sleep(Duration::from_millis(20));
+        }
+        p
+    };
+    let fwd_a = forwarder(Node::Host(Site::A), "cone-b");
+    let fwd_b = forwarder(Node::Host(Site::B), "sym-a");
     let procs: [(&str, &Proc); 4] = [
         ("agent on A (symmetric, hard side)", &svc_a.agent),
         ("client on A (symmetric, hard side)", &fwd_a),

@@ -385,7 +385,7 @@ proptest! {
         };
         let (session, key) = (SessionId::from_bytes(session), SessionKey::from_bytes(key));
         let psk = service_keys().psk(&session, &key);
-        let flags = Flags { select: true, unencrypted: false };
+        let flags = Flags { select: true, unencrypted: false, warm: false };
         let (hs, wire) = ClientHandshake::start(&session, &psk, None, flags, &early).unwrap();
         let head = ClientHead::parse(wire[..CLIENT_HEAD_LEN].try_into().unwrap()).unwrap();
         let msg1 = &wire[CLIENT_HEAD_LEN..];

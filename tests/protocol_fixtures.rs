@@ -116,6 +116,7 @@ fn crypto_vectors() -> Value {
             Flags {
                 select: true,
                 unencrypted: false,
+                warm: false,
             },
             b"GET / HTTP/1.1\r\n\r\n",
         ),
@@ -126,6 +127,7 @@ fn crypto_vectors() -> Value {
             Flags {
                 select: false,
                 unencrypted: true,
+                warm: false,
             },
             b"",
         ),
@@ -136,6 +138,7 @@ fn crypto_vectors() -> Value {
             Flags {
                 select: true,
                 unencrypted: false,
+                warm: false,
             },
             b"hello",
         ),

@@ -57,7 +57,7 @@ const TP_TARGET_RATIO: f64 = 0.8;
 const GRID_ATTEMPTS: usize = 3;
 const GRID_PAYLOAD: usize = 4096;
 
-const BENCHES: [&str; 3] = ["latency", "throughput", "grid"];
+const BENCHES: [&str; 4] = ["latency", "throughput", "grid", "warm"];
 
 pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -102,6 +102,7 @@ pub fn main() -> ExitCode {
         match *b {
             "latency" => latency(&mut out, &mut problems, ipv4_only),
             "throughput" => throughput(&mut out, &mut problems),
+            "warm" => warm(&mut out, &mut problems),
             _ => grid(&mut out, &mut problems, ipv4_only),
         }
         out.line(format!(
@@ -1082,4 +1083,349 @@ fn grid(out: &mut Out, problems: &mut Vec<String>, ipv4_only: bool) {
     for n in notes {
         out.line(n);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warm paths
+// ---------------------------------------------------------------------------------------------
+
+/// Local connections per row of the warm-path bench (cold and warm interleaved).
+const WARM_RUNS: usize = 21;
+/// Pause between two local connections: an application's pace, below the silence after which
+/// a stream's open pings the path along.
+const WARM_PACE: Duration = Duration::from_millis(200);
+/// Quiet before each connection of the "after quiet" row: past the 2 s after which an open
+/// sends a ping along with the stream.
+const WARM_QUIET: Duration = Duration::from_secs(3);
+const WARM_QUIET_RUNS: usize = 5;
+/// Idle window for the keepalive traffic: five keepalive intervals of 25 s.
+const IDLE_WINDOW: Duration = Duration::from_secs(125);
+/// The target for later connections' median, in RTTs: one round trip, and processing.
+const WARM_TARGET_RTT: f64 = 1.2;
+/// IPv4 and TCP headers with the timestamp option, per segment.
+const SEGMENT_HEADERS: u64 = 20 + 32;
+
+/// From `node`, connects to a `connect --listen` at `port` on its loopback, writes one byte
+/// and times until it comes back; then echoes `len` bytes more, byte-exact, to a clean end.
+fn first_echo(lab: &Lab, node: Node, port: u16, seed: u64, len: usize) -> io::Result<Duration> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    in_netns(&lab.ns(node), || {
+        let started = Instant::now();
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(&[seed as u8])?;
+        let mut first = [0u8; 1];
+        s.read_exact(&mut first)?;
+        let took = started.elapsed();
+        let payload = natlab::pattern(seed, len);
+        s.write_all(&payload)?;
+        s.shutdown(Shutdown::Write)?;
+        let mut back = Vec::new();
+        s.read_to_end(&mut back)?;
+        if first[0] != seed as u8 || back != payload {
+            return Err(io::Error::other("echo differs"));
+        }
+        Ok(took)
+    })
+}
+
+/// TCP counters of one connection (`ss -tinp`).
+#[derive(Debug, Default, Clone, Copy)]
+struct TcpCounters {
+    bytes_sent: u64,
+    bytes_received: u64,
+    segs_out: u64,
+    segs_in: u64,
+}
+
+impl TcpCounters {
+    /// Bytes on the wire both ways: payload and IPv4 + TCP headers.
+    fn wire_bytes(&self) -> u64 {
+        self.bytes_sent + self.bytes_received + (self.segs_out + self.segs_in) * SEGMENT_HEADERS
+    }
+
+    fn segments(&self) -> u64 {
+        self.segs_out + self.segs_in
+    }
+
+    fn minus(&self, before: &TcpCounters) -> TcpCounters {
+        TcpCounters {
+            bytes_sent: self.bytes_sent - before.bytes_sent,
+            bytes_received: self.bytes_received - before.bytes_received,
+            segs_out: self.segs_out - before.segs_out,
+            segs_in: self.segs_in - before.segs_in,
+        }
+    }
+}
+
+/// Established TCP connections on `node` toward `dst`: (owning pid, local port, counters).
+fn tcp_counters(lab: &Lab, node: Node, dst: Ipv4Addr) -> Vec<(u32, u16, TcpCounters)> {
+    let filter = format!("dst {dst}");
+    let out = lab.run(node, "ss", &["-tinpH", "state", "established", &filter]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut found: Vec<(u32, u16, TcpCounters)> = Vec::new();
+    let field = |line: &str, key: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    for line in text.lines() {
+        if let Some(users) = line.split("pid=").nth(1) {
+            let pid = users
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            // Columns: Recv-Q Send-Q Local:Port Peer:Port users (state filtered out).
+            let port = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|l| l.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            found.push((pid, port, TcpCounters::default()));
+        } else if let Some(last) = found.last_mut()
+            && line.contains("segs_out:")
+        {
+            last.2 = TcpCounters {
+                bytes_sent: field(line, "bytes_sent:"),
+                bytes_received: field(line, "bytes_received:"),
+                segs_out: field(line, "segs_out:"),
+                segs_in: field(line, "segs_in:"),
+            };
+        }
+    }
+    found
+}
+
+/// The warm-path reports (`"warm": true`) among a `connect --listen` process's reports.
+fn warm_reports(p: &Proc) -> usize {
+    p.stderr()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["report"] == "connect" && r["ok"] == true && r["warm"] == true)
+        .count()
+}
+
+fn warm(out: &mut Out, problems: &mut Vec<String>) {
+    let nat = Nat::RestrictedDrop;
+    out.line(format!(
+        "## warm paths: local TCP connect to the first echoed byte through `connect --listen` \
+         ({DELAY_MS} ms one-way per site and for the server: RTT {RTT_MS:.0} ms; A and B: {})",
+        nat_name(nat)
+    ));
+    out.line("");
+    out.line(format!(
+        "{WARM_RUNS} local connections per row, one every {} ms, cold and warm interleaved; each \
+         writes one byte and times its echo, then echoes 4 KiB. cold = `connect --listen \
+         --warm-idle 0` (every local connection punches its own path); warm = `connect --listen` \
+         (the first local connection builds the warm path, the later ones open a stream on it).",
+        WARM_PACE.as_millis()
+    ));
+    out.line("");
+    let lab = Lab::new(
+        LabConfig::new(nat, nat)
+            .delays(DELAY_MS, DELAY_MS, DELAY_MS)
+            .second_hosts(false),
+    );
+    let _server = lab.start_server();
+    let _echo = EchoServer::start(
+        &lab,
+        Node::Host(Site::B),
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, ECHO_PORT)),
+    );
+    let agent = lab.start_agent(
+        Node::Host(Site::B),
+        "echo-b",
+        ECHO_PORT,
+        Auth::Secret(SECRET),
+    );
+    let a = Node::Host(Site::A);
+    let start = |port: u16, extra: &[&str]| {
+        let listen = format!("127.0.0.1:{port}");
+        let spec = lab
+            .p2pnc(&format!("connect-listen-{port}"))
+            .args([
+                "connect",
+                "--report",
+                "json",
+                "--server",
+                &lab_support::server_url(),
+            ])
+            .args(["--peer", "echo-b", "--secret", SECRET, "--listen", &listen])
+            .args(extra);
+        let p = lab.spawn_cmd(a, spec);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !lab.listening(a, port) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        p
+    };
+    let (warm_port, cold_port) = (LISTEN_PORT, LISTEN_PORT + 1);
+    let warm_p = start(warm_port, &[]);
+    let cold_p = start(cold_port, &["--warm-idle", "0"]);
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    let mut failed = Vec::new();
+    for i in 0..WARM_RUNS {
+        let seed = 1000 + 2 * i as u64;
+        match first_echo(&lab, a, cold_port, seed, 4096) {
+            Ok(t) => cold.push(t.as_secs_f64() * 1e3),
+            Err(e) => failed.push(format!("cold #{i}: {e}")),
+        }
+        thread::sleep(WARM_PACE);
+        match first_echo(&lab, a, warm_port, seed + 1, 4096) {
+            Ok(t) => warm.push(t.as_secs_f64() * 1e3),
+            Err(e) => failed.push(format!("warm #{i}: {e}")),
+        }
+        thread::sleep(WARM_PACE);
+    }
+    let mut quiet = Vec::new();
+    for i in 0..WARM_QUIET_RUNS {
+        thread::sleep(WARM_QUIET);
+        match first_echo(&lab, a, warm_port, 3000 + i as u64, 4096) {
+            Ok(t) => quiet.push(t.as_secs_f64() * 1e3),
+            Err(e) => failed.push(format!("warm after quiet #{i}: {e}")),
+        }
+    }
+    eprintln!("warm: latency done");
+    let first = warm.first().copied();
+    let later = sorted(warm.iter().skip(1).copied().collect());
+    let (cold, quiet) = (sorted(cold), sorted(quiet));
+    out.line("| local connections | runs | p10 ms | median ms | p90 ms | median RTT |");
+    out.line("|---|---:|---:|---:|---:|---:|");
+    let row = |out: &mut Out, name: &str, v: &[f64]| {
+        if v.is_empty() {
+            out.line(format!("| {name} | 0 | – | – | – | – |"));
+        } else {
+            out.line(format!(
+                "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                v.len(),
+                pct(v, 0.1),
+                pct(v, 0.5),
+                pct(v, 0.9),
+                pct(v, 0.5) / RTT_MS
+            ));
+        }
+    };
+    row(
+        out,
+        "cold: each punches its own path (`--warm-idle 0`)",
+        &cold,
+    );
+    row(
+        out,
+        "warm path: the first (it builds the path)",
+        &first.into_iter().collect::<Vec<_>>(),
+    );
+    row(out, "warm path: the later ones", &later);
+    row(
+        out,
+        &format!(
+            "warm path: after {} s of quiet (a ping goes along)",
+            WARM_QUIET.as_secs()
+        ),
+        &quiet,
+    );
+    out.line("");
+    if !later.is_empty() {
+        let m = pct(&later, 0.5) / RTT_MS;
+        out.line(format!(
+            "Later connections: median {m:.2} RTT (target ≤ {WARM_TARGET_RTT} RTT: {}); cold \
+             median {:.2} RTT.",
+            if m <= WARM_TARGET_RTT {
+                "met"
+            } else {
+                "NOT met"
+            },
+            if cold.is_empty() {
+                f64::NAN
+            } else {
+                pct(&cold, 0.5) / RTT_MS
+            }
+        ));
+    }
+    // Each connection reports when it ends, just after its echo came back.
+    let want = WARM_RUNS - 1 + WARM_QUIET_RUNS;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut warm_ok = warm_reports(&warm_p);
+    while warm_ok < want && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        warm_ok = warm_reports(&warm_p);
+    }
+    if warm_ok < want {
+        problems.push(format!(
+            "warm paths: {warm_ok} of {want} later connections reported warm; connect stderr:\n{}",
+            tail(&warm_p.stderr(), 30)
+        ));
+    }
+    if !failed.is_empty() {
+        problems.push(format!(
+            "warm paths: failed connections: {failed:?}\n--- warm connect:\n{}\n--- agent:\n{}",
+            tail(&warm_p.stderr(), 30),
+            tail(&agent.stderr(), 30)
+        ));
+    }
+
+    // Idle: the warm path with no stream, beside one idle plain connection (its own punched
+    // path, held open by TCP keepalive) for comparison; counted on host A for both ways.
+    let held = in_netns(&lab.ns(a), || {
+        let s = TcpStream::connect_timeout(
+            &SocketAddr::from((Ipv4Addr::LOCALHOST, cold_port)),
+            Duration::from_secs(10),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        (&s).write_all(b"x")?;
+        let mut one = [0u8; 1];
+        (&s).read_exact(&mut one)?;
+        Ok::<_, io::Error>(s)
+    });
+    let held = match held {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(format!("warm paths: the idle plain connection failed: {e}"));
+            return;
+        }
+    };
+    thread::sleep(Duration::from_secs(1));
+    let dst = lab.public_ip(Site::B);
+    let before = tcp_counters(&lab, a, dst);
+    thread::sleep(IDLE_WINDOW);
+    let after = tcp_counters(&lab, a, dst);
+    drop(held);
+    let per_minute = |pid: u32| -> Option<(f64, f64)> {
+        let b = before.iter().find(|c| c.0 == pid)?;
+        let x = after.iter().find(|c| c.0 == pid && c.1 == b.1)?;
+        let d = x.2.minus(&b.2);
+        let m = 60.0 / IDLE_WINDOW.as_secs_f64();
+        Some((d.wire_bytes() as f64 * m, d.segments() as f64 * m))
+    };
+    out.line(format!(
+        "Idle for {} s (bytes on the wire at host A, both ways, IPv4 and TCP headers included):",
+        IDLE_WINDOW.as_secs()
+    ));
+    out.line("");
+    out.line("| idle connection | bytes per minute | segments per minute |");
+    out.line("|---|---:|---:|");
+    for (name, pid) in [
+        (
+            "warm path, no stream (a ping after 25 s of silence)",
+            warm_p.pid(),
+        ),
+        ("plain connection (TCP keepalive after 15 s)", cold_p.pid()),
+    ] {
+        match per_minute(pid) {
+            Some((bytes, segs)) => out.line(format!("| {name} | {bytes:.0} | {segs:.1} |")),
+            None => {
+                out.line(format!("| {name} | – | – |"));
+                problems.push(format!(
+                    "warm paths: no connection of pid {pid} to {dst} in `ss`: before {before:?}, \
+                     after {after:?}"
+                ));
+            }
+        }
+    }
+    out.line("");
 }

@@ -407,9 +407,16 @@ pub fn tcp_rtt<'a>(socket: impl Into<SockRef<'a>>) -> Option<Duration> {
 /// Makes a proven stream notice a dead path: keepalive probes when idle, and a bound on how
 /// long sent data may stay unacknowledged (where the platform has one).
 pub fn watch_liveness(stream: &TcpStream) -> io::Result<()> {
+    watch_liveness_after(stream, KEEPALIVE_IDLE)
+}
+
+/// [`watch_liveness`] with keepalive probes only after `idle`: for a connection whose
+/// application pings more often (a warm path), so that the kernel's probes never add to the
+/// pings and only stand in if they stop.
+pub fn watch_liveness_after(stream: &TcpStream, idle: Duration) -> io::Result<()> {
     let socket = SockRef::from(stream);
     let keepalive = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
+        .with_time(idle)
         .with_interval(KEEPALIVE_INTERVAL);
     socket.set_tcp_keepalive(&keepalive)?;
     sys::set_dead_path_timeout(&socket, STREAM_USER_TIMEOUT)

@@ -151,9 +151,19 @@ pub struct Connection {
 /// # Ok(()) }
 /// ```
 pub async fn connect(opts: &ConnectOptions) -> Result<Connection, Error> {
+    connect_path(opts, false).await.map(|(conn, _)| conn)
+}
+
+/// [`connect`], asking for a warm path when `warm`: the stream then carries a multiplexer
+/// from its first byte after the handshake (early data included), and the second value is
+/// whether the agent keeps it open for more streams (`None` when no warm path was asked for).
+pub(crate) async fn connect_path(
+    opts: &ConnectOptions,
+    warm: bool,
+) -> Result<(Connection, Option<bool>), Error> {
     let started = Instant::now();
     let servers = opts.server.resolve_all().await?;
-    connect_with(opts, &servers, Nonce::random(), started).await
+    connect_with(opts, &servers, Nonce::random(), started, warm).await
 }
 
 /// Connects like [`connect`] while reading what `local` already sends (up to
@@ -204,7 +214,8 @@ async fn connect_with(
     servers: &[SocketAddr],
     nonce: Nonce,
     started: Instant,
-) -> Result<Connection, Error> {
+    warm: bool,
+) -> Result<(Connection, Option<bool>), Error> {
     let peer = ServiceId::new(&opts.peer).map_err(|e| Error::Refused(e.code, e.message))?;
     // The control connection and the punch share one local port per family, so the server
     // sees the NAT mapping the peer must aim at. The listeners catch SYNs that beat ours out.
@@ -241,7 +252,7 @@ async fn connect_with(
         e => e,
     })?;
     let order = punch_order(&mut ws, &opts.peer).await?;
-    let stream = stream_settings(opts, keys, &order)?;
+    let stream = stream_settings(opts, keys, &order, warm)?;
     let at = ports.view().endpoint(&opts.server);
     tracing::debug!(
         strategy = %order.strategy, mine = %order.your_mapping, peer = %order.peer_mapping,
@@ -265,11 +276,14 @@ async fn connect_with(
         report_outcome(&mut ws, &outcome).await;
     }
     match outcome {
-        Ok(Established { stream, info }) => Ok(Connection {
-            early_sent: 0,
-            stream,
-            info,
-        }),
+        Ok(Established { stream, info, warm }) => Ok((
+            Connection {
+                early_sent: 0,
+                stream,
+                info,
+            },
+            warm,
+        )),
         // Streams connected and every one failed to prove the session: whoever answered
         // does not hold the secret (or the pinned key).
         Err(failure) if failure.unproven > 0 && opts.secret.is_some() => {
@@ -289,6 +303,7 @@ fn stream_settings(
     opts: &ConnectOptions,
     keys: Option<ServiceKeys>,
     order: &PunchOrder,
+    warm: bool,
 ) -> Result<StreamSettings, Error> {
     if keys.is_some() && order.auth == Auth::Public {
         // Someone registered the id without the secret (while the real agent was away):
@@ -319,6 +334,7 @@ fn stream_settings(
         pin,
         static_key: None,
         unencrypted: !opts.encrypt,
+        warm,
     })
 }
 

@@ -12,7 +12,8 @@
 //! - [`ports`]: a punch port per address family, the candidates it announces;
 //! - [`nat_depth`]: how many NATs stand in front, learnt by a TTL sweep toward the server;
 //! - [`portmap`]: PCP, NAT-PMP and UPnP-IGD on the local router;
-//! - [`natcheck`]: `p2pnc nat-check`.
+//! - [`natcheck`]: `p2pnc nat-check`;
+//! - [`warm`]: warm paths, many streams over one punched stream ([`crate::Peer`]).
 
 pub(crate) mod agent;
 pub(crate) mod client;
@@ -26,3 +27,4 @@ pub(crate) mod punch;
 pub(crate) mod relay;
 pub(crate) mod session;
 pub(crate) mod stream;
+pub(crate) mod warm;

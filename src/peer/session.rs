@@ -58,6 +58,9 @@ pub struct ConnectionInfo {
     pub strategy: Strategy,
     /// Whether the stream's bytes are encrypted (see [`PeerStream::is_encrypted`]).
     pub encrypted: bool,
+    /// Whether the stream rides a warm path that was already open: it took no server round
+    /// trip and no punch (`setup` is then the time to open it; `session` is the path's).
+    pub warm: bool,
 }
 
 impl ConnectionInfo {
@@ -73,6 +76,7 @@ impl ConnectionInfo {
             "setup_ms": self.setup.as_millis() as u64,
             "session": self.session.to_string(),
             "encrypted": self.encrypted,
+            "warm": self.warm,
         })
     }
 }
@@ -84,6 +88,9 @@ pub(crate) struct Established {
     pub stream: PeerStream,
     /// How it was set up.
     pub info: ConnectionInfo,
+    /// `None`: a plain stream; `Some(kept)`: it carries a warm path's multiplexer, kept open
+    /// for more streams when `kept`.
+    pub warm: Option<bool>,
 }
 
 /// One session seen from one end: its order and the plan that carries it out.
@@ -144,10 +151,12 @@ impl Session {
             session: self.order.session,
             strategy: punch::strategy_used(&self.order, chosen.peer, chosen.relayed),
             encrypted: chosen.stream.is_encrypted(),
+            warm: false,
         };
         Ok(Established {
             stream: chosen.stream,
             info,
+            warm: chosen.warm,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The stream a connection hands out: encrypted records over TCP by default, or raw TCP when
-//! both ends agreed to go without (`--no-encrypt`) or for the seed's plain mode.
+//! both ends agreed to go without (`--no-encrypt`) or for the seed's plain mode, or one of the
+//! streams of a warm path (see `warm`).
 //!
 //! Records are `length (u16) || AES-GCM(type || body)` under the keys of the stream's Noise
 //! handshake (see `p2pnc_protocol::stream`). Reads open records in place in one buffer; writes
@@ -15,6 +16,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::peer::warm::MuxStream;
 use crate::protocol::{MAX_RECORD_BODY, RecordCipher, record, seal_record};
 
 /// Plaintext taken per write: several records, sealed together and written with one call.
@@ -262,6 +264,8 @@ enum Inner {
         prefix: Vec<u8>,
         pos: usize,
     },
+    /// One stream of a warm path.
+    Mux(Box<MuxStream>),
 }
 
 impl std::fmt::Debug for PeerStream {
@@ -269,6 +273,7 @@ impl std::fmt::Debug for PeerStream {
         f.debug_struct("PeerStream")
             .field("peer", &self.peer)
             .field("encrypted", &self.is_encrypted())
+            .field("warm", &matches!(self.inner, Inner::Mux(_)))
             .finish()
     }
 }
@@ -298,10 +303,27 @@ impl PeerStream {
         }
     }
 
+    /// One stream of a warm path.
+    pub(crate) fn mux(stream: MuxStream) -> Self {
+        PeerStream {
+            peer: stream.peer_addr(),
+            inner: Inner::Mux(Box::new(stream)),
+        }
+    }
+
     /// Whether the bytes travel encrypted (the default; raw only with `--no-encrypt` on both
     /// ends, or in the seed's plain mode).
     pub fn is_encrypted(&self) -> bool {
-        matches!(self.inner, Inner::Secure(_))
+        match &self.inner {
+            Inner::Secure(_) => true,
+            Inner::Raw { .. } => false,
+            Inner::Mux(m) => m.is_encrypted(),
+        }
+    }
+
+    /// Whether this is one of the streams of a warm path (many share one TCP connection).
+    pub fn is_warm(&self) -> bool {
+        matches!(self.inner, Inner::Mux(_))
     }
 
     /// The peer's address on the stream (the server's, when relayed).
@@ -310,11 +332,13 @@ impl PeerStream {
     }
 
     /// The TCP connection underneath, for its address and socket options (`set_nodelay`,
-    /// `SockRef::from`); reading or writing it directly would break the stream.
-    pub fn tcp(&self) -> &TcpStream {
+    /// `SockRef::from`); reading or writing it directly would break the stream. `None` for a
+    /// stream of a warm path, whose TCP connection the path's other streams share.
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match &self.inner {
-            Inner::Secure(s) => s.get_ref(),
-            Inner::Raw { tcp, .. } => tcp,
+            Inner::Secure(s) => Some(s.get_ref()),
+            Inner::Raw { tcp, .. } => Some(tcp),
+            Inner::Mux(_) => None,
         }
     }
 
@@ -323,8 +347,10 @@ impl PeerStream {
     /// there is no way to say why; it is closed.
     pub async fn refuse(self, why: &str) {
         use tokio::io::AsyncWriteExt;
-        let Inner::Secure(mut s) = self.inner else {
-            return;
+        let mut s = match self.inner {
+            Inner::Secure(s) => s,
+            Inner::Mux(m) => return m.refuse(why).await,
+            Inner::Raw { .. } => return,
         };
         let body = &why.as_bytes()[..why.len().min(MAX_RECORD_BODY)];
         s.queue(record::REFUSED, body);
@@ -353,6 +379,7 @@ impl AsyncRead for PeerStream {
                 }
                 Pin::new(tcp).poll_read(cx, buf)
             }
+            Inner::Mux(m) => Pin::new(m.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -366,6 +393,7 @@ impl AsyncWrite for PeerStream {
         match &mut self.inner {
             Inner::Secure(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Inner::Raw { tcp, .. } => Pin::new(tcp).poll_write(cx, buf),
+            Inner::Mux(m) => Pin::new(m.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -373,6 +401,7 @@ impl AsyncWrite for PeerStream {
         match &mut self.inner {
             Inner::Secure(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Inner::Raw { tcp, .. } => Pin::new(tcp).poll_flush(cx),
+            Inner::Mux(m) => Pin::new(m.as_mut()).poll_flush(cx),
         }
     }
 
@@ -380,6 +409,7 @@ impl AsyncWrite for PeerStream {
         match &mut self.inner {
             Inner::Secure(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Inner::Raw { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
+            Inner::Mux(m) => Pin::new(m.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -15,6 +15,7 @@ mod probe;
 mod query;
 mod relay;
 mod stream;
+pub mod warm;
 
 pub use candidates::{filter_private_candidates, private_candidate_allowed};
 pub use credentials::{
@@ -43,7 +44,7 @@ pub use stream::{
     AGENT_HEAD_LEN, AgentReply, CLIENT_HEAD_LEN, ClientHandshake, ClientHead, DH_PUBLIC_LEN, Flags,
     MAX_EARLY_IN_HELLO, MAX_NOISE_MESSAGE, MAX_RECORD_BODY, NOISE_NK, NOISE_NN, Pattern,
     RecordCipher, Role, STREAM_MAGIC, StaticKey, StreamError, TAG_LEN, TransportKeys, agent_reply,
-    agent_reply_with, fingerprint, parse_agent_head, record, seal_record,
+    agent_reply_granting, agent_reply_with, fingerprint, parse_agent_head, record, seal_record,
 };
 
 use serde::Serialize;

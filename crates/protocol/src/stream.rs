@@ -106,20 +106,25 @@ pub struct Flags {
     pub select: bool,
     /// Client: asks for raw bytes after the handshake. Agent: grants it.
     pub unencrypted: bool,
+    /// Client: the stream carries a multiplexer of many streams (a *warm path*, see
+    /// [`crate::warm`]) from its first byte after the handshake. Agent: it keeps the path open
+    /// for more streams; without it, the path carries the streams already opened and closes.
+    pub warm: bool,
 }
 
 impl Flags {
     fn to_byte(self) -> u8 {
-        u8::from(self.select) | (u8::from(self.unencrypted) << 1)
+        u8::from(self.select) | (u8::from(self.unencrypted) << 1) | (u8::from(self.warm) << 2)
     }
 
     fn from_byte(b: u8) -> Result<Self, StreamError> {
-        if b & !0b11 != 0 {
+        if b & !0b111 != 0 {
             return Err(StreamError::BadFlags(b));
         }
         Ok(Flags {
             select: b & 1 != 0,
             unencrypted: b & 2 != 0,
+            warm: b & 4 != 0,
         })
     }
 }
@@ -326,6 +331,9 @@ pub struct AgentReply {
     pub keys: TransportKeys,
     /// Whether the stream carries raw bytes after the selection (both ends agreed).
     pub unencrypted: bool,
+    /// Whether the agent keeps this warm path open for more streams (the client asked, the
+    /// agent allowed it).
+    pub warm: bool,
 }
 
 /// An agent's static Noise key (`expose --key`): a P-256 key pair.
@@ -392,7 +400,8 @@ pub fn fingerprint(public: &[u8]) -> String {
 
 /// Answers a client's message 1 (`head` parsed, `msg1` the Noise message): checks it with
 /// `psk` (and `static_key` for `NKpsk0`) and builds message 2. `allow_unencrypted` grants a
-/// client's request for raw bytes.
+/// client's request for raw bytes; a request for a warm path is not granted (see
+/// [`agent_reply_granting`]).
 pub fn agent_reply(
     head: &ClientHead,
     msg1: &[u8],
@@ -400,7 +409,11 @@ pub fn agent_reply(
     static_key: Option<&StaticKey>,
     allow_unencrypted: bool,
 ) -> Result<AgentReply, StreamError> {
-    agent_reply_with(head, msg1, psk, static_key, allow_unencrypted, None)
+    let grant = Flags {
+        unencrypted: allow_unencrypted,
+        ..Flags::default()
+    };
+    agent_reply_granting(head, msg1, psk, static_key, grant, None)
 }
 
 /// [`agent_reply`] with a fixed ephemeral private key: for test vectors only.
@@ -411,6 +424,24 @@ pub fn agent_reply_with(
     psk: &[u8; 32],
     static_key: Option<&StaticKey>,
     allow_unencrypted: bool,
+    ephemeral: Option<&[u8; 32]>,
+) -> Result<AgentReply, StreamError> {
+    let grant = Flags {
+        unencrypted: allow_unencrypted,
+        ..Flags::default()
+    };
+    agent_reply_granting(head, msg1, psk, static_key, grant, ephemeral)
+}
+
+/// [`agent_reply`] granting what `grant` allows of the client's requests: raw bytes
+/// (`grant.unencrypted`) and keeping a warm path open (`grant.warm`). `ephemeral` fixes the
+/// ephemeral key, for test vectors only.
+pub fn agent_reply_granting(
+    head: &ClientHead,
+    msg1: &[u8],
+    psk: &[u8; 32],
+    static_key: Option<&StaticKey>,
+    grant: Flags,
     ephemeral: Option<&[u8; 32]>,
 ) -> Result<AgentReply, StreamError> {
     let prologue = prologue(&head.session);
@@ -437,10 +468,12 @@ pub fn agent_reply_with(
         .map_err(|_| StreamError::Unproven)?;
     let (&flags, early) = payload[..n].split_first().ok_or(StreamError::NoFlags)?;
     let flags = Flags::from_byte(flags)?;
-    let unencrypted = flags.unencrypted && allow_unencrypted;
+    let unencrypted = flags.unencrypted && grant.unencrypted;
+    let warm = flags.warm && grant.warm;
     let answer = Flags {
         select: false,
         unencrypted,
+        warm,
     };
     let mut msg = vec![0u8; MAX_NOISE_MESSAGE];
     let m = hs
@@ -460,6 +493,7 @@ pub fn agent_reply_with(
         reply,
         keys: split(&mut hs),
         unencrypted,
+        warm,
     })
 }
 
@@ -565,6 +599,7 @@ mod tests {
         let flags = Flags {
             select: true,
             unencrypted: true,
+            warm: false,
         };
         let (reply, client, agent_flags) = handshake([1; 32], [1; 32], flags).unwrap();
         assert_eq!(reply.flags, flags);
@@ -583,6 +618,35 @@ mod tests {
         let mut rx = RecordCipher::new(&reply.keys.recv);
         let n = rx.open(&mut out[2..]).unwrap();
         assert_eq!(&out[2..2 + n], b"\x00hello");
+    }
+
+    #[test]
+    fn a_warm_path_is_granted_only_when_asked_and_allowed() {
+        let session = session();
+        let ask = |warm: bool, allow: bool| {
+            let flags = Flags {
+                select: true,
+                warm,
+                ..Flags::default()
+            };
+            let (hs, wire) = ClientHandshake::start(&session, &[3; 32], None, flags, b"x").unwrap();
+            let head = ClientHead::parse(wire[..CLIENT_HEAD_LEN].try_into().unwrap()).unwrap();
+            let grant = Flags {
+                warm: allow,
+                ..Flags::default()
+            };
+            let reply =
+                agent_reply_granting(&head, &wire[CLIENT_HEAD_LEN..], &[3; 32], None, grant, None)
+                    .unwrap();
+            assert_eq!(reply.flags.warm, warm, "the agent reads the request");
+            let (_, answer) = hs.finish(&reply.reply[AGENT_HEAD_LEN..]).unwrap();
+            assert_eq!(answer.warm, reply.warm, "the client reads the answer");
+            reply.warm
+        };
+        assert!(ask(true, true));
+        assert!(!ask(true, false), "an agent at its limit declines");
+        assert!(!ask(false, true), "never granted unasked");
+        assert_eq!(Flags::from_byte(4).unwrap().warm, true);
     }
 
     #[test]
@@ -654,6 +718,6 @@ mod tests {
         let mut head = [0u8; AGENT_HEAD_LEN];
         head[..8].copy_from_slice(b"p2pnc/1\n");
         assert_eq!(parse_agent_head(&head), Err(StreamError::BadMagic));
-        assert!(Flags::from_byte(4).is_err());
+        assert!(Flags::from_byte(8).is_err());
     }
 }

@@ -1,11 +1,12 @@
-//! `p2pnc connect`: one connection on stdin/stdout, or one per connection to a local port.
+//! `p2pnc connect`: one connection on stdin/stdout, or one stream per connection to a local
+//! port, on a warm path kept to the service (see `p2pnc::Peer`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use p2pnc::ConnectOptions;
+use p2pnc::{ConnectOptions, Peer, WarmOptions};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
@@ -14,6 +15,8 @@ use crate::args::{PunchArgs, ReportArgs, TlsArgs};
 /// Pause after a failed accept on the local port (descriptors exhausted, say): a retry at
 /// once would spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// Time the warm path has to close cleanly when `connect --listen` stops.
+const PEER_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["stdio", "listen"])))]
@@ -30,9 +33,18 @@ pub struct ConnectArgs {
     /// Make one connection and carry it on stdin/stdout.
     #[arg(long)]
     stdio: bool,
-    /// Listen here and give every accepted connection its own P2P connection.
+    /// Listen here and carry every accepted connection to the service: as a stream on a
+    /// warm path kept to it (no server round trip, no punch), or on its own connection.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// With --listen: build the warm path at start instead of at the first local connection.
+    #[arg(long, conflicts_with = "stdio")]
+    warm: bool,
+    /// With --listen: close a warm path that carried no connection for this many seconds;
+    /// 0: no warm paths (every local connection gets its own punched connection).
+    #[arg(long, value_name = "SECS", conflicts_with = "stdio",
+          default_value_t = p2pnc::defaults::WARM_IDLE.as_secs_f64())]
+    warm_idle: f64,
     #[command(flatten)]
     punch: PunchArgs,
     #[command(flatten)]
@@ -83,12 +95,24 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
         return Ok(());
     }
     let listen = args.listen.expect("clap requires --stdio or --listen");
+    let idle = Duration::try_from_secs_f64(args.warm_idle)
+        .map_err(|_| anyhow::anyhow!("--warm-idle must be a number of seconds, 0 or more"))?;
+    let peer = Peer::new(opts.clone(), WarmOptions { idle });
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("listening on {}", listener.local_addr()?);
     let stop = crate::signals::shutdown_token(crate::signals::Hangup::Stops)?;
     let tasks = TaskTracker::new();
+    if args.warm {
+        let peer = peer.clone();
+        tasks.spawn(async move {
+            // A failure is only logged: the first local connection tries again.
+            if let Err(e) = peer.warm_up().await {
+                tracing::warn!("no warm path to '{}' yet: {e}", peer.id());
+            }
+        });
+    }
     loop {
         let (mut local, from) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -101,10 +125,10 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
                 }
             },
         };
-        let (opts, reports) = (opts.clone(), args.report);
+        let (opts, reports, peer) = (opts.clone(), args.report, peer.clone());
         tasks.spawn(async move {
             let _ = local.set_nodelay(true);
-            match p2pnc::connect_early(&opts, &mut local).await {
+            match peer.open_early(&mut local).await {
                 Ok(mut conn) => {
                     report(&opts.peer, &conn.info);
                     let early = conn.early_sent;
@@ -123,15 +147,17 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
             }
         });
     }
-    // Open forwards end with the process.
+    // Open forwards end with the process; the warm path says goodbye to the agent.
     tasks.close();
+    let _ = tokio::time::timeout(PEER_CLOSE_TIMEOUT, peer.close()).await;
     Ok(())
 }
 
 fn report(peer: &str, info: &p2pnc::ConnectionInfo) {
     eprintln!(
-        "connected to '{peer}' ({}, {}) in {} ms",
+        "connected to '{peer}' ({}{}, {}) in {} ms",
         info.path,
+        if info.warm { ", warm path" } else { "" },
         info.peer_addr,
         info.setup.as_millis()
     );

@@ -151,9 +151,113 @@ impl Budget {
     }
 }
 
+/// The warm paths an agent keeps open: at most [`defaults::AGENT_MAX_WARM_PATHS`] at once
+/// (see `agent::warm`), and how many it has carried, for its logs.
+pub(super) struct WarmBudget {
+    limit: usize,
+    held: Arc<Mutex<WarmCounts>>,
+}
+
+/// Warm paths open now and served so far, and the streams they carried.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WarmCounts {
+    /// Warm paths open now (kept ones only).
+    pub open: usize,
+    /// Warm paths served so far, kept or not.
+    pub paths: u64,
+    /// Streams all warm paths carried so far.
+    pub streams: u64,
+}
+
+/// A warm path's place in the budget; given back when dropped.
+pub(super) struct WarmShare {
+    held: Arc<Mutex<WarmCounts>>,
+}
+
+impl Drop for WarmShare {
+    fn drop(&mut self) {
+        self.held.lock().expect("warm budget lock").open -= 1;
+    }
+}
+
+impl WarmBudget {
+    /// At most `limit` kept warm paths at once.
+    pub fn new(limit: usize) -> Self {
+        WarmBudget {
+            limit,
+            held: Arc::new(Mutex::new(WarmCounts::default())),
+        }
+    }
+
+    /// A place for one more kept path, unless all are taken.
+    pub fn reserve(&self) -> Option<WarmShare> {
+        let mut held = self.held.lock().expect("warm budget lock");
+        if held.open >= self.limit {
+            return None;
+        }
+        held.open += 1;
+        Some(WarmShare {
+            held: self.held.clone(),
+        })
+    }
+
+    /// The most kept paths at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Counts a path that started serving.
+    pub fn path_served(&self) {
+        self.held.lock().expect("warm budget lock").paths += 1;
+    }
+
+    /// Counts a stream a path carried.
+    pub fn stream_served(&self) {
+        self.held.lock().expect("warm budget lock").streams += 1;
+    }
+
+    /// The counts now.
+    pub fn counts(&self) -> WarmCounts {
+        *self.held.lock().expect("warm budget lock")
+    }
+
+    /// A handle that reads the counts.
+    pub fn watch(&self) -> WarmPaths {
+        WarmPaths(self.held.clone())
+    }
+}
+
+/// Reads an agent's warm-path counts (see [`crate::Agent::warm_paths`]); clones share them.
+#[derive(Clone)]
+pub struct WarmPaths(Arc<Mutex<WarmCounts>>);
+
+impl std::fmt::Debug for WarmPaths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.counts().fmt(f)
+    }
+}
+
+impl WarmPaths {
+    /// The counts now.
+    pub fn counts(&self) -> WarmCounts {
+        *self.0.lock().expect("warm budget lock")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warm_paths_are_capped_and_given_back() {
+        let budget = WarmBudget::new(2);
+        let a = budget.reserve().unwrap();
+        let _b = budget.reserve().unwrap();
+        assert!(budget.reserve().is_none(), "at the limit");
+        assert_eq!(budget.counts().open, 2);
+        drop(a);
+        assert!(budget.reserve().is_some(), "given back");
+    }
 
     #[test]
     fn sessions_birthdays_and_sockets_are_each_capped_and_given_back() {

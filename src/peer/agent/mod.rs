@@ -5,12 +5,16 @@
 //! - `budget`: how many sessions, birthday punches and sockets the sessions may hold;
 //! - `control_loop`: one registration's control channel, re-registering when it dies;
 //! - `inbound`: connections accepted on the punch port, routed to their session;
+//! - `warm`: warm paths, whose streams are handed out one by one;
 //! - here: the options, [`Agent`], and what the agent does with one punch order.
 
 mod budget;
 mod control_loop;
 mod inbound;
 mod registration;
+mod warm;
+
+pub use self::budget::{WarmCounts, WarmPaths};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::budget::Budget;
+use self::budget::{Budget, WarmBudget};
 use self::inbound::Slots;
 use super::control::ServerUrl;
 use super::ports::PortsView;
@@ -80,6 +84,9 @@ pub struct ExposeOptions {
     /// The agent's static Noise key (`expose --key FILE`): clients that pin it
     /// (`connect --peer-pin`) know they reach this agent even without a secret.
     pub key: Option<StaticKey>,
+    /// Warm paths (see [`crate::Peer`]) kept open at once; past that, a client's path
+    /// carries the streams it opened with it and closes. 0 keeps none.
+    pub max_warm_paths: usize,
 }
 
 impl std::fmt::Debug for ExposeOptions {
@@ -95,6 +102,7 @@ impl std::fmt::Debug for ExposeOptions {
             .field("allow_unencrypted", &self.allow_unencrypted)
             .field("allow_plain", &self.allow_plain)
             .field("key", &self.key)
+            .field("max_warm_paths", &self.max_warm_paths)
             .finish()
     }
 }
@@ -114,6 +122,7 @@ impl ExposeOptions {
             allow_unencrypted: false,
             allow_plain: true,
             key: None,
+            max_warm_paths: crate::defaults::AGENT_MAX_WARM_PATHS,
         })
     }
 
@@ -128,6 +137,7 @@ impl ExposeOptions {
             pin: None,
             static_key: self.key.clone(),
             unencrypted: self.allow_unencrypted,
+            warm: false,
         }
     }
 }
@@ -149,6 +159,7 @@ pub struct Agent {
     tracker: TaskTracker,
     public: SocketAddr,
     mapped: Option<SocketAddr>,
+    state: Arc<AgentState>,
 }
 
 impl Agent {
@@ -199,6 +210,7 @@ impl Agent {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let fd_limit = crate::net::raise_fd_limit_to(65_536);
+        let warm_budget = WarmBudget::new(opts.max_warm_paths);
         let state = Arc::new(AgentState {
             opts,
             stream,
@@ -207,7 +219,11 @@ impl Agent {
             replay: ReplayCache::new(REPLAY_WINDOW, REPLAY_CACHE),
             plain_proofs: Mutex::new(HashMap::new()),
             budget: Budget::new(budget::Limits::for_fd_limit(fd_limit)),
+            warm: warm_budget,
+            tracker: tracker.clone(),
+            stop: stop.clone(),
         });
+        let warm = state.clone();
         tracker.spawn(control_loop::control_loop(
             state,
             registration,
@@ -221,6 +237,7 @@ impl Agent {
             tracker,
             public,
             mapped,
+            state: warm,
         })
     }
 
@@ -240,6 +257,13 @@ impl Agent {
     /// registration (PCP, NAT-PMP or UPnP-IGD), if it did.
     pub fn mapped_addr(&self) -> Option<SocketAddr> {
         self.mapped
+    }
+
+    /// The agent's warm paths (clients that use [`crate::Peer`], such as `connect
+    /// --listen`): how many are open, and how many paths and streams they carried so far.
+    /// The handle reads them for as long as it is kept.
+    pub fn warm_paths(&self) -> WarmPaths {
+        self.state.warm.watch()
     }
 
     /// Unregisters and waits until every task has stopped.
@@ -267,6 +291,12 @@ struct AgentState {
     plain_proofs: Mutex<HashMap<SessionId, oneshot::Sender<Signature>>>,
     /// What the sessions may hold together.
     budget: Budget,
+    /// The warm paths kept open.
+    warm: WarmBudget,
+    /// Owns the tasks that outlive a registration: warm paths and their streams.
+    tracker: TaskTracker,
+    /// Cancelled when the agent stops.
+    stop: CancellationToken,
 }
 
 impl AgentState {
@@ -311,13 +341,18 @@ impl AgentState {
     /// Hands a proven stream to the application. A burst may fill the queue: wait for the
     /// application rather than drop a stream whose client already counts it as connected.
     async fn deliver(&self, established: Established) {
-        let Established { stream, info } = established;
+        let Established { stream, info, .. } = established;
         tracing::info!(
             "client connected ({}, {}) in {} ms",
             info.path,
             info.peer_addr,
             info.setup.as_millis()
         );
+        self.hand_over(stream, info).await;
+    }
+
+    /// Hands a stream to the application (see [`AgentState::deliver`]).
+    async fn hand_over(&self, stream: PeerStream, info: ConnectionInfo) {
         let session = info.session;
         let accepted = Accepted { stream, info };
         if let Err(e) = self.accepted.send_timeout(accepted, ACCEPT_WAIT).await {
@@ -424,10 +459,16 @@ async fn session(
         return;
     }
     let at = ports.endpoint(&state.opts.server);
+    // A client may ask to keep the stream as a warm path: granted while a place is free.
+    let warm_share = state.warm.reserve();
+    let settings = StreamSettings {
+        warm: warm_share.is_some(),
+        ..state.stream.clone()
+    };
     let session = Session::new(
         order,
         Role::Agent,
-        &state.stream,
+        &settings,
         &at,
         &state.opts.punch,
         None,
@@ -464,8 +505,19 @@ async fn session(
             let _ = msgs.try_send(armed);
         }
     };
-    match session.run(inbound, on_fired).await {
-        Ok(established) => state.deliver(established).await,
+    let ran = session.run(inbound, on_fired).await;
+    // The punch is over: its budget and slot are free, whatever the stream becomes.
+    drop((_share, _slot));
+    match ran {
+        Ok(established) => match established.warm {
+            None => state.deliver(established).await,
+            Some(kept) => {
+                let share = if kept { warm_share } else { None };
+                // The path outlives this registration's tasks: the agent's tracker owns it.
+                let path = warm::serve(state.clone(), established, share);
+                state.tracker.spawn(path);
+            }
+        },
         Err(failure) => tracing::warn!(%client, "punch failed: {failure}"),
     }
 }

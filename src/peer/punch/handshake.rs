@@ -17,8 +17,8 @@ use crate::peer::relay::RelayError;
 use crate::peer::stream::PeerStream;
 use crate::protocol::{
     AGENT_HEAD_LEN, CLIENT_HEAD_LEN, ClientHandshake, ClientHead, Flags, MAX_EARLY_IN_HELLO,
-    MAX_NOISE_MESSAGE, RecordCipher, Role, StreamError, TAG_LEN, agent_reply, parse_agent_head,
-    record, seal_record,
+    MAX_NOISE_MESSAGE, RecordCipher, Role, StreamError, TAG_LEN, agent_reply_granting,
+    parse_agent_head, record, seal_record,
 };
 
 /// Why a stream was not proven.
@@ -68,6 +68,9 @@ pub(crate) struct Handshaken {
     unencrypted: bool,
     /// Agent: the client's early data; client: bytes still to send after the selection.
     pending: Vec<u8>,
+    /// `None`: a plain stream; `Some(kept)`: the client asked for a warm path, and `kept` is
+    /// the agent's answer.
+    warm: Option<bool>,
 }
 
 impl std::fmt::Debug for Handshaken {
@@ -75,6 +78,7 @@ impl std::fmt::Debug for Handshaken {
         f.debug_struct("Handshaken")
             .field("peer", &self.peer)
             .field("unencrypted", &self.unencrypted)
+            .field("warm", &self.warm)
             .finish_non_exhaustive()
     }
 }
@@ -180,6 +184,7 @@ async fn client(
     let flags = Flags {
         select: early.is_some(),
         unencrypted: keys.unencrypted,
+        warm: keys.warm,
     };
     let early = early.unwrap_or_default();
     let (now, later) = early.split_at(early.len().min(MAX_EARLY_IN_HELLO));
@@ -200,6 +205,7 @@ async fn client(
         recv: RecordCipher::new(&transport.recv),
         unencrypted: keys.unencrypted && granted.unencrypted,
         pending: later.to_vec(),
+        warm: keys.warm.then_some(granted.warm),
     };
     if keys.unencrypted && !granted.unencrypted {
         tracing::info!("the agent refuses unencrypted streams: this one stays encrypted");
@@ -238,12 +244,18 @@ async fn agent(
     }
     let mut msg1 = vec![0u8; head.len];
     tcp.read_exact(&mut msg1).await.map_err(io(peer))?;
-    let reply = agent_reply(
+    let grant = Flags {
+        unencrypted: keys.unencrypted,
+        warm: keys.warm,
+        ..Flags::default()
+    };
+    let reply = agent_reply_granting(
         &head,
         &msg1,
         &keys.psk,
         keys.static_key.as_ref(),
-        keys.unencrypted,
+        grant,
+        None,
     )
     .map_err(unproven(peer))?;
     tcp.write_all(&reply.reply).await.map_err(io(peer))?;
@@ -254,6 +266,7 @@ async fn agent(
         recv: RecordCipher::new(&reply.keys.recv),
         unencrypted: reply.unencrypted,
         pending: reply.early,
+        warm: reply.flags.warm.then_some(reply.warm),
     };
     if !reply.flags.select {
         // Wait for the client's choice: a `select` record.
@@ -313,6 +326,7 @@ pub(super) async fn select(punched: Punched, early: &[u8]) -> Result<Chosen, Han
             stream: PeerStream::raw(tcp, peer, Vec::new()),
             peer,
             relayed,
+            warm: None,
         }),
         Proven::Noise(mut h) => {
             if !punched.selected {
@@ -326,10 +340,12 @@ pub(super) async fn select(punched: Punched, early: &[u8]) -> Result<Chosen, Han
                     .await
                     .map_err(HandshakeError::Select)?;
             }
+            let warm = h.warm;
             Ok(Chosen {
                 stream: h.into_stream(),
                 peer,
                 relayed,
+                warm,
             })
         }
     }

@@ -82,6 +82,9 @@ pub(crate) struct Chosen {
     pub peer: SocketAddr,
     /// Whether the stream runs through the server's relay.
     pub relayed: bool,
+    /// `None`: a plain stream. `Some(kept)`: a warm path (the client asked for one, and the
+    /// stream carries a multiplexer); `kept` when the agent keeps it open for more streams.
+    pub warm: Option<bool>,
 }
 
 impl Chosen {
@@ -405,7 +408,9 @@ impl Race {
 
 /// The winning stream, watched for a dead path (see [`net::watch_liveness`]).
 fn live(chosen: Chosen) -> Chosen {
-    if let Err(e) = net::watch_liveness(chosen.stream.tcp()) {
+    if let Some(tcp) = chosen.stream.tcp()
+        && let Err(e) = net::watch_liveness(tcp)
+    {
         tracing::debug!("keepalive on the stream: {e}");
     }
     chosen
@@ -431,6 +436,7 @@ mod tests {
             pin: None,
             static_key: None,
             unencrypted: false,
+            warm: false,
         }))
     }
 
@@ -496,7 +502,7 @@ mod tests {
         let mut buf = [0u8; 4];
         a.stream.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
-        assert_eq!(c.peer, a.stream.tcp().local_addr().unwrap());
+        assert_eq!(c.peer, a.stream.tcp().unwrap().local_addr().unwrap());
     }
 
     #[tokio::test]

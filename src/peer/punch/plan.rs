@@ -148,6 +148,9 @@ pub(crate) struct StreamKeys {
     pub static_key: Option<StaticKey>,
     /// Client: ask for raw bytes after the handshake. Agent: grant such a request.
     pub unencrypted: bool,
+    /// Client: ask for a warm path (a multiplexer on the stream). Agent: keep one open for a
+    /// client that asks.
+    pub warm: bool,
 }
 
 impl std::fmt::Debug for StreamKeys {
@@ -157,6 +160,7 @@ impl std::fmt::Debug for StreamKeys {
             .field("session", &self.session)
             .field("pin", &self.pin)
             .field("unencrypted", &self.unencrypted)
+            .field("warm", &self.warm)
             .finish_non_exhaustive()
     }
 }
@@ -181,6 +185,8 @@ pub(crate) struct StreamSettings {
     pub static_key: Option<StaticKey>,
     /// Client: ask for raw bytes. Agent: allow them.
     pub unencrypted: bool,
+    /// Client: ask for a warm path. Agent: grant one (it holds a free warm-path slot).
+    pub warm: bool,
 }
 
 /// What to punch.
@@ -235,6 +241,7 @@ pub(crate) fn plan(
         pin: stream.pin,
         static_key: stream.static_key.clone(),
         unencrypted: stream.unencrypted,
+        warm: stream.warm,
     };
     // Behind the same public IPv4 address, the SYNs die at the shared NAT (see
     // `NatDepth::low_ttl`).

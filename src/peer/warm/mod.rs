@@ -1,0 +1,542 @@
+//! Warm paths: one punched, proven stream that carries many streams (a yamux session on top
+//! of the stream's records), so that a client's later connections to the same service need
+//! neither the server nor a punch (`docs/protocol.md`, "Warm paths").
+//!
+//! - here: what both ends share: the path's state, the socket under yamux (it counts the
+//!   traffic liveness is judged by, and writes each yamux frame as one record), yamux's
+//!   settings, and [`MuxStream`], one stream of a path as a [`crate::PeerStream`] carries it;
+//! - [`peer`]: the client's [`Peer`], which builds a path on demand and keeps it alive;
+//! - the agent's side is `agent::warm`.
+
+pub(crate) mod peer;
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::compat::Compat;
+
+use crate::defaults;
+use crate::protocol::warm::{MAX_REFUSAL, STATUS_CONNECTED, STATUS_REFUSED};
+
+pub use self::peer::{Peer, WarmOptions};
+
+/// Silence after which the client pings its agent: traffic every 25 s keeps the NAT mappings
+/// of the path alive under the 30 s idle timeout that some NATs and stateful firewalls apply
+/// (RFC 5382 asks for two hours on established TCP, which not every device honours), and the
+/// agent hears from its client at least that often.
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(25);
+/// How long a ping may wait for any byte from the other end before the path counts as dead:
+/// many round trips of a slow mobile network, and a retransmitted segment or two.
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stream opened on a path that has been silent this long sends a ping along, so a path
+/// that died since its last traffic is found within [`PING_TIMEOUT`] instead of at the next
+/// keepalive. Shorter than any keepalive, longer than a burst of connections.
+pub(crate) const PROBE_AFTER: Duration = Duration::from_secs(2);
+/// An agent that has heard nothing from its client for this long ends the path: two missed
+/// keepalives and a ping timeout.
+pub(crate) const AGENT_SILENCE: Duration =
+    Duration::from_secs(2 * KEEPALIVE_INTERVAL.as_secs() + PING_TIMEOUT.as_secs());
+/// Idle time before the kernel's keepalive probes on a warm path's TCP connection: past the
+/// pings, which keep it busier, so the probes add no traffic while the pings flow.
+const TCP_KEEPALIVE_IDLE: Duration = AGENT_SILENCE;
+
+/// Lets the pings, not the kernel's keepalive probes, keep a warm path's TCP connection alive
+/// (the probes stay as a backstop; see [`crate::net::watch_liveness_after`]).
+pub(crate) fn quiet_keepalive(stream: &crate::PeerStream) {
+    if let Some(tcp) = stream.tcp()
+        && let Err(e) = crate::net::watch_liveness_after(tcp, TCP_KEEPALIVE_IDLE)
+    {
+        tracing::debug!("keepalive on the warm path: {e}");
+    }
+}
+
+/// Plaintext the socket under yamux gathers before it writes: a frame's header and body go
+/// out as one record; a larger write passes straight through.
+const GATHER: usize = 64 * 1024;
+/// Receive window a path may grow beyond yamux's 256 KiB per stream, shared by its streams:
+/// enough for one stream to fill a long fat path (yamux doubles a stream's window while it
+/// keeps up), while a peer that sends into streams nobody reads cannot make a path buffer more
+/// than this plus 256 KiB a stream.
+const WINDOW_GROWTH: usize = 32 * 1024 * 1024;
+/// Bytes of pings read (and echoed) at a time on the keepalive stream.
+const PING_CHUNK: usize = 64;
+/// Largest body of a yamux data frame: with its 12-byte header, one record.
+const FRAME_BODY: usize = crate::protocol::MAX_RECORD_BODY - 12;
+/// How long a refusal may take to reach the client before the stream is dropped anyway.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The yamux settings of both ends. Streams beyond the per-path limit are refused by the
+/// agent with a status; yamux's own limit, past which it would end the whole path, leaves
+/// room for the keepalive stream and streams still closing.
+pub(crate) fn yamux_config() -> yamux::Config {
+    let streams = 2 * defaults::WARM_STREAMS_PER_PATH + 2;
+    let mut config = yamux::Config::default();
+    config.set_split_send_size(FRAME_BODY);
+    config.set_max_num_streams(streams);
+    config.set_max_connection_receive_window(Some(
+        streams * yamux::DEFAULT_CREDIT as usize + WINDOW_GROWTH,
+    ));
+    config
+}
+
+/// What both ends of a warm path share with its streams.
+#[derive(Default)]
+pub(crate) struct PathState {
+    /// Why the path ended, once it has.
+    ended: OnceLock<String>,
+    /// The peer's address and whether the path is encrypted, once it is up.
+    peer: OnceLock<(SocketAddr, bool)>,
+    /// Once it is up: whether the agent keeps it open for more streams.
+    kept: OnceLock<bool>,
+    /// Service streams open now.
+    streams: AtomicUsize,
+    /// The task driving the path, woken when a stream closes.
+    driver: AtomicWaker,
+}
+
+impl PathState {
+    /// Marks the path ended (the first reason stays).
+    pub fn end(&self, why: impl Into<String>) {
+        let _ = self.ended.set(why.into());
+    }
+
+    /// Why the path ended, if it has.
+    pub fn ended(&self) -> Option<&str> {
+        self.ended.get().map(String::as_str)
+    }
+
+    /// The error of a stream whose path ended.
+    fn error(&self) -> Option<io::Error> {
+        self.ended().map(|why| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("the warm path ended: {why}"),
+            )
+        })
+    }
+
+    /// Records that the path is up: the peer's address, the path's encryption, and whether
+    /// the agent keeps it for more streams.
+    pub fn set_up(&self, peer: SocketAddr, encrypted: bool, kept: bool) {
+        let _ = self.peer.set((peer, encrypted));
+        let _ = self.kept.set(kept);
+    }
+
+    /// `None` while the path is being built; once up, whether it is kept for more streams.
+    pub fn kept(&self) -> Option<bool> {
+        self.kept.get().copied()
+    }
+
+    /// Service streams open now.
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::SeqCst)
+    }
+
+    /// Counts a service stream until the guard is dropped.
+    pub fn count(self: &Arc<Self>) -> StreamCount {
+        self.streams.fetch_add(1, Ordering::SeqCst);
+        StreamCount(self.clone())
+    }
+
+    /// Registers the driver's waker: it is woken whenever a stream closes.
+    pub fn watch_streams(&self, cx: &Context<'_>) {
+        self.driver.register(cx.waker());
+    }
+}
+
+/// A service stream's place in its path's count.
+pub(crate) struct StreamCount(Arc<PathState>);
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::SeqCst);
+        self.0.driver.wake();
+    }
+}
+
+/// Traffic on a path's socket: what liveness is judged by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Traffic {
+    /// When the last byte arrived.
+    pub last_rx: Instant,
+    /// When the last byte was written.
+    pub last_tx: Instant,
+    /// Bytes received and sent (plaintext, yamux framing included).
+    pub rx: u64,
+    pub tx: u64,
+}
+
+/// The traffic of one path, shared by its socket and its driver.
+pub(crate) struct Meter(Mutex<Traffic>);
+
+impl Meter {
+    /// A meter that counts the path as heard from and written to now.
+    pub fn new() -> Arc<Self> {
+        let now = Instant::now();
+        Arc::new(Meter(Mutex::new(Traffic {
+            last_rx: now,
+            last_tx: now,
+            rx: 0,
+            tx: 0,
+        })))
+    }
+
+    pub fn get(&self) -> Traffic {
+        *self.0.lock().expect("meter lock")
+    }
+
+    fn received(&self, n: usize) {
+        let mut t = self.0.lock().expect("meter lock");
+        t.rx += n as u64;
+        t.last_rx = Instant::now();
+    }
+
+    fn sent(&self, n: usize) {
+        let mut t = self.0.lock().expect("meter lock");
+        t.tx += n as u64;
+        t.last_tx = Instant::now();
+    }
+}
+
+/// The socket yamux runs on: counts what passes (see [`Meter`]) and gathers writes until
+/// yamux flushes, so that a frame's 12-byte header and its body become one record and one
+/// segment instead of two.
+pub(crate) struct PathSocket<S> {
+    inner: S,
+    meter: Arc<Meter>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+}
+
+impl<S> PathSocket<S> {
+    pub fn new(inner: S, meter: Arc<Meter>) -> Self {
+        PathSocket {
+            inner,
+            meter,
+            wbuf: Vec::new(),
+            wpos: 0,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> PathSocket<S> {
+    /// Writes what was gathered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf[self.wpos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.meter.sent(n);
+            self.wpos += n;
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PathSocket<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let got = buf.filled().len() - before;
+        if got > 0 {
+            self.meter.received(got);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for PathSocket<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.wbuf.len() + buf.len() > GATHER {
+            ready!(this.poll_drain(cx))?;
+        }
+        if buf.len() >= GATHER {
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+            this.meter.sent(n);
+            return Poll::Ready(Ok(n));
+        }
+        this.wbuf.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The agent's side of the keepalive stream (its kind byte read): sends back every byte, until
+/// the stream or the path ends.
+pub(crate) async fn echo_pings<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; PING_CHUNK];
+    loop {
+        match io.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Which end of a service stream this is.
+enum End {
+    /// The client's: the agent's status byte comes first.
+    Client(Status),
+    /// The agent's: its status byte goes first, with the first bytes it writes (or its
+    /// close, or its refusal).
+    Agent { status_sent: bool },
+}
+
+/// What the client knows of the agent's status.
+enum Status {
+    Awaiting,
+    Connected,
+    /// Refused: the reason read so far.
+    Refused(Vec<u8>),
+}
+
+/// One service stream of a warm path, as a [`crate::PeerStream`] carries it: yamux's stream,
+/// the status byte, and errors that say why instead of a silent end when the path died or
+/// the other end reset the stream.
+pub(crate) struct MuxStream {
+    io: Compat<yamux::Stream>,
+    path: Arc<PathState>,
+    end: End,
+    /// Whether this end has closed its sending side.
+    closed: bool,
+    _count: StreamCount,
+}
+
+impl MuxStream {
+    /// The client's end of a service stream whose kind byte was written, counted in its
+    /// path by `count`.
+    pub fn client(io: Compat<yamux::Stream>, path: &Arc<PathState>, count: StreamCount) -> Self {
+        MuxStream {
+            io,
+            path: path.clone(),
+            end: End::Client(Status::Awaiting),
+            closed: false,
+            _count: count,
+        }
+    }
+
+    /// The agent's end of a service stream whose kind byte was read.
+    pub fn agent(io: Compat<yamux::Stream>, path: &Arc<PathState>) -> Self {
+        MuxStream {
+            io,
+            path: path.clone(),
+            end: End::Agent { status_sent: false },
+            closed: false,
+            _count: path.count(),
+        }
+    }
+
+    /// The peer's address on the path (unspecified before the path is up).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.path
+            .peer
+            .get()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0)
+    }
+
+    /// Whether the path's bytes are encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.path.peer.get().is_none_or(|p| p.1)
+    }
+
+    /// Agent: tells the client why its stream cannot be served (one line) and closes it.
+    /// After the first bytes of the service went out, the stream is reset instead.
+    pub async fn refuse(mut self, why: &str) {
+        if matches!(self.end, End::Agent { status_sent: false }) {
+            self.end = End::Agent { status_sent: true };
+            let why = &why.as_bytes()[..why.len().min(MAX_REFUSAL)];
+            let mut bytes = Vec::with_capacity(1 + why.len());
+            bytes.push(STATUS_REFUSED);
+            bytes.extend_from_slice(why);
+            let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
+                self.io.write_all(&bytes).await?;
+                self.io.shutdown().await
+            })
+            .await;
+        }
+    }
+
+    /// A read that found the end: clean, or an error saying why.
+    fn eof(&self) -> io::Result<()> {
+        if let Some(e) = self.path.error() {
+            return Err(e);
+        }
+        // A FIN while this end still sends leaves the stream half open; only a reset (or the
+        // path's end) closes both sides at once.
+        if !self.closed && self.io.get_ref().is_closed() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the other end reset the stream",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A write error, said better when the path ended or the stream was reset.
+    fn write_error(&self, e: io::Error) -> io::Error {
+        if let Some(e) = self.path.error() {
+            return e;
+        }
+        if e.kind() == io::ErrorKind::WriteZero && self.io.get_ref().is_closed() {
+            return io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the other end reset the stream",
+            );
+        }
+        e
+    }
+}
+
+impl AsyncRead for MuxStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            let status = match &mut this.end {
+                End::Agent { .. } | End::Client(Status::Connected) => {
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                    if buf.filled().len() == before && buf.remaining() > 0 {
+                        return Poll::Ready(this.eof());
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                End::Client(status) => status,
+            };
+            match status {
+                Status::Awaiting => {
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                    let got = buf.filled().len() - before;
+                    if got == 0 {
+                        this.eof()?;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the agent closed the stream without a word",
+                        )));
+                    }
+                    let first = buf.filled()[before];
+                    let rest = buf.filled()[before + 1..].to_vec();
+                    buf.set_filled(before);
+                    match first {
+                        STATUS_CONNECTED => {
+                            *status = Status::Connected;
+                            if !rest.is_empty() {
+                                buf.put_slice(&rest);
+                                return Poll::Ready(Ok(()));
+                            }
+                        }
+                        STATUS_REFUSED => *status = Status::Refused(rest),
+                        other => {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("unknown status {other:#04x} on a warm stream"),
+                            )));
+                        }
+                    }
+                }
+                Status::Refused(why) => {
+                    let mut chunk = [0u8; 256];
+                    let mut rb = ReadBuf::new(&mut chunk);
+                    ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+                    let got = rb.filled();
+                    if !got.is_empty() && why.len() < MAX_REFUSAL {
+                        why.extend_from_slice(got);
+                        continue;
+                    }
+                    let why = String::from_utf8_lossy(&why[..why.len().min(MAX_REFUSAL)]);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        why.trim().to_string(),
+                    )));
+                }
+                Status::Connected => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if matches!(this.end, End::Agent { status_sent: false }) {
+            // The status byte leaves with the first bytes of the service.
+            let take = buf.len().min(GATHER);
+            let mut first = Vec::with_capacity(1 + take);
+            first.push(STATUS_CONNECTED);
+            first.extend_from_slice(&buf[..take]);
+            let n = ready!(Pin::new(&mut this.io).poll_write(cx, &first))
+                .map_err(|e| this.write_error(e))?;
+            this.end = End::Agent { status_sent: true };
+            if n > 1 {
+                return Poll::Ready(Ok(n - 1));
+            }
+        }
+        Pin::new(&mut this.io)
+            .poll_write(cx, buf)
+            .map_err(|e| this.write_error(e))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        Pin::new(&mut this.io)
+            .poll_flush(cx)
+            .map_err(|e| this.write_error(e))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if matches!(this.end, End::Agent { status_sent: false }) {
+            ready!(Pin::new(&mut this.io).poll_write(cx, &[STATUS_CONNECTED]))
+                .map_err(|e| this.write_error(e))?;
+            this.end = End::Agent { status_sent: true };
+        }
+        ready!(Pin::new(&mut this.io).poll_shutdown(cx)).map_err(|e| this.write_error(e))?;
+        this.closed = true;
+        Poll::Ready(Ok(()))
+    }
+}
