@@ -646,7 +646,7 @@ mod tests {
         assert!(ask(true, true));
         assert!(!ask(true, false), "an agent at its limit declines");
         assert!(!ask(false, true), "never granted unasked");
-        assert_eq!(Flags::from_byte(4).unwrap().warm, true);
+        assert!(Flags::from_byte(4).unwrap().warm);
     }
 
     #[test]
