@@ -44,6 +44,7 @@ pub use peer::stream::{PeerStream, RecordError};
 pub use tls::Trust;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 /// Size of each copy buffer when forwarding: large enough for tens of Mbit/s per stream with
 /// few system calls.
@@ -58,4 +59,15 @@ where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     tokio::io::copy_bidirectional_with_sizes(a, b, FORWARD_BUFFER, FORWARD_BUFFER).await
+}
+
+/// [`forward`] between a peer stream and a local TCP connection (half-close kept; returns the
+/// bytes `(from the peer, to the peer)`). On Linux and Android the bytes of an unencrypted
+/// stream never pass through user space: each direction moves them with `splice(2)` through
+/// a pipe. Elsewhere, and for encrypted streams, they are copied.
+pub async fn forward_tcp(
+    stream: &mut PeerStream,
+    local: &mut TcpStream,
+) -> std::io::Result<(u64, u64)> {
+    stream.forward_tcp(local).await
 }

@@ -1,13 +1,18 @@
 //! Linux and Android: `TCP_INFO` for the handshake state and the RTT, `TCP_USER_TIMEOUT` for a
-//! dead path, and `/proc/self/fd` for the descriptors in use. (The `IP_RECVERR` error queue of
+//! dead path, `/proc/self/fd` for the descriptors in use, and `splice(2)` to forward between
+//! two TCP connections without copying through user space. (The `IP_RECVERR` error queue of
 //! UDP sockets is in `error_queue`.)
 
 use std::io;
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use socket2::Socket;
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use socket2::{SockRef, Socket};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 pub(super) use super::unix::{PUNCH_PORT_LISTENS, connect_started, server_port, share_port};
 use super::{Handshake, budget_under, unix};
@@ -79,6 +84,88 @@ pub(super) fn raise_fd_limit_to(want: u64) -> u64 {
 pub(super) fn socket_budget() -> usize {
     let open = unix::open_fds(Path::new("/proc/self/fd")).unwrap_or(0);
     budget_under(unix::fd_limit(), open)
+}
+
+/// Most bytes one `splice` call moves: far more than a pipe holds, so each call fills the
+/// pipe as far as the socket allows.
+const SPLICE_CHUNK: usize = 1 << 20;
+
+/// Forwards between two TCP connections like `crate::forward`, keeping half-close, with the
+/// bytes moving inside the kernel: each direction splices from its source socket into a pipe
+/// and from the pipe into the other socket. `head` goes to `local` before anything spliced
+/// from `peer` (bytes that arrived with a handshake). Returns the bytes `(peer to local, local
+/// to peer)`.
+pub(crate) async fn splice_bidirectional(
+    peer: &TcpStream,
+    head: &[u8],
+    local: &TcpStream,
+) -> io::Result<(u64, u64)> {
+    let down = async {
+        write_all(local, head).await?;
+        let spliced = splice_one_way(peer, local).await?;
+        Ok::<_, io::Error>(head.len() as u64 + spliced)
+    };
+    tokio::try_join!(down, splice_one_way(local, peer))
+}
+
+/// Writes all of `bytes` to `to` (shared, so that the other direction may read from it).
+async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = to
+            .async_io(Interest::WRITABLE, || {
+                rustix::io::write(to, bytes).map_err(io::Error::from)
+            })
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Splices `from` into `to` until `from` ends, then shuts `to`'s write side down. Returns the
+/// bytes moved.
+///
+/// The pipe is emptied before each refill, so a call that finds no room means the socket on
+/// the other end is not ready: `EAGAIN` is always about the socket, and tokio's readiness
+/// (cleared by `async_io` on `EAGAIN`) stays right.
+async fn splice_one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+    let (pipe_out, pipe_in) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    let mut total = 0u64;
+    loop {
+        let n = from
+            .async_io(Interest::READABLE, || {
+                rustix::pipe::splice(from, None, &pipe_in, None, SPLICE_CHUNK, flags)
+                    .map_err(io::Error::from)
+            })
+            .await?;
+        if n == 0 {
+            break;
+        }
+        let mut left = n;
+        while left > 0 {
+            let m = to
+                .async_io(Interest::WRITABLE, || {
+                    rustix::pipe::splice(&pipe_out, None, to, None, left, flags)
+                        .map_err(io::Error::from)
+                })
+                .await?;
+            if m == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            left -= m;
+        }
+        total += n as u64;
+    }
+    match SockRef::from(to).shutdown(Shutdown::Write) {
+        // The peer already closed both ways: nothing is left to tell it (as tokio's own
+        // shutdown has it).
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+        r => r?,
+    }
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@
 //! - **descriptor limits**: `RLIMIT_NOFILE`, capped by `kern.maxfilesperproc` and `OPEN_MAX`
 //!   on macOS; Windows has no per-process limit on sockets (see [`socket_budget`]);
 //! - **ICMP errors of UDP sockets**: an error queue on Linux and Android only (see
-//!   [`ErrorQueue`]).
+//!   [`ErrorQueue`]);
+//! - **forwarding inside the kernel**: `splice(2)` on Linux and Android (see
+//!   [`splice_bidirectional`]); elsewhere bytes are copied through user space.
 
 #[allow(
     dead_code,
@@ -71,6 +73,8 @@ use tokio::net::{TcpListener, TcpStream};
     reason = "the hook of a NAT-depth TTL sweep, tested here; the sweep brings its caller"
 )]
 pub use error_queue::{ErrorQueue, IcmpError, IcmpKind};
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) use linux::splice_bidirectional;
 
 /// Backlog of punch-port listeners.
 const LISTEN_BACKLOG: i32 = 1024;

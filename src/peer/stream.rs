@@ -318,6 +318,19 @@ impl PeerStream {
         }
     }
 
+    /// Forwards between this stream and `local` (see [`crate::forward_tcp`]).
+    pub(crate) async fn forward_tcp(&mut self, local: &mut TcpStream) -> io::Result<(u64, u64)> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Inner::Raw { tcp, prefix, pos } = &mut self.inner {
+            // Bytes that came with the handshake and were not read yet go first.
+            let head = std::mem::take(prefix);
+            let head = &head[(*pos).min(head.len())..];
+            *pos = 0;
+            return crate::net::splice_bidirectional(tcp, head, local).await;
+        }
+        crate::forward(self, local).await
+    }
+
     /// Tells the client that the service could not be reached (`why`, one line), and closes:
     /// the client's read fails with that reason instead of a reset. On an unencrypted stream
     /// there is no way to say why; it is closed.
@@ -386,9 +399,139 @@ impl AsyncWrite for PeerStream {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    /// Bound on every forwarding test: megabytes over loopback take milliseconds.
+    const FORWARD_TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, b) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    fn random_bytes(len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        rand::fill(&mut v[..]);
+        v
+    }
+
+    /// Runs [`PeerStream::forward_tcp`] between `stream` and a local connection whose other
+    /// end plays the application, while `remote` (the peer's end of `stream`) sends `LEN`
+    /// random bytes and half-closes. The application sends `LEN` random bytes, reads to EOF,
+    /// then answers after the half-close. Checks every byte and both counts.
+    async fn forward_both_ways<R>(mut stream: PeerStream, mut remote: R, head: &[u8])
+    where
+        R: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        const LEN: usize = 8 << 20;
+        const REPLY: &[u8] = b"reply after the half-close";
+        let (down, up) = (random_bytes(LEN), random_bytes(LEN));
+        let (app, mut local) = tcp_pair().await;
+        let work = async {
+            let forwarding =
+                tokio::spawn(async move { stream.forward_tcp(&mut local).await.unwrap() });
+            let sent = down.clone();
+            let far = tokio::spawn(async move {
+                remote.write_all(&sent).await.unwrap();
+                remote.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                remote.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            let (mut app_r, mut app_w) = app.into_split();
+            let sent = up.clone();
+            let writer = tokio::spawn(async move {
+                app_w.write_all(&sent).await.unwrap();
+                app_w
+            });
+            let mut got = Vec::new();
+            app_r.read_to_end(&mut got).await.unwrap();
+            let mut app_w = writer.await.unwrap();
+            app_w.write_all(REPLY).await.unwrap();
+            app_w.shutdown().await.unwrap();
+            (got, far.await.unwrap(), forwarding.await.unwrap())
+        };
+        let (got, far_got, counts) = tokio::time::timeout(FORWARD_TEST_TIMEOUT, work)
+            .await
+            .expect("forwarding finished in time");
+        assert_eq!(got.len(), head.len() + LEN);
+        assert!(
+            got[..head.len()] == *head,
+            "the handshake's bytes come first"
+        );
+        assert!(
+            got[head.len()..] == down[..],
+            "bytes from the peer, in order"
+        );
+        assert_eq!(far_got.len(), LEN + REPLY.len());
+        assert!(far_got[..LEN] == up[..], "bytes to the peer, in order");
+        assert_eq!(&far_got[LEN..], REPLY, "sent after the peer's half-close");
+        assert_eq!(
+            counts,
+            ((head.len() + LEN) as u64, (LEN + REPLY.len()) as u64)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unencrypted_stream_forwards_every_byte_with_half_close() {
+        let (remote, tcp) = tcp_pair().await;
+        let peer = tcp.peer_addr().unwrap();
+        let mut stream = PeerStream::raw(tcp, peer, b"early data from the hello".to_vec());
+        // The application read part of the early data before forwarding.
+        let mut first = [0u8; 6];
+        stream.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"early ");
+        forward_both_ways(stream, remote, b"data from the hello").await;
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_stream_forwards_every_byte_with_half_close() {
+        let (remote, tcp) = tcp_pair().await;
+        let peer = tcp.peer_addr().unwrap();
+        let (k1, k2) = ([3u8; 32], [4u8; 32]);
+        let stream = PeerStream::secure(
+            tcp,
+            peer,
+            RecordCipher::new(&k1),
+            RecordCipher::new(&k2),
+            b"early".to_vec(),
+        );
+        let remote = SecureStream::new(
+            remote,
+            RecordCipher::new(&k2),
+            RecordCipher::new(&k1),
+            Vec::new(),
+        );
+        forward_both_ways(stream, remote, b"early").await;
+    }
+
+    #[tokio::test]
+    async fn a_reset_from_the_peer_ends_forwarding_with_an_error() {
+        let (remote, tcp) = tcp_pair().await;
+        let peer = tcp.peer_addr().unwrap();
+        let mut stream = PeerStream::raw(tcp, peer, Vec::new());
+        let (_app, mut local) = tcp_pair().await;
+        let forwarding = tokio::spawn(async move { stream.forward_tcp(&mut local).await });
+        // SO_LINGER 0: the close sends a RST instead of a FIN.
+        socket2::SockRef::from(&remote)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(remote);
+        let result = tokio::time::timeout(FORWARD_TEST_TIMEOUT, forwarding)
+            .await
+            .expect("forwarding ended in time")
+            .unwrap();
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    }
 
     fn pair() -> (
         SecureStream<tokio::io::DuplexStream>,

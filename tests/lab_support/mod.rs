@@ -414,9 +414,9 @@ impl P2pncLab for Lab {
     ) -> ConnectRun {
         let mut spec = self
             .p2pnc(&format!("connect-{peer}"))
-            .args(extra)
             .args(["connect", "--report", "json", "--server", url])
             .args(["--peer", peer, "--stdio"])
+            .args(extra)
             .pipe_stdin()
             .pipe_stdout();
         if let Some(s) = secret {
