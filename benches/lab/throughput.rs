@@ -325,6 +325,14 @@ fn iperf_mbps(json: &serde_json::Value) -> Result<f64, String> {
         .ok_or_else(|| "iperf3's report has no end.sum_received.bits_per_second".into())
 }
 
+/// The bytes iperf3 sent over the whole transfer, the left-out seconds included.
+fn iperf_bytes(json: &serde_json::Value) -> u64 {
+    json["intervals"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|i| i["sum"]["bytes"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
 /// The JSON lines a process printed to stdout.
 fn json_lines<T: for<'de> Deserialize<'de>>(p: &Proc) -> Vec<T> {
     p.stdout()
@@ -378,13 +386,16 @@ fn transfer(lab: &Lab, s: &Setup, mode: Mode) -> Result<Sample, String> {
                     conn.stderr().trim_end()
                 ));
             }
-            let carried = new
+            let carried: Vec<(Option<u64>, Option<u64>)> = new
                 .iter()
-                .map(|r| r.bytes_sent.unwrap_or(0) + r.bytes_received.unwrap_or(0))
-                .sum();
+                .map(|r| (r.bytes_sent, r.bytes_received))
+                .collect();
+            eprintln!(
+                "{mode:?}: the sessions' reports say they carried (sent, received) {carried:?}"
+            );
             Sample {
                 mbps: iperf_mbps(&json)?,
-                cpu: Some((cpu, carried)),
+                cpu: Some((cpu, iperf_bytes(&json))),
             }
         }
         Mode::LibEncrypted | Mode::LibPlain => {

@@ -7,20 +7,27 @@
 //! record before the FIN, so that an attacker who cuts the TCP stream short is noticed: EOF
 //! without it is an error.
 
-use std::io;
-use std::net::SocketAddr;
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, SocketAddr};
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::protocol::{MAX_RECORD_BODY, RecordCipher, record, seal_record};
+use crate::protocol::{
+    MAX_RECORD_BODY, RECORD_BODY_AT, RECORD_OVERHEAD, RecordCipher, record, seal_record,
+    seal_record_in_place,
+};
 
 /// Plaintext taken per write: several records, sealed together and written with one call.
 const WRITE_BATCH: usize = 4 * MAX_RECORD_BODY;
 /// Ciphertext read per system call.
 const READ_CHUNK: usize = 256 * 1024;
+/// Records sealed per write when forwarding from a local connection that has the bytes
+/// ready: about 256 KiB per system call.
+const FORWARD_RECORDS: usize = 4;
 /// How long a refusal may take to reach the client before the stream is dropped anyway.
 const REFUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -114,35 +121,60 @@ impl<S> SecureStream<S> {
     /// Opens the next complete record in the read buffer: `Ok(true)` when it yielded
     /// plaintext or the end, `Ok(false)` when more ciphertext is needed.
     fn open(&mut self) -> Result<bool, RecordError> {
-        let avail = &self.rbuf[self.rpos..];
-        if avail.len() < 2 {
-            return Ok(false);
-        }
-        let len = u16::from_be_bytes([avail[0], avail[1]]) as usize;
-        if avail.len() < 2 + len {
-            return Ok(false);
-        }
-        let start = self.rpos + 2;
-        let n = self.recv.count() + 1;
-        let got = self
-            .recv
-            .open(&mut self.rbuf[start..start + len])
-            .ok_or(RecordError::Auth(n))?;
-        self.rpos = start + len;
-        if got == 0 {
-            return Err(RecordError::Empty(n));
-        }
-        let body = start + 1..start + got;
-        match self.rbuf[start] {
-            record::DATA => (self.ppos, self.pend) = (body.start, body.end),
-            record::CLOSE => self.read_done = true,
-            record::REFUSED => {
-                let why = String::from_utf8_lossy(&self.rbuf[body]).into_owned();
-                return Err(RecordError::Refused(why));
+        match open_next(&mut self.rbuf, &mut self.rpos, &mut self.recv)? {
+            None => Ok(false),
+            Some(Opened::Data(body)) => {
+                (self.ppos, self.pend) = (body.start, body.end);
+                Ok(true)
             }
-            t => return Err(RecordError::UnknownType(n, t)),
+            Some(Opened::Close) => {
+                self.read_done = true;
+                Ok(true)
+            }
         }
-        Ok(true)
+    }
+}
+
+/// What the next record of a read buffer held.
+enum Opened {
+    /// Plaintext, at this range of the buffer.
+    Data(Range<usize>),
+    /// The peer's `close`: it sends nothing more.
+    Close,
+}
+
+/// Opens, in place, the record at `buf[*pos..]` and moves `pos` past it; `None` when the
+/// record is not complete yet.
+fn open_next(
+    buf: &mut [u8],
+    pos: &mut usize,
+    recv: &mut RecordCipher,
+) -> Result<Option<Opened>, RecordError> {
+    let avail = &buf[*pos..];
+    if avail.len() < 2 {
+        return Ok(None);
+    }
+    let len = u16::from_be_bytes([avail[0], avail[1]]) as usize;
+    if avail.len() < 2 + len {
+        return Ok(None);
+    }
+    let start = *pos + 2;
+    let n = recv.count() + 1;
+    let got = recv
+        .open(&mut buf[start..start + len])
+        .ok_or(RecordError::Auth(n))?;
+    *pos = start + len;
+    if got == 0 {
+        return Err(RecordError::Empty(n));
+    }
+    let body = start + 1..start + got;
+    match buf[start] {
+        record::DATA => Ok(Some(Opened::Data(body))),
+        record::CLOSE => Ok(Some(Opened::Close)),
+        record::REFUSED => Err(RecordError::Refused(
+            String::from_utf8_lossy(&buf[body]).into_owned(),
+        )),
+        t => Err(RecordError::UnknownType(n, t)),
     }
 }
 
@@ -247,6 +279,190 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
     }
 }
 
+impl SecureStream<TcpStream> {
+    /// Forwards between this stream and `local` (see [`crate::forward_tcp`]) without copying
+    /// in user space: bytes from `local` are read straight into records and sealed in place,
+    /// up to [`FORWARD_RECORDS`] per write; records from the peer are opened in place and
+    /// written to `local` from the read buffer, all that one read brought in one write.
+    async fn forward_tcp(&mut self, local: &TcpStream) -> io::Result<(u64, u64)> {
+        // What an earlier write left unsent goes first.
+        std::future::poll_fn(|cx| self.poll_drain(cx)).await?;
+        let SecureStream {
+            inner: peer,
+            send,
+            recv,
+            prefix,
+            prefix_pos,
+            rbuf,
+            ppos,
+            pend,
+            rpos,
+            read_done,
+            close_queued,
+            ..
+        } = self;
+        let peer: &TcpStream = peer;
+        let down = async {
+            let head = &prefix[*prefix_pos..];
+            write_all(local, head).await?;
+            *prefix_pos = prefix.len();
+            let mut total = head.len() as u64;
+            let mut ranges = Vec::with_capacity(READ_CHUNK / MAX_RECORD_BODY + 2);
+            ranges.push(*ppos..*pend);
+            *ppos = *pend;
+            loop {
+                while !*read_done {
+                    match open_next(rbuf, rpos, recv)? {
+                        Some(Opened::Data(body)) => ranges.push(body),
+                        Some(Opened::Close) => *read_done = true,
+                        None => break,
+                    }
+                }
+                total += ranges.iter().map(|r| r.len() as u64).sum::<u64>();
+                write_ranges(local, rbuf, &mut ranges).await?;
+                if *read_done {
+                    break;
+                }
+                // Keep the incomplete record, read a large chunk behind it.
+                rbuf.drain(..*rpos);
+                (*rpos, *ppos, *pend) = (0, 0, 0);
+                rbuf.reserve(READ_CHUNK);
+                if read_buf(peer, rbuf).await? == 0 {
+                    return Err(RecordError::Truncated.into());
+                }
+            }
+            shutdown_write(local)?;
+            Ok::<_, io::Error>(total)
+        };
+        let up = async {
+            if *close_queued {
+                return Ok(0);
+            }
+            let mut buf = vec![0u8; FORWARD_RECORDS * (MAX_RECORD_BODY + RECORD_OVERHEAD)];
+            let mut total = 0u64;
+            loop {
+                let (mut end, mut eof) = (0, false);
+                for i in 0..FORWARD_RECORDS {
+                    let body = &mut buf[end + RECORD_BODY_AT..][..MAX_RECORD_BODY];
+                    // The first read waits; more records join the write only if their bytes
+                    // are there already.
+                    let n = if i == 0 {
+                        read(local, body).await?
+                    } else {
+                        match local.try_read(body) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e),
+                        }
+                    };
+                    if n == 0 {
+                        eof = true;
+                        break;
+                    }
+                    end += seal_record_in_place(send, record::DATA, &mut buf[end..], n);
+                    total += n as u64;
+                    if n < MAX_RECORD_BODY {
+                        break;
+                    }
+                }
+                if eof {
+                    // A slot was left for the read that found the end: room for `close`.
+                    end += seal_record_in_place(send, record::CLOSE, &mut buf[end..], 0);
+                    *close_queued = true;
+                }
+                write_all(peer, &buf[..end]).await?;
+                if eof {
+                    break;
+                }
+            }
+            shutdown_write(peer)?;
+            Ok(total)
+        };
+        tokio::try_join!(down, up)
+    }
+}
+
+/// Reads from a stream shared with a writer (readiness, then a non-blocking read).
+async fn read(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        from.readable().await?;
+        match from.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Appends what `from` has to `buf`'s spare capacity.
+async fn read_buf(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        from.readable().await?;
+        match from.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Writes all of `bytes` to a stream shared with a reader.
+async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        to.writable().await?;
+        match to.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes the `ranges` of `buf` to `to`, as few system calls as the socket allows, and
+/// empties `ranges`.
+async fn write_ranges(
+    to: &TcpStream,
+    buf: &[u8],
+    ranges: &mut Vec<Range<usize>>,
+) -> io::Result<()> {
+    ranges.retain(|r| !r.is_empty());
+    let mut i = 0;
+    while i < ranges.len() {
+        let slices: Vec<IoSlice> = ranges[i..]
+            .iter()
+            .map(|r| IoSlice::new(&buf[r.clone()]))
+            .collect();
+        to.writable().await?;
+        let mut n = match to.try_write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        while n > 0 {
+            let len = ranges[i].len();
+            if n >= len {
+                n -= len;
+                i += 1;
+            } else {
+                ranges[i].start += n;
+                n = 0;
+            }
+        }
+    }
+    ranges.clear();
+    Ok(())
+}
+
+/// Half-closes `to` (as tokio's own shutdown, a peer that already closed both ways is no
+/// error).
+fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        r => r,
+    }
+}
+
 /// A proven stream to the peer: bytes written here reach the other end, encrypted unless
 /// both ends agreed otherwise.
 pub struct PeerStream {
@@ -320,15 +536,19 @@ impl PeerStream {
 
     /// Forwards between this stream and `local` (see [`crate::forward_tcp`]).
     pub(crate) async fn forward_tcp(&mut self, local: &mut TcpStream) -> io::Result<(u64, u64)> {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        if let Inner::Raw { tcp, prefix, pos } = &mut self.inner {
-            // Bytes that came with the handshake and were not read yet go first.
-            let head = std::mem::take(prefix);
-            let head = &head[(*pos).min(head.len())..];
-            *pos = 0;
-            return crate::net::splice_bidirectional(tcp, head, local).await;
+        match &mut self.inner {
+            Inner::Secure(s) => s.forward_tcp(local).await,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Inner::Raw { tcp, prefix, pos } => {
+                // Bytes that came with the handshake and were not read yet go first.
+                let head = std::mem::take(prefix);
+                let head = &head[(*pos).min(head.len())..];
+                *pos = 0;
+                crate::net::splice_bidirectional(tcp, head, local).await
+            }
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            Inner::Raw { .. } => crate::forward(self, local).await,
         }
-        crate::forward(self, local).await
     }
 
     /// Tells the client that the service could not be reached (`why`, one line), and closes:
@@ -497,20 +717,51 @@ mod tests {
         let (remote, tcp) = tcp_pair().await;
         let peer = tcp.peer_addr().unwrap();
         let (k1, k2) = ([3u8; 32], [4u8; 32]);
-        let stream = PeerStream::secure(
+        let mut stream = PeerStream::secure(
             tcp,
             peer,
             RecordCipher::new(&k1),
             RecordCipher::new(&k2),
             b"early".to_vec(),
         );
-        let remote = SecureStream::new(
+        let mut remote = SecureStream::new(
             remote,
             RecordCipher::new(&k2),
             RecordCipher::new(&k1),
             Vec::new(),
         );
-        forward_both_ways(stream, remote, b"early").await;
+        // The application read the early data and part of a record before forwarding: the
+        // rest of that record waits opened in the stream's buffer.
+        remote.write_all(b"abcdef").await.unwrap();
+        let mut first = [0u8; 7];
+        stream.read_exact(&mut first[..5]).await.unwrap();
+        stream.read_exact(&mut first[5..]).await.unwrap();
+        assert_eq!(&first, b"earlyab");
+        forward_both_ways(stream, remote, b"cdef").await;
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_stream_cut_short_while_forwarding_is_an_error() {
+        let (remote, tcp) = tcp_pair().await;
+        let peer = tcp.peer_addr().unwrap();
+        let mut stream = PeerStream::secure(
+            tcp,
+            peer,
+            RecordCipher::new(&[5; 32]),
+            RecordCipher::new(&[6; 32]),
+            Vec::new(),
+        );
+        let (_app, mut local) = tcp_pair().await;
+        let forwarding = tokio::spawn(async move { stream.forward_tcp(&mut local).await });
+        // A FIN without a `close` record: what an attacker who cuts the stream short sends.
+        drop(remote);
+        let err = tokio::time::timeout(FORWARD_TEST_TIMEOUT, forwarding)
+            .await
+            .expect("forwarding ended in time")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        assert!(err.to_string().contains("cut short"), "{err}");
     }
 
     #[tokio::test]
