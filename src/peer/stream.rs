@@ -7,7 +7,7 @@
 //! record before the FIN, so that an attacker who cuts the TCP stream short is noticed: EOF
 //! without it is an error.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Shutdown, SocketAddr};
 use std::ops::Range;
 use std::pin::Pin;
@@ -25,9 +25,11 @@ use crate::protocol::{
 const WRITE_BATCH: usize = 4 * MAX_RECORD_BODY;
 /// Ciphertext read per system call.
 const READ_CHUNK: usize = 256 * 1024;
-/// Records sealed per write when forwarding from a local connection that has the bytes
-/// ready: about 256 KiB per system call.
+/// Records sealed per read and write when forwarding from a local connection that has the
+/// bytes ready: about 256 KiB per system call.
 const FORWARD_RECORDS: usize = 4;
+/// Room for one record of the largest size while forwarding.
+const FORWARD_SLOT: usize = MAX_RECORD_BODY + RECORD_OVERHEAD;
 /// How long a refusal may take to reach the client before the stream is dropped anyway.
 const REFUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -281,9 +283,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
 
 impl SecureStream<TcpStream> {
     /// Forwards between this stream and `local` (see [`crate::forward_tcp`]) without copying
-    /// in user space: bytes from `local` are read straight into records and sealed in place,
-    /// up to [`FORWARD_RECORDS`] per write; records from the peer are opened in place and
-    /// written to `local` from the read buffer, all that one read brought in one write.
+    /// in user space: bytes from `local` are read straight into records (up to
+    /// [`FORWARD_RECORDS`] with one read) and sealed in place; records from the peer are
+    /// opened in place and written to `local` from the read buffer, all that one read
+    /// brought with one write.
     async fn forward_tcp(&mut self, local: &TcpStream) -> io::Result<(u64, u64)> {
         // What an earlier write left unsent goes first.
         std::future::poll_fn(|cx| self.poll_drain(cx)).await?;
@@ -338,40 +341,34 @@ impl SecureStream<TcpStream> {
             if *close_queued {
                 return Ok(0);
             }
-            let mut buf = vec![0u8; FORWARD_RECORDS * (MAX_RECORD_BODY + RECORD_OVERHEAD)];
+            let mut buf = vec![0u8; FORWARD_RECORDS * FORWARD_SLOT];
             let mut total = 0u64;
             loop {
-                let (mut end, mut eof) = (0, false);
-                for i in 0..FORWARD_RECORDS {
-                    let body = &mut buf[end + RECORD_BODY_AT..][..MAX_RECORD_BODY];
-                    // The first read waits; more records join the write only if their bytes
-                    // are there already.
-                    let n = if i == 0 {
-                        read(local, body).await?
-                    } else {
-                        match local.try_read(body) {
-                            Ok(n) => n,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e),
-                        }
-                    };
-                    if n == 0 {
-                        eof = true;
-                        break;
-                    }
-                    end += seal_record_in_place(send, record::DATA, &mut buf[end..], n);
-                    total += n as u64;
-                    if n < MAX_RECORD_BODY {
-                        break;
-                    }
-                }
-                if eof {
-                    // A slot was left for the read that found the end: room for `close`.
-                    end += seal_record_in_place(send, record::CLOSE, &mut buf[end..], 0);
+                // One read fills the bodies of up to FORWARD_RECORDS records.
+                let n = {
+                    let mut slots = buf.chunks_mut(FORWARD_SLOT);
+                    let mut bodies: [IoSliceMut; FORWARD_RECORDS] = std::array::from_fn(|_| {
+                        let slot = slots.next().expect("FORWARD_RECORDS slots");
+                        IoSliceMut::new(&mut slot[RECORD_BODY_AT..][..MAX_RECORD_BODY])
+                    });
+                    read_vectored(local, &mut bodies).await?
+                };
+                let mut end = 0;
+                if n == 0 {
+                    end = seal_record_in_place(send, record::CLOSE, &mut buf, 0);
                     *close_queued = true;
                 }
+                // A full body makes a record exactly one slot long, so the records follow
+                // each other without a gap.
+                let mut left = n;
+                while left > 0 {
+                    let body = left.min(MAX_RECORD_BODY);
+                    end += seal_record_in_place(send, record::DATA, &mut buf[end..], body);
+                    left -= body;
+                }
+                total += n as u64;
                 write_all(peer, &buf[..end]).await?;
-                if eof {
+                if n == 0 {
                     break;
                 }
             }
@@ -382,11 +379,12 @@ impl SecureStream<TcpStream> {
     }
 }
 
-/// Reads from a stream shared with a writer (readiness, then a non-blocking read).
-async fn read(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads into `bufs` in order, from a stream shared with a writer (readiness, then a
+/// non-blocking read).
+async fn read_vectored(from: &TcpStream, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
     loop {
         from.readable().await?;
-        match from.try_read(buf) {
+        match from.try_read_vectored(bufs) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             r => return r,
         }
