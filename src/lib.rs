@@ -62,9 +62,15 @@ where
 }
 
 /// [`forward`] between a peer stream and a local TCP connection (half-close kept; returns the
-/// bytes `(from the peer, to the peer)`). On Linux and Android the bytes of an unencrypted
-/// stream never pass through user space: each direction moves them with `splice(2)` through
-/// a pipe. Elsewhere, and for encrypted streams, they are copied.
+/// bytes `(from the peer, to the peer)`), with as little copying as the stream allows: an
+/// encrypted stream's records are read and sealed, and opened and written, in place (no copy
+/// in user space, up to four records per system call); on Linux and Android an unencrypted
+/// stream's bytes never reach user space: each direction moves them with `splice(2)` through
+/// a pipe. Elsewhere an unencrypted stream is copied as [`forward`] does.
+///
+/// `splice(2)` cannot suppress `SIGPIPE` when the other side has gone: Rust programs ignore
+/// that signal (the standard library's start-up does), a host program of another language
+/// must ignore it too.
 pub async fn forward_tcp(
     stream: &mut PeerStream,
     local: &mut TcpStream,

@@ -15,7 +15,7 @@ use p2pnc::ConnectOptions;
 use p2pnc::protocol::{self, RelayTicket, Role, SessionId};
 use p2pnc::server::{RelayConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(10);
@@ -465,7 +465,7 @@ async fn one_address_cannot_break_nat_detection_for_others() {
     assert!(seen.starts_with("127.0.0.66:"), "{seen}");
     // And an honest client's probe is recorded and used: its mapping is measured.
     let token = protocol::ProbeToken::random();
-    let probe = TcpSocket::new_v4().unwrap();
+    let probe = tokio::net::TcpSocket::new_v4().unwrap();
     probe.set_reuseport(true).unwrap();
     probe.set_reuseaddr(true).unwrap();
     probe.bind(SocketAddr::new(honest, 0)).unwrap();
@@ -476,7 +476,7 @@ async fn one_address_cannot_break_nat_detection_for_others() {
         .unwrap();
     let mut line = String::new();
     p.read_to_string(&mut line).await.unwrap();
-    let control = TcpSocket::new_v4().unwrap();
+    let control = tokio::net::TcpSocket::new_v4().unwrap();
     control.set_reuseport(true).unwrap();
     control.set_reuseaddr(true).unwrap();
     control.bind(local).unwrap();

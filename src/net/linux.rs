@@ -4,13 +4,12 @@
 //! UDP sockets is in `error_queue`.)
 
 use std::io;
-use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
-use socket2::{SockRef, Socket};
+use socket2::Socket;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -101,27 +100,11 @@ pub(crate) async fn splice_bidirectional(
     local: &TcpStream,
 ) -> io::Result<(u64, u64)> {
     let down = async {
-        write_all(local, head).await?;
+        super::write_all_shared(local, head).await?;
         let spliced = splice_one_way(peer, local).await?;
         Ok::<_, io::Error>(head.len() as u64 + spliced)
     };
     tokio::try_join!(down, splice_one_way(local, peer))
-}
-
-/// Writes all of `bytes` to `to` (shared, so that the other direction may read from it).
-async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = to
-            .async_io(Interest::WRITABLE, || {
-                rustix::io::write(to, bytes).map_err(io::Error::from)
-            })
-            .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n..];
-    }
-    Ok(())
 }
 
 /// Splices `from` into `to` until `from` ends, then shuts `to`'s write side down. Returns the
@@ -159,12 +142,7 @@ async fn splice_one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
         }
         total += n as u64;
     }
-    match SockRef::from(to).shutdown(Shutdown::Write) {
-        // The peer already closed both ways: nothing is left to tell it (as tokio's own
-        // shutdown has it).
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-        r => r?,
-    }
+    super::shutdown_write(to)?;
     Ok(total)
 }
 

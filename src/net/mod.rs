@@ -419,6 +419,30 @@ pub fn watch_liveness(stream: &TcpStream) -> io::Result<()> {
     sys::set_dead_path_timeout(&socket, STREAM_USER_TIMEOUT)
 }
 
+/// Writes all of `bytes` to `to`, a stream that another task may read at the same time
+/// (readiness, then non-blocking writes).
+pub(crate) async fn write_all_shared(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        to.writable().await?;
+        match to.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Shuts the write side of `to` down (sends its FIN). As with tokio's own shutdown, a peer that
+/// already closed both ways is no error: nothing is left to tell it.
+pub(crate) fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+    match SockRef::from(to).shutdown(std::net::Shutdown::Write) {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        r => r,
+    }
+}
+
 /// This host's candidate addresses for `port`: every non-loopback, non-link-local address of
 /// `peer`'s family.
 pub fn local_candidates(port: u16, family_of: &SocketAddr) -> Vec<SocketAddr> {

@@ -8,7 +8,7 @@
 //! without it is an error.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -16,6 +16,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::net;
 use crate::protocol::{
     MAX_RECORD_BODY, RECORD_BODY_AT, RECORD_OVERHEAD, RecordCipher, record, seal_record,
     seal_record_in_place,
@@ -307,7 +308,7 @@ impl SecureStream<TcpStream> {
         let peer: &TcpStream = peer;
         let down = async {
             let head = &prefix[*prefix_pos..];
-            write_all(local, head).await?;
+            net::write_all_shared(local, head).await?;
             *prefix_pos = prefix.len();
             let mut total = head.len() as u64;
             let mut ranges = Vec::with_capacity(READ_CHUNK / MAX_RECORD_BODY + 2);
@@ -334,7 +335,7 @@ impl SecureStream<TcpStream> {
                     return Err(RecordError::Truncated.into());
                 }
             }
-            shutdown_write(local)?;
+            net::shutdown_write(local)?;
             Ok::<_, io::Error>(total)
         };
         let up = async {
@@ -367,12 +368,12 @@ impl SecureStream<TcpStream> {
                     left -= body;
                 }
                 total += n as u64;
-                write_all(peer, &buf[..end]).await?;
+                net::write_all_shared(peer, &buf[..end]).await?;
                 if n == 0 {
                     break;
                 }
             }
-            shutdown_write(peer)?;
+            net::shutdown_write(peer)?;
             Ok(total)
         };
         tokio::try_join!(down, up)
@@ -400,20 +401,6 @@ async fn read_buf(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
             r => return r,
         }
     }
-}
-
-/// Writes all of `bytes` to a stream shared with a reader.
-async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        to.writable().await?;
-        match to.try_write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Writes the `ranges` of `buf` to `to`, as few system calls as the socket allows, and
@@ -450,15 +437,6 @@ async fn write_ranges(
     }
     ranges.clear();
     Ok(())
-}
-
-/// Half-closes `to` (as tokio's own shutdown, a peer that already closed both ways is no
-/// error).
-fn shutdown_write(to: &TcpStream) -> io::Result<()> {
-    match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-        r => r,
-    }
 }
 
 /// A proven stream to the peer: bytes written here reach the other end, encrypted unless
