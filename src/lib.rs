@@ -47,8 +47,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Size of each copy buffer when forwarding: large enough for tens of Mbit/s per stream with
-/// few system calls.
-const FORWARD_BUFFER: usize = 64 * 1024;
+/// few system calls, and exactly one record's body, so that a chunk copied into an encrypted
+/// stream is sealed as one full record (64 KiB made a full record and an 18-byte one).
+const FORWARD_BUFFER: usize = protocol::MAX_RECORD_BODY;
 
 /// Copies both directions until both have closed, keeping TCP half-close: when one side
 /// finishes sending, the other side's write half is shut down and the reverse direction goes
