@@ -33,9 +33,9 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 const TCPDUMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a capture is read while waiting for a session's last packets.
 const CAPTURE_POLL: Duration = Duration::from_millis(50);
-/// tcpdump's capture buffer (KiB): a session's burst of a few megabytes (each packet seen as
-/// it enters and as it leaves the router) fits without loss, where the default 2 MiB did not
-/// always.
+/// tcpdump's capture buffer (KiB, the default is 2 MiB): a session's burst of a few megabytes,
+/// each packet seen as it enters and as it leaves the router, fits with room to spare (a
+/// dropped packet fails the test).
 const CAPTURE_BUFFER_KIB: &str = "16384";
 
 /// A tcpdump writing every TCP packet the internet router sees (all its interfaces) to a file.
@@ -49,10 +49,10 @@ impl Capture {
         let file = lab.dir().join(format!("{name}.pcap"));
         let path = file.to_str().expect("a UTF-8 lab directory");
         let tcpdump = natlab::tool("tcpdump");
-        // --immediate-mode and -U: every packet reaches the file at once (by default the
-        // kernel hands packets over in blocks, up to a second late, and what is still in a
-        // block when tcpdump stops is lost unseen); -Z root: keep the rights to write into
-        // the lab's directory (Debian's tcpdump otherwise drops to its own user).
+        // -U: each packet goes to the file as soon as tcpdump has it (the kernel still hands
+        // packets over in blocks, up to a second late: `finish` waits for the session's last
+        // ones); -Z root: keep the rights to write into the lab's directory (Debian's tcpdump
+        // otherwise drops to its own user).
         let mut proc = lab.spawn(
             Node::Inet,
             &format!("tcpdump-{name}"),
@@ -85,18 +85,19 @@ impl Capture {
     }
 
     /// Waits until the capture holds the end of every flow in `flows` (see [`closed`]), stops
-    /// it and returns its packets; panics when the kernel dropped any (a segment missing from
-    /// the capture could be the one with the marker). The kernel hands packets to tcpdump in
-    /// blocks, up to a second after they passed: stopping as soon as the session ended would
-    /// lose its last packets unseen.
-    fn finish(mut self, flows: &[(Ipv4Addr, Ipv4Addr)]) -> Vec<Packet> {
+    /// it and returns its packets and whether it saw those ends; panics when the kernel
+    /// dropped any packet (a segment missing from the capture could be the one with the
+    /// marker). The kernel hands packets to tcpdump in blocks, up to a second after they
+    /// passed: stopping as soon as the session ended would lose its last packets unseen.
+    fn finish(mut self, flows: &[(Ipv4Addr, Ipv4Addr)]) -> (Vec<Packet>, bool) {
         let deadline = Instant::now() + TCPDUMP_TIMEOUT;
-        while Instant::now() < deadline {
+        let mut complete = false;
+        while !complete && Instant::now() < deadline {
             let packets = self.packets();
-            if flows.iter().all(|&(a, b)| closed(&packets, a, b)) {
-                break;
+            complete = flows.iter().all(|&(a, b)| closed(&packets, a, b));
+            if !complete {
+                std::thread::sleep(CAPTURE_POLL);
             }
-            std::thread::sleep(CAPTURE_POLL);
         }
         let status = self.proc.terminate(TCPDUMP_TIMEOUT);
         let stderr = self.proc.stderr();
@@ -107,7 +108,7 @@ impl Capture {
                 .any(|l| l.trim() == "0 packets dropped by kernel"),
             "tcpdump lost packets; stderr:\n{stderr}"
         );
-        self.packets()
+        (self.packets(), complete)
     }
 }
 
@@ -227,19 +228,9 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// What one capture saw of a session.
-#[derive(Debug)]
-struct Seen {
-    packets: usize,
-    /// TCP payload bytes between the session's endpoints, each way (`(a to b, b to a)`),
-    /// each segment counted once.
-    bytes: (usize, usize),
-    /// Segments anywhere in the capture that hold the marker in clear.
-    marker_hits: usize,
-}
-
-/// The session's traffic in `packets`: the flows between `a` and `b`, and the marker anywhere.
-fn seen(packets: &[Packet], a: Ipv4Addr, b: Ipv4Addr, marker: &[u8]) -> Seen {
+/// TCP payload bytes between `a` and `b` in `packets`, each way (`(a to b, b to a)`), each
+/// segment counted once.
+fn flow_bytes(packets: &[Packet], a: Ipv4Addr, b: Ipv4Addr) -> (usize, usize) {
     let mut bytes = (0, 0);
     let mut counted = std::collections::HashSet::new();
     for p in packets {
@@ -252,14 +243,7 @@ fn seen(packets: &[Packet], a: Ipv4Addr, b: Ipv4Addr, marker: &[u8]) -> Seen {
             bytes.1 += p.payload.len();
         }
     }
-    Seen {
-        packets: packets.len(),
-        bytes,
-        marker_hits: packets
-            .iter()
-            .filter(|p| contains(&p.payload, marker))
-            .count(),
-    }
+    bytes
 }
 
 /// A fresh random marker (ASCII, so a text dump of the capture would show it too) and a
@@ -283,8 +267,9 @@ enum Route {
     Relayed,
 }
 
-/// One echo session from `client` to `id` under capture; checks the echo and the path and
-/// returns what the capture saw of it, or why the session failed.
+/// One echo session from `client` to `id` under capture; checks the echo, the path and that
+/// the capture holds the session's flows, and returns in how many captured segments the
+/// marker was in clear (or why the session failed).
 fn captured_session(
     lab: &Lab,
     client: Node,
@@ -292,7 +277,7 @@ fn captured_session(
     extra: &[&str],
     route: Route,
     name: &str,
-) -> Result<Seen, String> {
+) -> Result<usize, String> {
     // The two ends of each flow that carries the session across the internet router.
     let ends: Vec<(Ipv4Addr, Ipv4Addr)> = match route {
         Route::Direct => vec![(OUTSIDE_IP, lab.public_ip(Site::B))],
@@ -304,7 +289,7 @@ fn captured_session(
     let (marker, payload) = marker_payload();
     let capture = Capture::start(lab, name);
     let run = lab.connect_stdio_with(client, id, Some(SECRET), &payload, SESSION_TIMEOUT, extra);
-    let packets = capture.finish(&ends);
+    let (packets, complete) = capture.finish(&ends);
     let fail = |why: String| {
         Err(format!(
             "{name}: {why}\n--- connect stderr:\n{}",
@@ -324,6 +309,12 @@ fn captured_session(
     let Some(c) = run.connected() else {
         return fail("no connect report".into());
     };
+    if !complete {
+        return fail(format!(
+            "the capture did not see both ends of the session's flows {ends:?} close within \
+             {TCPDUMP_TIMEOUT:?}"
+        ));
+    }
     let (want_path, want_ip) = match route {
         Route::Direct => ("direct", IpAddr::V4(lab.public_ip(Site::B))),
         Route::Relayed => ("relayed", IpAddr::V4(RDV_IP)),
@@ -334,27 +325,28 @@ fn captured_session(
             c.path, c.addr
         ));
     }
-    let mut total = None::<Seen>;
-    for (a, b) in ends {
-        let s = seen(&packets, a, b, &marker);
+    for &(a, b) in &ends {
+        let bytes = flow_bytes(&packets, a, b);
         // Each flow carried the payload both ways (plus the handshake's and records' bytes).
-        if s.bytes.0 < payload.len() || s.bytes.1 < payload.len() {
+        if bytes.0 < payload.len() || bytes.1 < payload.len() {
             return fail(format!(
-                "the capture holds {} packets but only {:?} payload bytes between {a} and {b} \
-                 for a {}-byte echo: it missed the session",
-                s.packets,
-                s.bytes,
+                "the capture holds {} packets but only {bytes:?} payload bytes between {a} and \
+                 {b} for a {}-byte echo: it missed the session",
+                packets.len(),
                 payload.len()
             ));
         }
-        eprintln!(
-            "{name}: {} packets captured, {:?} bytes {a} <-> {b}, marker in clear in {} \
-             segments",
-            s.packets, s.bytes, s.marker_hits
-        );
-        total.get_or_insert(s);
+        eprintln!("{name}: {bytes:?} bytes {a} <-> {b}");
     }
-    Ok(total.expect("at least one flow"))
+    let hits = packets
+        .iter()
+        .filter(|p| contains(&p.payload, &marker))
+        .count();
+    eprintln!(
+        "{name}: {} packets captured, the marker in clear in {hits} segments",
+        packets.len()
+    );
+    Ok(hits)
 }
 
 fn start_service(lab: &Lab, id: &str, extra: &[&str]) -> Proc {
@@ -434,10 +426,9 @@ fn the_marker_never_crosses_the_internet_in_clear_unless_both_ends_opt_out() {
     let mut failures = Vec::new();
     for (name, client, id, extra, route, clear) in cases {
         match captured_session(&lab, client, id, extra, route, name) {
-            Ok(seen) if (seen.marker_hits > 0) == clear => {}
-            Ok(seen) => failures.push(format!(
-                "{name}: the marker was in clear in {} captured segments; expected {}",
-                seen.marker_hits,
+            Ok(hits) if (hits > 0) == clear => {}
+            Ok(hits) => failures.push(format!(
+                "{name}: the marker was in clear in {hits} captured segments; expected {}",
                 if clear { "some" } else { "none" }
             )),
             Err(e) => failures.push(e),
