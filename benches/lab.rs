@@ -5,9 +5,10 @@
 //!   first echoed byte on its stdout over a direct path, RTT 40 ms between any two hosts, against
 //!   the same measurement for a plain TCP client through a port forward on B's router (spawn,
 //!   connect, 1 byte echoed: 2 RTT plus process start).
-//! - **throughput**: bytes pushed one way through `connect --listen` → direct path → `expose` →
-//!   a sink, against plain TCP through a port forward to the same sink, with 20 ms one-way delay
-//!   and without.
+//! - **throughput**: iperf3 one way through `connect --listen` → direct path → `expose`,
+//!   encrypted and with `--no-encrypt`, and the library on both ends without a proxy, against
+//!   iperf3 through a port forward, with 20 ms one-way delay and without; with the CPU time
+//!   the p2pnc processes spend per GB.
 //! - **grid**: every pair of lab NAT kinds (client site × agent site), server with `--relay`:
 //!   which path each session took and its setup time (the connect report's `setup_ms`).
 //! - **warm**: local connections through `connect --listen`, from their TCP connect to the
@@ -26,6 +27,9 @@ mod lab_support;
 #[cfg(target_os = "linux")]
 #[path = "lab/linux.rs"]
 mod linux;
+#[cfg(target_os = "linux")]
+#[path = "lab/throughput.rs"]
+mod throughput;
 
 fn main() -> std::process::ExitCode {
     #[cfg(target_os = "linux")]

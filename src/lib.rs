@@ -46,10 +46,12 @@ pub use peer::warm::{Peer, WarmOptions};
 pub use tls::Trust;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 /// Size of each copy buffer when forwarding: large enough for tens of Mbit/s per stream with
-/// few system calls.
-const FORWARD_BUFFER: usize = 64 * 1024;
+/// few system calls, and exactly one record's body, so that a chunk copied into an encrypted
+/// stream is sealed as one full record (64 KiB made a full record and an 18-byte one).
+const FORWARD_BUFFER: usize = protocol::MAX_RECORD_BODY;
 
 /// Copies both directions until both have closed, keeping TCP half-close: when one side
 /// finishes sending, the other side's write half is shut down and the reverse direction goes
@@ -60,4 +62,21 @@ where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     tokio::io::copy_bidirectional_with_sizes(a, b, FORWARD_BUFFER, FORWARD_BUFFER).await
+}
+
+/// [`forward`] between a peer stream and a local TCP connection (half-close kept; returns the
+/// bytes `(from the peer, to the peer)`), with as little copying as the stream allows: an
+/// encrypted stream's records are read and sealed, and opened and written, in place (no copy
+/// in user space, up to four records per system call); on Linux and Android an unencrypted
+/// stream's bytes never reach user space: each direction moves them with `splice(2)` through
+/// a pipe. Elsewhere an unencrypted stream is copied as [`forward`] does.
+///
+/// `splice(2)` cannot suppress `SIGPIPE` when the other side has gone: Rust programs ignore
+/// that signal (the standard library's start-up does), a host program of another language
+/// must ignore it too.
+pub async fn forward_tcp(
+    stream: &mut PeerStream,
+    local: &mut TcpStream,
+) -> std::io::Result<(u64, u64)> {
+    stream.forward_tcp(local).await
 }

@@ -150,15 +150,23 @@ struct Transfer {
 
 /// Runs one transfer: a service on host B (in this process) that sends the stream `seed+1`
 /// while hashing what it receives, `expose` in front of it, and `connect --stdio` on host A
-/// fed with the stream `seed` while its output is hashed.
-fn transfer(lab: &Lab, seed: u64) -> Transfer {
+/// fed with the stream `seed` while its output is hashed. `encrypt: false` runs both ends with
+/// `--no-encrypt` (and `expose` splices the stream to the service in the kernel).
+fn transfer(lab: &Lab, seed: u64, encrypt: bool) -> Transfer {
+    let no_encrypt: &[&str] = if encrypt { &[] } else { &["--no-encrypt"] };
     let table = Arc::new(natlab::pattern(seed ^ 0x7ab1e, TABLE));
     let svc_ns = lab.ns(Node::Host(Site::B));
     let listener = in_netns(&svc_ns, || {
         TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], SVC_PORT)))
     })
     .expect("service listener");
-    let _agent = lab.start_agent(Node::Host(Site::B), "svc", SVC_PORT, Auth::Secret(SECRET));
+    let _agent = lab.start_agent_with(
+        Node::Host(Site::B),
+        "svc",
+        SVC_PORT,
+        Auth::Secret(SECRET),
+        no_encrypt,
+    );
     let rdv_before = lab.rdv_bytes();
 
     // The service: one connection, both directions at once.
@@ -206,6 +214,7 @@ fn transfer(lab: &Lab, seed: u64) -> Transfer {
         .p2pnc("connect-bulk")
         .args(["connect", "--report", "json", "--server", &url])
         .args(["--peer", "svc", "--secret", SECRET, "--stdio"])
+        .args(no_encrypt)
         .pipe_stdin()
         .pipe_stdout();
     let mut client = lab.spawn_cmd(Node::Host(Site::A), spec);
@@ -242,10 +251,16 @@ fn transfer(lab: &Lab, seed: u64) -> Transfer {
         client_got.unwrap_or_else(|e| panic!("{}", ctx(&format!("client receiving: {e}")))),
     );
     let ((down_sent, _), (up_got, up_end)) = service.unwrap_or_else(|e| panic!("{}", ctx(&e)));
-    let connected = lab_support::reports(&stderr)
+    let reports = lab_support::reports(&stderr);
+    let connected = reports
         .iter()
         .find_map(lab_support::Report::connected)
         .unwrap_or_else(|| panic!("{}", ctx("no `ok` connect report")));
+    assert!(
+        reports.iter().any(|r| r.encrypted == Some(encrypt)),
+        "{}",
+        ctx(&format!("no report of a stream with encrypted: {encrypt}"))
+    );
     let setup = Duration::from_millis(connected.ms);
     let setup_end = started + setup;
     Transfer {
@@ -305,7 +320,7 @@ fn a_gib_each_way_crosses_the_direct_path_intact() {
             .second_hosts(false),
     );
     let _server = lab.start_server();
-    let t = transfer(&lab, 1);
+    let t = transfer(&lab, 1, true);
     judge("direct", &t);
     assert_eq!(t.connected.path, "direct");
     assert_eq!(t.connected.addr.ip(), lab.wan_ip(Site::B));
@@ -314,6 +329,22 @@ fn a_gib_each_way_crosses_the_direct_path_intact() {
         "the rendezvous host moved {} bytes during a direct transfer",
         t.rdv_bytes
     );
+}
+
+/// With `--no-encrypt` on both ends the agent splices the stream to its service inside the
+/// kernel: the same bytes, in order, with half-close.
+#[natlab::lab_test]
+fn a_gib_each_way_crosses_the_direct_path_intact_unencrypted() {
+    let lab = Lab::new(
+        LabConfig::new(Nat::RestrictedRst, Nat::RestrictedDrop)
+            .without_delay_box()
+            .second_hosts(false),
+    );
+    let _server = lab.start_server();
+    let t = transfer(&lab, 3, false);
+    judge("direct, unencrypted", &t);
+    assert_eq!(t.connected.path, "direct");
+    assert_eq!(t.connected.addr.ip(), lab.wan_ip(Site::B));
 }
 
 #[natlab::lab_test]
@@ -326,7 +357,7 @@ fn a_gib_each_way_crosses_the_relay_intact() {
             .second_hosts(false),
     );
     let _server = lab.start_server_with(&["--relay", "--relay-rate", &(64u64 << 30).to_string()]);
-    let t = transfer(&lab, 2);
+    let t = transfer(&lab, 2, true);
     judge("relayed", &t);
     assert_eq!(t.connected.path, "relayed");
     assert_eq!(t.connected.addr, SocketAddr::from((RDV_IP, SERVER_PORT)));

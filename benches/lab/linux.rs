@@ -1,9 +1,7 @@
 //! The benchmarks (Linux only: the NAT lab is made of network namespaces).
 
 use crate::lab_support::{self, Auth, P2pncLab, Report};
-use natlab::{
-    Cgn, EchoServer, Firewall, Lab, LabConfig, Nat, Node, Proc, SinkServer, Site, Spawn, in_netns,
-};
+use natlab::{Cgn, EchoServer, Firewall, Lab, LabConfig, Nat, Node, Proc, Site, Spawn, in_netns};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
@@ -15,18 +13,15 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "bench-secret-51c2";
 /// Echo service on host B (all addresses: reached by the agent and by the port forward).
 const ECHO_PORT: u16 = 50302;
-/// Sink service on host B.
-const SINK_PORT: u16 = 50303;
 /// Port forwards on B's router (below the ephemeral port range, so no punch port collides).
 const FWD_ECHO_PORT: u16 = 20302;
-const FWD_SINK_PORT: u16 = 20303;
-/// `connect --listen` port on host A's loopback.
+/// `connect --listen` port on host A's loopback (the warm-path bench).
 const LISTEN_PORT: u16 = 9000;
 /// First argument that turns this binary into the plain TCP client of the latency baseline.
 const HELPER_ARG: &str = "__tcp-client";
 
 /// One-way delay of every internet attachment (ms): RTT between any two hosts is twice that.
-const DELAY_MS: u32 = 20;
+pub(crate) const DELAY_MS: u32 = 20;
 const RTT_MS: f64 = 2.0 * DELAY_MS as f64;
 /// Measured runs per latency figure, after `LATENCY_WARMUP` unmeasured ones.
 const LATENCY_RUNS: usize = 21;
@@ -46,13 +41,6 @@ const TARGET_RTT: f64 = 4.5;
 /// echo, in RTTs (the target for carrier-grade NAT).
 const MAX_EXTRA_RTT: f64 = 0.5;
 
-/// Bytes per throughput transfer (with the 20 ms delay, and without: large enough that a
-/// transfer lasts about a second or more), and transfers per path and delay.
-const TP_BYTES_DELAYED: usize = 128 << 20;
-const TP_BYTES_UNDELAYED: usize = 512 << 20;
-const TP_REPS: usize = 5;
-const TP_TARGET_RATIO: f64 = 0.8;
-
 /// Attempts per grid cell.
 const GRID_ATTEMPTS: usize = 3;
 const GRID_PAYLOAD: usize = 4096;
@@ -61,8 +49,11 @@ const BENCHES: [&str; 4] = ["latency", "throughput", "grid", "warm"];
 
 pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(HELPER_ARG) {
-        return tcp_client(args.get(1).map(String::as_str).unwrap_or(""));
+    match args.first().map(String::as_str) {
+        Some(HELPER_ARG) => return tcp_client(args.get(1).map(String::as_str).unwrap_or("")),
+        Some(crate::throughput::LIB_PUSH_ARG) => return crate::throughput::lib_push(&args[1..]),
+        Some(crate::throughput::LIB_SINK_ARG) => return crate::throughput::lib_sink(&args[1..]),
+        _ => {}
     }
     // `cargo bench` passes `--bench` (and maybe other flags): only bare words name benches.
     let mut selected: Vec<&str> = Vec::new();
@@ -82,7 +73,13 @@ pub fn main() -> ExitCode {
     }
     // Leaves out the cases with IPv6: for a build without IPv6 support (`P2PNC_LAB_BIN`).
     let ipv4_only = args.iter().any(|a| a == "--ipv4-only");
-    if !natlab::require_lab(&[]) {
+    // The throughput benchmark measures with iperf3 (Debian package iperf3).
+    let tools: &[&str] = if selected.contains(&"throughput") {
+        &["iperf3"]
+    } else {
+        &[]
+    };
+    if !natlab::require_lab(tools) {
         return ExitCode::SUCCESS;
     }
 
@@ -101,7 +98,7 @@ pub fn main() -> ExitCode {
         let load = loadavg();
         match *b {
             "latency" => latency(&mut out, &mut problems, ipv4_only),
-            "throughput" => throughput(&mut out, &mut problems),
+            "throughput" => crate::throughput::throughput(&mut out, &mut problems),
             "warm" => warm(&mut out, &mut problems),
             _ => grid(&mut out, &mut problems, ipv4_only),
         }
@@ -141,12 +138,12 @@ pub fn main() -> ExitCode {
 
 /// Text printed to stdout as it comes and kept for `target/lab-bench.txt`.
 #[derive(Default)]
-struct Out {
+pub(crate) struct Out {
     text: String,
 }
 
 impl Out {
-    fn line(&mut self, s: impl AsRef<str>) {
+    pub(crate) fn line(&mut self, s: impl AsRef<str>) {
         let s = s.as_ref();
         println!("{s}");
         self.text.push_str(s);
@@ -211,16 +208,16 @@ fn machine_info() -> String {
 }
 
 /// Nearest-rank percentile of sorted values.
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+pub(crate) fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(f64::total_cmp);
     v
 }
 
-fn nat_name(nat: Nat) -> &'static str {
+pub(crate) fn nat_name(nat: Nat) -> &'static str {
     match nat {
         Nat::None => "none (public)",
         Nat::FullCone => "full cone",
@@ -626,154 +623,6 @@ fn latency_case(
         ));
     }
     Some(medians)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Throughput
-// ---------------------------------------------------------------------------------------------
-
-/// From `node`, connects to a sink at `addr`, waits for its `R` (so path setup is not
-/// timed), then times sending `len` bytes and half-closing until the sink's count comes back.
-fn push(lab: &Lab, node: Node, addr: SocketAddr, len: usize, chunk: &[u8]) -> io::Result<Duration> {
-    in_netns(&lab.ns(node), || {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        s.set_write_timeout(Some(Duration::from_secs(60)))?;
-        natlab::sink_push(s, len, chunk)
-    })
-}
-
-/// Direct connections to `ip` among the first `n` reports of a `connect --listen` process
-/// (waiting up to 5 s for them: each connection reports when it ends).
-fn direct_reports(p: &Proc, n: usize, ip: Ipv4Addr) -> usize {
-    lab_support::wait_reports(p, n, Duration::from_secs(5))
-        .iter()
-        .take(n)
-        .filter_map(Report::connected)
-        .filter(|c| c.path == "direct" && c.addr.ip() == ip)
-        .count()
-}
-
-fn throughput(out: &mut Out, problems: &mut Vec<String>) {
-    let (nat_a, nat_b) = (Nat::RestrictedDrop, Nat::RestrictedRst);
-    out.line(format!(
-        "## throughput: one way, host A → host B (A: {}, B: {})",
-        nat_name(nat_a),
-        nat_name(nat_b)
-    ));
-    out.line("");
-    out.line(format!(
-        "{TP_REPS} transfers per row, p2pnc and plain interleaved; timed from the first byte \
-         sent (after path setup) to the sink's byte count coming back. p2pnc = local TCP into \
-         `connect --listen` on A → direct path → `expose` on B → sink; plain = TCP through a port \
-         forward (DNAT) on B's router to the same sink. MB = 10^6 bytes."
-    ));
-    out.line("");
-    out.line(
-        "| one-way delay | bytes per transfer | path | median MB/s | min | max | p2pnc / plain |",
-    );
-    out.line("|---|---|---|---:|---:|---:|---:|");
-    let lab = Lab::new(
-        LabConfig::new(nat_a, nat_b)
-            .delays(DELAY_MS, DELAY_MS, DELAY_MS)
-            .second_hosts(false),
-    );
-    let _server = lab.start_server();
-    let _sink = SinkServer::start(
-        &lab,
-        Node::Host(Site::B),
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, SINK_PORT)),
-    );
-    let agent = lab.start_agent(
-        Node::Host(Site::B),
-        "sink-b",
-        SINK_PORT,
-        Auth::Secret(SECRET),
-    );
-    let fwd = lab.port_forward(
-        Site::B,
-        FWD_SINK_PORT,
-        SocketAddrV4::new(lab.host_ip(Site::B), SINK_PORT),
-    );
-    let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, LISTEN_PORT);
-    let conn = lab.start_connect_listen(Node::Host(Site::A), "sink-b", Some(SECRET), listen);
-    let chunk = natlab::pattern(7, 1 << 20);
-    let wan_b = lab.wan_ip(Site::B);
-    let a = Node::Host(Site::A);
-    for (delay, len) in [(DELAY_MS, TP_BYTES_DELAYED), (0, TP_BYTES_UNDELAYED)] {
-        lab.set_delays(delay, delay, delay);
-        let (mut plain, mut p2p) = (Vec::new(), Vec::new());
-        for rep in 0..TP_REPS {
-            match push(&lab, a, SocketAddr::V4(fwd), len, &chunk) {
-                Ok(t) => plain.push(len as f64 / t.as_secs_f64() / 1e6),
-                Err(e) => {
-                    problems.push(format!("throughput {delay} ms: plain transfer {rep}: {e}"))
-                }
-            }
-            let reported = lab_support::reports(&conn.stderr()).len();
-            let direct_before = direct_reports(&conn, reported, wan_b);
-            let rdv_before = lab.rdv_bytes();
-            let res = push(&lab, a, SocketAddr::V4(listen), len, &chunk);
-            let rdv = lab.rdv_bytes() - rdv_before;
-            let direct = direct_reports(&conn, reported + 1, wan_b) - direct_before;
-            match res {
-                Ok(t) if direct == 1 && rdv < (len / 8) as u64 => {
-                    p2p.push(len as f64 / t.as_secs_f64() / 1e6)
-                }
-                res => problems.push(format!(
-                    "throughput {delay} ms: p2pnc transfer {rep}: {res:?}, {direct} new direct \
-                     sessions (want 1), rendezvous host moved {rdv} bytes; connect stderr:\n{}\n\
-                     agent stderr:\n{}",
-                    conn.stderr().trim_end(),
-                    agent.stderr().trim_end()
-                )),
-            }
-            eprintln!("throughput {delay} ms: transfer {rep} done");
-        }
-        let (plain, p2p) = (sorted(plain), sorted(p2p));
-        let label = if delay == 0 {
-            "0 ms (no added delay)".to_string()
-        } else {
-            format!("{delay} ms (RTT {} ms)", 2 * delay)
-        };
-        let cells = |v: &[f64]| {
-            if v.is_empty() {
-                "– | – | –".to_string()
-            } else {
-                format!("{:.0} | {:.0} | {:.0}", pct(v, 0.5), v[0], v[v.len() - 1])
-            }
-        };
-        let ratio = if plain.is_empty() || p2p.is_empty() {
-            "–".to_string()
-        } else {
-            let r = pct(&p2p, 0.5) / pct(&plain, 0.5);
-            format!(
-                "{r:.2} ({} target ≥ {TP_TARGET_RATIO})",
-                if r >= TP_TARGET_RATIO {
-                    "meets"
-                } else {
-                    "BELOW"
-                }
-            )
-        };
-        out.line(format!(
-            "| {label} | {} MiB | plain TCP via port forward ({} runs) | {} | |",
-            len >> 20,
-            plain.len(),
-            cells(&plain)
-        ));
-        out.line(format!(
-            "| | | p2pnc, direct ({} runs) | {} | {ratio} |",
-            p2p.len(),
-            cells(&p2p)
-        ));
-    }
-    let ds = lab.delay_stats();
-    out.line("");
-    out.line(format!(
-        "delay box: {} packets, at most {} held at once, {} errors, kernel queue drops {} + {}",
-        ds.packets, ds.max_held, ds.errors, ds.kernel_dropped, ds.kernel_user_dropped
-    ));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 //! Linux and Android: `TCP_INFO` for the handshake state and the RTT, `TCP_USER_TIMEOUT` for a
-//! dead path, and `/proc/self/fd` for the descriptors in use. (The `IP_RECVERR` error queue of
+//! dead path, `/proc/self/fd` for the descriptors in use, and `splice(2)` to forward between
+//! two TCP connections without copying through user space. (The `IP_RECVERR` error queue of
 //! UDP sockets is in `error_queue`.)
 
 use std::io;
@@ -7,7 +8,10 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
+use rustix::pipe::{PipeFlags, SpliceFlags};
 use socket2::Socket;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 pub(super) use super::unix::{PUNCH_PORT_LISTENS, connect_started, server_port, share_port};
 use super::{Handshake, budget_under, unix};
@@ -79,6 +83,67 @@ pub(super) fn raise_fd_limit_to(want: u64) -> u64 {
 pub(super) fn socket_budget() -> usize {
     let open = unix::open_fds(Path::new("/proc/self/fd")).unwrap_or(0);
     budget_under(unix::fd_limit(), open)
+}
+
+/// Most bytes one `splice` call moves: far more than a pipe holds, so each call fills the
+/// pipe as far as the socket allows.
+const SPLICE_CHUNK: usize = 1 << 20;
+
+/// Forwards between two TCP connections like `crate::forward`, keeping half-close, with the
+/// bytes moving inside the kernel: each direction splices from its source socket into a pipe
+/// and from the pipe into the other socket. `head` goes to `local` before anything spliced
+/// from `peer` (bytes that arrived with a handshake). Returns the bytes `(peer to local, local
+/// to peer)`.
+pub(crate) async fn splice_bidirectional(
+    peer: &TcpStream,
+    head: &[u8],
+    local: &TcpStream,
+) -> io::Result<(u64, u64)> {
+    let down = async {
+        super::write_all_shared(local, head).await?;
+        let spliced = splice_one_way(peer, local).await?;
+        Ok::<_, io::Error>(head.len() as u64 + spliced)
+    };
+    tokio::try_join!(down, splice_one_way(local, peer))
+}
+
+/// Splices `from` into `to` until `from` ends, then shuts `to`'s write side down. Returns the
+/// bytes moved.
+///
+/// The pipe is emptied before each refill, so a call that finds no room means the socket on
+/// the other end is not ready: `EAGAIN` is always about the socket, and tokio's readiness
+/// (cleared by `async_io` on `EAGAIN`) stays right.
+async fn splice_one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+    let (pipe_out, pipe_in) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    let mut total = 0u64;
+    loop {
+        let n = from
+            .async_io(Interest::READABLE, || {
+                rustix::pipe::splice(from, None, &pipe_in, None, SPLICE_CHUNK, flags)
+                    .map_err(io::Error::from)
+            })
+            .await?;
+        if n == 0 {
+            break;
+        }
+        let mut left = n;
+        while left > 0 {
+            let m = to
+                .async_io(Interest::WRITABLE, || {
+                    rustix::pipe::splice(&pipe_out, None, to, None, left, flags)
+                        .map_err(io::Error::from)
+                })
+                .await?;
+            if m == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            left -= m;
+        }
+        total += n as u64;
+    }
+    super::shutdown_write(to)?;
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@
 //! - **descriptor limits**: `RLIMIT_NOFILE`, capped by `kern.maxfilesperproc` and `OPEN_MAX`
 //!   on macOS; Windows has no per-process limit on sockets (see [`socket_budget`]);
 //! - **ICMP errors of UDP sockets**: an error queue on Linux and Android only (see
-//!   [`ErrorQueue`]).
+//!   [`ErrorQueue`]);
+//! - **forwarding inside the kernel**: `splice(2)` on Linux and Android (see
+//!   [`splice_bidirectional`]); elsewhere bytes are copied through user space.
 
 #[allow(
     dead_code,
@@ -71,6 +73,8 @@ use tokio::net::{TcpListener, TcpStream};
     reason = "the hook of a NAT-depth TTL sweep, tested here; the sweep brings its caller"
 )]
 pub use error_queue::{ErrorQueue, IcmpError, IcmpKind};
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) use linux::splice_bidirectional;
 
 /// Backlog of punch-port listeners.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -420,6 +424,30 @@ pub fn watch_liveness_after(stream: &TcpStream, idle: Duration) -> io::Result<()
         .with_interval(KEEPALIVE_INTERVAL);
     socket.set_tcp_keepalive(&keepalive)?;
     sys::set_dead_path_timeout(&socket, STREAM_USER_TIMEOUT)
+}
+
+/// Writes all of `bytes` to `to`, a stream that another task may read at the same time
+/// (readiness, then non-blocking writes).
+pub(crate) async fn write_all_shared(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        to.writable().await?;
+        match to.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Shuts the write side of `to` down (sends its FIN). As with tokio's own shutdown, a peer that
+/// already closed both ways is no error: nothing is left to tell it.
+pub(crate) fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+    match SockRef::from(to).shutdown(std::net::Shutdown::Write) {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        r => r,
+    }
 }
 
 /// This host's candidate addresses for `port`: every non-loopback, non-link-local address of

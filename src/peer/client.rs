@@ -171,7 +171,7 @@ pub(crate) async fn connect_path(
 /// a round trip later (see [`EarlyData`]). Every byte read from `local` is written to the
 /// returned stream, in order; a byte from the peer reaches the caller only after the agent's
 /// handshake was checked. For forwarding a local connection or stdin: carry on with
-/// [`crate::forward`] on the same `local`.
+/// [`crate::forward_tcp`] (a TCP connection) or [`crate::forward`] on the same `local`.
 pub async fn connect_early<R>(opts: &ConnectOptions, local: &mut R) -> Result<Connection, Error>
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,

@@ -80,6 +80,8 @@ pub struct Report {
     pub session: Option<String>,
     pub bytes_sent: Option<u64>,
     pub bytes_received: Option<u64>,
+    /// Whether the stream was encrypted.
+    pub encrypted: Option<bool>,
     /// Why the stream broke after it was set up.
     pub broke: Option<String>,
     /// The error code of a failure (`peer_offline`, `no_direct_path`, ...).
@@ -242,6 +244,15 @@ pub trait P2pncLab {
         peer: &str,
         secret: Option<&str>,
         listen: SocketAddrV4,
+    ) -> Proc;
+    /// [`P2pncLab::start_connect_listen`] with extra `connect` arguments.
+    fn start_connect_listen_with(
+        &self,
+        node: Node,
+        peer: &str,
+        secret: Option<&str>,
+        listen: SocketAddrV4,
+        extra: &[&str],
     ) -> Proc;
     /// `p2pnc nat-check --json` on `node`.
     fn nat_check(&self, node: Node) -> Result<serde_json::Value, String>;
@@ -414,9 +425,9 @@ impl P2pncLab for Lab {
     ) -> ConnectRun {
         let mut spec = self
             .p2pnc(&format!("connect-{peer}"))
-            .args(extra)
             .args(["connect", "--report", "json", "--server", url])
             .args(["--peer", peer, "--stdio"])
+            .args(extra)
             .pipe_stdin()
             .pipe_stdout();
         if let Some(s) = secret {
@@ -458,12 +469,24 @@ impl P2pncLab for Lab {
         secret: Option<&str>,
         listen: SocketAddrV4,
     ) -> Proc {
+        self.start_connect_listen_with(node, peer, secret, listen, &[])
+    }
+
+    fn start_connect_listen_with(
+        &self,
+        node: Node,
+        peer: &str,
+        secret: Option<&str>,
+        listen: SocketAddrV4,
+        extra: &[&str],
+    ) -> Proc {
         let url = server_url();
         let listen_s = listen.to_string();
         let mut spec = self
             .p2pnc(&format!("connect-listen-{peer}"))
             .args(["connect", "--report", "json", "--server", &url])
-            .args(["--peer", peer, "--listen", &listen_s]);
+            .args(["--peer", peer, "--listen", &listen_s])
+            .args(extra);
         if let Some(s) = secret {
             spec = spec.args(["--secret", s]);
         }

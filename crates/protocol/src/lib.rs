@@ -43,8 +43,9 @@ pub use relay::{
 pub use stream::{
     AGENT_HEAD_LEN, AgentReply, CLIENT_HEAD_LEN, ClientHandshake, ClientHead, DH_PUBLIC_LEN, Flags,
     MAX_EARLY_IN_HELLO, MAX_NOISE_MESSAGE, MAX_RECORD_BODY, NOISE_NK, NOISE_NN, Pattern,
-    RecordCipher, Role, STREAM_MAGIC, StaticKey, StreamError, TAG_LEN, TransportKeys, agent_reply,
-    agent_reply_granting, agent_reply_with, fingerprint, parse_agent_head, record, seal_record,
+    RECORD_BODY_AT, RECORD_OVERHEAD, RecordCipher, Role, STREAM_MAGIC, StaticKey, StreamError,
+    TAG_LEN, TransportKeys, agent_reply, agent_reply_granting, agent_reply_with, fingerprint,
+    parse_agent_head, record, seal_record, seal_record_in_place,
 };
 
 use serde::Serialize;

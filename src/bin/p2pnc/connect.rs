@@ -132,7 +132,7 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
                 Ok(mut conn) => {
                     report(&opts.peer, &conn.info);
                     let early = conn.early_sent;
-                    let carried = p2pnc::forward(&mut conn.stream, &mut local)
+                    let carried = p2pnc::forward_tcp(&mut conn.stream, &mut local)
                         .await
                         .map(|(from, to)| (from, to + early));
                     reports.ended("connect", &opts.peer, &conn.info, &carried);

@@ -106,7 +106,7 @@ async fn expose(
             let Some(mut accepted) = accepted else { return };
             tokio::spawn(async move {
                 if let Ok(mut service) = tokio::net::TcpStream::connect(echo_addr).await {
-                    let _ = p2pnc::forward(&mut accepted.stream, &mut service).await;
+                    let _ = p2pnc::forward_tcp(&mut accepted.stream, &mut service).await;
                 }
             });
         }

@@ -163,7 +163,7 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
                 }
             };
             let _ = service.set_nodelay(true);
-            let carried = p2pnc::forward(&mut accepted.stream, &mut service).await;
+            let carried = p2pnc::forward_tcp(&mut accepted.stream, &mut service).await;
             reports.ended("accept", &id, &accepted.info, &carried);
             match carried {
                 Ok((up, down)) => tracing::info!(
