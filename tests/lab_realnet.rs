@@ -160,6 +160,22 @@ fn depth_seen(lab: &Lab, node: Node) -> (Option<u64>, bool) {
     (report["nat_depth"].as_u64(), report["cgn"] == true)
 }
 
+/// Two rounds of a session each way: host A's client to `b`'s service and host B's client to
+/// `a`'s, each expecting what is paired with the service.
+fn both_ways(
+    lab: &Lab,
+    url: &str,
+    a: (&Service, Expect),
+    b: (&Service, Expect),
+) -> Vec<Result<Connected, String>> {
+    let mut results = Vec::new();
+    for i in 0..2 {
+        results.push(session(lab, url, Node::Host(Site::A), b.0, b.1, 2 * i));
+        results.push(session(lab, url, Node::Host(Site::B), a.0, a.1, 2 * i + 1));
+    }
+    results
+}
+
 fn home(nat: Nat) -> LabConfig {
     LabConfig::new(nat, nat).second_hosts(false)
 }
@@ -246,27 +262,12 @@ fn nat444_on_both_sides_is_direct_both_ways() {
     let _server = lab.start_server();
     let svc_a = expose(&lab, &url, Node::Host(Site::A), "svc-a", &[]);
     let svc_b = expose(&lab, &url, Node::Host(Site::B), "svc-b", &[]);
-    let mut results = Vec::new();
-    for i in 0..2 {
-        let to_b = direct(lab.public_ip(Site::B));
-        results.push(session(
-            &lab,
-            &url,
-            Node::Host(Site::A),
-            &svc_b,
-            to_b,
-            2 * i,
-        ));
-        let to_a = direct(lab.public_ip(Site::A));
-        results.push(session(
-            &lab,
-            &url,
-            Node::Host(Site::B),
-            &svc_a,
-            to_a,
-            2 * i + 1,
-        ));
-    }
+    let results = both_ways(
+        &lab,
+        &url,
+        (&svc_a, direct(lab.public_ip(Site::A))),
+        (&svc_b, direct(lab.public_ip(Site::B))),
+    );
     for c in all_ok(results) {
         assert!(c.ms < GRACE_MS, "{} ms", c.ms);
     }
@@ -360,27 +361,12 @@ fn dual_stack_ends_connect_over_ipv6_through_drop_and_rst_firewalls() {
     let _server = lab.start_server_dual_stack(&[]);
     let svc_a = expose(&lab, &url, Node::Host(Site::A), "svc-a", &[]);
     let svc_b = expose(&lab, &url, Node::Host(Site::B), "svc-b", &[]);
-    let mut results = Vec::new();
-    for i in 0..2 {
-        let to_b = direct(lab.host_ip6(Site::B));
-        results.push(session(
-            &lab,
-            &url,
-            Node::Host(Site::A),
-            &svc_b,
-            to_b,
-            2 * i,
-        ));
-        let to_a = direct(lab.host_ip6(Site::A));
-        results.push(session(
-            &lab,
-            &url,
-            Node::Host(Site::B),
-            &svc_a,
-            to_a,
-            2 * i + 1,
-        ));
-    }
+    let results = both_ways(
+        &lab,
+        &url,
+        (&svc_a, direct(lab.host_ip6(Site::A))),
+        (&svc_b, direct(lab.host_ip6(Site::B))),
+    );
     all_ok(results);
 }
 
@@ -408,27 +394,12 @@ fn a_dual_stack_end_meets_an_ipv4_only_one_over_ipv4_both_ways() {
     let _server = lab.start_server_dual_stack(&[]);
     let svc_a = expose(&lab, &url, Node::Host(Site::A), "svc-a", &[]);
     let svc_b = expose(&lab, &url, Node::Host(Site::B), "svc-b", &[]);
-    let mut results = Vec::new();
-    for i in 0..2 {
-        let to_b = direct(lab.public_ip(Site::B));
-        results.push(session(
-            &lab,
-            &url,
-            Node::Host(Site::A),
-            &svc_b,
-            to_b,
-            2 * i,
-        ));
-        let to_a = direct(lab.public_ip(Site::A));
-        results.push(session(
-            &lab,
-            &url,
-            Node::Host(Site::B),
-            &svc_a,
-            to_a,
-            2 * i + 1,
-        ));
-    }
+    let results = both_ways(
+        &lab,
+        &url,
+        (&svc_a, direct(lab.public_ip(Site::A))),
+        (&svc_b, direct(lab.public_ip(Site::B))),
+    );
     all_ok(results);
 }
 
@@ -446,27 +417,12 @@ fn an_ipv6_only_end_meets_a_dual_stack_one_over_ipv6_both_ways() {
     let _server = lab.start_server_dual_stack(&[]);
     let svc_a = expose(&lab, &url, Node::Host(Site::A), "svc-a", &[]);
     let svc_b = expose(&lab, &url, Node::Host(Site::B), "svc-b", &[]);
-    let mut results = Vec::new();
-    for i in 0..2 {
-        let to_b = direct(lab.host_ip6(Site::B));
-        results.push(session(
-            &lab,
-            &url,
-            Node::Host(Site::A),
-            &svc_b,
-            to_b,
-            2 * i,
-        ));
-        let to_a = direct(lab.host_ip6(Site::A));
-        results.push(session(
-            &lab,
-            &url,
-            Node::Host(Site::B),
-            &svc_a,
-            to_a,
-            2 * i + 1,
-        ));
-    }
+    let results = both_ways(
+        &lab,
+        &url,
+        (&svc_a, direct(lab.host_ip6(Site::A))),
+        (&svc_b, direct(lab.host_ip6(Site::B))),
+    );
     all_ok(results);
 }
 

@@ -230,17 +230,30 @@ impl<S: AsyncRead + Unpin> AsyncRead for SecureStream<S> {
 
 impl<S: AsyncWrite + Unpin> SecureStream<S> {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.wpos < self.wbuf.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf[self.wpos..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.wpos += n;
-        }
-        self.wbuf.clear();
-        self.wpos = 0;
-        Poll::Ready(Ok(()))
+        poll_drain_buf(&mut self.inner, &mut self.wbuf, &mut self.wpos, cx, |_| {})
     }
+}
+
+/// Writes `buf[*pos..]` to `w`, calling `sent` with each write's count, then empties `buf`: the
+/// pending output of a stream that gathers what it writes.
+pub(crate) fn poll_drain_buf<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &mut Vec<u8>,
+    pos: &mut usize,
+    cx: &mut Context<'_>,
+    mut sent: impl FnMut(usize),
+) -> Poll<io::Result<()>> {
+    while *pos < buf.len() {
+        let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[*pos..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        sent(n);
+        *pos += n;
+    }
+    buf.clear();
+    *pos = 0;
+    Poll::Ready(Ok(()))
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {

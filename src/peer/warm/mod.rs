@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::compat::Compat;
 
 use crate::defaults;
+use crate::peer::stream::poll_drain_buf;
 use crate::protocol::warm::{MAX_REFUSAL, STATUS_CONNECTED, STATUS_REFUSED};
 
 pub use self::peer::{Peer, WarmOptions};
@@ -230,17 +231,10 @@ impl<S> PathSocket<S> {
 impl<S: AsyncWrite + Unpin> PathSocket<S> {
     /// Writes what was gathered.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.wpos < self.wbuf.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf[self.wpos..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.meter.sent(n);
-            self.wpos += n;
-        }
-        self.wbuf.clear();
-        self.wpos = 0;
-        Poll::Ready(Ok(()))
+        let meter = &self.meter;
+        poll_drain_buf(&mut self.inner, &mut self.wbuf, &mut self.wpos, cx, |n| {
+            meter.sent(n)
+        })
     }
 }
 
