@@ -86,6 +86,14 @@ impl ServerUrl {
         Ok(self)
     }
 
+    /// Parses a list of server URLs, in order of preference; at least one.
+    pub fn parse_list<S: AsRef<str>>(urls: &[S]) -> Result<Vec<Self>, Error> {
+        if urls.is_empty() {
+            return Err(Error::BadServerUrl(String::new(), "no server given".into()));
+        }
+        urls.iter().map(|u| ServerUrl::parse(u.as_ref())).collect()
+    }
+
     /// Resolves the server's address (first result), within [`SERVER_TIMEOUT`].
     pub async fn resolve(&self) -> Result<SocketAddr, Error> {
         Ok(self.resolve_all().await?[0])
