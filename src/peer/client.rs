@@ -159,7 +159,9 @@ pub struct Connection {
 /// addresses), a server that cannot be reached (refused, silent, a failed TLS handshake; each
 /// step within [`defaults::SERVER_TIMEOUT`]) is passed over for the next address, then the next
 /// server; a server that does not know the peer is passed over for the next server too, since
-/// the agent may be registered with another one. The first punch order wins.
+/// the agent may be registered with another one. The first punch order wins. While another
+/// candidate is left, each step gets 2 s instead of [`defaults::SERVER_TIMEOUT`], so a hung
+/// server delays the connect by about that.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -205,7 +207,7 @@ pub(crate) async fn connect_path(
         let Some(candidate) = tries.next().await else {
             return Err(tries.into_error());
         };
-        match request(opts, candidate.server, &candidate.addrs).await {
+        match request(opts, candidate.server, &candidate.addrs, candidate.patience).await {
             Ok(ordered) => break ordered,
             Err(e) => tries.failed(e, failover::client_next)?,
         }
@@ -268,11 +270,13 @@ struct Ordered {
     keys: Option<ServiceKeys>,
 }
 
-/// Asks `server`, at `servers` (its addresses), for a punch order to the peer.
+/// Asks `server`, at `servers` (its addresses), for a punch order to the peer, allowing
+/// `patience` for each step of opening the control connection.
 async fn request(
     opts: &ConnectOptions,
     server: &ServerUrl,
     servers: &[SocketAddr],
+    patience: Duration,
 ) -> Result<Ordered, Error> {
     let peer = ServiceId::new(&opts.peer).map_err(|e| Error::Refused(e.code, e.message))?;
     // The control connection and the punch share one local port per family, so the server
@@ -304,6 +308,7 @@ async fn request(
         protocol::CONNECT_PATH,
         &query.to_query(),
         opts.token.as_deref(),
+        patience,
     )
     .await
     .map_err(|e| match e {

@@ -9,9 +9,19 @@
 //! behind one name.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::control::ServerUrl;
 use crate::Error;
+use crate::defaults::SERVER_TIMEOUT;
+
+/// Time allowed for each step of opening a control connection (connect, TLS, upgrade) when
+/// another server or address is left to try: a hung server (one whose kernel still accepts
+/// connections) costs a client this, not the full [`SERVER_TIMEOUT`], before it asks the
+/// next. Two seconds cover a SYN lost once (retransmitted after the 1 s initial RTO) and an
+/// upgrade over a path of several hundred milliseconds RTT; the last candidate of a round
+/// gets the full [`SERVER_TIMEOUT`].
+const FAILOVER_STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where an attempt that failed sends the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +88,10 @@ pub(crate) struct Candidate<'a> {
     /// Whether another server, or another address in the same family, could take over from
     /// this one: then a dead server is worth noticing fast.
     pub has_alternative: bool,
+    /// Time allowed for each step of opening the control connection (connect, TLS, upgrade):
+    /// [`FAILOVER_STEP_TIMEOUT`] while another candidate is left in the round, else
+    /// [`SERVER_TIMEOUT`].
+    pub patience: Duration,
 }
 
 impl<'a> Tries<'a> {
@@ -120,6 +134,11 @@ impl<'a> Tries<'a> {
             server: &self.servers[index],
             addrs: self.addrs.clone(),
             has_alternative: self.servers.len() > 1 || same_family > 1,
+            patience: if self.addrs.len() > 1 || self.at < self.order.len() {
+                FAILOVER_STEP_TIMEOUT
+            } else {
+                SERVER_TIMEOUT
+            },
         })
     }
 
@@ -185,6 +204,7 @@ mod tests {
         let c = tries.next().await.unwrap();
         assert_eq!((c.index, c.addrs[0].port()), (1, 2));
         assert!(c.has_alternative);
+        assert_eq!(c.patience, FAILOVER_STEP_TIMEOUT, "two servers are left");
         tries
             .failed(Error::ServerUnreachable("refused".into()), agent_next)
             .unwrap();
@@ -195,6 +215,7 @@ mod tests {
             .unwrap();
         let c = tries.next().await.unwrap();
         assert_eq!(c.index, 2);
+        assert_eq!(c.patience, SERVER_TIMEOUT, "the last candidate");
         tries
             .failed(Error::ServerUnreachable("gone".into()), client_next)
             .unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::ExposeOptions;
 use crate::peer::control::{self, ControlSocket, ServerUrl};
-use crate::peer::failover::{self, Tries};
+use crate::peer::failover::{self, Candidate, Tries};
 use crate::peer::portmap::{self, PortMap};
 use crate::peer::ports::{PortsView, PunchPorts};
 use crate::peer::probe;
@@ -61,7 +61,7 @@ pub(super) async fn register_any(
 ) -> Result<Registration, Error> {
     let mut tries = Tries::in_order(servers, order);
     while let Some(c) = tries.next().await {
-        let attempt = register(opts, stream, c.server, &c.addrs, opts.punch_port, takeover);
+        let attempt = register(opts, stream, &c, takeover);
         match attempt.await {
             Ok(reg) => {
                 return Ok(Registration {
@@ -77,20 +77,18 @@ pub(super) async fn register_any(
 }
 
 /// Binds the punch ports, probes the NAT, maps the port on the router if it can, and
-/// registers with `server` at `addrs` (its addresses, every family). A mapping made for a
+/// registers with the candidate server at its addresses. A mapping made for a
 /// registration that fails is deleted again. `takeover`: replace an online registration of
 /// the same service (an owner's restart); an agent that was itself replaced registers without
 /// it, and waits while the other holds the id.
 async fn register(
     opts: &ExposeOptions,
     stream: &StreamSettings,
-    server: &ServerUrl,
-    addrs: &[SocketAddr],
-    port: u16,
+    candidate: &Candidate<'_>,
     takeover: bool,
 ) -> Result<Registration, Error> {
     // A fresh sweep of the NATs in front with every registration: the network may have changed.
-    let mut ports = PunchPorts::bind(addrs, port, true)?;
+    let mut ports = PunchPorts::bind(&candidate.addrs, opts.punch_port, true)?;
     let (probes, portmap) = probe_and_map(opts, &ports).await;
     let mapped = portmap.as_ref().map(|m| m.external);
     let wanted = Wanted {
@@ -98,7 +96,7 @@ async fn register(
         mapped,
         takeover,
     };
-    match register_with(opts, stream, server, &ports, wanted).await {
+    match register_with(opts, stream, candidate, &ports, wanted).await {
         Ok(reg) => Ok(Registration {
             portmap,
             listeners: ports.take_listeners(),
@@ -225,7 +223,7 @@ struct Wanted {
 async fn register_with(
     opts: &ExposeOptions,
     stream: &StreamSettings,
-    server: &ServerUrl,
+    candidate: &Candidate<'_>,
     ports: &PunchPorts,
     wanted: Wanted,
 ) -> Result<Registration, Error> {
@@ -248,6 +246,7 @@ async fn register_with(
         mapped: wanted.mapped,
         takeover: wanted.takeover,
     };
+    let server = candidate.server;
     let (mut ws, local) = control::open(
         server,
         primary.server,
@@ -255,6 +254,7 @@ async fn register_with(
         protocol::EXPOSE_PATH,
         &query.to_query(),
         opts.token.as_deref(),
+        candidate.patience,
     )
     .await?;
     let mut first = answer(&mut ws, server).await?;
