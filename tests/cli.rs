@@ -805,3 +805,40 @@ async fn a_server_name_with_two_addresses_is_tried_address_by_address() {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(out.stdout, b"by name");
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn expose_stops_on_a_signal_while_it_looks_for_another_server() {
+    let (mut server, addr) = server().await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut agent = Command::new(BIN)
+        .args([
+            "expose",
+            "--server",
+            &format!("http://{addr}"),
+            "--server",
+            &dead,
+        ])
+        .args(["--id", "svc", "--public", "--to", "127.0.0.1:9"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_peer_status(addr, "svc", 200).await;
+    // Both servers gone: the agent goes round them with backoff until stopped.
+    server.0.kill().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(agent.try_wait().unwrap().is_none(), "still looking");
+    let asked = Instant::now();
+    signal(&agent, libc::SIGTERM);
+    let status = exited(&mut agent).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(agent.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("re-registration failed"), "{stderr}");
+    assert!(stderr.contains(&dead), "both servers tried: {stderr}");
+}
