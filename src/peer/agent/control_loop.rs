@@ -80,12 +80,11 @@ pub(super) async fn control_loop(
             }
             m.keep(&tracker, stop.child_token())
         });
-        let reg_index = reg.index;
+        let lost = reg.index;
         let ended = serve_registration(&state, reg, &stop).await;
         if let Some(keeper) = keeper {
             keeper.release().await;
         }
-        let lost = reg_index;
         let n = state.servers.len();
         let (takeover, order): (bool, Vec<usize>) = match ended {
             Ended::Stopped => return,
