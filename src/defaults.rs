@@ -13,6 +13,20 @@ pub const SERVER_LISTEN: &str = "[::]:50300";
 /// Time allowed for resolving, connecting to and upgrading with the server, each.
 pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often an agent that has another server to go to (several servers, or a name with
+/// several addresses) pings its server. Together with [`FAILOVER_SILENCE_LIMIT`] it bounds
+/// how long a dead server goes unnoticed: a dead or hung host sends no RST, and TCP alone
+/// would take minutes. Each ping is a few dozen bytes each way, so a server holding 18 000
+/// such agents answers 12 000 pings a second; an agent with a single server keeps the slower
+/// pace (15 s).
+pub const FAILOVER_PING_INTERVAL: Duration = Duration::from_millis(1500);
+/// An agent that has another server to go to takes its server as lost after this long
+/// without a frame from it: a ping interval, plus a round trip and a lost pong's
+/// retransmission on a path of up to about 300 ms RTT. Noticing within this, then
+/// registering elsewhere (about 1.5 s behind a router that answers no port-mapping request)
+/// keeps the move within 5 s.
+pub const FAILOVER_SILENCE_LIMIT: Duration = Duration::from_millis(2500);
+
 /// How long a punch may take before the attempt is given up: several seconds of retries cover
 /// a lost SYN and the slowest path seen in the lab many times over.
 pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);

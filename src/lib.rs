@@ -37,7 +37,7 @@ pub use peer::agent::{Accepted, Agent, ExposeOptions, WarmCounts, WarmPaths};
 pub use peer::client::{ConnectOptions, Connection, connect, connect_early};
 pub use peer::control::ServerUrl;
 pub use peer::nat_depth::NatDepth;
-pub use peer::natcheck::{NatReport, nat_check};
+pub use peer::natcheck::{NatReport, nat_check, nat_check_any};
 pub use peer::portmap::Survey as PortMappingSurvey;
 pub use peer::punch::{EarlyData, PunchOptions, PunchTtl};
 pub use peer::session::{ConnectionInfo, Path};

@@ -641,3 +641,204 @@ fn log_file_takes_the_log_instead_of_stderr() {
     assert!(!logged.contains('\x1b'), "no terminal colours in a file");
     let _ = std::fs::remove_file(&log);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_repeat_as_flags_and_as_a_list_in_config_files() {
+    let dir = std::env::temp_dir().join(format!("p2pnc-cli-servers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_server, addr) = server().await;
+    let echo = Echo::start().await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let live = format!("http://{addr}");
+    // The flag twice, the dead server first.
+    let _agent = Proc(
+        Command::new(BIN)
+            .args(["expose", "--server", &dead, "--server", &live])
+            .args([
+                "--id",
+                "multi",
+                "--secret",
+                "pw",
+                "--to",
+                &echo.addr.to_string(),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_peer_status(addr, "multi", 200).await;
+    // A list in a config file, the dead server first again.
+    let file = dir.join("connect.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "server = [\"{dead}\", \"{live}\"]\npeer = \"multi\"\nsecret = \"pw\"\nstdio = true\n"
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .arg("connect")
+            .arg("--config")
+            .arg(&file)
+            .env_remove("P2PNC_SERVER")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"listed").unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, b"listed");
+    // Commas separate servers in one value (P2PNC_SERVER), and every one unreachable says
+    // each reason in one line.
+    let other_dead = format!("http://127.0.0.1:{}", free_port());
+    let out = Command::new(BIN)
+        .args(["connect", "--peer", "multi", "--stdio"])
+        .env("P2PNC_SERVER", format!("{dead},{other_dead}"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].starts_with("error: server unreachable: "),
+        "{stderr}"
+    );
+    assert!(
+        errors[0].contains(&dead) && errors[0].contains(&other_dead),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether `CI` is set (to anything but empty, 0 or false), as the NAT lab tests decide.
+fn under_ci() -> bool {
+    match std::env::var("CI") {
+        Ok(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"),
+        Err(std::env::VarError::NotPresent) => false,
+        Err(std::env::VarError::NotUnicode(_)) => true,
+    }
+}
+
+/// `p2pnc` in a mount namespace of its own whose /etc/hosts is `hosts` (needs root).
+fn with_hosts(hosts: &std::path::Path) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+    ])
+    .arg(hosts)
+    .arg(BIN);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_name_with_two_addresses_is_tried_address_by_address() {
+    let hosts = std::env::temp_dir().join(format!("p2pnc-cli-hosts-{}", std::process::id()));
+    // One name, an IPv4 and an IPv6 address; the server listens on the IPv6 one only, and
+    // the IPv4 one (where the control connection goes first) refuses.
+    std::fs::write(&hosts, "127.0.0.1 dual.test\n::1 dual.test\n").unwrap();
+    let probe = with_hosts(&hosts).arg("--version").output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        let why = probe.map_or_else(
+            |e| e.to_string(),
+            |o| String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        );
+        assert!(!under_ci(), "CI must run the two-address test: {why}");
+        eprintln!("skipped: a private /etc/hosts needs root and unshare ({why})");
+        return;
+    }
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let _server = Proc(
+        Command::new(BIN)
+            .args(["server", "--listen", &addr.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::http_get(addr, "/v1/health").await.0 != 200 {
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("http://dual.test:{port}");
+    let echo = Echo::start().await;
+    let _agent = Proc(
+        with_hosts(&hosts)
+            .args(["expose", "--server", &url, "--id", "dual", "--secret", "pw"])
+            .args(["--to", &echo.addr.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_peer_status(addr, "dual", 200).await;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = with_hosts(&hosts)
+            .args([
+                "connect", "--server", &url, "--peer", "dual", "--secret", "pw",
+            ])
+            .arg("--stdio")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"by name").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let _ = std::fs::remove_file(&hosts);
+        out
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, b"by name");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn expose_stops_on_a_signal_while_it_looks_for_another_server() {
+    let (mut server, addr) = server().await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut agent = Command::new(BIN)
+        .args([
+            "expose",
+            "--server",
+            &format!("http://{addr}"),
+            "--server",
+            &dead,
+        ])
+        .args(["--id", "svc", "--public", "--to", "127.0.0.1:9"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_peer_status(addr, "svc", 200).await;
+    // Both servers gone: the agent goes round them with backoff until stopped.
+    server.0.kill().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(agent.try_wait().unwrap().is_none(), "still looking");
+    let asked = Instant::now();
+    signal(&agent, libc::SIGTERM);
+    let status = exited(&mut agent).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(agent.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("re-registration failed"), "{stderr}");
+    assert!(stderr.contains(&dead), "both servers tried: {stderr}");
+}

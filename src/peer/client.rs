@@ -8,6 +8,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::control::{self, ControlSocket, ServerUrl};
+use super::failover::{self, Tries};
 use super::ports::PunchPorts;
 use super::probe;
 use super::punch::{EarlyData, Inbound, PunchFailure, PunchOptions, StreamSettings};
@@ -26,8 +27,12 @@ const REPORT_TIMEOUT: Duration = Duration::from_millis(100);
 /// What to connect to.
 #[derive(Clone)]
 pub struct ConnectOptions {
-    /// The rendezvous server.
+    /// The rendezvous server, the first choice of several (see
+    /// [`ConnectOptions::other_servers`]).
     pub server: ServerUrl,
+    /// Further rendezvous servers, tried in order after `server` when it cannot be reached or
+    /// does not know the peer (see [`connect`]).
+    pub other_servers: Vec<ServerUrl>,
     /// The id the service was exposed under.
     pub peer: String,
     /// The service secret (`None` for services exposed with `--public`).
@@ -54,6 +59,7 @@ impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectOptions")
             .field("server", &self.server)
+            .field("other_servers", &self.other_servers)
             .field("peer", &self.peer)
             .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
             .field("punch", &self.punch)
@@ -70,6 +76,7 @@ impl ConnectOptions {
     pub fn new(server: &str, peer: &str, secret: Option<&str>) -> Result<Self, Error> {
         Ok(ConnectOptions {
             server: ServerUrl::parse(server)?,
+            other_servers: Vec::new(),
             peer: peer.to_string(),
             secret: secret.map(str::to_string),
             punch: PunchOptions::default(),
@@ -78,6 +85,30 @@ impl ConnectOptions {
             encrypt: true,
             peer_pin: None,
         })
+    }
+}
+
+impl ConnectOptions {
+    /// Options with several servers, in order of preference (at least one).
+    pub fn with_servers<S: AsRef<str>>(
+        servers: &[S],
+        peer: &str,
+        secret: Option<&str>,
+    ) -> Result<Self, Error> {
+        let mut servers = ServerUrl::parse_list(servers)?.into_iter();
+        let first = servers.next().expect("a parsed list is not empty");
+        Ok(ConnectOptions {
+            server: first.clone(),
+            other_servers: servers.collect(),
+            ..ConnectOptions::new(&first.to_string(), peer, secret)?
+        })
+    }
+
+    /// Every server, in order of preference: `server`, then `other_servers`.
+    pub fn servers(&self) -> Vec<ServerUrl> {
+        std::iter::once(self.server.clone())
+            .chain(self.other_servers.iter().cloned())
+            .collect()
     }
 }
 
@@ -124,6 +155,14 @@ pub struct Connection {
 
 /// Connects to the service exposed as `opts.peer`.
 ///
+/// With several servers ([`ConnectOptions::other_servers`], or a server name with several
+/// addresses), a server that cannot be reached (refused, silent, a failed TLS handshake; each
+/// step within [`defaults::SERVER_TIMEOUT`]) is passed over for the next address, then the next
+/// server; a server that does not know the peer is passed over for the next server too, since
+/// the agent may be registered with another one. The first punch order wins. While another
+/// candidate is left, each step gets 2 s instead of [`defaults::SERVER_TIMEOUT`], so a hung
+/// server delays the connect by about that.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -162,8 +201,18 @@ pub(crate) async fn connect_path(
     warm: bool,
 ) -> Result<(Connection, Option<bool>), Error> {
     let started = Instant::now();
-    let servers = opts.server.resolve_all().await?;
-    connect_with(opts, &servers, Nonce::random(), started, warm).await
+    let servers = opts.servers();
+    let mut tries = Tries::new(&servers);
+    let ordered = loop {
+        let Some(candidate) = tries.next().await else {
+            return Err(tries.into_error());
+        };
+        match request(opts, candidate.server, &candidate.addrs, candidate.patience).await {
+            Ok(ordered) => break ordered,
+            Err(e) => tries.failed(e, failover::client_next)?,
+        }
+    };
+    punch(opts, ordered, started, warm).await
 }
 
 /// Connects like [`connect`] while reading what `local` already sends (up to
@@ -209,17 +258,30 @@ where
     Ok(conn)
 }
 
-async fn connect_with(
+/// A connect request the server answered with a punch order, and what the punch needs of it.
+struct Ordered {
+    /// The server that sent the order.
+    server: ServerUrl,
+    ports: PunchPorts,
+    /// The NAT probes on their way.
+    tasks: JoinSet<()>,
+    ws: ControlSocket,
+    order: PunchOrder,
+    keys: Option<ServiceKeys>,
+}
+
+/// Asks `server`, at `servers` (its addresses), for a punch order to the peer, allowing
+/// `patience` for each step of opening the control connection.
+async fn request(
     opts: &ConnectOptions,
+    server: &ServerUrl,
     servers: &[SocketAddr],
-    nonce: Nonce,
-    started: Instant,
-    warm: bool,
-) -> Result<(Connection, Option<bool>), Error> {
+    patience: Duration,
+) -> Result<Ordered, Error> {
     let peer = ServiceId::new(&opts.peer).map_err(|e| Error::Refused(e.code, e.message))?;
     // The control connection and the punch share one local port per family, so the server
     // sees the NAT mapping the peer must aim at. The listeners catch SYNs that beat ours out.
-    let mut ports = PunchPorts::bind(servers, 0, false)?;
+    let ports = PunchPorts::bind(servers, 0, false)?;
     let mut tasks = JoinSet::new();
     let keys = opts.secret.as_deref().map(|s| service_keys(s, &opts.peer));
     let primary = ports.primary();
@@ -227,6 +289,7 @@ async fn connect_with(
     let probe_other = ports
         .other()
         .map(|o| spawn_probe(&mut tasks, o.local, o.server));
+    let nonce = Nonce::random();
     let query = ConnectQuery {
         proof: keys
             .as_ref()
@@ -239,12 +302,13 @@ async fn connect_with(
         probe_other,
     };
     let (mut ws, _) = control::open(
-        &opts.server,
+        server,
         primary.server,
         primary.local,
         protocol::CONNECT_PATH,
         &query.to_query(),
         opts.token.as_deref(),
+        patience,
     )
     .await
     .map_err(|e| match e {
@@ -252,8 +316,33 @@ async fn connect_with(
         e => e,
     })?;
     let order = punch_order(&mut ws, &opts.peer).await?;
+    Ok(Ordered {
+        server: server.clone(),
+        ports,
+        tasks,
+        ws,
+        order,
+        keys,
+    })
+}
+
+/// Punches as the order says, and reports the outcome to the server.
+async fn punch(
+    opts: &ConnectOptions,
+    ordered: Ordered,
+    started: Instant,
+    warm: bool,
+) -> Result<(Connection, Option<bool>), Error> {
+    let Ordered {
+        server,
+        mut ports,
+        mut tasks,
+        mut ws,
+        order,
+        keys,
+    } = ordered;
     let stream = stream_settings(opts, keys, &order, warm)?;
-    let at = ports.view().endpoint(&opts.server);
+    let at = ports.view().endpoint(&server);
     tracing::debug!(
         strategy = %order.strategy, mine = %order.your_mapping, peer = %order.peer_mapping,
         relay = ?order.relay_after_ms, ipv6 = ?order.peer_public6, nats = %at.depths.v4,

@@ -2,6 +2,7 @@
 //! WebSocket handshake from a shared punch port, and reading control messages with limits.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -86,6 +87,14 @@ impl ServerUrl {
         Ok(self)
     }
 
+    /// Parses a list of server URLs, in order of preference; at least one.
+    pub fn parse_list<S: AsRef<str>>(urls: &[S]) -> Result<Vec<Self>, Error> {
+        if urls.is_empty() {
+            return Err(Error::BadServerUrl(String::new(), "no server given".into()));
+        }
+        urls.iter().map(|u| ServerUrl::parse(u.as_ref())).collect()
+    }
+
     /// Resolves the server's address (first result), within [`SERVER_TIMEOUT`].
     pub async fn resolve(&self) -> Result<SocketAddr, Error> {
         Ok(self.resolve_all().await?[0])
@@ -131,7 +140,8 @@ impl std::fmt::Display for ServerUrl {
 }
 
 /// Opens a control WebSocket to `path?query` from the shared local address `local`
-/// (port 0 picks one). Returns the socket and the local address it used.
+/// (port 0 picks one), allowing `patience` for each step (connect, TLS, upgrade). Returns the
+/// socket and the local address it used.
 pub async fn open(
     server: &ServerUrl,
     server_addr: SocketAddr,
@@ -139,9 +149,10 @@ pub async fn open(
     path: &str,
     query: &str,
     token: Option<&str>,
+    patience: Duration,
 ) -> Result<(ControlSocket, SocketAddr), Error> {
     let unreachable = |why: String| Error::ServerUnreachable(format!("{server}: {why}"));
-    let tcp = net::connect_from(local, server_addr, None, SERVER_TIMEOUT)
+    let tcp = net::connect_from(local, server_addr, None, patience)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let local = tcp.local_addr()?;
@@ -149,7 +160,7 @@ pub async fn open(
         None => MaybeTls::Plain(tcp),
         Some(trust) => {
             let handshake = tls::connect(trust, &server.host, tcp);
-            match tokio::time::timeout(SERVER_TIMEOUT, handshake).await {
+            match tokio::time::timeout(patience, handshake).await {
                 Err(_) => return Err(unreachable("no TLS handshake in time".into())),
                 Ok(Err(why)) => return Err(Error::Tls(format!("{server}: {why}"))),
                 Ok(Ok(s)) => MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(s))),
@@ -171,7 +182,7 @@ pub async fn open(
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
     let handshake = client_async_with_config(request, stream, Some(config));
-    match tokio::time::timeout(SERVER_TIMEOUT, handshake).await {
+    match tokio::time::timeout(patience, handshake).await {
         Err(_) => Err(unreachable("no WebSocket handshake in time".into())),
         Ok(Ok((ws, _))) => Ok((ws, local)),
         Ok(Err(tungstenite::Error::Http(resp))) => {

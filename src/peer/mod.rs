@@ -8,6 +8,7 @@
 //! - [`punch`]: the punch engine (planning, dialing, birthday punching, the stream handshake,
 //!   early data);
 //! - [`control`]: server URLs and the control WebSocket;
+//! - [`failover`]: several servers, and names with several addresses: which to try next;
 //! - [`probe`], [`relay`]: the peer's halves of the NAT probe and the relay;
 //! - [`ports`]: a punch port per address family, the candidates it announces;
 //! - [`nat_depth`]: how many NATs stand in front, learnt by a TTL sweep toward the server;
@@ -18,6 +19,7 @@
 pub(crate) mod agent;
 pub(crate) mod client;
 pub(crate) mod control;
+pub(crate) mod failover;
 pub(crate) mod nat_depth;
 pub(crate) mod natcheck;
 pub(crate) mod portmap;

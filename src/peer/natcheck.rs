@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::control::ServerUrl;
+use super::failover::{self, Tries};
 use super::nat_depth::{self, NatDepth};
 use super::portmap::{self, Survey};
 use super::probe;
@@ -104,8 +105,25 @@ impl fmt::Display for NatReport {
 /// Runs the checks against `server`, and asks the default gateway which port mapping
 /// protocols it speaks meanwhile (only when the server is on a public address).
 pub async fn nat_check(server: &ServerUrl) -> Result<NatReport, Error> {
+    nat_check_any(std::slice::from_ref(server)).await
+}
+
+/// [`nat_check`] against the first of `servers` (in order, and each address of a name in
+/// turn) that can be reached.
+pub async fn nat_check_any(servers: &[ServerUrl]) -> Result<NatReport, Error> {
+    let mut tries = Tries::new(servers);
+    while let Some(c) = tries.next().await {
+        match check(c.server, &c.addrs).await {
+            Ok(report) => return Ok(report),
+            Err(e) => tries.failed(e, failover::agent_next)?,
+        }
+    }
+    Err(tries.into_error())
+}
+
+/// [`nat_check`] against `server` at `servers` (its addresses).
+async fn check(server: &ServerUrl, servers: &[SocketAddr]) -> Result<NatReport, Error> {
     // IPv4 when the server has it: that is where NATs are.
-    let servers = server.resolve_all().await?;
     let server_addr = *servers.iter().find(|a| a.is_ipv4()).unwrap_or(&servers[0]);
     let survey = async {
         if portmap::worth_trying(server_addr.ip()) {

@@ -26,18 +26,43 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
-    /// The server URL with the trust these flags ask for.
-    pub fn server_url(&self, server: &str) -> Result<ServerUrl> {
-        let url = ServerUrl::parse(server)?;
+    /// The server URLs (`--server`, in order) with the trust these flags ask for, given to
+    /// every `https://` one; at least one must be `https://` when a CA or pin is given.
+    pub fn server_urls(&self, servers: &[String]) -> Result<Vec<ServerUrl>> {
+        let urls = ServerUrl::parse_list(servers)?;
         let trust = match (&self.tls_ca, self.tls_pin.is_empty()) {
             (Some(ca), _) => p2pnc::Trust::ca_file(ca).map_err(|e| anyhow!("--tls-ca: {e}"))?,
             (None, false) => {
                 p2pnc::Trust::pins(&self.tls_pin).map_err(|e| anyhow!("--tls-pin: {e}"))?
             }
-            (None, true) => return Ok(url),
+            (None, true) => return Ok(urls),
         };
-        Ok(url.with_trust(trust)?)
+        if urls.iter().all(|u| u.tls.is_none()) {
+            // Refused by the library, in its words, naming the first URL.
+            urls[0].clone().with_trust(trust.clone())?;
+        }
+        urls.into_iter()
+            .map(|u| match u.tls {
+                Some(_) => Ok(u.with_trust(trust.clone())?),
+                None => Ok(u),
+            })
+            .collect()
     }
+}
+
+/// The rendezvous servers of `expose`, `connect` and `nat-check`.
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Rendezvous server, e.g. http://203.0.113.10:50300; repeat it (or separate URLs by
+    /// commas) for more servers, in order of preference.
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        env = "P2PNC_SERVER",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub servers: Vec<String>,
 }
 
 /// Structured reports of connections, for scripts and tests.

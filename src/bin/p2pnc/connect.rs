@@ -10,7 +10,7 @@ use p2pnc::{ConnectOptions, Peer, WarmOptions};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::args::{PunchArgs, ReportArgs, TlsArgs};
+use crate::args::{PunchArgs, ReportArgs, ServerArgs, TlsArgs};
 
 /// Pause after a failed accept on the local port (descriptors exhausted, say): a retry at
 /// once would spin.
@@ -21,9 +21,8 @@ const PEER_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["stdio", "listen"])))]
 pub struct ConnectArgs {
-    /// Rendezvous server, e.g. http://203.0.113.10:50300.
-    #[arg(long, env = "P2PNC_SERVER")]
-    server: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Id of the exposed service.
     #[arg(long)]
     peer: String,
@@ -64,8 +63,10 @@ pub struct ConnectArgs {
 /// Connects, and forwards until the stream ends (`--stdio`) or until Ctrl-C or SIGTERM
 /// (`--listen`).
 pub async fn run(args: ConnectArgs) -> Result<()> {
+    let mut servers = args.tls.server_urls(&args.server.servers)?.into_iter();
     let opts = ConnectOptions {
-        server: args.tls.server_url(&args.server)?,
+        server: servers.next().expect("at least one --server"),
+        other_servers: servers.collect(),
         peer: args.peer.clone(),
         secret: args.secret.clone(),
         punch: args.punch.options()?,

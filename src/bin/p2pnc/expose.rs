@@ -8,7 +8,7 @@ use p2pnc::{Agent, ExposeOptions};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
-use crate::args::{PunchArgs, ReportArgs, TlsArgs};
+use crate::args::{PunchArgs, ReportArgs, ServerArgs, TlsArgs};
 
 /// How long `expose` waits for the local service to accept a connection.
 const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -16,9 +16,8 @@ const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("auth").required(true).args(["secret", "public"])))]
 pub struct ExposeArgs {
-    /// Rendezvous server, e.g. http://203.0.113.10:50300.
-    #[arg(long, env = "P2PNC_SERVER")]
-    server: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Id to register; clients connect with --peer ID.
     #[arg(long)]
     id: String,
@@ -104,8 +103,10 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
             args.to
         );
     }
+    let mut servers = args.tls.server_urls(&args.server.servers)?.into_iter();
     let opts = ExposeOptions {
-        server: args.tls.server_url(&args.server)?,
+        server: servers.next().expect("at least one --server"),
+        other_servers: servers.collect(),
         punch: args.punch.options()?,
         punch_port: args.punch_port,
         token: args.punch.token.clone(),
@@ -114,7 +115,7 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
         allow_plain: !args.no_plain,
         key: args.key.as_deref().map(load_or_create_key).transpose()?,
         ..ExposeOptions::new(
-            &args.server,
+            &args.server.servers[0],
             &args.id,
             if args.public {
                 None

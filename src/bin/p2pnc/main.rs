@@ -117,9 +117,17 @@ fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
             sub_matches.value_source(&id),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         );
-        if !given {
-            words.push(format!("--{}", setting.flag).into());
-            words.extend(setting.words.into_iter().map(OsString::from));
+        if given {
+            continue;
+        }
+        let flag = OsString::from(format!("--{}", setting.flag));
+        if setting.words.is_empty() {
+            words.push(flag.clone());
+        }
+        // A list (`server = ["http://a", "http://b"]`) repeats the flag once per value.
+        for word in setting.words {
+            words.push(flag.clone());
+            words.push(word.into());
         }
     }
     let at = argv

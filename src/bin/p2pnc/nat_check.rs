@@ -1,16 +1,16 @@
-//! `p2pnc nat-check`: what this host's NAT does, measured against a rendezvous server.
+//! `p2pnc nat-check`: what this host's NAT does, measured against a rendezvous server (the first of
+//! several that answers).
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::args::TlsArgs;
+use crate::args::{ServerArgs, TlsArgs};
 
 /// Flags of `nat-check`.
 #[derive(Args)]
 pub struct NatCheckArgs {
-    /// Rendezvous server, e.g. http://203.0.113.10:50300.
-    #[arg(long, env = "P2PNC_SERVER")]
-    server: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -20,7 +20,8 @@ pub struct NatCheckArgs {
 
 /// Runs the checks and prints the report.
 pub async fn run(args: NatCheckArgs) -> Result<()> {
-    let report = p2pnc::nat_check(&args.tls.server_url(&args.server)?).await?;
+    let servers = args.tls.server_urls(&args.server.servers)?;
+    let report = p2pnc::nat_check_any(&servers).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

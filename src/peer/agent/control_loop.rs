@@ -22,12 +22,15 @@ use super::{AgentState, BACKOFF_MAX, BACKOFF_MIN};
 /// How often an agent replaced by another instance of its service asks for the id again:
 /// it takes over within this long once the other instance has gone.
 const STANDBY_RETRY: Duration = Duration::from_secs(5);
+use crate::defaults::{FAILOVER_PING_INTERVAL, FAILOVER_SILENCE_LIMIT};
 use crate::peer::control::{self, Incoming};
 use crate::protocol::{AgentToServer, ErrorCode, ServerToAgent};
 
-/// How often the agent pings the server; this also keeps its NAT mapping alive.
+/// How often the agent pings the server; this also keeps its NAT mapping alive. With another
+/// server to go to, [`FAILOVER_PING_INTERVAL`] instead.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
-/// A server silent for this long is taken as gone and the agent reconnects.
+/// A server silent for this long is taken as gone and the agent reconnects. With another
+/// server to go to, [`FAILOVER_SILENCE_LIMIT`] instead.
 const SERVER_SILENCE_LIMIT: Duration = Duration::from_secs(40);
 /// Pause after a failed accept on the punch port (descriptors exhausted, say): a retry at
 /// once would spin.
@@ -57,8 +60,9 @@ pub(super) async fn control_loop(
 ) {
     loop {
         tracing::info!(
-            "registered as '{}' (public endpoint {}, punch port {}, NAT mapping {})",
+            "registered as '{}' with {} (public endpoint {}, punch port {}, NAT mapping {})",
             state.opts.id,
+            reg.server,
             reg.public,
             reg.local.port(),
             reg.mapping
@@ -76,16 +80,26 @@ pub(super) async fn control_loop(
             }
             m.keep(&tracker, stop.child_token())
         });
+        let lost = reg.index;
         let ended = serve_registration(&state, reg, &stop).await;
         if let Some(keeper) = keeper {
             keeper.release().await;
         }
-        let takeover = match ended {
+        let n = state.servers.len();
+        let (takeover, order): (bool, Vec<usize>) = match ended {
             Ended::Stopped => return,
-            Ended::Lost => true,
+            // Back to the order of preference, the lost server last: no flapping between
+            // servers, and no wait on a dead one while another is up.
+            Ended::Lost => (true, (0..n).filter(|&i| i != lost).chain([lost]).collect()),
             // Replaced by another instance of the same service: wait while it holds the id
-            // instead of taking turns replacing each other.
-            Ended::Replaced => false,
+            // instead of taking turns replacing each other, on the server where it does.
+            Ended::Replaced => (
+                false,
+                [lost]
+                    .into_iter()
+                    .chain((0..n).filter(|&i| i != lost))
+                    .collect(),
+            ),
         };
         let cap = if takeover { BACKOFF_MAX } else { STANDBY_RETRY };
         let mut backoff = BACKOFF_MIN;
@@ -95,10 +109,18 @@ pub(super) async fn control_loop(
                 _ = tokio::time::sleep(backoff) => {}
             }
             // A new port each time: the old 4-tuple to the server may sit in TIME_WAIT.
-            let port = state.opts.punch_port;
-            let attempt =
-                registration::register(&state.opts, &state.stream, &state.servers, port, takeover);
-            match attempt.await {
+            let attempt = registration::register_any(
+                &state.opts,
+                &state.stream,
+                &state.servers,
+                order.clone(),
+                takeover,
+            );
+            let attempt = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = attempt => r,
+            };
+            match attempt {
                 Ok(r) => break r,
                 Err(e) => {
                     tracing::warn!("re-registration failed ({e}); retrying in {backoff:?}");
@@ -130,13 +152,20 @@ async fn serve_registration(
         mut ws,
         listeners,
         ports,
+        server,
+        has_alternative,
         ..
     } = reg;
+    let (ping_every, silence_limit) = if has_alternative {
+        (FAILOVER_PING_INTERVAL, FAILOVER_SILENCE_LIMIT)
+    } else {
+        (PING_INTERVAL, SERVER_SILENCE_LIMIT)
+    };
     let slots = Slots::default();
     let strays = Strays::new(crate::defaults::STRAY_CONNECTIONS);
     let mut tasks = JoinSet::new();
     let (msg_tx, mut msg_rx) = mpsc::channel::<AgentToServer>(64);
-    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut ping = tokio::time::interval(ping_every);
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -149,7 +178,7 @@ async fn serve_registration(
                 last_heard = Instant::now();
                 match got {
                     Ok(Incoming::Message(ServerToAgent::Punch(p))) => {
-                        tasks.spawn(super::session(state.clone(), slots.clone(), ports.clone(), p, msg_tx.clone()));
+                        tasks.spawn(super::session(state.clone(), server.clone(), slots.clone(), ports.clone(), p, msg_tx.clone()));
                     }
                     Ok(Incoming::Message(ServerToAgent::PlainProof { session, signature })) => {
                         state.plain_proof(session.id(), signature);
@@ -190,11 +219,12 @@ async fn serve_registration(
                     tokio::time::sleep(ACCEPT_RETRY).await;
                 }
             },
+            // A dead server host sends nothing, not even a reset: silence is how it shows.
+            _ = tokio::time::sleep_until(last_heard + silence_limit) => {
+                tracing::warn!("{server} silent for {:?}; reconnecting", last_heard.elapsed());
+                return Ended::Lost;
+            }
             _ = ping.tick() => {
-                if last_heard.elapsed() > SERVER_SILENCE_LIMIT {
-                    tracing::warn!("server silent for {:?}; reconnecting", last_heard.elapsed());
-                    return Ended::Lost;
-                }
                 if ws.send(Message::Ping(Default::default())).await.is_err() {
                     return Ended::Lost;
                 }

@@ -59,8 +59,12 @@ const PLAIN_PROOF_WAIT: Duration = Duration::from_secs(5);
 /// How to expose a service.
 #[derive(Clone)]
 pub struct ExposeOptions {
-    /// The rendezvous server.
+    /// The rendezvous server, the first choice of several (see [`ExposeOptions::other_servers`]).
     pub server: ServerUrl,
+    /// Further rendezvous servers, in order of preference after `server`: the agent registers
+    /// with the first that takes the registration, and moves to another when its server is
+    /// lost (see [`Agent::start`]).
+    pub other_servers: Vec<ServerUrl>,
     /// The id to register.
     pub id: String,
     /// The service secret; `None` exposes the service to anyone who knows the id.
@@ -93,6 +97,7 @@ impl std::fmt::Debug for ExposeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExposeOptions")
             .field("server", &self.server)
+            .field("other_servers", &self.other_servers)
             .field("id", &self.id)
             .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
             .field("punch", &self.punch)
@@ -113,6 +118,7 @@ impl ExposeOptions {
         protocol::validate_id(id).map_err(|e| Error::Refused(e.code, e.message))?;
         Ok(ExposeOptions {
             server: ServerUrl::parse(server)?,
+            other_servers: Vec::new(),
             id: id.to_string(),
             secret: secret.map(str::to_string),
             punch: PunchOptions::default(),
@@ -124,6 +130,28 @@ impl ExposeOptions {
             key: None,
             max_warm_paths: crate::defaults::AGENT_MAX_WARM_PATHS,
         })
+    }
+
+    /// Options with several servers, in order of preference (at least one).
+    pub fn with_servers<S: AsRef<str>>(
+        servers: &[S],
+        id: &str,
+        secret: Option<&str>,
+    ) -> Result<Self, Error> {
+        let mut servers = ServerUrl::parse_list(servers)?.into_iter();
+        let first = servers.next().expect("a parsed list is not empty");
+        Ok(ExposeOptions {
+            server: first.clone(),
+            other_servers: servers.collect(),
+            ..ExposeOptions::new(&first.to_string(), id, secret)?
+        })
+    }
+
+    /// Every server, in order of preference: `server`, then `other_servers`.
+    pub fn servers(&self) -> Vec<ServerUrl> {
+        std::iter::once(self.server.clone())
+            .chain(self.other_servers.iter().cloned())
+            .collect()
     }
 
     /// What the agent brings to every stream handshake: the keys of its secret (derived
@@ -167,6 +195,15 @@ impl Agent {
     /// unreachable or busy; fails at once if the server refuses the registration (e.g. id
     /// taken).
     ///
+    /// With several servers ([`ExposeOptions::other_servers`], or a name with several
+    /// addresses) the agent registers with one: the first, in the order given, that takes the
+    /// registration. When that server is lost the agent registers with the first other one
+    /// that takes it, in the same order (the lost one last); it never leaves a working server
+    /// for one earlier in the list. With an alternative to go to, the agent pings its server
+    /// every [`FAILOVER_PING_INTERVAL`](crate::defaults::FAILOVER_PING_INTERVAL) and takes it
+    /// as lost after [`FAILOVER_SILENCE_LIMIT`](crate::defaults::FAILOVER_SILENCE_LIMIT) of
+    /// silence, so a dead server is left within about 5 s.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -189,11 +226,12 @@ impl Agent {
     /// # Ok(()) }
     /// ```
     pub async fn start(opts: ExposeOptions) -> Result<Agent, Error> {
-        let servers = opts.server.resolve_all().await?;
+        let servers = opts.servers();
         let stream = opts.stream_settings();
         let mut backoff = BACKOFF_MIN;
         let registration = loop {
-            let attempt = registration::register(&opts, &stream, &servers, opts.punch_port, true);
+            let order = (0..servers.len()).collect();
+            let attempt = registration::register_any(&opts, &stream, &servers, order, true);
             match attempt.await {
                 Ok(r) => break r,
                 Err(Error::ServerUnreachable(why) | Error::Busy(why)) => {
@@ -283,8 +321,8 @@ struct AgentState {
     opts: ExposeOptions,
     /// The keys and settings of every stream handshake.
     stream: StreamSettings,
-    /// The server's addresses, every family.
-    servers: Vec<SocketAddr>,
+    /// Every server, in order of preference ([`ExposeOptions::servers`]).
+    servers: Vec<ServerUrl>,
     accepted: mpsc::Sender<Accepted>,
     replay: ReplayCache,
     /// Plain-mode sessions waiting for the client's answer to their challenge.
@@ -433,6 +471,7 @@ impl AgentState {
 /// the proven stream to the application.
 async fn session(
     state: Arc<AgentState>,
+    server: ServerUrl,
     slots: Slots,
     ports: PortsView,
     order: PunchOrder,
@@ -458,7 +497,7 @@ async fn session(
         let _ = msgs.send(reject).await;
         return;
     }
-    let at = ports.endpoint(&state.opts.server);
+    let at = ports.endpoint(&server);
     // A client may ask to keep the stream as a warm path: granted while a place is free.
     let warm_share = state.warm.reserve();
     let settings = StreamSettings {

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::ExposeOptions;
-use crate::peer::control::{self, ControlSocket};
+use crate::peer::control::{self, ControlSocket, ServerUrl};
+use crate::peer::failover::{self, Candidate, Tries};
 use crate::peer::portmap::{self, PortMap};
 use crate::peer::ports::{PortsView, PunchPorts};
 use crate::peer::probe;
@@ -24,6 +25,13 @@ const OTHER_PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// A registration in force, with what it was made from.
 pub(super) struct Registration {
+    /// The server it is made with.
+    pub server: ServerUrl,
+    /// That server's place among the agent's servers ([`ExposeOptions::servers`]).
+    pub index: usize,
+    /// Whether another server or address could take over: then the server's liveness is
+    /// watched closely (see `control_loop`).
+    pub has_alternative: bool,
     /// The NAT's mapping behaviour, as the server measured it.
     pub mapping: Mapping,
     /// The control channel: the registration lives as long as it does.
@@ -40,19 +48,47 @@ pub(super) struct Registration {
     pub portmap: Option<PortMap>,
 }
 
-/// Binds the punch ports, probes the NAT, maps the port on the router if it can, and
-/// registers. A mapping made for a registration that fails is deleted again. `takeover`:
-/// replace an online registration of the same service (an owner's restart); an agent that was
-/// itself replaced registers without it, and waits while the other holds the id.
-pub(super) async fn register(
+/// Registers with the first of `servers`, taken in `order` (indices), that takes the
+/// registration (see [`failover`]): an unreachable or full server, or address, is passed
+/// over; a refusal ends the round at once. The error of a round that found no server names
+/// every reason.
+pub(super) async fn register_any(
     opts: &ExposeOptions,
     stream: &StreamSettings,
-    servers: &[SocketAddr],
-    port: u16,
+    servers: &[ServerUrl],
+    order: Vec<usize>,
+    takeover: bool,
+) -> Result<Registration, Error> {
+    let mut tries = Tries::in_order(servers, order);
+    while let Some(c) = tries.next().await {
+        let attempt = register(opts, stream, &c, takeover);
+        match attempt.await {
+            Ok(reg) => {
+                return Ok(Registration {
+                    index: c.index,
+                    has_alternative: c.has_alternative,
+                    ..reg
+                });
+            }
+            Err(e) => tries.failed(e, failover::agent_next)?,
+        }
+    }
+    Err(tries.into_error())
+}
+
+/// Binds the punch ports, probes the NAT, maps the port on the router if it can, and
+/// registers with the candidate server at its addresses. A mapping made for a
+/// registration that fails is deleted again. `takeover`: replace an online registration of
+/// the same service (an owner's restart); an agent that was itself replaced registers without
+/// it, and waits while the other holds the id.
+async fn register(
+    opts: &ExposeOptions,
+    stream: &StreamSettings,
+    candidate: &Candidate<'_>,
     takeover: bool,
 ) -> Result<Registration, Error> {
     // A fresh sweep of the NATs in front with every registration: the network may have changed.
-    let mut ports = PunchPorts::bind(servers, port, true)?;
+    let mut ports = PunchPorts::bind(&candidate.addrs, opts.punch_port, true)?;
     let (probes, portmap) = probe_and_map(opts, &ports).await;
     let mapped = portmap.as_ref().map(|m| m.external);
     let wanted = Wanted {
@@ -60,7 +96,7 @@ pub(super) async fn register(
         mapped,
         takeover,
     };
-    match register_with(opts, stream, &ports, wanted).await {
+    match register_with(opts, stream, candidate, &ports, wanted).await {
         Ok(reg) => Ok(Registration {
             portmap,
             listeners: ports.take_listeners(),
@@ -187,6 +223,7 @@ struct Wanted {
 async fn register_with(
     opts: &ExposeOptions,
     stream: &StreamSettings,
+    candidate: &Candidate<'_>,
     ports: &PunchPorts,
     wanted: Wanted,
 ) -> Result<Registration, Error> {
@@ -209,25 +246,30 @@ async fn register_with(
         mapped: wanted.mapped,
         takeover: wanted.takeover,
     };
+    let server = candidate.server;
     let (mut ws, local) = control::open(
-        &opts.server,
+        server,
         primary.server,
         primary.local,
         protocol::EXPOSE_PATH,
         &query.to_query(),
         opts.token.as_deref(),
+        candidate.patience,
     )
     .await?;
-    let mut first = answer(&mut ws).await?;
+    let mut first = answer(&mut ws, server).await?;
     if let (Some(ServerToAgent::Challenge { nonce }), Some(keys)) = (&first, &stream.keys) {
         let signature = keys.sign(&register_message(&opts.id, nonce));
         control::send(&mut ws, &AgentToServer::Prove { signature }).await?;
-        first = answer(&mut ws).await?;
+        first = answer(&mut ws, server).await?;
     }
     match first {
         Some(ServerToAgent::Registered {
             public, mapping, ..
         }) => Ok(Registration {
+            server: server.clone(),
+            index: 0,
+            has_alternative: false,
             mapping,
             ws,
             listeners: Vec::new(),
@@ -238,15 +280,20 @@ async fn register_with(
         }),
         Some(ServerToAgent::Error { code, message }) => Err(Error::Refused(code, message)),
         Some(other) => Err(Error::Protocol(format!("unexpected message {other:?}"))),
-        None => Err(Error::ServerUnreachable(
-            "server closed the connection during registration".into(),
-        )),
+        None => Err(Error::ServerUnreachable(format!(
+            "{server}: closed the connection during registration"
+        ))),
     }
 }
 
 /// The server's next answer during registration, within [`defaults::SERVER_TIMEOUT`].
-async fn answer(ws: &mut ControlSocket) -> Result<Option<ServerToAgent>, Error> {
+async fn answer(
+    ws: &mut ControlSocket,
+    server: &ServerUrl,
+) -> Result<Option<ServerToAgent>, Error> {
     tokio::time::timeout(defaults::SERVER_TIMEOUT, control::recv(ws))
         .await
-        .map_err(|_| Error::ServerUnreachable("no registration answer in time".into()))?
+        .map_err(|_| {
+            Error::ServerUnreachable(format!("{server}: no registration answer in time"))
+        })?
 }
