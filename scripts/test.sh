@@ -36,6 +36,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo doc (links in the API documentation resolve)"
+RUSTDOCFLAGS="-D rustdoc::broken_intra_doc_links -D rustdoc::private_intra_doc_links" \
+  cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo clippy for Windows, macOS and Android (compile-time guard; nothing runs)"
 scripts/cross-clippy.sh
 echo "== cargo test (unit, loopback, CLI, NAT lab)"
