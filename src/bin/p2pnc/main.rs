@@ -8,6 +8,7 @@ mod config;
 mod connect;
 mod demo;
 mod expose;
+mod generate;
 mod nat_check;
 mod server;
 mod service;
@@ -151,6 +152,10 @@ enum Command {
     Demo,
     /// Report this host's NAT: mapping behaviour, port preservation, filtering, public address.
     NatCheck(nat_check::NatCheckArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or PowerShell.
+    Completions(generate::CompletionsArgs),
+    /// Print the man page (roff), or write every page with --dir.
+    Man(generate::ManArgs),
 }
 
 impl Command {
@@ -163,6 +168,8 @@ impl Command {
             Command::Connect(_) => "connect",
             Command::Demo => "demo",
             Command::NatCheck(_) => "nat-check",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
         }
     }
 }
@@ -249,5 +256,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Connect(args) => connect::run(args).await,
         Command::Demo => demo::run().await,
         Command::NatCheck(args) => nat_check::run(args).await,
+        Command::Completions(args) => generate::completions(args, Cli::command()),
+        Command::Man(args) => generate::man(args, Cli::command()),
     }
 }
