@@ -694,7 +694,7 @@ fn java_early_data(nat: Nat) {
     let (mut echo_ms, mut setup_ms) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     for i in 0..=LATENCY_RUNS {
         for (k, early) in [false, true].into_iter().enumerate() {
-            let mut args = vec!["--echo", "4096", "--warm-up"];
+            let mut args = vec!["--echo", "4096", "--warm-up", "--no-warm"];
             if early {
                 args.push("--early");
             }
