@@ -138,7 +138,7 @@ public class P2pClient {
     }
 
     /**
-     * Options holding this client's settings (timeouts, token, TLS trust), to which a call adds
+     * Options holding this client's settings (timeouts, token, TLS trust, warm paths), to which a call adds
      * at least the server and the peer, e.g.
      * {@code client.connect(client.options().server(url).peer("cam").secret(s).build())}.
      */
@@ -172,6 +172,15 @@ public class P2pClient {
         /** The token of a server started with {@code --token}, or null. */
         public Builder token(String token) {
             options.token(token);
+            return this;
+        }
+
+        /**
+         * Whether the client's connections ride warm paths (true by default; see
+         * {@link ConnectOptions.Builder#warm}).
+         */
+        public Builder warm(boolean warm) {
+            options.warm(warm);
             return this;
         }
 
@@ -509,13 +518,13 @@ public class P2pClient {
     }
 
     /**
-     * Which warm path a connection may ride: the same server, peer, secret, pins and encryption
-     * (hashed, so that the map holds no secret in clear).
+     * Which warm path a connection may ride: the same server, peer, secret, peer pin and
+     * encryption (hashed, so that the map holds no secret in clear). The server's token and TLS
+     * trust do not count: a path does not touch the server, and its stream proved the agent.
      */
     private static String warmKey(ConnectOptions o) {
         String s = o.getServer() + "\n" + o.getServerPort() + "\n" + o.getPeer() + "\n" + o.getSecret() + "\n"
-                + o.getPeerPin() + "\n" + o.getEncrypt() + "\n" + o.getToken() + "\n"
-                + System.identityHashCode(o.trust());
+                + o.getPeerPin() + "\n" + o.getEncrypt();
         return Codec.hex(Codec.sha256(Codec.utf8(s)));
     }
 
@@ -573,7 +582,8 @@ public class P2pClient {
             if (first != null && inFrame < first.length) {
                 s.getOutputStream().write(first, inFrame, first.length - inFrame);
             }
-            return new P2pConnection(s, path, peer, setup, session, punch.committed(), punch.encrypted(), false);
+            return new P2pConnection(s, path, peer, setup, session, first != null && punch.committed(),
+                    punch.encrypted(), false);
         } catch (IOException e) {
             WebSocket.closeQuietly(punch.socket());
             throw e instanceof P2pException ? (P2pException) e

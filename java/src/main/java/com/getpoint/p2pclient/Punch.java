@@ -430,7 +430,7 @@ final class Punch {
         synchronized (lock) {
             try {
                 while (!finished && winner == null && v6IssuedAt == 0 && v6Pending > 0) {
-                    lock.wait();
+                    lock.wait(0);
                 }
                 long from = v6IssuedAt != 0 ? v6IssuedAt : System.nanoTime();
                 long until = from + v4DelayMs * 1000000L;

@@ -73,6 +73,8 @@ final class WarmPath {
     private final Map<Integer, WarmSocket> streams = new HashMap<Integer, WarmSocket>();
     private int nextId = 1;
     private String ended;
+    /** The error that ended the path when it is to be shown as it is (e.g. the agent's refusal). */
+    private P2pException endedBy;
     private boolean goneAway;
     private long lastReceived, lastSent, pingSentAt, idleSince;
     private int pingCount;
@@ -229,6 +231,9 @@ final class WarmPath {
 
     /** The error of a stream whose path ended. */
     IOException pathError(String why) {
+        synchronized (lock) {
+            if (endedBy != null) return new P2pException(endedBy.getCode(), endedBy.getMessage());
+        }
         return new P2pException(null, "peer '" + peer + "': the warm path ended: " + why);
     }
 
@@ -250,7 +255,7 @@ final class WarmPath {
             streams.clear();
             lock.notifyAll();
         }
-        LOG.log(Level.FINE, "warm path to ''{0}'' ended: {1}", new Object[] {peer, why});
+        LOG.log(Level.FINE, "warm path to '" + peer + "' ended: " + why);
         WebSocket.closeQuietly(socket);
     }
 
@@ -258,13 +263,10 @@ final class WarmPath {
     void close(String why) {
         try {
             send(Yamux.header(Yamux.GO_AWAY, 0, 0, Yamux.GO_AWAY_NORMAL));
-            synchronized (writeLock) {
-                socket.close();
-            }
         } catch (IOException ignored) {
             // Ending anyway.
         }
-        end(why);
+        end(why); // closes the socket: the records' close, then the FIN
     }
 
     /** The reader thread: frames from the agent until the path ends. */
@@ -324,9 +326,16 @@ final class WarmPath {
             }
         } catch (EOFException e) {
             end("the agent closed it");
+        } catch (P2pException e) {
+            // The records' own error (a refusal record, a tampered or cut-short stream): it
+            // says what happened, so streams show it as it is.
+            synchronized (lock) {
+                if (ended == null) endedBy = e;
+            }
+            end(e.getMessage());
         } catch (IOException e) {
             String why = ended();
-            end(why != null ? why : e.getMessage() == null ? e.toString() : e.getMessage());
+            end(why != null ? why : e.getMessage() == null ? "reading failed" : e.getMessage());
         }
     }
 
@@ -337,6 +346,11 @@ final class WarmPath {
             // Ending anyway.
         }
         end("protocol error: the agent sent " + what);
+    }
+
+    /** {@code 5 s}, or {@code 600 ms} when not whole seconds. */
+    static String duration(long ms) {
+        return ms % 1000 == 0 ? ms / 1000 + " s" : ms + " ms";
     }
 
     /** The keeper thread: keepalive pings, the dead-path check and the idle close. */
@@ -350,7 +364,7 @@ final class WarmPath {
                 long next;
                 if (pingSentAt != 0) {
                     if (now - pingSentAt >= pingTimeoutMs) {
-                        close = "no answer from the agent within " + pingTimeoutMs / 1000 + " s";
+                        close = "no answer from the agent within " + duration(pingTimeoutMs);
                     }
                     next = pingSentAt + pingTimeoutMs;
                 } else if (now - lastReceived >= keepaliveMs || now - lastSent >= keepaliveMs) {
@@ -363,7 +377,7 @@ final class WarmPath {
                     if (!kept) {
                         close = "the agent keeps no more warm paths";
                     } else if (now - idleSince >= idleMs) {
-                        close = "idle for " + idleMs / 1000 + " s";
+                        close = "idle for " + duration(idleMs);
                     } else {
                         next = Math.min(next, idleSince + idleMs);
                     }

@@ -176,7 +176,7 @@ final class WarmSocket extends Socket {
                 if (why != null) throw path.pathError(why);
                 try {
                     if (deadline == 0) {
-                        path.lock.wait();
+                        path.lock.wait(0);
                     } else {
                         long left = deadline - System.nanoTime() / 1000000;
                         if (left <= 0) throw new SocketTimeoutException("Read timed out");
@@ -184,7 +184,7 @@ final class WarmSocket extends Socket {
                     }
                 } catch (InterruptedException e) {
                     Thread.currentThread().interrupt();
-                    throw new java.io.InterruptedIOException("interrupted while reading");
+                    throw new IOException("interrupted while reading");
                 }
             }
             while (n < len && buffered > 0) {
@@ -237,10 +237,10 @@ final class WarmSocket extends Socket {
                     if (status == 1 && remoteFin) throw refusedError();
                     if (sendWindow > 0) break;
                     try {
-                        path.lock.wait();
+                        path.lock.wait(0);
                     } catch (InterruptedException e) {
                         Thread.currentThread().interrupt();
-                        throw new java.io.InterruptedIOException("interrupted while writing");
+                        throw new IOException("interrupted while writing");
                     }
                 }
                 n = Math.min(Math.min(len, sendWindow), Yamux.MAX_FRAME_BODY);
