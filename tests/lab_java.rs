@@ -516,8 +516,11 @@ const WARM_PAYLOAD: &str = "600000";
 /// The same two connections with `--no-warm` make two sessions, so the count can tell.
 #[natlab::lab_test("javac", "java")]
 fn java_warm_path_carries_the_second_connection() {
+    let d = LATENCY_DELAY_MS;
     let s = Setup::new(
-        LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedRst).second_hosts(false),
+        LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedRst)
+            .delays(d, d, d)
+            .second_hosts(false),
         &[],
     );
     let b = s.lab.public_ip(Site::B);
@@ -530,7 +533,13 @@ fn java_warm_path_carries_the_second_connection() {
         run.describe(),
         s.agent.stderr()
     );
-    eprintln!("warm: {}", run.stdout.trim_end().replace('\n', " | "));
+    let rtt = f64::from(2 * d);
+    let first = run.ms("first echoed byte after ").expect("the echo timing");
+    eprintln!(
+        "warm (RTT {rtt} ms): first echoed byte after {first} ms = {:.2} RTT | {}",
+        first as f64 / rtt,
+        run.stdout.trim_end().replace('\n', " | ")
+    );
     assert_eq!(s.echo.connections(), 2, "the service saw both connections");
     assert_eq!(
         s.sessions().len(),
