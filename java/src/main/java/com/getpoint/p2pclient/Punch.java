@@ -55,6 +55,13 @@ final class Punch {
      * {@code retry_min_ms} and {@code retry_max_ms}).
      */
     static final int RETRY_MIN_MS = 60, RETRY_MAX_MS = 160;
+    /**
+     * How long an IPv6 stream that has connected holds back the IPv4 attempts while its
+     * handshake runs (RFC 8305: once an attempt succeeds, the others are not started): the
+     * agent answers within a round trip or two, so a whole second only matters when IPv6
+     * connects to something that never answers, which then costs IPv4 that second.
+     */
+    static final int V6_HANDSHAKE_HOLD_MS = 1000;
     /** Time the relay gets, once joined, to carry the handshake. */
     private static final int RELAY_GRACE_MS = 5000;
     /** Latest relay start a punch order may ask for: the server forgets a session by then. */
@@ -76,6 +83,10 @@ final class Punch {
     private long v6IssuedAt;
     /** IPv6 dialers that have not issued their first connect yet and may still do so. */
     private int v6Pending;
+    /** IPv6 streams of a race that connected and are in their handshake. */
+    private int v6Handshakes;
+    /** When the first of them connected ({@link System#nanoTime()}), or 0. */
+    private long v6ConnectedAt;
     private final int timeoutMs;
     /** When the punch ends: the punch timeout, extended while a relay offered by the order may still work. */
     private final long deadline;
@@ -421,7 +432,8 @@ final class Punch {
     /**
      * Waits out the IPv6 head start before an IPv4 attempt toward {@code target}: until the first
      * IPv6 connect has been issued (or every IPv6 dialer gave up without one), then
-     * {@link #v4DelayMs} from that moment. False if the punch ended meanwhile.
+     * {@link #v4DelayMs} from that moment, and longer while an IPv6 stream that connected runs
+     * its handshake (at most {@link #V6_HANDSHAKE_HOLD_MS}). False if the punch ended meanwhile.
      */
     private boolean waitTurn(HostTuple target) {
         if (isV6(target) || v4DelayMs == 0) {
@@ -436,6 +448,11 @@ final class Punch {
                 long until = from + v4DelayMs * 1000000L;
                 long left;
                 while (!finished && winner == null && (left = (until - System.nanoTime()) / 1000000) > 0) {
+                    lock.wait(left);
+                }
+                // An IPv6 stream that connected is in its handshake: it gets its chance first.
+                while (!finished && winner == null && v6Handshakes > 0
+                        && (left = (v6ConnectedAt + V6_HANDSHAKE_HOLD_MS * 1000000L - System.nanoTime()) / 1000000) > 0) {
                     lock.wait(left);
                 }
             } catch (InterruptedException e) {
@@ -454,6 +471,18 @@ final class Punch {
             v6Pending--;
             if (issued && v6IssuedAt == 0) {
                 v6IssuedAt = System.nanoTime();
+            }
+            lock.notifyAll();
+        }
+    }
+
+    /** An IPv6 stream of a race starts its handshake ({@code true}) or is done with it. */
+    private void v6Handshake(boolean starts) {
+        synchronized (lock) {
+            if (starts) {
+                if (v6Handshakes++ == 0 && v6ConnectedAt == 0) v6ConnectedAt = System.nanoTime();
+            } else {
+                v6Handshakes--;
             }
             lock.notifyAll();
         }
@@ -499,6 +528,8 @@ final class Punch {
                 if (!failed(target, s, e)) return;
                 continue;
             }
+            boolean raced = isV6(target) && v4DelayMs != 0;
+            if (raced) v6Handshake(true);
             try {
                 handshake(s, target, false);
                 return;
@@ -506,7 +537,13 @@ final class Punch {
                 // The agent closed the stream before its message 2: it may not know the session
                 // yet, or has refused it (the control channel will say). Retry.
                 WebSocket.closeQuietly(s);
+                if (raced) {
+                    v6Handshake(false);
+                    raced = false;
+                }
                 if (!failed(target, s, e)) return;
+            } finally {
+                if (raced) v6Handshake(false);
             }
         }
     }
