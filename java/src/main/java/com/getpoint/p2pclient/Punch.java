@@ -42,7 +42,8 @@ import java.util.Set;
  * IPv6 probe left from), the IPv4 ones and an IPv4 birthday punch {@link
  * Protocol#IPV6_HEAD_START_MS} after the first IPv6 connect was issued (RFC 8305: the head
  * start counts from the IPv6 attempt, so a late IPv6 worker thread delays IPv4 too), as the
- * agent does; the first proven stream wins.
+ * agent does, and not while an IPv6 stream that connected runs its handshake (up to {@link
+ * #V6_HANDSHAKE_HOLD_MS}); the first proven stream wins.
  *
  * <p>Java has no SO_REUSEPORT: every socket on the punch port sets SO_REUSEADDR and none
  * listens, which Linux and Android allow (connect-only simultaneous open).
