@@ -505,6 +505,63 @@ fn java_dual_stack_meets_an_ipv4_only_agent_over_ipv4() {
     );
 }
 
+/// Bytes echoed on each stream of the warm-path test: past yamux's 256 KiB window, so the
+/// client's window updates and its waits for the agent's are exercised.
+const WARM_PAYLOAD: &str = "600000";
+
+/// Warm paths: the demo connects twice in one JVM (`--warm-up`); the second connection is a
+/// new yamux stream on the path the first one punched (its report ends in `(warm path)`), so the
+/// server sees one session for both. Each stream echoes byte-exactly and half-closes on its
+/// own (the demo's `--echo` check): the first stream's end leaves the path up for the second.
+/// The same two connections with `--no-warm` make two sessions, so the count can tell.
+#[natlab::lab_test("javac", "java")]
+fn java_warm_path_carries_the_second_connection() {
+    let d = LATENCY_DELAY_MS;
+    let s = Setup::new(
+        LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedRst)
+            .delays(d, d, d)
+            .second_hosts(false),
+        &[],
+    );
+    let b = s.lab.public_ip(Site::B);
+    let run = run_demo(&s.lab, None, &["--echo", WARM_PAYLOAD, "--warm-up"]);
+    assert!(
+        run.success()
+            && run.stdout.contains(&format!("connected direct via {b}:"))
+            && run.stdout.contains("(warm path)"),
+        "the second connection did not ride the warm path\n{}\n--- agent stderr:\n{}",
+        run.describe(),
+        s.agent.stderr()
+    );
+    let rtt = f64::from(2 * d);
+    let first = run.ms("first echoed byte after ").expect("the echo timing");
+    eprintln!(
+        "warm (RTT {rtt} ms): first echoed byte after {first} ms = {:.2} RTT | {}",
+        first as f64 / rtt,
+        run.stdout.trim_end().replace('\n', " | ")
+    );
+    assert_eq!(s.echo.connections(), 2, "the service saw both connections");
+    assert_eq!(
+        s.sessions().len(),
+        1,
+        "the second connection went through the server: {:?}",
+        s.sessions()
+    );
+
+    let cold = run_demo(&s.lab, None, &["--echo", "4096", "--warm-up", "--no-warm"]);
+    assert!(
+        cold.success() && !cold.stdout.contains("(warm path)"),
+        "{}",
+        cold.describe()
+    );
+    assert_eq!(s.echo.connections(), 4);
+    assert_eq!(
+        s.sessions().len(),
+        3,
+        "without warm paths each connection is a session of its own"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // A Java client behind a symmetric NAT
 // ---------------------------------------------------------------------------------------------
@@ -694,7 +751,7 @@ fn java_early_data(nat: Nat) {
     let (mut echo_ms, mut setup_ms) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     for i in 0..=LATENCY_RUNS {
         for (k, early) in [false, true].into_iter().enumerate() {
-            let mut args = vec!["--echo", "4096", "--warm-up"];
+            let mut args = vec!["--echo", "4096", "--warm-up", "--no-warm"];
             if early {
                 args.push("--early");
             }

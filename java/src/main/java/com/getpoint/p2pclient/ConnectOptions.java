@@ -52,6 +52,12 @@ public final class ConnectOptions {
      * vectors' {@code punch_timeout_ms}, as the Rust client's.
      */
     public static final int DEFAULT_PUNCH_TIMEOUT_MS = 5000;
+    /**
+     * How long a warm path without streams stays open: the Rust client's {@code WARM_IDLE}
+     * (300 s), long enough to carry the next connection of an app that connects now and then,
+     * short enough not to hold an agent's warm-path slot for nothing.
+     */
+    public static final long DEFAULT_WARM_IDLE_MS = 300000;
 
     private final String server;
     /** True when {@link #server} is a host with {@link #serverPort} (the seed's calls), not a URL. */
@@ -65,6 +71,7 @@ public final class ConnectOptions {
     private final byte[] firstBytes;
     private final boolean encrypt;
     private final String peerPin;
+    private final long warmIdleMs;
     private final Trust trust;
 
     private ConnectOptions(Builder b, Trust trust) {
@@ -79,6 +86,7 @@ public final class ConnectOptions {
         this.firstBytes = b.firstBytes == null || b.firstBytes.length == 0 ? null : b.firstBytes.clone();
         this.encrypt = b.encrypt;
         this.peerPin = b.peerPin;
+        this.warmIdleMs = b.warmIdleMs;
         this.trust = trust;
     }
 
@@ -96,6 +104,7 @@ public final class ConnectOptions {
         b.firstBytes = firstBytes;
         b.encrypt = encrypt;
         b.peerPin = peerPin;
+        b.warmIdleMs = warmIdleMs;
         b.trust = trust;
         return b;
     }
@@ -146,6 +155,19 @@ public final class ConnectOptions {
      */
     public boolean getEncrypt() {
         return encrypt;
+    }
+
+    /**
+     * How long a warm path to the peer stays open without a stream, in milliseconds; 0 when
+     * connections go without a warm path (see {@link Builder#warm}).
+     */
+    public long getWarmIdleMs() {
+        return warmIdleMs;
+    }
+
+    /** Whether connections ride (and build) a warm path to the peer: {@link #getWarmIdleMs} above 0. */
+    public boolean getWarm() {
+        return warmIdleMs > 0;
     }
 
     /** The agent's pinned static key, {@code sha256:} and 64 lowercase hex digits, or null. */
@@ -205,7 +227,7 @@ public final class ConnectOptions {
                 + ", serverTimeoutMs=" + serverTimeoutMs + ", punchTimeoutMs=" + punchTimeoutMs
                 + ", token=" + (token == null ? "none" : "set")
                 + ", firstBytes=" + (firstBytes == null ? 0 : firstBytes.length)
-                + ", encrypt=" + encrypt + ", peerPin=" + (peerPin == null ? "none" : peerPin)
++ ", encrypt=" + encrypt + ", warmIdleMs=" + warmIdleMs + ", peerPin=" + (peerPin == null ? "none" : peerPin)
                 + ", trust=" + (trust.pins != null ? trust.pins.size() + " pins"
                         : trust.cas != null ? "the CAs of " + trust.casSource : "the platform's trust store")
                 + "}";
@@ -240,6 +262,7 @@ public final class ConnectOptions {
         private byte[] firstBytes;
         private boolean encrypt = true;
         private String peerPin;
+        private long warmIdleMs = DEFAULT_WARM_IDLE_MS;
         /** The trust of the options this builder came from (until pins or a CA file are given). */
         private Trust trust = Trust.PLATFORM;
         private final List<byte[]> pins = new ArrayList<byte[]>();
@@ -322,6 +345,32 @@ public final class ConnectOptions {
          */
         public Builder encrypt(boolean encrypt) {
             this.encrypt = encrypt;
+            return this;
+        }
+
+        /**
+         * Whether connections go over a warm path (on by default, like {@code p2pnc connect
+         * --listen}): the first connection to a peer keeps its punched, proven stream open and
+         * carries itself as a yamux stream on it; later ones to the same peer (same server,
+         * secret, pin and encryption) with a live path open a new stream on it at once, with no
+         * server round trip and no punch. False punches every connection on its own (as
+         * {@code --warm-idle 0}); it sets the idle time to 0, true to its default.
+         */
+        public Builder warm(boolean warm) {
+            this.warmIdleMs = warm ? DEFAULT_WARM_IDLE_MS : 0;
+            return this;
+        }
+
+        /**
+         * How long a warm path without streams stays open, in milliseconds
+         * ({@value ConnectOptions#DEFAULT_WARM_IDLE_MS} by default, like {@code p2pnc connect
+         * --warm-idle}); 0 for no warm path.
+         *
+         * @throws IllegalArgumentException if {@code ms} is negative
+         */
+        public Builder warmIdleMs(long ms) {
+            if (ms < 0) throw new IllegalArgumentException("the warm idle time must not be negative");
+            this.warmIdleMs = ms;
             return this;
         }
 

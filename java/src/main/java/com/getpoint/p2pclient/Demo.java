@@ -33,7 +33,9 @@ import java.util.Random;
  * return the greeting and them unchanged and nothing more (it half-closes and reads to the
  * end), and prints {@code first echoed byte after N ms} (counted from the start of the call).
  * {@code --warm-up} makes one whole unreported run first, so that the reported one shows the
- * time of a warm JVM (a long-running app) rather than of class loading.
+ * time of a warm JVM (a long-running app) rather than of class loading; the reported one then
+ * rides the warm path the first one built (its report ends in {@code (warm path)}), unless
+ * {@code --no-warm} has every connection punched on its own.
  */
 public final class Demo {
     /** The local id when {@code --id} is not given: the seed demo's. */
@@ -41,7 +43,7 @@ public final class Demo {
     /** The command line; its defaults are {@link #DEFAULT_ID} and the server's default port. */
     static final String USAGE = "usage: java -jar p2pclient.jar --server URL --peer PEER_ID [--id LOCAL_ID]"
             + " [--secret SECRET] [--token TOKEN] [--tls-ca FILE | --tls-pin sha256:HEX ...] [--plain | --forward | --early]"
-            + " [--no-encrypt] [--peer-pin sha256:HEX] [--echo BYTES] [--warm-up] [--help]";
+            + " [--no-encrypt] [--peer-pin sha256:HEX] [--echo BYTES] [--warm-up] [--no-warm] [--help]";
     /** What each option does, after {@link #USAGE}, for {@code --help}. */
     static final String OPTIONS = ""
             + "  --server URL     the rendezvous server: HOST[:PORT] or http://HOST[:PORT] (plain),\n"
@@ -65,7 +67,9 @@ public final class Demo {
             + "                   fingerprint, as the agent logs it at start\n"
             + "  --echo BYTES     with an echo service behind the peer: send BYTES more bytes, check\n"
             + "                   that exactly what was sent comes back, time the first echoed byte\n"
-            + "  --warm-up        connect once, unreported, before the reported run\n"
+            + "  --warm-up        connect once, unreported, before the reported run (which then\n"
+            + "                   rides the warm path of the first, unless --no-warm)\n"
+            + "  --no-warm        punch every connection on its own: no warm path\n"
             + "  --help           this text\n"
             + "Prints 'p2p test success in N ms' (exit 0) or 'p2p test failed: REASON' (exit 1).";
     private static final byte[] GREETING = "test p2p is success".getBytes(Codec.UTF8);
@@ -86,7 +90,7 @@ public final class Demo {
     static int run(String[] args, PrintStream out, PrintStream err) {
         String server = null, peer = null, secret = null, token = null, ca = null, peerPin = null;
         java.util.List<String> pins = new java.util.ArrayList<String>();
-        boolean plain = false, forward = false, early = false, warmUp = false, encrypt = true;
+        boolean plain = false, forward = false, early = false, warmUp = false, encrypt = true, warm = true;
         int echo = -1;
         try {
             for (int i = 0; i < args.length; i++) {
@@ -103,6 +107,8 @@ public final class Demo {
                     early = true;
                 } else if (a.equals("--warm-up")) {
                     warmUp = true;
+                } else if (a.equals("--no-warm")) {
+                    warm = false;
                 } else if (a.equals("--no-encrypt")) {
                     encrypt = false;
                 } else if (i + 1 < args.length && a.equals("--peer-pin")) {
@@ -145,7 +151,7 @@ public final class Demo {
         ConnectOptions options;
         try {
             ConnectOptions.Builder builder = new ConnectOptions.Builder().server(server).peer(peer).secret(secret)
-                    .token(token).encrypt(encrypt).peerPin(peerPin);
+                    .token(token).encrypt(encrypt).peerPin(peerPin).warm(warm);
             for (String pin : pins) {
                 builder.tlsPin(pin);
             }

@@ -6,7 +6,10 @@ import java.io.InputStream;
 import java.net.InetAddress;
 import java.net.Socket;
 import java.security.GeneralSecurityException;
+import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.logging.Level;
 import java.util.logging.Logger;
 
@@ -59,7 +62,8 @@ import java.util.logging.Logger;
  * Socket s = client.connect("https://rdv.example.net", "streamserver", "s3cret");
  * </pre>
  *
- * <p>Instances hold only their settings: one client may serve any number of concurrent calls.
+ * <p>Instances hold their settings and their warm paths (one per peer; see
+ * {@link ConnectOptions.Builder#warm}): one client may serve any number of concurrent calls.
  * Every wait is bounded; failures say why. Every call blocks (up to the server timeout plus the
  * punch timeout): on Android, call from a background thread, never the main thread (which
  * throws {@code NetworkOnMainThreadException}), and declare the {@code INTERNET} permission.
@@ -85,6 +89,10 @@ public class P2pClient {
 
     /** This client's settings (no server, no peer): every call starts from them. */
     private final ConnectOptions settings;
+    /** The live warm path per peer (see {@link #warmKey}); guarded by itself. */
+    private final Map<String, WarmPath> warmPaths = new HashMap<String, WarmPath>();
+    /** Until when ({@link System#nanoTime}) a peer whose agent kept no path is connected without one. */
+    private final Map<String, Long> warmRetry = new HashMap<String, Long>();
 
     /** A client with the default timeouts (5 s server, 5 s punch). */
     public P2pClient() {
@@ -117,7 +125,20 @@ public class P2pClient {
     }
 
     /**
-     * Options holding this client's settings (timeouts, token, TLS trust), to which a call adds
+     * Closes every warm path of this client (a go-away, then the path's end): streams still open
+     * on them fail. Later connections build new ones.
+     */
+    public void closeWarmPaths() {
+        List<WarmPath> all;
+        synchronized (warmPaths) {
+            all = new ArrayList<WarmPath>(warmPaths.values());
+            warmPaths.clear();
+        }
+        for (WarmPath p : all) p.close("the client closed it");
+    }
+
+    /**
+     * Options holding this client's settings (timeouts, token, TLS trust, warm paths), to which a call adds
      * at least the server and the peer, e.g.
      * {@code client.connect(client.options().server(url).peer("cam").secret(s).build())}.
      */
@@ -151,6 +172,15 @@ public class P2pClient {
         /** The token of a server started with {@code --token}, or null. */
         public Builder token(String token) {
             options.token(token);
+            return this;
+        }
+
+        /**
+         * Whether the client's connections ride warm paths (true by default; see
+         * {@link ConnectOptions.Builder#warm}).
+         */
+        public Builder warm(boolean warm) {
+            options.warm(warm);
             return this;
         }
 
@@ -320,7 +350,7 @@ public class P2pClient {
         if (options.firstBytes() != null) {
             throw new IllegalArgumentException("first bytes have no place here: the caller's socket sends them");
         }
-        P2pConnection c = connectDetailed(options);
+        P2pConnection c = connectDetailed(options.toBuilder().warm(false).build()); // one stream for the pair
         return LocalForward.start(c.socket, options.getPeer(), LocalForward.ACCEPT_TIMEOUT_MS);
     }
 
@@ -437,6 +467,73 @@ public class P2pClient {
      */
     public P2pConnection connectDetailed(ConnectOptions options) throws P2pException {
         long started = System.nanoTime();
+        if (!options.getWarm()) {
+            return connectCold(options, started, false);
+        }
+        String key = warmKey(options);
+        WarmPath path;
+        synchronized (warmPaths) {
+            path = warmPaths.get(key);
+            if (path != null && path.ended() != null) {
+                warmPaths.remove(key);
+                path = null;
+            }
+            Long until = warmRetry.get(key);
+            if (until != null && System.nanoTime() - until >= 0) {
+                warmRetry.remove(key);
+                until = null;
+            }
+            if (path == null && until != null) {
+                // The agent kept no path lately: go without one for a while.
+                return connectCold(options, started, false);
+            }
+        }
+        if (path != null) {
+            byte[] first = options.firstBytes();
+            int n = first == null ? 0 : Math.min(first.length, Yamux.MAX_FRAME_BODY - 1);
+            WarmSocket s = path.open(first, n);
+            if (s != null) {
+                try {
+                    if (first != null && n < first.length) s.getOutputStream().write(first, n, first.length - n);
+                } catch (IOException e) {
+                    throw e instanceof P2pException ? (P2pException) e : new P2pException(e.getMessage(), e);
+                }
+                return new P2pConnection(s, path.path, path.peerAddress, (System.nanoTime() - started) / 1000000,
+                        path.session, first != null, path.encrypted, true);
+            }
+            // Full, or it ended just now: this connection goes without it, or builds another.
+            if (path.ended() == null) return connectCold(options, started, false);
+        }
+        P2pConnection c = connectCold(options, started, true);
+        WarmPath built = ((WarmSocket) c.socket).path;
+        synchronized (warmPaths) {
+            if (built.kept) {
+                WarmPath old = warmPaths.get(key);
+                if (old == null || !old.usable()) warmPaths.put(key, built);
+            } else {
+                warmRetry.put(key, System.nanoTime() + WarmPath.RETRY_AFTER_MS * 1000000L);
+            }
+        }
+        return c;
+    }
+
+    /**
+     * Which warm path a connection may ride: the same server, peer, secret, peer pin and
+     * encryption (hashed, so that the map holds no secret in clear). The server's token and TLS
+     * trust do not count: a path does not touch the server, and its stream proved the agent.
+     */
+    private static String warmKey(ConnectOptions o) {
+        String s = o.getServer() + "\n" + o.getServerPort() + "\n" + o.getPeer() + "\n" + o.getSecret() + "\n"
+                + o.getPeerPin() + "\n" + o.getEncrypt();
+        return Codec.hex(Codec.sha256(Codec.utf8(s)));
+    }
+
+    /**
+     * A connection of its own: a server request and a punch. With {@code warm}, it asks for a
+     * warm path: the first bytes travel in the yamux frame that opens stream 1, and the socket
+     * returned is that stream of the new {@link WarmPath}.
+     */
+    private P2pConnection connectCold(ConnectOptions options, long started, boolean warm) throws P2pException {
         ServerUrl url = options.serverUrl();
         String peerId = options.getPeer();
         String secret = options.getSecret();
@@ -451,15 +548,47 @@ public class P2pClient {
             control.close();
             throw e;
         }
-        Punch punch = Punch.run(control, keys, pin, options.getEncrypt(), options.getPunchTimeoutMs(),
-                options.firstBytes());
+        byte[] first = options.firstBytes();
+        byte[] early = first;
+        int inFrame = 0;
+        if (warm) {
+            // Stream 1 opens with the selection: its SYN frame, the kind byte and as many first
+            // bytes as fit into the early data; the rest follows on the stream.
+            inFrame = first == null ? 0 : Math.min(first.length, Protocol.EARLY_DATA_MAX - Yamux.HEADER_LEN - 1);
+            byte[] body = new byte[1 + inFrame];
+            body[0] = Yamux.KIND_SERVICE;
+            if (inFrame > 0) System.arraycopy(first, 0, body, 1, inFrame);
+            early = Yamux.frame(Yamux.DATA, Yamux.SYN, 1, body.length, body, 0, body.length);
+        }
+        Punch punch = Punch.run(control, keys, pin, options.getEncrypt(), warm, options.getPunchTimeoutMs(), early);
         HostTuple peer = punch.target();
         P2pConnection.Path path = punch.relayed() ? P2pConnection.Path.RELAYED
                 : control.order.addresses("peer_private").contains(peer)
                         && !control.order.address("peer_public").equals(peer) ? P2pConnection.Path.LAN
                 : P2pConnection.Path.DIRECT;
-        return new P2pConnection(punch.socket(), path, peer, (System.nanoTime() - started) / 1000000,
-                control.order.text("session"), punch.committed(), punch.encrypted());
+        String session = control.order.text("session");
+        long setup = (System.nanoTime() - started) / 1000000;
+        if (!warm) {
+            return new P2pConnection(punch.socket(), path, peer, setup, session, punch.committed(), punch.encrypted(),
+                    false);
+        }
+        try {
+            // A relayed path is not kept: it would hold one of the server's few relay slots.
+            boolean kept = punch.warmKept() && !punch.relayed();
+            WarmPath w = new WarmPath(peerId, punch.socket(), kept, path, peer, session, punch.encrypted(),
+                    options.getWarmIdleMs());
+            WarmSocket s = w.firstStream(1 + inFrame);
+            w.start();
+            if (first != null && inFrame < first.length) {
+                s.getOutputStream().write(first, inFrame, first.length - inFrame);
+            }
+            return new P2pConnection(s, path, peer, setup, session, first != null && punch.committed(),
+                    punch.encrypted(), false);
+        } catch (IOException e) {
+            WebSocket.closeQuietly(punch.socket());
+            throw e instanceof P2pException ? (P2pException) e
+                    : new P2pException("the warm path to '" + peerId + "' failed at its start: " + e.getMessage(), e);
+        }
     }
 
     /**

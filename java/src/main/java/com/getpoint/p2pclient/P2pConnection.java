@@ -41,9 +41,14 @@ public final class P2pConnection {
      * call asked for raw bytes ({@link ConnectOptions.Builder#encrypt}) and the agent allowed it.
      */
     public final boolean encrypted;
+    /**
+     * Whether the connection is a new stream on a warm path that was up already (no server round
+     * trip, no punch; {@link #session} and {@link #peerAddress} are the path's).
+     */
+    public final boolean warm;
 
     P2pConnection(Socket socket, Path path, HostTuple peerAddress, long setupMillis, String session,
-            boolean firstBytesEarly, boolean encrypted) {
+            boolean firstBytesEarly, boolean encrypted, boolean warm) {
         this.socket = socket;
         this.path = path;
         this.peerAddress = peerAddress;
@@ -51,11 +56,16 @@ public final class P2pConnection {
         this.session = session;
         this.firstBytesEarly = firstBytesEarly;
         this.encrypted = encrypted;
+        this.warm = warm;
     }
 
-    /** E.g. {@code direct via 192.0.2.20:40000 in 120 ms}; the path is lowercase. */
+    /**
+     * E.g. {@code direct via 192.0.2.20:40000 in 120 ms}, with {@code  (warm path)} after a stream
+     * on a path that was up; the path is lowercase.
+     */
     @Override
     public String toString() {
-        return path.name().toLowerCase(java.util.Locale.ROOT) + " via " + peerAddress + " in " + setupMillis + " ms";
+        return path.name().toLowerCase(java.util.Locale.ROOT) + " via " + peerAddress + " in " + setupMillis + " ms"
+                + (warm ? " (warm path)" : "");
     }
 }

@@ -40,7 +40,10 @@ import java.util.Set;
  * <p>An order with an IPv6 path beside the IPv4 one ({@code peer_public6}) is raced Happy
  * Eyeballs style: the IPv6 candidates first, from this client's IPv6 punch address (the one its
  * IPv6 probe left from), the IPv4 ones and an IPv4 birthday punch {@link
- * Protocol#IPV6_HEAD_START_MS} later, as the agent does; the first proven stream wins.
+ * Protocol#IPV6_HEAD_START_MS} after the first IPv6 connect was issued (RFC 8305: the head
+ * start counts from the IPv6 attempt, so a late IPv6 worker thread delays IPv4 too), as the
+ * agent does, and not while an IPv6 stream that connected runs its handshake (up to {@link
+ * #V6_HANDSHAKE_HOLD_MS}); the first proven stream wins.
  *
  * <p>Java has no SO_REUSEPORT: every socket on the punch port sets SO_REUSEADDR and none
  * listens, which Linux and Android allow (connect-only simultaneous open).
@@ -53,6 +56,13 @@ final class Punch {
      * {@code retry_min_ms} and {@code retry_max_ms}).
      */
     static final int RETRY_MIN_MS = 60, RETRY_MAX_MS = 160;
+    /**
+     * How long an IPv6 stream that has connected holds back the IPv4 attempts while its
+     * handshake runs (RFC 8305: once an attempt succeeds, the others are not started): the
+     * agent answers within a round trip or two, so a whole second only matters when IPv6
+     * connects to something that never answers, which then costs IPv4 that second.
+     */
+    static final int V6_HANDSHAKE_HOLD_MS = 1000;
     /** Time the relay gets, once joined, to carry the handshake. */
     private static final int RELAY_GRACE_MS = 5000;
     /** Latest relay start a punch order may ask for: the server forgets a session by then. */
@@ -64,8 +74,20 @@ final class Punch {
     private final boolean primaryV6;
     /** The punch address in the other family (IPv6 beside IPv4), or null. */
     private final InetSocketAddress otherLocal;
-    /** How long after the IPv6 candidates the IPv4 ones start (0 unless there are both). */
+    /** How long after the first IPv6 attempt the IPv4 ones start (0 unless there are both). */
     private int v4DelayMs;
+    /**
+     * When the first IPv6 connect was issued ({@link System#nanoTime()}), or 0 before: the IPv4
+     * attempts count their head start from this moment, not from their own thread's start
+     * (RFC 8305, section 5), so a slow start of the IPv6 worker cannot hand IPv4 the race.
+     */
+    private long v6IssuedAt;
+    /** IPv6 dialers that have not issued their first connect yet and may still do so. */
+    private int v6Pending;
+    /** IPv6 streams of a race that connected and are in their handshake. */
+    private int v6Handshakes;
+    /** When the first of them connected ({@link System#nanoTime()}), or 0. */
+    private long v6ConnectedAt;
     private final int timeoutMs;
     /** When the punch ends: the punch timeout, extended while a relay offered by the order may still work. */
     private final long deadline;
@@ -74,8 +96,11 @@ final class Punch {
     private final byte[] session;
     private final byte[] psk;
     private final byte[] pin;
-    /** {@link StreamHandshake#UNENCRYPTED} when the caller asks for raw bytes, else 0. */
-    private final int unencryptedFlag;
+    /**
+     * {@link StreamHandshake#UNENCRYPTED} when the caller asks for raw bytes, and
+     * {@link StreamHandshake#WARM} when it asks for a warm path (its early data are then yamux).
+     */
+    private final int helloFlags;
     /** Whether the client holds the secret: then streams that fail the handshake are an impostor's. */
     private final boolean secretHeld;
     /** The caller's first bytes, sent with the selection; null for none. */
@@ -114,12 +139,15 @@ final class Punch {
         final boolean unencrypted;
         /** The stream with its records (the selection is a record even on a raw stream). */
         final SecureSocket secure;
+        /** Whether the agent keeps the stream as a warm path (asked for with the warm flag). */
+        final boolean warmKept;
 
         Stream(Socket socket, HostTuple target, boolean relayed, StreamHandshake.Result proven) throws IOException {
             this.socket = socket;
             this.target = target;
             this.relayed = relayed;
-            this.unencrypted = unencryptedFlag != 0 && proven.unencrypted;
+            this.unencrypted = (helloFlags & StreamHandshake.UNENCRYPTED) != 0 && proven.unencrypted;
+            this.warmKept = (helloFlags & StreamHandshake.WARM) != 0 && proven.warm;
             this.secure = new SecureSocket(socket, proven.transport, control.peer);
         }
 
@@ -155,7 +183,8 @@ final class Punch {
         return ms < 0 ? -1 : Math.min(ms, MAX_RELAY_AFTER_MS);
     }
 
-    private Punch(Control control, ServiceKeys keys, byte[] pin, boolean encrypt, int timeoutMs, byte[] early) {
+    private Punch(Control control, ServiceKeys keys, byte[] pin, boolean encrypt, boolean warm, int timeoutMs,
+            byte[] early) {
         this.control = control;
         this.early = early == null || early.length == 0 ? null : early.clone();
         this.port = control.socket.getLocalPort();
@@ -174,7 +203,7 @@ final class Punch {
         // with a secret refuses a client without (secret_required) before any order.
         this.psk = keys != null ? keys.psk(session, key) : ServiceKeys.publicPsk(session, key);
         this.pin = pin;
-        this.unencryptedFlag = encrypt ? 0 : StreamHandshake.UNENCRYPTED;
+        this.helloFlags = (encrypt ? 0 : StreamHandshake.UNENCRYPTED) | (warm ? StreamHandshake.WARM : 0);
         this.secretHeld = keys != null;
     }
 
@@ -185,15 +214,17 @@ final class Punch {
      * @param keys the service secret's keys, or null for a public agent
      * @param pin the agent's static key (65 bytes) when the client pins it, else null
      * @param encrypt false to ask the agent for raw bytes after the selection
+     * @param warm true to ask for a warm path: {@code early} is then the yamux frame that opens
+     *     the first stream, and the stream carries yamux after the selection
      * @param early the caller's first bytes (at most {@link Protocol#EARLY_DATA_MAX}), sent with
      *     the selection of the stream; null or empty for none
      * @return the finished punch: {@link #socket()} is the selected stream, on which the early
      *     bytes have been written
      * @throws P2pException why no stream was selected
      */
-    static Punch run(Control control, ServiceKeys keys, byte[] pin, boolean encrypt, int timeoutMs, byte[] early)
-            throws P2pException {
-        Punch p = new Punch(control, keys, pin, encrypt, timeoutMs, early);
+    static Punch run(Control control, ServiceKeys keys, byte[] pin, boolean encrypt, boolean warm, int timeoutMs,
+            byte[] early) throws P2pException {
+        Punch p = new Punch(control, keys, pin, encrypt, warm, timeoutMs, early);
         try {
             p.punch();
         } finally {
@@ -210,6 +241,11 @@ final class Punch {
     /** Whether the selected stream's bytes travel in sealed records. */
     boolean encrypted() {
         return !winner.unencrypted;
+    }
+
+    /** Whether the agent keeps the selected stream as a warm path for more streams. */
+    boolean warmKept() {
+        return winner.warmKept;
     }
 
     /** The candidate the selected stream was made to (the server, when relayed). */
@@ -270,6 +306,9 @@ final class Punch {
             }
         }
         v4DelayMs = v4 && v6 ? Protocol.IPV6_HEAD_START_MS : 0;
+        for (HostTuple t : targets) {
+            if (isV6(t)) v6Pending++;
+        }
         for (final HostTuple target : targets) {
             startWorker("p2pnc-punch-" + target, new Runnable() {
                 @Override
@@ -392,18 +431,29 @@ final class Punch {
     }
 
     /**
-     * Waits out the IPv6 head start before an IPv4 attempt toward {@code target}; false if the
-     * punch ended meanwhile.
+     * Waits out the IPv6 head start before an IPv4 attempt toward {@code target}: until the first
+     * IPv6 connect has been issued (or every IPv6 dialer gave up without one), then
+     * {@link #v4DelayMs} from that moment, and longer while an IPv6 stream that connected runs
+     * its handshake (at most {@link #V6_HANDSHAKE_HOLD_MS}). False if the punch ended meanwhile.
      */
     private boolean waitTurn(HostTuple target) {
         if (isV6(target) || v4DelayMs == 0) {
             return true;
         }
-        long until = System.nanoTime() + v4DelayMs * 1000000L;
         synchronized (lock) {
             try {
+                while (!finished && winner == null && v6IssuedAt == 0 && v6Pending > 0) {
+                    lock.wait(0);
+                }
+                long from = v6IssuedAt != 0 ? v6IssuedAt : System.nanoTime();
+                long until = from + v4DelayMs * 1000000L;
                 long left;
                 while (!finished && winner == null && (left = (until - System.nanoTime()) / 1000000) > 0) {
+                    lock.wait(left);
+                }
+                // An IPv6 stream that connected is in its handshake: it gets its chance first.
+                while (!finished && winner == null && v6Handshakes > 0
+                        && (left = (v6ConnectedAt + V6_HANDSHAKE_HOLD_MS * 1000000L - System.nanoTime()) / 1000000) > 0) {
                     lock.wait(left);
                 }
             } catch (InterruptedException e) {
@@ -413,8 +463,44 @@ final class Punch {
         }
     }
 
+    /**
+     * Called by an IPv6 dialer right before its first connect ({@code issued}) or when it ends
+     * without one: releases the IPv4 attempts waiting in {@link #waitTurn}.
+     */
+    private void v6Started(boolean issued) {
+        synchronized (lock) {
+            v6Pending--;
+            if (issued && v6IssuedAt == 0) {
+                v6IssuedAt = System.nanoTime();
+            }
+            lock.notifyAll();
+        }
+    }
+
+    /** An IPv6 stream of a race starts its handshake ({@code true}) or is done with it. */
+    private void v6Handshake(boolean starts) {
+        synchronized (lock) {
+            if (starts) {
+                if (v6Handshakes++ == 0 && v6ConnectedAt == 0) v6ConnectedAt = System.nanoTime();
+            } else {
+                v6Handshakes--;
+            }
+            lock.notifyAll();
+        }
+    }
+
     /** Keeps one connect in flight toward {@code target} until one connects or the punch ends. */
     private void dial(HostTuple target) {
+        // An IPv6 dialer in a race reports its first connect, or its end without one.
+        boolean[] v6First = {isV6(target) && v4DelayMs != 0};
+        try {
+            dialLoop(target, v6First);
+        } finally {
+            if (v6First[0]) v6Started(false);
+        }
+    }
+
+    private void dialLoop(HostTuple target, boolean[] v6First) {
         InetSocketAddress address = target.toSocketAddress();
         InetSocketAddress local = localFor(target);
         if (!waitTurn(target)) return;
@@ -433,12 +519,18 @@ final class Punch {
                 if (left <= 0) {
                     throw new SocketTimeoutException("punch timeout");
                 }
+                if (v6First[0]) {
+                    v6First[0] = false;
+                    v6Started(true);
+                }
                 s.connect(address, left);
             } catch (IOException e) {
                 WebSocket.closeQuietly(s);
                 if (!failed(target, s, e)) return;
                 continue;
             }
+            boolean raced = isV6(target) && v4DelayMs != 0;
+            if (raced) v6Handshake(true);
             try {
                 handshake(s, target, false);
                 return;
@@ -446,7 +538,13 @@ final class Punch {
                 // The agent closed the stream before its message 2: it may not know the session
                 // yet, or has refused it (the control channel will say). Retry.
                 WebSocket.closeQuietly(s);
+                if (raced) {
+                    v6Handshake(false);
+                    raced = false;
+                }
                 if (!failed(target, s, e)) return;
+            } finally {
+                if (raced) v6Handshake(false);
             }
         }
     }
@@ -564,7 +662,7 @@ final class Punch {
         boolean unproven = false;
         try {
             StreamHandshake hs = StreamHandshake.start(session, psk, pin,
-                    (committed ? StreamHandshake.SELECT : 0) | unencryptedFlag, early, inHello, null);
+                    (committed ? StreamHandshake.SELECT : 0) | helloFlags, early, inHello, null);
             s.getOutputStream().write(hs.wire);
             s.setSoTimeout(Math.max(1, remainingMs()));
             proven = hs.finish(s.getInputStream());

@@ -25,6 +25,11 @@ final class StreamHandshake {
     static final int SELECT = 1;
     /** Flag: the client asks for raw bytes after the selection (the agent: grants it). */
     static final int UNENCRYPTED = 2;
+    /**
+     * Flag: the stream carries a yamux session after the selection (a warm path); in message 2:
+     * the agent keeps the path open for more streams.
+     */
+    static final int WARM = 4;
     /** Most early data message 1 carries: the message minus {@code e}, the tag and the flags. */
     static final int MAX_EARLY_IN_HELLO = Noise.MAX_MESSAGE - P256.PUBLIC_LEN - Noise.TAG_LEN - 1;
     /** Shortest message 2: {@code e}, the tag and the flags byte. */
@@ -53,7 +58,7 @@ final class StreamHandshake {
      *
      * @param psk the session's PSK
      * @param pin the agent's static public key (65 bytes) when the client pins it (NKpsk0), else null
-     * @param flags {@link #SELECT} and {@link #UNENCRYPTED}
+     * @param flags {@link #SELECT}, {@link #UNENCRYPTED} and {@link #WARM}
      * @param early early data (only with {@link #SELECT}): its first {@code earlyLen} bytes, at
      *     most {@link #MAX_EARLY_IN_HELLO}
      * @param ephemeral a fixed ephemeral key pair (test vectors only), or null
@@ -84,10 +89,13 @@ final class StreamHandshake {
         final Noise.Transport transport;
         /** Whether the agent granted raw bytes after the selection. */
         final boolean unencrypted;
+        /** Whether the agent keeps the stream as a warm path for more streams. */
+        final boolean warm;
 
-        Result(Noise.Transport transport, boolean unencrypted) {
+        Result(Noise.Transport transport, boolean unencrypted, boolean warm) {
             this.transport = transport;
             this.unencrypted = unencrypted;
+            this.warm = warm;
         }
     }
 
@@ -122,10 +130,10 @@ final class StreamHandshake {
                 throw new Noise.Unproven("empty handshake payload");
             }
             int flags = payload[0] & 0xff;
-            if ((flags & ~(SELECT | UNENCRYPTED)) != 0) {
+            if ((flags & ~(SELECT | UNENCRYPTED | WARM)) != 0) {
                 throw new Noise.Unproven(String.format("unknown flags 0x%02x", flags));
             }
-            return new Result(hs.split(), (flags & UNENCRYPTED) != 0);
+            return new Result(hs.split(), (flags & UNENCRYPTED) != 0, (flags & WARM) != 0);
         } catch (GeneralSecurityException e) {
             throw new Noise.Unproven("the handshake failed: " + e);
         }

@@ -110,7 +110,7 @@ public class EarlyDataTest {
         try {
             String agent = server.peer("fake-agent", echoAgent(true, got));
             server.start(order("punch", agent));
-            P2pConnection c = new P2pClient(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
+            P2pConnection c = Cold.client(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
             try {
                 assertTrue("committed before the agent's answer", c.firstBytesEarly);
                 assertEquals(P2pConnection.Path.DIRECT, c.path);
@@ -147,7 +147,7 @@ public class EarlyDataTest {
                 }
             });
             server.start(order("punch", agent));
-            P2pConnection c = new P2pClient(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", big);
+            P2pConnection c = Cold.client(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", big);
             try {
                 assertTrue(c.firstBytesEarly);
                 c.socket.shutdownOutput();
@@ -170,7 +170,7 @@ public class EarlyDataTest {
             // The agent's public endpoint leads nowhere (a closed port here), its mapping to it.
             String nowhere = closedPort();
             server.start(withFields(order("punch", nowhere), "\"peer_mapped\":\"" + agent + "\""));
-            P2pConnection c = new P2pClient(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
+            P2pConnection c = Cold.client(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
             try {
                 assertTrue(c.firstBytesEarly);
                 assertEquals(HostTuple.parse(agent), c.peerAddress);
@@ -219,7 +219,7 @@ public class EarlyDataTest {
                 }
             }));
             server.start(order("punch", impostor, agent));
-            P2pConnection c = new P2pClient(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
+            P2pConnection c = Cold.client(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
             try {
                 assertFalse("the impostor's stream never wins", c.firstBytesEarly);
                 assertEquals(HostTuple.parse(agent), c.peerAddress);
@@ -261,7 +261,7 @@ public class EarlyDataTest {
                 }
             }));
             server.start(order("punch", dying, agent));
-            P2pConnection c = new P2pClient(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
+            P2pConnection c = Cold.client(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
             try {
                 assertFalse(c.firstBytesEarly);
                 assertEquals(HostTuple.parse(agent), c.peerAddress);
@@ -285,7 +285,7 @@ public class EarlyDataTest {
             String closed = closedPort();
             String agent = server.peer("fake-agent", echoAgent(false, got));
             server.start(order("punch", closed, agent));
-            P2pConnection c = new P2pClient(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
+            P2pConnection c = Cold.client(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
             try {
                 assertFalse(c.firstBytesEarly);
                 assertEquals(P2pConnection.Path.LAN, c.path);
@@ -306,7 +306,7 @@ public class EarlyDataTest {
         try {
             server.start(withFields(order("punch", "192.0.2.1:9"), "\"strategy\":\"relay_only\",\"relay_ticket\":\"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1\",\"relay_after_ms\":0"),
                     echoAgent(false, got));
-            P2pConnection c = new P2pClient(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
+            P2pConnection c = Cold.client(2000, 3000).connectDetailed(server.url(), "streamserver", "s3cret", FIRST);
             try {
                 assertFalse(c.firstBytesEarly);
                 assertEquals(P2pConnection.Path.RELAYED, c.path);
@@ -324,7 +324,7 @@ public class EarlyDataTest {
     @Test
     public void overSixtyFourKibibytesIsRefusedBeforeAnyNetwork() throws Exception {
         try {
-            new P2pClient().connect("http://127.0.0.1:9", "streamserver", "s3cret", new byte[64 * 1024 + 1]);
+            Cold.client().connect("http://127.0.0.1:9", "streamserver", "s3cret", new byte[64 * 1024 + 1]);
             fail("accepted 64 KiB + 1 of first bytes");
         } catch (IllegalArgumentException e) {
             assertTrue(e.getMessage(), e.getMessage().contains("65537 bytes, over the 65536"));

@@ -175,7 +175,7 @@ public class FakeServerTest {
     }
 
     private static P2pException plainFailure(int port) {
-        return plainFailure(new P2pClient(2000, 2000), port);
+        return plainFailure(Cold.client(2000, 2000), port);
     }
 
     static void assertMessage(P2pException e, String... parts) {
@@ -389,7 +389,7 @@ public class FakeServerTest {
             }
         });
         long t = System.nanoTime();
-        P2pException e = plainFailure(new P2pClient(300, 300), port);
+        P2pException e = plainFailure(Cold.client(300, 300), port);
         long ms = (System.nanoTime() - t) / 1000000;
         assertMessage(e, "no answer from the server 127.0.0.1:" + port + " within 300 ms", "WebSocket handshake");
         assertTrue("took " + ms + " ms", ms < 2000);
@@ -399,7 +399,7 @@ public class FakeServerTest {
     public void serverNeverSendsTheOrder() throws IOException {
         int port = fake(upgradeThen());
         long t = System.nanoTime();
-        P2pException e = plainFailure(new P2pClient(300, 300), port);
+        P2pException e = plainFailure(Cold.client(300, 300), port);
         long ms = (System.nanoTime() - t) / 1000000;
         assertMessage(e, "within 300 ms (waiting for the punch order)");
         assertTrue("took " + ms + " ms", ms < 2000);
@@ -424,14 +424,14 @@ public class FakeServerTest {
                 http(s, "404 Not Found", "application/json", "{\"error\":\"peer_offline\",\"message\":\"m\"}");
             }
         });
-        assertNull(new P2pClient().getP2PLocalPeerAddress("127.0.0.1", port, "getpoint", PEER));
+        assertNull(Cold.client().getP2PLocalPeerAddress("127.0.0.1", port, "getpoint", PEER));
     }
 
     @Test
     public void badArgumentsFailBeforeAnyNetwork() {
         for (Object[] args : new Object[][] {{0, PEER}, {70000, PEER}, {50300, ""}, {50300, null}}) {
             try {
-                new P2pClient().requestLocalPeerAddress("127.0.0.1", (Integer) args[0], "me", (String) args[1], null);
+                Cold.client().requestLocalPeerAddress("127.0.0.1", (Integer) args[0], "me", (String) args[1], null);
                 fail("accepted " + java.util.Arrays.toString(args));
             } catch (P2pException e) {
                 assertTrue(e.getMessage(), e.getMessage().contains("must be"));
@@ -468,7 +468,7 @@ public class FakeServerTest {
                 }
             }
         });
-        LocalPeerAddress a = new P2pClient().requestLocalPeerAddress("127.0.0.1", port, "getpoint", PEER, "s3cret");
+        LocalPeerAddress a = Cold.client().requestLocalPeerAddress("127.0.0.1", port, "getpoint", PEER, "s3cret");
         assertEquals(new HostTuple("10.9.8.7", 6000), a.PeerAddress);
         assertEquals("127.0.0.1", a.LocalAddress.ip);
         long until = System.currentTimeMillis() + 2000;
@@ -496,7 +496,7 @@ public class FakeServerTest {
     @Test
     public void plainModeWithoutPrivateCandidatesUsesThePublicEndpoint() throws Exception {
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(order("plain", "192.0.2.1:5000")))));
-        LocalPeerAddress a = new P2pClient().requestLocalPeerAddress("127.0.0.1", port, "me", PEER, null);
+        LocalPeerAddress a = Cold.client().requestLocalPeerAddress("127.0.0.1", port, "me", PEER, null);
         assertEquals(new HostTuple("192.0.2.1", 5000), a.PeerAddress);
         assertEquals("127.0.0.1:" + a.LocalAddress.port + ",192.0.2.1:5000", a.toString());
     }
@@ -540,7 +540,7 @@ public class FakeServerTest {
                 s.getInputStream().read();
             }
         });
-        LocalPeerAddress a = new P2pClient(2000, 2000).requestLocalPeerAddress("127.0.0.1", port, "me", PEER, "s3cret");
+        LocalPeerAddress a = Cold.client(2000, 2000).requestLocalPeerAddress("127.0.0.1", port, "me", PEER, "s3cret");
         assertEquals(new HostTuple("192.0.2.1", 5000), a.PeerAddress);
         Map<String, String> q = VectorsTest.decode(request.get().split(" ")[1].split("\\?", 2)[1]);
         Map<?, ?> prove = (Map<?, ?>) Json.parse(answer.get());
@@ -557,7 +557,7 @@ public class FakeServerTest {
                 + "\"you\":\"192.0.2.9:4000\"}");
         int port = fake(upgradeThen(frame(1, true, challenge)));
         try {
-            new P2pClient(2000, 2000).requestLocalPeerAddress("127.0.0.1", port, "me", PEER, null);
+            Cold.client(2000, 2000).requestLocalPeerAddress("127.0.0.1", port, "me", PEER, null);
             fail("answered a challenge without a secret");
         } catch (P2pException e) {
             assertMessage(e, "the server sent a challenge to a request that cannot answer one (plain mode, no secret)");
@@ -607,7 +607,7 @@ public class FakeServerTest {
         ServerSocket agent = fakeAgent("s3cret", got);
         String agentAddr = "127.0.0.1:" + agent.getLocalPort();
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(order("punch", agentAddr)))));
-        P2pConnection c = new P2pClient(2000, 2000).connectDetailed("127.0.0.1", port, "me", PEER, "s3cret");
+        P2pConnection c = Cold.client(2000, 2000).connectDetailed("127.0.0.1", port, "me", PEER, "s3cret");
         try {
             assertEquals(P2pConnection.Path.DIRECT, c.path);
             assertEquals(HostTuple.parse(agentAddr), c.peerAddress);
@@ -652,7 +652,7 @@ public class FakeServerTest {
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(order("punch", "127.0.0.1:" + agent.getLocalPort())))));
         long start = System.nanoTime();
         try {
-            new P2pClient(2000, 3000).connect("127.0.0.1", port, "me", PEER, "s3cret");
+            Cold.client(2000, 3000).connect("127.0.0.1", port, "me", PEER, "s3cret");
             fail("connected to an agent with another secret");
         } catch (P2pException e) {
             assertEquals(P2pClient.NOT_THE_SERVICE, e.getCode());
@@ -672,7 +672,7 @@ public class FakeServerTest {
         String o = order("punch", "127.0.0.1:" + agent.getLocalPort()).replace("\"auth\":\"secret\"", "\"auth\":\"public\"");
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))));
         try {
-            new P2pClient(2000, 2000).connect("127.0.0.1", port, "me", PEER, "s3cret");
+            Cold.client(2000, 2000).connect("127.0.0.1", port, "me", PEER, "s3cret");
             fail("connected to a public agent with a secret");
         } catch (P2pException e) {
             assertEquals(P2pClient.NOT_THE_SERVICE, e.getCode());
@@ -702,7 +702,7 @@ public class FakeServerTest {
         });
         long t = System.nanoTime();
         try {
-            new P2pClient(2000, 5000).connect("127.0.0.1", port, "me", PEER, "s3cret");
+            Cold.client(2000, 5000).connect("127.0.0.1", port, "me", PEER, "s3cret");
             fail("connected to a silent agent");
         } catch (P2pException e) {
             assertEquals("secret_rejected", e.getCode());
@@ -720,7 +720,7 @@ public class FakeServerTest {
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(order("punch", target)))));
         long t = System.nanoTime();
         try {
-            new P2pClient(2000, 700).connect("127.0.0.1", port, "me", PEER, "s3cret");
+            Cold.client(2000, 700).connect("127.0.0.1", port, "me", PEER, "s3cret");
             fail("connected to a closed port");
         } catch (P2pException e) {
             assertNull(e.getCode());
@@ -766,7 +766,7 @@ public class FakeServerTest {
         String o = withFields(order("punch", unreachable), "\"relay_ticket\":\"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1\",\"relay_after_ms\":300");
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))), relayAgent(request));
         long t = System.nanoTime();
-        P2pConnection c = new P2pClient(2000, 2000).connectDetailed("127.0.0.1", port, "me", PEER, "s3cret");
+        P2pConnection c = Cold.client(2000, 2000).connectDetailed("127.0.0.1", port, "me", PEER, "s3cret");
         try {
             long ms = (System.nanoTime() - t) / 1000000;
             assertEquals(P2pConnection.Path.RELAYED, c.path);
@@ -792,7 +792,7 @@ public class FakeServerTest {
         String o = withFields(order("punch", "127.0.0.1:" + agent.getLocalPort()),
                 "\"strategy\":\"relay_only\",\"relay_ticket\":\"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1\",\"relay_after_ms\":0");
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))), relayAgent(new AtomicReference<String>()));
-        P2pConnection c = new P2pClient(2000, 2000).connectDetailed("127.0.0.1", port, "me", PEER, "s3cret");
+        P2pConnection c = Cold.client(2000, 2000).connectDetailed("127.0.0.1", port, "me", PEER, "s3cret");
         try {
             c.socket.getOutputStream().write(Codec.utf8("data"));
             new DataInputStream(c.socket.getInputStream()).readFully(new byte[4]);
@@ -816,7 +816,7 @@ public class FakeServerTest {
             }
         });
         try {
-            new P2pClient(2000, 500).connect("127.0.0.1", port, "me", PEER, "s3cret");
+            Cold.client(2000, 500).connect("127.0.0.1", port, "me", PEER, "s3cret");
             fail("connected without a path");
         } catch (P2pException e) {
             assertMessage(e, "no direct path to peer 'streamserver'", unreachable + ": connection refused",
@@ -831,7 +831,7 @@ public class FakeServerTest {
         AtomicReference<String> request = new AtomicReference<String>();
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))), relayAgent(request));
         try {
-            new P2pClient(2000, 1000).connect("127.0.0.1", port, "me", PEER, "s3cret");
+            Cold.client(2000, 1000).connect("127.0.0.1", port, "me", PEER, "s3cret");
             fail("connected without a path");
         } catch (P2pException e) {
             assertMessage(e, "no way to reach peer 'streamserver': strategy relay_only");
@@ -845,7 +845,7 @@ public class FakeServerTest {
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))));
         long t = System.nanoTime();
         try {
-            new P2pClient(2000, 5000).connect("127.0.0.1", port, "me", PEER, "s3cret");
+            Cold.client(2000, 5000).connect("127.0.0.1", port, "me", PEER, "s3cret");
             fail("connected without a path");
         } catch (P2pException e) {
             assertMessage(e, "no way to reach peer 'streamserver': strategy relay_only");
@@ -898,7 +898,7 @@ public class FakeServerTest {
         String target = "127.0.0.1:" + agent.getLocalPort();
         String o = withFields(order("punch", target), "\"strategy\":\"birthday_hard\"");
         int port = fake(upgradeThen(frame(1, true, Codec.utf8(o))));
-        P2pConnection c = new P2pClient(2000, 3000).connectDetailed("127.0.0.1", port, "me", PEER, "s3cret");
+        P2pConnection c = Cold.client(2000, 3000).connectDetailed("127.0.0.1", port, "me", PEER, "s3cret");
         try {
             assertEquals(P2pConnection.Path.DIRECT, c.path);
             assertEquals(HostTuple.parse(target), c.peerAddress);
@@ -930,7 +930,7 @@ public class FakeServerTest {
                         "{\"error\":\"unauthorized\",\"message\":\"this server requires a token\"}");
             }
         });
-        P2pException e = plainFailure(new P2pClient(2000, 2000, "tok-123"), port);
+        P2pException e = plainFailure(Cold.client(2000, 2000, "tok-123"), port);
         assertEquals("unauthorized", e.getCode());
         assertEquals("the server refused this client's token: this server requires a token", e.getMessage());
         assertTrue(head.get(), head.get().contains("\r\nAuthorization: Bearer tok-123\r\n"));

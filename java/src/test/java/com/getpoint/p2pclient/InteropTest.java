@@ -284,6 +284,37 @@ public class InteropTest {
      * hands them to the service once, in order, before what is written to the socket. The NAT
      * probe reached the server's probe port, so it classified this client's mapping.
      */
+    /**
+     * The Rust agent keeps the first connection's path: the second connect of the same client is
+     * a yamux stream on it (same session, no punch), both streams are open at once, and each
+     * echoes byte-exactly through its own half-close while the other stays open.
+     */
+    @Test
+    public void aSecondConnectRidesTheWarmPathAndEachStreamHalfClosesOnItsOwn() throws Exception {
+        byte[] x = new byte[300000], y = new byte[500000];
+        new Random(1).nextBytes(x);
+        new Random(2).nextBytes(y);
+        P2pClient client = new P2pClient();
+        try {
+            P2pConnection a = client.connectDetailed("127.0.0.1", serverPort, "getpoint", "streamserver", SECRET);
+            P2pConnection b = client.connectDetailed("127.0.0.1", serverPort, "getpoint", "streamserver", SECRET);
+            try {
+                assertFalse(a.toString(), a.warm);
+                assertTrue(b.toString(), b.warm);
+                assertTrue(b.toString().endsWith("(warm path)"));
+                assertEquals("one session carries both", a.session, b.session);
+                assertTrue(a.socket instanceof WarmSocket && b.socket instanceof WarmSocket);
+                assertArrayEquals(y, roundTrip(b.socket, y));
+                assertArrayEquals("the first stream outlived the second's end", x, roundTrip(a.socket, x));
+            } finally {
+                a.socket.close();
+                b.socket.close();
+            }
+        } finally {
+            client.closeWarmPaths();
+        }
+    }
+
     @Test
     public void earlyDataReachesTheServiceOnceInOrder() throws Exception {
         byte[] first = new byte[40000];

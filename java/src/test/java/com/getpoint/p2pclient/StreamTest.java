@@ -50,9 +50,9 @@ public class StreamTest {
         try {
             String agent = server.peer("pinned-agent", publicAgent(key, pinned));
             server.start(publicOrder(agent, Codec.hex(P256.encode(key.getPublic()))));
-            ConnectOptions o = new P2pClient(2000, 3000).options().server(server.url()).peer("streamserver")
+            ConnectOptions o = Cold.client(2000, 3000).options().server(server.url()).peer("streamserver")
                     .peerPin(fingerprint(key).toUpperCase().replace("SHA256:", "sha256:")).build();
-            Socket s = new P2pClient().connect(o);
+            Socket s = Cold.client().connect(o);
             try {
                 assertArrayEquals(Codec.utf8("hi"), EarlyDataTest.finishWith(s, Codec.utf8("hi")));
             } finally {
@@ -80,7 +80,7 @@ public class StreamTest {
             try {
                 server.start(publicOrder("127.0.0.1:" + agent.getLocalPort(), c[0]));
                 try {
-                    new P2pClient().connect(new P2pClient(2000, 2000).options().server(server.url())
+                    Cold.client().connect(Cold.client(2000, 2000).options().server(server.url())
                             .peer("streamserver").peerPin(fingerprint(key)).build());
                     fail("connected despite the pin");
                 } catch (P2pException e) {
@@ -142,7 +142,7 @@ public class StreamTest {
             });
             server.start(publicOrder(agent, Codec.hex(P256.encode(key.getPublic()))));
             try {
-                new P2pClient().connect(new P2pClient(2000, 800).options().server(server.url()).peer("streamserver")
+                Cold.client().connect(Cold.client(2000, 800).options().server(server.url()).peer("streamserver")
                         .peerPin(fingerprint(key)).build());
                 fail("connected to an agent without the pinned key");
             } catch (P2pException e) {
@@ -173,7 +173,7 @@ public class StreamTest {
                     }
                 });
                 server.start(order("punch", agent));
-                P2pConnection c = new P2pClient().connectDetailed(new P2pClient(2000, 3000).options()
+                P2pConnection c = Cold.client().connectDetailed(Cold.client(2000, 3000).options()
                         .server(server.url()).peer("streamserver").secret("s3cret").encrypt(false).build());
                 try {
                     assertEquals(!granted, c.encrypted);
@@ -205,7 +205,7 @@ public class StreamTest {
                 }
             });
             server.start(order("punch", agent));
-            Socket s = new P2pClient(2000, 3000).connect(server.url(), "streamserver", "s3cret");
+            Socket s = Cold.client(2000, 3000).connect(server.url(), "streamserver", "s3cret");
             try {
                 s.setSoTimeout(5000);
                 new DataInputStream(s.getInputStream()).readFully(new byte[1]);
@@ -243,7 +243,7 @@ public class StreamTest {
         try {
             String agent = server.peer("agent", EarlyDataTest.echoAgent(false, got));
             server.start(order("punch", agent));
-            LocalPeerAddress a = new P2pClient(2000, 3000).requestEncryptedPeerAddress(server.url(), "streamserver",
+            LocalPeerAddress a = Cold.client(2000, 3000).requestEncryptedPeerAddress(server.url(), "streamserver",
                     "s3cret");
             assertEquals("127.0.0.1", a.LocalAddress.ip);
             assertEquals("127.0.0.1", a.PeerAddress.ip);
@@ -296,7 +296,7 @@ public class StreamTest {
                 }
             });
             server.start(order("punch", agent));
-            LocalPeerAddress a = new P2pClient(2000, 3000).requestEncryptedPeerAddress(server.url(), "streamserver",
+            LocalPeerAddress a = Cold.client(2000, 3000).requestEncryptedPeerAddress(server.url(), "streamserver",
                     "s3cret");
             try {
                 seedSnippet(a, Codec.utf8("x"));
