@@ -350,7 +350,9 @@ public class InteropTest {
             assertEquals("secret_rejected", ((P2pException) e).getCode());
         }
         long ms = (System.nanoTime() - t) / 1000000;
-        assertTrue("took " + ms + " ms", ms < 1500);
+        // Fast means answered by the server, not waited out: under the 5 s punch timeout. The
+        // key derivation (PBKDF2, 16 384 rounds) in a cold JVM on a loaded machine took 2.3 s.
+        assertTrue("took " + ms + " ms", ms < 4000);
     }
 
     @Test
