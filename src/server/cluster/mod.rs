@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,6 +68,13 @@ const OUTBOX: usize = 4096;
 const REMOTE_SESSION_LIFETIME: Duration = Duration::from_secs(40);
 /// How many remote sessions a member remembers at most (older ones are dropped first).
 const MAX_REMOTE_SESSIONS: usize = 65_536;
+
+/// The store's state as a member last saw it.
+const STORE_UNKNOWN: u8 = 0;
+/// See [`STORE_UNKNOWN`].
+const STORE_UP: u8 = 1;
+/// See [`STORE_UNKNOWN`].
+const STORE_DOWN: u8 = 2;
 
 /// A server's membership of a cluster.
 #[derive(Debug, Clone)]
@@ -224,8 +231,8 @@ pub(super) struct Cluster {
     redis: ConnectionManager,
     client: redis::Client,
     scripts: Scripts,
-    /// Whether Redis answered lately.
-    up: AtomicBool,
+    /// Whether Redis answered lately: [`STORE_UNKNOWN`] until the first answer or failure.
+    store: AtomicU8,
     /// This member's smoothed RTT to Redis, microseconds.
     redis_rtt_us: AtomicU64,
     /// Presence of the agents held here, by id.
@@ -272,7 +279,7 @@ impl Cluster {
             redis,
             client,
             scripts: Scripts::new(),
-            up: AtomicBool::new(false),
+            store: AtomicU8::new(STORE_UNKNOWN),
             redis_rtt_us: AtomicU64::new(0),
             claims: Mutex::new(HashMap::new()),
             remote_sessions: Mutex::new(HashMap::new()),
@@ -304,13 +311,13 @@ impl Cluster {
 
     /// Whether Redis answered lately.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.store.load(Ordering::Relaxed) == STORE_UP
     }
 
     /// Records whether Redis answered; logs each transition once.
     fn set_up(&self, up: bool, why: &str) {
-        let was = self.up.swap(up, Ordering::Relaxed);
-        if was == up {
+        let now = if up { STORE_UP } else { STORE_DOWN };
+        if self.store.swap(now, Ordering::Relaxed) == now {
             return;
         }
         if up {
