@@ -77,7 +77,7 @@ const STORE_UP: u8 = 1;
 const STORE_DOWN: u8 = 2;
 
 /// A server's membership of a cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// The Redis every member names, `redis://HOST:PORT[/DB]`.
     pub redis_url: String,
@@ -86,6 +86,16 @@ pub struct ClusterConfig {
     /// Where clients and agents reach this member's control port (also where the other
     /// members send the ends of a relayed session to).
     pub advertise: SocketAddr,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &redacted(&self.redis_url))
+            .field("member", &self.member)
+            .field("advertise", &self.advertise)
+            .finish()
+    }
 }
 
 /// Why a cluster cannot be joined.
@@ -101,7 +111,7 @@ pub fn check_redis_url(url: &str) -> Result<(), ClusterUrlError> {
     redis::Client::open(url)
         .map(|_| ())
         .map_err(|e| ClusterUrlError {
-            url: url.to_string(),
+            url: redacted(url),
             reason: e.to_string(),
         })
 }
