@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(nftables iptables iproute2 conntrack socat miniupnpd stun-server tcpdump iperf3
   default-jdk-headless maven junit4 libsurefire-java libmaven-compiler-plugin-java
   libmaven-resources-plugin-java libmaven-jar-plugin-java libmaven-install-plugin-java
-  libmaven-clean-plugin-java chromium man-db systemd)
+  libmaven-clean-plugin-java chromium man-db systemd redis-server)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

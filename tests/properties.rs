@@ -180,6 +180,7 @@ fn punch() -> impl Strategy<Value = PunchOrder> {
             peer_public6,
             you6,
             peer_key: None,
+            relay_at: None,
         },
     )
 }

@@ -13,6 +13,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 
+use super::cluster::ClusterStatus;
 use super::metrics::{PairStats, Record};
 use super::{AppState, Shared};
 use crate::protocol::{Auth, Mapping};
@@ -55,9 +56,11 @@ struct Status {
     pairs: Vec<PairRow>,
     /// Requests refused, by error code.
     refused: BTreeMap<String, u64>,
+    /// The cluster, when the server is a member of one.
+    cluster: Option<ClusterStatus>,
 }
 
-fn status(state: &Shared) -> Status {
+async fn status(state: &Shared) -> Status {
     let services = state
         .registry
         .snapshot()
@@ -88,18 +91,22 @@ fn status(state: &Shared) -> Status {
             })
             .collect(),
         refused: state.metrics.rejected_counts(),
+        cluster: match &state.cluster {
+            Some(c) => Some(c.status().await),
+            None => None,
+        },
     }
 }
 
 async fn status_json(State(state): State<AppState>) -> Response {
-    axum::Json(status(&state)).into_response()
+    axum::Json(status(&state).await).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let agents = state.registry.len() as u64;
     let sessions = state.sessions.len() as u64;
     let relay = state.relay.as_ref().map_or(0, |r| r.active()) as u64;
-    let text = state.metrics.render(&[
+    let mut text = state.metrics.render(&[
         ("p2pnc_agents_online", "Agents registered now.", agents),
         (
             "p2pnc_sessions_open",
@@ -112,6 +119,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
             relay,
         ),
     ]);
+    if let Some(cluster) = &state.cluster {
+        cluster.render_metrics(&mut text);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -146,7 +156,7 @@ fn plural(n: usize, noun: &str) -> String {
 }
 
 async fn page(State(state): State<AppState>) -> Html<String> {
-    let st = status(&state);
+    let st = status(&state).await;
     let mut h = String::with_capacity(8192);
     let _ = write!(
         h,
@@ -165,12 +175,60 @@ async fn page(State(state): State<AppState>) -> Html<String> {
             .map(|n| format!(" · {} relayed", plural(n, "session")))
             .unwrap_or_else(|| " · relay off".into())
     );
+    if let Some(c) = &st.cluster {
+        cluster(&mut h, c);
+    }
     services(&mut h, &st.services);
     recent(&mut h, &st.recent);
     pairs(&mut h, &st.pairs);
     refused(&mut h, &st.refused);
     h.push_str("</body></html>");
     Html(h)
+}
+
+/// The cluster: the store's state, this member's cross-server traffic, every member.
+fn cluster(h: &mut String, c: &ClusterStatus) {
+    let _ = write!(
+        h,
+        "<h2>Cluster</h2><p id=\"cluster\">this server: {} ({}) · store {} <span class=\"{}\">{}</span> \
+         ({:.2} ms) · {} outages · {} cross-server connects brokered here · {} orders routed \
+         in from other servers</p>",
+        esc(&c.member),
+        esc(&c.advertise),
+        esc(&c.store),
+        if c.store_up { "ok" } else { "bad" },
+        if c.store_up {
+            "reachable"
+        } else {
+            "UNREACHABLE: serving local agents only, registrations refused"
+        },
+        c.store_rtt_ms,
+        c.outages,
+        c.cross_connects,
+        c.orders_routed_in
+    );
+    match &c.members {
+        None => h.push_str("<p>Members unknown while the store is unreachable.</p>"),
+        Some(members) => {
+            h.push_str(
+                "<table id=\"members\"><tr><th>member</th><th>address</th><th>agents</th>\
+                 <th>store RTT</th><th>up since</th><th>version</th></tr>",
+            );
+            for m in members {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2} ms</td><td>{}</td><td>{}</td></tr>",
+                    esc(&m.member),
+                    m.advertise,
+                    m.agents,
+                    m.redis_rtt_us as f64 / 1000.0,
+                    utc(m.since_unix_ms),
+                    esc(&m.version)
+                );
+            }
+            h.push_str("</table>");
+        }
+    }
 }
 
 /// The table of online services.

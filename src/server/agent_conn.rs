@@ -2,6 +2,7 @@
 //! orders sent down it, pings both ways, and the agent's rejections and armings routed to
 //! their sessions.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -73,7 +74,29 @@ pub(super) async fn agent_connection(
             key: q.key,
         },
         takeover: q.takeover,
-        rtt: meta.rtt,
+        rtt_us: Arc::new(AtomicU64::new(meta.rtt.map_or(0, |d| d.as_micros() as u64))),
+    };
+    // In a cluster, the id is claimed across the cluster first, then here.
+    let claim = match &state.cluster {
+        Some(cluster) => {
+            match cluster
+                .claim(&new.id, &new.view, new.takeover, new.rtt_us.clone())
+                .await
+            {
+                Ok(claim) => Some(claim),
+                Err(refused) => {
+                    tracing::info!(id = %q.id, public = %meta.remote, "registration refused: {refused}");
+                    state.metrics.rejected(&refused.code().to_string());
+                    let msg = ServerToAgent::Error {
+                        code: refused.code(),
+                        message: refused.to_string(),
+                    };
+                    send(&mut socket, &msg).await;
+                    return;
+                }
+            }
+        }
+        None => None,
     };
     let mut registration = match state.registry.register(new) {
         Ok(r) => r,
@@ -109,6 +132,7 @@ pub(super) async fn agent_connection(
         }
     }
     drop(registration);
+    drop(claim);
     tracing::info!(id = %q.id, "agent offline");
 }
 
@@ -245,7 +269,11 @@ fn route_agent_msg(state: &Shared, msg: AgentToServer) {
         _ => return,
     };
     // Text that is no session id names no session, like an id the server does not know.
-    if let Some(session) = session.id() {
-        state.sessions.deliver(session, event);
+    if let Some(session) = session.id()
+        && let Err(event) = state.sessions.deliver(session, event)
+        && let Some(cluster) = &state.cluster
+    {
+        // A session another member brokers: its answer goes back the way the order came.
+        cluster.forward_event(session, event);
     }
 }

@@ -34,9 +34,9 @@ pub(super) struct ClientView {
     pub proof: Option<Signature>,
 }
 
-/// The agent of a session, as the registry knows it.
-#[derive(Debug, Clone)]
-pub(super) struct AgentView {
+/// The agent of a session, as the registry knows it (and, in a cluster, the store).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct AgentView {
     /// Its public endpoint: where its control connection came from.
     pub public: SocketAddr,
     /// Its public endpoint in the other address family, from its probe of that family.
@@ -324,6 +324,7 @@ pub(super) fn plan(
         peer_public6: six.map(|(c6, _)| c6.public),
         you6: six.map(|(_, a6)| a6.public),
         peer_key: None,
+        relay_at: None,
     };
     let to_client = PunchOrder {
         session,
@@ -348,6 +349,7 @@ pub(super) fn plan(
         peer_public6: six.map(|(_, a6)| a6.public),
         you6: six.map(|(c6, _)| c6.public),
         peer_key: agent.key,
+        relay_at: None,
     };
     Ok(Orders {
         to_agent,

@@ -160,7 +160,12 @@ async fn peer(
     if let Some(refused) = state.token_refusal(&headers) {
         return refused;
     }
-    if state.registry.contains(&id) {
+    let online = state.registry.contains(&id)
+        || match (&state.cluster, protocol::ServiceId::new(&id)) {
+            (Some(cluster), Ok(id)) => matches!(cluster.lookup(&id).await, Ok(Some(_))),
+            _ => false,
+        };
+    if online {
         Json(serde_json::json!({"id": id, "online": true})).into_response()
     } else {
         error(ErrorCode::PeerOffline, format!("peer '{id}' is not online"))
@@ -206,6 +211,14 @@ async fn expose(
     if let Err(refused) = state.registry.admit(&q.id, q.verifier.as_ref(), q.takeover) {
         return state.reject(refused.code(), refused.to_string());
     }
+    // Without the cluster store no id can be checked against the other members: refused at
+    // once rather than after the challenge.
+    if let Some(cluster) = &state.cluster
+        && !cluster.is_up()
+    {
+        let refused = super::cluster::ClaimRefused::StoreDown(q.id.clone());
+        return state.reject(refused.code(), refused.to_string());
+    }
     upgrade(ws, |ws| {
         ws.on_upgrade(move |socket| agent_conn::agent_connection(state, meta, q, socket))
     })
@@ -228,7 +241,15 @@ async fn connect(
         Ok(q) => q,
         Err(e) => return state.reject(e.code, e.message),
     };
-    if let Err((code, message)) = state.check_proof(&q) {
+    let verifier = match state.find_agent(&q.peer).await {
+        Ok(Some(agent)) => Some(agent.view().verifier),
+        Ok(None) => None,
+        Err(_) => {
+            let message = super::store_down_message(&q.peer);
+            return state.reject(ErrorCode::Busy, message);
+        }
+    };
+    if let Err((code, message)) = state.check_proof(&q, verifier) {
         return state.reject(code, message);
     }
     if state.sessions.is_full() {
@@ -340,8 +361,14 @@ impl Shared {
     /// Checks a connect request against its agent before anything about the agent is used:
     /// online; with a verifier, a proof that verifies and a nonce not seen before. A client
     /// that cannot prove the secret learns nothing but that.
-    fn check_proof(&self, q: &ConnectQuery) -> Result<(), (ErrorCode, String)> {
-        let Some(verifier) = self.registry.verifier_of(&q.peer) else {
+    /// `verifier` is the agent's as found: `None` when it is offline, `Some(None)` when it is
+    /// public.
+    fn check_proof(
+        &self,
+        q: &ConnectQuery,
+        verifier: Option<Option<protocol::Verifier>>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let Some(verifier) = verifier else {
             let message = format!("peer '{}' is not online", q.peer);
             return Err((ErrorCode::PeerOffline, message));
         };

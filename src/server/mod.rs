@@ -23,6 +23,7 @@ mod accept;
 mod admin;
 mod agent_conn;
 mod broker;
+mod cluster;
 mod http;
 pub(crate) mod limits;
 pub(crate) mod metrics;
@@ -31,13 +32,15 @@ mod registry;
 mod relay;
 mod session;
 
+use self::cluster::{Cluster, StoreDown};
+pub use self::cluster::{ClusterConfig, PRESENCE_TTL, check_redis_url};
 use self::limits::{Concurrency, RateLimiter};
 use self::metrics::Metrics;
 use self::probe::ProbeTable;
 use self::registry::Registry;
 pub use self::relay::RelayConfig;
 use self::relay::RelayHub;
-use self::session::SessionTable;
+use self::session::{SessionTable, Target};
 use crate::defaults;
 use crate::net;
 use crate::protocol;
@@ -69,6 +72,8 @@ pub struct ServerConfig {
     /// TLS on the control port. Expose and connect requests must then come over TLS; plain
     /// connections may still ask `/v1/whoami`, `/v1/health` and join relays.
     pub tls: Option<ServerTls>,
+    /// Membership of a cluster of servers sharing one Redis (see `docs/cluster.md`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +90,7 @@ impl Default for ServerConfig {
             connect_rate: defaults::CONNECT_RATE,
             expose_rate: defaults::EXPOSE_RATE,
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -115,6 +121,8 @@ struct Shared {
     /// `None` when the server has no probe port: mappings are then unknown at once.
     probes: Option<Arc<ProbeTable>>,
     relay: Option<RelayHub>,
+    /// The cluster this server is a member of, if any.
+    cluster: Option<Arc<Cluster>>,
     metrics: Metrics,
     /// Connect nonces seen lately: a replayed request is refused before it reaches an agent.
     replay: crate::replay::ReplayCache,
@@ -129,6 +137,28 @@ const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 const REPLAY_CACHE: usize = 262_144;
 
 type AppState = Arc<Shared>;
+
+impl Shared {
+    /// The agent `id`: held here, or (in a cluster) by another member. `Err` when it is not
+    /// here and the cluster store cannot be asked.
+    async fn find_agent(&self, id: &protocol::ServiceId) -> Result<Option<Target>, StoreDown> {
+        if let Some(online) = self.registry.lookup(id) {
+            return Ok(Some(Target::Local(online)));
+        }
+        match &self.cluster {
+            Some(cluster) => Ok(cluster.lookup(id).await?.map(Target::Remote)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What a client hears when its peer is not held here and the cluster store is unreachable.
+fn store_down_message(peer: &str) -> String {
+    format!(
+        "peer '{peer}' is not on this server, and the cluster store is unreachable: try \
+         another server, or again shortly"
+    )
+}
 
 /// Binds the control port `addr` and the probe port next to it. With port 0, finds a pair
 /// of free consecutive ports.
@@ -201,6 +231,20 @@ pub async fn serve(
         admin,
     } = listeners;
     let probes = probe.as_ref().map(|_| Arc::new(ProbeTable::default()));
+    let registry = Arc::new(Registry::new(config.id_grace, config.max_agents));
+    let sessions = Arc::new(SessionTable::new(config.max_pending_connects));
+    let tasks = TaskTracker::new();
+    let cluster = match &config.cluster {
+        Some(c) => Some(Cluster::start(
+            c.clone(),
+            config.id_grace,
+            registry.clone(),
+            sessions.clone(),
+            &tasks,
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
     let state = Arc::new(Shared {
         relay: config.relay.map(RelayHub::new),
         connect_rate: RateLimiter::new(config.connect_rate, config.connect_rate * 3.0),
@@ -209,13 +253,14 @@ pub async fn serve(
             per_client: Concurrency::new(BIRTHDAYS_AT_ONCE, BIRTHDAY_WINDOW),
             per_agent: Concurrency::new(BIRTHDAYS_AT_ONCE, BIRTHDAY_WINDOW),
         },
-        registry: Arc::new(Registry::new(config.id_grace, config.max_agents)),
-        sessions: Arc::new(SessionTable::new(config.max_pending_connects)),
+        registry,
+        sessions,
+        cluster,
         config,
         probes: probes.clone(),
         metrics: Metrics::default(),
         replay: crate::replay::ReplayCache::new(REPLAY_WINDOW, REPLAY_CACHE),
-        tasks: TaskTracker::new(),
+        tasks,
         shutdown: shutdown.clone(),
     });
     if let (Some(probe), Some(table)) = (probe, probes) {

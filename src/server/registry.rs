@@ -60,8 +60,9 @@ pub(super) struct NewAgent {
     pub view: AgentView,
     /// Whether it replaces an online registration of the same owner (else it waits).
     pub takeover: bool,
-    /// The RTT of its TCP handshake.
-    pub rtt: Option<Duration>,
+    /// Where its smoothed RTT is kept (microseconds, 0 = unknown), first the RTT of its TCP
+    /// handshake.
+    pub rtt_us: Arc<AtomicU64>,
 }
 
 /// A registration in force. Dropping it takes the id offline (unless the owner's restart took
@@ -176,7 +177,7 @@ impl Registry {
     pub fn register(self: &Arc<Self>, new: NewAgent) -> Result<Registration, Refused> {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
-        let rtt_us = Arc::new(AtomicU64::new(new.rtt.map_or(0, |d| d.as_micros() as u64)));
+        let rtt_us = new.rtt_us;
         let replaced = CancellationToken::new();
         let mut agents = self.agents.lock().expect("agents lock");
         let owner = new.view.verifier;
@@ -246,10 +247,11 @@ impl Registry {
         }
     }
 
-    /// The verifier of `id` if it is online: `Some(None)` for a public agent.
-    pub fn verifier_of(&self, id: &str) -> Option<Option<Verifier>> {
-        let agents = self.agents.lock().expect("agents lock");
-        agents.get(id).map(|a| a.view.verifier)
+    /// Takes the registration of `id` offline: another registration elsewhere took the id.
+    pub fn kick(&self, id: &str) {
+        if let Some(entry) = self.agents.lock().expect("agents lock").get(id) {
+            entry.replaced.cancel();
+        }
     }
 
     /// The online agent `id`, for a connect to it.
@@ -321,7 +323,7 @@ mod tests {
                 key: None,
             },
             takeover: true,
-            rtt: None,
+            rtt_us: Arc::default(),
         }
     }
 
@@ -373,7 +375,7 @@ mod tests {
         let other = ServiceId::new("other").unwrap();
         assert_eq!(registry.admit(&other, None, true), Err(Refused::Full));
         assert_eq!(registry.snapshot().len(), 1);
-        assert_eq!(registry.verifier_of("pub"), Some(None));
+        assert_eq!(registry.lookup("pub").map(|a| a.view.verifier), Some(None));
         drop(public);
         assert_eq!(registry.len(), 0);
         assert!(registry.register(agent("pub", Some("pw"))).is_ok());

@@ -13,7 +13,10 @@ use axum::extract::ws::{Message, WebSocket};
 use tokio::sync::mpsc;
 
 use super::accept::ConnMeta;
-use super::broker::{self, BirthdayBudget, ClientView, Orders, RelayPolicy, RelayTickets};
+use super::broker::{
+    self, AgentView, BirthdayBudget, ClientView, Orders, RelayPolicy, RelayTickets,
+};
+use super::cluster::RemoteAgent;
 use super::http::send;
 use super::limits::Use;
 use super::metrics::{Metrics, Outcome};
@@ -143,13 +146,55 @@ impl SessionTable {
         (session, rx)
     }
 
-    /// Hands `event` to session `id`, if it is open; drops it otherwise.
-    pub fn deliver(&self, id: SessionId, event: SessionEvent) {
+    /// Hands `event` to session `id`, if it is open here; gives it back otherwise.
+    pub fn deliver(&self, id: SessionId, event: SessionEvent) -> Result<(), SessionEvent> {
         let tx = (self.open.lock().expect("sessions lock"))
             .get(&id)
             .map(|e| e.events.clone());
-        if let Some(tx) = tx {
-            let _ = tx.try_send(event);
+        match tx {
+            Some(tx) => {
+                let _ = tx.try_send(event);
+                Ok(())
+            }
+            None => Err(event),
+        }
+    }
+}
+
+/// The agent of a session: held here, or by another member of the cluster.
+pub(super) enum Target {
+    /// In this server's registry.
+    Local(Online),
+    /// Held by another member: orders go through the cluster store.
+    Remote(RemoteAgent),
+}
+
+impl Target {
+    /// What the broker needs.
+    pub fn view(&self) -> &AgentView {
+        match self {
+            Target::Local(a) => &a.view,
+            Target::Remote(a) => &a.view,
+        }
+    }
+
+    /// How long, as an RTT, a message from here takes to reach the agent and back: its own
+    /// RTT, plus twice the hop through the store when another member holds it.
+    pub fn rtt(&self) -> Duration {
+        match self {
+            Target::Local(a) => a.rtt,
+            Target::Remote(a) => a.rtt + 2 * a.hop,
+        }
+    }
+
+    /// Sends the agent `msg` (for `session`); false when its queue is full.
+    fn send(&self, state: &AppState, session: SessionId, msg: ServerToAgent) -> bool {
+        match self {
+            Target::Local(a) => a.tx.try_send(Box::new(msg)).is_ok(),
+            Target::Remote(a) => state
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.send_to_agent(a, Some(session), msg)),
         }
     }
 }
@@ -204,15 +249,24 @@ pub(super) async fn client_session(
     // reached in that family alone), then the agent as it is now.
     let tickets = state.relay.as_ref().map(|_| RelayTickets::random());
     let (session, mut events) = state.sessions.open(SessionId::random(), tickets);
-    let other_needed = state.registry.lookup(&q.peer).is_some_and(|a| {
-        let family = |addr: &std::net::SocketAddr| addr.is_ipv4() == meta.remote.is_ipv4();
-        !family(&a.view.public) && !a.view.public_other.as_ref().is_some_and(family)
-    });
+    let other_needed = state
+        .find_agent(&q.peer)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|a| {
+            let family = |addr: &std::net::SocketAddr| addr.is_ipv4() == meta.remote.is_ipv4();
+            let view = a.view();
+            !family(&view.public) && !view.public_other.as_ref().is_some_and(family)
+        });
     let tokens = [q.probe.as_ref(), q.probe_other.as_ref()];
     let probed = probe::probed(state.probes.as_deref(), meta.remote, tokens, other_needed).await;
     let client_mapping = probed.mapping;
-    let online = state.registry.lookup(&q.peer);
-    let agent_mapping = online.as_ref().map_or(Mapping::Unknown, |a| a.view.mapping);
+    let online = state.find_agent(&q.peer).await;
+    let agent_mapping = match &online {
+        Ok(Some(a)) => a.view().mapping,
+        _ => Mapping::Unknown,
+    };
     let mut tally = Tally {
         metrics: &state.metrics,
         peer: q.peer.to_string(),
@@ -221,9 +275,16 @@ pub(super) async fn client_session(
         opened: Instant::now(),
         done: false,
     };
-    let Some(agent) = online else {
-        let message = format!("peer '{}' is not online", q.peer);
-        return refuse(&mut socket, &mut tally, ErrorCode::PeerOffline, message).await;
+    let agent = match online {
+        Ok(Some(agent)) => agent,
+        Ok(None) => {
+            let message = format!("peer '{}' is not online", q.peer);
+            return refuse(&mut socket, &mut tally, ErrorCode::PeerOffline, message).await;
+        }
+        Err(_) => {
+            let message = super::store_down_message(&q.peer);
+            return refuse(&mut socket, &mut tally, ErrorCode::Busy, message).await;
+        }
     };
     let client = ClientView {
         public: meta.remote,
@@ -239,16 +300,24 @@ pub(super) async fn client_session(
         None => RelayPolicy::Off,
     };
     // Held until the session ends (at most the budget's window).
-    let (birthday, _birthday_uses) = birthday_budget(&state, &client, &agent, &q.peer);
+    let (birthday, _birthday_uses) = birthday_budget(&state, &client, agent.view(), &q.peer);
     let orders = match broker::plan(
         session.id,
         SessionKey::random(),
         &client,
-        &agent.view,
+        agent.view(),
         relay,
         birthday,
     ) {
-        Ok(orders) => orders,
+        Ok(mut orders) => {
+            // The relay is this server's: an agent held elsewhere is told where to join.
+            if let (Target::Remote(_), Some(cluster)) = (&agent, &state.cluster)
+                && orders.to_agent.relay_ticket.is_some()
+            {
+                orders.to_agent.relay_at = Some(cluster.advertise());
+            }
+            orders
+        }
         Err(refusal) => {
             tally.strategy = Strategy::RelayOnly;
             let message = refusal.message(&q.peer);
@@ -260,10 +329,12 @@ pub(super) async fn client_session(
         session = %session.id, peer = %q.peer, client = %meta.remote, mode = ?q.mode,
         %client_mapping, %agent_mapping, strategy = %orders.to_client.strategy,
         relay = ?orders.to_client.relay_after_ms, mapped = ?orders.to_client.peer_mapped,
+        via = ?match &agent { Target::Remote(a) => Some(&a.member), Target::Local(_) => None },
         "session"
     );
     // Ordered: both orders out; then reported, until the client closes or the session expires.
     let ordered = Ordered {
+        state: &state,
         socket: &mut socket,
         tally: &mut tally,
         events: &mut events,
@@ -282,10 +353,10 @@ type BirthdayUses = (Use<IpAddr>, Use<ServiceId>);
 fn birthday_budget(
     state: &AppState,
     client: &ClientView,
-    agent: &Online,
+    agent: &AgentView,
     peer: &ServiceId,
 ) -> (BirthdayBudget, Option<BirthdayUses>) {
-    if !broker::birthday_needed(client, &agent.view) {
+    if !broker::birthday_needed(client, agent) {
         return (BirthdayBudget::Allowed, None);
     }
     let per_client = &state.birthdays.per_client;
@@ -301,6 +372,7 @@ fn birthday_budget(
 
 /// A session whose orders are being sent.
 struct Ordered<'s, 't> {
+    state: &'s AppState,
     socket: &'s mut WebSocket,
     tally: &'s mut Tally<'t>,
     events: &'s mut mpsc::Receiver<SessionEvent>,
@@ -310,17 +382,13 @@ struct Ordered<'s, 't> {
 impl Ordered<'_, '_> {
     /// Sends the agent its order, then the client its own: in punch mode held back so that both
     /// fire together, in plain mode once the agent has armed. False when the session is over.
-    async fn send_orders(self, agent: &Online, orders: Orders, meta: &ConnMeta) -> bool {
+    async fn send_orders(self, agent: &Target, orders: Orders, meta: &ConnMeta) -> bool {
         let Orders {
             to_agent,
             to_client,
         } = orders;
         let session = to_agent.session;
-        if agent
-            .tx
-            .try_send(Box::new(ServerToAgent::Punch(to_agent)))
-            .is_err()
-        {
+        if !agent.send(self.state, session, ServerToAgent::Punch(to_agent)) {
             let message = format!("peer '{}' has too many pending sessions", self.peer);
             refuse(self.socket, self.tally, ErrorCode::Busy, message).await;
             return false;
@@ -329,7 +397,7 @@ impl Ordered<'_, '_> {
         let to_client = ServerToClient::Punch(to_client);
         match mode {
             Mode::Punch => {
-                let hold = broker::hold_client_order(meta.rtt.unwrap_or_default(), agent.rtt);
+                let hold = broker::hold_client_order(meta.rtt.unwrap_or_default(), agent.rtt());
                 if !hold.is_zero() {
                     tokio::time::sleep(hold).await;
                 }
@@ -343,7 +411,7 @@ impl Ordered<'_, '_> {
     /// then sends the client its order once the agent has armed.
     async fn plain(
         self,
-        agent: &Online,
+        agent: &Target,
         session: SessionId,
         to_client: ServerToClient,
         meta: &ConnMeta,
@@ -383,7 +451,7 @@ impl Ordered<'_, '_> {
                                 session: session.into(),
                                 signature,
                             };
-                            let _ = agent.tx.try_send(Box::new(proof));
+                            let _ = agent.send(self.state, session, proof);
                         }
                     }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return false,
@@ -504,8 +572,9 @@ mod tests {
             Err(TicketRefusal::Wrong),
             "each end has its own ticket"
         );
-        table.deliver(id, SessionEvent::Armed);
-        table.deliver(SessionId::from_bytes([8; 16]), SessionEvent::Armed);
+        assert!(table.deliver(id, SessionEvent::Armed).is_ok());
+        let elsewhere = table.deliver(SessionId::from_bytes([8; 16]), SessionEvent::Armed);
+        assert!(matches!(elsewhere, Err(SessionEvent::Armed)));
         assert!(matches!(events.try_recv(), Ok(SessionEvent::Armed)));
         assert!(events.try_recv().is_err(), "only its own events");
         drop(session);

@@ -58,7 +58,7 @@ impl TestServer {
         Self::start_listeners(listener, probe, None, config)
     }
 
-    fn start_listeners(
+    pub fn start_listeners(
         listener: TcpListener,
         probe: Option<TcpListener>,
         admin: Option<TcpListener>,

@@ -52,6 +52,11 @@ pub struct PunchOrder {
     /// With `relay_after_ms`: this end's ticket for joining the relay (each end gets its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_ticket: Option<RelayTicket>,
+    /// With `relay_ticket`, to the agent only: the control port of the server whose relay to
+    /// join, when it is not the server that sent the order (in a cluster, the relay of a
+    /// session is the one of the server the client asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_at: Option<SocketAddr>,
     /// Client only: the public endpoint the agent's router forwards to the agent's punch port
     /// (a port mapping); it takes connections from anywhere, so try it first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,6 +223,7 @@ mod tests {
             peer_public6: None,
             you6: None,
             peer_key: None,
+            relay_at: None,
         }
     }
 

@@ -85,6 +85,24 @@ pub struct ServerArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Run as one member of a cluster of servers sharing this Redis, redis://HOST:PORT (or set
+    /// P2PNC_CLUSTER); a client may then ask any member for an agent held by any other.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "P2PNC_CLUSTER",
+        hide_env_values = true
+    )]
+    cluster: Option<String>,
+    /// With --cluster: the IP:PORT of this server's control port that clients, agents and the
+    /// other members' clients reach it at [default: the --listen address, when it is not a
+    /// wildcard].
+    #[arg(long, value_name = "IP:PORT", requires = "cluster")]
+    advertise: Option<SocketAddr>,
+    /// With --cluster: this member's name, unique in the cluster [default: the --advertise
+    /// address].
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    member: Option<String>,
 }
 
 /// Runs the server until a stop signal (see `signals`; SIGHUP reloads the certificate).
@@ -119,7 +137,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         tracing::warn!("no --token: anyone may register ids and request connections");
     }
     let tls = load_tls(&args)?;
+    let cluster = cluster_config(&args, control.local_addr()?)?;
     let config = p2pnc::server::ServerConfig {
+        cluster,
         relay,
         tls,
         token: args.token,
@@ -148,6 +168,40 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let stop = signals::shutdown_token(Hangup::Reloads)?;
     p2pnc::server::serve(listeners, config, stop).await?;
     Ok(())
+}
+
+/// The cluster membership of `--cluster`, `--advertise` and `--member`.
+fn cluster_config(
+    args: &ServerArgs,
+    bound: SocketAddr,
+) -> Result<Option<p2pnc::server::ClusterConfig>> {
+    let Some(url) = &args.cluster else {
+        return Ok(None);
+    };
+    p2pnc::server::check_redis_url(url)?;
+    let advertise = match args.advertise {
+        Some(a) if a.ip().is_unspecified() || a.port() == 0 => {
+            bail!("--advertise {a}: name the address and port other hosts reach this server at")
+        }
+        Some(a) => a,
+        None if bound.ip().is_unspecified() => bail!(
+            "--cluster needs --advertise IP:PORT: this server listens on {bound}, which does not \
+             say where other hosts reach it"
+        ),
+        None => bound,
+    };
+    let member = args.member.clone().unwrap_or_else(|| advertise.to_string());
+    if member.is_empty()
+        || member.len() > 128
+        || member.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!("--member '{member}': use 1 to 128 characters without spaces");
+    }
+    Ok(Some(p2pnc::server::ClusterConfig {
+        redis_url: url.clone(),
+        member,
+        advertise,
+    }))
 }
 
 /// Raises the open-file limit for `max_connections` and some room, warning when it cannot.

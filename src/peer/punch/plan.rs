@@ -322,7 +322,7 @@ pub(crate) fn plan(
             .zip(order.relay_ticket)
             .map(|(ms, ticket)| RelayPlan {
                 server: at.server.clone(),
-                server_addr: at.server_addr,
+                server_addr: order.relay_at.unwrap_or(at.server_addr),
                 session: order.session,
                 role,
                 ticket,
@@ -472,6 +472,7 @@ mod tests {
             peer_public6: None,
             you6: None,
             peer_key: None,
+            relay_at: None,
         }
     }
 
