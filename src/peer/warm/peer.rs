@@ -730,8 +730,14 @@ impl Driver {
                     }
                 }
                 let keepalive_due = t.last_rx.min(t.last_tx) + KEEPALIVE_INTERVAL;
-                if self.ping_sent.is_none() && self.ping_bytes.is_empty() && now >= keepalive_due {
-                    if t.tx > tx_before {
+                // Streams are sending and nothing has come back for a while (not even yamux's
+                // window updates): ask, so that a path cut mid-stream fails its streams
+                // within the ping timeout instead of at the next keepalive.
+                let unanswered_due = (streams > 0 && t.last_tx > t.last_rx)
+                    .then(|| t.last_rx + PROBE_AFTER);
+                let due = unanswered_due.map_or(keepalive_due, |u| u.min(keepalive_due));
+                if self.ping_sent.is_none() && self.ping_bytes.is_empty() && now >= due {
+                    if now >= keepalive_due && t.tx > tx_before {
                         // Driven after a silence, yamux just sent a ping of its own (its
                         // round-trip measurement, at most every 10 s): that is the keepalive,
                         // and its answer is awaited like ours. A ping of ours too would only
@@ -748,7 +754,7 @@ impl Driver {
                 }
                 wake = Some(match self.ping_sent {
                     Some(sent) => sent + PING_TIMEOUT,
-                    None => t.last_rx.min(t.last_tx) + KEEPALIVE_INTERVAL,
+                    None => due,
                 });
                 if up == Some(true) && streams == 0 && self.waiting.is_none() {
                     let idle_at = self.idle_since + self.idle;
@@ -982,6 +988,39 @@ mod tests {
         );
         assert!(matches!(path.usable(), Usable::Replace));
         assert!(path.open().await.is_err(), "no stream on a dead path");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_path_cut_while_a_stream_sends_fails_it_within_a_probe_and_a_ping_timeout() {
+        let (link, tasks, stop) = (
+            Link::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let path = path(&link, Duration::from_secs(3600), &tasks, &stop);
+        let mut stream = path.open().await.unwrap();
+        roundtrip(&mut stream, b"hello").await;
+        link.cut.store(true, Ordering::SeqCst);
+        let cut = Instant::now();
+        let (mut r, mut w) = tokio::io::split(stream);
+        let writer = tokio::spawn(async move {
+            let chunk = [7u8; 16 * 1024];
+            while w.write_all(&chunk).await.is_ok() {}
+        });
+        let err = r.read(&mut [0u8; 8]).await.unwrap_err();
+        let took = cut.elapsed();
+        assert_eq!(
+            err.to_string(),
+            "the warm path ended: no answer from the agent within 5 s"
+        );
+        // Not at the next keepalive (25 s): what is sent and not answered for the probe
+        // time is asked about at once.
+        assert!(
+            took <= PROBE_AFTER + PING_TIMEOUT + Duration::from_secs(1),
+            "{took:?}"
+        );
+        writer.await.unwrap();
+        stop.cancel();
     }
 
     #[tokio::test(start_paused = true)]
