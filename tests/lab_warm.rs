@@ -53,12 +53,17 @@ struct Setup {
 
 impl Setup {
     fn start(extra: &[&str]) -> Setup {
+        Setup::start_with(Nat::RestrictedDrop, Nat::RestrictedDrop, &[], extra)
+    }
+
+    /// The lab with these NATs in front of A and B, the server with `server_args`.
+    fn start_with(nat_a: Nat, nat_b: Nat, server_args: &[&str], extra: &[&str]) -> Setup {
         let lab = Lab::new(
-            LabConfig::new(Nat::RestrictedDrop, Nat::RestrictedDrop)
+            LabConfig::new(nat_a, nat_b)
                 .delays(DELAY_MS, DELAY_MS, DELAY_MS)
                 .second_hosts(false),
         );
-        let server = lab.start_server();
+        let server = lab.start_server_with(server_args);
         let echo = EchoServer::start(
             &lab,
             Node::Host(Site::B),
@@ -484,6 +489,89 @@ fn an_idle_path_closes_after_warm_idle_and_the_next_connection_builds_another() 
         .unwrap_or_else(|e| panic!("the connection after the idle close: {e}{}", s.ctx()));
     let reports = s.wait_reports(2);
     assert_eq!(reports[1]["warm"], false, "a new path: {reports:#?}");
-    assert_ne!(reports[1]["session"], reports[0]["session"], "a new session");
+    assert_ne!(
+        reports[1]["session"], reports[0]["session"],
+        "a new session"
+    );
     assert_eq!(s.brokered(), 2, "two paths brokered{}", s.ctx());
+}
+
+/// How long a relayed session may take to move new streams to a direct path once one is
+/// possible: the first background try comes 5 s after the relayed path is up, the next 10 s
+/// later; room for a loaded machine.
+const UPGRADE_WITHIN: Duration = Duration::from_secs(30);
+
+#[natlab::lab_test]
+fn a_relayed_session_moves_new_streams_to_a_direct_path_once_one_exists() {
+    // Both ends behind symmetric NATs: no direct path, the session starts on the relay.
+    let sym = Nat::Symmetric { rst: false };
+    let s = Setup::start_with(sym, sym, &["--relay"], &[]);
+    let mut held = s
+        .open()
+        .unwrap_or_else(|e| panic!("local connect: {e}{}", s.ctx()));
+    held.write_all(b"r").unwrap();
+    let mut first = [0u8; 1];
+    held.read_exact(&mut first)
+        .unwrap_or_else(|e| panic!("the first (relayed) connection: {e}{}", s.ctx()));
+    s.connection(2)
+        .unwrap_or_else(|e| panic!("a connection on the relayed path: {e}{}", s.ctx()));
+    let reports = s.wait_reports(1);
+    assert_eq!(
+        reports[0]["path"], "relayed",
+        "the session starts on the relay: {reports:#?}"
+    );
+    // A's router becomes a port-restricted cone: a direct path exists now (birthday
+    // punching against B's symmetric NAT).
+    s.lab.set_nat(Site::A, Nat::RestrictedDrop);
+    let changed = Instant::now();
+    let mut seed = 10;
+    let upgraded = loop {
+        s.connection(seed)
+            .unwrap_or_else(|e| panic!("connection {seed} during the upgrade: {e}{}", s.ctx()));
+        // Connection 2 and those from 10 on have ended; the held one has not.
+        let reports = s.wait_reports((seed - 8) as usize);
+        let last = reports.last().cloned().unwrap();
+        if last["path"] == "direct" {
+            break last;
+        }
+        assert!(
+            changed.elapsed() < UPGRADE_WITHIN,
+            "new connections still relayed {:?} after the NAT became passable: \
+             {reports:#?}{}",
+            changed.elapsed(),
+            s.ctx()
+        );
+        seed += 1;
+        thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "new connections went direct {:?} after the NAT became passable: {upgraded}",
+        changed.elapsed()
+    );
+    assert_eq!(
+        upgraded["warm"], true,
+        "a stream on the new path: {upgraded}"
+    );
+    // The connection opened on the relay goes on there, byte-exact, half-close kept.
+    let payload = pattern(77, PAYLOAD);
+    held.write_all(&payload).unwrap();
+    held.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    held.read_to_end(&mut back)
+        .unwrap_or_else(|e| panic!("the relayed connection after the upgrade: {e}{}", s.ctx()));
+    assert!(
+        back == payload,
+        "the relayed connection's echo differs: {} of {PAYLOAD} bytes{}",
+        back.len(),
+        s.ctx()
+    );
+    let reports = s.wait_reports((seed - 7) as usize);
+    let relayed_done = reports
+        .iter()
+        .filter(|r| r["path"] == "relayed" && r["ok"] == true)
+        .count();
+    assert!(
+        relayed_done >= 2,
+        "the relayed connections' reports: {reports:#?}"
+    );
 }

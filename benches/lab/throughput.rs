@@ -119,7 +119,10 @@ impl Mode {
     }
 
     fn encrypted(self) -> bool {
-        matches!(self, Mode::CliEncrypted | Mode::CliCold | Mode::LibEncrypted)
+        matches!(
+            self,
+            Mode::CliEncrypted | Mode::CliCold | Mode::LibEncrypted
+        )
     }
 
     /// The target ratio at `delay` ms, for p2pnc modes.
@@ -531,7 +534,11 @@ fn start_iperf_server(lab: &Lab) -> Proc {
 
 /// Runs the transfers of `modes` (the first must be the baseline).
 pub fn throughput(out: &mut Out, problems: &mut Vec<String>, modes: &[Mode]) {
-    assert_eq!(modes.first(), Some(&Mode::Baseline), "the baseline comes first");
+    assert_eq!(
+        modes.first(),
+        Some(&Mode::Baseline),
+        "the baseline comes first"
+    );
     let (nat_a, nat_b) = (Nat::RestrictedDrop, Nat::RestrictedRst);
     out.line(format!(
         "## throughput: one way, host A → host B (A: {}, B: {})",

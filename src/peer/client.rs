@@ -15,7 +15,7 @@ use super::session::{ConnectionInfo, Established, Session};
 use super::stream::PeerStream;
 use crate::protocol::{
     self, Auth, ClientToServer, ConnectQuery, Mode, Nonce, ProbeToken, PunchOrder, Role,
-    ServerToClient, ServiceId, ServiceKeys, connect_message, fingerprint,
+    ServerToClient, ServiceId, ServiceKeys, Strategy, connect_message, fingerprint,
 };
 use crate::{Error, defaults, net};
 
@@ -163,7 +163,36 @@ pub(crate) async fn connect_path(
 ) -> Result<(Connection, Option<bool>), Error> {
     let started = Instant::now();
     let servers = opts.server.resolve_all().await?;
-    connect_with(opts, &servers, Nonce::random(), started, warm).await
+    connect_with(opts, &servers, Nonce::random(), started, warm, Paths::Any).await
+}
+
+/// [`connect_path`] for a direct path only: an order to use the relay ends the attempt
+/// before anything is sent, and the relay is never joined (a [`crate::Peer`] on a relayed
+/// path looking for a direct one).
+pub(crate) async fn connect_direct_path(
+    opts: &ConnectOptions,
+    warm: bool,
+) -> Result<(Connection, Option<bool>), Error> {
+    let started = Instant::now();
+    let servers = opts.server.resolve_all().await?;
+    connect_with(
+        opts,
+        &servers,
+        Nonce::random(),
+        started,
+        warm,
+        Paths::DirectOnly,
+    )
+    .await
+}
+
+/// Which paths a connect may end on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Paths {
+    /// Direct, or the relay when the server offers it.
+    Any,
+    /// Direct only.
+    DirectOnly,
 }
 
 /// Connects like [`connect`] while reading what `local` already sends (up to
@@ -215,6 +244,7 @@ async fn connect_with(
     nonce: Nonce,
     started: Instant,
     warm: bool,
+    paths: Paths,
 ) -> Result<(Connection, Option<bool>), Error> {
     let peer = ServiceId::new(&opts.peer).map_err(|e| Error::Refused(e.code, e.message))?;
     // The control connection and the punch share one local port per family, so the server
@@ -251,7 +281,17 @@ async fn connect_with(
         Error::Refused(code, msg) => control::server_error(code, msg, &opts.peer),
         e => e,
     })?;
-    let order = punch_order(&mut ws, &opts.peer).await?;
+    let mut order = punch_order(&mut ws, &opts.peer).await?;
+    if paths == Paths::DirectOnly {
+        if order.strategy == Strategy::RelayOnly {
+            return Err(Error::NoDirectPath {
+                peer: opts.peer.clone(),
+                detail: "the server sees none and offers only its relay".into(),
+            });
+        }
+        order.relay_after_ms = None;
+        order.relay_ticket = None;
+    }
     let stream = stream_settings(opts, keys, &order, warm)?;
     let at = ports.view().endpoint(&opts.server);
     tracing::debug!(

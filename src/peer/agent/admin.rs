@@ -54,7 +54,10 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     let paths = s.warm.paths();
     let mut out = String::new();
     let mut gauge = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     };
     gauge(
         "p2pnc_agent_warm_paths_open",
@@ -114,11 +117,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         paths.len(),
         paths.len()
     );
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 /// Escapes text for HTML.

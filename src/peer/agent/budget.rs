@@ -419,7 +419,10 @@ mod tests {
         );
         let _other = budget.reserve(ip(2)).unwrap();
         drop(first);
-        assert!(budget.reserve(ip(1)).is_ok(), "the address's place given back");
+        assert!(
+            budget.reserve(ip(1)).is_ok(),
+            "the address's place given back"
+        );
         assert_eq!(budget.counts().open, 3);
     }
 
@@ -427,7 +430,10 @@ mod tests {
     fn open_streams_are_counted_per_path_while_the_path_is_listed() {
         let budget = WarmBudget::new(2, 2);
         let client = SocketAddr::from(([203, 0, 113, 9], 40000));
-        let (one, two) = (Arc::new(PathState::default()), Arc::new(PathState::default()));
+        let (one, two) = (
+            Arc::new(PathState::default()),
+            Arc::new(PathState::default()),
+        );
         one.set_up(client, true, true);
         let listed = budget.track(client, one.clone());
         let _other = budget.track(client, two.clone());

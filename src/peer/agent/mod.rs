@@ -108,7 +108,10 @@ impl std::fmt::Debug for ExposeOptions {
             .field("allow_plain", &self.allow_plain)
             .field("key", &self.key)
             .field("max_warm_paths", &self.max_warm_paths)
-            .field("max_warm_paths_per_address", &self.max_warm_paths_per_address)
+            .field(
+                "max_warm_paths_per_address",
+                &self.max_warm_paths_per_address,
+            )
             .finish()
     }
 }
@@ -217,10 +220,7 @@ impl Agent {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let fd_limit = crate::net::raise_fd_limit_to(65_536);
-        let warm_budget = WarmBudget::new(
-            opts.max_warm_paths,
-            opts.max_warm_paths_per_address,
-        );
+        let warm_budget = WarmBudget::new(opts.max_warm_paths, opts.max_warm_paths_per_address);
         let state = Arc::new(AgentState {
             opts,
             stream,

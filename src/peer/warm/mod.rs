@@ -13,7 +13,7 @@ pub(crate) mod peer;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -99,6 +99,8 @@ pub(crate) struct PathState {
     kept: OnceLock<bool>,
     /// Service streams open now.
     streams: AtomicUsize,
+    /// Whether the path runs through the server's relay.
+    relayed: AtomicBool,
     /// The task driving the path, woken when a stream closes.
     driver: AtomicWaker,
 }
@@ -129,6 +131,16 @@ impl PathState {
     pub fn set_up(&self, peer: SocketAddr, encrypted: bool, kept: bool) {
         let _ = self.peer.set((peer, encrypted));
         let _ = self.kept.set(kept);
+    }
+
+    /// Marks the path as one through the server's relay.
+    pub fn set_relayed(&self) {
+        self.relayed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the path runs through the server's relay.
+    pub fn relayed(&self) -> bool {
+        self.relayed.load(Ordering::SeqCst)
     }
 
     /// `None` while the path is being built; once up, whether it is kept for more streams.
