@@ -587,11 +587,14 @@ pub fn throughput(out: &mut Out, problems: &mut Vec<String>, modes: &[Mode]) {
     let a = Node::Host(Site::A);
     let listen = |port| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     let setup = Setup {
-        connect_encrypted: lab.start_connect_listen(
+        // `--warm`: the path is up before the first transfer, which then measures a stream
+        // on it like the later ones.
+        connect_encrypted: lab.start_connect_listen_with(
             a,
             EXPOSE_ID,
             Some(SECRET),
             listen(LISTEN_ENCRYPTED),
+            &["--warm"],
         ),
         connect_cold: lab.start_connect_listen_with(
             a,

@@ -284,6 +284,11 @@ impl WarmBudget {
         self.held.lock().expect("warm budget lock").counts.paths += 1;
     }
 
+    /// Counts a path the agent did not keep (a client asked, and a limit was reached).
+    pub fn path_declined(&self) {
+        self.held.lock().expect("warm budget lock").counts.declined += 1;
+    }
+
     /// Counts a stream a path carried.
     pub fn stream_served(&self) {
         self.held.lock().expect("warm budget lock").counts.streams += 1;
