@@ -185,6 +185,8 @@ pub(crate) struct Traffic {
     /// Bytes received and sent (plaintext, yamux framing included).
     pub rx: u64,
     pub tx: u64,
+    /// Whether bytes were written since the last byte arrived.
+    pub unanswered: bool,
 }
 
 /// The traffic of one path, shared by its socket and its driver.
@@ -199,6 +201,7 @@ impl Meter {
             last_tx: now,
             rx: 0,
             tx: 0,
+            unanswered: false,
         })))
     }
 
@@ -210,12 +213,14 @@ impl Meter {
         let mut t = self.0.lock().expect("meter lock");
         t.rx += n as u64;
         t.last_rx = Instant::now();
+        t.unanswered = false;
     }
 
     fn sent(&self, n: usize) {
         let mut t = self.0.lock().expect("meter lock");
         t.tx += n as u64;
         t.last_tx = Instant::now();
+        t.unanswered = true;
     }
 }
 

@@ -853,8 +853,7 @@ impl Driver {
                 // Streams are sending and nothing has come back for a while (not even yamux's
                 // window updates): ask, so that a path cut mid-stream fails its streams
                 // within the ping timeout instead of at the next keepalive.
-                let unanswered_due =
-                    (streams > 0 && t.last_tx > t.last_rx).then(|| t.last_rx + PROBE_AFTER);
+                let unanswered_due = (streams > 0 && t.unanswered).then(|| t.last_rx + PROBE_AFTER);
                 let due = unanswered_due.map_or(keepalive_due, |u| u.min(keepalive_due));
                 if self.ping_sent.is_none() && self.ping_bytes.is_empty() && now >= due {
                     if now >= keepalive_due && t.tx > tx_before {
