@@ -53,11 +53,18 @@ struct Setup {
 
 impl Setup {
     fn start(extra: &[&str]) -> Setup {
-        Setup::start_with(Nat::RestrictedDrop, Nat::RestrictedDrop, &[], extra)
+        Setup::start_with(Nat::RestrictedDrop, Nat::RestrictedDrop, &[], &[], extra)
     }
 
-    /// The lab with these NATs in front of A and B, the server with `server_args`.
-    fn start_with(nat_a: Nat, nat_b: Nat, server_args: &[&str], extra: &[&str]) -> Setup {
+    /// The lab with these NATs in front of A and B, the server with `server_args`, the agent
+    /// with `agent_args`.
+    fn start_with(
+        nat_a: Nat,
+        nat_b: Nat,
+        server_args: &[&str],
+        agent_args: &[&str],
+        extra: &[&str],
+    ) -> Setup {
         let lab = Lab::new(
             LabConfig::new(nat_a, nat_b)
                 .delays(DELAY_MS, DELAY_MS, DELAY_MS)
@@ -69,7 +76,13 @@ impl Setup {
             Node::Host(Site::B),
             SocketAddr::from(([127, 0, 0, 1], SVC_PORT)),
         );
-        let agent = lab.start_agent(Node::Host(Site::B), "svc", SVC_PORT, Auth::Secret(SECRET));
+        let agent = lab.start_agent_with(
+            Node::Host(Site::B),
+            "svc",
+            SVC_PORT,
+            Auth::Secret(SECRET),
+            agent_args,
+        );
         let listen = format!("127.0.0.1:{LISTEN_PORT}");
         let spec = lab
             .p2pnc("connect-listen-warm")
@@ -312,6 +325,8 @@ const CHUNK: usize = 64 << 10;
 const MID_STREAM_FAIL_WITHIN: Duration = Duration::from_secs(12);
 /// Local connections at once on one warm path.
 const CONCURRENT: usize = 8;
+/// `expose --admin` port on host B's loopback.
+const AGENT_ADMIN_PORT: u16 = 50319;
 /// `--warm-idle` of the idle test, and how long past it the path may take to close.
 const IDLE_SECS: u64 = 3;
 const IDLE_SLACK: Duration = Duration::from_secs(3);
@@ -418,7 +433,15 @@ fn a_path_cut_mid_stream_fails_its_open_streams_and_the_next_connection_rebuilds
 
 #[natlab::lab_test]
 fn concurrent_streams_on_one_path_are_byte_exact_and_half_close_each() {
-    let s = Setup::start(&["--warm"]);
+    let admin = SocketAddr::from(([127, 0, 0, 1], AGENT_ADMIN_PORT));
+    let admin_arg = admin.to_string();
+    let s = Setup::start_with(
+        Nat::RestrictedDrop,
+        Nat::RestrictedDrop,
+        &[],
+        &["--admin", &admin_arg],
+        &["--warm"],
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while s.brokered() == 0 {
         assert!(
@@ -458,6 +481,21 @@ fn concurrent_streams_on_one_path_are_byte_exact_and_half_close_each() {
     );
     assert_eq!(s.brokered(), 1, "one session brokered{}", s.ctx());
     assert_eq!(s.echo.connections(), CONCURRENT as u64);
+    // The agent's admin listener counts them: one path open, CONCURRENT streams carried.
+    let (status, metrics) = s
+        .lab
+        .http_get(Node::Host(Site::B), admin, "/metrics", CONNECTION_TIMEOUT)
+        .unwrap_or_else(|e| panic!("the agent's /metrics: {e}{}", s.ctx()));
+    assert_eq!(status, 200, "{metrics}");
+    for line in [
+        "p2pnc_agent_warm_paths_open 1".to_string(),
+        format!("p2pnc_agent_warm_streams_total {CONCURRENT}"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} not in the agent's /metrics:\n{metrics}"
+        );
+    }
 }
 
 #[natlab::lab_test]
@@ -505,7 +543,7 @@ const UPGRADE_WITHIN: Duration = Duration::from_secs(30);
 fn a_relayed_session_moves_new_streams_to_a_direct_path_once_one_exists() {
     // Both ends behind symmetric NATs: no direct path, the session starts on the relay.
     let sym = Nat::Symmetric { rst: false };
-    let s = Setup::start_with(sym, sym, &["--relay"], &[]);
+    let s = Setup::start_with(sym, sym, &["--relay"], &[], &[]);
     let mut held = s
         .open()
         .unwrap_or_else(|e| panic!("local connect: {e}{}", s.ctx()));
