@@ -1,5 +1,5 @@
-//! NAT-lab benchmarks of the p2pnc binary: `cargo bench --bench lab [-- latency|throughput|grid|warm]`
-//! (all when none is named).
+//! NAT-lab benchmarks of the p2pnc binary: `cargo bench --bench lab
+//! [-- latency|throughput|grid|warm|warm-throughput|ranges]` (all when none is named).
 //!
 //! - **latency**: time from spawning `p2pnc connect --stdio` (1 byte already on its stdin) to the
 //!   first echoed byte on its stdout over a direct path, RTT 40 ms between any two hosts, against
@@ -15,6 +15,11 @@
 //!   first echoed byte: on a warm path (the first one builds it, the later ones ride it) next
 //!   to `--warm-idle 0` (each punches its own), RTT 40 ms; and the bytes a warm path sends
 //!   while idle, next to an idle plain connection's.
+//! - **warm-throughput**: the throughput benchmark's baseline, cold and warm-path modes only:
+//!   one bulk stream over a warm path against a cold direct stream, same run.
+//! - **ranges**: 50 sequential HTTP range requests of 256 KiB (nginx on host B), a connection
+//!   per request or one kept alive, through `connect --listen` with and without warm paths,
+//!   against a plain port forward, RTT 40 ms.
 //!
 //! Results are printed as plain-text (markdown) tables and written to `target/lab-bench.txt`.
 //! Benchmarks print figures and exit 0; they exit 1 when something is broken (a session failed,
@@ -27,6 +32,9 @@ mod lab_support;
 #[cfg(target_os = "linux")]
 #[path = "lab/linux.rs"]
 mod linux;
+#[cfg(target_os = "linux")]
+#[path = "lab/ranges.rs"]
+mod ranges;
 #[cfg(target_os = "linux")]
 #[path = "lab/throughput.rs"]
 mod throughput;

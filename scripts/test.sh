@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nftables iptables iproute2 conntrack socat miniupnpd stun-server tcpdump iperf3
+APT_PACKAGES=(nftables iptables iproute2 conntrack socat miniupnpd stun-server tcpdump iperf3 nginx-light
   default-jdk-headless maven junit4 libsurefire-java libmaven-compiler-plugin-java
   libmaven-resources-plugin-java libmaven-jar-plugin-java libmaven-install-plugin-java
   libmaven-clean-plugin-java chromium man-db systemd redis-server)

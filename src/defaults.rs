@@ -131,3 +131,10 @@ pub const WARM_STREAMS_PER_PATH: usize = 64;
 /// first streams are still served) and clients connect without one for a while. Each costs a
 /// socket, a task and yamux's buffers: far fewer than the punch sockets' budget.
 pub const AGENT_MAX_WARM_PATHS: usize = 128;
+/// Warm paths an agent keeps open at once for clients behind one public address. A carrier's
+/// CGN puts thousands of phones behind one address: a quarter of the agent's paths lets a
+/// household or an office, or the phones of one carrier that use the service at once, keep
+/// theirs, while one address (or one client that opens paths in a loop) cannot take the
+/// other 96. Past it nobody is refused: the stream is served and the client goes without a
+/// warm path for a while (see `docs/protocol.md`, "Warm paths").
+pub const AGENT_MAX_WARM_PATHS_PER_ADDRESS: usize = 32;

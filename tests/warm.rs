@@ -309,3 +309,123 @@ async fn a_warm_path_runs_unencrypted_when_both_ends_agree() {
     assert_eq!(warm.counts().paths, 1);
     peer.close().await;
 }
+
+#[tokio::test]
+async fn one_address_keeps_at_most_its_share_of_paths_and_the_admin_listener_shows_them() {
+    let server = TestServer::start().await;
+    let service = Echo::start().await;
+    // Every client here comes from 127.0.0.1: one address.
+    let opts = ExposeOptions {
+        max_warm_paths: 8,
+        max_warm_paths_per_address: 1,
+        ..ExposeOptions::new(&server.url, "svc", Some("pw")).unwrap()
+    };
+    let mut agent = tokio::time::timeout(T, Agent::start(opts))
+        .await
+        .unwrap()
+        .unwrap();
+    let warm = agent.warm_paths();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn(agent.serve_admin(admin, stop.clone()));
+    let accepting = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Some(mut a) = agent.accept().await {
+            while conns.try_join_next().is_some() {}
+            conns.spawn(async move {
+                if let Ok(mut s) = tokio::net::TcpStream::connect(service.addr).await {
+                    let _ = p2pnc::forward(&mut a.stream, &mut s).await;
+                }
+            });
+        }
+    });
+    let kept = Peer::new(opts_for(&server, "svc"), WarmOptions::default());
+    let mut held = tokio::time::timeout(T, kept.open()).await.unwrap().unwrap();
+    echo_open(&mut held.stream, b"first").await;
+    let second = Peer::new(opts_for(&server, "svc"), WarmOptions::default());
+    let mut conn = tokio::time::timeout(T, second.open())
+        .await
+        .unwrap()
+        .unwrap();
+    echo(&mut conn.stream, 1000, 2).await;
+    drop(conn);
+    let next = tokio::time::timeout(T, second.open())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !next.stream.is_warm(),
+        "the address's one place is taken: the second client goes without a warm path"
+    );
+    drop(next);
+    let deadline = tokio::time::Instant::now() + T;
+    let settled = |c: p2pnc::WarmCounts| c.declined == 1 && c.open == 1 && c.open_streams == 1;
+    while !settled(warm.counts()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            warm.counts()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One kept path, one stream open on it: on /metrics and on the page.
+    let metrics = http_get(admin_addr, "/metrics").await;
+    for line in [
+        "p2pnc_agent_warm_paths_open 1",
+        "p2pnc_agent_warm_paths_declined_total 1",
+        "p2pnc_agent_warm_paths_per_address_limit 1",
+        "p2pnc_agent_warm_streams_open 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} not in:\n{metrics}"
+        );
+    }
+    let page = http_get(admin_addr, "/").await;
+    assert!(page.contains("<td>127.0.0.1:"), "{page}");
+    assert!(page.contains("<td>1</td><td>kept</td>"), "{page}");
+    echo(&mut held.stream, 1000, 3).await;
+    kept.close().await;
+    second.close().await;
+    stop.cancel();
+    tokio::time::timeout(T, serving)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    accepting.abort();
+}
+
+/// Writes `bytes` and reads them back, leaving the stream open.
+async fn echo_open(stream: &mut p2pnc::PeerStream, bytes: &[u8]) {
+    let mut back = vec![0u8; bytes.len()];
+    tokio::time::timeout(T, async {
+        stream.write_all(bytes).await.unwrap();
+        stream.read_exact(&mut back).await.unwrap();
+    })
+    .await
+    .expect("echo in time");
+    assert_eq!(back, bytes);
+}
+
+/// The body of a plain HTTP/1.0 GET.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    tokio::time::timeout(T, async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        assert!(
+            text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+            "{text}"
+        );
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap()
+    })
+    .await
+    .expect("admin answers in time")
+}

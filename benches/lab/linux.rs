@@ -45,7 +45,14 @@ const MAX_EXTRA_RTT: f64 = 0.5;
 const GRID_ATTEMPTS: usize = 3;
 const GRID_PAYLOAD: usize = 4096;
 
-const BENCHES: [&str; 4] = ["latency", "throughput", "grid", "warm"];
+const BENCHES: [&str; 6] = [
+    "latency",
+    "throughput",
+    "grid",
+    "warm",
+    "warm-throughput",
+    "ranges",
+];
 
 pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -74,12 +81,15 @@ pub fn main() -> ExitCode {
     // Leaves out the cases with IPv6: for a build without IPv6 support (`P2PNC_LAB_BIN`).
     let ipv4_only = args.iter().any(|a| a == "--ipv4-only");
     // The throughput benchmark measures with iperf3 (Debian package iperf3).
-    let tools: &[&str] = if selected.contains(&"throughput") {
-        &["iperf3"]
-    } else {
-        &[]
-    };
-    if !natlab::require_lab(tools) {
+    let mut tools: Vec<&str> = Vec::new();
+    if selected.contains(&"throughput") || selected.contains(&"warm-throughput") {
+        tools.push("iperf3");
+    }
+    // The range-request benchmark serves its file with nginx (Debian package nginx-light).
+    if selected.contains(&"ranges") {
+        tools.push("nginx");
+    }
+    if !natlab::require_lab(&tools) {
         return ExitCode::SUCCESS;
     }
 
@@ -98,8 +108,16 @@ pub fn main() -> ExitCode {
         let load = loadavg();
         match *b {
             "latency" => latency(&mut out, &mut problems, ipv4_only),
-            "throughput" => crate::throughput::throughput(&mut out, &mut problems),
+            "throughput" => {
+                crate::throughput::throughput(&mut out, &mut problems, crate::throughput::ALL_MODES)
+            }
+            "warm-throughput" => crate::throughput::throughput(
+                &mut out,
+                &mut problems,
+                crate::throughput::WARM_MODES,
+            ),
             "warm" => warm(&mut out, &mut problems),
+            "ranges" => crate::ranges::ranges(&mut out, &mut problems),
             _ => grid(&mut out, &mut problems, ipv4_only),
         }
         out.line(format!(
@@ -1050,7 +1068,7 @@ fn tcp_counters(lab: &Lab, node: Node, dst: Ipv4Addr) -> Vec<(u32, u16, TcpCount
 }
 
 /// The warm-path reports (`"warm": true`) among a `connect --listen` process's reports.
-fn warm_reports(p: &Proc) -> usize {
+pub(crate) fn warm_reports(p: &Proc) -> usize {
     p.stderr()
         .lines()
         .filter(|l| l.starts_with('{'))

@@ -1,6 +1,7 @@
 //! The throughput benchmark: iperf3 from host A to host B through a plain port forward (the
-//! baseline), through `connect --listen` → direct path → `expose`, encrypted (the default)
-//! and with `--no-encrypt` on both ends, and the library used directly (a program that
+//! baseline), through `connect --listen` → direct path → `expose`, encrypted (the default:
+//! over a warm path, and with `--warm-idle 0`, one punched connection per transfer) and with
+//! `--no-encrypt` on both ends, and the library used directly (a program that
 //! connects with `p2pnc::connect` and pushes bytes into the stream, and one that accepts with
 //! `p2pnc::Agent` and counts them: no local proxy on either side); with 20 ms one-way delay
 //! and without. Each figure is a ratio to the baseline of the same run, with the CPU time the
@@ -23,9 +24,11 @@ const SECRET: &str = "bench-secret-51c2";
 const IPERF_PORT: u16 = 5201;
 /// The port forward to it on B's router (below the ephemeral range: no punch port collides).
 const FWD_IPERF_PORT: u16 = 20304;
-/// `connect --listen` ports on host A's loopback: encrypted, and with `--no-encrypt`.
+/// `connect --listen` ports on host A's loopback: encrypted over a warm path, with
+/// `--no-encrypt`, and encrypted with `--warm-idle 0` (cold).
 const LISTEN_ENCRYPTED: u16 = 9000;
 const LISTEN_PLAIN: u16 = 9001;
+const LISTEN_COLD: u16 = 9002;
 /// First arguments that turn this binary into the library's sender or receiver.
 pub const LIB_PUSH_ARG: &str = "__lib-push";
 pub const LIB_SINK_ARG: &str = "__lib-sink";
@@ -65,14 +68,20 @@ const CASES: [(u32, Option<u32>); 3] = [(0, None), (DELAY_MS, None), (DELAY_MS, 
 /// 20 ms one-way).
 const TARGET_PLAIN: (f64, f64) = (0.8, 0.95);
 const TARGET_ENCRYPTED: (f64, f64) = (0.6, 0.95);
+/// Target of one bulk stream over a warm path against a cold direct stream (one punched
+/// connection per transfer), same run: within 5 %.
+const TARGET_WARM_VS_COLD: f64 = 0.95;
 
 /// One way of moving the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub enum Mode {
     /// iperf3 through a port forward (DNAT) on B's router: the baseline.
     Baseline,
-    /// iperf3 through `connect --listen` and `expose`, encrypted (the default).
+    /// iperf3 through `connect --listen` and `expose`, encrypted (the default): the transfer
+    /// is a stream on the warm path that `connect --listen` keeps.
     CliEncrypted,
+    /// The same with `--warm-idle 0`: each local connection punches its own direct stream.
+    CliCold,
     /// The same with `--no-encrypt` on both ends (spliced in the kernel on Linux).
     CliPlain,
     /// The library on both ends, encrypted.
@@ -81,19 +90,28 @@ enum Mode {
     LibPlain,
 }
 
-const MODES: [Mode; 5] = [
+/// Every mode (`-- throughput`).
+pub const ALL_MODES: &[Mode] = &[
     Mode::Baseline,
+    Mode::CliCold,
     Mode::CliEncrypted,
     Mode::CliPlain,
     Mode::LibEncrypted,
     Mode::LibPlain,
 ];
+/// The modes that compare a warm path with a cold stream (`-- warm-throughput`).
+pub const WARM_MODES: &[Mode] = &[Mode::Baseline, Mode::CliCold, Mode::CliEncrypted];
 
 impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::Baseline => "iperf3, plain TCP via port forward (baseline)",
-            Mode::CliEncrypted => "iperf3 via `connect --listen` + `expose`, encrypted (default)",
+            Mode::CliEncrypted => {
+                "iperf3 via `connect --listen` + `expose`, encrypted, warm path (default)"
+            }
+            Mode::CliCold => {
+                "iperf3 via `connect --listen --warm-idle 0` + `expose`, encrypted, cold"
+            }
             Mode::CliPlain => "iperf3 via `connect --listen` + `expose`, `--no-encrypt`",
             Mode::LibEncrypted => "library direct (`p2pnc::connect` → `Agent`), encrypted",
             Mode::LibPlain => "library direct, unencrypted",
@@ -101,7 +119,10 @@ impl Mode {
     }
 
     fn encrypted(self) -> bool {
-        matches!(self, Mode::CliEncrypted | Mode::LibEncrypted)
+        matches!(
+            self,
+            Mode::CliEncrypted | Mode::CliCold | Mode::LibEncrypted
+        )
     }
 
     /// The target ratio at `delay` ms, for p2pnc modes.
@@ -286,6 +307,7 @@ pub fn lib_sink(args: &[String]) -> ExitCode {
 /// The processes of the run.
 struct Setup {
     connect_encrypted: Proc,
+    connect_cold: Proc,
     connect_plain: Proc,
     expose: Proc,
     lib_sink: Proc,
@@ -364,15 +386,17 @@ fn transfer(lab: &Lab, s: &Setup, mode: Mode) -> Result<Sample, String> {
                 cpu: None,
             }
         }
-        Mode::CliEncrypted | Mode::CliPlain => {
+        Mode::CliEncrypted | Mode::CliCold | Mode::CliPlain => {
             let (conn, port) = match mode {
                 Mode::CliEncrypted => (&s.connect_encrypted, LISTEN_ENCRYPTED),
+                Mode::CliCold => (&s.connect_cold, LISTEN_COLD),
                 _ => (&s.connect_plain, LISTEN_PLAIN),
             };
             let reported = lab_support::reports(&conn.stderr()).len();
             let cpu_before = cpu_of(&[conn, &s.expose]);
             let json = iperf(lab, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
-            // iperf3 made two connections (control and data): two sessions, both direct.
+            // iperf3 made two connections (control and data): two reports, both direct (two
+            // sessions, or streams on one warm path).
             let reports = lab_support::wait_reports(conn, reported + 2, REPORT_TIMEOUT);
             let cpu = cpu_of(&[conn, &s.expose]) - cpu_before;
             let new: Vec<&Report> = reports.iter().skip(reported).collect();
@@ -508,7 +532,13 @@ fn start_iperf_server(lab: &Lab) -> Proc {
     p
 }
 
-pub fn throughput(out: &mut Out, problems: &mut Vec<String>) {
+/// Runs the transfers of `modes` (the first must be the baseline).
+pub fn throughput(out: &mut Out, problems: &mut Vec<String>, modes: &[Mode]) {
+    assert_eq!(
+        modes.first(),
+        Some(&Mode::Baseline),
+        "the baseline comes first"
+    );
     let (nat_a, nat_b) = (Nat::RestrictedDrop, Nat::RestrictedRst);
     out.line(format!(
         "## throughput: one way, host A → host B (A: {}, B: {})",
@@ -557,11 +587,21 @@ pub fn throughput(out: &mut Out, problems: &mut Vec<String>) {
     let a = Node::Host(Site::A);
     let listen = |port| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     let setup = Setup {
-        connect_encrypted: lab.start_connect_listen(
+        // `--warm`: the path is up before the first transfer, which then measures a stream
+        // on it like the later ones.
+        connect_encrypted: lab.start_connect_listen_with(
             a,
             EXPOSE_ID,
             Some(SECRET),
             listen(LISTEN_ENCRYPTED),
+            &["--warm"],
+        ),
+        connect_cold: lab.start_connect_listen_with(
+            a,
+            EXPOSE_ID,
+            Some(SECRET),
+            listen(LISTEN_COLD),
+            &["--warm-idle", "0"],
         ),
         connect_plain: lab.start_connect_listen_with(
             a,
@@ -586,9 +626,9 @@ pub fn throughput(out: &mut Out, problems: &mut Vec<String>) {
         for node in hosts {
             lab.sh(node, &format!("echo {wmem} > /proc/sys/net/ipv4/tcp_wmem"));
         }
-        let mut samples: Vec<Vec<Sample>> = MODES.iter().map(|_| Vec::new()).collect();
+        let mut samples: Vec<Vec<Sample>> = modes.iter().map(|_| Vec::new()).collect();
         for rep in 0..TP_REPS {
-            for (i, &mode) in MODES.iter().enumerate() {
+            for (i, &mode) in modes.iter().enumerate() {
                 match transfer(&lab, &setup, mode) {
                     Ok(s) => samples[i].push(s),
                     Err(e) => problems.push(format!(
@@ -611,7 +651,22 @@ pub fn throughput(out: &mut Out, problems: &mut Vec<String>) {
             .map(|v| sorted(v.iter().map(|s| s.mbps).collect()))
             .collect();
         let base = rates[0].first().map(|_| pct(&rates[0], 0.5));
-        for (i, &mode) in MODES.iter().enumerate() {
+        let median_of = |m: Mode| {
+            let i = modes.iter().position(|&x| x == m)?;
+            rates[i].first().map(|_| pct(&rates[i], 0.5))
+        };
+        if let (Some(warm), Some(cold)) = (median_of(Mode::CliEncrypted), median_of(Mode::CliCold))
+        {
+            let ratio = warm / cold;
+            let met = ratio >= TARGET_WARM_VS_COLD;
+            verdicts.push(format!(
+                "- {label}, warm path vs cold direct stream (both encrypted, through `connect \
+                 --listen`): {warm:.0} / {cold:.0} MB/s = {ratio:.2}, target ≥ \
+                 {TARGET_WARM_VS_COLD}: {}",
+                if met { "met" } else { "NOT met" }
+            ));
+        }
+        for (i, &mode) in modes.iter().enumerate() {
             let r = &rates[i];
             let (median, range) = if r.is_empty() {
                 ("–".to_string(), "–".to_string())

@@ -16,7 +16,7 @@ use super::session::{ConnectionInfo, Established, Session};
 use super::stream::PeerStream;
 use crate::protocol::{
     self, Auth, ClientToServer, ConnectQuery, Mode, Nonce, ProbeToken, PunchOrder, Role,
-    ServerToClient, ServiceId, ServiceKeys, connect_message, fingerprint,
+    ServerToClient, ServiceId, ServiceKeys, Strategy, connect_message, fingerprint,
 };
 use crate::{Error, defaults, net};
 
@@ -200,6 +200,34 @@ pub(crate) async fn connect_path(
     opts: &ConnectOptions,
     warm: bool,
 ) -> Result<(Connection, Option<bool>), Error> {
+    connect_paths(opts, warm, Paths::Any).await
+}
+
+/// [`connect_path`] for a direct path only: an order to use the relay ends the attempt
+/// before anything is sent, and the relay is never joined (a [`crate::Peer`] on a relayed
+/// path looking for a direct one).
+pub(crate) async fn connect_direct_path(
+    opts: &ConnectOptions,
+    warm: bool,
+) -> Result<(Connection, Option<bool>), Error> {
+    connect_paths(opts, warm, Paths::DirectOnly).await
+}
+
+/// Which paths a connect may end on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Paths {
+    /// Direct, or the relay when the server offers it.
+    Any,
+    /// Direct only.
+    DirectOnly,
+}
+
+/// Asks the servers in turn for a punch order, then punches as the first order says.
+async fn connect_paths(
+    opts: &ConnectOptions,
+    warm: bool,
+    paths: Paths,
+) -> Result<(Connection, Option<bool>), Error> {
     let started = Instant::now();
     let servers = opts.servers();
     let mut tries = Tries::new(&servers);
@@ -212,7 +240,7 @@ pub(crate) async fn connect_path(
             Err(e) => tries.failed(e, failover::client_next)?,
         }
     };
-    punch(opts, ordered, started, warm).await
+    punch(opts, ordered, started, warm, paths).await
 }
 
 /// Connects like [`connect`] while reading what `local` already sends (up to
@@ -332,15 +360,26 @@ async fn punch(
     ordered: Ordered,
     started: Instant,
     warm: bool,
+    paths: Paths,
 ) -> Result<(Connection, Option<bool>), Error> {
     let Ordered {
         server,
         mut ports,
         mut tasks,
         mut ws,
-        order,
+        mut order,
         keys,
     } = ordered;
+    if paths == Paths::DirectOnly {
+        if order.strategy == Strategy::RelayOnly {
+            return Err(Error::NoDirectPath {
+                peer: opts.peer.clone(),
+                detail: "the server sees none and offers only its relay".into(),
+            });
+        }
+        order.relay_after_ms = None;
+        order.relay_ticket = None;
+    }
     let stream = stream_settings(opts, keys, &order, warm)?;
     let at = ports.view().endpoint(&server);
     tracing::debug!(

@@ -54,6 +54,10 @@ pub struct ExposeArgs {
     /// service.
     #[arg(long, value_name = "FILE")]
     key: Option<std::path::PathBuf>,
+    /// Serve /metrics (Prometheus) and a status page of the agent's warm paths on ADDR, e.g.
+    /// 127.0.0.1:50319; off unless given. Keep it off public addresses.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
     #[command(flatten)]
     report: ReportArgs,
 }
@@ -132,11 +136,31 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
     }
     let stop = crate::signals::shutdown_token(crate::signals::Hangup::Stops)?;
     let tasks = TaskTracker::new();
+    // Bound before the agent registers, so a taken address fails at once.
+    let admin = match args.admin {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--admin {addr}: cannot listen"))?,
+        ),
+        None => None,
+    };
     // Start-up retries an unreachable server for as long as it takes: a stop signal ends it.
     let mut agent = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
         agent = Agent::start(opts) => agent?,
     };
+    if let Some(listener) = admin {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("admin: /metrics and the status page on http://{addr}/");
+        }
+        let serving = agent.serve_admin(listener, stop.clone());
+        tasks.spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!("admin listener failed: {e}");
+            }
+        });
+    }
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,

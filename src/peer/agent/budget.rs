@@ -4,10 +4,13 @@
 //! fakes a symmetric NAT to make the agent spray 1536 connection attempts) can take the agent
 //! to its descriptor limit and starve the sessions it already serves.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use crate::defaults;
+use crate::peer::warm::PathState;
 use crate::protocol::Strategy;
 
 /// Streams a session may take from the punch port on top of its own attempts: the engine
@@ -151,11 +154,40 @@ impl Budget {
     }
 }
 
-/// The warm paths an agent keeps open: at most [`defaults::AGENT_MAX_WARM_PATHS`] at once
+/// The warm paths an agent keeps open: at most [`defaults::AGENT_MAX_WARM_PATHS`] at once,
+/// at most [`defaults::AGENT_MAX_WARM_PATHS_PER_ADDRESS`] of them from one client address
 /// (see `agent::warm`), and how many it has carried, for its logs.
 pub(super) struct WarmBudget {
     limit: usize,
-    held: Arc<Mutex<WarmCounts>>,
+    per_address: usize,
+    held: Arc<Mutex<WarmHeld>>,
+}
+
+/// A path serving streams: its client, its state, and when it opened (wall clock, monotonic).
+type PathEntry = (
+    SocketAddr,
+    Arc<PathState>,
+    std::time::SystemTime,
+    tokio::time::Instant,
+);
+
+/// The budget's state: the counts, the kept paths per client address, and the paths that
+/// serve streams now.
+#[derive(Default)]
+struct WarmHeld {
+    counts: WarmCounts,
+    by_address: HashMap<IpAddr, usize>,
+    paths: HashMap<u64, PathEntry>,
+    next_id: u64,
+}
+
+impl WarmHeld {
+    fn counts(&self) -> WarmCounts {
+        WarmCounts {
+            open_streams: self.paths.values().map(|p| p.1.streams()).sum(),
+            ..self.counts
+        }
+    }
 }
 
 /// Warm paths open now and served so far, and the streams they carried.
@@ -167,37 +199,78 @@ pub struct WarmCounts {
     pub paths: u64,
     /// Streams all warm paths carried so far.
     pub streams: u64,
+    /// Service streams open now on all warm paths.
+    pub open_streams: usize,
+    /// Paths not kept because the agent held its most warm paths, or its most from the
+    /// client's address.
+    pub declined: u64,
+}
+
+/// Why a warm path was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WarmDeclined {
+    /// The agent keeps its most warm paths in all.
+    Total(usize),
+    /// The agent keeps its most warm paths from this client address.
+    Address(usize),
+}
+
+impl fmt::Display for WarmDeclined {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WarmDeclined::Total(n) => write!(f, "at the limit of warm paths ({n})"),
+            WarmDeclined::Address(n) => {
+                write!(f, "at the limit of warm paths from one address ({n})")
+            }
+        }
+    }
 }
 
 /// A warm path's place in the budget; given back when dropped.
 pub(super) struct WarmShare {
-    held: Arc<Mutex<WarmCounts>>,
+    held: Arc<Mutex<WarmHeld>>,
+    client: IpAddr,
 }
 
 impl Drop for WarmShare {
     fn drop(&mut self) {
-        self.held.lock().expect("warm budget lock").open -= 1;
+        let mut held = self.held.lock().expect("warm budget lock");
+        held.counts.open -= 1;
+        if let Some(n) = held.by_address.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                held.by_address.remove(&self.client);
+            }
+        }
     }
 }
 
 impl WarmBudget {
-    /// At most `limit` kept warm paths at once.
-    pub fn new(limit: usize) -> Self {
+    /// At most `limit` kept warm paths at once, `per_address` of them from one address.
+    pub fn new(limit: usize, per_address: usize) -> Self {
         WarmBudget {
             limit,
-            held: Arc::new(Mutex::new(WarmCounts::default())),
+            per_address,
+            held: Arc::new(Mutex::new(WarmHeld::default())),
         }
     }
 
-    /// A place for one more kept path, unless all are taken.
-    pub fn reserve(&self) -> Option<WarmShare> {
+    /// A place for one more kept path from `client`, unless all are taken, or all that one
+    /// address may hold.
+    pub fn reserve(&self, client: IpAddr) -> Result<WarmShare, WarmDeclined> {
         let mut held = self.held.lock().expect("warm budget lock");
-        if held.open >= self.limit {
-            return None;
+        if held.counts.open >= self.limit {
+            return Err(WarmDeclined::Total(self.limit));
         }
-        held.open += 1;
-        Some(WarmShare {
+        let from = held.by_address.get(&client).copied().unwrap_or(0);
+        if from >= self.per_address {
+            return Err(WarmDeclined::Address(self.per_address));
+        }
+        held.counts.open += 1;
+        *held.by_address.entry(client).or_insert(0) += 1;
+        Ok(WarmShare {
             held: self.held.clone(),
+            client,
         })
     }
 
@@ -208,17 +281,43 @@ impl WarmBudget {
 
     /// Counts a path that started serving.
     pub fn path_served(&self) {
-        self.held.lock().expect("warm budget lock").paths += 1;
+        self.held.lock().expect("warm budget lock").counts.paths += 1;
+    }
+
+    /// Counts a path the agent did not keep (a client asked, and a limit was reached).
+    pub fn path_declined(&self) {
+        self.held.lock().expect("warm budget lock").counts.declined += 1;
     }
 
     /// Counts a stream a path carried.
     pub fn stream_served(&self) {
-        self.held.lock().expect("warm budget lock").streams += 1;
+        self.held.lock().expect("warm budget lock").counts.streams += 1;
+    }
+
+    /// Lists a path that serves streams from `client` until the guard is dropped: its open
+    /// streams count in [`WarmCounts::open_streams`] and show in [`WarmPaths::paths`].
+    pub fn track(&self, client: SocketAddr, path: Arc<PathState>) -> Tracked {
+        let mut held = self.held.lock().expect("warm budget lock");
+        held.next_id += 1;
+        let id = held.next_id;
+        held.paths.insert(
+            id,
+            (
+                client,
+                path,
+                std::time::SystemTime::now(),
+                tokio::time::Instant::now(),
+            ),
+        );
+        Tracked {
+            held: self.held.clone(),
+            id,
+        }
     }
 
     /// The counts now.
     pub fn counts(&self) -> WarmCounts {
-        *self.held.lock().expect("warm budget lock")
+        self.held.lock().expect("warm budget lock").counts()
     }
 
     /// A handle that reads the counts.
@@ -227,9 +326,41 @@ impl WarmBudget {
     }
 }
 
+/// A path's place in the list of paths that serve streams; removed when dropped.
+pub(super) struct Tracked {
+    held: Arc<Mutex<WarmHeld>>,
+    id: u64,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.held
+            .lock()
+            .expect("warm budget lock")
+            .paths
+            .remove(&self.id);
+    }
+}
+
+/// One warm path serving streams now (see [`WarmPaths::paths`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmPathInfo {
+    /// The client's address on the path.
+    pub client: SocketAddr,
+    /// Service streams open on it now.
+    pub streams: usize,
+    /// Whether the agent keeps it for more streams (not: at a limit, it only carries the
+    /// client's first streams).
+    pub kept: bool,
+    /// When it opened.
+    pub since: std::time::SystemTime,
+    /// How long it has been open.
+    pub age: std::time::Duration,
+}
+
 /// Reads an agent's warm-path counts (see [`crate::Agent::warm_paths`]); clones share them.
 #[derive(Clone)]
-pub struct WarmPaths(Arc<Mutex<WarmCounts>>);
+pub struct WarmPaths(Arc<Mutex<WarmHeld>>);
 
 impl std::fmt::Debug for WarmPaths {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -240,7 +371,25 @@ impl std::fmt::Debug for WarmPaths {
 impl WarmPaths {
     /// The counts now.
     pub fn counts(&self) -> WarmCounts {
-        *self.0.lock().expect("warm budget lock")
+        self.0.lock().expect("warm budget lock").counts()
+    }
+
+    /// The paths serving streams now, oldest first.
+    pub fn paths(&self) -> Vec<WarmPathInfo> {
+        let held = self.0.lock().expect("warm budget lock");
+        let mut paths: Vec<WarmPathInfo> = held
+            .paths
+            .values()
+            .map(|(client, path, since, at)| WarmPathInfo {
+                client: *client,
+                streams: path.streams(),
+                kept: path.kept() == Some(true),
+                since: *since,
+                age: at.elapsed(),
+            })
+            .collect();
+        paths.sort_by_key(|p| std::cmp::Reverse(p.age));
+        paths
     }
 }
 
@@ -248,15 +397,61 @@ impl WarmPaths {
 mod tests {
     use super::*;
 
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([203, 0, 113, last])
+    }
+
     #[test]
     fn warm_paths_are_capped_and_given_back() {
-        let budget = WarmBudget::new(2);
-        let a = budget.reserve().unwrap();
-        let _b = budget.reserve().unwrap();
-        assert!(budget.reserve().is_none(), "at the limit");
+        let budget = WarmBudget::new(2, 2);
+        let a = budget.reserve(ip(1)).unwrap();
+        let _b = budget.reserve(ip(2)).unwrap();
+        assert_eq!(budget.reserve(ip(3)).err(), Some(WarmDeclined::Total(2)));
         assert_eq!(budget.counts().open, 2);
         drop(a);
-        assert!(budget.reserve().is_some(), "given back");
+        assert!(budget.reserve(ip(3)).is_ok(), "given back");
+    }
+
+    #[test]
+    fn one_address_holds_at_most_its_share_and_others_still_get_theirs() {
+        let budget = WarmBudget::new(4, 2);
+        let first = budget.reserve(ip(1)).unwrap();
+        let _second = budget.reserve(ip(1)).unwrap();
+        assert_eq!(
+            budget.reserve(ip(1)).err(),
+            Some(WarmDeclined::Address(2)),
+            "a third from one address"
+        );
+        let _other = budget.reserve(ip(2)).unwrap();
+        drop(first);
+        let _again = budget
+            .reserve(ip(1))
+            .expect("the address's place given back");
+        assert_eq!(budget.counts().open, 3);
+    }
+
+    #[test]
+    fn open_streams_are_counted_per_path_while_the_path_is_listed() {
+        let budget = WarmBudget::new(2, 2);
+        let client = SocketAddr::from(([203, 0, 113, 9], 40000));
+        let (one, two) = (
+            Arc::new(PathState::default()),
+            Arc::new(PathState::default()),
+        );
+        one.set_up(client, true, true);
+        let listed = budget.track(client, one.clone());
+        let _other = budget.track(client, two.clone());
+        let (a, _b, _c) = (one.count(), one.count(), two.count());
+        assert_eq!(budget.counts().open_streams, 3);
+        let paths = budget.watch().paths();
+        let mut streams: Vec<usize> = paths.iter().map(|p| p.streams).collect();
+        streams.sort();
+        assert_eq!(streams, [1, 2]);
+        assert_eq!(paths.iter().filter(|p| p.kept).count(), 1);
+        drop(a);
+        assert_eq!(budget.counts().open_streams, 2);
+        drop(listed);
+        assert_eq!(budget.counts().open_streams, 1, "a path no longer listed");
     }
 
     #[test]

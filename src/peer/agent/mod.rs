@@ -6,15 +6,17 @@
 //! - `control_loop`: one registration's control channel, re-registering when it dies;
 //! - `inbound`: connections accepted on the punch port, routed to their session;
 //! - `warm`: warm paths, whose streams are handed out one by one;
+//! - `admin`: `/metrics` and a status page of the warm paths (`expose --admin`);
 //! - here: the options, [`Agent`], and what the agent does with one punch order.
 
+mod admin;
 mod budget;
 mod control_loop;
 mod inbound;
 mod registration;
 mod warm;
 
-pub use self::budget::{WarmCounts, WarmPaths};
+pub use self::budget::{WarmCounts, WarmPathInfo, WarmPaths};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -91,6 +93,9 @@ pub struct ExposeOptions {
     /// Warm paths (see [`crate::Peer`]) kept open at once; past that, a client's path
     /// carries the streams it opened with it and closes. 0 keeps none.
     pub max_warm_paths: usize,
+    /// Of those, kept open at once for clients behind one public address; past that, as
+    /// past [`ExposeOptions::max_warm_paths`].
+    pub max_warm_paths_per_address: usize,
 }
 
 impl std::fmt::Debug for ExposeOptions {
@@ -108,6 +113,10 @@ impl std::fmt::Debug for ExposeOptions {
             .field("allow_plain", &self.allow_plain)
             .field("key", &self.key)
             .field("max_warm_paths", &self.max_warm_paths)
+            .field(
+                "max_warm_paths_per_address",
+                &self.max_warm_paths_per_address,
+            )
             .finish()
     }
 }
@@ -129,6 +138,7 @@ impl ExposeOptions {
             allow_plain: true,
             key: None,
             max_warm_paths: crate::defaults::AGENT_MAX_WARM_PATHS,
+            max_warm_paths_per_address: crate::defaults::AGENT_MAX_WARM_PATHS_PER_ADDRESS,
         })
     }
 
@@ -248,7 +258,7 @@ impl Agent {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let fd_limit = crate::net::raise_fd_limit_to(65_536);
-        let warm_budget = WarmBudget::new(opts.max_warm_paths);
+        let warm_budget = WarmBudget::new(opts.max_warm_paths, opts.max_warm_paths_per_address);
         let state = Arc::new(AgentState {
             opts,
             stream,
@@ -302,6 +312,17 @@ impl Agent {
     /// The handle reads them for as long as it is kept.
     pub fn warm_paths(&self) -> WarmPaths {
         self.state.warm.watch()
+    }
+
+    /// Serves `/metrics` (Prometheus text) and a status page of this agent's warm paths and
+    /// the streams on each on `listener`, until `stop` (`expose --admin`). Keep it off
+    /// public addresses: it names the clients' addresses.
+    pub fn serve_admin(
+        &self,
+        listener: tokio::net::TcpListener,
+        stop: CancellationToken,
+    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        admin::serve(listener, self, stop)
     }
 
     /// Unregisters and waits until every task has stopped.
@@ -498,10 +519,11 @@ async fn session(
         return;
     }
     let at = ports.endpoint(&server);
-    // A client may ask to keep the stream as a warm path: granted while a place is free.
-    let warm_share = state.warm.reserve();
+    // A client may ask to keep the stream as a warm path: granted while a place is free, in
+    // all and for the client's address.
+    let warm_share = state.warm.reserve(order.peer_public.ip());
     let settings = StreamSettings {
-        warm: warm_share.is_some(),
+        warm: warm_share.is_ok(),
         ..state.stream.clone()
     };
     let session = Session::new(
@@ -551,7 +573,9 @@ async fn session(
         Ok(established) => match established.warm {
             None => state.deliver(established).await,
             Some(kept) => {
-                let share = if kept { warm_share } else { None };
+                // Kept exactly when a share was taken (the grant follows it).
+                debug_assert_eq!(kept, warm_share.is_ok());
+                let share = warm_share;
                 // The path outlives this registration's tasks: the agent's tracker owns it.
                 let path = warm::serve(state.clone(), established, share);
                 state.tracker.spawn(path);

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
 use super::AgentState;
-use super::budget::WarmShare;
+use super::budget::{WarmDeclined, WarmShare};
 use crate::defaults;
 use crate::peer::session::{ConnectionInfo, Established};
 use crate::peer::stream::PeerStream;
@@ -26,17 +26,22 @@ use crate::protocol::warm::{KIND_KEEPALIVE, KIND_SERVICE};
 const KIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one warm path until it ends. `share` is its place among the agent's kept warm paths
-/// (`None`: the agent declined to keep it, and it only carries the client's first streams).
+/// (`Err`: the agent declined to keep it, and why; it only carries the client's first
+/// streams).
 pub(super) async fn serve(
     state: Arc<AgentState>,
     established: Established,
-    share: Option<WarmShare>,
+    share: Result<WarmShare, WarmDeclined>,
 ) {
     let Established { stream, info, .. } = established;
-    let kept = share.is_some();
+    let kept = share.is_ok();
+    if share.is_err() {
+        state.warm.path_declined();
+    }
     let client = info.peer_addr;
     let path = Arc::new(PathState::default());
     path.set_up(client, info.encrypted, kept);
+    let _listed = state.warm.track(client, path.clone());
     crate::peer::warm::quiet_keepalive(&stream);
     let meter = Meter::new();
     let mut conn = yamux::Connection::new(
@@ -50,14 +55,13 @@ pub(super) async fn serve(
         session = %info.session,
         "warm path from {client} open ({}){}",
         info.path,
-        if kept {
-            format!(
+        match &share {
+            Ok(_) => format!(
                 "; {} of at most {} warm paths open",
                 counts.open,
                 state.warm.limit()
-            )
-        } else {
-            "; not kept: at the limit of warm paths".to_string()
+            ),
+            Err(declined) => format!("; not kept: {declined}"),
         }
     );
     let started = Instant::now();

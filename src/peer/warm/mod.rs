@@ -13,7 +13,7 @@ pub(crate) mod peer;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -99,6 +99,8 @@ pub(crate) struct PathState {
     kept: OnceLock<bool>,
     /// Service streams open now.
     streams: AtomicUsize,
+    /// Whether the path runs through the server's relay.
+    relayed: AtomicBool,
     /// The task driving the path, woken when a stream closes.
     driver: AtomicWaker,
 }
@@ -129,6 +131,16 @@ impl PathState {
     pub fn set_up(&self, peer: SocketAddr, encrypted: bool, kept: bool) {
         let _ = self.peer.set((peer, encrypted));
         let _ = self.kept.set(kept);
+    }
+
+    /// Marks the path as one through the server's relay.
+    pub fn set_relayed(&self) {
+        self.relayed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the path runs through the server's relay.
+    pub fn relayed(&self) -> bool {
+        self.relayed.load(Ordering::SeqCst)
     }
 
     /// `None` while the path is being built; once up, whether it is kept for more streams.
@@ -173,6 +185,8 @@ pub(crate) struct Traffic {
     /// Bytes received and sent (plaintext, yamux framing included).
     pub rx: u64,
     pub tx: u64,
+    /// Whether bytes were written since the last byte arrived.
+    pub unanswered: bool,
 }
 
 /// The traffic of one path, shared by its socket and its driver.
@@ -187,6 +201,7 @@ impl Meter {
             last_tx: now,
             rx: 0,
             tx: 0,
+            unanswered: false,
         })))
     }
 
@@ -198,12 +213,14 @@ impl Meter {
         let mut t = self.0.lock().expect("meter lock");
         t.rx += n as u64;
         t.last_rx = Instant::now();
+        t.unanswered = false;
     }
 
     fn sent(&self, n: usize) {
         let mut t = self.0.lock().expect("meter lock");
         t.tx += n as u64;
         t.last_tx = Instant::now();
+        t.unanswered = true;
     }
 }
 

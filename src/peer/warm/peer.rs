@@ -33,10 +33,9 @@ use crate::peer::stream::PeerStream;
 use crate::protocol::warm::{KIND_KEEPALIVE, KIND_SERVICE, PING};
 use crate::{Error, defaults};
 
-/// After an agent declined to keep a path open (it holds its most warm paths), or the path
-/// went through the relay, connections go without warm paths this long before the client
-/// asks again: an agent at its limit stays there for a while, and a relayed path should not
-/// hold one of the server's few relay slots while idle.
+/// After an agent declined to keep a path open (it holds its most warm paths, in all or from
+/// this client's address), connections go without warm paths this long before the client
+/// asks again: an agent at its limit stays there for a while.
 const WARM_RETRY: Duration = Duration::from_secs(60);
 /// Bytes the socket of a path being built holds for the punch's early data before writes
 /// wait for the path: what [`Peer::open_early`] reads ahead for two connections.
@@ -46,6 +45,19 @@ const EARLY_BUFFER: usize = 2 * defaults::EARLY_DATA_MAX;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a path has to say goodbye (yamux's go-away, the close record) when it ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A relayed path without streams closes after at most this long, whatever `--warm-idle`
+/// says: it holds one of the server's few relay slots (16 by default), which an idle client
+/// should give back soon; long enough for the pauses within a burst of connections.
+const RELAYED_IDLE: Duration = Duration::from_secs(30);
+/// While a path runs through the relay, the client tries for a direct one in the background
+/// (a NAT may have become passable: a phone moved from a carrier's network to Wi-Fi, a
+/// router was reconfigured). The first try after this long, then each wait doubled up to
+/// [`UPGRADE_MAX_WAIT`], at most [`UPGRADE_TRIES`] tries per relayed path: each try costs the
+/// server a brokered session and the agent a punch, so a pair that stays blocked costs a
+/// handful of them over a quarter of an hour, then nothing.
+const UPGRADE_FIRST_WAIT: Duration = Duration::from_secs(5);
+const UPGRADE_MAX_WAIT: Duration = Duration::from_secs(240);
+const UPGRADE_TRIES: u32 = 8;
 
 /// How a [`Peer`] keeps warm paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,6 +392,7 @@ impl Peer {
             ..inner.opts.clone()
         };
         let (stop, builder_state) = (inner.stop.clone(), state.clone());
+        let (tasks, weak) = (inner.tasks.clone(), Arc::downgrade(inner));
         inner.tasks.spawn(async move {
             let built = tokio::select! {
                 _ = stop.cancelled() => Err(Error::Protocol("the client stopped".into())),
@@ -388,7 +401,9 @@ impl Peer {
             let build = match built {
                 Ok((conn, Some(kept))) => {
                     let info = conn.info;
-                    let kept = kept && info.path != Path::Relayed;
+                    if info.path == Path::Relayed {
+                        builder_state.set_relayed();
+                    }
                     builder_state.set_up(info.peer_addr, info.encrypted, kept);
                     super::quiet_keepalive(&conn.stream);
                     let _ = stream_tx.send(Box::new(conn.stream));
@@ -399,11 +414,14 @@ impl Peer {
                         info.peer_addr,
                         info.setup.as_millis(),
                         match (kept, info.path) {
+                            (true, Path::Relayed) => ": relayed; looking for a direct path",
                             (true, _) => "",
-                            (false, Path::Relayed) => ": relayed, so not kept for more streams",
                             (false, _) => ": the agent keeps no more warm paths (at its limit)",
                         }
                     );
+                    if kept && info.path == Path::Relayed {
+                        tasks.spawn(upgrade(weak, builder_state.clone()));
+                    }
                     Build::Up {
                         info,
                         kept,
@@ -439,6 +457,99 @@ impl Peer {
         self.inner.stop.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+    }
+}
+
+/// While the relayed path `relayed` carries new streams, tries for a direct path now and
+/// then (see [`UPGRADE_FIRST_WAIT`]); once one is up, new streams go on it, and the relayed
+/// path carries its open streams to their end. Stops when the relayed path ends or is no
+/// longer the one new streams take, or when the [`Peer`] goes.
+async fn upgrade(peer: std::sync::Weak<Inner>, relayed: Arc<PathState>) {
+    let mut wait = UPGRADE_FIRST_WAIT;
+    for attempt in 1..=UPGRADE_TRIES {
+        let Some(stop) = peer.upgrade().map(|inner| inner.stop.clone()) else {
+            return;
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(UPGRADE_MAX_WAIT);
+        let Some(inner) = peer.upgrade() else { return };
+        let is_current = |inner: &Inner| {
+            let current = inner.current.lock().expect("warm path lock");
+            current
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(&p.state, &relayed))
+        };
+        if relayed.ended().is_some() || !is_current(&inner) {
+            return;
+        }
+        let opts = inner.opts.clone();
+        let stop = inner.stop.clone();
+        drop(inner);
+        let tried = tokio::select! {
+            _ = stop.cancelled() => return,
+            tried = client::connect_direct_path(&opts, true) => tried,
+        };
+        let conn = match tried {
+            Ok((conn, Some(true))) if conn.info.path != Path::Relayed => conn,
+            Ok((conn, _)) => {
+                tracing::debug!(
+                    "direct path to '{}', try {attempt}: the agent keeps no more warm paths",
+                    opts.peer
+                );
+                drop(conn);
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!("direct path to '{}', try {attempt}: {e}", opts.peer);
+                continue;
+            }
+        };
+        let Some(inner) = peer.upgrade() else { return };
+        let info = conn.info.clone();
+        let path = Arc::new(adopt(&inner, conn));
+        let mut current = inner.current.lock().expect("warm path lock");
+        if current
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(&p.state, &relayed))
+        {
+            *current = Some(path);
+            tracing::info!(
+                "warm path to '{}' now direct ({}) after {attempt} tries; new connections \
+                 take it, open ones stay on the relay",
+                opts.peer,
+                info.peer_addr
+            );
+        }
+        return;
+    }
+    tracing::info!(
+        "no direct path after {UPGRADE_TRIES} tries; the relayed path stays until it closes"
+    );
+}
+
+/// A path that is up on `conn` (a proven stream whose agent keeps it for more streams).
+fn adopt(inner: &Inner, conn: Connection) -> WarmPath {
+    let info = conn.info;
+    let state = Arc::new(PathState::default());
+    state.set_up(info.peer_addr, info.encrypted, true);
+    super::quiet_keepalive(&conn.stream);
+    let io = PathIo {
+        early: EarlyData::new(),
+        state: IoState::Up(Box::new(conn.stream)),
+    };
+    let opens = spawn_driver(&inner.tasks, &state, io, inner.warm.idle, &inner.stop);
+    let (_, build) = watch::channel(Build::Up {
+        info,
+        kept: true,
+        at: Instant::now(),
+    });
+    WarmPath {
+        state,
+        opens,
+        build,
     }
 }
 
@@ -623,6 +734,15 @@ struct Driver {
 }
 
 impl Driver {
+    /// How long the path may stay without streams: shorter for a relayed one.
+    fn idle(&self) -> Duration {
+        if self.state.relayed() {
+            self.idle.min(RELAYED_IDLE)
+        } else {
+            self.idle
+        }
+    }
+
     async fn run(mut self) {
         let why = std::future::poll_fn(|cx| self.poll(cx)).await;
         let streams = self.state.streams();
@@ -655,8 +775,8 @@ impl Driver {
                     Some("its streams are done and the agent keeps it no longer".into())
                 } else if idle && up.is_some() && self.opens_closed {
                     Some("no longer used".into())
-                } else if idle && up == Some(true) && now >= self.idle_since + self.idle {
-                    Some(format!("idle for {} s", self.idle.as_secs()))
+                } else if idle && up == Some(true) && now >= self.idle_since + self.idle() {
+                    Some(format!("idle for {} s", self.idle().as_secs()))
                 } else {
                     None
                 };
@@ -730,8 +850,13 @@ impl Driver {
                     }
                 }
                 let keepalive_due = t.last_rx.min(t.last_tx) + KEEPALIVE_INTERVAL;
-                if self.ping_sent.is_none() && self.ping_bytes.is_empty() && now >= keepalive_due {
-                    if t.tx > tx_before {
+                // Streams are sending and nothing has come back for a while (not even yamux's
+                // window updates): ask, so that a path cut mid-stream fails its streams
+                // within the ping timeout instead of at the next keepalive.
+                let unanswered_due = (streams > 0 && t.unanswered).then(|| t.last_rx + PROBE_AFTER);
+                let due = unanswered_due.map_or(keepalive_due, |u| u.min(keepalive_due));
+                if self.ping_sent.is_none() && self.ping_bytes.is_empty() && now >= due {
+                    if now >= keepalive_due && t.tx > tx_before {
                         // Driven after a silence, yamux just sent a ping of its own (its
                         // round-trip measurement, at most every 10 s): that is the keepalive,
                         // and its answer is awaited like ours. A ping of ours too would only
@@ -748,10 +873,10 @@ impl Driver {
                 }
                 wake = Some(match self.ping_sent {
                     Some(sent) => sent + PING_TIMEOUT,
-                    None => t.last_rx.min(t.last_tx) + KEEPALIVE_INTERVAL,
+                    None => due,
                 });
                 if up == Some(true) && streams == 0 && self.waiting.is_none() {
-                    let idle_at = self.idle_since + self.idle;
+                    let idle_at = self.idle_since + self.idle();
                     wake = wake.map(|w| w.min(idle_at));
                 }
             }
@@ -982,6 +1107,39 @@ mod tests {
         );
         assert!(matches!(path.usable(), Usable::Replace));
         assert!(path.open().await.is_err(), "no stream on a dead path");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_path_cut_while_a_stream_sends_fails_it_within_a_probe_and_a_ping_timeout() {
+        let (link, tasks, stop) = (
+            Link::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let path = path(&link, Duration::from_secs(3600), &tasks, &stop);
+        let mut stream = path.open().await.unwrap();
+        roundtrip(&mut stream, b"hello").await;
+        link.cut.store(true, Ordering::SeqCst);
+        let cut = Instant::now();
+        let (mut r, mut w) = tokio::io::split(stream);
+        let writer = tokio::spawn(async move {
+            let chunk = [7u8; 16 * 1024];
+            while w.write_all(&chunk).await.is_ok() {}
+        });
+        let err = r.read(&mut [0u8; 8]).await.unwrap_err();
+        let took = cut.elapsed();
+        assert_eq!(
+            err.to_string(),
+            "the warm path ended: no answer from the agent within 5 s"
+        );
+        // Not at the next keepalive (25 s): what is sent and not answered for the probe
+        // time is asked about at once.
+        assert!(
+            took <= PROBE_AFTER + PING_TIMEOUT + Duration::from_secs(1),
+            "{took:?}"
+        );
+        writer.await.unwrap();
+        stop.cancel();
     }
 
     #[tokio::test(start_paused = true)]
