@@ -133,6 +133,7 @@ async fn the_status_page_shows_services_sessions_and_nat_pairs_in_chromium() {
     assert_eq!(pair["attempts"], "1");
     assert_eq!(pair["direct or LAN"], "100 %");
     assert_eq!(pair["relayed"], "0 %");
+    assert_eq!(pair["refused before the punch"], "0");
 
     let refused = table(&dom, "refused");
     let refused: Vec<(String, String)> = (1..refused.len())

@@ -250,20 +250,24 @@ fn pairs(h: &mut String, pairs: &[PairRow]) {
     } else {
         h.push_str(
             "<table id=\"pairs\"><tr><th>client NAT</th><th>service NAT</th><th>attempts</th>\
-             <th>direct or LAN</th><th>relayed</th></tr>",
+             <th>direct or LAN</th><th>relayed</th><th>refused before the punch</th></tr>",
         );
         for p in pairs {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 p.client_mapping,
                 p.agent_mapping,
                 p.stats.attempts,
                 percent(p.stats.direct, p.stats.attempts),
-                percent(p.stats.relayed, p.stats.attempts)
+                percent(p.stats.relayed, p.stats.attempts),
+                p.stats.refused
             );
         }
-        h.push_str("</table>");
+        h.push_str(
+            "</table><p>Rates count only attempts that reached the punch; a refusal (wrong \
+             secret, busy service, no path allowed) is counted apart.</p>",
+        );
     }
 }
 
@@ -282,5 +286,33 @@ fn refused(h: &mut String, refused: &BTreeMap<String, u64>) {
             );
         }
         h.push_str("</table>");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_rates_leave_refusals_out() {
+        let row = PairRow {
+            client_mapping: Mapping::EndpointIndependent,
+            agent_mapping: Mapping::EndpointIndependent,
+            stats: PairStats {
+                attempts: 1,
+                direct: 1,
+                relayed: 0,
+                refused: 1,
+            },
+        };
+        let mut h = String::new();
+        pairs(&mut h, &[row]);
+        assert!(
+            h.contains(
+                "<tr><td>endpoint-independent</td><td>endpoint-independent</td><td>1</td>\
+                 <td>100 %</td><td>0 %</td><td>1</td></tr>"
+            ),
+            "{h}"
+        );
     }
 }
