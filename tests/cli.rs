@@ -295,6 +295,9 @@ fn demo_runs_the_whole_flow() {
     );
     assert!(stdout.contains("byte-exact"), "{stdout}");
     assert!(stdout.contains("a wrong secret is refused"), "{stdout}");
+    // Nothing to act on: no warning (the NAT probes find their port, the refused secret is a
+    // step of the demo).
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -640,4 +643,78 @@ fn log_file_takes_the_log_instead_of_stderr() {
     assert!(logged.contains("must be positive"), "{logged}");
     assert!(!logged.contains('\x1b'), "no terminal colours in a file");
     let _ = std::fs::remove_file(&log);
+}
+
+/// Starts `p2pnc server` with the open-file limit (soft and hard) at `fds` and `extra` flags;
+/// its stderr up to the line saying it listens.
+#[cfg(unix)]
+fn server_start_log(fds: u64, extra: &[&str]) -> String {
+    use std::os::unix::process::CommandExt;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["server", "--listen", &addr])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1");
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: fds as libc::rlim_t,
+                rlim_max: fds as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = Proc(cmd.spawn().unwrap());
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            let last = line.contains("listening on");
+            if tx.send(line).is_err() || last {
+                return;
+            }
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening on") {
+            return log;
+        }
+    }
+    panic!("the server never said it listens:\n{log}");
+}
+
+#[cfg(unix)]
+#[test]
+fn server_sizes_its_default_connection_cap_to_the_open_file_limit() {
+    let log = server_start_log(2000, &[]);
+    assert!(
+        log.contains("--max-connections 976: as many as the open-file limit (2000) holds"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("open-file limit is"),
+        "no warning by default: {log}"
+    );
+    let log = server_start_log(2000, &["--max-connections", "5000"]);
+    assert!(
+        log.contains(
+            "the open-file limit is 2000, too low for --max-connections 5000: raise it (ulimit \
+             -n, or LimitNOFILE= in the systemd unit) to at least 6024, or lower \
+             --max-connections"
+        ),
+        "{log}"
+    );
+    let log = server_start_log(2000, &["--max-connections", "500"]);
+    assert!(!log.contains("open-file limit"), "{log}");
 }
