@@ -718,3 +718,98 @@ fn server_sizes_its_default_connection_cap_to_the_open_file_limit() {
     let log = server_start_log(2000, &["--max-connections", "500"]);
     assert!(!log.contains("open-file limit"), "{log}");
 }
+
+#[test]
+fn help_sets_global_flags_apart_and_names_each_environment_variable_once() {
+    let out = Command::new(BIN)
+        .args(["connect", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    let (own, global) = help
+        .split_once("Global options:")
+        .unwrap_or_else(|| panic!("no global heading:\n{help}"));
+    for flag in [
+        "--verbose",
+        "--quiet",
+        "--log-format",
+        "--config",
+        "--log-file",
+    ] {
+        assert!(
+            global.contains(flag),
+            "{flag} under the global heading:\n{help}"
+        );
+        assert!(
+            !own.contains(flag),
+            "{flag} among the command's own flags:\n{help}"
+        );
+    }
+    assert!(own.contains("--peer"), "{help}");
+    assert!(!help.contains("(or set"), "{help}");
+    assert_eq!(help.matches("P2PNC_SECRET").count(), 1, "{help}");
+    assert_eq!(help.matches("P2PNC_TOKEN").count(), 1, "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_is_quiet_and_the_connected_line_is_information() {
+    let (_server, addr) = server().await;
+    let echo = Echo::start().await;
+    let _agent = expose(addr, "svc", echo.addr, &["--secret", "pw"]);
+    wait_peer_status(addr, "svc", 200).await;
+    let out = tokio::task::spawn_blocking(move || {
+        connect_stdio(addr, "svc", &["--secret", "pw", "-q"], b"hello")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"hello");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "-q prints nothing"
+    );
+    let out =
+        tokio::task::spawn_blocking(move || connect_stdio(addr, "svc", &["--secret", "pw"], b"x"))
+            .await
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(" INFO connected to 'svc' ("), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_pointed_at_the_probe_port_is_told_so() {
+    let (_server, addr) = server().await;
+    let probe = std::net::SocketAddr::new(addr.ip(), addr.port() + 1);
+    let out = tokio::task::spawn_blocking(move || connect_stdio(probe, "svc", &[], b""))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: server unreachable: http://{probe}: it answered with something that is not \
+             HTTP: is {probe} the NAT probe port? The control port is the one below it (50300 \
+             by default)\n"
+        )
+    );
+}
+
+#[test]
+fn public_with_a_secret_from_the_environment_warns_that_it_is_ignored() {
+    let out = Command::new(BIN)
+        .args(["expose", "--server", "http://127.0.0.1:1", "--id", "x"])
+        .args(["--to", "127.0.0.1:9", "--public", "--punch-timeout=-1"])
+        .env("P2PNC_SECRET", "s")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "--public ignores the secret (--secret or P2PNC_SECRET): clients connect without \
+             one; drop --public to require it"
+        ),
+        "{stderr}"
+    );
+}

@@ -188,6 +188,14 @@ pub async fn open(
                 )),
             })
         }
+        Ok(Err(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::HttparseError(_),
+        ))) => Err(unreachable(format!(
+            "it answered with something that is not HTTP: is {} the NAT probe port? The control \
+             port is the one below it ({} by default)",
+            server.authority(),
+            crate::defaults::SERVER_PORT
+        ))),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
     }
 }

@@ -98,7 +98,7 @@ impl ReportArgs {
 
 #[derive(Args)]
 pub struct PunchArgs {
-    /// The server's token, if it requires one (or set P2PNC_TOKEN).
+    /// The server's token, if it requires one.
     #[arg(long, env = "P2PNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Seconds a punch may take before it is given up.

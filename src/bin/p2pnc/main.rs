@@ -23,15 +23,18 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
+/// The help heading of the flags every command takes.
+const GLOBAL: &str = "Global options";
+
 /// Direct TCP connections between hosts behind NATs.
 #[derive(Parser)]
 #[command(version, about, propagate_version = true)]
 struct Cli {
     /// More logging (-v: debug, -vv: trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     verbose: u8,
-    /// Only warnings and errors.
-    #[arg(short, long, global = true)]
+    /// Only errors.
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     quiet: bool,
     /// Log format on stderr: `text` for people, `json` (one object per line, with every field
     /// such as session and peer) for log collectors.
@@ -40,21 +43,22 @@ struct Cli {
         global = true,
         value_enum,
         default_value = "text",
-        env = "P2PNC_LOG_FORMAT"
+        env = "P2PNC_LOG_FORMAT",
+        help_heading = GLOBAL
     )]
     log_format: LogFormat,
     /// Read this command's settings from a TOML file (keys are the long flag names); flags and
     /// environment variables override it.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     config: Option<PathBuf>,
     /// Append the log to this file instead of writing it to stderr.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     log_file: Option<PathBuf>,
     /// Run as a Windows service (installed with contrib/windows/install-service.ps1): needs
     /// --config FILE; the log goes next to it (p2pnc-COMMAND.log) unless --log-file says
     /// otherwise.
     #[cfg(windows)]
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     service: bool,
     #[command(subcommand)]
     command: Command,
@@ -192,7 +196,7 @@ fn main() -> ExitCode {
 fn init_logging(cli: &Cli, file: Option<&Path>) -> Result<()> {
     let demo = matches!(cli.command, Command::Demo);
     let level = match (cli.quiet, cli.verbose) {
-        (true, _) => "warn",
+        (true, _) => "error",
         (false, 0) if demo => "warn",
         (false, 0) => "info",
         (false, 1) => "debug",
