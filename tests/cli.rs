@@ -813,3 +813,74 @@ fn public_with_a_secret_from_the_environment_warns_that_it_is_ignored() {
         "{stderr}"
     );
 }
+
+#[test]
+fn config_files_take_every_long_flag_command_tables_and_name_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("p2pnc-cli-tables-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("p2pnc.toml");
+    let run = |text: &str, args: &[&str]| {
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .env_remove("P2PNC_SECRET")
+            .env_remove("P2PNC_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let f = file.display();
+    // Global flags are keys too, and a [connect] table is the connect command's.
+    let log = dir.join("connect.log");
+    let (ok, stderr) = run(
+        &format!(
+            "log-format = \"json\"\nlog-file = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:1\"\n\n\
+             [connect]\nserver = \"http://127.0.0.1:1\"\npeer = \"x\"\nstdio = true\n",
+            log.display()
+        ),
+        &["connect"],
+    );
+    assert!(!ok);
+    assert!(stderr.starts_with("error: server unreachable"), "{stderr}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.starts_with('{') && logged.contains("\"level\":\"ERROR\""),
+        "the connect logged its error as JSON in the file: {logged}"
+    );
+    let cases: [(&str, String); 3] = [
+        (
+            "[conect]\npeer = \"x\"\n",
+            format!(
+                "error: {f}: unknown table '[conect]' on line 1 (tables are commands: server, \
+                 expose, connect, demo, nat-check)\n"
+            ),
+        ),
+        (
+            "[connect]\nserver = \"http://127.0.0.1:1\"\npeer = \"x\"\nstdio = true\n\
+             punch-timeout = \"soon\"\n",
+            format!(
+                "error: {f}: key 'punch-timeout' on line 5: invalid value 'soon' for \
+                 '--punch-timeout <PUNCH_TIMEOUT>': invalid float literal\n"
+            ),
+        ),
+        (
+            "log-format = \"yaml\"\n",
+            format!(
+                "error: {f}: key 'log-format' on line 1: invalid value 'yaml' for \
+                 '--log-format <LOG_FORMAT>'\n"
+            ),
+        ),
+    ];
+    for (text, want) in cases {
+        let (ok, stderr) = run(text, &["connect"]);
+        assert!(!ok);
+        assert_eq!(stderr, want, "for:\n{text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

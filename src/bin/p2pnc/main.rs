@@ -70,17 +70,17 @@ enum LogFormat {
     Json,
 }
 
-/// Flags a config file may not set.
-const NOT_IN_CONFIG: &[&str] = &[
-    "config",
-    "help",
-    "version",
-    "verbose",
-    "quiet",
-    "log-format",
-    "log-file",
-    "service",
-];
+/// Flags a config file may not set: they say how to read it, or print and exit.
+const NOT_IN_CONFIG: &[&str] = &["config", "help", "version", "service"];
+
+/// The long flags a config file may set for `cmd`: its own and the global ones of `cli`.
+fn config_keys<'a>(cli: &'a clap::Command, cmd: &'a clap::Command) -> Vec<&'a str> {
+    cmd.get_arguments()
+        .chain(cli.get_arguments().filter(|a| a.is_global_set()))
+        .filter_map(|a| a.get_long())
+        .filter(|l| !NOT_IN_CONFIG.contains(l))
+        .collect()
+}
 
 /// Parses the command line, filling in settings from `--config FILE` that were given neither
 /// as flags nor through the environment.
@@ -98,32 +98,58 @@ fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
     let Some((sub, sub_matches)) = first.subcommand() else {
         return Ok(Cli::parse_from(argv));
     };
-    let cmd = Cli::command();
-    let sub_cmd = cmd
+    let cli = Cli::command();
+    let sub_cmd = cli
         .find_subcommand(sub)
         .ok_or_else(|| anyhow!("unknown command {sub}"))?;
-    let known: Vec<&str> = sub_cmd
-        .get_arguments()
-        .filter_map(|a| a.get_long())
-        .filter(|l| !NOT_IN_CONFIG.contains(l))
-        .collect();
+    let commands = config::Commands {
+        all: cli
+            .get_subcommands()
+            .map(|c| (c.get_name(), config_keys(&cli, c)))
+            .collect(),
+        running: sub,
+    };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let settings = config::parse(&text, &known).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let settings =
+        config::parse(&text, &commands).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let mut words: Vec<OsString> = Vec::new();
+    let mut lines: Vec<(String, usize)> = Vec::new();
     for setting in settings {
-        let id = sub_cmd
+        let arg = sub_cmd
             .get_arguments()
+            .chain(cli.get_arguments())
             .find(|a| a.get_long() == Some(setting.flag.as_str()))
-            .map(|a| a.get_id().as_str().to_string())
             .expect("known flags have an argument");
-        let given = matches!(
-            sub_matches.value_source(&id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        );
-        if !given {
-            words.push(format!("--{}", setting.flag).into());
-            words.extend(setting.words.into_iter().map(OsString::from));
+        let id = arg.get_id().as_str();
+        let given = [sub_matches, &first].iter().any(|m| {
+            matches!(
+                m.try_get_raw(id).ok().and_then(|_| m.value_source(id)),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        });
+        if given {
+            continue;
+        }
+        lines.push((setting.flag.clone(), setting.line));
+        let counted = matches!(arg.get_action(), clap::ArgAction::Count);
+        match (counted, setting.words.as_slice()) {
+            // `verbose = 2` is -vv.
+            (true, [n]) => {
+                let n: usize = n.parse().map_err(|_| {
+                    anyhow!(
+                        "{}: key '{}' on line {}: expected a count, found '{n}'",
+                        path.display(),
+                        setting.flag,
+                        setting.line
+                    )
+                })?;
+                words.extend((0..n).map(|_| OsString::from(format!("--{}", setting.flag))));
+            }
+            _ => {
+                words.push(format!("--{}", setting.flag).into());
+                words.extend(setting.words.into_iter().map(OsString::from));
+            }
         }
     }
     let at = argv
@@ -132,7 +158,31 @@ fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
         .map_or(argv.len(), |i| i + 1);
     let mut argv = argv;
     argv.splice(at..at, words);
-    Ok(Cli::parse_from(argv))
+    Cli::try_parse_from(argv).or_else(|e| {
+        // A value the file gave that the flag refuses: name the file and the line.
+        let flag = e
+            .get(clap::error::ContextKind::InvalidArg)
+            .map(|a| a.to_string())
+            .and_then(|a| {
+                a.strip_prefix("--")
+                    .map(|f| f.split([' ', '=']).next().unwrap_or("").to_string())
+            });
+        match flag.and_then(|f| lines.iter().find(|(l, _)| *l == f)) {
+            Some((flag, line)) => {
+                let why = e.render().to_string();
+                let why = why
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ");
+                Err(anyhow!(
+                    "{}: key '{flag}' on line {line}: {why}",
+                    path.display()
+                ))
+            }
+            None => e.exit(),
+        }
+    })
 }
 
 #[derive(Subcommand)]
