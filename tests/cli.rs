@@ -884,3 +884,29 @@ fn config_files_take_every_long_flag_command_tables_and_name_file_and_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_given_to_a_server_without_one_warns() {
+    let (_server, addr) = server().await;
+    let echo = Echo::start().await;
+    let _agent = expose(addr, "svc", echo.addr, &["--secret", "pw"]);
+    wait_peer_status(addr, "svc", 200).await;
+    let out = tokio::task::spawn_blocking(move || {
+        connect_stdio(addr, "svc", &["--secret", "pw", "--token", "t"], b"x")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, b"x");
+    assert_eq!(
+        stderr
+            .matches(&format!(
+                "http://{addr} requires no token: --token (P2PNC_TOKEN) is not needed there, \
+                 and anyone may use that server"
+            ))
+            .count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -173,7 +173,12 @@ pub async fn open(
     let handshake = client_async_with_config(request, stream, Some(config));
     match tokio::time::timeout(SERVER_TIMEOUT, handshake).await {
         Err(_) => Err(unreachable("no WebSocket handshake in time".into())),
-        Ok(Ok((ws, _))) => Ok((ws, local)),
+        Ok(Ok((ws, answer))) => {
+            if token.is_some() && answer.headers().contains_key(protocol::TOKEN_HEADER) {
+                warn_token_unused(server);
+            }
+            Ok((ws, local))
+        }
         Ok(Err(tungstenite::Error::Http(resp))) => {
             let body = resp
                 .body()
@@ -197,6 +202,17 @@ pub async fn open(
             crate::defaults::SERVER_PORT
         ))),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
+    }
+}
+
+/// Warns, once per process, that `server` did not check the token it was given.
+fn warn_token_unused(server: &ServerUrl) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "{server} requires no token: --token (P2PNC_TOKEN) is not needed there, and anyone \
+             may use that server"
+        );
     }
 }
 
