@@ -910,3 +910,84 @@ async fn a_token_given_to_a_server_without_one_warns() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_reports_the_path_round_trips_and_throughput_without_the_service() {
+    let (_server, addr) = server().await;
+    // No service behind the agent: the agent answers the pings itself.
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _agent = expose(addr, "svc", dead, &["--secret", "pw"]);
+    wait_peer_status(addr, "svc", 200).await;
+    let ping = move |extra: &'static [&'static str]| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args([
+                    "ping",
+                    "--server",
+                    &format!("http://{addr}"),
+                    "--peer",
+                    "svc",
+                ])
+                .args(extra)
+                .env_remove("P2PNC_SECRET")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = ping(&["--secret", "pw", "--count", "2", "--bytes", "1M", "--json"])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        ["direct", "lan"].contains(&report["path"].as_str().unwrap()),
+        "{report}"
+    );
+    assert_eq!(report["family"], "ipv4");
+    assert_eq!(report["strategy"], "simultaneous");
+    assert!(report["setup_ms"].as_u64().is_some(), "{report}");
+    assert_eq!(report["rtt_ms"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["throughput"]["bytes"], 1 << 20);
+    assert!(
+        report["throughput"]["bytes_per_sec_each_way"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("echo 1: ") && stderr.contains("echo 2: "),
+        "progress: {stderr}"
+    );
+
+    let out = ping(&["--secret", "pw", "--count", "1"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("path to 'svc': direct, ipv4, ")
+            || lines[0].starts_with("path to 'svc': lan, ipv4, "),
+        "{stdout}"
+    );
+    assert!(
+        lines[0].contains(", simultaneous strategy, set up in "),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("round trips over the path: 1 of 1, min/avg/max "),
+        "{stdout}"
+    );
+
+    let out = ping(&["--secret", "bad"]).await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.ends_with("error: secret rejected by peer 'svc'\n"),
+        "{stderr}"
+    );
+}

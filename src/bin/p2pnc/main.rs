@@ -9,6 +9,7 @@ mod connect;
 mod demo;
 mod expose;
 mod nat_check;
+mod ping;
 mod server;
 mod service;
 mod signals;
@@ -197,6 +198,8 @@ enum Command {
     Demo,
     /// Report this host's NAT: mapping behaviour, port preservation, filtering, public address.
     NatCheck(nat_check::NatCheckArgs),
+    /// How the path to a service was reached, round trips over it and its throughput.
+    Ping(ping::PingArgs),
 }
 
 impl Command {
@@ -209,6 +212,7 @@ impl Command {
             Command::Connect(_) => "connect",
             Command::Demo => "demo",
             Command::NatCheck(_) => "nat-check",
+            Command::Ping(_) => "ping",
         }
     }
 }
@@ -295,5 +299,6 @@ async fn run(command: Command) -> Result<()> {
         Command::Connect(args) => connect::run(args).await,
         Command::Demo => demo::run().await,
         Command::NatCheck(args) => nat_check::run(args).await,
+        Command::Ping(args) => ping::run(args).await,
     }
 }
