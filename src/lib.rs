@@ -1,15 +1,76 @@
 //! p2pnc: direct TCP connections between two hosts behind NATs, brokered by a small rendezvous
 //! server.
 //!
-//! - [`server::run`] serves the rendezvous protocol.
-//! - [`Agent`] registers an id next to a service and yields each client's proven stream.
-//! - [`connect`] reaches an agent by id and returns a direct, encrypted [`PeerStream`].
-//! - [`Peer`] keeps a warm path to an agent and opens a stream on it per connection.
-//! - [`nat_check`] reports what this host's NAT does.
-//! - [`defaults`] holds every default, shared with the command line.
+//! # The flow
 //!
-//! The wire protocol is in [`protocol`] and `docs/protocol.md`; how the code is laid out is
-//! in `docs/architecture.md`.
+//! 1. A rendezvous server ([`server::run`], `p2pnc server`) runs on a public host: HTTP and
+//!    WebSocket on one port, a NAT probe port beside it.
+//! 2. Next to the service, an [`Agent`] (`p2pnc expose`) registers an id over a WebSocket held
+//!    from its *punch port*, so the server sees its NAT mapping; a probe from the same port to
+//!    the probe port tells whether that NAT maps endpoint-independently.
+//! 3. A client ([`connect`], `p2pnc connect`) asks for the id, with a request signed by the
+//!    service secret (which never reaches the server). The server sends both ends a punch order
+//!    naming each other's public and private endpoints, timed so that both fire together.
+//! 4. Both ends connect from their punch ports to each other at once (TCP simultaneous open,
+//!    the agent's first SYN at a TTL that opens only its own NATs); an endpoint-dependent NAT
+//!    on one side is met by birthday punching, two of them by the server's relay (when it
+//!    runs one). Peers behind one NAT also try each other's LAN addresses.
+//! 5. On the first stream whose two ends prove the session (a Noise handshake keyed by the
+//!    secret), the client writes its selection; every other stream closes. The stream is a
+//!    [`PeerStream`], encrypted by default, and [`ConnectionInfo`] says how it was reached.
+//! 6. For many connections, a [`Peer`] keeps one such stream as a *warm path* and opens a
+//!    multiplexed stream on it per connection: no server round trip, no new punch.
+//!
+//! [`nat_check`] reports what this host's NAT does; [`defaults`] holds every default, shared
+//! with the command line. The wire protocol is in [`protocol`] and `docs/protocol.md`; how the
+//! code is laid out is in `docs/architecture.md`.
+//!
+//! # Example
+//!
+//! The whole flow on loopback, in one process: a server, an agent for the id `docs`, and a
+//! client whose bytes reach the agent over the punched stream.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! async fn flow() -> Result<(), Box<dyn std::error::Error>> {
+//!     // The rendezvous server (on a public host in real use).
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//!     let url = format!("http://{}", listener.local_addr()?);
+//!     let stop = CancellationToken::new();
+//!     let server = tokio::spawn(p2pnc::server::run(listener, Default::default(), stop.clone()));
+//!
+//!     // Next to the service: register the id.
+//!     let expose = p2pnc::ExposeOptions::new(&url, "docs", Some("secret"))?;
+//!     let mut agent = p2pnc::Agent::start(expose).await?;
+//!
+//!     // The client: a direct, encrypted stream to the agent.
+//!     let opts = p2pnc::ConnectOptions::new(&url, "docs", Some("secret"))?;
+//!     let (conn, accepted) = tokio::join!(p2pnc::connect(&opts), agent.accept());
+//!     let (mut conn, mut accepted) = (conn?, accepted.ok_or("the agent stopped")?);
+//!     println!("{} via {} in {:?}", conn.info.path, conn.info.peer_addr, conn.info.setup);
+//!
+//!     conn.stream.write_all(b"hello").await?;
+//!     let mut got = [0u8; 5];
+//!     accepted.stream.read_exact(&mut got).await?;
+//!     assert_eq!(&got, b"hello");
+//!
+//!     agent.shutdown().await;
+//!     stop.cancel();
+//!     server.await??;
+//!     Ok(())
+//! }
+//!
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! runtime.block_on(async {
+//!     // Every step is on loopback: ten seconds are plenty.
+//!     tokio::time::timeout(Duration::from_secs(10), flow()).await?
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 /// The README's examples compile.
 #[doc = include_str!("../README.md")]
