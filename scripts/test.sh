@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of p2pnc: formatting and lints (for Linux, and for Windows, macOS and Android
-# through scripts/cross-clippy.sh), the Rust suite (unit, loopback, CLI and the NAT lab), a
-# bounded run of every fuzz target, and the Java client's suite. Installs what is
+# through scripts/cross-clippy.sh), the Rust suite (unit, loopback, CLI and the NAT lab), the
+# API docs' links, the Debian package (scripts/deb.sh), a bounded run of every fuzz target, and the Java client's suite. Installs what is
 # missing on Debian when run as root. The NAT lab needs root; without it the lab tests say
 # they were skipped (and fail under CI).
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(nftables iptables iproute2 conntrack socat miniupnpd stun-server tcpdump iperf3
   default-jdk-headless maven junit4 libsurefire-java libmaven-compiler-plugin-java
   libmaven-resources-plugin-java libmaven-jar-plugin-java libmaven-install-plugin-java
-  libmaven-clean-plugin-java chromium)
+  libmaven-clean-plugin-java chromium man-db systemd)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -39,6 +39,10 @@ echo "== cargo clippy for Windows, macOS and Android (compile-time guard; nothin
 scripts/cross-clippy.sh
 echo "== cargo test (unit, loopback, CLI, NAT lab)"
 cargo test --workspace --locked -- --test-threads=4
+echo "== cargo doc (intra-doc links resolve)"
+RUSTDOCFLAGS="-D rustdoc::broken_intra_doc_links" cargo doc --workspace --no-deps --locked
+echo "== Debian package (built, unpacked, binary, man pages and systemd units checked)"
+scripts/deb.sh
 echo "== fuzzing (every target of fuzz/, ${FUZZ_SECONDS:-20} s each)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 echo "== Java client"

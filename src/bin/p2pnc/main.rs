@@ -8,6 +8,7 @@ mod config;
 mod connect;
 mod demo;
 mod expose;
+mod generate;
 mod nat_check;
 mod ping;
 mod server;
@@ -200,6 +201,9 @@ enum Command {
     NatCheck(nat_check::NatCheckArgs),
     /// How the path to a service was reached, round trips over it and its throughput.
     Ping(ping::PingArgs),
+    /// Write the man pages and shell completions into a directory (for packagers).
+    #[command(hide = true)]
+    GenerateAssets(generate::GenerateArgs),
 }
 
 impl Command {
@@ -213,6 +217,7 @@ impl Command {
             Command::Demo => "demo",
             Command::NatCheck(_) => "nat-check",
             Command::Ping(_) => "ping",
+            Command::GenerateAssets(_) => "generate-assets",
         }
     }
 }
@@ -300,5 +305,6 @@ async fn run(command: Command) -> Result<()> {
         Command::Demo => demo::run().await,
         Command::NatCheck(args) => nat_check::run(args).await,
         Command::Ping(args) => ping::run(args).await,
+        Command::GenerateAssets(args) => generate::run(&args, Cli::command()),
     }
 }
