@@ -858,7 +858,7 @@ fn config_files_take_every_long_flag_command_tables_and_name_file_and_line() {
             "[conect]\npeer = \"x\"\n",
             format!(
                 "error: {f}: unknown table '[conect]' on line 1 (tables are commands: server, \
-                 expose, connect, demo, nat-check)\n"
+                 expose, connect, demo, nat-check, ping)\n"
             ),
         ),
         (

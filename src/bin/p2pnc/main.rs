@@ -107,6 +107,7 @@ fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
     let commands = config::Commands {
         all: cli
             .get_subcommands()
+            .filter(|c| !c.is_hide_set())
             .map(|c| (c.get_name(), config_keys(&cli, c)))
             .collect(),
         running: sub,
