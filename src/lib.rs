@@ -114,7 +114,7 @@ pub use peer::portmap::Survey as PortMappingSurvey;
 pub use peer::punch::{EarlyData, PunchOptions, PunchTtl};
 pub use peer::session::{ConnectionInfo, Path};
 pub use peer::stream::{PeerStream, RecordError};
-pub use peer::warm::{Peer, WarmOptions};
+pub use peer::warm::{EchoStream, Peer, WarmOptions};
 pub use tls::Trust;
 
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -149,7 +149,8 @@ impl ServerCertVerifier for PinVerifier {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
-                "the server's certificate is {}, which no --tls-pin matches",
+                "the server's certificate is {}, which no --tls-pin matches: pin the \
+                 fingerprint the server logs at start, or check that the URL names that server",
                 fingerprint(end_entity.as_ref())
             )))
         }
@@ -282,6 +283,10 @@ pub(crate) async fn connect(
         .map_err(|e| explain(&e, host))
 }
 
+/// What to do about a certificate the client does not trust.
+const TRUST_ADVICE: &str = "give its CA with --tls-ca FILE, or pin it with --tls-pin sha256:... \
+                            (the server logs its pin at start)";
+
 /// One line a user can act on for a failed TLS handshake.
 fn explain(e: &io::Error, host: &str) -> String {
     use rustls::{CertificateError, Error as TlsError};
@@ -301,22 +306,73 @@ fn explain(e: &io::Error, host: &str) -> String {
              --tls-cert and --tls-key"
                 .into()
         }
-        TlsError::InvalidCertificate(
-            CertificateError::UnknownIssuer | CertificateError::BadSignature,
-        ) => "the server's certificate is not signed by a trusted CA: give its CA with \
-             --tls-ca FILE, or pin it with --tls-pin sha256:... (the server logs its pin)"
-            .into(),
-        TlsError::InvalidCertificate(CertificateError::NotValidForName)
-        | TlsError::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
-            format!("the server's certificate is not valid for the name '{host}'")
-        }
-        TlsError::InvalidCertificate(CertificateError::Expired)
-        | TlsError::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
-            "the server's certificate has expired".into()
-        }
+        TlsError::InvalidCertificate(cert) => match cert {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                format!("the server's certificate is not signed by a trusted CA: {TRUST_ADVICE}")
+            }
+            CertificateError::NotValidForName => {
+                format!(
+                    "the server's certificate is not valid for the name '{host}': use the name \
+                     it was issued for in the URL, or pin it with --tls-pin"
+                )
+            }
+            CertificateError::NotValidForNameContext { presented, .. } => {
+                format!(
+                    "the server's certificate is not valid for the name '{host}' (it names {}): \
+                     use one of those in the URL, or pin it with --tls-pin",
+                    presented
+                        .iter()
+                        .map(|n| presented_name(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "the server's certificate has expired: renew it on the server (--tls-cert and \
+                 --tls-key; SIGHUP reloads them), or check this host's clock"
+                    .into()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "the server's certificate is not valid yet: check the clocks of this host and \
+                 of the server"
+                    .into()
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "the server's certificate is not meant for a TLS server (no serverAuth key \
+                 usage): issue one for a server, or pin it with --tls-pin"
+                    .into()
+            }
+            CertificateError::Other(other)
+                if matches!(
+                    other.0.downcast_ref::<webpki::Error>(),
+                    Some(webpki::Error::CaUsedAsEndEntity)
+                ) =>
+            {
+                "the server's certificate is a CA certificate, which TLS does not accept as a \
+                 server's own (a self-signed one made with `openssl req -x509` is one): pin it \
+                 with --tls-pin sha256:... (the server logs its pin at start), or give the \
+                 server a certificate issued by that CA"
+                    .into()
+            }
+            other => format!("the server's certificate is refused ({other:?}): {TRUST_ADVICE}"),
+        },
         TlsError::General(why) => why.clone(),
         other => format!("TLS handshake: {other}"),
     }
+}
+
+/// A name webpki lists as presented (`DnsName("a.example")`, `IpAddress(192.0.2.1)`) as a
+/// user writes it in a URL.
+fn presented_name(listed: &str) -> &str {
+    listed
+        .strip_prefix("DnsName(\"")
+        .and_then(|n| n.strip_suffix("\")"))
+        .or_else(|| {
+            listed
+                .strip_prefix("IpAddress(")
+                .and_then(|n| n.strip_suffix(')'))
+        })
+        .unwrap_or(listed)
 }
 
 /// A stream that is plain TCP or TLS over TCP (the control connections' transport).
@@ -404,6 +460,13 @@ impl AsyncWrite for MaybeTls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presented_names_read_as_in_a_url() {
+        assert_eq!(presented_name("DnsName(\"a.example\")"), "a.example");
+        assert_eq!(presented_name("IpAddress(192.0.2.1)"), "192.0.2.1");
+        assert_eq!(presented_name("DirectoryName"), "DirectoryName");
+    }
 
     #[test]
     fn pins_parse_in_any_case_with_colons() {

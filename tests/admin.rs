@@ -88,6 +88,18 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
     assert!(page.contains("<table id=\"sessions\">"), "{page}");
     assert!(page.contains("secret_rejected"), "{page}");
     assert!(!page.contains("src=\"http"), "no external assets");
+    // The services table is searched and paged by query (forms, no links).
+    let (_, found) = http_get(admin, "/?q=cam").await;
+    assert!(
+        found.contains("1 service of 1 online match 'cam'; page 1 of 1"),
+        "{found}"
+    );
+    let (_, none) = http_get(admin, "/?q=door&page=7").await;
+    assert!(
+        none.contains("0 services of 1 online match 'door'; page 1 of 1"),
+        "{none}"
+    );
+    assert!(none.contains("<p>No online service matches.</p>"), "{none}");
     // The control port does not serve the admin pages.
     assert_ne!(http_get(server.addr, "/metrics").await.0, 200);
 }

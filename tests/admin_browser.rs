@@ -36,6 +36,9 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    // The browser's own form-field predictions (asked of its vendor for any page with a
+    // form, such as the search box): not the page's doing.
+    "--disable-features=AutofillServerCommunication",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ];
 /// The service id: letters outside ASCII and every punctuation an id may have, which a person
@@ -133,6 +136,7 @@ async fn the_status_page_shows_services_sessions_and_nat_pairs_in_chromium() {
     assert_eq!(pair["attempts"], "1");
     assert_eq!(pair["direct or LAN"], "100 %");
     assert_eq!(pair["relayed"], "0 %");
+    assert_eq!(pair["refused before the punch"], "0");
 
     let refused = table(&dom, "refused");
     let refused: Vec<(String, String)> = (1..refused.len())
@@ -397,9 +401,10 @@ fn row_map(rows: &[Vec<String>], i: usize) -> std::collections::HashMap<String, 
 /// agent's address on a local interface won the race against its loopback endpoint.
 fn path_and_setup_of(stderr: &str, id: &str) -> (String, u64) {
     let prefix = format!("connected to '{id}' (");
+    // The log line's prefix (time, level) comes first.
     let line = stderr
         .lines()
-        .find(|l| l.starts_with(&prefix))
+        .find_map(|l| l.find(&prefix).map(|at| &l[at..]))
         .unwrap_or_else(|| panic!("no connection reported:\n{stderr}"));
     let path = line[prefix.len()..].split(',').next().unwrap_or("");
     assert!(path == "direct" || path == "lan", "{line}");

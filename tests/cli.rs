@@ -295,6 +295,9 @@ fn demo_runs_the_whole_flow() {
     );
     assert!(stdout.contains("byte-exact"), "{stdout}");
     assert!(stdout.contains("a wrong secret is refused"), "{stdout}");
+    // Nothing to act on: no warning (the NAT probes find their port, the refused secret is a
+    // step of the demo).
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -841,4 +844,351 @@ async fn expose_stops_on_a_signal_while_it_looks_for_another_server() {
     std::io::Read::read_to_string(agent.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("re-registration failed"), "{stderr}");
     assert!(stderr.contains(&dead), "both servers tried: {stderr}");
+}
+
+/// Starts `p2pnc server` with the open-file limit (soft and hard) at `fds` and `extra` flags;
+/// its stderr up to the line saying it listens.
+#[cfg(unix)]
+fn server_start_log(fds: u64, extra: &[&str]) -> String {
+    use std::os::unix::process::CommandExt;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["server", "--listen", &addr])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1");
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: fds as libc::rlim_t,
+                rlim_max: fds as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = Proc(cmd.spawn().unwrap());
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            let last = line.contains("listening on");
+            if tx.send(line).is_err() || last {
+                return;
+            }
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening on") {
+            return log;
+        }
+    }
+    panic!("the server never said it listens:\n{log}");
+}
+
+#[cfg(unix)]
+#[test]
+fn server_sizes_its_default_connection_cap_to_the_open_file_limit() {
+    let log = server_start_log(2000, &[]);
+    assert!(
+        log.contains("--max-connections 976: as many as the open-file limit (2000) holds"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("open-file limit is"),
+        "no warning by default: {log}"
+    );
+    let log = server_start_log(2000, &["--max-connections", "5000"]);
+    assert!(
+        log.contains(
+            "the open-file limit is 2000, too low for --max-connections 5000: raise it (ulimit \
+             -n, or LimitNOFILE= in the systemd unit) to at least 6024, or lower \
+             --max-connections"
+        ),
+        "{log}"
+    );
+    let log = server_start_log(2000, &["--max-connections", "500"]);
+    assert!(!log.contains("open-file limit"), "{log}");
+}
+
+#[test]
+fn help_sets_global_flags_apart_and_names_each_environment_variable_once() {
+    let out = Command::new(BIN)
+        .args(["connect", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    let (own, global) = help
+        .split_once("Global options:")
+        .unwrap_or_else(|| panic!("no global heading:\n{help}"));
+    for flag in [
+        "--verbose",
+        "--quiet",
+        "--log-format",
+        "--config",
+        "--log-file",
+    ] {
+        assert!(
+            global.contains(flag),
+            "{flag} under the global heading:\n{help}"
+        );
+        assert!(
+            !own.contains(flag),
+            "{flag} among the command's own flags:\n{help}"
+        );
+    }
+    assert!(own.contains("--peer"), "{help}");
+    assert!(!help.contains("(or set"), "{help}");
+    assert_eq!(help.matches("P2PNC_SECRET").count(), 1, "{help}");
+    assert_eq!(help.matches("P2PNC_TOKEN").count(), 1, "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_is_quiet_and_the_connected_line_is_information() {
+    let (_server, addr) = server().await;
+    let echo = Echo::start().await;
+    let _agent = expose(addr, "svc", echo.addr, &["--secret", "pw"]);
+    wait_peer_status(addr, "svc", 200).await;
+    let out = tokio::task::spawn_blocking(move || {
+        connect_stdio(addr, "svc", &["--secret", "pw", "-q"], b"hello")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"hello");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "-q prints nothing"
+    );
+    let out =
+        tokio::task::spawn_blocking(move || connect_stdio(addr, "svc", &["--secret", "pw"], b"x"))
+            .await
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(" INFO connected to 'svc' ("), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_pointed_at_the_probe_port_is_told_so() {
+    let (_server, addr) = server().await;
+    let probe = std::net::SocketAddr::new(addr.ip(), addr.port() + 1);
+    let out = tokio::task::spawn_blocking(move || connect_stdio(probe, "svc", &[], b""))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: server unreachable: http://{probe}: it answered with something that is not \
+             HTTP: is {probe} the NAT probe port? The control port is the one below it (50300 \
+             by default)\n"
+        )
+    );
+}
+
+#[test]
+fn public_with_a_secret_from_the_environment_warns_that_it_is_ignored() {
+    let out = Command::new(BIN)
+        .args(["expose", "--server", "http://127.0.0.1:1", "--id", "x"])
+        .args(["--to", "127.0.0.1:9", "--public", "--punch-timeout=-1"])
+        .env("P2PNC_SECRET", "s")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "--public ignores the secret (--secret or P2PNC_SECRET): clients connect without \
+             one; drop --public to require it"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_files_take_every_long_flag_command_tables_and_name_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("p2pnc-cli-tables-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("p2pnc.toml");
+    let run = |text: &str, args: &[&str]| {
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .env_remove("P2PNC_SECRET")
+            .env_remove("P2PNC_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let f = file.display();
+    // Global flags are keys too, and a [connect] table is the connect command's.
+    let log = dir.join("connect.log");
+    let (ok, stderr) = run(
+        &format!(
+            "log-format = \"json\"\nlog-file = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:1\"\n\n\
+             [connect]\nserver = \"http://127.0.0.1:1\"\npeer = \"x\"\nstdio = true\n",
+            log.display()
+        ),
+        &["connect"],
+    );
+    assert!(!ok);
+    assert!(stderr.starts_with("error: server unreachable"), "{stderr}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.starts_with('{') && logged.contains("\"level\":\"ERROR\""),
+        "the connect logged its error as JSON in the file: {logged}"
+    );
+    let cases: [(&str, String); 3] = [
+        (
+            "[conect]\npeer = \"x\"\n",
+            format!(
+                "error: {f}: unknown table '[conect]' on line 1 (tables are commands: server, \
+                 expose, connect, demo, nat-check, ping)\n"
+            ),
+        ),
+        (
+            "[connect]\nserver = \"http://127.0.0.1:1\"\npeer = \"x\"\nstdio = true\n\
+             punch-timeout = \"soon\"\n",
+            format!(
+                "error: {f}: key 'punch-timeout' on line 5: invalid value 'soon' for \
+                 '--punch-timeout <PUNCH_TIMEOUT>': invalid float literal\n"
+            ),
+        ),
+        (
+            "log-format = \"yaml\"\n",
+            format!(
+                "error: {f}: key 'log-format' on line 1: invalid value 'yaml' for \
+                 '--log-format <LOG_FORMAT>'\n"
+            ),
+        ),
+    ];
+    for (text, want) in cases {
+        let (ok, stderr) = run(text, &["connect"]);
+        assert!(!ok);
+        assert_eq!(stderr, want, "for:\n{text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_given_to_a_server_without_one_warns() {
+    let (_server, addr) = server().await;
+    let echo = Echo::start().await;
+    let _agent = expose(addr, "svc", echo.addr, &["--secret", "pw"]);
+    wait_peer_status(addr, "svc", 200).await;
+    let out = tokio::task::spawn_blocking(move || {
+        connect_stdio(addr, "svc", &["--secret", "pw", "--token", "t"], b"x")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, b"x");
+    assert_eq!(
+        stderr
+            .matches(&format!(
+                "http://{addr} requires no token: --token (P2PNC_TOKEN) is not needed there, \
+                 and anyone may use that server"
+            ))
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_reports_the_path_round_trips_and_throughput_without_the_service() {
+    let (_server, addr) = server().await;
+    // No service behind the agent: the agent answers the pings itself.
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _agent = expose(addr, "svc", dead, &["--secret", "pw"]);
+    wait_peer_status(addr, "svc", 200).await;
+    let ping = move |extra: &'static [&'static str]| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args([
+                    "ping",
+                    "--server",
+                    &format!("http://{addr}"),
+                    "--peer",
+                    "svc",
+                ])
+                .args(extra)
+                .env_remove("P2PNC_SECRET")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = ping(&["--secret", "pw", "--count", "2", "--bytes", "1M", "--json"])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        ["direct", "lan"].contains(&report["path"].as_str().unwrap()),
+        "{report}"
+    );
+    assert_eq!(report["family"], "ipv4");
+    assert_eq!(report["strategy"], "simultaneous");
+    assert!(report["setup_ms"].as_u64().is_some(), "{report}");
+    assert_eq!(report["rtt_ms"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["throughput"]["bytes"], 1 << 20);
+    assert!(
+        report["throughput"]["bytes_per_sec_each_way"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("echo 1: ") && stderr.contains("echo 2: "),
+        "progress: {stderr}"
+    );
+
+    let out = ping(&["--secret", "pw", "--count", "1"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("path to 'svc': direct, ipv4, ")
+            || lines[0].starts_with("path to 'svc': lan, ipv4, "),
+        "{stdout}"
+    );
+    assert!(
+        lines[0].contains(", simultaneous strategy, set up in "),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("round trips over the path: 1 of 1, min/avg/max "),
+        "{stdout}"
+    );
+
+    let out = ping(&["--secret", "bad"]).await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.ends_with("error: secret rejected by peer 'svc'\n"),
+        "{stderr}"
+    );
 }

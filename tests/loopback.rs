@@ -337,3 +337,49 @@ async fn connect_early_sends_what_the_local_side_wrote_first_once_and_in_order()
     assert!(back == payload, "echo differs");
     forwarding.await.unwrap().unwrap();
 }
+
+/// Concurrent connects to one agent: for every session, both ends name the same path (the
+/// stream they both use), whatever candidate wins each race.
+#[tokio::test]
+async fn both_ends_name_the_same_path_under_concurrent_connects() {
+    const CONNECTS: usize = 12;
+    let server = TestServer::start().await;
+    let opts = p2pnc::ExposeOptions::new(&server.url, "svc", Some("pw")).unwrap();
+    let mut agent = tokio::time::timeout(T, p2pnc::Agent::start(opts))
+        .await
+        .unwrap()
+        .unwrap();
+    let agent_side = tokio::spawn(async move {
+        let mut seen = std::collections::BTreeMap::new();
+        let mut streams = Vec::new();
+        while seen.len() < CONNECTS {
+            let a = agent.accept().await.expect("agent runs");
+            seen.insert(a.info.session.to_string(), (a.info.path, a.info.peer_addr));
+            streams.push(a.stream);
+        }
+        seen
+    });
+    let opts = ConnectOptions::new(&server.url, "svc", Some("pw")).unwrap();
+    let connects = (0..CONNECTS).map(|_| async {
+        let conn = tokio::time::timeout(T, p2pnc::connect(&opts))
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            conn.info.session.to_string(),
+            conn.info.path,
+            conn.info.peer_addr,
+            conn.stream,
+        )
+    });
+    let clients = futures_util::future::join_all(connects).await;
+    let agents = tokio::time::timeout(T, agent_side).await.unwrap().unwrap();
+    for (session, path, addr, _stream) in &clients {
+        let (agent_path, agent_addr) = agents[session];
+        assert_eq!(
+            agent_path, *path,
+            "session {session}: client says {path} to {addr}, agent says {agent_path} from \
+             {agent_addr}"
+        );
+    }
+}

@@ -28,6 +28,11 @@ struct Pki {
 impl Pki {
     /// A CA and a leaf for `names` (DNS names or IP literals).
     fn new(names: &[&str]) -> Pki {
+        Pki::with(names, |_| {})
+    }
+
+    /// A CA and a leaf for `names` whose parameters `leaf` changed.
+    fn with(names: &[&str], leaf: impl FnOnce(&mut CertificateParams)) -> Pki {
         let dir = std::env::temp_dir().join(format!(
             "p2pnc-tls-{}-{}",
             std::process::id(),
@@ -39,10 +44,9 @@ impl Pki {
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        leaf(&mut params);
+        let leaf = params.signed_by(&key, &ca).unwrap();
         let pki = Pki {
             ca: dir.join("ca.pem"),
             cert: dir.join("cert.pem"),
@@ -52,6 +56,33 @@ impl Pki {
         };
         std::fs::write(&pki.ca, ca.pem()).unwrap();
         std::fs::write(&pki.cert, leaf.pem()).unwrap();
+        std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+        pki
+    }
+
+    /// One self-signed certificate for `names` that is also a CA (what `openssl req -x509`
+    /// makes): the server's certificate and the client's CA file at once.
+    fn self_signed_ca(names: &[&str]) -> Pki {
+        let dir = std::env::temp_dir().join(format!(
+            "p2pnc-tls-{}-{}",
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 6]>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pki = Pki {
+            ca: dir.join("cert.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            pin: p2pnc::tls::fingerprint(cert.der()),
+            dir,
+        };
+        std::fs::write(&pki.cert, cert.pem()).unwrap();
         std::fs::write(&pki.key, key.serialize_pem()).unwrap();
         pki
     }
@@ -149,34 +180,92 @@ async fn a_private_ca_or_a_pin_connects_over_tls_and_the_stream_is_punched() {
 }
 
 #[tokio::test]
-async fn every_trust_mismatch_is_refused_with_a_reason() {
+async fn every_trust_mismatch_is_refused_with_a_reason_and_what_to_do() {
     let pki = Pki::new(&["127.0.0.1"]);
     let server = tls_server(&pki, ServerConfig::default()).await;
-    let expect_tls_error = |r: Result<p2pnc::Connection, Error>, want: &str| match r {
-        Err(Error::Tls(msg)) => assert!(msg.contains(want), "'{msg}' should say '{want}'"),
-        other => panic!("expected a TLS error saying '{want}', got {other:?}"),
+    let expect = |r: Result<p2pnc::Connection, Error>, server: &TestServer, want: &str| {
+        let want = format!("TLS with https://{}: {want}", server.addr);
+        match r {
+            Err(e @ Error::Tls(_)) => assert_eq!(e.to_string(), want),
+            other => panic!("expected '{want}', got {other:?}"),
+        }
     };
+    let untrusted = "the server's certificate is not signed by a trusted CA: give its CA with \
+                     --tls-ca FILE, or pin it with --tls-pin sha256:... (the server logs its pin \
+                     at start)";
 
     let wrong = format!("sha256:{}", "ab".repeat(32));
     let r = connect_over(&https(&server, Trust::pins(&[wrong]).unwrap()), "svc").await;
-    expect_tls_error(r, &pki.pin); // names the actual pin
+    let pin = &pki.pin;
+    expect(
+        r,
+        &server,
+        &format!(
+            "the server's certificate is {pin}, which no --tls-pin matches: pin the fingerprint \
+             the server logs at start, or check that the URL names that server"
+        ),
+    );
     let r = connect_over(&https(&server, Trust::WebRoots), "svc").await;
-    expect_tls_error(r, "not signed by a trusted CA");
+    expect(r, &server, untrusted);
     let other_ca = Pki::new(&["127.0.0.1"]);
     let r = connect_over(&https(&server, other_ca.trust_ca()), "svc").await;
-    expect_tls_error(r, "not signed by a trusted CA");
+    expect(r, &server, untrusted);
+
     let wrong_name = Pki::new(&["other.example"]);
     let named = tls_server(&wrong_name, ServerConfig::default()).await;
     let r = connect_over(&https(&named, wrong_name.trust_ca()), "svc").await;
-    expect_tls_error(r, "not valid for the name '127.0.0.1'");
+    expect(
+        r,
+        &named,
+        "the server's certificate is not valid for the name '127.0.0.1' (it names \
+         other.example): use one of those in the URL, or pin it with --tls-pin",
+    );
+
+    let expired = Pki::with(&["127.0.0.1"], |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let old = tls_server(&expired, ServerConfig::default()).await;
+    let r = connect_over(&https(&old, expired.trust_ca()), "svc").await;
+    expect(
+        r,
+        &old,
+        "the server's certificate has expired: renew it on the server (--tls-cert and \
+         --tls-key; SIGHUP reloads them), or check this host's clock",
+    );
+
+    // A self-signed CA certificate given as the CA file: rustls' CaUsedAsEndEntity.
+    let ca_leaf = Pki::self_signed_ca(&["127.0.0.1"]);
+    let ca_server = tls_server(&ca_leaf, ServerConfig::default()).await;
+    let r = connect_over(&https(&ca_server, ca_leaf.trust_ca()), "svc").await;
+    expect(
+        r,
+        &ca_server,
+        "the server's certificate is a CA certificate, which TLS does not accept as a \
+         server's own (a self-signed one made with `openssl req -x509` is one): pin it with \
+         --tls-pin sha256:... (the server logs its pin at start), or give the server a \
+         certificate issued by that CA",
+    );
+    // ... and pinned, it works.
+    let pinned = Trust::pins(std::slice::from_ref(&ca_leaf.pin)).unwrap();
+    let echo = Echo::start().await;
+    let _agent = expose_over(&https(&ca_server, pinned.clone()), "svc", echo.addr).await;
+    connect_over(&https(&ca_server, pinned), "svc")
+        .await
+        .unwrap();
 
     // TLS to a plain server, plain to a TLS server.
     let plain = TestServer::start().await;
     let r = connect_over(&https(&plain, pki.trust_ca()), "svc").await;
-    expect_tls_error(r, "does not speak TLS");
+    expect(
+        r,
+        &plain,
+        "the server does not speak TLS: use an http:// URL, or start the server with \
+         --tls-cert and --tls-key",
+    );
     let r = connect_over(&ServerUrl::parse(&server.url).unwrap(), "svc").await;
     match r {
-        Err(Error::Refused(_, msg)) => assert!(msg.contains("https://"), "{msg}"),
+        Err(e @ Error::Refused(..)) => assert!(e.to_string().contains("https://"), "{e}"),
         other => panic!("plain request to a TLS server: {other:?}"),
     }
 }

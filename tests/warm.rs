@@ -429,3 +429,53 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     .await
     .expect("admin answers in time")
 }
+
+/// Concurrent connections on a warm path (as `connect --listen` takes them): for every
+/// session, both ends name the same path.
+#[tokio::test]
+async fn both_ends_name_the_same_path_under_concurrent_opens() {
+    const OPENS: usize = 12;
+    let server = TestServer::start().await;
+    let opts = ExposeOptions::new(&server.url, "svc", Some("pw")).unwrap();
+    let mut agent = tokio::time::timeout(T, Agent::start(opts))
+        .await
+        .unwrap()
+        .unwrap();
+    let agent_side = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut streams = Vec::new();
+        while seen.len() < OPENS {
+            let a = agent.accept().await.expect("agent runs");
+            seen.push((a.info.session.to_string(), a.info.path, a.info.peer_addr));
+            streams.push(a.stream);
+        }
+        seen
+    });
+    let peer = Peer::new(opts_for(&server, "svc"), WarmOptions::default());
+    let opens = (0..OPENS).map(|_| async {
+        let c = tokio::time::timeout(T, peer.open()).await.unwrap().unwrap();
+        (
+            c.info.session.to_string(),
+            c.info.path,
+            c.info.peer_addr,
+            c.stream,
+        )
+    });
+    let clients = futures_util::future::join_all(opens).await;
+    let agents = tokio::time::timeout(T, agent_side).await.unwrap().unwrap();
+    for (session, path, addr, _stream) in &clients {
+        for (s, agent_path, agent_addr) in &agents {
+            if s == session {
+                assert_eq!(
+                    agent_path, path,
+                    "session {session}: client says {path} to {addr}, agent says {agent_path} \
+                     from {agent_addr}"
+                );
+            }
+        }
+    }
+    assert!(
+        clients.iter().all(|c| agents.iter().any(|a| a.0 == c.0)),
+        "every client session is one of the agent's"
+    );
+}

@@ -184,7 +184,12 @@ pub async fn open(
     let handshake = client_async_with_config(request, stream, Some(config));
     match tokio::time::timeout(patience, handshake).await {
         Err(_) => Err(unreachable("no WebSocket handshake in time".into())),
-        Ok(Ok((ws, _))) => Ok((ws, local)),
+        Ok(Ok((ws, answer))) => {
+            if token.is_some() && answer.headers().contains_key(protocol::TOKEN_HEADER) {
+                warn_token_unused(server);
+            }
+            Ok((ws, local))
+        }
         Ok(Err(tungstenite::Error::Http(resp))) => {
             let body = resp
                 .body()
@@ -199,7 +204,26 @@ pub async fn open(
                 )),
             })
         }
+        Ok(Err(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::HttparseError(_),
+        ))) => Err(unreachable(format!(
+            "it answered with something that is not HTTP: is {} the NAT probe port? The control \
+             port is the one below it ({} by default)",
+            server.authority(),
+            crate::defaults::SERVER_PORT
+        ))),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
+    }
+}
+
+/// Warns, once per process, that `server` did not check the token it was given.
+fn warn_token_unused(server: &ServerUrl) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "{server} requires no token: --token (P2PNC_TOKEN) is not needed there, and anyone \
+             may use that server"
+        );
     }
 }
 

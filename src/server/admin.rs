@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -17,6 +17,20 @@ use super::cluster::ClusterStatus;
 use super::metrics::{PairStats, Record};
 use super::{AppState, Shared};
 use crate::protocol::{Auth, Mapping};
+
+/// Services listed on one page of the status page: a table an operator can read at a glance,
+/// whatever the number of agents online (100 000 would be megabytes of HTML).
+const PAGE_SIZE: usize = 100;
+
+/// The status page's query: a search in the ids and the page of the matching services.
+#[derive(serde::Deserialize, Default)]
+struct PageQuery {
+    /// Only ids containing this text.
+    #[serde(default)]
+    q: String,
+    /// The page, from 1.
+    page: Option<usize>,
+}
 
 /// The admin routes.
 pub(super) fn router(state: Arc<Shared>) -> Router {
@@ -155,8 +169,13 @@ fn plural(n: usize, noun: &str) -> String {
     }
 }
 
-async fn page(State(state): State<AppState>) -> Html<String> {
-    let st = status(&state).await;
+async fn page(
+    State(state): State<AppState>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Html<String> {
+    // A query the page did not write (page=abc): the first page of everything.
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let mut st = status(&state).await;
     let mut h = String::with_capacity(8192);
     let _ = write!(
         h,
@@ -178,7 +197,10 @@ async fn page(State(state): State<AppState>) -> Html<String> {
     if let Some(c) = &st.cluster {
         cluster(&mut h, c);
     }
-    services(&mut h, &st.services);
+    let online = st.services.len();
+    st.services.retain(|s| s.id.contains(&query.q));
+    st.services.sort_by(|a, b| a.id.cmp(&b.id));
+    services(&mut h, &st.services, online, &query);
     recent(&mut h, &st.recent);
     pairs(&mut h, &st.pairs);
     refused(&mut h, &st.refused);
@@ -231,11 +253,52 @@ fn cluster(h: &mut String, c: &ClusterStatus) {
     }
 }
 
-/// The table of online services.
-fn services(h: &mut String, services: &[Service]) {
+/// The table of online services: those matching the search, one page of them, with a search
+/// box and buttons for the other pages (forms, no links).
+fn services(h: &mut String, matching: &[Service], online: usize, query: &PageQuery) {
     h.push_str("<h2>Online services</h2>");
-    if services.is_empty() {
+    let pages = matching.len().div_ceil(PAGE_SIZE).max(1);
+    let page = query.page.unwrap_or(1).clamp(1, pages);
+    let q = esc(&query.q);
+    let _ = write!(
+        h,
+        "<form method=\"get\" id=\"search\"><input name=\"q\" value=\"{q}\" \
+         placeholder=\"id contains\"> <button>Search</button></form><p id=\"shown\">{} of {} \
+         online{}; page {page} of {pages}</p>",
+        plural(matching.len(), "service"),
+        online,
+        if query.q.is_empty() {
+            String::new()
+        } else {
+            format!(" match '{q}'")
+        },
+    );
+    if pages > 1 {
+        let _ = write!(
+            h,
+            "<form method=\"get\" id=\"pages\"><input type=\"hidden\" name=\"q\" value=\"{q}\">"
+        );
+        if page > 1 {
+            let _ = write!(
+                h,
+                "<button name=\"page\" value=\"{}\">previous</button> ",
+                page - 1
+            );
+        }
+        if page < pages {
+            let _ = write!(
+                h,
+                "<button name=\"page\" value=\"{}\">next</button>",
+                page + 1
+            );
+        }
+        h.push_str("</form>");
+    }
+    let services = &matching[(page - 1) * PAGE_SIZE..matching.len().min(page * PAGE_SIZE)];
+    if online == 0 {
         h.push_str("<p>No service is online.</p>");
+    } else if services.is_empty() {
+        h.push_str("<p>No online service matches.</p>");
     } else {
         h.push_str(
             "<table id=\"services\"><tr><th>id</th><th>public endpoint</th><th>NAT mapping</th>\
@@ -308,20 +371,24 @@ fn pairs(h: &mut String, pairs: &[PairRow]) {
     } else {
         h.push_str(
             "<table id=\"pairs\"><tr><th>client NAT</th><th>service NAT</th><th>attempts</th>\
-             <th>direct or LAN</th><th>relayed</th></tr>",
+             <th>direct or LAN</th><th>relayed</th><th>refused before the punch</th></tr>",
         );
         for p in pairs {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 p.client_mapping,
                 p.agent_mapping,
                 p.stats.attempts,
                 percent(p.stats.direct, p.stats.attempts),
-                percent(p.stats.relayed, p.stats.attempts)
+                percent(p.stats.relayed, p.stats.attempts),
+                p.stats.refused
             );
         }
-        h.push_str("</table>");
+        h.push_str(
+            "</table><p>Rates count only attempts that reached the punch; a refusal (wrong \
+             secret, busy service, no path allowed) is counted apart.</p>",
+        );
     }
 }
 
@@ -340,5 +407,82 @@ fn refused(h: &mut String, refused: &BTreeMap<String, u64>) {
             );
         }
         h.push_str("</table>");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(id: String) -> Service {
+        Service {
+            id,
+            public: "198.51.100.7:40000".into(),
+            mapping: Mapping::EndpointIndependent,
+            auth: Auth::Secret,
+            rtt_ms: None,
+            since_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn services_come_a_page_at_a_time_with_a_search() {
+        let all: Vec<Service> = (0..250).map(|i| service(format!("cam-{i:03}"))).collect();
+        let query = PageQuery {
+            q: String::new(),
+            page: Some(3),
+        };
+        let mut h = String::new();
+        services(&mut h, &all, 250, &query);
+        assert!(h.contains("250 services of 250 online; page 3 of 3"), "{h}");
+        assert!(
+            h.contains("<button name=\"page\" value=\"2\">previous</button>"),
+            "{h}"
+        );
+        assert!(!h.contains(">next</button>"), "{h}");
+        assert!(
+            h.contains("<td>cam-200</td>") && h.contains("<td>cam-249</td>"),
+            "{h}"
+        );
+        assert!(!h.contains("<td>cam-199</td>"), "{h}");
+
+        let query = PageQuery {
+            q: "<x>".into(),
+            page: None,
+        };
+        let mut h = String::new();
+        services(&mut h, &[], 250, &query);
+        assert!(
+            h.contains("0 services of 250 online match '&lt;x&gt;'; page 1 of 1"),
+            "{h}"
+        );
+        assert!(h.contains("<p>No online service matches.</p>"), "{h}");
+        assert!(
+            h.contains("value=\"&lt;x&gt;\""),
+            "the search stays in its box: {h}"
+        );
+    }
+
+    #[test]
+    fn pair_rates_leave_refusals_out() {
+        let row = PairRow {
+            client_mapping: Mapping::EndpointIndependent,
+            agent_mapping: Mapping::EndpointIndependent,
+            stats: PairStats {
+                attempts: 1,
+                direct: 1,
+                relayed: 0,
+                refused: 1,
+            },
+        };
+        let mut h = String::new();
+        pairs(&mut h, &[row]);
+        assert!(
+            h.contains(
+                "<tr><td>endpoint-independent</td><td>endpoint-independent</td><td>1</td>\
+                 <td>100 %</td><td>0 %</td><td>1</td></tr>"
+            ),
+            "{h}"
+        );
     }
 }

@@ -77,6 +77,11 @@ impl Shared {
         }
     }
 
+    /// Whether the request carries a token this server does not check (it has none).
+    fn token_unused(&self, headers: &HeaderMap) -> bool {
+        self.config.token.is_none() && headers.contains_key(header::AUTHORIZATION)
+    }
+
     /// The refusal of an expose or connect request that lacks the token or comes too fast.
     fn admission_refusal(
         &self,
@@ -219,9 +224,11 @@ async fn expose(
         let refused = super::cluster::ClaimRefused::StoreDown(q.id.clone());
         return state.reject(refused.code(), refused.to_string());
     }
-    upgrade(ws, |ws| {
+    let unused = state.token_unused(&headers);
+    let answer = upgrade(ws, |ws| {
         ws.on_upgrade(move |socket| agent_conn::agent_connection(state, meta, q, socket))
-    })
+    });
+    note_unused_token(answer, unused)
 }
 
 /// `GET /v1/connect?...`: a client's connect attempt.
@@ -261,9 +268,22 @@ async fn connect(
             ),
         );
     }
-    upgrade(ws, |ws| {
+    let unused = state.token_unused(&headers);
+    let answer = upgrade(ws, |ws| {
         ws.on_upgrade(move |socket| session::client_session(state, meta, q, socket))
-    })
+    });
+    note_unused_token(answer, unused)
+}
+
+/// Tells a peer whose token this server did not check (it has none) so, on the upgrade.
+fn note_unused_token(mut answer: Response, unused: bool) -> Response {
+    if unused {
+        answer.headers_mut().insert(
+            protocol::TOKEN_HEADER,
+            header::HeaderValue::from_static(protocol::TOKEN_UNUSED),
+        );
+    }
+    answer
 }
 
 /// `GET /v1/relay?v=1&session=S&role=client|agent&ticket=T` with `Upgrade: p2pnc-relay`.

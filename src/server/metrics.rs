@@ -75,15 +75,18 @@ pub struct Record {
     pub reason: Option<String>,
 }
 
-/// Success counts of one NAT pair.
+/// Success counts of one NAT pair: only attempts that reached the punch count, so that the
+/// rates are the NATs' (a wrong secret, a busy agent or a refused plan is no NAT failure).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PairStats {
-    /// Attempts that ended.
+    /// Attempts that reached the punch and ended.
     pub attempts: u64,
     /// Of which direct (or LAN).
     pub direct: u64,
     /// Of which relayed.
     pub relayed: u64,
+    /// Requests for this pair refused before the punch (not among the attempts).
+    pub refused: u64,
 }
 
 /// The server's counters.
@@ -185,12 +188,16 @@ impl Metrics {
         let mut out: BTreeMap<(Mapping, Mapping), PairStats> = BTreeMap::new();
         for ((outcome, _, c, a), n) in self.attempts.lock().expect("metrics lock").iter() {
             let s = out.entry((*c, *a)).or_default();
-            s.attempts += n;
             match outcome {
+                Outcome::Rejected => {
+                    s.refused += n;
+                    continue;
+                }
                 Outcome::Direct | Outcome::Lan => s.direct += n,
                 Outcome::Relayed => s.relayed += n,
-                _ => {}
+                Outcome::Failed | Outcome::Abandoned => {}
             }
+            s.attempts += n;
         }
         out
     }
@@ -290,6 +297,14 @@ mod tests {
             None,
             Some("x".into()),
         );
+        m.record(
+            "b",
+            (sym, sym),
+            Strategy::Simultaneous,
+            Outcome::Rejected,
+            None,
+            Some("peer 'b' rejected the secret".into()),
+        );
         m.rejected("secret_rejected");
         let text = m.render(&[("p2pnc_agents_online", "Agents online.", 3)]);
         assert!(text.contains("p2pnc_agents_online 3"), "{text}");
@@ -308,9 +323,13 @@ mod tests {
         assert!(text.contains("p2pnc_setup_seconds_count 3"), "{text}");
         let pairs = m.pairs();
         let s = &pairs[&(sym, sym)];
-        assert_eq!((s.attempts, s.direct, s.relayed), (2, 0, 1));
+        assert_eq!(
+            (s.attempts, s.direct, s.relayed, s.refused),
+            (2, 0, 1, 1),
+            "a refusal is counted apart from the attempts that reached the punch"
+        );
         let recent = m.recent();
-        assert_eq!(recent.len(), 4);
-        assert_eq!(recent[0].outcome, Outcome::Failed, "newest first");
+        assert_eq!(recent.len(), 5);
+        assert_eq!(recent[0].outcome, Outcome::Rejected, "newest first");
     }
 }

@@ -65,6 +65,11 @@ pub const MAX_PRIVATE_CANDIDATES: usize = 8;
 pub const EXPOSE_PATH: &str = "/v1/expose";
 /// Path of the client's control WebSocket (one per connection attempt).
 pub const CONNECT_PATH: &str = "/v1/connect";
+/// Header of an upgrade answer (value [`TOKEN_UNUSED`]) when the request carried a token that
+/// the server, having none, did not check: the peer can tell its user the token is not needed.
+pub const TOKEN_HEADER: &str = "p2pnc-token";
+/// The value of [`TOKEN_HEADER`].
+pub const TOKEN_UNUSED: &str = "unused";
 
 /// A control message that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

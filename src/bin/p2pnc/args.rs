@@ -50,7 +50,7 @@ impl TlsArgs {
     }
 }
 
-/// The rendezvous servers of `expose`, `connect` and `nat-check`.
+/// The rendezvous servers of `expose`, `connect`, `nat-check` and `ping`.
 #[derive(Args)]
 pub struct ServerArgs {
     /// Rendezvous server, e.g. http://203.0.113.10:50300; repeat it (or separate URLs by
@@ -123,7 +123,7 @@ impl ReportArgs {
 
 #[derive(Args)]
 pub struct PunchArgs {
-    /// The server's token, if it requires one (or set P2PNC_TOKEN).
+    /// The server's token, if it requires one.
     #[arg(long, env = "P2PNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Seconds a punch may take before it is given up.

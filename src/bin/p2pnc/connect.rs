@@ -26,7 +26,7 @@ pub struct ConnectArgs {
     /// Id of the exposed service.
     #[arg(long)]
     peer: String,
-    /// Service secret (or set P2PNC_SECRET); omit for services exposed with --public.
+    /// Service secret; omit for services exposed with --public.
     #[arg(long, env = "P2PNC_SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// Make one connection and carry it on stdin/stdout.
@@ -154,8 +154,9 @@ pub async fn run(args: ConnectArgs) -> Result<()> {
     Ok(())
 }
 
+/// Logs how a connection was set up (at info: -q hides it; `--report json` has it too).
 fn report(peer: &str, info: &p2pnc::ConnectionInfo) {
-    eprintln!(
+    tracing::info!(
         "connected to '{peer}' ({}{}, {}) in {} ms",
         info.path,
         if info.warm { ", warm path" } else { "" },

@@ -38,9 +38,13 @@ pub async fn run() -> Result<()> {
 
 async fn steps(tasks: &TaskTracker, stop: &CancellationToken, t0: Instant) -> Result<()> {
     println!("p2pnc demo: every role on loopback (no root, no network)\n");
-    let server = TcpListener::bind("127.0.0.1:0").await?;
-    let server_url = format!("http://{}", server.local_addr()?);
-    tasks.spawn(p2pnc::server::run(server, Default::default(), stop.clone()));
+    let listeners = demo_listeners().await?;
+    let server_url = format!("http://{}", listeners.control.local_addr()?);
+    tasks.spawn(p2pnc::server::serve(
+        listeners,
+        Default::default(),
+        stop.clone(),
+    ));
     step(&format!("rendezvous server listening on {server_url}"), t0);
     let echo_addr = echo_service(tasks, stop).await?;
     step(
@@ -53,6 +57,26 @@ async fn steps(tasks: &TaskTracker, stop: &CancellationToken, t0: Instant) -> Re
     wrong_secret(&server_url, t0).await?;
     println!("\ndemo finished: the rendezvous server only brokered; the bytes went peer to peer.");
     Ok(())
+}
+
+/// Free control ports the demo tries before it gives up: the port just above one (where agents
+/// and clients look for the NAT probe port) is rarely taken, so a few tries suffice.
+const PORT_TRIES: usize = 16;
+
+/// The demo server's listeners on loopback: a free control port with its probe port.
+async fn demo_listeners() -> Result<p2pnc::server::Listeners> {
+    for _ in 0..PORT_TRIES {
+        let control = TcpListener::bind("127.0.0.1:0").await?;
+        let probe_addr = p2pnc::protocol::probe_addr(control.local_addr()?);
+        if let Ok(probe) = p2pnc::server::listen(probe_addr) {
+            return Ok(p2pnc::server::Listeners {
+                control,
+                probe: Some(probe),
+                admin: None,
+            });
+        }
+    }
+    bail!("no two free neighbouring ports on 127.0.0.1 for the demo server")
 }
 
 /// An echo service on loopback, standing for the service behind B's NAT.

@@ -14,7 +14,11 @@ use crate::args::{PunchArgs, ReportArgs, ServerArgs, TlsArgs};
 const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("auth").required(true).args(["secret", "public"])))]
+// Both may be given (a secret in the environment, --public on the command line): --public
+// wins, with a warning.
+#[command(group(
+    clap::ArgGroup::new("auth").required(true).multiple(true).args(["secret", "public"])
+))]
 pub struct ExposeArgs {
     #[command(flatten)]
     server: ServerArgs,
@@ -24,7 +28,7 @@ pub struct ExposeArgs {
     /// The local service to forward to, e.g. 127.0.0.1:50302.
     #[arg(long)]
     to: String,
-    /// Service secret clients must know (or set P2PNC_SECRET).
+    /// Service secret clients must know.
     #[arg(long, env = "P2PNC_SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// Let anyone who knows the id connect, without a secret.
@@ -106,6 +110,12 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
             args.id,
             args.to
         );
+        if args.secret.is_some() {
+            tracing::warn!(
+                "--public ignores the secret (--secret or P2PNC_SECRET): clients connect \
+                 without one; drop --public to require it"
+            );
+        }
     }
     let mut servers = args.tls.server_urls(&args.server.servers)?.into_iter();
     let opts = ExposeOptions {

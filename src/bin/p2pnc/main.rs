@@ -10,6 +10,7 @@ mod demo;
 mod expose;
 mod generate;
 mod nat_check;
+mod ping;
 mod server;
 mod service;
 mod signals;
@@ -24,15 +25,18 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
+/// The help heading of the flags every command takes.
+const GLOBAL: &str = "Global options";
+
 /// Direct TCP connections between hosts behind NATs.
 #[derive(Parser)]
 #[command(version, about, propagate_version = true)]
 struct Cli {
     /// More logging (-v: debug, -vv: trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     verbose: u8,
-    /// Only warnings and errors.
-    #[arg(short, long, global = true)]
+    /// Only errors.
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     quiet: bool,
     /// Log format on stderr: `text` for people, `json` (one object per line, with every field
     /// such as session and peer) for log collectors.
@@ -41,21 +45,22 @@ struct Cli {
         global = true,
         value_enum,
         default_value = "text",
-        env = "P2PNC_LOG_FORMAT"
+        env = "P2PNC_LOG_FORMAT",
+        help_heading = GLOBAL
     )]
     log_format: LogFormat,
     /// Read this command's settings from a TOML file (keys are the long flag names); flags and
     /// environment variables override it.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     config: Option<PathBuf>,
     /// Append the log to this file instead of writing it to stderr.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     log_file: Option<PathBuf>,
     /// Run as a Windows service (installed with contrib/windows/install-service.ps1): needs
     /// --config FILE; the log goes next to it (p2pnc-COMMAND.log) unless --log-file says
     /// otherwise.
     #[cfg(windows)]
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     service: bool,
     #[command(subcommand)]
     command: Command,
@@ -67,17 +72,20 @@ enum LogFormat {
     Json,
 }
 
-/// Flags a config file may not set.
-const NOT_IN_CONFIG: &[&str] = &[
-    "config",
-    "help",
-    "version",
-    "verbose",
-    "quiet",
-    "log-format",
-    "log-file",
-    "service",
-];
+/// Flags a config file may not set: they say how to read it, or print and exit.
+const NOT_IN_CONFIG: &[&str] = &["config", "help", "version", "service"];
+
+/// Commands that read no settings (they print what the flags define): no table in config files.
+const NO_CONFIG_TABLE: &[&str] = &["completions", "man"];
+
+/// The long flags a config file may set for `cmd`: its own and the global ones of `cli`.
+fn config_keys<'a>(cli: &'a clap::Command, cmd: &'a clap::Command) -> Vec<&'a str> {
+    cmd.get_arguments()
+        .chain(cli.get_arguments().filter(|a| a.is_global_set()))
+        .filter_map(|a| a.get_long())
+        .filter(|l| !NOT_IN_CONFIG.contains(l))
+        .collect()
+}
 
 /// Parses the command line, filling in settings from `--config FILE` that were given neither
 /// as flags nor through the environment.
@@ -95,40 +103,65 @@ fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
     let Some((sub, sub_matches)) = first.subcommand() else {
         return Ok(Cli::parse_from(argv));
     };
-    let cmd = Cli::command();
-    let sub_cmd = cmd
+    let cli = Cli::command();
+    let sub_cmd = cli
         .find_subcommand(sub)
         .ok_or_else(|| anyhow!("unknown command {sub}"))?;
-    let known: Vec<&str> = sub_cmd
-        .get_arguments()
-        .filter_map(|a| a.get_long())
-        .filter(|l| !NOT_IN_CONFIG.contains(l))
-        .collect();
+    let commands = config::Commands {
+        all: cli
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set() && !NO_CONFIG_TABLE.contains(&c.get_name()))
+            .map(|c| (c.get_name(), config_keys(&cli, c)))
+            .collect(),
+        running: sub,
+    };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let settings = config::parse(&text, &known).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let settings =
+        config::parse(&text, &commands).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let mut words: Vec<OsString> = Vec::new();
+    let mut lines: Vec<(String, usize)> = Vec::new();
     for setting in settings {
-        let id = sub_cmd
+        let arg = sub_cmd
             .get_arguments()
+            .chain(cli.get_arguments())
             .find(|a| a.get_long() == Some(setting.flag.as_str()))
-            .map(|a| a.get_id().as_str().to_string())
             .expect("known flags have an argument");
-        let given = matches!(
-            sub_matches.value_source(&id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        );
+        let id = arg.get_id().as_str();
+        let given = [sub_matches, &first].iter().any(|m| {
+            matches!(
+                m.try_get_raw(id).ok().and_then(|_| m.value_source(id)),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        });
         if given {
             continue;
         }
+        lines.push((setting.flag.clone(), setting.line));
+        let counted = matches!(arg.get_action(), clap::ArgAction::Count);
         let flag = OsString::from(format!("--{}", setting.flag));
-        if setting.words.is_empty() {
-            words.push(flag.clone());
-        }
-        // A list (`server = ["http://a", "http://b"]`) repeats the flag once per value.
-        for word in setting.words {
-            words.push(flag.clone());
-            words.push(word.into());
+        match (counted, setting.words.as_slice()) {
+            // `verbose = 2` is -vv.
+            (true, [n]) => {
+                let n: usize = n.parse().map_err(|_| {
+                    anyhow!(
+                        "{}: key '{}' on line {}: expected a count, found '{n}'",
+                        path.display(),
+                        setting.flag,
+                        setting.line
+                    )
+                })?;
+                words.extend((0..n).map(|_| flag.clone()));
+            }
+            // A switch (`relay = true`).
+            (_, []) => words.push(flag),
+            _ => {
+                // A list (`server = ["http://a", "http://b"]`) repeats the flag once per value.
+                for word in setting.words {
+                    words.push(flag.clone());
+                    words.push(word.into());
+                }
+            }
         }
     }
     let at = argv
@@ -137,7 +170,31 @@ fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
         .map_or(argv.len(), |i| i + 1);
     let mut argv = argv;
     argv.splice(at..at, words);
-    Ok(Cli::parse_from(argv))
+    Cli::try_parse_from(argv).or_else(|e| {
+        // A value the file gave that the flag refuses: name the file and the line.
+        let flag = e
+            .get(clap::error::ContextKind::InvalidArg)
+            .map(|a| a.to_string())
+            .and_then(|a| {
+                a.strip_prefix("--")
+                    .map(|f| f.split([' ', '=']).next().unwrap_or("").to_string())
+            });
+        match flag.and_then(|f| lines.iter().find(|(l, _)| *l == f)) {
+            Some((flag, line)) => {
+                let why = e.render().to_string();
+                let why = why
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ");
+                Err(anyhow!(
+                    "{}: key '{flag}' on line {line}: {why}",
+                    path.display()
+                ))
+            }
+            None => e.exit(),
+        }
+    })
 }
 
 #[derive(Subcommand)]
@@ -152,6 +209,8 @@ enum Command {
     Demo,
     /// Report this host's NAT: mapping behaviour, port preservation, filtering, public address.
     NatCheck(nat_check::NatCheckArgs),
+    /// How the path to a service was reached, round trips over it and its throughput.
+    Ping(ping::PingArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or PowerShell.
     Completions(generate::CompletionsArgs),
     /// Print the man page (roff), or write every page with --dir.
@@ -168,6 +227,7 @@ impl Command {
             Command::Connect(_) => "connect",
             Command::Demo => "demo",
             Command::NatCheck(_) => "nat-check",
+            Command::Ping(_) => "ping",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
         }
@@ -207,7 +267,7 @@ fn main() -> ExitCode {
 fn init_logging(cli: &Cli, file: Option<&Path>) -> Result<()> {
     let demo = matches!(cli.command, Command::Demo);
     let level = match (cli.quiet, cli.verbose) {
-        (true, _) => "warn",
+        (true, _) => "error",
         (false, 0) if demo => "warn",
         (false, 0) => "info",
         (false, 1) => "debug",
@@ -256,6 +316,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Connect(args) => connect::run(args).await,
         Command::Demo => demo::run().await,
         Command::NatCheck(args) => nat_check::run(args).await,
+        Command::Ping(args) => ping::run(args).await,
         Command::Completions(args) => generate::completions(args, Cli::command()),
         Command::Man(args) => generate::man(args, Cli::command()),
     }

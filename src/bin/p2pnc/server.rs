@@ -23,7 +23,7 @@ pub struct ServerArgs {
     /// Address of the NAT probe port [default: the --listen address, port + 1].
     #[arg(long)]
     probe_listen: Option<SocketAddr>,
-    /// Require this token from every agent and client (or set P2PNC_TOKEN).
+    /// Require this token from every agent and client.
     #[arg(long, env = "P2PNC_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Seconds an id stays reserved for its owner after the owner went offline.
@@ -38,9 +38,10 @@ pub struct ServerArgs {
     /// Most connections to the control port from one address.
     #[arg(long, default_value_t = p2pnc::defaults::MAX_CONNECTIONS_PER_IP)]
     max_connections_per_ip: usize,
-    /// Most connections to the control port in all (each online agent holds one).
-    #[arg(long, default_value_t = p2pnc::defaults::MAX_CONNECTIONS)]
-    max_connections: usize,
+    /// Most connections to the control port in all (each online agent holds one) [default:
+    /// 50000, or as many as the open-file limit allows when that is lower]
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Serve /metrics (Prometheus) and a status page here, e.g. 127.0.0.1:50309 (off unless
     /// given; keep it off public addresses).
     #[arg(long)]
@@ -113,7 +114,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     if args.relay_max_lifetime == 0 || args.relay_idle_timeout == 0 || args.relay_max_per_ip == 0 {
         bail!("--relay-max-lifetime, --relay-idle-timeout and --relay-max-per-ip must be positive");
     }
-    check_fd_limit(args.max_connections);
+    let max_connections = size_max_connections(args.max_connections);
     let (control, probe) = bind(&args)?;
     let relay = args.relay.then_some(p2pnc::server::RelayConfig {
         max_pairs: args.relay_max_pairs,
@@ -147,7 +148,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         connect_rate: args.connect_rate,
         expose_rate: args.expose_rate,
         max_connections_per_ip: args.max_connections_per_ip,
-        max_connections: args.max_connections,
+        max_connections,
         ..Default::default()
     };
     let admin = match args.admin {
@@ -204,22 +205,58 @@ fn cluster_config(
     }))
 }
 
-/// Raises the open-file limit for `max_connections` and some room, warning when it cannot.
-fn check_fd_limit(max_connections: usize) {
+/// The connection cap: an explicit `--max-connections` as given (with a warning when the
+/// open-file limit, raised as far as the process may, cannot hold it); by default
+/// [`p2pnc::defaults::MAX_CONNECTIONS`], or what the open-file limit holds when that is less.
+fn size_max_connections(explicit: Option<usize>) -> usize {
+    let wanted = explicit.unwrap_or(p2pnc::defaults::MAX_CONNECTIONS);
     // Every connection is a file descriptor; leave room for the probe port and the admin.
-    let want_fds = max_connections as u64 + FD_HEADROOM;
+    let want_fds = wanted as u64 + FD_HEADROOM;
     let fds = p2pnc::server::raise_open_file_limit(want_fds);
-    if fds < want_fds {
-        let how = if cfg!(target_vendor = "apple") {
-            "ulimit -n, or NumberOfFiles in the launchd plist; macOS caps it at \
-             kern.maxfilesperproc"
-        } else {
-            "ulimit -n, or LimitNOFILE= in the systemd unit"
-        };
-        tracing::warn!(
-            "the open-file limit is {fds}, too low for --max-connections {max_connections}: \
-             raise it ({how}) to at least {want_fds}"
-        );
+    match fd_fit(explicit, fds) {
+        Fit::Fits(n) => n,
+        Fit::Sized(n) => {
+            tracing::info!("--max-connections {n}: as many as the open-file limit ({fds}) holds");
+            n
+        }
+        Fit::TooFew(n) => {
+            let how = if cfg!(target_vendor = "apple") {
+                "ulimit -n, or NumberOfFiles in the launchd plist; macOS caps it at \
+                 kern.maxfilesperproc"
+            } else {
+                "ulimit -n, or LimitNOFILE= in the systemd unit"
+            };
+            tracing::warn!(
+                "the open-file limit is {fds}, too low for --max-connections {n}: raise it \
+                 ({how}) to at least {want_fds}, or lower --max-connections"
+            );
+            n
+        }
+    }
+}
+
+/// How a connection cap fits an open-file limit.
+#[derive(Debug, PartialEq, Eq)]
+enum Fit {
+    /// The cap fits.
+    Fits(usize),
+    /// The default cap did not fit: this one does.
+    Sized(usize),
+    /// The explicit cap does not fit (kept: the operator asked for it).
+    TooFew(usize),
+}
+
+/// Fits `explicit` (or the default cap) to `fds` open files.
+fn fd_fit(explicit: Option<usize>, fds: u64) -> Fit {
+    let room = usize::try_from(fds.saturating_sub(FD_HEADROOM)).unwrap_or(usize::MAX);
+    match explicit {
+        Some(n) if n <= room => Fit::Fits(n),
+        Some(n) => Fit::TooFew(n),
+        None if p2pnc::defaults::MAX_CONNECTIONS <= room => {
+            Fit::Fits(p2pnc::defaults::MAX_CONNECTIONS)
+        }
+        // A floor of one connection: a server that takes none is of no use.
+        None => Fit::Sized(room.max(1)),
     }
 }
 
@@ -303,5 +340,20 @@ async fn reload_on_hangup(mut reloads: Reloads, tls: Option<p2pnc::tls::ServerTl
             Ok(pin) => tracing::info!("TLS certificate reloaded; its pin is now {pin}"),
             Err(e) => tracing::error!("TLS certificate not reloaded, the old one stays: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_cap_follows_the_open_file_limit_and_an_explicit_one_is_kept() {
+        let default = p2pnc::defaults::MAX_CONNECTIONS;
+        assert_eq!(fd_fit(None, 1 << 20), Fit::Fits(default));
+        assert_eq!(fd_fit(None, 20_000), Fit::Sized(20_000 - 1024));
+        assert_eq!(fd_fit(Some(10_000), 20_000), Fit::Fits(10_000));
+        assert_eq!(fd_fit(Some(50_000), 20_000), Fit::TooFew(50_000));
+        assert_eq!(fd_fit(None, 100), Fit::Sized(1));
     }
 }

@@ -90,13 +90,37 @@ pub(crate) struct Chosen {
 impl Chosen {
     /// Which path the stream takes, given the peer's private candidates.
     pub(crate) fn path(&self, peer_private: &[SocketAddr]) -> crate::Path {
-        if self.relayed {
-            crate::Path::Relayed
-        } else if peer_private.contains(&self.peer) {
-            crate::Path::Lan
-        } else {
-            crate::Path::Direct
-        }
+        let local = self.stream.tcp().and_then(|t| t.local_addr().ok());
+        path_of(self.relayed, local, self.peer, peer_private)
+    }
+}
+
+/// The path of a stream from `local` to `peer`: LAN when both of its ends are private
+/// addresses, the peer's one of its private candidates. Both ends of one stream see the same
+/// two addresses (no NAT between them on a LAN), so they name the same path: a client that
+/// reached the agent's public endpoint from a private source address (the agent's host itself,
+/// say) is direct on both ends, not direct on one and LAN on the other.
+fn path_of(
+    relayed: bool,
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+    peer_private: &[SocketAddr],
+) -> crate::Path {
+    let private_local = local.is_some_and(|l| {
+        let ip = l.ip().to_canonical();
+        !ip.is_loopback()
+            && match ip {
+                std::net::IpAddr::V4(v4) => !v4.is_link_local(),
+                std::net::IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+            }
+    });
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    if relayed {
+        crate::Path::Relayed
+    } else if private_local && peer_private.contains(&peer) {
+        crate::Path::Lan
+    } else {
+        crate::Path::Direct
     }
 }
 
@@ -421,6 +445,29 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    #[test]
+    fn both_ends_of_a_stream_name_the_same_path() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let (client_lan, agent_lan) = (a("192.0.2.2:40001"), a("192.0.2.2:40002"));
+        // The client on the agent's host reaches the agent's public endpoint (127.0.0.1 as the
+        // server saw it) from its private address: direct on both ends.
+        let client = path_of(false, Some(client_lan), a("127.0.0.1:40002"), &[agent_lan]);
+        let agent = path_of(false, Some(a("127.0.0.1:40002")), client_lan, &[client_lan]);
+        assert_eq!((client, agent), (crate::Path::Direct, crate::Path::Direct));
+        // Between the private addresses: LAN on both ends.
+        let client = path_of(false, Some(client_lan), agent_lan, &[agent_lan]);
+        let agent = path_of(false, Some(agent_lan), client_lan, &[client_lan]);
+        assert_eq!((client, agent), (crate::Path::Lan, crate::Path::Lan));
+        // An IPv4-mapped peer on a dual-stack socket is the same address.
+        let mapped = a("[::ffff:192.0.2.2]:40001");
+        let agent = path_of(false, Some(agent_lan), mapped, &[client_lan]);
+        assert_eq!(agent, crate::Path::Lan);
+        assert_eq!(
+            path_of(true, None, client_lan, &[client_lan]),
+            crate::Path::Relayed
+        );
+    }
     use crate::defaults;
     use crate::net::shared_listener;
     use crate::protocol::{Role, SessionId};

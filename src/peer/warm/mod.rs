@@ -27,7 +27,7 @@ use crate::defaults;
 use crate::peer::stream::poll_drain_buf;
 use crate::protocol::warm::{MAX_REFUSAL, STATUS_CONNECTED, STATUS_REFUSED};
 
-pub use self::peer::{Peer, WarmOptions};
+pub use self::peer::{EchoStream, Peer, WarmOptions};
 
 /// Silence after which the client pings its agent: traffic every 25 s keeps the NAT mappings
 /// of the path alive under the 30 s idle timeout that some NATs and stateful firewalls apply
@@ -67,8 +67,10 @@ const GATHER: usize = 64 * 1024;
 /// keeps up), while a peer that sends into streams nobody reads cannot make a path buffer more
 /// than this plus 256 KiB a stream.
 const WINDOW_GROWTH: usize = 32 * 1024 * 1024;
-/// Bytes of pings read (and echoed) at a time on the keepalive stream.
-const PING_CHUNK: usize = 64;
+/// Bytes read (and echoed) at a time on a keepalive stream: pings are single bytes, but
+/// `p2pnc ping --bytes` measures throughput through the echo, which 16 KiB chunks (a quarter
+/// of a record) carry at the path's speed where 64-byte ones would cost a frame each.
+const PING_CHUNK: usize = 16 * 1024;
 /// Largest body of a yamux data frame: with its 12-byte header, one record.
 const FRAME_BODY: usize = crate::protocol::MAX_RECORD_BODY - 12;
 /// How long a refusal may take to reach the client before the stream is dropped anyway.
@@ -305,7 +307,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PathSocket<S> {
 /// the stream or the path ends.
 pub(crate) async fn echo_pings<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
     use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; PING_CHUNK];
+    let mut buf = vec![0u8; PING_CHUNK];
     loop {
         match io.read(&mut buf).await {
             Ok(0) | Err(_) => return,

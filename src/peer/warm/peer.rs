@@ -159,6 +159,41 @@ enum Build {
 /// A stream the driver opened, counted in its path from the start.
 type Opened = Result<(yamux::Stream, StreamCount), String>;
 
+/// A stream the agent echoes (see [`Peer::open_echo`]); it counts among the path's streams
+/// while it lives.
+pub struct EchoStream {
+    io: Compat<yamux::Stream>,
+    _count: super::StreamCount,
+}
+
+impl AsyncRead for EchoStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for EchoStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// One path as the [`Peer`] sees it; its driver task owns the connection.
 struct WarmPath {
     state: Arc<PathState>,
@@ -196,6 +231,15 @@ impl WarmPath {
 
     /// A new stream on the path, its kind byte written.
     async fn open(&self) -> Result<MuxStream, String> {
+        let (stream, count) = self.open_kind(KIND_SERVICE).await?;
+        Ok(MuxStream::client(stream, &self.state, count))
+    }
+
+    /// A new stream of `kind` on the path, its kind byte written, and its place in the count.
+    async fn open_kind(
+        &self,
+        kind: u8,
+    ) -> Result<(Compat<yamux::Stream>, super::StreamCount), String> {
         let (tx, rx) = oneshot::channel();
         let ended = || self.state.ended().unwrap_or("the path ended").to_string();
         self.opens.send(tx).await.map_err(|_| ended())?;
@@ -204,11 +248,8 @@ impl WarmPath {
             Ok(Err(_)) => return Err(ended()),
             Err(_) => return Err("no stream from the path in time".into()),
         };
-        stream
-            .write_all(&[KIND_SERVICE])
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(MuxStream::client(stream.compat(), &self.state, count))
+        stream.write_all(&[kind]).await.map_err(|e| e.to_string())?;
+        Ok((stream.compat(), count))
     }
 }
 
@@ -263,6 +304,31 @@ impl Peer {
                 return Err(Error::Protocol("the path's builder stopped".into()));
             }
         }
+    }
+
+    /// A stream that the agent answers itself, sending back every byte it gets (the keepalive
+    /// kind of stream, see docs/protocol.md), on the warm path (built first when there is
+    /// none), and how that path was set up: `p2pnc ping` times round trips and throughput over
+    /// the path itself with it. Fails when the agent keeps no warm path.
+    pub async fn open_echo(&self) -> Result<(EchoStream, ConnectionInfo), Error> {
+        self.warm_up().await?;
+        let no_path = || {
+            Error::Protocol(
+                "the agent keeps no warm path for this client (at its limit, or relayed)".into(),
+            )
+        };
+        let path = self.path().ok_or_else(no_path)?;
+        let info = match &*path.build.borrow() {
+            Build::Up {
+                info, kept: true, ..
+            } => info.clone(),
+            _ => return Err(no_path()),
+        };
+        let (io, count) = path
+            .open_kind(KIND_KEEPALIVE)
+            .await
+            .map_err(|why| Error::Io(io::Error::other(why)))?;
+        Ok((EchoStream { io, _count: count }, info))
     }
 
     /// A new connection to the service: a stream on the warm path, which is built first when
