@@ -5,7 +5,7 @@
 #[path = "../../src/bin/p2pnc/config.rs"]
 mod config;
 
-use config::{Setting, parse};
+use config::{Commands, Setting, parse};
 use libfuzzer_sys::fuzz_target;
 
 const KNOWN: &[&str] = &[
@@ -31,6 +31,14 @@ const KNOWN: &[&str] = &[
     "punch-ttl",
 ];
 
+/// One command with every flag above: top-level keys and an `[expose]` table both apply.
+fn commands() -> Commands<'static> {
+    Commands {
+        all: vec![("expose", KNOWN.to_vec())],
+        running: "expose",
+    }
+}
+
 fn sorted(mut s: Vec<Setting>) -> Vec<(String, Vec<String>)> {
     s.sort_by(|a, b| a.flag.cmp(&b.flag));
     s.into_iter().map(|s| (s.flag, s.words)).collect()
@@ -40,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let settings = match parse(text, KNOWN) {
+    let settings = match parse(text, &commands()) {
         Ok(s) => s,
         Err(e) => {
             assert!(!e.0.is_empty());
@@ -66,6 +74,6 @@ fuzz_target!(|data: &[u8]| {
         table.insert(s.flag.clone(), value);
     }
     let written = toml::to_string(&table).expect("TOML");
-    let back = parse(&written, KNOWN).expect("a written file parses");
+    let back = parse(&written, &commands()).expect("a written file parses");
     assert_eq!(sorted(back), sorted(settings), "{written}");
 });
