@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod accept;
-mod admin;
+pub(crate) mod admin;
 mod agent_conn;
 mod broker;
 mod cluster;

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::WarmPaths;
+use crate::server::admin::esc;
 
 #[derive(Clone)]
 struct AdminState {
@@ -118,14 +119,6 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         paths.len()
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-/// Escapes text for HTML.
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 async fn page(State(s): State<AdminState>) -> Html<String> {
