@@ -185,6 +185,22 @@ async fn the_status_page_shows_services_sessions_and_nat_pairs_in_chromium() {
     assert_eq!(strategy["attempts"], "2");
     assert_eq!(strategy["failed"], "50 %");
 
+    // The relay: nothing relayed (the connect went direct), nothing refused at a cap.
+    let relay = table(&dom, "relay");
+    assert_eq!(
+        relay[1..],
+        [
+            ["active now", "0", "–"],
+            ["ended, last hour", "0", "0 B"],
+            ["ended, since start", "0", "0 B"],
+        ],
+        "{relay:?}"
+    );
+    let caps = table(&dom, "relay-caps");
+    assert_eq!(caps.len(), 5, "{caps:?}");
+    assert!(caps[1..].iter().all(|r| r[1] == "0"), "{caps:?}");
+    assert!(text.contains("No session relayed yet."), "{text}");
+
     let refused = table(&dom, "refused");
     let refused: Vec<(String, String)> = (1..refused.len())
         .map(|i| (refused[i][0].clone(), refused[i][1].clone()))
@@ -550,7 +566,7 @@ impl Drop for Proc {
     }
 }
 
-/// `p2pnc server` on loopback ports it picked itself, with `--admin`.
+/// `p2pnc server` on loopback ports it picked itself, with `--admin` and `--relay`.
 struct Server {
     _proc: Proc,
     control: SocketAddr,
@@ -577,6 +593,7 @@ impl Server {
                 "127.0.0.1:0",
                 "--admin",
                 "127.0.0.1:0",
+                "--relay",
             ])
             .env("P2PNC_LOG", "p2pnc=info")
             .stderr(Stdio::piped())
