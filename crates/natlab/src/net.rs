@@ -428,12 +428,12 @@ impl EchoServer {
         self.service.accepted.load(Ordering::SeqCst)
     }
 
-    /// Polls until at least `n` connections were accepted or `timeout` passed; returns the
-    /// count then.
-    pub fn wait_connections(&self, n: u64, timeout: Duration) -> u64 {
+    /// Polls until at least `n` connections were accepted (probes included: see
+    /// [`EchoServer::accepted`]) or `timeout` passed; returns the count then.
+    pub fn wait_accepted(&self, n: u64, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
-            let c = self.connections();
+            let c = self.accepted();
             if c >= n || Instant::now() >= deadline {
                 return c;
             }
