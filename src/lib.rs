@@ -105,7 +105,10 @@ pub mod tls;
 pub use p2pnc_protocol as protocol;
 
 pub use error::Error;
-pub use peer::agent::{Accepted, Agent, ExposeOptions, WarmCounts, WarmPathInfo, WarmPaths};
+pub use peer::agent::{
+    Accepted, Agent, ExposeOptions, ServiceHealth, ServiceState, WarmCounts, WarmPathInfo,
+    WarmPaths,
+};
 pub use peer::client::{ConnectOptions, Connection, connect, connect_early};
 pub use peer::control::ServerUrl;
 pub use peer::nat_depth::NatDepth;

@@ -61,8 +61,9 @@ async fn a_server_token_is_required_from_agents_and_clients() {
 
 /// When the server registered `id` (its status page's `since_unix_ms`).
 async fn registered_at(admin: std::net::SocketAddr, id: &str) -> Option<u64> {
+    let path = format!("/status.json?q={}", p2pnc::protocol::percent_encode(id));
     let status: serde_json::Value =
-        serde_json::from_str(&common::http_get(admin, "/status.json").await.1).unwrap();
+        serde_json::from_str(&common::http_get(admin, &path).await.1).unwrap();
     status["services"]
         .as_array()
         .unwrap()

@@ -62,8 +62,56 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
     assert!(metrics.contains("p2pnc_setup_seconds_count 1"), "{metrics}");
 
     let status: serde_json::Value =
-        serde_json::from_str(&http_get(admin, "/status.json").await.1).unwrap();
+        serde_json::from_str(&http_get(admin, "/status.json?q=cam-1").await.1).unwrap();
     assert_eq!(status["services"][0]["id"], "cam-1");
+    assert_eq!(
+        (&status["services_total"], &status["page"], &status["pages"]),
+        (&1.into(), &1.into(), &1.into())
+    );
+    // The failures apart, with their reasons; rates by strategy over three windows.
+    assert_eq!(status["failures"][0]["outcome"], "failed");
+    assert_eq!(
+        status["failures"][0]["reason"],
+        "<script>alert(1)</script> & co"
+    );
+    let simultaneous = &status["strategies"][0];
+    assert_eq!(simultaneous["strategy"], "simultaneous");
+    for window in ["last_5_min", "last_hour", "since_start"] {
+        let w = &simultaneous["windows"][window];
+        assert_eq!(
+            (&w["attempts"], &w["direct"], &w["failed"]),
+            (&2.into(), &1.into(), &1.into()),
+            "{window}: {simultaneous}"
+        );
+    }
+    // The reporting client above never probed its NAT: its pair is another one.
+    let by_pair: Vec<(u64, u64)> = status["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let w = &p["windows"]["last_hour"];
+            (
+                w["attempts"].as_u64().unwrap(),
+                w["failed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_pair.iter().fold((0, 0), |(a, f), (x, y)| (a + x, f + y)),
+        (2, 1),
+        "{by_pair:?}"
+    );
+    assert_eq!(status["relay"], serde_json::Value::Null, "no relay here");
+    // A search that matches nothing is an empty page, not an error.
+    let none: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/status.json?q=door&page=9").await.1).unwrap();
+    assert_eq!(
+        (&none["services_total"], &none["page"], &none["pages"]),
+        (&0.into(), &1.into(), &1.into())
+    );
+    assert_eq!(none["services"], serde_json::json!([]));
+    assert_eq!(none["recent"], status["recent"], "every other field stays");
     assert_eq!(status["services"][0]["mapping"], "endpoint-independent");
     let outcomes: Vec<&str> = status["recent"]
         .as_array()
@@ -86,6 +134,8 @@ async fn metrics_status_and_page_show_services_sessions_and_refusals() {
     );
     assert!(!page.contains("<script>alert"), "{page}");
     assert!(page.contains("<table id=\"sessions\">"), "{page}");
+    assert!(page.contains("<table id=\"failures\">"), "{page}");
+    assert!(page.contains("<table id=\"strategies\">"), "{page}");
     assert!(page.contains("secret_rejected"), "{page}");
     assert!(!page.contains("src=\"http"), "no external assets");
     // The services table is searched and paged by query (forms, no links).

@@ -46,6 +46,8 @@ const CHROMIUM_FLAGS: &[&str] = &[
 /// that the page escapes the free text of clients' reports).
 const ID: &str = "front-door.cäm~co_1";
 const SECRET: &str = "pw-4c1b";
+/// The reason the failed attempt reports.
+const FAILURE: &str = "no direct path to 'x': every candidate timed out";
 /// Screenshot size, CSS pixels.
 const WIDTH: u32 = 1280;
 const HEIGHT: u32 = 1000;
@@ -78,8 +80,11 @@ async fn the_status_page_shows_services_sessions_and_nat_pairs_in_chromium() {
         !gone.status.success() && gone_err.contains("is not online"),
         "{gone_err}"
     );
+    // A client that proved the secret, got its punch order and reports that nothing
+    // connected: a failure with its reason.
+    report_failure(server.control, ID, SECRET, FAILURE).await;
     // The client reports its outcome just before it exits: wait until the server has both.
-    wait_for_outcomes(server.admin, &[path.as_str()]).await;
+    wait_for_outcomes(server.admin, &[path.as_str(), "failed"]).await;
 
     let url = format!("http://{}/", server.admin);
     let work = scratch_dir("admin-browser");
@@ -113,7 +118,7 @@ async fn the_status_page_shows_services_sessions_and_nat_pairs_in_chromium() {
     // The wrong secret was refused before any session existed (it shows among the refused
     // requests below), so the NATs' success rate counts only the connect that punched.
     let sessions = table(&dom, "sessions");
-    assert_eq!(sessions.len(), 2, "a header and one session: {sessions:?}");
+    assert_eq!(sessions.len(), 3, "a header and two sessions: {sessions:?}");
     let rows: Vec<_> = (1..sessions.len()).map(|i| row_map(&sessions, i)).collect();
     let connected = rows
         .iter()
@@ -128,15 +133,73 @@ async fn the_status_page_shows_services_sessions_and_nat_pairs_in_chromium() {
     assert_eq!(connected["strategy"], "simultaneous");
     assert_eq!(connected["client NAT"], "endpoint-independent");
 
+    // The failures come first, each with its reason.
+    let failures = table(&dom, "failures");
+    assert_eq!(failures.len(), 2, "a header and one failure: {failures:?}");
+    let failure = row_map(&failures, 1);
+    assert_eq!(failure["service"], ID);
+    assert_eq!(failure["outcome"], "failed");
+    assert_eq!(failure["reason"], FAILURE);
+    assert!(
+        dom.find("<table id=\"failures\"") < dom.find("<table id=\"services\""),
+        "failures are read first"
+    );
+
+    // Rates by NAT pair and by strategy, each over the last 5 minutes, the last hour and
+    // since start (three rows, the first naming the pair or strategy).
+    // The reporting client never probed its NAT: its attempt is a pair of its own.
     let pairs = table(&dom, "pairs");
-    assert_eq!(pairs.len(), 2, "one NAT pair: {pairs:?}");
-    let pair = row_map(&pairs, 1);
+    assert_eq!(
+        pairs.len(),
+        7,
+        "two NAT pairs, three windows each: {pairs:?}"
+    );
+    let first = (1..pairs.len())
+        .step_by(3)
+        .find(|&i| pairs[i][0] == "endpoint-independent")
+        .unwrap_or_else(|| panic!("no cone client: {pairs:?}"));
+    let pair = row_map(&pairs, first);
     assert_eq!(pair["client NAT"], "endpoint-independent");
     assert_eq!(pair["service NAT"], "endpoint-independent");
+    assert_eq!(pair["window"], "last 5 min");
     assert_eq!(pair["attempts"], "1");
     assert_eq!(pair["direct or LAN"], "100 %");
     assert_eq!(pair["relayed"], "0 %");
+    assert_eq!(pair["failed"], "0 %");
     assert_eq!(pair["refused before the punch"], "0");
+    let windows: Vec<&str> = pairs[first..first + 3]
+        .iter()
+        .map(|r| r[r.len() - 6].as_str())
+        .collect();
+    assert_eq!(windows, ["last 5 min", "last hour", "since start"]);
+    assert!(
+        pairs[first..first + 3]
+            .iter()
+            .all(|r| r[r.len() - 5] == "1"),
+        "{pairs:?}"
+    );
+    let strategies = table(&dom, "strategies");
+    assert_eq!(strategies.len(), 4, "one strategy: {strategies:?}");
+    let strategy = row_map(&strategies, 1);
+    assert_eq!(strategy["strategy"], "simultaneous");
+    assert_eq!(strategy["attempts"], "2");
+    assert_eq!(strategy["failed"], "50 %");
+
+    // The relay: nothing relayed (the connect went direct), nothing refused at a cap.
+    let relay = table(&dom, "relay");
+    assert_eq!(
+        relay[1..],
+        [
+            ["active now", "0", "–"],
+            ["ended, last hour", "0", "0 B"],
+            ["ended, since start", "0", "0 B"],
+        ],
+        "{relay:?}"
+    );
+    let caps = table(&dom, "relay-caps");
+    assert_eq!(caps.len(), 5, "{caps:?}");
+    assert!(caps[1..].iter().all(|r| r[1] == "0"), "{caps:?}");
+    assert!(text.contains("No session relayed yet."), "{text}");
 
     let refused = table(&dom, "refused");
     let refused: Vec<(String, String)> = (1..refused.len())
@@ -439,12 +502,53 @@ async fn wait_for_outcomes(admin: SocketAddr, outcomes: &[&str]) {
 
 /// The agent's public endpoint, as the server's status reports it.
 async fn agent_endpoint(server: &Server) -> String {
-    let (_, body) = http_get(server.admin, "/status.json").await;
+    let path = format!("/status.json?q={}", path_escape(ID));
+    let (_, body) = http_get(server.admin, &path).await;
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&status["services_total"], &status["page"], &status["pages"]),
+        (&1.into(), &1.into(), &1.into()),
+        "{status}"
+    );
     status["services"][0]["public"]
         .as_str()
         .expect("one service")
         .to_string()
+}
+
+/// Asks the server at `control` for `peer` as a client that proves `secret`, waits for its
+/// punch order, and reports that nothing connected, for `reason`.
+async fn report_failure(control: SocketAddr, peer: &str, secret: &str, reason: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use p2pnc::protocol::{Mode, Nonce, ServiceKeys, connect_message};
+    use tokio_tungstenite::tungstenite::Message;
+    let nonce = Nonce::random();
+    let proof = ServiceKeys::derive(secret, peer).sign(&connect_message(peer, Mode::Punch, &nonce));
+    let url = format!(
+        "ws://{control}/v1/connect?v=2&peer={}&nonce={nonce}&proof={}",
+        path_escape(peer),
+        proof.to_hex()
+    );
+    let (mut ws, _) = tokio::time::timeout(PROC_TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("the server answers in time")
+        .expect("the server takes the connect request");
+    loop {
+        let msg = tokio::time::timeout(PROC_TIMEOUT, ws.next())
+            .await
+            .expect("a punch order in time")
+            .expect("the control channel stays open")
+            .expect("a message");
+        if let Message::Text(t) = msg {
+            assert!(t.contains("\"punch\""), "{t}");
+            break;
+        }
+    }
+    let report = serde_json::json!({"type": "result", "outcome": "failed", "reason": reason});
+    ws.send(Message::Text(report.to_string().into()))
+        .await
+        .expect("the report is sent");
+    let _ = ws.close(None).await;
 }
 
 /// Percent-encodes an id for a URL path.
@@ -462,7 +566,7 @@ impl Drop for Proc {
     }
 }
 
-/// `p2pnc server` on loopback ports it picked itself, with `--admin`.
+/// `p2pnc server` on loopback ports it picked itself, with `--admin` and `--relay`.
 struct Server {
     _proc: Proc,
     control: SocketAddr,
@@ -489,6 +593,7 @@ impl Server {
                 "127.0.0.1:0",
                 "--admin",
                 "127.0.0.1:0",
+                "--relay",
             ])
             .env("P2PNC_LOG", "p2pnc=info")
             .stderr(Stdio::piped())

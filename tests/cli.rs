@@ -1192,3 +1192,107 @@ async fn ping_reports_the_path_round_trips_and_throughput_without_the_service() 
         "{stderr}"
     );
 }
+
+/// Polls `path` on `admin` until its body contains every one of `want`; returns that body.
+async fn admin_shows(admin: std::net::SocketAddr, path: &str, want: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = common::http_get(admin, path).await;
+        if want.iter().all(|w| body.contains(w)) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never showed {want:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn expose_probes_its_service_and_shows_it_refusing_then_accepting() {
+    let (_server, addr) = server().await;
+    let dead = free_port();
+    let to = format!("127.0.0.1:{dead}");
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // The probe period of the test: 200 ms instead of 10 s.
+    let mut agent = Command::new(BIN)
+        .args([
+            "expose",
+            "--server",
+            &format!("http://{addr}"),
+            "--id",
+            "svc",
+        ])
+        .args(["--public", "--to", &to, "--admin", &admin.to_string()])
+        .args(["--service-probe-interval-ms", "200"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_peer_status(addr, "svc", 200).await;
+    admin_shows(
+        admin,
+        "/",
+        &[
+            &format!("service {to}: refusing since "),
+            " UTC: Connection refused",
+        ],
+    )
+    .await;
+    admin_shows(admin, "/metrics", &["p2pnc_agent_service_up 0"]).await;
+    // A client is told, and the refusal is counted.
+    let out = tokio::task::spawn_blocking(move || connect_stdio(addr, "svc", &[], b"x"))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("its service at {to} refused the connection")),
+        "{stderr}"
+    );
+    admin_shows(admin, "/metrics", &["p2pnc_agent_service_refused_total 1"]).await;
+    // Several probe periods pass while it is down; then the service comes up.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let listener = std::net::TcpListener::bind(&to).unwrap();
+    let came_up = Instant::now();
+    admin_shows(admin, "/", &[&format!("service {to}: accepting")]).await;
+    assert!(
+        came_up.elapsed() < Duration::from_secs(2),
+        "seen up after {:?} with a 200 ms probe",
+        came_up.elapsed()
+    );
+    admin_shows(
+        admin,
+        "/metrics",
+        &[
+            "p2pnc_agent_service_up 1",
+            "p2pnc_agent_service_refused_total 1",
+        ],
+    )
+    .await;
+    signal(&agent, libc::SIGINT);
+    assert!(exited(&mut agent).await.success());
+    drop(listener);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(agent.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("service {to} ")))
+        .collect();
+    // One line per change, none per probe: down at start, then up.
+    assert_eq!(warned.len(), 2, "{stderr}");
+    assert!(
+        warned[0].contains(" WARN ")
+            && warned[0].ends_with(&format!(
+                "service {to} does not accept connections (Connection refused): clients will \
+                 be told that the service refused until it does"
+            )),
+        "{stderr}"
+    );
+    assert!(
+        warned[1].contains(" INFO ")
+            && warned[1].ends_with(&format!("service {to} accepts connections again")),
+        "{stderr}"
+    );
+}

@@ -372,7 +372,7 @@ fn reported_path(stderr: &str) -> String {
 /// When the server registered `id` (its `/status.json` `since_unix_ms`), if it is online.
 /// A new value means the agent registered again.
 fn registered_since(lab: &Lab, id: &str) -> Option<u64> {
-    lab_support::service(&lab.server_status(), id).and_then(|s| s["since_unix_ms"].as_u64())
+    lab_support::service(&lab.server_status_of(id), id).and_then(|s| s["since_unix_ms"].as_u64())
 }
 
 // ---------------------------------------------------------------------------------------------

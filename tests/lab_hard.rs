@@ -72,7 +72,7 @@ impl Service {
 
     /// The NAT mapping the server measured for the agent when it registered.
     fn registered_mapping(&self, lab: &Lab) -> String {
-        let status = lab.server_status();
+        let status = lab.server_status_of(&self.id);
         lab_support::service(&status, &self.id)
             .and_then(|s| s["mapping"].as_str())
             .map(str::to_string)

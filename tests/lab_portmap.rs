@@ -617,7 +617,7 @@ fn cone_pair_with_a_mapping_still_goes_direct() {
     assert_eq!(echo.connections(), 3);
     // A cone that keeps port numbers maps the punch port to the same public endpoint as the
     // mapping: either way the stream goes to the agent's router.
-    let status = lab.server_status();
+    let status = lab.server_status_of("svc-cone");
     let public = lab_support::service(&status, "svc-cone")
         .and_then(|s| s["public"].as_str()?.parse::<SocketAddr>().ok())
         .unwrap_or_else(|| panic!("'svc-cone' not in /status.json: {status}"));

@@ -40,7 +40,7 @@ fn lans_are_isolated_and_public_addresses_reachable() {
     let (r, _) = try_connect(&lab, Node::Host2(Site::B), hb, Duration::from_secs(2));
     r.unwrap_or_else(|e| panic!("host B2 cannot reach {hb} on its own LAN: {e}"));
     assert_eq!(
-        echo.wait_connections(1, Duration::from_secs(2)),
+        echo.wait_accepted(1, Duration::from_secs(2)),
         1,
         "the LAN connection was not accepted"
     );
@@ -59,7 +59,7 @@ fn lans_are_isolated_and_public_addresses_reachable() {
         }
     }
     assert_eq!(
-        echo.connections(),
+        echo.accepted(),
         1,
         "a connection from host A reached host B's service"
     );

@@ -222,7 +222,7 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
         }),
         ..Default::default()
     };
-    let server = TestServer::with_config(config).await;
+    let server = TestServer::with_admin(config).await;
     let base = format!("ws://{}", server.addr);
     let (mut agent, _) =
         tokio_tungstenite::connect_async(format!("{base}/v1/expose?v=2&id=r&auth=public"))
@@ -269,6 +269,31 @@ async fn the_relay_pairs_the_two_ends_of_a_live_session_and_carries_bytes_both_w
     let mut got = Vec::new();
     c.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"from agent");
+
+    // The status counts the session and its bytes (11 + 10) once it has ended, under its id.
+    let admin = server.admin.unwrap();
+    let deadline = std::time::Instant::now() + T;
+    let relay = loop {
+        let (_, body) = common::http_get(admin, "/status.json").await;
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if status["relay"]["ended"]["since_start"]["sessions"] == 1 {
+            break status["relay"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    for window in ["last_5_min", "last_hour", "since_start"] {
+        assert_eq!(
+            relay["ended"][window],
+            serde_json::json!({"sessions": 1, "bytes": 21}),
+            "{relay}"
+        );
+    }
+    assert_eq!(relay["top"], serde_json::json!([{"id": "r", "bytes": 21}]));
+    assert_eq!(
+        relay["caps"],
+        serde_json::json!({"per_address": 0, "total": 0, "lifetime": 0, "idle": 0})
+    );
 
     // Unknown sessions are refused; so is a relay on a server without one.
     let unknown = p2pnc::protocol::SessionId::from_bytes([0; 16]);

@@ -1,6 +1,6 @@
 //! The admin listener: `/metrics` in Prometheus text format, `/status.json`, and `/`, a status
-//! page (plain HTML, no external assets) listing online services, recent sessions and success
-//! rates by NAT pair.
+//! page (plain HTML, no external assets): online services (searched, a page at a time), recent
+//! failures and sessions, success rates by strategy and by NAT pair over time, relay usage.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,15 +14,18 @@ use axum::routing::get;
 use serde::Serialize;
 
 use super::cluster::ClusterStatus;
-use super::metrics::{PairStats, Record};
+use super::history::{Attempts, Windows};
+use super::metrics::{PairStats, Record, RelayUsage};
 use super::{AppState, Shared};
+use crate::protocol::Strategy;
 use crate::protocol::{Auth, Mapping};
 
 /// Services listed on one page of the status page: a table an operator can read at a glance,
 /// whatever the number of agents online (100 000 would be megabytes of HTML).
 const PAGE_SIZE: usize = 100;
 
-/// The status page's query: a search in the ids and the page of the matching services.
+/// The query of the status page and `/status.json`: a search in the ids and the page of the
+/// matching services.
 #[derive(serde::Deserialize, Default)]
 struct PageQuery {
     /// Only ids containing this text.
@@ -58,24 +61,47 @@ struct PairRow {
     agent_mapping: Mapping,
     #[serde(flatten)]
     stats: PairStats,
+    /// The same attempts over the last 5 minutes, the last hour and since start.
+    windows: Windows<Attempts>,
+}
+
+#[derive(Serialize)]
+struct StrategyRow {
+    strategy: Strategy,
+    windows: Windows<Attempts>,
 }
 
 #[derive(Serialize)]
 struct Status {
     version: &'static str,
+    /// One page of the online services matching the query, by id.
     services: Vec<Service>,
+    /// Online services matching the query, on all pages.
+    services_total: usize,
+    /// Online services, matching or not.
+    services_online: usize,
+    /// The page shown, from 1.
+    page: usize,
+    /// Pages of [`PAGE_SIZE`] services (at least 1).
+    pages: usize,
     sessions_open: usize,
     relay_active: Option<usize>,
+    /// The relay's sessions, bytes, refusals and top ids, when the server relays.
+    relay: Option<RelayUsage>,
     recent: Vec<Record>,
+    /// The most recent attempts that did not connect, newest first.
+    failures: Vec<Record>,
     pairs: Vec<PairRow>,
+    /// Attempts by strategy over time.
+    strategies: Vec<StrategyRow>,
     /// Requests refused, by error code.
     refused: BTreeMap<String, u64>,
     /// The cluster, when the server is a member of one.
     cluster: Option<ClusterStatus>,
 }
 
-async fn status(state: &Shared) -> Status {
-    let services = state
+async fn status(state: &Shared, query: &PageQuery) -> Status {
+    let mut matching: Vec<Service> = state
         .registry
         .snapshot()
         .into_iter()
@@ -88,12 +114,22 @@ async fn status(state: &Shared) -> Status {
             since_unix_ms: a.since_unix_ms,
         })
         .collect();
+    let services_online = matching.len();
+    matching.retain(|s| s.id.contains(&query.q));
+    let (services, services_total, page, pages) = paginate(matching, query.page);
+    let mut pair_windows = state.metrics.pair_windows();
     Status {
         version: env!("CARGO_PKG_VERSION"),
         services,
+        services_total,
+        services_online,
+        page,
+        pages,
         sessions_open: state.sessions.len(),
         relay_active: state.relay.as_ref().map(|r| r.active()),
+        relay: state.relay.as_ref().map(|_| state.metrics.relay_usage()),
         recent: state.metrics.recent(),
+        failures: state.metrics.failures(),
         pairs: state
             .metrics
             .pairs()
@@ -102,7 +138,14 @@ async fn status(state: &Shared) -> Status {
                 client_mapping: c,
                 agent_mapping: a,
                 stats,
+                windows: pair_windows.remove(&(c, a)).unwrap_or_default(),
             })
+            .collect(),
+        strategies: state
+            .metrics
+            .strategy_windows()
+            .into_iter()
+            .map(|(strategy, windows)| StrategyRow { strategy, windows })
             .collect(),
         refused: state.metrics.rejected_counts(),
         cluster: match &state.cluster {
@@ -112,8 +155,30 @@ async fn status(state: &Shared) -> Status {
     }
 }
 
-async fn status_json(State(state): State<AppState>) -> Response {
-    axum::Json(status(&state).await).into_response()
+/// Sorts `matching` by id and cuts out page `page` (from 1, clamped to the pages there are):
+/// (that page, how many matched, the page, the number of pages).
+fn paginate(
+    mut matching: Vec<Service>,
+    page: Option<usize>,
+) -> (Vec<Service>, usize, usize, usize) {
+    let total = matching.len();
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    let page = page.unwrap_or(1).clamp(1, pages);
+    matching.sort_by(|a, b| a.id.cmp(&b.id));
+    let shown = matching
+        .into_iter()
+        .skip((page - 1) * PAGE_SIZE)
+        .take(PAGE_SIZE)
+        .collect();
+    (shown, total, page, pages)
+}
+
+/// A query the page did not write (`page=abc`): the first page of everything.
+type QueryResult = Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>;
+
+async fn status_json(State(state): State<AppState>, query: QueryResult) -> Response {
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    axum::Json(status(&state, &query).await).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -170,13 +235,9 @@ fn plural(n: usize, noun: &str) -> String {
     }
 }
 
-async fn page(
-    State(state): State<AppState>,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Html<String> {
-    // A query the page did not write (page=abc): the first page of everything.
+async fn page(State(state): State<AppState>, query: QueryResult) -> Html<String> {
     let query = query.map(|Query(q)| q).unwrap_or_default();
-    let mut st = status(&state).await;
+    let st = status(&state, &query).await;
     let mut h = String::with_capacity(8192);
     let _ = write!(
         h,
@@ -189,7 +250,7 @@ async fn page(
          </style></head><body><h1>p2pnc rendezvous server {}</h1>\
          <p>{} online · {} open{}</p>",
         st.version,
-        plural(st.services.len(), "service"),
+        plural(st.services_online, "service"),
         plural(st.sessions_open, "session"),
         st.relay_active
             .map(|n| format!(" · {} relayed", plural(n, "session")))
@@ -198,12 +259,14 @@ async fn page(
     if let Some(c) = &st.cluster {
         cluster(&mut h, c);
     }
-    let online = st.services.len();
-    st.services.retain(|s| s.id.contains(&query.q));
-    st.services.sort_by(|a, b| a.id.cmp(&b.id));
-    services(&mut h, &st.services, online, &query);
-    recent(&mut h, &st.recent);
+    failures(&mut h, &st.failures);
+    services(&mut h, &st, &query);
+    strategies(&mut h, &st.strategies);
     pairs(&mut h, &st.pairs);
+    if let Some(relay) = &st.relay {
+        relay_usage(&mut h, relay, st.relay_active.unwrap_or(0));
+    }
+    recent(&mut h, &st.recent);
     refused(&mut h, &st.refused);
     h.push_str("</body></html>");
     Html(h)
@@ -254,19 +317,18 @@ fn cluster(h: &mut String, c: &ClusterStatus) {
     }
 }
 
-/// The table of online services: those matching the search, one page of them, with a search
-/// box and buttons for the other pages (forms, no links).
-fn services(h: &mut String, matching: &[Service], online: usize, query: &PageQuery) {
+/// The table of online services: one page of those matching the search, with a search box and
+/// buttons for the other pages (forms, no links).
+fn services(h: &mut String, st: &Status, query: &PageQuery) {
     h.push_str("<h2>Online services</h2>");
-    let pages = matching.len().div_ceil(PAGE_SIZE).max(1);
-    let page = query.page.unwrap_or(1).clamp(1, pages);
+    let (page, pages, online) = (st.page, st.pages, st.services_online);
     let q = esc(&query.q);
     let _ = write!(
         h,
         "<form method=\"get\" id=\"search\"><input name=\"q\" value=\"{q}\" \
          placeholder=\"id contains\"> <button>Search</button></form><p id=\"shown\">{} of {} \
          online{}; page {page} of {pages}</p>",
-        plural(matching.len(), "service"),
+        plural(st.services_total, "service"),
         online,
         if query.q.is_empty() {
             String::new()
@@ -295,7 +357,7 @@ fn services(h: &mut String, matching: &[Service], online: usize, query: &PageQue
         }
         h.push_str("</form>");
     }
-    let services = &matching[(page - 1) * PAGE_SIZE..matching.len().min(page * PAGE_SIZE)];
+    let services = &st.services;
     if online == 0 {
         h.push_str("<p>No service is online.</p>");
     } else if services.is_empty() {
@@ -364,33 +426,165 @@ fn recent(h: &mut String, recent: &[Record]) {
     }
 }
 
-/// The table of success rates by NAT pair.
+/// The header cells of a table of attempts over time, after the cells naming its rows.
+const WINDOW_HEADERS: &str = "<th>window</th><th>attempts</th><th>direct or LAN</th>\
+     <th>relayed</th><th>failed</th><th>refused before the punch</th>";
+
+/// Three rows (last 5 min, last hour, since start) of attempts, the first led by `label`
+/// (cells spanning the three rows).
+fn window_rows(h: &mut String, label: &[String], w: &Windows<Attempts>) {
+    let rows = [
+        ("last 5 min", &w.last_5_min),
+        ("last hour", &w.last_hour),
+        ("since start", &w.since_start),
+    ];
+    for (i, (name, a)) in rows.into_iter().enumerate() {
+        h.push_str("<tr>");
+        if i == 0 {
+            for cell in label {
+                let _ = write!(h, "<td rowspan=\"3\">{cell}</td>");
+            }
+        }
+        let direct = if a.direct > 0 { "ok" } else { "" };
+        let failed = if a.failed > 0 { "bad" } else { "" };
+        let _ = write!(
+            h,
+            "<td>{name}</td><td>{}</td><td class=\"{direct}\">{}</td><td>{}</td>\
+             <td class=\"{failed}\">{}</td><td>{}</td></tr>",
+            a.attempts,
+            percent(a.direct, a.attempts),
+            percent(a.relayed, a.attempts),
+            percent(a.failed, a.attempts),
+            a.refused
+        );
+    }
+}
+
+/// The note under each table of rates.
+const RATES_NOTE: &str = "<p>Rates count only attempts that reached the punch; a refusal \
+     (wrong secret, busy service, no path allowed) is counted apart.</p>";
+
+/// The table of success rates by strategy over time.
+fn strategies(h: &mut String, rows: &[StrategyRow]) {
+    h.push_str("<h2>Success by strategy</h2>");
+    if rows.is_empty() {
+        h.push_str("<p>No attempt yet.</p>");
+        return;
+    }
+    let _ = write!(
+        h,
+        "<table id=\"strategies\"><tr><th>strategy</th>{WINDOW_HEADERS}</tr>"
+    );
+    for r in rows {
+        window_rows(h, &[r.strategy.to_string()], &r.windows);
+    }
+    h.push_str("</table>");
+    h.push_str(RATES_NOTE);
+}
+
+/// The table of success rates by NAT pair over time.
 fn pairs(h: &mut String, pairs: &[PairRow]) {
     h.push_str("<h2>Success by NAT pair</h2>");
     if pairs.is_empty() {
         h.push_str("<p>No attempt yet.</p>");
-    } else {
-        h.push_str(
-            "<table id=\"pairs\"><tr><th>client NAT</th><th>service NAT</th><th>attempts</th>\
-             <th>direct or LAN</th><th>relayed</th><th>refused before the punch</th></tr>",
-        );
-        for p in pairs {
-            let _ = write!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                p.client_mapping,
-                p.agent_mapping,
-                p.stats.attempts,
-                percent(p.stats.direct, p.stats.attempts),
-                percent(p.stats.relayed, p.stats.attempts),
-                p.stats.refused
-            );
-        }
-        h.push_str(
-            "</table><p>Rates count only attempts that reached the punch; a refusal (wrong \
-             secret, busy service, no path allowed) is counted apart.</p>",
+        return;
+    }
+    let _ = write!(
+        h,
+        "<table id=\"pairs\"><tr><th>client NAT</th><th>service NAT</th>{WINDOW_HEADERS}</tr>"
+    );
+    for p in pairs {
+        let label = [p.client_mapping.to_string(), p.agent_mapping.to_string()];
+        window_rows(h, &label, &p.windows);
+    }
+    h.push_str("</table>");
+    h.push_str(RATES_NOTE);
+}
+
+/// The most recent attempts that did not connect, with why: the first thing to read when
+/// something is wrong.
+fn failures(h: &mut String, failures: &[Record]) {
+    h.push_str("<h2>Recent failures</h2>");
+    if failures.is_empty() {
+        h.push_str("<p class=\"ok\">No failure yet.</p>");
+        return;
+    }
+    h.push_str(
+        "<table id=\"failures\"><tr><th>ended</th><th>service</th><th>outcome</th>\
+         <th>reason</th><th>strategy</th><th>client NAT</th><th>service NAT</th></tr>",
+    );
+    for r in failures {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td class=\"bad\">{}</td><td class=\"bad\">{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
+            utc(r.at_unix_ms),
+            esc(&r.peer),
+            r.outcome.as_str(),
+            esc(r.reason.as_deref().unwrap_or("(no reason given)")),
+            r.strategy,
+            r.client_mapping,
+            r.agent_mapping
         );
     }
+    h.push_str("</table>");
+}
+
+/// A byte count for people: "812 B", "3.4 MB".
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// The relay's usage: sessions and bytes over time, refusals and cuts at its caps, the ids
+/// with the most relayed bytes.
+fn relay_usage(h: &mut String, r: &RelayUsage, active: usize) {
+    let e = &r.ended;
+    let _ = write!(
+        h,
+        "<h2>Relay</h2><table id=\"relay\"><tr><th></th><th>sessions</th><th>bytes</th></tr>\
+         <tr><td>active now</td><td>{active}</td><td>–</td></tr>\
+         <tr><td>ended, last hour</td><td>{}</td><td>{}</td></tr>\
+         <tr><td>ended, since start</td><td>{}</td><td>{}</td></tr></table>",
+        e.last_hour.sessions,
+        bytes(e.last_hour.bytes),
+        e.since_start.sessions,
+        bytes(e.since_start.bytes)
+    );
+    let c = &r.caps;
+    let _ = write!(
+        h,
+        "<table id=\"relay-caps\"><tr><th>cap</th><th>since start</th></tr>\
+         <tr><td>joins refused: per-address share</td><td>{}</td></tr>\
+         <tr><td>joins refused: every slot taken</td><td>{}</td></tr>\
+         <tr><td>sessions cut at the lifetime cap</td><td>{}</td></tr>\
+         <tr><td>sessions cut idle</td><td>{}</td></tr></table>",
+        c.per_address, c.total, c.lifetime, c.idle
+    );
+    if r.top.is_empty() {
+        h.push_str("<p>No session relayed yet.</p>");
+        return;
+    }
+    h.push_str("<table id=\"relay-top\"><tr><th>service</th><th>relayed since start</th></tr>");
+    for t in &r.top {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            esc(&t.id),
+            bytes(t.bytes)
+        );
+    }
+    h.push_str("</table><p>Bytes are counted when a relayed session ends.</p>");
 }
 
 /// The table of refused requests by reason.
@@ -426,15 +620,49 @@ mod tests {
         }
     }
 
+    /// The status of one page of `all` under `query`, as the handlers build it.
+    fn status_of(all: Vec<Service>, query: &PageQuery) -> Status {
+        let online = all.len();
+        let matching: Vec<Service> = all
+            .into_iter()
+            .filter(|s| s.id.contains(&query.q))
+            .collect();
+        let (services, services_total, page, pages) = paginate(matching, query.page);
+        Status {
+            version: "test",
+            services,
+            services_total,
+            services_online: online,
+            page,
+            pages,
+            sessions_open: 0,
+            relay_active: None,
+            relay: None,
+            recent: Vec::new(),
+            failures: Vec::new(),
+            pairs: Vec::new(),
+            strategies: Vec::new(),
+            refused: BTreeMap::new(),
+            cluster: None,
+        }
+    }
+
     #[test]
     fn services_come_a_page_at_a_time_with_a_search() {
-        let all: Vec<Service> = (0..250).map(|i| service(format!("cam-{i:03}"))).collect();
+        // Out of order: pages are cut from the services sorted by id.
+        let all: Vec<Service> = (0..250)
+            .rev()
+            .map(|i| service(format!("cam-{i:03}")))
+            .collect();
         let query = PageQuery {
             q: String::new(),
             page: Some(3),
         };
+        let st = status_of(all, &query);
+        assert_eq!((st.services_total, st.page, st.pages), (250, 3, 3));
+        assert_eq!(st.services.len(), 50);
         let mut h = String::new();
-        services(&mut h, &all, 250, &query);
+        services(&mut h, &st, &query);
         assert!(h.contains("250 services of 250 online; page 3 of 3"), "{h}");
         assert!(
             h.contains("<button name=\"page\" value=\"2\">previous</button>"),
@@ -449,10 +677,13 @@ mod tests {
 
         let query = PageQuery {
             q: "<x>".into(),
-            page: None,
+            page: Some(7),
         };
+        let all: Vec<Service> = (0..250).map(|i| service(format!("cam-{i:03}"))).collect();
+        let st = status_of(all, &query);
+        assert_eq!((st.services_total, st.page, st.pages), (0, 1, 1));
         let mut h = String::new();
-        services(&mut h, &[], 250, &query);
+        services(&mut h, &st, &query);
         assert!(
             h.contains("0 services of 250 online match '&lt;x&gt;'; page 1 of 1"),
             "{h}"
@@ -465,25 +696,52 @@ mod tests {
     }
 
     #[test]
-    fn pair_rates_leave_refusals_out() {
+    fn rate_tables_show_three_windows_and_leave_refusals_out() {
+        let mut w = Windows::<Attempts>::default();
+        w.since_start += Attempts::of(super::super::metrics::Outcome::Direct);
+        w.since_start += Attempts::of(super::super::metrics::Outcome::Rejected);
+        w.last_hour = w.since_start;
         let row = PairRow {
             client_mapping: Mapping::EndpointIndependent,
             agent_mapping: Mapping::EndpointIndependent,
-            stats: PairStats {
-                attempts: 1,
-                direct: 1,
-                relayed: 0,
-                refused: 1,
-            },
+            stats: PairStats::default(),
+            windows: w,
         };
         let mut h = String::new();
         pairs(&mut h, &[row]);
         assert!(
             h.contains(
-                "<tr><td>endpoint-independent</td><td>endpoint-independent</td><td>1</td>\
-                 <td>100 %</td><td>0 %</td><td>1</td></tr>"
+                "<tr><td rowspan=\"3\">endpoint-independent</td>\
+                 <td rowspan=\"3\">endpoint-independent</td><td>last 5 min</td><td>0</td>\
+                 <td class=\"\">–</td><td>–</td><td class=\"\">–</td><td>0</td></tr>"
             ),
             "{h}"
         );
+        assert!(
+            h.contains(
+                "<tr><td>last hour</td><td>1</td><td class=\"ok\">100 %</td><td>0 %</td>\
+                 <td class=\"\">0 %</td><td>1</td></tr>"
+            ),
+            "{h}"
+        );
+        let mut h = String::new();
+        strategies(
+            &mut h,
+            &[StrategyRow {
+                strategy: Strategy::BirthdayHard,
+                windows: w,
+            }],
+        );
+        assert!(
+            h.contains("<tr><td rowspan=\"3\">birthday_hard</td><td>last 5 min</td>"),
+            "{h}"
+        );
+    }
+
+    #[test]
+    fn byte_counts_read_as_people_read_them() {
+        assert_eq!(bytes(812), "812 B");
+        assert_eq!(bytes(3_400_000), "3.4 MB");
+        assert_eq!(bytes(u64::MAX), "18446744.1 TB");
     }
 }

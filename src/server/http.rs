@@ -11,7 +11,8 @@ use axum::{Json, Router};
 
 use super::accept::ConnMeta;
 use super::limits::RateLimiter;
-use super::relay::JoinRefused;
+use super::metrics::RelayCap;
+use super::relay::{Ended, JoinRefused};
 use super::session::TicketRefusal;
 use super::{AppState, Shared, agent_conn, session};
 use crate::protocol::{
@@ -335,19 +336,25 @@ async fn relay_join(
     else {
         return state.reject(ErrorCode::PeerGone, "no such live session".into());
     };
-    match state.sessions.check_ticket(&session, role, &ticket) {
-        Ok(()) => {}
+    let peer = match state.sessions.check_ticket(&session, role, &ticket) {
+        Ok(peer) => peer,
         Err(TicketRefusal::NotLive) => {
             return state.reject(ErrorCode::PeerGone, "no such live session".into());
         }
         Err(TicketRefusal::Wrong) => return unauthorized(),
-    }
+    };
     let joined = match hub.join(session, role, meta.remote.ip()) {
         Ok(j) => j,
         Err(JoinRefused::Duplicate) => {
             return state.reject(ErrorCode::BadRequest, "this end already joined".into());
         }
-        Err(busy) => return state.reject(ErrorCode::Busy, busy.to_string()),
+        Err(busy) => {
+            state.metrics.relay_refused(match busy {
+                JoinRefused::PerIp { .. } => RelayCap::PerAddress,
+                _ => RelayCap::Total,
+            });
+            return state.reject(ErrorCode::Busy, busy.to_string());
+        }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_state = state.clone();
@@ -355,9 +362,16 @@ async fn relay_join(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = Box::new(hyper_util::rt::TokioIo::new(upgraded));
-                if let Some(hub) = &task_state.relay {
-                    let carried = hub.run(joined, io).await;
+                if let Some(hub) = &task_state.relay
+                    && let Some((carried, ended)) = hub.run(joined, io).await
+                {
                     task_state.metrics.relayed_bytes(carried);
+                    let cut = match ended {
+                        Ended::Closed => None,
+                        Ended::Lifetime => Some(RelayCap::Lifetime),
+                        Ended::Idle => Some(RelayCap::Idle),
+                    };
+                    task_state.metrics.relay_ended(&peer, carried, cut);
                 }
             }
             Err(e) => tracing::debug!("relay upgrade failed: {e}"),

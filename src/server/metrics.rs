@@ -2,7 +2,7 @@
 //! strategy and NAT pair, a setup-time histogram, rendered as Prometheus text and as the
 //! status page of the admin listener.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,10 +10,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::history::{Attempts, Relayed, Series, Windows};
 use crate::protocol::{Mapping, Strategy};
 
 /// Outcome records kept for the status page.
 const RECENT: usize = 100;
+/// Failed or refused attempts kept for the status page, apart from [`RECENT`]: on a busy
+/// server a hundred successes would push every failure out of the recent sessions.
+const RECENT_FAILURES: usize = 50;
+/// Ids whose relayed bytes are tracked: a bounded map whatever the number of agents. When it
+/// is full, the id with the fewest bytes makes room (so the top of the list is kept; an id
+/// relayed again after its eviction starts from zero).
+const RELAY_IDS_TRACKED: usize = 1024;
+/// Ids shown in the relay's top list.
+const RELAY_TOP: usize = 10;
 /// Upper bounds of the setup-time histogram buckets, in seconds.
 const BUCKETS: [f64; 10] = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0];
 
@@ -99,6 +109,83 @@ pub struct Metrics {
     setup_count: AtomicU64,
     setup_sum_us: AtomicU64,
     relayed_bytes: AtomicU64,
+    windows: Mutex<WindowedCounts>,
+    failures: Mutex<VecDeque<Record>>,
+    relay: Mutex<RelayCounts>,
+}
+
+/// Connect attempts over time, by strategy and by NAT pair.
+#[derive(Default)]
+struct WindowedCounts {
+    by_strategy: BTreeMap<Strategy, Series<Attempts>>,
+    by_pair: BTreeMap<(Mapping, Mapping), Series<Attempts>>,
+}
+
+/// What the relay did.
+#[derive(Default)]
+struct RelayCounts {
+    ended: Series<Relayed>,
+    caps: RelayCapCounts,
+    /// Bytes relayed by service id, at most [`RELAY_IDS_TRACKED`] ids.
+    by_id: HashMap<String, u64>,
+}
+
+/// Relayed sessions refused or cut at one of the relay's caps, since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RelayCapCounts {
+    /// Joins refused: the joining address had its share of relayed sessions (`max_per_ip`).
+    pub per_address: u64,
+    /// Joins refused: every relay slot was taken (`max_pairs`).
+    pub total: u64,
+    /// Sessions cut at their lifetime cap (`max_lifetime`).
+    pub lifetime: u64,
+    /// Sessions cut after the idle timeout.
+    pub idle: u64,
+}
+
+/// Which cap refused or cut a relayed session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayCap {
+    /// The per-address share.
+    PerAddress,
+    /// The total of relay slots.
+    Total,
+    /// The lifetime cap of a session.
+    Lifetime,
+    /// The idle timeout of a session.
+    Idle,
+}
+
+/// The relay's usage, as the status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayUsage {
+    /// Sessions and bytes, counted when each session ends.
+    pub ended: Windows<Relayed>,
+    /// Refusals and cuts by cap, since start.
+    pub caps: RelayCapCounts,
+    /// The ids with the most relayed bytes, most first.
+    pub top: Vec<RelayTopId>,
+}
+
+/// An id and the bytes relayed for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayTopId {
+    /// The service id.
+    pub id: String,
+    /// Bytes relayed for it since start, both ways.
+    pub bytes: u64,
+}
+
+impl RelayCounts {
+    fn count(&mut self, cap: RelayCap) {
+        let n = match cap {
+            RelayCap::PerAddress => &mut self.caps.per_address,
+            RelayCap::Total => &mut self.caps.total,
+            RelayCap::Lifetime => &mut self.caps.lifetime,
+            RelayCap::Idle => &mut self.caps.idle,
+        };
+        *n += 1;
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -141,12 +228,16 @@ impl Metrics {
             outcome = outcome.as_str(), setup_ms = setup.map(|d| d.as_millis() as u64),
             reason = reason.as_deref().unwrap_or(""), "outcome"
         );
-        let mut recent = self.recent.lock().expect("metrics lock");
-        if recent.len() == RECENT {
-            recent.pop_front();
+        let at_unix_ms = now_unix_ms();
+        {
+            let mut w = self.windows.lock().expect("metrics lock");
+            let counts = Attempts::of(outcome);
+            let secs = at_unix_ms / 1000;
+            w.by_strategy.entry(strategy).or_default().add(secs, counts);
+            w.by_pair.entry(pair).or_default().add(secs, counts);
         }
-        recent.push_back(Record {
-            at_unix_ms: now_unix_ms(),
+        let record = Record {
+            at_unix_ms,
             peer: peer.to_string(),
             client_mapping: pair.0,
             agent_mapping: pair.1,
@@ -154,7 +245,92 @@ impl Metrics {
             outcome,
             setup_ms: setup.map(|d| d.as_millis() as u64),
             reason,
-        });
+        };
+        if !outcome.connected() {
+            let mut failures = self.failures.lock().expect("metrics lock");
+            if failures.len() == RECENT_FAILURES {
+                failures.pop_front();
+            }
+            failures.push_back(record.clone());
+        }
+        let mut recent = self.recent.lock().expect("metrics lock");
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(record);
+    }
+
+    /// The most recent attempts that did not connect, newest first.
+    pub fn failures(&self) -> Vec<Record> {
+        let failures = self.failures.lock().expect("metrics lock");
+        failures.iter().rev().cloned().collect()
+    }
+
+    /// Attempts by strategy over the last 5 minutes, the last hour and since start.
+    pub fn strategy_windows(&self) -> BTreeMap<Strategy, Windows<Attempts>> {
+        let secs = now_unix_ms() / 1000;
+        let w = self.windows.lock().expect("metrics lock");
+        w.by_strategy
+            .iter()
+            .map(|(k, s)| (*k, s.windows(secs)))
+            .collect()
+    }
+
+    /// Attempts by NAT pair over the last 5 minutes, the last hour and since start.
+    pub fn pair_windows(&self) -> BTreeMap<(Mapping, Mapping), Windows<Attempts>> {
+        let secs = now_unix_ms() / 1000;
+        let w = self.windows.lock().expect("metrics lock");
+        w.by_pair
+            .iter()
+            .map(|(k, s)| (*k, s.windows(secs)))
+            .collect()
+    }
+
+    /// A relayed session of service `peer` ended after carrying `bytes`; `cut` names the cap
+    /// that ended it, if one did.
+    pub fn relay_ended(&self, peer: &str, bytes: u64, cut: Option<RelayCap>) {
+        let mut r = self.relay.lock().expect("metrics lock");
+        r.ended
+            .add(now_unix_ms() / 1000, Relayed { sessions: 1, bytes });
+        if let Some(cap) = cut {
+            r.count(cap);
+        }
+        if !r.by_id.contains_key(peer)
+            && r.by_id.len() >= RELAY_IDS_TRACKED
+            && let Some(least) = r
+                .by_id
+                .iter()
+                .min_by_key(|(_, b)| **b)
+                .map(|(id, _)| id.clone())
+        {
+            r.by_id.remove(&least);
+        }
+        *r.by_id.entry(peer.to_string()).or_default() += bytes;
+    }
+
+    /// A relay join was refused at `cap`.
+    pub fn relay_refused(&self, cap: RelayCap) {
+        self.relay.lock().expect("metrics lock").count(cap);
+    }
+
+    /// The relay's usage: sessions and bytes over time, refusals by cap, the top ids.
+    pub fn relay_usage(&self) -> RelayUsage {
+        let r = self.relay.lock().expect("metrics lock");
+        let mut top: Vec<RelayTopId> = r
+            .by_id
+            .iter()
+            .map(|(id, bytes)| RelayTopId {
+                id: id.clone(),
+                bytes: *bytes,
+            })
+            .collect();
+        top.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.id.cmp(&b.id)));
+        top.truncate(RELAY_TOP);
+        RelayUsage {
+            ended: r.ended.windows(now_unix_ms() / 1000),
+            caps: r.caps,
+            top,
+        }
     }
 
     /// Counts a refused request by its error code.
@@ -331,5 +507,57 @@ mod tests {
         let recent = m.recent();
         assert_eq!(recent.len(), 5);
         assert_eq!(recent[0].outcome, Outcome::Rejected, "newest first");
+        let failures = m.failures();
+        assert_eq!(
+            failures.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+            [Outcome::Rejected, Outcome::Failed],
+            "only what did not connect, newest first"
+        );
+        let by_strategy = m.strategy_windows();
+        let relay_only = by_strategy[&Strategy::RelayOnly].last_5_min;
+        assert_eq!(
+            (relay_only.attempts, relay_only.relayed, relay_only.failed),
+            (2, 1, 1)
+        );
+        let simultaneous = by_strategy[&Strategy::Simultaneous].since_start;
+        assert_eq!(
+            (
+                simultaneous.attempts,
+                simultaneous.direct,
+                simultaneous.refused
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(m.pair_windows()[&(sym, sym)].last_hour.refused, 1);
+    }
+
+    #[test]
+    fn relay_usage_keeps_a_bounded_top_of_ids() {
+        let m = Metrics::default();
+        for i in 0..RELAY_IDS_TRACKED as u64 + 5 {
+            m.relay_ended(&format!("id-{i}"), 1000 + i, None);
+        }
+        m.relay_ended("id-3", 1_000_000, Some(RelayCap::Lifetime));
+        m.relay_refused(RelayCap::PerAddress);
+        m.relay_refused(RelayCap::Total);
+        m.relay_refused(RelayCap::Total);
+        let usage = m.relay_usage();
+        assert_eq!(m.relay.lock().unwrap().by_id.len(), RELAY_IDS_TRACKED);
+        assert_eq!(usage.top.len(), RELAY_TOP);
+        assert_eq!(usage.top[0].id, "id-3");
+        assert_eq!(usage.top[1].id, format!("id-{}", RELAY_IDS_TRACKED + 4));
+        assert_eq!(
+            usage.ended.last_5_min.sessions,
+            RELAY_IDS_TRACKED as u64 + 6
+        );
+        assert_eq!(
+            usage.caps,
+            RelayCapCounts {
+                per_address: 1,
+                total: 2,
+                lifetime: 1,
+                idle: 0
+            }
+        );
     }
 }

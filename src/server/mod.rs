@@ -24,6 +24,7 @@ pub(crate) mod admin;
 mod agent_conn;
 mod broker;
 mod cluster;
+pub(crate) mod history;
 mod http;
 pub(crate) mod limits;
 pub(crate) mod metrics;

@@ -134,7 +134,7 @@ impl std::fmt::Display for JoinRefused {
 
 /// Why a spliced pair ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
+pub(super) enum Ended {
     /// Both directions closed.
     Closed,
     /// It reached its lifetime cap.
@@ -218,18 +218,19 @@ impl RelayHub {
         }
     }
 
-    /// Serves one joined end after its upgrade completed; returns the bytes it carried.
-    pub async fn run(&self, joined: Joined, io: Io) -> u64 {
+    /// Serves one joined end after its upgrade completed. Returns, from the end that spliced
+    /// the pair (the first to join), the bytes the pair carried and why it ended.
+    pub async fn run(&self, joined: Joined, io: Io) -> Option<(u64, Ended)> {
         match joined {
             Joined::Second(tx, share) => {
                 let _ = tx.send((io, share));
-                0
+                None
             }
             Joined::First(rx, _permit, _share) => {
                 let Ok(Ok((other, _other_share))) = tokio::time::timeout(PAIRING_TIMEOUT, rx).await
                 else {
                     tracing::debug!("relay: the second end never came");
-                    return 0;
+                    return None;
                 };
                 let (up, down, ended) = self.splice(io, other).await;
                 match ended {
@@ -245,7 +246,7 @@ impl RelayHub {
                         self.config.idle_timeout
                     ),
                 }
-                up + down
+                Some((up + down, ended))
             }
         }
     }

@@ -54,6 +54,8 @@ struct Entry {
     events: mpsc::Sender<SessionEvent>,
     /// The ends' relay tickets, when the server relays.
     tickets: Option<RelayTickets>,
+    /// The service id the client asked for.
+    peer: Arc<str>,
 }
 
 /// Why a relay join does not get in.
@@ -109,34 +111,37 @@ impl SessionTable {
         self.open.lock().expect("sessions lock").len()
     }
 
-    /// Whether `ticket` lets `role`'s end of session `id` into the relay.
+    /// Whether `ticket` lets `role`'s end of session `id` into the relay; if so, the service
+    /// id of the session.
     pub fn check_ticket(
         &self,
         id: &SessionId,
         role: Role,
         ticket: &RelayTicket,
-    ) -> Result<(), TicketRefusal> {
+    ) -> Result<Arc<str>, TicketRefusal> {
         let open = self.open.lock().expect("sessions lock");
         let entry = open.get(id).ok_or(TicketRefusal::NotLive)?;
         match &entry.tickets {
             Some(t) if super::http::constant_time_eq(&t.of(role).to_hex(), &ticket.to_hex()) => {
-                Ok(())
+                Ok(entry.peer.clone())
             }
             _ => Err(TicketRefusal::Wrong),
         }
     }
 
-    /// Opens the session `id` with the relay tickets of its ends; its events arrive on the
-    /// receiver.
+    /// Opens the session `id` of a client asking for service `peer`, with the relay tickets
+    /// of its ends; its events arrive on the receiver.
     pub fn open(
         self: &Arc<Self>,
         id: SessionId,
+        peer: &str,
         tickets: Option<RelayTickets>,
     ) -> (OpenSession, mpsc::Receiver<SessionEvent>) {
         let (tx, rx) = mpsc::channel(SESSION_EVENTS);
         let entry = Entry {
             events: tx,
             tickets,
+            peer: peer.into(),
         };
         self.open.lock().expect("sessions lock").insert(id, entry);
         let session = OpenSession {
@@ -248,7 +253,7 @@ pub(super) async fn client_session(
     // Waiting: the client's probes (the other family's only briefly, unless the agent can be
     // reached in that family alone), then the agent as it is now.
     let tickets = state.relay.as_ref().map(|_| RelayTickets::random());
-    let (session, mut events) = state.sessions.open(SessionId::random(), tickets);
+    let (session, mut events) = state.sessions.open(SessionId::random(), &q.peer, tickets);
     let other_needed = state
         .find_agent(&q.peer)
         .await
@@ -564,9 +569,14 @@ mod tests {
         let table = Arc::new(SessionTable::new(1));
         let id = SessionId::from_bytes([9; 16]);
         let tickets = RelayTickets::random();
-        let (session, mut events) = table.open(id, Some(tickets));
+        let (session, mut events) = table.open(id, "cam", Some(tickets));
         assert!(table.is_full());
-        assert_eq!(table.check_ticket(&id, Role::Agent, &tickets.agent), Ok(()));
+        assert_eq!(
+            table
+                .check_ticket(&id, Role::Agent, &tickets.agent)
+                .as_deref(),
+            Ok("cam")
+        );
         assert_eq!(
             table.check_ticket(&id, Role::Client, &tickets.agent),
             Err(TicketRefusal::Wrong),

@@ -99,6 +99,8 @@ impl Drop for TestServer {
 /// An echo service that counts the connections it accepted and the bytes it received.
 pub struct Echo {
     pub addr: SocketAddr,
+    /// Client connections: those that carried at least one byte (`p2pnc expose` checks its
+    /// service by connecting and closing at once, without a byte; its probes are not counted).
     pub connections: Arc<AtomicUsize>,
     pub bytes: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -115,12 +117,20 @@ impl Echo {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((mut s, _)) = listener.accept().await {
                 while conns.try_join_next().is_some() {}
-                c.fetch_add(1, Ordering::SeqCst);
-                let b = b.clone();
+                let (b, c) = (b.clone(), c.clone());
                 conns.spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut first = [0u8; 1];
+                    match tokio::io::AsyncReadExt::read(&mut s, &mut first).await {
+                        Ok(1) => c.fetch_add(1, Ordering::SeqCst),
+                        _ => return,
+                    };
+                    if s.write_all(&first).await.is_err() {
+                        return;
+                    }
                     let (mut r, mut w) = s.split();
                     if let Ok(n) = tokio::io::copy(&mut r, &mut w).await {
-                        b.fetch_add(n as usize, Ordering::SeqCst);
+                        b.fetch_add(n as usize + 1, Ordering::SeqCst);
                     }
                 });
             }

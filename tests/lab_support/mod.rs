@@ -181,8 +181,11 @@ pub trait P2pncLab {
     fn start_server_dual_stack(&self, extra: &[&str]) -> Proc;
     /// Status of `GET /v1/peers/ID` on the server.
     fn peer_status(&self, id: &str) -> io::Result<u16>;
-    /// The server's `/status.json` (its admin listener).
+    /// The server's `/status.json` (its admin listener): the first page of the services.
     fn server_status(&self) -> serde_json::Value;
+    /// The server's `/status.json?q=ID`: the services whose id contains `id` (see
+    /// [`service`] for the one whose id it is).
+    fn server_status_of(&self, id: &str) -> serde_json::Value;
     /// Starts `p2pnc expose` on `node` for `127.0.0.1:service_port` and waits until the
     /// server lists the id.
     fn start_agent(&self, node: Node, id: &str, service_port: u16, auth: Auth) -> Proc;
@@ -327,12 +330,12 @@ impl P2pncLab for Lab {
     }
 
     fn server_status(&self) -> serde_json::Value {
-        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT));
-        let (code, body) = self
-            .http_get(Node::Rdv, admin, "/status.json", HTTP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("GET /status.json from the server's admin port: {e}"));
-        assert_eq!(code, 200, "GET /status.json: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status.json: {e}: {body}"))
+        status_json(self, "/status.json")
+    }
+
+    fn server_status_of(&self, id: &str) -> serde_json::Value {
+        let path = format!("/status.json?q={}", p2pnc::protocol::percent_encode(id));
+        status_json(self, &path)
     }
 
     fn start_agent(&self, node: Node, id: &str, service_port: u16, auth: Auth) -> Proc {
@@ -530,6 +533,16 @@ impl P2pncLab for Lab {
         }
         serde_json::from_str(stdout.trim()).map_err(|e| format!("not JSON ({e}): {}", ctx()))
     }
+}
+
+/// `GET path` on the server's admin listener, as JSON.
+fn status_json(lab: &Lab, path: &str) -> serde_json::Value {
+    let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT));
+    let (code, body) = lab
+        .http_get(Node::Rdv, admin, path, HTTP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("GET {path} from the server's admin port: {e}"));
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
 /// The `/status.json` entry of an online service, if listed.

@@ -394,6 +394,8 @@ impl Drop for Service {
 pub struct EchoServer {
     pub addr: SocketAddr,
     bytes: Arc<AtomicU64>,
+    /// Connections that carried at least one byte.
+    carried: Arc<AtomicU64>,
     service: Service,
 }
 
@@ -401,26 +403,37 @@ impl EchoServer {
     /// Starts an echo server at `addr` inside `lab`'s namespace of `node`.
     pub fn start(lab: &Lab, node: crate::Node, addr: SocketAddr) -> EchoServer {
         let bytes = Arc::new(AtomicU64::new(0));
-        let by = bytes.clone();
-        let service = Service::start(lab, node, addr, "echo server", move |c| echo_conn(c, &by));
+        let carried = Arc::new(AtomicU64::new(0));
+        let (by, ca) = (bytes.clone(), carried.clone());
+        let service = Service::start(lab, node, addr, "echo server", move |c| {
+            echo_conn(c, &by, &ca)
+        });
         EchoServer {
             addr,
             bytes,
+            carried,
             service,
         }
     }
 
-    /// Connections accepted so far.
+    /// Client connections so far: those that carried at least one byte. `p2pnc expose`
+    /// checks its service by connecting and closing at once, without a byte: its probes are
+    /// not counted.
     pub fn connections(&self) -> u64 {
+        self.carried.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far, probes included.
+    pub fn accepted(&self) -> u64 {
         self.service.accepted.load(Ordering::SeqCst)
     }
 
-    /// Polls until at least `n` connections were accepted or `timeout` passed; returns the
-    /// count then.
-    pub fn wait_connections(&self, n: u64, timeout: Duration) -> u64 {
+    /// Polls until at least `n` connections were accepted (probes included: see
+    /// [`EchoServer::accepted`]) or `timeout` passed; returns the count then.
+    pub fn wait_accepted(&self, n: u64, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
-            let c = self.connections();
+            let c = self.accepted();
             if c >= n || Instant::now() >= deadline {
                 return c;
             }
@@ -434,13 +447,17 @@ impl EchoServer {
     }
 }
 
-fn echo_conn(mut conn: TcpStream, bytes: &AtomicU64) {
+fn echo_conn(mut conn: TcpStream, bytes: &AtomicU64, carried: &AtomicU64) {
     let _ = conn.set_read_timeout(Some(SERVICE_IO_TIMEOUT));
     let mut buf = vec![0u8; 64 * 1024];
+    let mut first = true;
     loop {
         match conn.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                if std::mem::take(&mut first) {
+                    carried.fetch_add(1, Ordering::SeqCst);
+                }
                 bytes.fetch_add(n as u64, Ordering::SeqCst);
                 if conn.write_all(&buf[..n]).is_err() {
                     return;

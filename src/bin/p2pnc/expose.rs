@@ -4,14 +4,23 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
-use p2pnc::{Agent, ExposeOptions};
+use p2pnc::{Agent, ExposeOptions, ServiceHealth};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::args::{PunchArgs, ReportArgs, ServerArgs, TlsArgs};
 
 /// How long `expose` waits for the local service to accept a connection.
 const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `expose` checks that the service accepts connections while no stream comes: a
+/// status page that says "refusing" within 10 s of a service going down, at one connection
+/// every 10 s to the service.
+const SERVICE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a probe waits for the service to accept: a local service answers in
+/// microseconds, one on the LAN in milliseconds; a service that takes longer than this is in
+/// trouble. Shorter than [`SERVICE_PROBE_INTERVAL`] so probes never overlap.
+const SERVICE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Args)]
 // Both may be given (a secret in the environment, --public on the command line): --public
@@ -64,6 +73,9 @@ pub struct ExposeArgs {
     admin: Option<std::net::SocketAddr>,
     #[command(flatten)]
     report: ReportArgs,
+    /// For tests only: the service probe's period in milliseconds instead of 10 s.
+    #[arg(long, hide = true, value_name = "MS")]
+    service_probe_interval_ms: Option<u64>,
 }
 
 /// Loads the agent's static key from `path`, or creates it there (readable by the owner only).
@@ -155,11 +167,18 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
         ),
         None => None,
     };
+    // The probe starts before the agent registers: a dead service is reported at once.
+    let health = ServiceHealth::new(&args.to);
+    let interval = args
+        .service_probe_interval_ms
+        .map_or(SERVICE_PROBE_INTERVAL, Duration::from_millis);
+    tasks.spawn(probe_service(health.clone(), interval, stop.clone()));
     // Start-up retries an unreachable server for as long as it takes: a stop signal ends it.
     let mut agent = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
         agent = Agent::start(opts) => agent?,
     };
+    agent.show_service(health.clone());
     if let Some(listener) = admin {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("admin: /metrics and the status page on http://{addr}/");
@@ -180,17 +199,28 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
             break;
         };
         let (to, id, reports) = (args.to.clone(), args.id.clone(), args.report);
+        let health = health.clone();
         tasks.spawn(async move {
             let service =
                 tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&to)).await;
             let why = match service {
                 Ok(Ok(s)) => Ok(s),
-                Ok(Err(e)) => Err(format!("its service at {to} refused the connection ({e})")),
-                Err(_) => Err(format!("its service at {to} did not accept in time")),
+                Ok(Err(e)) => Err((
+                    format!("its service at {to} refused the connection ({e})"),
+                    describe_io_error(&e),
+                )),
+                Err(_) => Err((
+                    format!("its service at {to} did not accept in time"),
+                    format!("no answer in {} s", SERVICE_CONNECT_TIMEOUT.as_secs()),
+                )),
             };
             let mut service = match why {
-                Ok(s) => s,
-                Err(why) => {
+                Ok(s) => {
+                    health.accepting();
+                    s
+                }
+                Err((why, error)) => {
+                    health.refused_forward(&error);
                     tracing::error!("{why}");
                     // The client learns why in one line instead of a reset stream.
                     accepted.stream.refuse(&why).await;
@@ -212,6 +242,44 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
     tasks.close();
     agent.shutdown().await;
     Ok(())
+}
+
+/// Checks that the service accepts connections, at once and then every `interval`, until
+/// `stop`, and reports each result to `health` (which logs only the changes). Each probe is a
+/// TCP connection closed as soon as it is made: the service sees it.
+async fn probe_service(health: ServiceHealth, interval: Duration, stop: CancellationToken) {
+    loop {
+        let probe =
+            tokio::time::timeout(SERVICE_PROBE_TIMEOUT, TcpStream::connect(health.address()));
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = probe => r,
+        };
+        match result {
+            Ok(Ok(conn)) => {
+                drop(conn);
+                health.accepting();
+            }
+            Ok(Err(e)) => health.refusing(&describe_io_error(&e)),
+            Err(_) => health.refusing(&format!(
+                "no answer in {} s",
+                SERVICE_PROBE_TIMEOUT.as_secs()
+            )),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// An I/O error as a user reads it: "Connection refused", without "(os error 111)".
+fn describe_io_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
 }
 
 /// Refuses a `--to` that is not `HOST:PORT` (an IP address or a name, and a port) before

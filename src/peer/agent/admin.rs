@@ -3,6 +3,7 @@
 //! each. Keep it off public addresses: it names the clients' addresses.
 
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 use axum::Router;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::WarmPaths;
+use super::service::{ServiceHealth, ServiceState};
 use crate::server::admin::esc;
 
 #[derive(Clone)]
@@ -22,6 +24,13 @@ struct AdminState {
     warm: WarmPaths,
     limit: usize,
     per_address: usize,
+    service: Arc<Mutex<Option<ServiceHealth>>>,
+}
+
+impl AdminState {
+    fn service(&self) -> Option<ServiceHealth> {
+        self.service.lock().expect("service lock").clone()
+    }
 }
 
 /// Serves the admin routes of `agent` on `listener` until `stop`.
@@ -35,6 +44,7 @@ pub(super) fn serve(
         warm: agent.warm_paths(),
         limit: agent.state.opts.max_warm_paths,
         per_address: agent.state.opts.max_warm_paths_per_address,
+        service: agent.service.clone(),
     };
     let app = Router::new()
         .route("/", get(page))
@@ -102,6 +112,21 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         "Service streams warm paths carried.",
         c.streams.to_string(),
     );
+    if let Some(health) = s.service() {
+        let up = matches!(health.state(), ServiceState::Accepting);
+        gauge(
+            "p2pnc_agent_service_up",
+            "gauge",
+            "Whether the service accepted the last connection to it (probe or stream), 1 or 0.",
+            u8::from(up).to_string(),
+        );
+        gauge(
+            "p2pnc_agent_service_refused_total",
+            "counter",
+            "Client streams not forwarded because the service did not accept them.",
+            health.refused_forwards().to_string(),
+        );
+    }
     let name = "p2pnc_agent_warm_path_streams";
     let _ = writeln!(
         out,
@@ -142,9 +167,17 @@ async fn page(State(s): State<AdminState>) -> Html<String> {
     if paths.is_empty() {
         rows.push_str("<tr><td colspan=\"5\">no warm path open</td></tr>");
     }
+    let service = s.service().map_or(String::new(), |h| {
+        format!(
+            "<p id=\"service\">service {}: {}; {} client streams refused so far</p>",
+            esc(h.address()),
+            esc(&service_line(&h.state())),
+            h.refused_forwards()
+        )
+    });
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>p2pnc agent {id}</title>\
-         </head><body><h1>p2pnc agent <code>{id}</code></h1>\
+         </head><body><h1>p2pnc agent <code>{id}</code></h1>{service}\
          <p>Warm paths open: {open} (at most {limit}, {per} from one address); streams open on \
          them: {streams}. Served so far: {paths_total} paths, {streams_total} streams; \
          {declined} paths not kept at a limit.</p>\
@@ -159,4 +192,38 @@ async fn page(State(s): State<AdminState>) -> Html<String> {
         streams_total = c.streams,
         declined = c.declined,
     ))
+}
+
+/// The service's state in a few words: "accepting", "refusing since 14:03:07 UTC: Connection
+/// refused".
+fn service_line(state: &ServiceState) -> String {
+    match state {
+        ServiceState::Unknown => "not tried yet".into(),
+        ServiceState::Accepting => "accepting".into(),
+        ServiceState::Refusing { since, error } => {
+            let secs = since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+            format!("refusing since {h:02}:{m:02}:{s:02} UTC: {error}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_service_line_gives_the_utc_time_of_the_first_failure() {
+        let since = UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 14 * 3600 + 3 * 60 + 7);
+        let state = ServiceState::Refusing {
+            since,
+            error: "Connection refused".into(),
+        };
+        assert_eq!(
+            service_line(&state),
+            "refusing since 14:03:07 UTC: Connection refused"
+        );
+        assert_eq!(service_line(&ServiceState::Accepting), "accepting");
+    }
 }

@@ -7,6 +7,7 @@
 //! - `inbound`: connections accepted on the punch port, routed to their session;
 //! - `warm`: warm paths, whose streams are handed out one by one;
 //! - `admin`: `/metrics` and a status page of the warm paths (`expose --admin`);
+//! - `service`: the state of the service the agent forwards to, as its owner reports it;
 //! - here: the options, [`Agent`], and what the agent does with one punch order.
 
 mod admin;
@@ -14,9 +15,11 @@ mod budget;
 mod control_loop;
 mod inbound;
 mod registration;
+mod service;
 mod warm;
 
 pub use self::budget::{WarmCounts, WarmPathInfo, WarmPaths};
+pub use self::service::{ServiceHealth, ServiceState};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -198,6 +201,8 @@ pub struct Agent {
     public: SocketAddr,
     mapped: Option<SocketAddr>,
     state: Arc<AgentState>,
+    /// The service's health, once [`Agent::show_service`] gave it.
+    service: Arc<Mutex<Option<ServiceHealth>>>,
 }
 
 impl Agent {
@@ -286,6 +291,7 @@ impl Agent {
             public,
             mapped,
             state: warm,
+            service: Arc::default(),
         })
     }
 
@@ -314,9 +320,18 @@ impl Agent {
         self.state.warm.watch()
     }
 
+    /// Shows the state of the service this agent's streams go to on the status page and
+    /// `/metrics` of [`Agent::serve_admin`]: the agent never connects to the service itself,
+    /// so its owner reports through `health` what its probes and forwards met. A second
+    /// call replaces the first.
+    pub fn show_service(&self, health: ServiceHealth) {
+        *self.service.lock().expect("service lock") = Some(health);
+    }
+
     /// Serves `/metrics` (Prometheus text) and a status page of this agent's warm paths and
-    /// the streams on each on `listener`, until `stop` (`expose --admin`). Keep it off
-    /// public addresses: it names the clients' addresses.
+    /// the streams on each, and of its service (see [`Agent::show_service`]), on `listener`,
+    /// until `stop` (`expose --admin`). Keep it off public addresses: it names the clients'
+    /// addresses.
     pub fn serve_admin(
         &self,
         listener: tokio::net::TcpListener,
