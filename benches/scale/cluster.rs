@@ -902,6 +902,13 @@ pub async fn run(opts: Opts, members: usize) -> Result<bool, String> {
         connect_cpu.redis * 1e6 / brokered.max(1) as f64,
         connect_cpu.redis / connect_cpu.wall.max(1e-9)
     );
+    let refresh_cores = keepalive.redis / keepalive.wall.max(1e-9);
+    let _ = writeln!(
+        t,
+        "| Redis CPU per brokered connect beyond the idle refresh load | {:.0} µs |",
+        (connect_cpu.redis - refresh_cores * connect_cpu.wall).max(0.0) * 1e6
+            / brokered.max(1) as f64
+    );
     let _ = writeln!(
         t,
         "| members' CPU per brokered connect (both ends' members) | {:.0} µs |",
