@@ -1,5 +1,6 @@
 //! Server-scale load generator: `cargo bench --bench scale -- [--agents N] [--connects M]
-//! [--concurrency C] [--sources K] [--server-arg ARG]...`.
+//! [--concurrency C] [--sources K] [--server-arg ARG]...`; with `--cluster S [--workers W]`, S
+//! servers on one Redis and W load generator processes (`scale/cluster.rs`).
 //!
 //! It starts the real `p2pnc server` binary (the release build) as a separate process, with its
 //! per-address limits raised so that the load is not refused (`--connect-rate`,
