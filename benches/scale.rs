@@ -1,5 +1,6 @@
 //! Server-scale load generator: `cargo bench --bench scale -- [--agents N] [--connects M]
-//! [--concurrency C] [--sources K] [--server-arg ARG]...`.
+//! [--concurrency C] [--sources K] [--server-arg ARG]...`; with `--cluster S [--workers W]`, S
+//! servers on one Redis and W load generator processes (`scale/cluster.rs`).
 //!
 //! It starts the real `p2pnc server` binary (the release build) as a separate process, with its
 //! per-address limits raised so that the load is not refused (`--connect-rate`,
@@ -49,8 +50,11 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use p2pnc_protocol::{
     self as protocol, AgentToServer, Auth, ConnectQuery, ErrorCode, ExposeQuery, Mode, Nonce,
-    ServerToAgent, ServerToClient, ServiceId, ServiceKeys,
+    ServerToAgent, ServerToClient, ServiceId, Signature, Verifier,
 };
+use p256::ecdsa::SigningKey;
+use p256::ecdsa::signature::Signer;
+use sha2::{Digest, Sha256};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -59,54 +63,61 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_p2pnc");
-const SECRET: &str = "scale-bench-secret";
+use crate::cluster;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_p2pnc");
 
 const DEFAULT_AGENTS: usize = 100_000;
 const DEFAULT_CONNECTS: usize = 100_000;
 const DEFAULT_CONCURRENCY: usize = 128;
 /// Registrations in flight at once.
-const REGISTER_CONCURRENCY: usize = 256;
+pub(crate) const REGISTER_CONCURRENCY: usize = 256;
 /// The server's own cap on registered agents (`ServerConfig::max_agents`).
-const SERVER_MAX_AGENTS: usize = 200_000;
+pub(crate) const SERVER_MAX_AGENTS: usize = 200_000;
 
 /// The targets of this 2-core machine.
 const TARGET_RSS_BYTES: u64 = 1 << 30;
-const TARGET_AGENTS: usize = 100_000;
+pub(crate) const TARGET_AGENTS: usize = 100_000;
 const TARGET_CONNECTS_PER_SEC: f64 = 5_000.0;
 
 /// Every network step of the load generator gives up after this.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an agent pings the server, as the real agent does.
 const AGENT_PING_INTERVAL: Duration = Duration::from_secs(15);
 /// Time for the server's memory to settle after the last registration, before reading RSS.
-const SETTLE: Duration = Duration::from_secs(5);
+pub(crate) const SETTLE: Duration = Duration::from_secs(5);
 /// Source addresses used at least, so that the spreading itself is exercised.
-const MIN_SOURCES: usize = 4;
+pub(crate) const MIN_SOURCES: usize = 4;
 /// Descriptors `p2pnc server` keeps beyond `--max-connections` (`FD_HEADROOM` in
 /// src/main.rs), and connections it may take beyond the agents and clients (health checks).
-const SERVER_FD_HEADROOM: u64 = 1024;
-const SERVER_SPARE_CONNECTIONS: usize = 1024;
+pub(crate) const SERVER_FD_HEADROOM: u64 = 1024;
+pub(crate) const SERVER_SPARE_CONNECTIONS: usize = 1024;
 /// Share of a source address's ephemeral port range the generator uses.
 const PORT_SHARE: f64 = 0.75;
 
-struct Opts {
-    agents: usize,
+pub(crate) struct Opts {
+    pub(crate) agents: usize,
     /// Whether `--agents` was given (else it may be lowered to fit the open-file limit).
     agents_given: bool,
-    connects: usize,
-    concurrency: usize,
+    pub(crate) connects: usize,
+    pub(crate) concurrency: usize,
     sources: Option<usize>,
     /// Extra arguments for `p2pnc server`.
-    server_args: Vec<String>,
+    pub(crate) server_args: Vec<String>,
+    /// `--cluster N`: N servers on one Redis.
+    cluster: Option<usize>,
+    /// `--workers W`: load generator processes in cluster mode.
+    pub(crate) workers: Option<usize>,
 }
 
 fn usage() -> String {
     format!(
         "usage: cargo bench --bench scale -- [--agents N] [--connects M] [--concurrency C] \
-         [--sources K] [--server-arg ARG]...\n  defaults: {DEFAULT_AGENTS} agents, {DEFAULT_CONNECTS} connects, \
-         {DEFAULT_CONCURRENCY} concurrent clients, enough source addresses for the load;\n  \
-         --server-arg passes ARG on to `p2pnc server` (e.g. --server-arg -q)"
+         [--sources K] [--server-arg ARG]... [--cluster S [--workers W]]\n  defaults: \
+         {DEFAULT_AGENTS} agents, {DEFAULT_CONNECTS} connects, {DEFAULT_CONCURRENCY} concurrent \
+         clients, enough source addresses for the load;\n  --server-arg passes ARG on to \
+         `p2pnc server` (e.g. --server-arg -q);\n  --cluster S runs S servers on one Redis, and \
+         W load generator processes (default: enough for the open-file limit)"
     )
 }
 
@@ -118,6 +129,8 @@ fn parse_args() -> Result<Opts, String> {
         concurrency: DEFAULT_CONCURRENCY,
         sources: None,
         server_args: Vec::new(),
+        cluster: None,
+        workers: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -136,6 +149,8 @@ fn parse_args() -> Result<Opts, String> {
             "--connects" => o.connects = number("--connects")?,
             "--concurrency" => o.concurrency = number("--concurrency")?,
             "--sources" => o.sources = Some(number("--sources")?),
+            "--cluster" => o.cluster = Some(number("--cluster")?),
+            "--workers" => o.workers = Some(number("--workers")?),
             "--server-arg" => o.server_args.push(
                 args.next()
                     .ok_or_else(|| format!("--server-arg needs a value\n{}", usage()))?,
@@ -144,8 +159,22 @@ fn parse_args() -> Result<Opts, String> {
             _ => return Err(format!("unknown argument {a:?}\n{}", usage())),
         }
     }
-    if o.agents == 0 || o.agents > SERVER_MAX_AGENTS {
-        return Err(format!("--agents must be 1 to {SERVER_MAX_AGENTS}"));
+    if o.cluster
+        .is_some_and(|n| n == 0 || n > cluster::MAX_MEMBERS)
+    {
+        return Err(format!("--cluster must be 1 to {}", cluster::MAX_MEMBERS));
+    }
+    if o.workers
+        .is_some_and(|w| w == 0 || w > cluster::MAX_WORKERS)
+    {
+        return Err(format!("--workers must be 1 to {}", cluster::MAX_WORKERS));
+    }
+    if o.workers.is_some() && o.cluster.is_none() {
+        return Err("--workers needs --cluster".into());
+    }
+    let max_agents = SERVER_MAX_AGENTS * o.cluster.unwrap_or(1);
+    if o.agents == 0 || o.agents > max_agents {
+        return Err(format!("--agents must be 1 to {max_agents}"));
     }
     if o.concurrency == 0 || o.concurrency > 10_000 {
         return Err("--concurrency must be 1 to 10000".into());
@@ -157,6 +186,9 @@ fn parse_args() -> Result<Opts, String> {
 }
 
 pub fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(cluster::WORKER_FLAG) {
+        return cluster::worker_main();
+    }
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {
@@ -168,7 +200,10 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let result = runtime.block_on(run(opts));
+    let result = match opts.cluster {
+        Some(members) => runtime.block_on(cluster::run(opts, members)),
+        None => runtime.block_on(run(opts)),
+    };
     runtime.shutdown_timeout(Duration::from_secs(5));
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -182,21 +217,21 @@ pub fn main() -> ExitCode {
 
 /// What the agents and clients count.
 #[derive(Default)]
-struct Stats {
-    registered: AtomicUsize,
-    register_failed: AtomicUsize,
+pub(crate) struct Stats {
+    pub(crate) registered: AtomicUsize,
+    pub(crate) register_failed: AtomicUsize,
     /// Agents whose control connection ended before the benchmark stopped them.
-    agents_lost: AtomicUsize,
+    pub(crate) agents_lost: AtomicUsize,
     /// Punch orders agents received with a valid proof.
-    agent_orders: AtomicU64,
+    pub(crate) agent_orders: AtomicU64,
     /// Punch orders agents refused (a wrong proof: must not happen here).
-    agent_rejects: AtomicU64,
+    pub(crate) agent_rejects: AtomicU64,
     /// The first few errors, for the report.
-    errors: Mutex<Vec<String>>,
+    pub(crate) errors: Mutex<Vec<String>>,
 }
 
 impl Stats {
-    fn error(&self, e: String) {
+    pub(crate) fn error(&self, e: String) {
         let mut errors = self.errors.lock().expect("errors lock");
         if errors.len() < 5 {
             errors.push(e);
@@ -205,21 +240,21 @@ impl Stats {
 }
 
 /// The `p2pnc server` process, killed on drop.
-struct ServerProc {
+pub(crate) struct ServerProc {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
+    log: PathBuf,
 }
 
 impl ServerProc {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Its resident memory; an error with the end of its log if it has exited.
-    fn rss(&mut self) -> Result<u64, String> {
+    pub(crate) fn rss(&mut self) -> Result<u64, String> {
         if let Ok(Some(status)) = self.child.try_wait() {
-            let log =
-                std::fs::read_to_string(target_dir().join("scale-server.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             return Err(format!(
                 "the server exited ({status}); its log ends:\n{}",
@@ -230,7 +265,7 @@ impl ServerProc {
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within 5 s.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -252,21 +287,28 @@ impl Drop for ServerProc {
     }
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 /// Starts the server with limits that let the load through, and waits for its address.
-async fn start_server(max_connections: usize, extra: &[String]) -> Result<ServerProc, String> {
-    let log_path = target_dir().join("scale-server.log");
+/// `listen` names its addresses (`--listen`, `--probe-listen`, and in a cluster its
+/// membership); its log goes to `log_path`.
+pub(crate) async fn start_server(
+    max_connections: usize,
+    listen: &[String],
+    extra: &[String],
+    log_path: PathBuf,
+) -> Result<ServerProc, String> {
     let log = std::fs::File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     let big = "1000000000";
     let child = Command::new(BIN)
-        .args(["server", "--listen", "127.0.0.1:0", "--probe-listen"])
-        .args(["127.0.0.1:0", "--connect-rate", big, "--expose-rate", big])
+        .arg("server")
+        .args(listen)
+        .args(["--connect-rate", big, "--expose-rate", big])
         .args(["--max-connections-per-ip", big, "--max-connections"])
         .arg(max_connections.to_string())
         .args(extra)
@@ -279,6 +321,7 @@ async fn start_server(max_connections: usize, extra: &[String]) -> Result<Server
     let mut server = ServerProc {
         child,
         addr: "0.0.0.0:0".parse().expect("an address"),
+        log: log_path.clone(),
     };
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
@@ -303,11 +346,11 @@ async fn start_server(max_connections: usize, extra: &[String]) -> Result<Server
 }
 
 /// `VmRSS` of a process, in bytes.
-fn rss_bytes(pid: u32) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     proc_status_kib(pid, "VmRSS:").map(|k| k * 1024)
 }
 
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+pub(crate) fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -323,7 +366,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// CPU seconds (user + system) a process has used.
-fn proc_cpu_secs(pid: u32) -> f64 {
+pub(crate) fn proc_cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -338,12 +381,12 @@ fn proc_cpu_secs(pid: u32) -> f64 {
 }
 
 /// CPU seconds this process has used.
-fn self_cpu_secs() -> f64 {
+pub(crate) fn self_cpu_secs() -> f64 {
     proc_cpu_secs(std::process::id())
 }
 
 /// Busy CPU seconds of the whole machine (all cores).
-fn machine_busy_secs() -> f64 {
+pub(crate) fn machine_busy_secs() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
         return 0.0;
     };
@@ -408,7 +451,7 @@ impl CpuMeter {
 
 /// Raises this process's open-file limit to `want` (raising the hard limit too when allowed,
 /// as root), so that the server, its child, inherits it. Returns the soft limit in force.
-fn raise_nofile(want: u64) -> u64 {
+pub(crate) fn raise_nofile(want: u64) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -429,7 +472,7 @@ fn raise_nofile(want: u64) -> u64 {
 }
 
 /// Ports of one source address's ephemeral range this generator may use.
-fn ports_per_source() -> usize {
+pub(crate) fn ports_per_source() -> usize {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| {
@@ -511,37 +554,42 @@ async fn next_msg<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn agent_id(i: usize) -> String {
+pub(crate) fn agent_id(i: usize) -> String {
     format!("scale-agent-{i}")
 }
 
-/// Every agent's keys (its secret is the same, its id not): derived once, before the run, on
-/// every core (each is a PBKDF2 of a few milliseconds).
-static KEYS: std::sync::OnceLock<Vec<ServiceKeys>> = std::sync::OnceLock::new();
-
-fn derive_keys(agents: usize) {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut keys: Vec<Option<ServiceKeys>> = vec![None; agents];
-    std::thread::scope(|scope| {
-        for (t, chunk) in keys.chunks_mut(agents.div_ceil(threads).max(1)).enumerate() {
-            let base = t * agents.div_ceil(threads).max(1);
-            scope.spawn(move || {
-                for (j, slot) in chunk.iter_mut().enumerate() {
-                    *slot = Some(ServiceKeys::derive(SECRET, &agent_id(base + j)));
-                }
-            });
-        }
-    });
-    let _ = KEYS.set(keys.into_iter().map(|k| k.expect("derived")).collect());
+/// Agent `i`'s signing key. A real agent derives its key from its secret and id with PBKDF2
+/// (about 3 ms each: 5 CPU-minutes for 100 000 agents); the server only ever sees the public
+/// half (the verifier) and signatures, so the generator makes each agent's P-256 key from a
+/// hash of its index instead, cheaply and the same in every process of a run.
+pub(crate) fn signing_key(i: usize) -> SigningKey {
+    (0u32..)
+        .find_map(|c| {
+            let d: [u8; 32] = Sha256::digest(format!("p2pnc scale bench agent {i}/{c}")).into();
+            SigningKey::from_bytes(&d.into()).ok()
+        })
+        .expect("a scalar in range")
 }
 
-/// The keys of agent `i`.
-fn keys(i: usize) -> &'static ServiceKeys {
-    &KEYS.get().expect("keys derived before the run")[i]
+/// The verifier (public key) of agent `i`.
+fn verifier(key: &SigningKey) -> Verifier {
+    let point = key.verifying_key().to_encoded_point(false);
+    Verifier::from_bytes(
+        point
+            .as_bytes()
+            .try_into()
+            .expect("an uncompressed P-256 point is 65 bytes"),
+    )
+}
+
+/// Signs `message` as the protocol's signatures are made (ECDSA P-256 SHA-256, `r || s`).
+fn sign(key: &SigningKey, message: &[u8]) -> Signature {
+    let sig: p256::ecdsa::Signature = key.sign(message);
+    Signature::from_bytes(sig.to_bytes().into())
 }
 
 /// Registers agent `i` and keeps it online until `stop`.
-async fn agent(
+pub(crate) async fn agent(
     i: usize,
     src: Ipv4Addr,
     server: SocketAddr,
@@ -554,10 +602,10 @@ async fn agent(
         let _permit = permits.acquire().await;
         register(i, src, server).await
     };
-    let mut ws = match registered {
-        Ok(ws) => {
+    let (mut ws, ver) = match registered {
+        Ok(online) => {
             stats.registered.fetch_add(1, Ordering::Relaxed);
-            ws
+            online
         }
         Err(e) => {
             stats.register_failed.fetch_add(1, Ordering::Relaxed);
@@ -588,9 +636,9 @@ async fn agent(
             Event::Msg(Some(Ok(Message::Text(t)))) => match protocol::decode::<ServerToAgent>(&t) {
                 Ok(ServerToAgent::Punch(p)) => {
                     let proven = match (p.nonce, p.proof) {
-                        (Some(nonce), Some(proof)) => keys(i)
-                            .verifier()
-                            .verifies(&protocol::connect_message(&id, p.mode, &nonce), &proof),
+                        (Some(nonce), Some(proof)) => {
+                            ver.verifies(&protocol::connect_message(&id, p.mode, &nonce), &proof)
+                        }
                         _ => false,
                     };
                     if proven {
@@ -639,12 +687,15 @@ async fn agent(
     }
 }
 
+/// Registers agent `i`; returns its control connection and its verifier.
 async fn register(
     i: usize,
     src: Ipv4Addr,
     server: SocketAddr,
-) -> Result<WebSocketStream<TcpStream>, String> {
+) -> Result<(WebSocketStream<TcpStream>, Verifier), String> {
     let id = agent_id(i);
+    let key = signing_key(i);
+    let ver = verifier(&key);
     let query = ExposeQuery {
         id: ServiceId::new(&id).map_err(|e| e.to_string())?,
         auth: Auth::Secret,
@@ -652,7 +703,7 @@ async fn register(
         private: vec![SocketAddr::new(src.into(), 50_302)],
         probe: None,
         probe_other: None,
-        verifier: Some(keys(i).verifier()),
+        verifier: Some(ver),
         key: None,
         mapped: None,
         takeover: true,
@@ -662,31 +713,30 @@ async fn register(
     let ServerToAgent::Challenge { nonce } = next_msg::<ServerToAgent>(&mut ws).await? else {
         return Err("expected the registration challenge".into());
     };
-    let signature = keys(i).sign(&protocol::register_message(&id, &nonce));
+    let signature = sign(&key, &protocol::register_message(&id, &nonce));
     let prove = protocol::encode(&AgentToServer::Prove { signature });
     tokio::time::timeout(STEP_TIMEOUT, ws.send(Message::Text(prove.into())))
         .await
         .map_err(|_| "timed out answering the challenge".to_string())?
         .map_err(|e| e.to_string())?;
     match next_msg::<ServerToAgent>(&mut ws).await? {
-        ServerToAgent::Registered { .. } => Ok(ws),
+        ServerToAgent::Registered { .. } => Ok((ws, ver)),
         other => Err(format!("expected 'registered', got {other:?}")),
     }
 }
 
-/// One client's connect: upgrade, then wait for the punch order. Returns the time from the
-/// TCP connect to the order.
-async fn connect_once(
+/// One client's connect to agent `which` through `server`: upgrade, then wait for the punch
+/// order. Returns the time from the TCP connect to the order.
+pub(crate) async fn connect_once(
     src: Ipv4Addr,
     server: SocketAddr,
-    agents: usize,
+    which: usize,
 ) -> Result<Duration, String> {
-    let which = rand::random_range(0..agents);
     let peer = agent_id(which);
     let nonce = Nonce::random();
     let message = protocol::connect_message(&peer, Mode::Punch, &nonce);
     let query = ConnectQuery {
-        proof: Some(keys(which).sign(&message)),
+        proof: Some(sign(&signing_key(which), &message)),
         peer: ServiceId::new(&peer).map_err(|e| e.to_string())?,
         nonce,
         private: vec![],
@@ -736,7 +786,7 @@ async fn connect_phase(
         workers.spawn(async move {
             let mut latencies = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < connects {
-                match connect_once(src, addr, agents).await {
+                match connect_once(src, addr, rand::random_range(0..agents)).await {
                     Ok(t) => latencies.push(t.as_micros().min(u32::MAX as u128) as u32),
                     Err(e) => {
                         failed.fetch_add(1, Ordering::Relaxed);
@@ -762,7 +812,7 @@ async fn connect_phase(
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -770,17 +820,17 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-fn mib(bytes: u64) -> String {
+pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
 
-fn command_line(program: &str, args: &[&str]) -> String {
+pub(crate) fn command_line(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
@@ -817,32 +867,12 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
         ));
         opts.agents = fit;
     }
-    derive_keys(opts.agents);
     let sources = opts
         .sources
         .unwrap_or_else(|| (opts.agents + opts.concurrency).div_ceil(per_source))
         .clamp(MIN_SOURCES, 254);
-    let mut out = String::new();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let _ = writeln!(
-        out,
-        "# p2pnc server scale\n\n{} · {} · {cpus} CPUs · kernel {} · load average before {}\n",
-        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        command_line(
-            "git",
-            &[
-                "-C",
-                env!("CARGO_MANIFEST_DIR"),
-                "describe",
-                "--always",
-                "--dirty"
-            ]
-        ),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        loadavg()
-    );
+    let mut out = header("p2pnc server scale");
     if !opts.server_args.is_empty() {
         let _ = writeln!(out, "Extra server flags: {}\n", opts.server_args.join(" "));
     }
@@ -852,7 +882,9 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
     print!("{out}");
 
     let max_connections = opts.agents + opts.concurrency + SERVER_SPARE_CONNECTIONS;
-    let mut server = start_server(max_connections, &opts.server_args).await?;
+    let listen = ["--listen", "127.0.0.1:0", "--probe-listen", "127.0.0.1:0"].map(String::from);
+    let log = target_dir().join("scale-server.log");
+    let mut server = start_server(max_connections, &listen, &opts.server_args, log).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = server.rss()?;
     println!(
@@ -1090,8 +1122,31 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
     Ok(problems.is_empty())
 }
 
+/// The report's title line and the machine it ran on.
+pub(crate) fn header(title: &str) -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "# {title}\n\n{} · {} · {cpus} CPUs · kernel {} · load average before {}\n\n",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command_line(
+            "git",
+            &[
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "describe",
+                "--always",
+                "--dirty"
+            ]
+        ),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        loadavg()
+    )
+}
+
 /// The number of agents the server reports online (`GET /v1/health`).
-async fn server_agents(server: SocketAddr) -> Option<usize> {
+pub(crate) async fn server_agents(server: SocketAddr) -> Option<usize> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let work = async {
         let mut s = TcpStream::connect(server).await.ok()?;

@@ -1,4 +1,5 @@
-//! Server-scale load generator (`cargo bench --bench scale`): see `../scale.rs`.
+//! Server-scale load generator (`cargo bench --bench scale`): see `../scale.rs`, and
+//! `cluster.rs` for its cluster mode.
 //!
 //! Linux only: it reads the server's memory and CPU time from `/proc` and spreads its agents
 //! over 127.0.0.0/8 source addresses; elsewhere it says it was skipped.
@@ -6,6 +7,9 @@
 #[cfg(target_os = "linux")]
 #[path = "../scale.rs"]
 mod linux;
+
+#[cfg(target_os = "linux")]
+mod cluster;
 
 fn main() -> std::process::ExitCode {
     #[cfg(target_os = "linux")]
