@@ -569,6 +569,58 @@ async fn stop_signals_end_expose_cleanly_and_sighup_reloads_the_server_instead()
     assert!(exited(&mut server.0).await.success());
 }
 
+/// `expose` stops on SIGTERM while a warm path from `connect --listen` carries an open
+/// connection (the forward waiting in a read) and its keepalive stream: it did not (yamux
+/// leaves the streams of a gracefully closed connection asleep).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn expose_stops_on_a_signal_while_a_warm_path_carries_a_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_server, addr) = server().await;
+    let echo = Echo::start().await;
+    let mut agent = expose(addr, "sigwarm", echo.addr, &["--secret", "pw"]);
+    wait_peer_status(addr, "sigwarm", 200).await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _client = Proc(
+        Command::new(BIN)
+            .args(["connect", "--server", &format!("http://{addr}")])
+            .args(["--peer", "sigwarm", "--secret", "pw", "--listen", &listen])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut local = loop {
+        match tokio::net::TcpStream::connect(&listen).await {
+            Ok(s) => break s,
+            Err(e) => assert!(Instant::now() < deadline, "connect --listen is not up: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    local.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), local.read_exact(&mut back))
+        .await
+        .expect("the echo in time")
+        .unwrap();
+    assert_eq!(&back, b"ping");
+    // A connection opened after more than 2 s of quiet sends a ping along: the keepalive
+    // stream is open too.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut second = tokio::net::TcpStream::connect(&listen).await.unwrap();
+    second.write_all(b"pong").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), second.read_exact(&mut back))
+        .await
+        .expect("the second echo in time")
+        .unwrap();
+    assert_eq!(&back, b"pong");
+    // Both connections stay open and idle: every stream of the warm path waits in a read.
+    signal(&agent.0, libc::SIGTERM);
+    let status = exited(&mut agent.0).await;
+    assert!(status.success(), "{status}");
+}
+
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread")]
 async fn expose_stops_on_a_signal_while_its_server_is_unreachable() {

@@ -479,3 +479,51 @@ async fn both_ends_name_the_same_path_under_concurrent_opens() {
         "every client session is one of the agent's"
     );
 }
+
+/// An agent that stops while a warm path carries a stream (its forward waiting in a read) and
+/// the keepalive stream stops at once: yamux wakes no stream of a connection it closes
+/// gracefully, so without the path's own end signal `shutdown` waited forever (and `expose`
+/// ignored SIGTERM after its first warm path).
+#[tokio::test]
+async fn an_agent_with_a_busy_warm_path_shuts_down_promptly() {
+    let server = TestServer::start().await;
+    let service = Echo::start().await;
+    let opts = ExposeOptions::new(&server.url, "svc", Some("pw")).unwrap();
+    let mut agent = tokio::time::timeout(T, Agent::start(opts))
+        .await
+        .expect("agent registers in time")
+        .expect("agent registers");
+    let peer = Peer::new(opts_for(&server, "svc"), WarmOptions::default());
+    let opened = tokio::spawn(async move {
+        let mut opened = peer.open().await.unwrap();
+        opened.stream.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        opened.stream.read_exact(&mut one).await.unwrap();
+        (peer, opened)
+    });
+    let mut accepted = tokio::time::timeout(T, agent.accept())
+        .await
+        .expect("a stream in time")
+        .expect("a stream");
+    let forward = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(service.addr).await.unwrap();
+        p2pnc::forward(&mut accepted.stream, &mut s).await
+    });
+    let (peer, mut opened) = tokio::time::timeout(T, opened).await.unwrap().unwrap();
+    // Both streams (the service stream and the keepalive stream) now wait in reads.
+    tokio::time::timeout(Duration::from_secs(5), agent.shutdown())
+        .await
+        .expect("the agent stops within 5 s with a warm path open");
+    let forwarded = tokio::time::timeout(T, forward).await.unwrap().unwrap();
+    let err = forwarded.expect_err("the forward ends with the path");
+    assert!(err.to_string().contains("warm path ended"), "{err}");
+    let mut one = [0u8; 1];
+    let read = tokio::time::timeout(T, opened.stream.read(&mut one))
+        .await
+        .expect("the client's stream ends in time");
+    assert!(
+        read.is_err() || read.as_ref().is_ok_and(|n| *n == 0),
+        "{read:?}"
+    );
+    peer.close().await;
+}

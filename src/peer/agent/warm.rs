@@ -158,7 +158,13 @@ async fn serve_stream(
             tracing::debug!(session = %info.session, "warm stream from {}", info.peer_addr);
             state.hand_over(PeerStream::mux(stream), info).await;
         }
-        KIND_KEEPALIVE => echo_pings(io).await,
+        KIND_KEEPALIVE => {
+            // yamux does not wake this stream when the path closes gracefully.
+            tokio::select! {
+                _ = echo_pings(io) => {}
+                _ = path.closed() => {}
+            }
+        }
         other => {
             tracing::debug!("warm stream of unknown kind {other:#04x}: reset");
         }

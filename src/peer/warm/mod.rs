@@ -10,6 +10,7 @@
 
 pub(crate) mod peer;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,6 +23,9 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::compat::Compat;
+use tokio_util::sync::{
+    CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
+};
 
 use crate::defaults;
 use crate::peer::stream::poll_drain_buf;
@@ -105,12 +109,22 @@ pub(crate) struct PathState {
     relayed: AtomicBool,
     /// The task driving the path, woken when a stream closes.
     driver: AtomicWaker,
+    /// Cancelled when the path ends. yamux wakes no stream of a connection that is closed
+    /// gracefully (it forgets them), so every stream also waits on this: without it, a stream
+    /// reading when its agent stops would wait forever.
+    closed: CancellationToken,
 }
 
 impl PathState {
     /// Marks the path ended (the first reason stays).
     pub fn end(&self, why: impl Into<String>) {
         let _ = self.ended.set(why.into());
+        self.closed.cancel();
+    }
+
+    /// Resolves once the path has ended.
+    pub fn closed(&self) -> WaitForCancellationFuture<'_> {
+        self.closed.cancelled()
     }
 
     /// Why the path ended, if it has.
@@ -346,6 +360,8 @@ pub(crate) struct MuxStream {
     end: End,
     /// Whether this end has closed its sending side.
     closed: bool,
+    /// Resolves when the path ends (see [`PathState::closed`]).
+    path_end: Pin<Box<WaitForCancellationFutureOwned>>,
     _count: StreamCount,
 }
 
@@ -358,6 +374,7 @@ impl MuxStream {
             path: path.clone(),
             end: End::Client(Status::Awaiting),
             closed: false,
+            path_end: Box::pin(path.closed.clone().cancelled_owned()),
             _count: count,
         }
     }
@@ -369,6 +386,7 @@ impl MuxStream {
             path: path.clone(),
             end: End::Agent { status_sent: false },
             closed: false,
+            path_end: Box::pin(path.closed.clone().cancelled_owned()),
             _count: path.count(),
         }
     }
@@ -419,19 +437,50 @@ impl MuxStream {
         Ok(())
     }
 
-    /// A write error, said better when the path ended or the stream was reset.
+    /// An error of yamux's, said better (see [`stream_error`]).
     fn write_error(&self, e: io::Error) -> io::Error {
-        if let Some(e) = self.path.error() {
-            return e;
-        }
-        if e.kind() == io::ErrorKind::WriteZero && self.io.get_ref().is_closed() {
+        stream_error(&self.path, self.io.get_ref(), e)
+    }
+}
+
+/// An error of yamux's on a stream of `path` (a read sends window updates: it can fail as a
+/// write does), said better when the path ended or the stream was reset.
+fn stream_error(path: &PathState, stream: &yamux::Stream, e: io::Error) -> io::Error {
+    if let Some(e) = path.error() {
+        return e;
+    }
+    if e.kind() == io::ErrorKind::WriteZero {
+        if stream.is_closed() {
             return io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 "the other end reset the stream",
             );
         }
-        e
+        // yamux's own words are "N/M: connection is closed": the path is closing and its
+        // end is not recorded yet.
+        return io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the warm path ended: it is closing",
+        );
     }
+    e
+}
+
+/// `poll`, unless it waits and the path has ended: then the path's error (see
+/// [`PathState::closed`]).
+fn unless_ended<T>(
+    poll: Poll<io::Result<T>>,
+    path_end: &mut Pin<Box<WaitForCancellationFutureOwned>>,
+    path: &PathState,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<T>> {
+    if poll.is_pending() && path_end.as_mut().poll(cx).is_ready() {
+        let e = path.error();
+        return Poll::Ready(Err(
+            e.unwrap_or_else(|| io::ErrorKind::ConnectionAborted.into())
+        ));
+    }
+    poll
 }
 
 impl AsyncRead for MuxStream {
@@ -448,7 +497,13 @@ impl AsyncRead for MuxStream {
             let status = match &mut this.end {
                 End::Agent { .. } | End::Client(Status::Connected) => {
                     let before = buf.filled().len();
-                    ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                    ready!(unless_ended(
+                        Pin::new(&mut this.io).poll_read(cx, buf),
+                        &mut this.path_end,
+                        &this.path,
+                        cx
+                    ))
+                    .map_err(|e| this.write_error(e))?;
                     if buf.filled().len() == before && buf.remaining() > 0 {
                         return Poll::Ready(this.eof());
                     }
@@ -459,7 +514,13 @@ impl AsyncRead for MuxStream {
             match status {
                 Status::Awaiting => {
                     let before = buf.filled().len();
-                    ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                    ready!(unless_ended(
+                        Pin::new(&mut this.io).poll_read(cx, buf),
+                        &mut this.path_end,
+                        &this.path,
+                        cx
+                    ))
+                    .map_err(|e| stream_error(&this.path, this.io.get_ref(), e))?;
                     let got = buf.filled().len() - before;
                     if got == 0 {
                         this.eof()?;
@@ -491,7 +552,13 @@ impl AsyncRead for MuxStream {
                 Status::Refused(why) => {
                     let mut chunk = [0u8; 256];
                     let mut rb = ReadBuf::new(&mut chunk);
-                    ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+                    ready!(unless_ended(
+                        Pin::new(&mut this.io).poll_read(cx, &mut rb),
+                        &mut this.path_end,
+                        &this.path,
+                        cx
+                    ))
+                    .map_err(|e| stream_error(&this.path, this.io.get_ref(), e))?;
                     let got = rb.filled();
                     if !got.is_empty() && why.len() < MAX_REFUSAL {
                         why.extend_from_slice(got);
@@ -522,33 +589,47 @@ impl AsyncWrite for MuxStream {
             let mut first = Vec::with_capacity(1 + take);
             first.push(STATUS_CONNECTED);
             first.extend_from_slice(&buf[..take]);
-            let n = ready!(Pin::new(&mut this.io).poll_write(cx, &first))
-                .map_err(|e| this.write_error(e))?;
+            let n = ready!(unless_ended(
+                Pin::new(&mut this.io).poll_write(cx, &first),
+                &mut this.path_end,
+                &this.path,
+                cx
+            ))
+            .map_err(|e| this.write_error(e))?;
             this.end = End::Agent { status_sent: true };
             if n > 1 {
                 return Poll::Ready(Ok(n - 1));
             }
         }
-        Pin::new(&mut this.io)
-            .poll_write(cx, buf)
-            .map_err(|e| this.write_error(e))
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        unless_ended(poll, &mut this.path_end, &this.path, cx).map_err(|e| this.write_error(e))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        Pin::new(&mut this.io)
-            .poll_flush(cx)
-            .map_err(|e| this.write_error(e))
+        let poll = Pin::new(&mut this.io).poll_flush(cx);
+        unless_ended(poll, &mut this.path_end, &this.path, cx).map_err(|e| this.write_error(e))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if matches!(this.end, End::Agent { status_sent: false }) {
-            ready!(Pin::new(&mut this.io).poll_write(cx, &[STATUS_CONNECTED]))
-                .map_err(|e| this.write_error(e))?;
+            ready!(unless_ended(
+                Pin::new(&mut this.io).poll_write(cx, &[STATUS_CONNECTED]),
+                &mut this.path_end,
+                &this.path,
+                cx
+            ))
+            .map_err(|e| this.write_error(e))?;
             this.end = End::Agent { status_sent: true };
         }
-        ready!(Pin::new(&mut this.io).poll_shutdown(cx)).map_err(|e| this.write_error(e))?;
+        ready!(unless_ended(
+            Pin::new(&mut this.io).poll_shutdown(cx),
+            &mut this.path_end,
+            &this.path,
+            cx
+        ))
+        .map_err(|e| this.write_error(e))?;
         this.closed = true;
         Poll::Ready(Ok(()))
     }
