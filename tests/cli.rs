@@ -1246,6 +1246,7 @@ async fn ping_reports_the_path_round_trips_and_throughput_without_the_service() 
 }
 
 /// Polls `path` on `admin` until its body contains every one of `want`; returns that body.
+#[cfg(unix)]
 async fn admin_shows(admin: std::net::SocketAddr, path: &str, want: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
