@@ -1279,7 +1279,7 @@ async fn expose_probes_its_service_and_shows_it_refusing_then_accepting() {
             "svc",
         ])
         .args(["--public", "--to", &to, "--admin", &admin.to_string()])
-        .args(["--service-probe-interval-ms", "200"])
+        .args(["--service-probe", "0.2"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

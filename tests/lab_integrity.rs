@@ -154,6 +154,11 @@ struct Transfer {
 /// `--no-encrypt` (and `expose` splices the stream to the service in the kernel).
 fn transfer(lab: &Lab, seed: u64, encrypt: bool) -> Transfer {
     let no_encrypt: &[&str] = if encrypt { &[] } else { &["--no-encrypt"] };
+    // The service takes a single connection: no probe connections from `expose`.
+    let mut agent_args = vec!["--service-probe", "0"];
+    if !encrypt {
+        agent_args.push("--no-encrypt");
+    }
     let table = Arc::new(natlab::pattern(seed ^ 0x7ab1e, TABLE));
     let svc_ns = lab.ns(Node::Host(Site::B));
     let listener = in_netns(&svc_ns, || {
@@ -165,7 +170,7 @@ fn transfer(lab: &Lab, seed: u64, encrypt: bool) -> Transfer {
         "svc",
         SVC_PORT,
         Auth::Secret(SECRET),
-        no_encrypt,
+        &agent_args,
     );
     let rdv_before = lab.rdv_bytes();
 

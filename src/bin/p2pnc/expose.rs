@@ -73,9 +73,12 @@ pub struct ExposeArgs {
     admin: Option<std::net::SocketAddr>,
     #[command(flatten)]
     report: ReportArgs,
-    /// For tests only: the service probe's period in milliseconds instead of 10 s.
-    #[arg(long, hide = true, value_name = "MS")]
-    service_probe_interval_ms: Option<u64>,
+    /// Check every SECS seconds (and at start) that --to accepts connections, shown on the
+    /// --admin page; each check is a connection the service sees, closed at once. 0: no
+    /// checks (the state then follows real connections only) — for services that take a
+    /// single connection, such as `nc -l`.
+    #[arg(long, value_name = "SECS", default_value_t = SERVICE_PROBE_INTERVAL.as_secs_f64())]
+    service_probe: f64,
 }
 
 /// Loads the agent's static key from `path`, or creates it there (readable by the owner only).
@@ -169,10 +172,11 @@ pub async fn run(args: ExposeArgs) -> Result<()> {
     };
     // The probe starts before the agent registers: a dead service is reported at once.
     let health = ServiceHealth::new(&args.to);
-    let interval = args
-        .service_probe_interval_ms
-        .map_or(SERVICE_PROBE_INTERVAL, Duration::from_millis);
-    tasks.spawn(probe_service(health.clone(), interval, stop.clone()));
+    let interval = Duration::try_from_secs_f64(args.service_probe)
+        .map_err(|_| anyhow!("--service-probe must be a number of seconds, 0 or more"))?;
+    if !interval.is_zero() {
+        tasks.spawn(probe_service(health.clone(), interval, stop.clone()));
+    }
     // Start-up retries an unreachable server for as long as it takes: a stop signal ends it.
     let mut agent = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
