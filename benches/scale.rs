@@ -1100,8 +1100,31 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
     if lost > 0 {
         problems.push(format!("{lost} agents lost their control connection"));
     }
+    let errors = stats.errors.lock().expect("errors lock").clone();
+    let logs = format!(
+        "server log {}",
+        target_dir().join("scale-server.log").display()
+    );
+    Ok(finish_report(
+        out,
+        &problems,
+        &errors,
+        "scale-bench.txt",
+        &logs,
+    ))
+}
+
+/// Ends a report: what broke and the first errors (when something did), then the whole report
+/// printed and written to `target/FILE`, with `logs` saying where the servers' logs are.
+/// Whether nothing broke.
+pub(crate) fn finish_report(
+    mut out: String,
+    problems: &[String],
+    errors: &[String],
+    file: &str,
+    logs: &str,
+) -> bool {
     if !problems.is_empty() {
-        let errors = stats.errors.lock().expect("errors lock").clone();
         let text = format!(
             "BROKEN: {}\nfirst errors:\n  {}\n",
             problems.join("; "),
@@ -1110,16 +1133,12 @@ async fn run(mut opts: Opts) -> Result<bool, String> {
         print!("{text}");
         out.push_str(&text);
     }
-    let path = target_dir().join("scale-bench.txt");
+    let path = target_dir().join(file);
     match std::fs::write(&path, &out) {
-        Ok(()) => println!(
-            "(written to {}; server log {})",
-            path.display(),
-            target_dir().join("scale-server.log").display()
-        ),
+        Ok(()) => println!("(written to {}; {logs})", path.display()),
         Err(e) => eprintln!("cannot write {}: {e}", path.display()),
     }
-    Ok(problems.is_empty())
+    problems.is_empty()
 }
 
 /// The report's title line and the machine it ran on.

@@ -48,7 +48,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::linux::{
     Opts, REGISTER_CONCURRENCY, SERVER_FD_HEADROOM, SERVER_MAX_AGENTS, SERVER_SPARE_CONNECTIONS,
-    SETTLE, STEP_TIMEOUT, ServerProc, Stats, agent, connect_once, header, loadavg,
+    SETTLE, STEP_TIMEOUT, ServerProc, Stats, agent, connect_once, finish_report, header, loadavg,
     machine_busy_secs, mib, percentile, ports_per_source, proc_cpu_secs, proc_status_kib,
     raise_nofile, rss_bytes, server_agents, start_server, target_dir,
 };
@@ -979,24 +979,13 @@ pub async fn run(opts: Opts, members: usize) -> Result<bool, String> {
             registered + register_failed
         ));
     }
-    if !problems.is_empty() {
-        errors.truncate(10);
-        let text = format!(
-            "BROKEN: {}\nfirst errors:\n  {}\n",
-            problems.join("; "),
-            errors.join("\n  ")
-        );
-        print!("{text}");
-        out.push_str(&text);
-    }
-    let path = target_dir().join("scale-cluster-bench.txt");
-    match std::fs::write(&path, &out) {
-        Ok(()) => println!(
-            "(written to {}; member logs {}/scale-server-K.log)",
-            path.display(),
-            target_dir().display()
-        ),
-        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
-    }
-    Ok(problems.is_empty())
+    errors.truncate(10);
+    let logs = format!("member logs {}/scale-server-K.log", target_dir().display());
+    Ok(finish_report(
+        out,
+        &problems,
+        &errors,
+        "scale-cluster-bench.txt",
+        &logs,
+    ))
 }
