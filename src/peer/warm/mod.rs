@@ -436,11 +436,6 @@ impl MuxStream {
         }
         Ok(())
     }
-
-    /// An error of yamux's, said better (see [`stream_error`]).
-    fn write_error(&self, e: io::Error) -> io::Error {
-        stream_error(&self.path, self.io.get_ref(), e)
-    }
 }
 
 /// An error of yamux's on a stream of `path` (a read sends window updates: it can fail as a
@@ -466,12 +461,13 @@ fn stream_error(path: &PathState, stream: &yamux::Stream, e: io::Error) -> io::E
     e
 }
 
-/// `poll`, unless it waits and the path has ended: then the path's error (see
-/// [`PathState::closed`]).
-fn unless_ended<T>(
+/// `poll` of a stream of `path`, unless it waits and the path has ended (see
+/// [`PathState::closed`]): then the path's error; errors said better by [`stream_error`].
+fn settle<T>(
     poll: Poll<io::Result<T>>,
     path_end: &mut Pin<Box<WaitForCancellationFutureOwned>>,
     path: &PathState,
+    stream: &yamux::Stream,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<T>> {
     if poll.is_pending() && path_end.as_mut().poll(cx).is_ready() {
@@ -480,7 +476,7 @@ fn unless_ended<T>(
             e.unwrap_or_else(|| io::ErrorKind::ConnectionAborted.into())
         ));
     }
-    poll
+    poll.map_err(|e| stream_error(path, stream, e))
 }
 
 impl AsyncRead for MuxStream {
@@ -497,13 +493,13 @@ impl AsyncRead for MuxStream {
             let status = match &mut this.end {
                 End::Agent { .. } | End::Client(Status::Connected) => {
                     let before = buf.filled().len();
-                    ready!(unless_ended(
+                    ready!(settle(
                         Pin::new(&mut this.io).poll_read(cx, buf),
                         &mut this.path_end,
                         &this.path,
+                        this.io.get_ref(),
                         cx
-                    ))
-                    .map_err(|e| this.write_error(e))?;
+                    ))?;
                     if buf.filled().len() == before && buf.remaining() > 0 {
                         return Poll::Ready(this.eof());
                     }
@@ -514,13 +510,13 @@ impl AsyncRead for MuxStream {
             match status {
                 Status::Awaiting => {
                     let before = buf.filled().len();
-                    ready!(unless_ended(
+                    ready!(settle(
                         Pin::new(&mut this.io).poll_read(cx, buf),
                         &mut this.path_end,
                         &this.path,
+                        this.io.get_ref(),
                         cx
-                    ))
-                    .map_err(|e| stream_error(&this.path, this.io.get_ref(), e))?;
+                    ))?;
                     let got = buf.filled().len() - before;
                     if got == 0 {
                         this.eof()?;
@@ -552,13 +548,13 @@ impl AsyncRead for MuxStream {
                 Status::Refused(why) => {
                     let mut chunk = [0u8; 256];
                     let mut rb = ReadBuf::new(&mut chunk);
-                    ready!(unless_ended(
+                    ready!(settle(
                         Pin::new(&mut this.io).poll_read(cx, &mut rb),
                         &mut this.path_end,
                         &this.path,
+                        this.io.get_ref(),
                         cx
-                    ))
-                    .map_err(|e| stream_error(&this.path, this.io.get_ref(), e))?;
+                    ))?;
                     let got = rb.filled();
                     if !got.is_empty() && why.len() < MAX_REFUSAL {
                         why.extend_from_slice(got);
@@ -589,47 +585,47 @@ impl AsyncWrite for MuxStream {
             let mut first = Vec::with_capacity(1 + take);
             first.push(STATUS_CONNECTED);
             first.extend_from_slice(&buf[..take]);
-            let n = ready!(unless_ended(
+            let n = ready!(settle(
                 Pin::new(&mut this.io).poll_write(cx, &first),
                 &mut this.path_end,
                 &this.path,
+                this.io.get_ref(),
                 cx
-            ))
-            .map_err(|e| this.write_error(e))?;
+            ))?;
             this.end = End::Agent { status_sent: true };
             if n > 1 {
                 return Poll::Ready(Ok(n - 1));
             }
         }
         let poll = Pin::new(&mut this.io).poll_write(cx, buf);
-        unless_ended(poll, &mut this.path_end, &this.path, cx).map_err(|e| this.write_error(e))
+        settle(poll, &mut this.path_end, &this.path, this.io.get_ref(), cx)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let poll = Pin::new(&mut this.io).poll_flush(cx);
-        unless_ended(poll, &mut this.path_end, &this.path, cx).map_err(|e| this.write_error(e))
+        settle(poll, &mut this.path_end, &this.path, this.io.get_ref(), cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if matches!(this.end, End::Agent { status_sent: false }) {
-            ready!(unless_ended(
+            ready!(settle(
                 Pin::new(&mut this.io).poll_write(cx, &[STATUS_CONNECTED]),
                 &mut this.path_end,
                 &this.path,
+                this.io.get_ref(),
                 cx
-            ))
-            .map_err(|e| this.write_error(e))?;
+            ))?;
             this.end = End::Agent { status_sent: true };
         }
-        ready!(unless_ended(
+        ready!(settle(
             Pin::new(&mut this.io).poll_shutdown(cx),
             &mut this.path_end,
             &this.path,
+            this.io.get_ref(),
             cx
-        ))
-        .map_err(|e| this.write_error(e))?;
+        ))?;
         this.closed = true;
         Poll::Ready(Ok(()))
     }
